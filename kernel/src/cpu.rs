@@ -1,0 +1,92 @@
+//! Which CPU is this, what is it, and can it run guests: the boot-time CPU
+//! report.
+//!
+//! CPUs are numbered in the order they come up (`cpu0` is the boot CPU);
+//! the number is looked up from the initial APIC ID, which CPUID reports
+//! without any per-CPU state having to exist yet.
+
+use core::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+use log::{info, warn};
+use raw_cpuid::CpuId;
+
+/// The most CPUs Ferrovisor numbers (initial APIC IDs are 8 bits here).
+const MAX_CPUS: usize = 256;
+
+/// Marks an APIC ID that has no CPU number yet.
+const UNNUMBERED: u16 = u16::MAX;
+
+/// CPU number by initial APIC ID.
+static INDEX_BY_APIC_ID: [AtomicU16; MAX_CPUS] = [const { AtomicU16::new(UNNUMBERED) }; MAX_CPUS];
+static CPUS_UP: AtomicUsize = AtomicUsize::new(0);
+
+fn initial_apic_id() -> u8 {
+    CpuId::new().get_feature_info().map_or(0, |f| f.initial_local_apic_id())
+}
+
+/// Gives the calling CPU the next number. The boot CPU calls it first and
+/// becomes `cpu0`.
+pub fn register_boot_cpu() {
+    let id = usize::from(initial_apic_id());
+    let index = CPUS_UP.fetch_add(1, Ordering::Relaxed);
+    // At most MAX_CPUS CPUs register, one per APIC ID, so this fits.
+    INDEX_BY_APIC_ID[id].store(index as u16, Ordering::Relaxed);
+}
+
+/// The calling CPU's number, for log prefixes. A CPU that has not
+/// registered (which only happens before `register_boot_cpu`) reads as 0.
+pub fn current_index() -> u16 {
+    match INDEX_BY_APIC_ID[usize::from(initial_apic_id())].load(Ordering::Relaxed) {
+        UNNUMBERED => 0,
+        index => index,
+    }
+}
+
+/// Prints the CPU report: identity, VT-x capabilities and the verdict, as
+/// `cpu<k>: VT-x ready` or `cpu<k>: VT-x unavailable: <reason>`. Returns
+/// whether this CPU can run guests.
+pub fn report() -> Result<(), ()> {
+    let k = current_index();
+    let cpuid = CpuId::new();
+    let vendor = cpuid.get_vendor_info();
+    let vendor = vendor.as_ref().map_or("unknown", |v| v.as_str());
+    let brand = cpuid.get_processor_brand_string();
+    let brand = brand.as_ref().map_or("", |b| b.as_str().trim());
+    let features = cpuid.get_feature_info();
+    match &features {
+        Some(f) => info!(
+            "cpu{k}: {vendor} family {:#x} model {:#x} stepping {} \"{brand}\"",
+            f.family_id(),
+            f.model_id(),
+            f.stepping_id()
+        ),
+        None => info!("cpu{k}: {vendor} (no CPUID leaf 1) \"{brand}\""),
+    }
+    let has_vmx = features.as_ref().is_some_and(|f| f.has_vmx());
+    // IA32_FEATURE_CONTROL exists on CPUs that report VMX (SDM Vol. 4, 2.1).
+    let feature_control = has_vmx.then(|| {
+        // SAFETY: CPUID.1:ECX.VMX = 1, so the MSR exists.
+        unsafe { vmx::instructions::rdmsr(vmx::msr::IA32_FEATURE_CONTROL) }
+    });
+    let verdict = vmx::availability::assess(has_vmx, vendor, feature_control).and_then(|fc| {
+        // SAFETY: `assess` succeeded, so the CPU has VMX and its capability
+        // MSRs; `read_vmx_msrs` reads only those its own bits say exist.
+        let raw = unsafe { vmx::instructions::read_vmx_msrs() };
+        let caps = vmx::caps::VmxCapabilities::decode(&raw);
+        for line in caps.report_lines() {
+            info!("cpu{k}: {line}");
+        }
+        info!("cpu{k}: {fc}");
+        caps.check_required().map_err(vmx::availability::Unavailable::MissingFeature)
+    });
+    match verdict {
+        Ok(()) => {
+            info!("cpu{k}: VT-x ready");
+            Ok(())
+        }
+        Err(reason) => {
+            warn!("cpu{k}: VT-x unavailable: {reason}");
+            Err(())
+        }
+    }
+}

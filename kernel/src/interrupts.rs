@@ -1,0 +1,118 @@
+//! The IDT: every CPU exception reports itself and stops the machine.
+//!
+//! An exception in Ferrovisor itself is a host bug: the report gives the
+//! vector, its name, the error code, RIP and CR2 so it can be found. The
+//! CPU that took it stops; since no other CPU runs work yet, the machine then
+//! powers off with a failure indication (see `panic::fatal`).
+
+use spin::Lazy;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+use crate::{gdt, panic};
+
+static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.divide_error.set_handler_fn(divide_error);
+    idt.debug.set_handler_fn(debug);
+    idt.breakpoint.set_handler_fn(breakpoint);
+    idt.overflow.set_handler_fn(overflow);
+    idt.bound_range_exceeded.set_handler_fn(bound_range_exceeded);
+    idt.invalid_opcode.set_handler_fn(invalid_opcode);
+    idt.device_not_available.set_handler_fn(device_not_available);
+    idt.invalid_tss.set_handler_fn(invalid_tss);
+    idt.segment_not_present.set_handler_fn(segment_not_present);
+    idt.stack_segment_fault.set_handler_fn(stack_segment_fault);
+    idt.general_protection_fault.set_handler_fn(general_protection_fault);
+    idt.page_fault.set_handler_fn(page_fault);
+    idt.x87_floating_point.set_handler_fn(x87_floating_point);
+    idt.alignment_check.set_handler_fn(alignment_check);
+    idt.simd_floating_point.set_handler_fn(simd_floating_point);
+    idt.virtualization.set_handler_fn(virtualization);
+    idt.cp_protection_exception.set_handler_fn(cp_protection);
+    idt.hv_injection_exception.set_handler_fn(hv_injection);
+    idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+    idt.security_exception.set_handler_fn(security_exception);
+    // SAFETY: the IST indices name stacks that `gdt` installs in every
+    // CPU's TSS before that CPU loads this IDT.
+    unsafe {
+        idt.double_fault.set_handler_fn(double_fault).set_stack_index(gdt::DOUBLE_FAULT_IST);
+        idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(gdt::NMI_IST);
+        idt.machine_check.set_handler_fn(machine_check).set_stack_index(gdt::MACHINE_CHECK_IST);
+    }
+    idt
+});
+
+/// Loads the IDT on the calling CPU (after its GDT and TSS).
+pub fn init() {
+    IDT.load();
+}
+
+/// Reports an exception and stops: the one place every handler ends.
+fn exception(vector: u8, name: &str, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
+    let cr2 = Cr2::read_raw();
+    let rip = frame.instruction_pointer.as_u64();
+    let rsp = frame.stack_pointer.as_u64();
+    match error_code {
+        Some(code) => panic::fatal(format_args!(
+            "exception {vector} ({name}) error code {code:#x} at RIP {rip:#018x} RSP {rsp:#018x} CR2 {cr2:#018x}"
+        )),
+        None => panic::fatal(format_args!(
+            "exception {vector} ({name}) at RIP {rip:#018x} RSP {rsp:#018x} CR2 {cr2:#018x}"
+        )),
+    }
+}
+
+macro_rules! handlers {
+    ($($name:ident, $vector:literal, $words:literal;)*) => {$(
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
+            exception($vector, $words, &frame, None)
+        }
+    )*};
+}
+
+macro_rules! handlers_with_code {
+    ($($name:ident, $vector:literal, $words:literal;)*) => {$(
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
+            exception($vector, $words, &frame, Some(code))
+        }
+    )*};
+}
+
+handlers! {
+    divide_error, 0, "divide error";
+    debug, 1, "debug";
+    nmi, 2, "non-maskable interrupt";
+    breakpoint, 3, "breakpoint";
+    overflow, 4, "overflow";
+    bound_range_exceeded, 5, "bound range exceeded";
+    invalid_opcode, 6, "invalid opcode";
+    device_not_available, 7, "device not available";
+    x87_floating_point, 16, "x87 floating point";
+    simd_floating_point, 19, "SIMD floating point";
+    virtualization, 20, "virtualization";
+    hv_injection, 28, "hypervisor injection";
+}
+
+handlers_with_code! {
+    invalid_tss, 10, "invalid TSS";
+    segment_not_present, 11, "segment not present";
+    stack_segment_fault, 12, "stack-segment fault";
+    general_protection_fault, 13, "general protection";
+    alignment_check, 17, "alignment check";
+    cp_protection, 21, "control protection";
+    vmm_communication, 29, "VMM communication";
+    security_exception, 30, "security exception";
+}
+
+extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    exception(14, "page fault", &frame, Some(code.bits()))
+}
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
+    exception(8, "double fault", &frame, Some(code))
+}
+
+extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    exception(18, "machine check", &frame, None)
+}

@@ -1,0 +1,3 @@
+//! Host-testable parts of the Ferrovisor kernel.
+#![cfg_attr(not(test), no_std)]
+pub mod acpi;

@@ -1,0 +1,54 @@
+//! The `log` backend: `[cpuN] LEVEL target: message` lines on the serial
+//! console.
+//!
+//! The level comes from `FERROVISOR_LOG` (error, warn, info, debug, trace)
+//! when the kernel is built, which `cargo xtask run --log LEVEL` sets, so it
+//! changes without editing code; once guests come from the config partition
+//! its `hypervisor.toml` will set it at run time instead.
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+use crate::{cpu, serial};
+
+struct SerialLogger;
+
+static LOGGER: SerialLogger = SerialLogger;
+
+impl Log for SerialLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if self.enabled(record.metadata()) {
+            serial::write_fmt(format_args!(
+                "[cpu{}] {:<5} {}: {}\n",
+                cpu::current_index(),
+                record.level(),
+                record.target(),
+                record.args()
+            ));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// The level chosen at build time; `info` when unset or unknown.
+fn build_time_level() -> LevelFilter {
+    match option_env!("FERROVISOR_LOG") {
+        Some("off") => LevelFilter::Off,
+        Some("error") => LevelFilter::Error,
+        Some("warn") => LevelFilter::Warn,
+        Some("debug") => LevelFilter::Debug,
+        Some("trace") => LevelFilter::Trace,
+        _ => LevelFilter::Info,
+    }
+}
+
+/// Installs the logger. Called once, right after the serial port is up.
+pub fn init() {
+    // Only fails if a logger is already set, which `init` running once rules out.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(build_time_level());
+}

@@ -1,0 +1,65 @@
+//! Ferrovisor's bare-metal entry point and boot sequence.
+//!
+//! Only this binary sees `BootInfo`. It brings the boot CPU up (serial log,
+//! GDT/TSS/IDT, frames and heap, ACPI), reports the CPU and its VT-x support,
+//! and powers the machine off. Later issues add VMX, guests and the scheduler
+//! between the report and the power-off.
+#![no_std]
+#![no_main]
+#![feature(abi_x86_interrupt)]
+
+extern crate alloc;
+
+mod arch;
+mod cpu;
+mod gdt;
+mod interrupts;
+mod logger;
+mod memory;
+mod panic;
+mod power;
+mod selftest;
+mod serial;
+
+use bootloader_api::config::Mapping;
+use bootloader_api::{entry_point, BootInfo, BootloaderConfig};
+use log::info;
+
+/// What the kernel asks of the bootloader: the whole of physical memory
+/// mapped at an offset it chooses (the frame allocator, ACPI and later EPT
+/// construction reach physical memory through it) and a roomy boot stack.
+const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+entry_point!(kernel_main, config = &BOOTLOADER_CONFIG);
+
+/// The version printed in the first console line.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    serial::init();
+    logger::init();
+    info!("ferrovisor {VERSION} starting");
+    cpu::register_boot_cpu();
+    gdt::init_boot_cpu();
+    interrupts::init();
+
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        panic::fatal(format_args!("the bootloader did not map physical memory"));
+    };
+    let phys = memory::PhysMap::new(phys_offset);
+    memory::init(&boot_info.memory_regions, phys);
+    power::init(boot_info.rsdp_addr.into_option(), phys);
+
+    let vtx = cpu::report();
+    selftest::run();
+    match vtx {
+        Ok(()) => info!("no guests to run yet"),
+        Err(()) => info!("nothing to do without VT-x"),
+    }
+    power::power_off()
+}

@@ -1,0 +1,99 @@
+//! Physical memory at boot: the usable-memory figure, the frame allocator
+//! built from the bootloader's memory map, and the kernel heap.
+
+use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use log::{info, warn};
+use mm::addr::{HostPhysAddr, PhysRange, PAGE_SIZE};
+use mm::frame::BuddyAllocator;
+use mm::heap::KernelHeap;
+use spin::Mutex;
+
+use crate::panic;
+
+#[global_allocator]
+static HEAP: KernelHeap = KernelHeap::empty();
+
+/// The machine's frame allocator, set up once by [`init`].
+pub static FRAMES: Mutex<Option<BuddyAllocator<'static>>> = Mutex::new(None);
+
+/// Frames below 1 MiB stay out of the allocator: real-mode structures and,
+/// later, the application processors' start-up code live there.
+const LOW_MEMORY_END: u64 = 0x10_0000;
+
+/// The most usable regions taken from the memory map; firmware maps have a
+/// few dozen at most.
+const MAX_REGIONS: usize = 128;
+
+/// Heap size: 2^HEAP_ORDER frames (8 MiB).
+const HEAP_ORDER: u8 = 11;
+
+/// The bootloader's mapping of all physical memory at a fixed offset.
+#[derive(Clone, Copy, Debug)]
+pub struct PhysMap {
+    offset: u64,
+}
+
+impl PhysMap {
+    /// The mapping the bootloader reported at `offset`.
+    pub fn new(offset: u64) -> Self {
+        PhysMap { offset }
+    }
+
+    /// The virtual address at which `phys` is mapped.
+    pub fn ptr(self, phys: HostPhysAddr) -> *mut u8 {
+        self.offset.wrapping_add(phys.as_u64()) as *mut u8
+    }
+}
+
+/// Counts usable memory, builds the frame allocator and the heap.
+pub fn init(regions: &MemoryRegions, phys: PhysMap) {
+    let mut usable = [PhysRange::EMPTY; MAX_REGIONS];
+    let mut count = 0;
+    let mut usable_bytes = 0u64;
+    let mut dropped = 0usize;
+    for region in regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable) {
+        usable_bytes += region.end.saturating_sub(region.start);
+        let start = region.start.max(LOW_MEMORY_END);
+        if start >= region.end {
+            continue;
+        }
+        match usable.get_mut(count) {
+            Some(slot) => {
+                *slot = PhysRange::new(HostPhysAddr::new(start), HostPhysAddr::new(region.end));
+                count += 1;
+            }
+            None => dropped += 1,
+        }
+    }
+    info!("memory: {} MiB usable", usable_bytes >> 20);
+    if dropped > 0 {
+        warn!("memory: {dropped} usable regions beyond the first {MAX_REGIONS} are left unused");
+    }
+    let usable = &usable[..count];
+
+    let frames = build_allocator(usable, phys).unwrap_or_else(|e| panic::fatal(format_args!("frame allocator: {e}")));
+    info!("{}", frames.stats());
+    let mut guard = FRAMES.lock();
+    let frames = guard.insert(frames);
+
+    let heap = frames
+        .alloc(HEAP_ORDER)
+        .unwrap_or_else(|e| panic::fatal(format_args!("no memory for the kernel heap: {e}")));
+    let heap_size = PAGE_SIZE << HEAP_ORDER;
+    // SAFETY: the frames were just taken from the allocator, so nothing else
+    // uses them; they are mapped writable at `phys.ptr` for the kernel's
+    // lifetime, and `init` runs once.
+    unsafe { HEAP.init(phys.ptr(heap), heap_size as usize) };
+    info!("heap: {} MiB at {heap}", heap_size >> 20);
+}
+
+fn build_allocator(usable: &[PhysRange], phys: PhysMap) -> Result<BuddyAllocator<'static>, mm::MmError> {
+    let (meta_range, span_frames) = mm::frame::place_metadata(usable)?;
+    // SAFETY: `place_metadata` chose whole frames inside usable RAM, which
+    // the bootloader mapped at `phys` and nothing else uses: the allocator
+    // below is told to exclude them, so they are never handed out.
+    let meta = unsafe { core::slice::from_raw_parts_mut(phys.ptr(meta_range.start), meta_range.len() as usize) };
+    let mut frames = BuddyAllocator::new(span_frames, meta)?;
+    frames.add_usable(usable, meta_range)?;
+    Ok(frames)
+}

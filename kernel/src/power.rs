@@ -1,0 +1,130 @@
+//! Powering the machine off: ACPI S5, with the emulators' exit ports only as
+//! a fallback where ACPI gives us no way.
+//!
+//! ACPI soft-off (spec 7.4.2, 16.1.6): write SLP_TYPa (from the DSDT's \_S5
+//! object) with SLP_EN to PM1a_CNT, and SLP_TYPb to PM1b_CNT where the
+//! machine has one. If the firmware left the platform in legacy mode
+//! (SCI_EN clear), it is switched to ACPI mode first by writing ACPI_ENABLE
+//! to SMI_CMD.
+
+use kernel::acpi::{self, PhysMemory, PowerOff};
+use log::{info, warn};
+use spin::Once;
+
+use crate::arch;
+use crate::memory::PhysMap;
+use mm::addr::HostPhysAddr;
+
+static POWER_OFF: Once<Option<PowerOff>> = Once::new();
+
+/// Physical memory as the ACPI parser reads it: through the bootloader's
+/// mapping.
+struct Mapped(PhysMap);
+
+impl PhysMemory for Mapped {
+    fn read(&self, phys: u64, buf: &mut [u8]) -> Result<(), acpi::AcpiError> {
+        let src = self.0.ptr(HostPhysAddr::new(phys));
+        // SAFETY: the bootloader maps all physical memory, including the
+        // firmware's reserved and ACPI regions where tables live, at `PhysMap`
+        // for the kernel's lifetime; firmware tables are not written while
+        // we read them; `buf` is a distinct kernel buffer.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+}
+
+/// Reads the ACPI tables the power-off path needs. Failure is logged, not
+/// fatal: the machine can still run, only powering off falls back.
+pub fn init(rsdp: Option<u64>, phys: PhysMap) {
+    POWER_OFF.call_once(|| {
+        let Some(rsdp) = rsdp else {
+            warn!("acpi: the firmware gave no RSDP; power off will use the emulator exit ports");
+            return None;
+        };
+        let mem = Mapped(phys);
+        acpi::log_tables(&mem, rsdp, |line| info!("{line}"));
+        match acpi::power_off_info(&mem, rsdp) {
+            Ok(info) => {
+                info!("acpi: {info}");
+                Some(info)
+            }
+            Err(e) => {
+                warn!("acpi: {e}; power off will use the emulator exit ports");
+                None
+            }
+        }
+    });
+}
+
+/// Powers off after a normal run.
+pub fn power_off() -> ! {
+    info!("powering off");
+    shut_down()
+}
+
+/// Powers off after a fatal error; the line is the failure indication.
+pub fn power_off_after_failure() -> ! {
+    crate::serial::write_fmt(format_args!("[cpu{}] ERROR powering off after a failure\n", crate::cpu::current_index()));
+    shut_down()
+}
+
+fn shut_down() -> ! {
+    x86_64::instructions::interrupts::disable();
+    crate::serial::drain();
+    if let Some(Some(info)) = POWER_OFF.get() {
+        acpi_s5(info);
+        // A machine that ignored the write is still here: say so before the fallback.
+        crate::serial::write_fmt(format_args!("ACPI power off did not take effect; trying the emulator exit ports\n"));
+        crate::serial::drain();
+    }
+    emulator_exit()
+}
+
+/// How long to wait for a power-off write to take effect, in spin
+/// iterations (a few milliseconds on hardware, well under a second under Bochs).
+const SETTLE_SPINS: u32 = 2_000_000;
+
+fn settle() {
+    for _ in 0..SETTLE_SPINS {
+        core::hint::spin_loop();
+    }
+}
+
+fn acpi_s5(info: &PowerOff) {
+    // SAFETY (for the port accesses below): the ports come from the FADT,
+    // the firmware's own description of its PM1 control blocks and SMI
+    // command port; writing them as ACPI specifies is what they are for.
+    unsafe {
+        let sci_en = arch::inw(info.pm1a_cnt) & 1 != 0;
+        if !sci_en && info.smi_cmd != 0 && info.acpi_enable != 0 {
+            arch::outb(info.smi_cmd as u16, info.acpi_enable);
+            for _ in 0..1000 {
+                if arch::inw(info.pm1a_cnt) & 1 != 0 {
+                    break;
+                }
+                settle();
+            }
+        }
+        let a = acpi::pm1_control_value(arch::inw(info.pm1a_cnt), info.sleep.slp_typ_a);
+        if let Some(pm1b) = info.pm1b_cnt {
+            arch::outw(pm1b, acpi::pm1_control_value(arch::inw(pm1b), info.sleep.slp_typ_b));
+        }
+        arch::outw(info.pm1a_cnt, a);
+    }
+    settle();
+}
+
+/// Last resort where ACPI gave no way off: Bochs's (and old QEMU's)
+/// shutdown port, then halt.
+fn emulator_exit() -> ! {
+    // SAFETY: port 0x8900 is Bochs's APM shutdown port; on a machine without
+    // it the writes go nowhere, and we are about to halt anyway.
+    unsafe {
+        for byte in b"Shutdown" {
+            arch::outb(0x8900, *byte);
+        }
+    }
+    settle();
+    crate::serial::write_fmt(format_args!("could not power off; halting (switch the machine off by hand)\n"));
+    arch::halt_forever()
+}

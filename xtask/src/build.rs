@@ -1,0 +1,178 @@
+//! Building the kernel and its disk images.
+//!
+//! A *variant* is one kernel build: the normal one, or one with a self-test
+//! compiled in for the boot tests. Each variant gets its own folder under
+//! `target/ferrovisor/` holding its kernel ELF and its BIOS and UEFI images.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{out_dir, workspace_root};
+
+/// The target the kernel is built for.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// What to compile into one kernel build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// Log level baked into the kernel (`FERROVISOR_LOG`).
+    pub log_level: String,
+    /// Self-test compiled in (`FERROVISOR_SELFTEST`), if any.
+    pub selftest: Option<String>,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Variant { log_level: "info".into(), selftest: None }
+    }
+}
+
+impl Variant {
+    /// A normal build with the given log level.
+    pub fn with_log_level(level: &str) -> Self {
+        Variant { log_level: level.into(), selftest: None }
+    }
+
+    /// A build that runs the named self-test after the CPU report.
+    pub fn selftest(name: &str) -> Self {
+        Variant { selftest: Some(name.into()), ..Variant::default() }
+    }
+
+    /// The folder name of this variant under `target/ferrovisor/`.
+    pub fn dir_name(&self) -> String {
+        match &self.selftest {
+            Some(test) => format!("selftest-{test}-{}", self.log_level),
+            None => format!("kernel-{}", self.log_level),
+        }
+    }
+
+    /// The folder holding this variant's kernel and images.
+    pub fn dir(&self) -> PathBuf {
+        out_dir().join(self.dir_name())
+    }
+
+    /// The variant's copy of the kernel ELF.
+    pub fn kernel(&self) -> PathBuf {
+        self.dir().join("kernel")
+    }
+
+    /// The variant's disk image for `firmware` (`bios` or `uefi`).
+    pub fn image(&self, firmware: Firmware) -> PathBuf {
+        self.dir().join(format!("ferrovisor-{}.img", firmware.name()))
+    }
+}
+
+/// The firmware an image boots with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS under QEMU, the Bochs ROM BIOS).
+    Bios,
+    /// UEFI (OVMF).
+    Uefi,
+}
+
+impl Firmware {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+
+    /// Parses `bios` or `uefi`.
+    pub fn parse(s: &str) -> Option<Firmware> {
+        match s {
+            "bios" => Some(Firmware::Bios),
+            "uefi" => Some(Firmware::Uefi),
+            _ => None,
+        }
+    }
+}
+
+/// A build step that failed.
+#[derive(Debug)]
+pub struct BuildError(pub String);
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// The folder of the image builder, a workspace of its own whose
+/// `rust-toolchain.toml` pins the bare-metal toolchain.
+fn boot_dir() -> PathBuf {
+    workspace_root().join("boot")
+}
+
+/// The bare-metal toolchain's channel, read from `boot/rust-toolchain.toml`.
+pub fn bare_metal_channel() -> Result<String, BuildError> {
+    let path = boot_dir().join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| BuildError(format!("cannot read {}: {e}", path.display())))?;
+    crate::setup::parse_toolchain(&text)
+        .map(|spec| spec.channel)
+        .map_err(|e| BuildError(format!("{}: {e}", path.display())))
+}
+
+/// `cargo +<bare-metal toolchain>` through rustup's proxy, so the channel
+/// pinned for the kernel and bootloader wins over the workspace's own.
+fn cargo(dir: PathBuf) -> Result<Command, BuildError> {
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{}", bare_metal_channel()?));
+    // The outer cargo (running xtask) points these at its own toolchain.
+    for var in ["CARGO", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "RUSTFLAGS"] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(dir);
+    Ok(cmd)
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<(), BuildError> {
+    let status = cmd.status().map_err(|e| BuildError(format!("{what}: cannot start cargo: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BuildError(format!("{what} failed ({status})")))
+    }
+}
+
+/// Compiles the kernel for `variant` and copies the ELF into its folder.
+pub fn kernel(variant: &Variant) -> Result<PathBuf, BuildError> {
+    println!("xtask: building the kernel ({})", variant.dir_name());
+    let mut cmd = cargo(workspace_root())?;
+    cmd.args(["build", "--package", "kernel", "--bin", "kernel", "--release", "--target", KERNEL_TARGET]);
+    cmd.env("FERROVISOR_LOG", &variant.log_level);
+    match &variant.selftest {
+        Some(test) => cmd.env("FERROVISOR_SELFTEST", test),
+        None => cmd.env_remove("FERROVISOR_SELFTEST"),
+    };
+    run(cmd, "building the kernel")?;
+    let built = workspace_root().join("target").join(KERNEL_TARGET).join("release").join("kernel");
+    std::fs::create_dir_all(variant.dir())
+        .map_err(|e| BuildError(format!("cannot create {}: {e}", variant.dir().display())))?;
+    std::fs::copy(&built, variant.kernel())
+        .map_err(|e| BuildError(format!("cannot copy {} to {}: {e}", built.display(), variant.kernel().display())))?;
+    Ok(variant.kernel())
+}
+
+/// Builds the BIOS and UEFI disk images of an already built `variant`.
+///
+/// The first run compiles the `bootloader` crate's boot stages, which takes
+/// a few minutes; later runs take a second.
+pub fn images(variant: &Variant) -> Result<(), BuildError> {
+    println!("xtask: writing the BIOS and UEFI disk images ({})", variant.dir_name());
+    let mut cmd = cargo(boot_dir())?;
+    cmd.args(["run", "--quiet", "--release", "--"]);
+    cmd.arg("--kernel").arg(variant.kernel()).arg("--out").arg(variant.dir());
+    run(cmd, "building the disk images")
+}
+
+/// Kernel and images for `variant`.
+pub fn all(variant: &Variant) -> Result<(), BuildError> {
+    kernel(variant)?;
+    images(variant)
+}

@@ -1,0 +1,68 @@
+//! `cargo xtask`: build, image, run and test Ferrovisor.
+//!
+//! One subcommand per module: `build` and `image` (build.rs), `run`
+//! (run.rs), `test` (test.rs), `bench` (bench.rs). Run `cargo xtask help`.
+
+mod bench;
+mod cli;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use xtask::build::{self, Variant};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+commands:
+  build    build the kernel                          [--log LEVEL]
+  image    build the kernel and its BIOS and UEFI disk images   [--log LEVEL]
+  run      build, then boot the image with the serial console on this terminal
+             --engine auto|qemu|kvm|bochs   (default auto: QEMU+KVM when this host
+                                             offers nested VT-x, else Bochs)
+             --firmware bios|uefi           (default bios)
+             --cpus N        (default 1)     --memory MIB   (default 512)
+             --timeout SECS  (default 60 for QEMU, 900 for Bochs)
+             --serial-log FILE              also write the console to FILE
+             --log error|warn|info|debug|trace   kernel log level (default info)
+  test     every test: host unit tests, then boot tests under QEMU (BIOS, UEFI)
+           and Bochs, and under QEMU+KVM when this host offers nested VT-x
+  bench    benchmarks (arrive with the VT-x core)
+  help     this text
+
+Missing emulators, firmware and toolchain components are installed when run
+as root on Debian/Ubuntu; otherwise the command to install them is printed.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    };
+    let result = match command.as_str() {
+        "build" => cli::Options::parse(rest, &["--log"]).and_then(|o| {
+            xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;
+            build::kernel(&Variant::with_log_level(&o.log_level()?)).map(|_| ()).map_err(|e| e.to_string())
+        }),
+        "image" => cli::Options::parse(rest, &["--log"]).and_then(|o| {
+            xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;
+            build::all(&Variant::with_log_level(&o.log_level()?)).map_err(|e| e.to_string())
+        }),
+        "run" => run::main(rest),
+        "test" => test::main(rest),
+        "bench" => bench::main(rest),
+        "help" | "-h" | "--help" => {
+            println!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}; run `cargo xtask help`")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Booting an image under an emulator and collecting its serial console.
+//!
+//! QEMU's serial port goes to its stdout, read through a pipe; Bochs writes
+//! its COM1 to a file, which is followed while it runs. Either way every
+//! line is kept (for the boot tests) and, when asked, echoed live to the
+//! terminal. A time limit kills the emulator and says so.
+
+use std::fmt;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::build::Firmware;
+use crate::setup::Found;
+
+/// The emulators Ferrovisor boots under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// QEMU with TCG: fast boots, no VT-x.
+    Qemu,
+    /// QEMU with KVM and the host's nested VT-x.
+    Kvm,
+    /// Bochs: emulates VT-x with EPT, slowly.
+    Bochs,
+}
+
+impl Engine {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Qemu => "qemu",
+            Engine::Kvm => "kvm",
+            Engine::Bochs => "bochs",
+        }
+    }
+}
+
+/// One boot of one image.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    /// Which emulator.
+    pub engine: Engine,
+    /// Which firmware; Bochs boots BIOS images only.
+    pub firmware: Firmware,
+    /// The disk image.
+    pub image: PathBuf,
+    /// Number of CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Kill the emulator after this long.
+    pub timeout: Duration,
+    /// Also write the serial console to this file.
+    pub serial_log: Option<PathBuf>,
+    /// Echo serial lines to stdout as they arrive.
+    pub echo: bool,
+    /// Folder for the emulator's own files (Bochs config and log, OVMF
+    /// variables); made if missing.
+    pub work_dir: PathBuf,
+}
+
+/// How the emulator ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited by itself with this status code.
+    Code(i32),
+    /// It was killed by a signal it did not send itself.
+    Signal,
+    /// It ran past the time limit and was killed.
+    TimedOut,
+}
+
+/// What one boot produced.
+#[derive(Clone, Debug)]
+pub struct BootOutcome {
+    /// The serial console, `\r` removed.
+    pub serial: String,
+    /// How the emulator ended.
+    pub exit: Exit,
+    /// The emulator's own log where it keeps one (Bochs).
+    pub emulator_log: Option<String>,
+    /// Wall-clock time the boot took.
+    pub elapsed: Duration,
+}
+
+impl BootOutcome {
+    /// Whether the serial console contains `needle`.
+    pub fn saw(&self, needle: &str) -> bool {
+        self.serial.contains(needle)
+    }
+}
+
+/// Why a boot could not be carried out at all.
+#[derive(Debug)]
+pub struct RunError(pub String);
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Boots `opts.image` and waits for the machine to power off or the time
+/// limit to pass.
+pub fn boot(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
+    if !opts.image.is_file() {
+        return Err(RunError(format!("disk image {} does not exist", opts.image.display())));
+    }
+    fs::create_dir_all(&opts.work_dir)
+        .map_err(|e| RunError(format!("cannot create {}: {e}", opts.work_dir.display())))?;
+    match opts.engine {
+        Engine::Qemu | Engine::Kvm => boot_qemu(opts, tools),
+        Engine::Bochs => boot_bochs(opts, tools),
+    }
+}
+
+/// The QEMU command line for `opts`.
+pub fn qemu_command(opts: &BootOptions, tools: &Found) -> Result<Command, RunError> {
+    let qemu = tools.qemu.as_ref().ok_or_else(|| RunError("QEMU was not found".into()))?;
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-machine", "q35", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    cmd.arg("-m").arg(format!("{}M", opts.memory_mib));
+    cmd.arg("-smp").arg(opts.cpus.to_string());
+    if opts.engine == Engine::Kvm {
+        // `host` passes the CPU's VMX capabilities through to Ferrovisor.
+        cmd.args(["-enable-kvm", "-cpu", "host"]);
+    }
+    cmd.arg("-drive").arg(format!("format=raw,file={},if=ide,index=0,media=disk", opts.image.display()));
+    if opts.firmware == Firmware::Uefi {
+        let ovmf = tools.ovmf.as_ref().ok_or_else(|| RunError("OVMF (UEFI firmware) was not found".into()))?;
+        match &ovmf.vars {
+            Some(vars_template) => {
+                // Split firmware: read-only code plus a private copy of the
+                // variable store, so runs never share or dirty the template.
+                let vars = opts.work_dir.join("OVMF_VARS.fd");
+                fs::copy(vars_template, &vars)
+                    .map_err(|e| RunError(format!("cannot copy {}: {e}", vars_template.display())))?;
+                cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={}", ovmf.code.display()));
+                cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            }
+            None => {
+                cmd.arg("-bios").arg(&ovmf.code);
+            }
+        }
+    }
+    cmd.stdin(Stdio::null());
+    Ok(cmd)
+}
+
+fn boot_qemu(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
+    let mut cmd = qemu_command(opts, tools)?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| RunError(format!("cannot start QEMU: {e}")))?;
+    let lines = spawn_line_reader(child.stdout.take());
+    let stderr = spawn_collector(child.stderr.take());
+    let (serial, exit) = collect(&mut child, lines, opts, start)?;
+    let stderr = stderr.join().unwrap_or_default();
+    if !stderr.trim().is_empty() {
+        eprintln!("qemu: {}", stderr.trim());
+    }
+    Ok(BootOutcome { serial, exit, emulator_log: Some(stderr), elapsed: start.elapsed() })
+}
+
+/// The Bochs configuration for `opts`, as written to `bochsrc.txt`.
+///
+/// Each setting answers one of the quirks listed in DESIGN.md: the RFB
+/// display that does not wait for a viewer (this build has no `nogui`), the
+/// cirrus VGA the bootloader's BIOS stage needs, `ips` and `clock` settings
+/// that skip the ROM BIOS's emulated delays, and COM1 to a file.
+pub fn bochs_config(opts: &BootOptions, tools: &Found, serial: &Path, log: &Path) -> Result<String, RunError> {
+    let bochs = tools.bochs.as_ref().ok_or_else(|| RunError("Bochs was not found".into()))?;
+    Ok(format!(
+        "\
+megs: {megs}
+cpu: model=corei7_skylake_x, count={cpus}, ips=10000000, reset_on_triple_fault=0
+romimage: file=\"{bios}\"
+vgaromimage: file=\"{vgabios}\"
+vga: extension=cirrus
+pci: enabled=1, chipset=i440fx, slot1=cirrus
+display_library: rfb, options=\"timeout=0\"
+ata0-master: type=disk, path=\"{image}\", mode=flat
+boot: disk
+clock: sync=none, time0=local
+com1: enabled=1, mode=file, dev=\"{serial}\"
+log: \"{log}\"
+panic: action=fatal
+error: action=report
+info: action=report
+debug: action=ignore
+",
+        megs = opts.memory_mib,
+        cpus = opts.cpus,
+        bios = bochs.bios.display(),
+        vgabios = bochs.vgabios.display(),
+        image = opts.image.display(),
+        serial = serial.display(),
+        log = log.display(),
+    ))
+}
+
+fn boot_bochs(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
+    if opts.firmware != Firmware::Bios {
+        return Err(RunError("Bochs boots BIOS images only; use --firmware bios".into()));
+    }
+    let bochs = tools.bochs.as_ref().ok_or_else(|| RunError("Bochs was not found".into()))?;
+    let serial_path = opts.work_dir.join("com1.txt");
+    let log_path = opts.work_dir.join("bochs.log");
+    let rc_path = opts.work_dir.join("bochsrc.txt");
+    let debugger_rc = opts.work_dir.join("debugger.rc");
+    // A killed Bochs leaves `IMAGE.lock` behind and the next run refuses the
+    // disk; Bochs runs are never shared, so a stale lock is always ours.
+    let _ = fs::remove_file(PathBuf::from(format!("{}.lock", opts.image.display())));
+    for path in [&serial_path, &log_path] {
+        let _ = fs::remove_file(path);
+    }
+    let config = bochs_config(opts, tools, &serial_path, &log_path)?;
+    fs::write(&rc_path, config).map_err(|e| RunError(format!("cannot write {}: {e}", rc_path.display())))?;
+    // Debian's Bochs has the debugger built in and stops at its prompt;
+    // this script tells it to continue at once.
+    fs::write(&debugger_rc, "c\n").map_err(|e| RunError(format!("cannot write {}: {e}", debugger_rc.display())))?;
+    fs::write(&serial_path, "").map_err(|e| RunError(format!("cannot write {}: {e}", serial_path.display())))?;
+
+    let mut cmd = Command::new(&bochs.binary);
+    cmd.arg("-q").arg("-f").arg(&rc_path).arg("-rc").arg(&debugger_rc);
+    cmd.current_dir(&opts.work_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| RunError(format!("cannot start Bochs: {e}")))?;
+    let lines = spawn_file_follower(serial_path.clone());
+    let (serial, exit) = collect(&mut child, lines, opts, start)?;
+    let _ = fs::remove_file(PathBuf::from(format!("{}.lock", opts.image.display())));
+    let emulator_log = fs::read_to_string(&log_path).ok();
+    Ok(BootOutcome { serial, exit, emulator_log, elapsed: start.elapsed() })
+}
+
+/// Lines from the emulator, or the end of its output.
+enum Line {
+    Text(String),
+    End,
+}
+
+fn spawn_line_reader(stdout: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        if let Some(stdout) = stdout {
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                if tx.send(Line::Text(String::from_utf8_lossy(&buf).into_owned())).is_err() {
+                    return;
+                }
+                buf.clear();
+            }
+        }
+        let _ = tx.send(Line::End);
+    });
+    rx
+}
+
+fn spawn_collector(stream: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stream) = stream {
+            let _ = stream.read_to_string(&mut text);
+        }
+        text
+    })
+}
+
+/// Follows a file that another process appends to, sending complete lines.
+/// It never sends `End`: the caller stops when the process exits.
+fn spawn_file_follower(path: PathBuf) -> mpsc::Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut offset = 0usize;
+        let mut pending = Vec::new();
+        loop {
+            if let Ok(bytes) = fs::read(&path) {
+                if bytes.len() > offset {
+                    pending.extend_from_slice(&bytes[offset..]);
+                    offset = bytes.len();
+                    while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        if tx.send(Line::Text(String::from_utf8_lossy(&line).into_owned())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    rx
+}
+
+/// Gathers serial lines until the emulator exits or the time runs out.
+fn collect(
+    child: &mut Child,
+    lines: mpsc::Receiver<Line>,
+    opts: &BootOptions,
+    start: Instant,
+) -> Result<(String, Exit), RunError> {
+    let mut log_file = match &opts.serial_log {
+        Some(path) => Some(fs::File::create(path).map_err(|e| RunError(format!("cannot create {}: {e}", path.display())))?),
+        None => None,
+    };
+    let mut serial = String::new();
+    let mut take = |text: String| {
+        let text = text.replace('\r', "");
+        if opts.echo {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+        }
+        if let Some(file) = log_file.as_mut() {
+            let _ = file.write_all(text.as_bytes());
+        }
+        serial.push_str(&text);
+    };
+    let mut status: Option<ExitStatus> = None;
+    let exit = loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(Line::Text(text)) => take(text),
+            Ok(Line::End) | Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if status.is_none() {
+            status = child.try_wait().map_err(|e| RunError(format!("cannot wait for the emulator: {e}")))?;
+        }
+        if let Some(status) = status {
+            // Drain what the reader still holds (the follower needs one more
+            // look at the file), then report.
+            let drain_until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < drain_until {
+                match lines.recv_timeout(Duration::from_millis(60)) {
+                    Ok(Line::Text(text)) => take(text),
+                    Ok(Line::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
+            break match status.code() {
+                Some(code) => Exit::Code(code),
+                None => Exit::Signal,
+            };
+        }
+        if start.elapsed() > opts.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Exit::TimedOut;
+        }
+    };
+    Ok((serial, exit))
+}

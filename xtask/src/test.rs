@@ -1,0 +1,61 @@
+//! `cargo xtask test`: every test, in the order that fails fastest.
+//!
+//! 1. set-up: toolchain components, emulators, firmware;
+//! 2. host unit tests of every library crate;
+//! 3. the kernel and images the boot tests boot (normal and self-test builds);
+//! 4. the boot tests in `tests/` (QEMU BIOS and UEFI, Bochs);
+//! 5. when this host offers nested VT-x, the boot tests that need QEMU+KVM.
+
+use std::process::Command;
+
+use xtask::build::{self, Firmware, Variant};
+use xtask::host::{self, HostFacts};
+use xtask::runner::Engine;
+use xtask::{setup, workspace_root};
+
+/// The kernel builds the boot tests use; `tests/` names the same ones.
+fn variants() -> Vec<Variant> {
+    vec![Variant::default(), Variant::selftest("panic"), Variant::selftest("page-fault")]
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// Runs `cargo xtask test`.
+pub fn main(args: &[String]) -> Result<(), String> {
+    if let Some(extra) = args.first() {
+        return Err(format!("`cargo xtask test` takes no options (got {extra:?})"));
+    }
+    setup::ensure_toolchain().map_err(|e| e.to_string())?;
+    let mut needs = setup::needs(Engine::Qemu, Firmware::Uefi);
+    needs.extend(setup::needs(Engine::Bochs, Firmware::Bios));
+    setup::ensure_tools(&needs).map_err(|e| e.to_string())?;
+
+    cargo(&["test", "--workspace", "--exclude", "kernel", "--exclude", "tests"])?;
+    cargo(&["test", "--package", "kernel", "--lib"])?;
+
+    for variant in variants() {
+        build::all(&variant).map_err(|e| e.to_string())?;
+    }
+    cargo(&["test", "--package", "tests"])?;
+
+    match host::choose_str("kvm", &HostFacts::probe()) {
+        Ok(_) => cargo(&["test", "--package", "tests", "--", "--ignored", "kvm"]),
+        Err(why) => {
+            println!("xtask: the QEMU+KVM boot tests did not run: {why}");
+            Ok(())
+        }
+    }
+}
