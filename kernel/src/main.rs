@@ -51,7 +51,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
         panic::fatal(format_args!("the bootloader did not map physical memory"));
     };
-    let phys = memory::PhysMap::new(phys_offset);
+    let phys = memory::PhysMap::new(phys_offset, &boot_info.memory_regions);
     memory::init(&boot_info.memory_regions, phys);
     power::init(boot_info.rsdp_addr.into_option(), phys);
 

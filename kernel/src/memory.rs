@@ -31,12 +31,20 @@ const HEAP_ORDER: u8 = 11;
 #[derive(Clone, Copy, Debug)]
 pub struct PhysMap {
     offset: u64,
+    end: u64,
 }
 
 impl PhysMap {
-    /// The mapping the bootloader reported at `offset`.
-    pub fn new(offset: u64) -> Self {
-        PhysMap { offset }
+    /// The mapping the bootloader reported at `offset`, covering physical
+    /// addresses up to the end of the highest region in `regions` (that is
+    /// what the bootloader maps).
+    pub fn new(offset: u64, regions: &MemoryRegions) -> Self {
+        PhysMap { offset, end: regions.iter().map(|r| r.end).max().unwrap_or(0) }
+    }
+
+    /// Whether `[phys, phys + len)` lies inside the mapping.
+    pub fn covers(self, phys: HostPhysAddr, len: u64) -> bool {
+        phys.as_u64().checked_add(len).is_some_and(|end| end <= self.end)
     }
 
     /// The virtual address at which `phys` is mapped.

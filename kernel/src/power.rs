@@ -23,11 +23,16 @@ struct Mapped(PhysMap);
 
 impl PhysMemory for Mapped {
     fn read(&self, phys: u64, buf: &mut [u8]) -> Result<(), acpi::AcpiError> {
-        let src = self.0.ptr(HostPhysAddr::new(phys));
-        // SAFETY: the bootloader maps all physical memory, including the
-        // firmware's reserved and ACPI regions where tables live, at `PhysMap`
-        // for the kernel's lifetime; firmware tables are not written while
-        // we read them; `buf` is a distinct kernel buffer.
+        let at = HostPhysAddr::new(phys);
+        // A corrupt table pointer must give an error, not a page fault.
+        if !self.0.covers(at, buf.len() as u64) {
+            return Err(acpi::AcpiError::Unreadable { phys, len: buf.len() });
+        }
+        let src = self.0.ptr(at);
+        // SAFETY: `covers` checked the range lies in the physical memory the
+        // bootloader mapped at `PhysMap` for the kernel's lifetime (the
+        // firmware's reserved and ACPI regions included); firmware tables are
+        // not written while we read them; `buf` is a distinct kernel buffer.
         unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -91,15 +96,18 @@ fn settle() {
 }
 
 fn acpi_s5(info: &PowerOff) {
-    // SAFETY (for the port accesses below): the ports come from the FADT,
-    // the firmware's own description of its PM1 control blocks and SMI
-    // command port; writing them as ACPI specifies is what they are for.
+    // SAFETY: the ports come from the FADT, the firmware's own description
+    // of its PM1 control blocks and SMI command port, and are accessed as
+    // the ACPI specification says (16-bit PM1 control, 8-bit SMI command).
     unsafe {
-        let sci_en = arch::inw(info.pm1a_cnt) & 1 != 0;
-        if !sci_en && info.smi_cmd != 0 && info.acpi_enable != 0 {
-            arch::outb(info.smi_cmd as u16, info.acpi_enable);
+        let sci_en = arch::inw(info.pm1a_cnt) & acpi::PM1_SCI_EN != 0;
+        // SMI_CMD is a 32-bit field but an I/O port; a value beyond the port
+        // space is firmware garbage, and 0 means there is no legacy mode.
+        let smi_cmd = u16::try_from(info.smi_cmd).ok().filter(|&port| port != 0);
+        if let (false, Some(smi_cmd), 1..) = (sci_en, smi_cmd, info.acpi_enable) {
+            arch::outb(smi_cmd, info.acpi_enable);
             for _ in 0..1000 {
-                if arch::inw(info.pm1a_cnt) & 1 != 0 {
+                if arch::inw(info.pm1a_cnt) & acpi::PM1_SCI_EN != 0 {
                     break;
                 }
                 settle();

@@ -11,18 +11,18 @@ use xtask::runner::Engine;
 const QEMU_LIMIT: Duration = Duration::from_secs(120);
 const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
 
+/// N from a `memory: <N> MiB usable` line.
+fn usable_mib(line: &str) -> Option<u64> {
+    let (before, _) = line.split_once(" MiB usable")?;
+    before.rsplit("memory: ").next()?.parse().ok()
+}
+
 /// What every clean boot prints, in order, whatever the CPU.
 fn common_report(c: &Checked<'_>) {
     c.line("`ferrovisor <version> starting`", |l| {
         l.contains(&format!("ferrovisor {} starting", env!("CARGO_PKG_VERSION")))
     })
-    .line("`memory: <N> MiB usable` with N > 400 of 512", |l| {
-        l.split("memory: ")
-            .nth(1)
-            .and_then(|rest| rest.split(" MiB usable").next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| n > 400 && n <= 512)
-    })
+    .line("`memory: <N> MiB usable` with N > 400 of 512", |l| usable_mib(l).is_some_and(|n| n > 400 && n <= 512))
     .in_order("starting", "memory: ")
     .never("FATAL")
     .never("ERROR");
