@@ -6,7 +6,7 @@
 //! everything but the heap's final pointer use is tested on the host.
 #![cfg_attr(not(test), no_std)]
 
-pub mod addr;
+pub use addr;
 mod error;
 pub mod frame;
 pub mod heap;

@@ -165,8 +165,11 @@ pub fn kernel(variant: &Variant) -> Result<PathBuf, BuildError> {
 /// a few minutes; later runs take a second.
 pub fn images(variant: &Variant) -> Result<(), BuildError> {
     println!("xtask: writing the BIOS and UEFI disk images ({})", variant.dir_name());
+    if !boot_dir().join("target").join("release").join("boot").is_file() {
+        println!("xtask: first image build: the bootloader compiles its boot stages now (a few minutes)");
+    }
     let mut cmd = cargo(boot_dir())?;
-    cmd.args(["run", "--quiet", "--release", "--"]);
+    cmd.args(["run", "--release", "--"]);
     cmd.arg("--kernel").arg(variant.kernel()).arg("--out").arg(variant.dir());
     run(cmd, "building the disk images")
 }

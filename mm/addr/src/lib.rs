@@ -6,8 +6,11 @@
 //! guest-physical address into a host-physical one is a walk of that guest's
 //! EPT, not a cast.
 //!
+//! A crate of its own so that `mm` and `vmx` (EPT) share these types without
+//! depending on each other; `mm` re-exports it as `mm::addr`.
+//!
 //! ```
-//! use mm::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+//! use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 //! let gpa = GuestPhysAddr::new(0x1234);
 //! let hpa = HostPhysAddr::new(0x1234);
 //! assert_eq!(gpa.as_u64(), hpa.as_u64());
@@ -15,9 +18,11 @@
 //! ```
 //!
 //! ```compile_fail
-//! use mm::addr::{GuestPhysAddr, HostPhysAddr};
+//! use addr::{GuestPhysAddr, HostPhysAddr};
 //! let hpa: HostPhysAddr = GuestPhysAddr::new(0x1234);
 //! ```
+
+#![cfg_attr(not(test), no_std)]
 
 use core::fmt;
 
