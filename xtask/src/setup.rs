@@ -25,7 +25,7 @@ pub enum Tool {
     Qemu,
     /// OVMF, the UEFI firmware QEMU boots UEFI images with.
     Ovmf,
-    /// Bochs with its ROM BIOS, the cirrus VGA BIOS and the rfb display.
+    /// Bochs with its ROM BIOS, the cirrus VGA BIOS and the term display.
     Bochs,
     /// mtools (`mcopy`); no engine needs it, so ask for it explicitly.
     Mtools,
@@ -60,8 +60,8 @@ pub struct Bochs {
     pub bios: PathBuf,
     /// The cirrus VGA BIOS (`vgaromimage`) the bootloader's BIOS stage needs.
     pub vgabios: PathBuf,
-    /// The rfb display plugin; `None` for a build without plugins.
-    pub rfb_plugin: Option<PathBuf>,
+    /// The term display plugin; `None` for a build without plugins.
+    pub display_plugin: Option<PathBuf>,
 }
 
 /// The tools found. A tool that was not asked for, or is missing, is `None`.
@@ -115,8 +115,9 @@ const BOCHS_VGABIOS: &[&str] = &[
     "/usr/local/share/bochs/VGABIOS-lgpl-latest-cirrus",
 ];
 
-/// The rfb display plugin's file name starts with this (`.so`, `.so.0`, ...).
-const RFB_PLUGIN: &str = "libbx_rfb_gui.so";
+/// The term display plugin's file name starts with this (`.so`, `.so.0`,
+/// ...). Term rather than rfb: see `runner::bochs_config` for why.
+const DISPLAY_PLUGIN: &str = "libbx_term_gui.so";
 
 /// The OVMF image to use, given which paths exist: a split build whose code
 /// and variables are both present, else a unified image.
@@ -175,7 +176,7 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
                 let plugin_dirs = (sys.plugin_dirs)();
                 let plugin = plugin_dirs
                     .iter()
-                    .find_map(|(dir, files)| files.iter().find(|f| f.starts_with(RFB_PLUGIN)).map(|f| dir.join(f)));
+                    .find_map(|(dir, files)| files.iter().find(|f| f.starts_with(DISPLAY_PLUGIN)).map(|f| dir.join(f)));
                 if binary.is_none() {
                     lack("bochs on PATH".into(), "bochs");
                 }
@@ -185,15 +186,16 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
                 if vgabios.is_none() {
                     lack(format!("the cirrus VGA BIOS {}", BOCHS_VGABIOS[0]), "vgabios");
                 }
-                // No plugin folder at all means a Bochs built without
-                // plugins, with its displays compiled in.
-                if plugin.is_none() && !plugin_dirs.is_empty() {
+                // No plugin folder beside an installed Bochs means a build
+                // without plugins, with its displays compiled in; with no
+                // Bochs at all, the display package is needed with it.
+                if plugin.is_none() && (!plugin_dirs.is_empty() || binary.is_none()) {
                     let dirs: Vec<String> = plugin_dirs.iter().map(|(d, _)| d.display().to_string()).collect();
-                    lack(format!("the Bochs rfb display plugin ({RFB_PLUGIN} in {})", dirs.join(", ")), "bochs");
+                    lack(format!("the Bochs term display plugin ({DISPLAY_PLUGIN} in {})", dirs.join(", ")), "bochs-term");
                 }
                 if let (Some(binary), Some(bios), Some(vgabios)) = (binary, bios, vgabios) {
                     if plugin.is_some() || plugin_dirs.is_empty() {
-                        found.bochs = Some(Bochs { binary, bios, vgabios, rfb_plugin: plugin });
+                        found.bochs = Some(Bochs { binary, bios, vgabios, display_plugin: plugin });
                     }
                 }
             }
@@ -265,7 +267,7 @@ fn bochs_plugin_dirs() -> Vec<(PathBuf, Vec<String>)> {
             let files = fs::read_dir(&dir).ok()?;
             let mut names: Vec<String> =
                 files.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-            // Sorted, so `libbx_rfb_gui.so` comes before its `.so.0` links.
+            // Sorted, so `libbx_term_gui.so` comes before its `.so.0` links.
             names.sort();
             Some((dir, names))
         })
@@ -769,10 +771,10 @@ rustfmt-x86_64-unknown-linux-gnu
 
     const BOCHS_FILES: &[&str] = &["/usr/share/bochs/BIOS-bochs-latest", "/usr/share/vgabios/vgabios.cirrus.bin"];
 
-    fn debian_plugins(with_rfb: bool) -> Vec<(PathBuf, Vec<String>)> {
-        let mut files = strings(&["libbx_term_gui.so", "libbx_term_gui.so.0"]);
-        if with_rfb {
-            files.extend(strings(&["libbx_rfb_gui.so", "libbx_rfb_gui.so.0"]));
+    fn debian_plugins(with_term: bool) -> Vec<(PathBuf, Vec<String>)> {
+        let mut files = strings(&["libbx_rfb_gui.so", "libbx_rfb_gui.so.0"]);
+        if with_term {
+            files.extend(strings(&["libbx_term_gui.so", "libbx_term_gui.so.0"]));
         }
         vec![("/usr/lib/x86_64-linux-gnu/bochs/plugins".into(), files)]
     }
@@ -782,10 +784,10 @@ rustfmt-x86_64-unknown-linux-gnu
         let needs = [needs(Engine::Qemu, Firmware::Uefi), needs(Engine::Bochs, Firmware::Bios)].concat();
         let (found, missing) = lookup(&needs, &[], &[], vec![]);
         assert_eq!(found, Found::default());
-        assert_eq!(packages(&missing), ["qemu-system-x86", "ovmf", "bochs", "bochsbios", "vgabios"]);
+        assert_eq!(packages(&missing), ["qemu-system-x86", "ovmf", "bochs", "bochsbios", "vgabios", "bochs-term"]);
         assert_eq!(
             install_command(&packages(&missing), false),
-            "sudo apt-get install -y qemu-system-x86 ovmf bochs bochsbios vgabios"
+            "sudo apt-get install -y qemu-system-x86 ovmf bochs bochsbios vgabios bochs-term"
         );
         assert_eq!(install_command(&["mtools"], true), "apt-get install -y mtools");
     }
@@ -801,28 +803,28 @@ rustfmt-x86_64-unknown-linux-gnu
     }
 
     #[test]
-    fn bochs_is_found_with_its_rfb_plugin() {
+    fn bochs_is_found_with_its_term_plugin() {
         let (found, missing) = lookup(&[Tool::Bochs], &["bochs"], BOCHS_FILES, debian_plugins(true));
         assert!(missing.is_empty(), "{missing:?}");
         let bochs = found.bochs.unwrap();
         assert_eq!(bochs.bios, Path::new("/usr/share/bochs/BIOS-bochs-latest"));
         assert_eq!(bochs.vgabios, Path::new("/usr/share/vgabios/vgabios.cirrus.bin"));
-        assert_eq!(bochs.rfb_plugin, Some("/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_rfb_gui.so".into()));
+        assert_eq!(bochs.display_plugin, Some("/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_term_gui.so".into()));
     }
 
     #[test]
-    fn a_plugin_build_without_rfb_needs_the_bochs_package() {
+    fn a_plugin_build_without_term_needs_the_bochs_term_package() {
         let (found, missing) = lookup(&[Tool::Bochs], &["bochs"], BOCHS_FILES, debian_plugins(false));
         assert_eq!(found.bochs, None);
-        assert_eq!(packages(&missing), ["bochs"]);
-        assert!(missing[0].what.contains("rfb display plugin"), "{missing:?}");
+        assert_eq!(packages(&missing), ["bochs-term"]);
+        assert!(missing[0].what.contains("term display plugin"), "{missing:?}");
     }
 
     #[test]
     fn a_build_without_plugin_folders_is_taken_as_is() {
         let (found, missing) = lookup(&[Tool::Bochs], &["bochs"], BOCHS_FILES, vec![]);
         assert!(missing.is_empty());
-        assert_eq!(found.bochs.unwrap().rfb_plugin, None);
+        assert_eq!(found.bochs.unwrap().display_plugin, None);
         // Only the VGA BIOS missing: only its package.
         let (_, missing) = lookup(&[Tool::Bochs], &["bochs"], &BOCHS_FILES[..1], vec![]);
         assert_eq!(packages(&missing), ["vgabios"]);
