@@ -43,8 +43,8 @@ pub fn current_index() -> u16 {
 }
 
 /// Prints the CPU report: identity, VT-x capabilities and the verdict, as
-/// `cpu<k>: VT-x ready` or `cpu<k>: VT-x unavailable: <reason>`. Returns
-/// whether this CPU can run guests.
+/// `cpu<k>: VT-x ready` (after VMXON) or `cpu<k>: VT-x unavailable:
+/// <reason>`. Returns whether this CPU is in VMX operation.
 pub fn report() -> Result<(), ()> {
     let k = current_index();
     let cpuid = CpuId::new();
@@ -77,16 +77,20 @@ pub fn report() -> Result<(), ()> {
             info!("cpu{k}: {line}");
         }
         info!("cpu{k}: {fc}");
-        caps.check_required().map_err(vmx::availability::Unavailable::MissingFeature)
+        caps.check_required().map_err(vmx::availability::Unavailable::MissingFeature)?;
+        Ok((caps, fc))
     });
-    match verdict {
-        Ok(()) => {
-            info!("cpu{k}: VT-x ready");
-            Ok(())
-        }
+    let result = match verdict {
+        Ok((caps, fc)) => crate::vtx::enable(&caps, fc).map_err(|e| {
+            warn!("cpu{k}: VT-x unavailable: {e}");
+        }),
         Err(reason) => {
             warn!("cpu{k}: VT-x unavailable: {reason}");
             Err(())
         }
+    };
+    if result.is_ok() {
+        info!("cpu{k}: VT-x ready");
     }
+    result
 }

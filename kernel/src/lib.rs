@@ -1,3 +1,6 @@
 //! Host-testable parts of the Ferrovisor kernel.
 #![cfg_attr(not(test), no_std)]
+extern crate alloc;
 pub mod acpi;
+pub mod config;
+pub mod loader;

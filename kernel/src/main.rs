@@ -20,6 +20,7 @@ mod panic;
 mod power;
 mod selftest;
 mod serial;
+mod vtx;
 
 use bootloader_api::config::Mapping;
 use bootloader_api::{entry_point, BootInfo, BootloaderConfig};

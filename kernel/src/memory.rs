@@ -6,7 +6,7 @@ use log::{info, warn};
 use mm::addr::{HostPhysAddr, PhysRange, PAGE_SIZE};
 use mm::frame::BuddyAllocator;
 use mm::heap::KernelHeap;
-use spin::Mutex;
+use spin::{Mutex, Once};
 
 use crate::panic;
 
@@ -14,7 +14,10 @@ use crate::panic;
 static HEAP: KernelHeap = KernelHeap::empty();
 
 /// The machine's frame allocator, set up once by [`init`].
-pub static FRAMES: Mutex<Option<BuddyAllocator<'static>>> = Mutex::new(None);
+static FRAMES: Mutex<Option<BuddyAllocator<'static>>> = Mutex::new(None);
+
+/// The physical-memory mapping, recorded by [`init`].
+static PHYS: Once<PhysMap> = Once::new();
 
 /// Frames below 1 MiB stay out of the allocator: real-mode structures and,
 /// later, the application processors' start-up code live there.
@@ -55,6 +58,7 @@ impl PhysMap {
 
 /// Counts usable memory, builds the frame allocator and the heap.
 pub fn init(regions: &MemoryRegions, phys: PhysMap) {
+    PHYS.call_once(|| phys);
     let mut usable = [PhysRange::EMPTY; MAX_REGIONS];
     let mut count = 0;
     let mut usable_bytes = 0u64;
@@ -104,4 +108,37 @@ fn build_allocator(usable: &[PhysRange], phys: PhysMap) -> Result<BuddyAllocator
     let mut frames = BuddyAllocator::new(span_frames, meta)?;
     frames.add_usable(usable, meta_range)?;
     Ok(frames)
+}
+
+/// Runs `f` on the frame allocator. Using it before [`init`] is a bug in
+/// Ferrovisor's boot order, reported as fatal.
+fn with_frames<T>(f: impl FnOnce(&mut BuddyAllocator<'static>) -> T) -> T {
+    match FRAMES.lock().as_mut() {
+        Some(frames) => f(frames),
+        None => panic::fatal(format_args!("the frame allocator was used before memory::init")),
+    }
+}
+
+/// Takes one 4 KiB frame from the allocator and fills it with zeros.
+pub fn alloc_zeroed_frame() -> Result<HostPhysAddr, mm::MmError> {
+    let frame = with_frames(|frames| frames.alloc_frame())?;
+    let phys = phys();
+    // SAFETY: the frame was just handed out by the allocator, so nothing
+    // else uses it, and the bootloader maps it writable at `phys`.
+    unsafe { core::ptr::write_bytes(phys.ptr(frame), 0, PAGE_SIZE as usize) };
+    Ok(frame)
+}
+
+/// Gives back a frame taken with [`alloc_zeroed_frame`].
+pub fn free_frame(frame: HostPhysAddr) -> Result<(), mm::MmError> {
+    with_frames(|frames| frames.free(frame, 0))
+}
+
+/// The physical-memory mapping. Like the frame allocator, it exists once
+/// [`init`] has run.
+pub fn phys() -> PhysMap {
+    match PHYS.get() {
+        Some(phys) => *phys,
+        None => panic::fatal(format_args!("the physical-memory mapping was used before memory::init")),
+    }
 }

@@ -97,14 +97,18 @@ fn vtx_ready(c: &Checked<'_>) {
         .saw("cpu0: vmx: MSR bitmaps: yes")
         .saw("cpu0: vmx: I/O bitmaps: yes")
         .saw("cpu0: vmx: feature control: ")
-        .in_order("cpu0: vmx: EPT", "cpu0: VT-x ready")
+        .in_order("cpu0: vmx: EPT", "cpu0: vmx: VMXON done, region at 0x")
+        .in_order("VMXON done", "cpu0: VT-x ready")
         .never("VT-x unavailable")
         .in_order("cpu0: VT-x ready", "powering off")
+        .in_order("powering off", "cpu0: vmx: VMXOFF done")
+        .never("VMXON failed")
         .never("powering off after a failure");
 }
 
-/// Bochs emulates VT-x: the report lists EPT and unrestricted guest, says
-/// ready, and the machine powers off through ACPI (Bochs logs the ACPI
+/// Bochs emulates VT-x: the report lists EPT and unrestricted guest, VMXON
+/// succeeds, the CPU says ready, VMXOFF precedes power-off, and the machine
+/// powers off through ACPI (Bochs logs the ACPI
 /// soft power-off it was asked for).
 #[test]
 fn bochs_reports_vtx_with_ept_and_powers_off() {

@@ -1,13 +1,26 @@
 //! The privileged instructions of the `vmx` crate, and the only place with
-//! `asm!`: for now RDMSR and the read of the VT-x capability MSRs.
+//! `asm!`: RDMSR/WRMSR and the read of the VT-x capability MSRs, CR0/CR4,
+//! VMXON/VMXOFF, VMCLEAR/VMPTRLD/VMPTRST, VMREAD/VMWRITE (and
+//! [`HardwareVmcs`], the current VMCS as a [`VmcsAccess`]), INVEPT and
+//! INVVPID. VMLAUNCH/VMRESUME and the exit path are not here yet.
+//!
+//! Every VMX instruction reads CF and ZF in the same `asm!` block that runs
+//! it (SDM Vol. 3C, 31.2 "Conventions"), so nothing the compiler emits in
+//! between can change them; VMfailValid is completed by reading the
+//! VM-instruction error field into an [`InstructionError`].
 //!
 //! Everything here runs only on the target; host tests exercise the pure
 //! decisions these functions feed ([`crate::caps`]), never the functions.
 
 use core::arch::asm;
+use core::marker::PhantomData;
+
+use addr::HostPhysAddr;
 
 use crate::caps::{RawVmxMsrs, TrueControlMsrs};
+use crate::error::{InstructionError, VmFail, VmxStatus};
 use crate::msr::{self, Msr};
+use crate::vmcs::{FieldEncoding, ReadOnly32, VmcsAccess};
 
 /// Reads a model-specific register with RDMSR.
 ///
@@ -95,4 +108,495 @@ pub unsafe fn read_vmx_msrs() -> RawVmxMsrs {
         }
     }
     raw
+}
+
+/// Writes a model-specific register with WRMSR.
+///
+/// # Safety
+///
+/// The caller must run at CPL 0, `msr` must exist on this CPU and accept
+/// `value` (WRMSR raises #GP(0) otherwise: the VT-x capability MSRs are
+/// read-only, and IA32_FEATURE_CONTROL faults once locked), and the write
+/// must not break an invariant the rest of the system relies on (for
+/// IA32_FEATURE_CONTROL: write it only while unlocked, with the lock bit, as
+/// [`crate::feature_control`] decides).
+pub unsafe fn wrmsr(msr: Msr, value: u64) {
+    // SAFETY: CPL 0, an existing writable MSR and an acceptable value by the
+    // caller's promise, so WRMSR does not fault. It touches no memory or
+    // stack and leaves the flags alone (SDM Vol. 2B, WRMSR).
+    unsafe {
+        asm!(
+            "wrmsr",
+            in("ecx") msr.index(),
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Reads CR0.
+///
+/// # Safety
+///
+/// The caller must run at CPL 0 (MOV from CR0 raises #GP(0) otherwise).
+pub unsafe fn read_cr0() -> u64 {
+    let value: u64;
+    // SAFETY: CPL 0 by the caller's promise; reading CR0 has no side
+    // effect (SDM Vol. 2B, MOV—Move to/from Control Registers).
+    unsafe {
+        asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
+/// Writes CR0.
+///
+/// # Safety
+///
+/// The caller must run at CPL 0 and `value` must be a valid CR0 for the
+/// running system: it must keep PE and PG set (the kernel runs in long
+/// mode), keep the caches and write protection as the rest of the kernel
+/// expects, and set no reserved bit (#GP(0) otherwise). Meant for the value
+/// [`crate::vmxon::vmxon_prerequisites`] computes from the current one.
+pub unsafe fn write_cr0(value: u64) {
+    // SAFETY: CPL 0 and a valid CR0 that keeps paging and protection as
+    // they are, by the caller's promise. Memory clobber (no `nomem`): CR0
+    // changes how memory is accessed.
+    unsafe {
+        asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags));
+    }
+}
+
+/// Reads CR4.
+///
+/// # Safety
+///
+/// The caller must run at CPL 0 (MOV from CR4 raises #GP(0) otherwise).
+pub unsafe fn read_cr4() -> u64 {
+    let value: u64;
+    // SAFETY: CPL 0 by the caller's promise; reading CR4 has no side
+    // effect.
+    unsafe {
+        asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
+/// Writes CR4.
+///
+/// # Safety
+///
+/// The caller must run at CPL 0 and `value` must be a valid CR4 for the
+/// running system: no reserved or unsupported bit (#GP(0)), PAE kept set in
+/// long mode, and paging-related bits (PGE, PCIDE, LA57, SMEP, SMAP) changed
+/// only as the kernel's page tables allow. Clearing VMXE in VMX operation
+/// raises #GP. Meant for the value
+/// [`crate::vmxon::vmxon_prerequisites`] computes from the current one.
+pub unsafe fn write_cr4(value: u64) {
+    // SAFETY: CPL 0 and a CR4 valid for the running system, by the caller's
+    // promise. Memory clobber: CR4 changes paging and TLB behaviour.
+    unsafe {
+        asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags));
+    }
+}
+
+/// Completes the outcome of a VMX instruction, `status` being what its CF
+/// and ZF said (read in the instruction's own `asm!` block): for
+/// VMfailValid it reads the VM-instruction error field of the current VMCS.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0 (this may execute
+/// VMREAD).
+unsafe fn complete(status: VmxStatus) -> Result<(), VmFail> {
+    match status {
+        VmxStatus::Succeed => Ok(()),
+        VmxStatus::FailInvalid => Err(VmFail::Invalid),
+        VmxStatus::FailValid => {
+            // SAFETY: VMX root operation at CPL 0, by the caller's promise.
+            // VMfailValid means there is a current VMCS, so the VMREAD can
+            // succeed.
+            let error = unsafe { vmread_raw(ReadOnly32::VmInstructionError.encoding()) };
+            Err(VmFail::Valid(match error {
+                (value, VmxStatus::Succeed) => InstructionError::from_number(value as u32),
+                _ => InstructionError::Unreadable,
+            }))
+        }
+    }
+}
+
+/// The outcome from the bytes `setc` and `setz` stored.
+fn status(cf: u8, zf: u8) -> VmxStatus {
+    VmxStatus::from_flags(cf != 0, zf != 0)
+}
+
+/// VMREAD of `field`, returning the value and the instruction's outcome
+/// without interpreting a failure (so [`complete`] can use it without
+/// recursing).
+///
+/// # Safety
+///
+/// As [`vmread`].
+unsafe fn vmread_raw(field: FieldEncoding) -> (u64, VmxStatus) {
+    let value: u64;
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 by the caller's promise, so VMREAD
+    // does not fault (#UD outside VMX operation, #GP(0) at CPL > 0; SDM
+    // Vol. 3C, 31.3 "VMREAD"). The register form reads only the current
+    // VMCS; no `nomem`, so it stays ordered with VMWRITEs and VMPTRLDs. The
+    // flags are read in the same block.
+    unsafe {
+        asm!(
+            "vmread {value}, {field}",
+            "setc {cf}",
+            "setz {zf}",
+            field = in(reg) u64::from(field.bits()),
+            value = out(reg) value,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+    }
+    (value, status(cf, zf))
+}
+
+/// Enters VMX root operation with VMXON.
+///
+/// # Safety
+///
+/// The caller must run at CPL 0 on a CPU with VMX enabled in
+/// IA32_FEATURE_CONTROL (#GP otherwise), with CR0 and CR4 as
+/// [`crate::vmxon::vmxon_prerequisites`] says (CR4.VMXE = 1, else #UD; fixed
+/// bits, else #GP), not in VMX operation already on this CPU in a way the
+/// caller has not accounted for, and in long mode (Ferrovisor's case).
+/// `region` must be the 4 KiB-aligned host-physical address of a VMXON
+/// region of the size IA32_VMX_BASIC gives, holding the VMCS revision
+/// identifier in bits 30:0 of its first word and bit 31 clear, within the
+/// CPU's physical-address width; it must stay allocated and untouched by
+/// software until VMXOFF (SDM Vol. 3C, 24.11.5 "VMXON Region"; 31.3
+/// "VMXON").
+pub unsafe fn vmxon(region: HostPhysAddr) -> Result<(), VmFail> {
+    let pointer = region.as_u64();
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: the CPU and region preconditions hold by the caller's
+    // promise, so VMXON does not fault and the processor takes the region
+    // over. The operand is the 64-bit pointer in `pointer`, on this stack
+    // frame and alive for the block. Flags read in the same block.
+    unsafe {
+        asm!(
+            "vmxon qword ptr [{pointer}]",
+            "setc {cf}",
+            "setz {zf}",
+            pointer = in(reg) &pointer,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))
+    }
+}
+
+/// Leaves VMX operation with VMXOFF.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0 (#UD outside VMX
+/// operation). Every VMCS this CPU used must have been VMCLEARed first if
+/// it is to be used again (possibly on another CPU), since VMXOFF does not
+/// write cached VMCS data back (SDM Vol. 3C, 25.11.1). Afterwards no VMX
+/// instruction but VMXON may run on this CPU, and the VMXON region may be
+/// reused.
+pub unsafe fn vmxoff() -> Result<(), VmFail> {
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 by the caller's promise, so VMXOFF
+    // does not fault. It may release the VMXON region, hence no `nomem`.
+    // Flags read in the same block.
+    unsafe {
+        asm!(
+            "vmxoff",
+            "setc {cf}",
+            "setz {zf}",
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        // On VMfailValid (error 23, dual-monitor treatment) the CPU is still
+        // in VMX root operation, so the error field can be read.
+        complete(status(cf, zf))
+    }
+}
+
+/// Flushes a VMCS to memory and makes it clear (and not current) with
+/// VMCLEAR.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0. `vmcs` must be the
+/// 4 KiB-aligned host-physical address of a VMCS region (not the VMXON
+/// region) that stays allocated; the processor writes to it (SDM Vol. 3C,
+/// 31.3 "VMCLEAR").
+pub unsafe fn vmclear(vmcs: HostPhysAddr) -> Result<(), VmFail> {
+    let pointer = vmcs.as_u64();
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 and a VMCS region at `vmcs`, by
+    // the caller's promise. The operand is the pointer in `pointer`, alive
+    // for the block. Flags read in the same block.
+    unsafe {
+        asm!(
+            "vmclear qword ptr [{pointer}]",
+            "setc {cf}",
+            "setz {zf}",
+            pointer = in(reg) &pointer,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))
+    }
+}
+
+/// Makes a VMCS current (and active) on this CPU with VMPTRLD.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0. `vmcs` must be the
+/// 4 KiB-aligned host-physical address of a VMCS region (not the VMXON
+/// region) whose first word holds the revision identifier from
+/// IA32_VMX_BASIC, that is not current on another CPU (VMCLEAR it there
+/// first), and that stays allocated and untouched by software while it is
+/// active (SDM Vol. 3C, 25.11.1 "Software Use of the VMCS and Related
+/// Structures"; 31.3 "VMPTRLD").
+pub unsafe fn vmptrld(vmcs: HostPhysAddr) -> Result<(), VmFail> {
+    let pointer = vmcs.as_u64();
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 and a VMCS region at `vmcs` not
+    // active elsewhere, by the caller's promise. The operand is the pointer
+    // in `pointer`, alive for the block. Flags read in the same block.
+    unsafe {
+        asm!(
+            "vmptrld qword ptr [{pointer}]",
+            "setc {cf}",
+            "setz {zf}",
+            pointer = in(reg) &pointer,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))
+    }
+}
+
+/// The current-VMCS pointer of this CPU, from VMPTRST; `None` when there is
+/// no current VMCS (the pointer reads as all ones, SDM Vol. 3C, 31.3
+/// "VMPTRST").
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0.
+pub unsafe fn vmptrst() -> Result<Option<HostPhysAddr>, VmFail> {
+    let mut pointer: u64 = 0;
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 by the caller's promise. VMPTRST
+    // writes 8 bytes to `pointer`, a live local this block borrows mutably.
+    // Flags read in the same block.
+    unsafe {
+        asm!(
+            "vmptrst qword ptr [{pointer}]",
+            "setc {cf}",
+            "setz {zf}",
+            pointer = in(reg) &mut pointer,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))?;
+    }
+    Ok((pointer != u64::MAX).then_some(HostPhysAddr::new(pointer)))
+}
+
+/// VMREAD of `field` from the current VMCS.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0 (#UD outside VMX
+/// operation, #GP(0) at CPL > 0). Without a current VMCS the result is
+/// [`VmFail::Invalid`], not a fault.
+pub unsafe fn vmread(field: FieldEncoding) -> Result<u64, VmFail> {
+    // SAFETY: VMX root operation at CPL 0, by the caller's promise.
+    unsafe {
+        let (value, outcome) = vmread_raw(field);
+        complete(outcome)?;
+        Ok(value)
+    }
+}
+
+/// VMWRITE of `value` to `field` of the current VMCS.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0. VMWRITE itself only
+/// changes the current VMCS, but what it writes takes effect at the next
+/// VM entry and VM exit: host-state fields decide where the CPU goes on an
+/// exit, and address fields (EPTP, bitmaps, MSR areas) what memory the CPU
+/// reads for the guest. Whoever runs VMLAUNCH/VMRESUME vouches for them.
+pub unsafe fn vmwrite(field: FieldEncoding, value: u64) -> Result<(), VmFail> {
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 by the caller's promise, so
+    // VMWRITE does not fault; the register form touches only the current
+    // VMCS (no `nomem`, to stay ordered with VMREAD and VMPTRLD). Flags read
+    // in the same block.
+    unsafe {
+        asm!(
+            "vmwrite {field}, {value}",
+            "setc {cf}",
+            "setz {zf}",
+            field = in(reg) u64::from(field.bits()),
+            value = in(reg) value,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))
+    }
+}
+
+/// The INVEPT types (SDM Vol. 3C, 29.4.3.1 "Operations that Invalidate
+/// Cached Mappings"; 31.3 "INVEPT").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InveptType {
+    /// 1: mappings tagged with one EPTP's EP4TA.
+    SingleContext = 1,
+    /// 2: mappings of every EPTP.
+    AllContext = 2,
+}
+
+/// The INVVPID types (SDM Vol. 3C, 31.3 "INVVPID").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvvpidType {
+    /// 0: one linear address of one VPID.
+    IndividualAddress = 0,
+    /// 1: every mapping of one VPID.
+    SingleContext = 1,
+    /// 2: every mapping of every VPID but 0.
+    AllContext = 2,
+    /// 3: every mapping of one VPID except global translations.
+    SingleContextRetainingGlobals = 3,
+}
+
+/// Invalidates EPT-derived cached mappings with INVEPT.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0 on a CPU that supports
+/// INVEPT of type `kind` (IA32_VMX_EPT_VPID_CAP bits 20, 25, 26;
+/// [`crate::caps::EptVpidCap`]), else #UD or VMfail. For single-context,
+/// `eptp` must be a valid EPTP (else VMfailValid, error 28). It does not
+/// touch memory other than reading the descriptor.
+pub unsafe fn invept(kind: InveptType, eptp: u64) -> Result<(), VmFail> {
+    // The 128-bit INVEPT descriptor: EPTP, then 64 reserved bits that must
+    // be 0 (SDM Vol. 3C, 31.3 "INVEPT", figure "INVEPT Descriptor").
+    let descriptor: [u64; 2] = [eptp, 0];
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 and INVEPT support, by the
+    // caller's promise. The descriptor is a live 16-byte local. Flags read
+    // in the same block.
+    unsafe {
+        asm!(
+            "invept {kind}, xmmword ptr [{descriptor}]",
+            "setc {cf}",
+            "setz {zf}",
+            kind = in(reg) kind as u64,
+            descriptor = in(reg) &descriptor,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))
+    }
+}
+
+/// Invalidates VPID-tagged cached mappings with INVVPID. `linear` is the
+/// guest-linear address for [`InvvpidType::IndividualAddress`] and ignored
+/// by the other types.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0 on a CPU that supports
+/// INVVPID of type `kind` (IA32_VMX_EPT_VPID_CAP bits 32, 40-43), else #UD
+/// or VMfail. `vpid` 0 is allowed only with [`InvvpidType::AllContext`]
+/// and `linear` must be canonical for an individual address (else
+/// VMfailValid, error 28).
+pub unsafe fn invvpid(kind: InvvpidType, vpid: u16, linear: u64) -> Result<(), VmFail> {
+    // The 128-bit INVVPID descriptor: VPID in bits 15:0, bits 63:16
+    // reserved (0), the linear address in bits 127:64 (SDM Vol. 3C, 31.3
+    // "INVVPID", figure "INVVPID Descriptor").
+    let descriptor: [u64; 2] = [u64::from(vpid), linear];
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: VMX root operation at CPL 0 and INVVPID support, by the
+    // caller's promise. The descriptor is a live 16-byte local. Flags read
+    // in the same block.
+    unsafe {
+        asm!(
+            "invvpid {kind}, xmmword ptr [{descriptor}]",
+            "setc {cf}",
+            "setz {zf}",
+            kind = in(reg) kind as u64,
+            descriptor = in(reg) &descriptor,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        complete(status(cf, zf))
+    }
+}
+
+/// The current VMCS of the calling CPU, accessed with VMREAD and VMWRITE.
+///
+/// Zero-sized: it names "whatever VMCS is current here", so with no current
+/// VMCS every access is [`VmFail::Invalid`] rather than undefined. It is
+/// neither `Send` nor `Sync`: another CPU has another current VMCS.
+#[derive(Debug)]
+pub struct HardwareVmcs {
+    /// Keeps the type on the CPU that made it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl HardwareVmcs {
+    /// Access to this CPU's current VMCS.
+    ///
+    /// # Safety
+    ///
+    /// The caller must be in VMX root operation at CPL 0 and stay so, on
+    /// this CPU, for as long as the value lives (VMREAD and VMWRITE fault
+    /// otherwise). The safety of what gets written is the business of
+    /// whoever later runs VMLAUNCH/VMRESUME (see [`vmwrite`]).
+    pub unsafe fn current() -> Self {
+        Self {
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl VmcsAccess for HardwareVmcs {
+    fn vmread(&self, field: FieldEncoding) -> Result<u64, VmFail> {
+        // SAFETY: a `HardwareVmcs` exists only in VMX root operation at CPL 0
+        // on this CPU (the promise of `current`).
+        unsafe { vmread(field) }
+    }
+
+    fn vmwrite(&mut self, field: FieldEncoding, value: u64) -> Result<(), VmFail> {
+        // SAFETY: as in `vmread`; the effect of the value at the next VM
+        // entry is vouched for by whoever runs VMLAUNCH/VMRESUME.
+        unsafe { vmwrite(field, value) }
+    }
 }

@@ -1,0 +1,116 @@
+//! Turning VT-x on and off on the calling CPU: IA32_FEATURE_CONTROL, the
+//! CR0/CR4 bits VMX operation fixes, the VMXON region, VMXON and VMXOFF
+//! (SDM Vol. 3C, "Enabling and Entering VMX Operation").
+//!
+//! The decisions (which bits, which value) come from `vmx` and are tested
+//! there; this module only carries them out.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use log::info;
+use mm::addr::HostPhysAddr;
+use vmx::caps::VmxCapabilities;
+use vmx::error::VmFail;
+use vmx::feature_control::{enable_and_lock, FeatureControlState};
+use vmx::instructions as hw;
+use vmx::msr::IA32_FEATURE_CONTROL;
+
+use crate::{cpu, memory};
+
+/// Marks "this CPU is not in VMX operation" in [`VMXON_REGION`].
+const OFF: u64 = 0;
+
+/// The boot CPU's VMXON region while it is in VMX operation. (The
+/// scheduler issue gives each CPU its own slot.)
+static VMXON_REGION: AtomicU64 = AtomicU64::new(OFF);
+
+/// Why VT-x could not be turned on.
+pub enum EnableError {
+    /// No frame for the VMXON region.
+    NoMemory(mm::MmError),
+    /// VMXON itself failed.
+    VmxOn(VmFail),
+}
+
+impl fmt::Display for EnableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnableError::NoMemory(e) => write!(f, "no frame for the VMXON region: {e}"),
+            EnableError::VmxOn(e) => write!(f, "VMXON failed: {e}"),
+        }
+    }
+}
+
+/// Enters VMX operation on the calling CPU, whose capabilities are `caps`
+/// and whose IA32_FEATURE_CONTROL is in state `feature_control` (checked
+/// usable by `vmx::availability::assess`).
+pub fn enable(caps: &VmxCapabilities, feature_control: FeatureControlState) -> Result<(), EnableError> {
+    let k = cpu::current_index();
+    if feature_control == FeatureControlState::Unlocked {
+        // SAFETY: the MSR exists (CPUID reported VMX) and is unlocked, so the
+        // write is allowed; setting the lock with VMX-outside-SMX enabled is
+        // what firmware normally does at boot, and nothing else depends on
+        // the other bits, which are kept.
+        unsafe { hw::wrmsr(IA32_FEATURE_CONTROL, enable_and_lock(hw::rdmsr(IA32_FEATURE_CONTROL))) };
+        info!("cpu{k}: vmx: feature control locked with VMX outside SMX enabled");
+    }
+    let region = memory::alloc_zeroed_frame().map_err(EnableError::NoMemory)?;
+    // The region starts with the VMCS revision identifier, bit 31 clear
+    // (SDM Vol. 3C, "VMXON Region").
+    let revision = caps.basic.revision_id & 0x7fff_ffff;
+    // SAFETY: the frame is ours (just allocated) and mapped writable.
+    unsafe { memory::phys().ptr(region).cast::<u32>().write_volatile(revision) };
+
+    // SAFETY: reading CR0/CR4 has no side effects.
+    let (cr0, cr4) = unsafe { (hw::read_cr0(), hw::read_cr4()) };
+    let (want_cr0, want_cr4) = vmx::vmxon::vmxon_prerequisites(cr0, cr4, caps);
+    // SAFETY: the new values differ from the running ones only in bits VMX
+    // operation requires (the fixed-1 bits, which long mode already has, and
+    // CR4.VMXE), so paging, protection and the kernel's mappings stay as
+    // they are.
+    unsafe {
+        if want_cr0 != cr0 {
+            hw::write_cr0(want_cr0);
+        }
+        if want_cr4 != cr4 {
+            hw::write_cr4(want_cr4);
+        }
+    }
+    // SAFETY: CR0/CR4 satisfy the fixed bits and CR4.VMXE is set, feature
+    // control allows VMXON outside SMX, and the region is a 4 KiB-aligned
+    // frame holding the revision identifier, used for nothing else.
+    match unsafe { hw::vmxon(region) } {
+        Ok(()) => {
+            VMXON_REGION.store(region.as_u64(), Ordering::Release);
+            info!("cpu{k}: vmx: VMXON done, region at {region}");
+            Ok(())
+        }
+        Err(e) => {
+            // SAFETY: VMXON failed, so the CPU is not in VMX operation and
+            // CR4.VMXE may go back to what it was.
+            unsafe { hw::write_cr4(cr4) };
+            let _ = memory::free_frame(region);
+            Err(EnableError::VmxOn(e))
+        }
+    }
+}
+
+/// Leaves VMX operation on the calling CPU if it is in it; called on the way
+/// to power off. Safe to call on any path, the fatal one included.
+pub fn disable() {
+    let region = VMXON_REGION.swap(OFF, Ordering::AcqRel);
+    if region == OFF {
+        return;
+    }
+    // SAFETY: the CPU entered VMX operation (the region was recorded after a
+    // successful VMXON) and has not left it; no VMCS is in use once the
+    // machine is on its way down.
+    match unsafe { hw::vmxoff() } {
+        Ok(()) => {
+            info!("cpu{}: vmx: VMXOFF done", cpu::current_index());
+            let _ = memory::free_frame(HostPhysAddr::new(region));
+        }
+        Err(e) => log::warn!("cpu{}: vmx: VMXOFF failed: {e}", cpu::current_index()),
+    }
+}
