@@ -9,7 +9,6 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use log::info;
-use mm::addr::HostPhysAddr;
 use vmx::caps::VmxCapabilities;
 use vmx::error::VmFail;
 use vmx::feature_control::{enable_and_lock, FeatureControlState};
@@ -107,10 +106,10 @@ pub fn disable() {
     // successful VMXON) and has not left it; no VMCS is in use once the
     // machine is on its way down.
     match unsafe { hw::vmxoff() } {
-        Ok(()) => {
-            info!("cpu{}: vmx: VMXOFF done", cpu::current_index());
-            let _ = memory::free_frame(HostPhysAddr::new(region));
-        }
+        // The region is not given back: the machine is powering off, and on
+        // the fatal path the frame allocator's lock may be held by the CPU
+        // that failed.
+        Ok(()) => info!("cpu{}: vmx: VMXOFF done", cpu::current_index()),
         Err(e) => log::warn!("cpu{}: vmx: VMXOFF failed: {e}", cpu::current_index()),
     }
 }
