@@ -182,6 +182,10 @@ fn boot_qemu(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError>
 /// in wall-clock time (a loaded machine) at random. `rfb` with its panics
 /// reported was tried and aborts in `free()` at exit after that panic;
 /// `term` shuts down cleanly. Every other panic still stops Bochs.
+///
+/// Sound is off: with the PC speaker on, Bochs starts its sound mixer
+/// thread, which aborts ("buffer overflow detected", in `mixer_thread`) on
+/// hosts without an ALSA device, killing the boot before any output.
 pub fn bochs_config(opts: &BootOptions, tools: &Found, serial: &Path, log: &Path) -> Result<String, RunError> {
     let bochs = tools.bochs.as_ref().ok_or_else(|| RunError("Bochs was not found".into()))?;
     Ok(format!(
@@ -197,6 +201,8 @@ ata0-master: type=disk, path=\"{image}\", mode=flat
 boot: disk
 clock: sync=none, time0=local
 com1: enabled=1, mode=file, dev=\"{serial}\"
+speaker: enabled=0
+sound: driver=dummy
 log: \"{log}\"
 panic: action=fatal, term=report
 error: action=report
