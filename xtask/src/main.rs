@@ -26,6 +26,8 @@ commands:
              --timeout SECS  (default 60 for QEMU, 900 for Bochs)
              --serial-log FILE              also write the console to FILE
              --log error|warn|info|debug|trace   kernel log level (default info)
+             --selftest panic|page-fault    build in a deliberate failure (the boot
+                                            tests use these to check the fatal path)
   test     every test: host unit tests, then boot tests under QEMU (BIOS, UEFI)
            and Bochs, and under QEMU+KVM when this host offers nested VT-x
   bench    benchmarks (arrive with the VT-x core)
