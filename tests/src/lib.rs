@@ -15,11 +15,7 @@ use xtask::setup::{self, Found};
 /// Emulators and firmware, looked up once per test binary.
 fn tools() -> &'static Found {
     static TOOLS: OnceLock<Found> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let mut needs = setup::needs(Engine::Qemu, Firmware::Uefi);
-        needs.extend(setup::needs(Engine::Bochs, Firmware::Bios));
-        setup::find_tools(&needs)
-    })
+    TOOLS.get_or_init(|| setup::find_tools(&setup::boot_test_needs()))
 }
 
 /// Boots `variant`'s image for `firmware` under `engine`, with `cpus` CPUs,

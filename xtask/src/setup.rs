@@ -41,6 +41,12 @@ pub fn needs(engine: Engine, firmware: Firmware) -> Vec<Tool> {
     }
 }
 
+/// The host tools the boot tests need: QEMU with OVMF, and Bochs. `cargo
+/// xtask test` installs them and the tests look them up, from this one list.
+pub fn boot_test_needs() -> Vec<Tool> {
+    [needs(Engine::Qemu, Firmware::Uefi), needs(Engine::Bochs, Firmware::Bios)].concat()
+}
+
 /// OVMF's code image and, where the firmware is split, the template of its
 /// variable store (the runner gives each boot a private copy).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,9 +8,8 @@
 
 use std::process::Command;
 
-use xtask::build::{self, Firmware, Variant};
+use xtask::build::{self, Variant};
 use xtask::host::{self, HostFacts};
-use xtask::runner::Engine;
 use xtask::{setup, workspace_root};
 
 /// The kernel builds the boot tests use; `tests/` names the same ones.
@@ -39,9 +38,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         return Err(format!("`cargo xtask test` takes no options (got {extra:?})"));
     }
     setup::ensure_toolchain().map_err(|e| e.to_string())?;
-    let mut needs = setup::needs(Engine::Qemu, Firmware::Uefi);
-    needs.extend(setup::needs(Engine::Bochs, Firmware::Bios));
-    setup::ensure_tools(&needs).map_err(|e| e.to_string())?;
+    setup::ensure_tools(&setup::boot_test_needs()).map_err(|e| e.to_string())?;
 
     cargo(&["test", "--workspace", "--exclude", "kernel", "--exclude", "tests"])?;
     cargo(&["test", "--package", "kernel", "--lib"])?;
