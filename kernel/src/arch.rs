@@ -1,5 +1,7 @@
 //! The kernel's privileged instructions that the `x86_64` crate does not
-//! already wrap: port I/O by width and halting the CPU.
+//! already wrap: port I/O by width, halting the CPU, masking the 8259s,
+//! CPUID, XCR0 and the XSAVE family, CR2, the debug registers and MSRs by
+//! number (the state a vCPU switch moves).
 //!
 //! Each is an `unsafe fn`: which port is safe to touch depends on the device
 //! behind it, which only the caller knows.
@@ -52,4 +54,149 @@ pub fn halt_forever() -> ! {
     loop {
         x86_64::instructions::hlt();
     }
+}
+
+/// Masks every line of both 8259 interrupt controllers, so the legacy
+/// timer and devices the firmware left enabled cannot interrupt the host
+/// (the host runs with interrupts off; VM exits on external interrupts
+/// would otherwise repeat forever).
+pub fn mask_legacy_pic() {
+    // SAFETY: writing the interrupt mask registers (OCW1) of the master
+    // (0x21) and slave (0xA1) 8259 only masks interrupt lines; the host
+    // uses none of them.
+    unsafe {
+        outb(0x21, 0xFF);
+        outb(0xA1, 0xFF);
+    }
+}
+
+/// CPUID.(leaf, subleaf) on this CPU.
+pub fn cpuid(leaf: u32, subleaf: u32) -> kernel::vcpu::cpuid::CpuidResult {
+    let r = raw_cpuid::cpuid!(leaf, subleaf);
+    kernel::vcpu::cpuid::CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+}
+
+/// Loads XCR0.
+///
+/// # Safety
+/// CR4.OSXSAVE must be set and `value` must be valid for this CPU
+/// (bit 0 set, only supported components, the architectural pairings), or
+/// XSETBV raises #GP.
+pub unsafe fn xsetbv(value: u64) {
+    // SAFETY: the caller's contract; XSETBV changes which state components
+    // XSAVE/XRSTOR and the vector instructions use, and the host uses none.
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            options(nostack, preserves_flags));
+    }
+}
+
+/// Saves the extended state components enabled in XCR0 into `area`
+/// (standard format).
+///
+/// # Safety
+/// CR4.OSXSAVE must be set; `area` must be 64-byte aligned, writable and as
+/// large as CPUID.(EAX=0DH,ECX=0):ECX says.
+pub unsafe fn xsave(area: *mut u8) {
+    // SAFETY: the caller's contract; RFBM all ones saves every enabled
+    // component.
+    unsafe {
+        core::arch::asm!("xsave64 [{}]", in(reg) area, in("eax") u32::MAX, in("edx") u32::MAX,
+            options(nostack, preserves_flags));
+    }
+}
+
+/// Restores the extended state components enabled in XCR0 from `area`
+/// (standard format; components whose XSTATE_BV bit is clear get their
+/// initial values, so an all-zero area is the power-on state).
+///
+/// # Safety
+/// As [`xsave`], and the area must hold a valid XSAVE image (XCOMP_BV 0,
+/// no reserved XSTATE_BV bits), as one written by [`xsave`] or zeroed.
+pub unsafe fn xrstor(area: *const u8) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!("xrstor64 [{}]", in(reg) area, in("eax") u32::MAX, in("edx") u32::MAX,
+            options(nostack, preserves_flags));
+    }
+}
+
+/// Saves the x87/SSE state into `area` (FXSAVE, for CPUs without XSAVE).
+///
+/// # Safety
+/// CR4.OSFXSR must be set; `area` must be 16-byte aligned, 512 writable
+/// bytes.
+pub unsafe fn fxsave(area: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack, preserves_flags)) }
+}
+
+/// Restores the x87/SSE state from `area` (FXRSTOR).
+///
+/// # Safety
+/// As [`fxsave`], and the area must hold an image written by [`fxsave`].
+pub unsafe fn fxrstor(area: *const u8) {
+    // SAFETY: the caller's contract.
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) }
+}
+
+/// Reads CR2.
+pub fn read_cr2() -> u64 {
+    x86_64::registers::control::Cr2::read_raw()
+}
+
+/// Writes CR2 (a guest's page-fault address, switched with its vCPU).
+///
+/// # Safety
+/// Only the page-fault handler reads CR2; the caller must be switching a
+/// guest's value in, which the host does not read.
+pub unsafe fn write_cr2(value: u64) {
+    // SAFETY: the caller's contract; CR2 has no other effect.
+    unsafe { core::arch::asm!("mov cr2, {}", in(reg) value, options(nostack, preserves_flags)) }
+}
+
+/// Reads DR0..DR3 and DR6.
+pub fn read_debug_registers() -> [u64; 5] {
+    let (d0, d1, d2, d3, d6): (u64, u64, u64, u64, u64);
+    // SAFETY: reading debug registers at CPL 0 has no side effects (DR7.GD
+    // is clear: VM exits load DR7 with 0x400).
+    unsafe {
+        core::arch::asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3", "mov {}, dr6",
+            out(reg) d0, out(reg) d1, out(reg) d2, out(reg) d3, out(reg) d6, options(nostack, nomem, preserves_flags));
+    }
+    [d0, d1, d2, d3, d6]
+}
+
+/// Writes DR0..DR3 and DR6.
+///
+/// # Safety
+/// DR7 must not enable the breakpoints for the host (VM exits load DR7
+/// with 0x400, which enables none), so the addresses are inert until the
+/// guest's DR7 is loaded by VM entry.
+pub unsafe fn write_debug_registers(values: [u64; 5]) {
+    let [d0, d1, d2, d3, d6] = values;
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}", "mov dr6, {}",
+            in(reg) d0, in(reg) d1, in(reg) d2, in(reg) d3, in(reg) d6, options(nostack, nomem, preserves_flags));
+    }
+}
+
+/// Reads the MSR `index`.
+///
+/// # Safety
+/// The MSR must exist on this CPU (#GP otherwise).
+pub unsafe fn rdmsr(index: u32) -> u64 {
+    // SAFETY: the caller's contract.
+    unsafe { x86_64::registers::model_specific::Msr::new(index).read() }
+}
+
+/// Writes the MSR `index`.
+///
+/// # Safety
+/// The MSR must exist, `value` be valid for it, and the host must not
+/// depend on its value (the callers switch guest-only MSRs).
+pub unsafe fn wrmsr(index: u32, value: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { x86_64::registers::model_specific::Msr::new(index).write(value) }
 }

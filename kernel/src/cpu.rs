@@ -45,7 +45,7 @@ pub fn current_index() -> u16 {
 /// Prints the CPU report: identity, VT-x capabilities and the verdict, as
 /// `cpu<k>: VT-x ready` (after VMXON) or `cpu<k>: VT-x unavailable:
 /// <reason>`. Returns whether this CPU is in VMX operation.
-pub fn report() -> Result<(), ()> {
+pub fn report() -> Result<vmx::caps::VmxCapabilities, ()> {
     let k = current_index();
     let cpuid = CpuId::new();
     let vendor = cpuid.get_vendor_info();
@@ -81,7 +81,7 @@ pub fn report() -> Result<(), ()> {
         Ok((caps, fc))
     });
     let result = match verdict {
-        Ok((caps, fc)) => crate::vtx::enable(&caps, fc).map_err(|e| {
+        Ok((caps, fc)) => crate::vtx::enable(&caps, fc).map(|()| caps).map_err(|e| {
             warn!("cpu{k}: VT-x unavailable: {e}");
         }),
         Err(reason) => {

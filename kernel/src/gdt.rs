@@ -79,3 +79,13 @@ fn load(tables: &'static CpuTables) {
         load_tss(tables.tss_selector);
     }
 }
+
+/// The boot CPU's TSS selector (the VMCS host-state TR selector).
+pub fn tss_selector() -> u16 {
+    BOOT_TABLES.get().map_or(0, |t| t.tss_selector.0)
+}
+
+/// The linear address of the boot CPU's TSS (the VMCS host-state TR base).
+pub fn tss_base() -> u64 {
+    BOOT_TSS.get().map_or(0, |tss| core::ptr::from_ref(tss) as u64)
+}

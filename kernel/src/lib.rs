@@ -2,5 +2,8 @@
 #![cfg_attr(not(test), no_std)]
 extern crate alloc;
 pub mod acpi;
+pub mod archive;
 pub mod config;
+pub mod devices;
 pub mod loader;
+pub mod vcpu;

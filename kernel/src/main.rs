@@ -2,8 +2,8 @@
 //!
 //! Only this binary sees `BootInfo`. It brings the boot CPU up (serial log,
 //! GDT/TSS/IDT, frames and heap, ACPI), reports the CPU and its VT-x support,
-//! and powers the machine off. Later issues add VMX, guests and the scheduler
-//! between the report and the power-off.
+//! runs the guests the boot ramdisk's configuration names, and powers the
+//! machine off once they have all stopped.
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
@@ -13,6 +13,7 @@ extern crate alloc;
 mod arch;
 mod cpu;
 mod gdt;
+mod guests;
 mod interrupts;
 mod logger;
 mod memory;
@@ -20,6 +21,8 @@ mod panic;
 mod power;
 mod selftest;
 mod serial;
+mod tsc;
+mod vm;
 mod vtx;
 
 use bootloader_api::config::Mapping;
@@ -59,8 +62,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let vtx = cpu::report();
     selftest::run();
     match vtx {
-        Ok(()) => info!("no guests to run yet"),
+        Ok(caps) => {
+            arch::mask_legacy_pic();
+            let ramdisk = ramdisk(boot_info);
+            if let guests::AllStopped::StayUp = guests::run_all(caps, ramdisk) {
+                arch::halt_forever();
+            }
+        }
         Err(()) => info!("nothing to do without VT-x"),
     }
     power::power_off()
+}
+
+/// The boot ramdisk the bootloader loaded and mapped, if any.
+fn ramdisk(boot_info: &BootInfo) -> Option<&'static [u8]> {
+    let addr = boot_info.ramdisk_addr.into_option()?;
+    let len = usize::try_from(boot_info.ramdisk_len).ok()?;
+    // SAFETY: the bootloader maps the ramdisk's `len` bytes at `addr` for
+    // the kernel's lifetime and nothing writes them.
+    Some(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
 }

@@ -142,3 +142,18 @@ pub fn phys() -> PhysMap {
         None => panic::fatal(format_args!("the physical-memory mapping was used before memory::init")),
     }
 }
+
+/// Takes a naturally aligned block of 2^`order` frames (not zeroed).
+pub fn alloc_block(order: u8) -> Result<HostPhysAddr, mm::MmError> {
+    with_frames(|frames| frames.alloc(order))
+}
+
+/// Gives back a block taken with [`alloc_block`].
+pub fn free_block(block: HostPhysAddr, order: u8) -> Result<(), mm::MmError> {
+    with_frames(|frames| frames.free(block, order))
+}
+
+/// How many frames are free now.
+pub fn free_frames() -> u64 {
+    with_frames(|frames| frames.stats().free_frames)
+}

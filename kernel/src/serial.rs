@@ -44,6 +44,12 @@ pub fn write_fmt(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Prints one line of a guest's console output as `[<guest>] <line>`,
+/// with no log prefix: the operator reads it as the guest's own output.
+pub fn guest_line(guest: &str, line: &str) {
+    write_fmt(format_args!("[{guest}] {line}\n"));
+}
+
 /// Waits (bounded) until COM1 has shifted out every byte written so far:
 /// the power-off path calls it so the last line is not cut off by the
 /// machine stopping. Bochs times its UART, so without this the final line

@@ -115,7 +115,78 @@ fn bochs_reports_vtx_with_ept_and_powers_off() {
     let out = boot(&Variant::default(), Engine::Bochs, Firmware::Bios, BOCHS_LIMIT);
     let c = Checked::new(&out, "Bochs boot");
     vtx_ready(&c);
+    guests_run(&c);
+    frames_all_back(&c);
     c.exited().emulator_log_saw("ACPI control: soft power off");
+}
+
+/// The test guests of `guest-images/test` under Bochs: each mode's guest
+/// prints through its own COM1 with its prefix and exits by hypercall; the
+/// SSE/AVX state of two guests survives 3000 exits and the vCPU switches
+/// between them; the hostile guest gets #UD/#GP for VMXON, host MSRs and
+/// CR4.VMXE, its reset-port write is ignored and its write past RAM stops
+/// it, while the well-behaved guests started beside it complete; HLT with
+/// interrupts off and a triple fault stop their guests with the reason;
+/// every frame comes back; the machine powers off.
+#[test]
+fn bochs_runs_and_contains_the_test_guests() {
+    let out = boot(&Variant::with_guests("test"), Engine::Bochs, Firmware::Bios, BOCHS_LIMIT);
+    let c = Checked::new(&out, "Bochs boot with the test guests");
+    test_guests(&c);
+    c.exited();
+}
+
+/// What the test guests print wherever VT-x runs them.
+fn test_guests(c: &Checked<'_>) {
+    vtx_ready(c);
+    c.saw("config: loaded 7 guests from the boot ramdisk");
+    for name in ["real", "protected", "long", "escape", "halt", "triple", "cpuid"] {
+        c.in_order("cpu0: VT-x ready", &format!("guest {name}: started"));
+    }
+    guests_run(c);
+    c.saw("[protected] hello from protected mode")
+        .in_order("[protected] sse state kept across 3000 exits", "guest protected: stopped: exited with code 0")
+        .in_order("[long] printed by hypercall", "[long] avx state kept across 3000 exits")
+        .in_order("[long] cpuid 0x40000000: FerrovisorVM", "guest long: stopped: exited with code 0")
+        // The hostile guest, step by step.
+        .in_order("[escape] trying vmxon", "[escape] vmxon: #UD")
+        .in_order("[escape] trying rdmsr 0x3a", "[escape] rdmsr 0x3a: #GP")
+        .in_order("[escape] trying rdmsr 0x480", "[escape] rdmsr 0x480: #GP")
+        .in_order("[escape] trying cr4.vmxe", "[escape] cr4.vmxe: #GP")
+        .in_order("[escape] trying reset port 0xcf9", "[escape] still running after reset port write")
+        .in_order("[escape] writing past RAM at 0x10000000", "guest escape: stopped: ")
+        .line("`guest escape: stopped: write at guest-physical 0x10000000 outside its RAM (0x200000 bytes) at RIP ...`", |l| {
+            l.contains("guest escape: stopped: write at guest-physical 0x10000000 outside its RAM (0x200000 bytes) at RIP 0x")
+        })
+        .never("ESCAPED")
+        .never("no fault")
+        .never("LOST")
+        .in_order("[halt] halting with interrupts off", "guest halt: stopped: halted forever (HLT with interrupts off at RIP 0x")
+        .in_order("[triple] about to triple fault", "guest triple: stopped: triple fault: RIP 0x")
+        .line("`[cpuid] cpuid exit: 1000 round trips, average <n> ticks`", |l| {
+            l.starts_with("[cpuid] cpuid exit: 1000 round trips, average ") && l.ends_with(" ticks")
+        })
+        .saw("guest cpuid: stopped: exited with code 0")
+        .never("not started");
+    frames_all_back(c);
+    c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done");
+}
+
+/// The default guests ran to their exits.
+fn guests_run(c: &Checked<'_>) {
+    c.in_order("[real] hello from real mode", "guest real: stopped: exited with code 0")
+        .in_order("[long] hello from long mode", "guest long: stopped: exited with code 0")
+        .in_order("guest long: stopped", "all guests stopped, powering off");
+}
+
+/// The free-frame count after every guest stopped equals the count before.
+fn frames_all_back(c: &Checked<'_>) {
+    c.line("`memory: <n> frames free before the guests, <n> after they stopped` (the same n)", |l| {
+        let Some(rest) = l.split("memory: ").nth(1) else { return false };
+        let Some((before, rest)) = rest.split_once(" frames free before the guests, ") else { return false };
+        let Some(after) = rest.strip_suffix(" after they stopped") else { return false };
+        before.parse::<u64>().is_ok() && before == after
+    });
 }
 
 /// The same under QEMU with KVM and nested VT-x; `cargo xtask test` runs it
@@ -126,5 +197,17 @@ fn kvm_reports_vtx_with_ept_and_powers_off() {
     let out = boot(&Variant::default(), Engine::Kvm, Firmware::Bios, QEMU_LIMIT);
     let c = Checked::new(&out, "QEMU+KVM boot");
     vtx_ready(&c);
+    guests_run(&c);
+    frames_all_back(&c);
+    c.exit_code(0);
+}
+
+/// The test guests under QEMU with KVM and nested VT-x, where offered.
+#[test]
+#[ignore = "needs QEMU+KVM with nested VT-x; cargo xtask test runs it where the host offers it"]
+fn kvm_runs_and_contains_the_test_guests() {
+    let out = boot(&Variant::with_guests("test"), Engine::Kvm, Firmware::Bios, QEMU_LIMIT);
+    let c = Checked::new(&out, "QEMU+KVM boot with the test guests");
+    test_guests(&c);
     c.exit_code(0);
 }

@@ -2,7 +2,7 @@
 //! `asm!`: RDMSR/WRMSR and the read of the VT-x capability MSRs, CR0/CR4,
 //! VMXON/VMXOFF, VMCLEAR/VMPTRLD/VMPTRST, VMREAD/VMWRITE (and
 //! [`HardwareVmcs`], the current VMCS as a [`VmcsAccess`]), INVEPT and
-//! INVVPID. VMLAUNCH/VMRESUME and the exit path are not here yet.
+//! INVVPID, and VMLAUNCH/VMRESUME with the VM-exit path ([`vm_run`]).
 //!
 //! Every VMX instruction reads CF and ZF in the same `asm!` block that runs
 //! it (SDM Vol. 3C, 31.2 "Conventions"), so nothing the compiler emits in
@@ -20,6 +20,7 @@ use addr::HostPhysAddr;
 use crate::caps::{RawVmxMsrs, TrueControlMsrs};
 use crate::error::{InstructionError, VmFail, VmxStatus};
 use crate::msr::{self, Msr};
+use crate::regs::GuestRegisters;
 use crate::vmcs::{FieldEncoding, ReadOnly32, VmcsAccess};
 
 /// Reads a model-specific register with RDMSR.
@@ -598,5 +599,147 @@ impl VmcsAccess for HardwareVmcs {
         // SAFETY: as in `vmread`; the effect of the value at the next VM
         // entry is vouched for by whoever runs VMLAUNCH/VMRESUME.
         unsafe { vmwrite(field, value) }
+    }
+}
+
+// The VM-entry and VM-exit path. `ferrovisor_vm_run(regs, launched)` saves
+// the host's callee-saved registers and the pointer to the guest register
+// file on the stack, points HOST_RSP at that stack slot, loads every guest
+// GPR but RSP (the VMCS holds it) and runs VMLAUNCH or VMRESUME. A failed
+// instruction falls through with the VMX status in CF/ZF, turned into a
+// return value of 1 (VMfailInvalid) or 2 (VMfailValid) before any other
+// instruction can change the flags. A VM exit lands at `ferrovisor_vm_exit`
+// (HOST_RIP) with RSP = HOST_RSP and RFLAGS = 0x2 (SDM Vol. 3C, 28.5.3): it
+// stores the guest GPRs into the register file, restores the host's
+// registers and returns 0 to the caller of `ferrovisor_vm_run`.
+//
+// Register file offsets follow `GuestRegisters` (the exit qualifications'
+// numbering, 8 bytes each): RAX 0, RCX 8, RDX 16, RBX 24, RSP 32 (unused),
+// RBP 40, RSI 48, RDI 56, R8..R15 64..120. The VMCS encodings are HOST_RSP
+// (0x6C14) and, set once per VMCS by the caller, HOST_RIP (0x6C16).
+core::arch::global_asm!(
+    ".global ferrovisor_vm_run",
+    ".global ferrovisor_vm_exit",
+    "ferrovisor_vm_run:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "push rdi",
+    "mov rax, 0x6C14",
+    "vmwrite rax, rsp",
+    "jbe 3f",
+    "test rsi, rsi",
+    "mov rax, [rdi]",
+    "mov rcx, [rdi + 8]",
+    "mov rdx, [rdi + 16]",
+    "mov rbx, [rdi + 24]",
+    "mov rbp, [rdi + 40]",
+    "mov rsi, [rdi + 48]",
+    "mov r8, [rdi + 64]",
+    "mov r9, [rdi + 72]",
+    "mov r10, [rdi + 80]",
+    "mov r11, [rdi + 88]",
+    "mov r12, [rdi + 96]",
+    "mov r13, [rdi + 104]",
+    "mov r14, [rdi + 112]",
+    "mov r15, [rdi + 120]",
+    "mov rdi, [rdi + 56]",
+    // MOV leaves the flags of `test rsi, rsi` alone.
+    "jnz 2f",
+    "vmlaunch",
+    "jmp 3f",
+    "2:",
+    "vmresume",
+    // Only a failed VMLAUNCH/VMRESUME (or HOST_RSP VMWRITE) gets here.
+    "3:",
+    "mov eax, 1",
+    "jc 4f",
+    "mov eax, 2",
+    "jz 4f",
+    "mov eax, 3",
+    "4:",
+    "pop rdi",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    "ferrovisor_vm_exit:",
+    "push rdi",
+    "mov rdi, [rsp + 8]",
+    "mov [rdi], rax",
+    "mov [rdi + 8], rcx",
+    "mov [rdi + 16], rdx",
+    "mov [rdi + 24], rbx",
+    "mov [rdi + 40], rbp",
+    "mov [rdi + 48], rsi",
+    "mov [rdi + 64], r8",
+    "mov [rdi + 72], r9",
+    "mov [rdi + 80], r10",
+    "mov [rdi + 88], r11",
+    "mov [rdi + 96], r12",
+    "mov [rdi + 104], r13",
+    "mov [rdi + 112], r14",
+    "mov [rdi + 120], r15",
+    "pop rax",
+    "mov [rdi + 56], rax",
+    "pop rdi",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "xor eax, eax",
+    "ret",
+);
+
+extern "sysv64" {
+    fn ferrovisor_vm_run(regs: *mut u64, launched: u64) -> u64;
+    fn ferrovisor_vm_exit();
+}
+
+/// The address VM exits continue at: the value for the VMCS's HOST_RIP
+/// field of every VMCS that [`vm_run`] runs.
+pub fn vm_exit_address() -> u64 {
+    ferrovisor_vm_exit as *const () as usize as u64
+}
+
+/// Runs the guest of the current VMCS until its next VM exit: VMLAUNCH if
+/// `launched` is false (the VMCS is clear), else VMRESUME. Loads the guest's
+/// GPRs from `regs` and, on a VM exit, stores them back; `Ok(())` means a VM
+/// exit happened (or a VM-entry failure of the kind that looks like one:
+/// the exit reason field says which).
+///
+/// # Errors
+///
+/// [`VmFail`] when VMLAUNCH/VMRESUME itself fails (invalid control or host
+/// state, wrong launch state, ...): the guest did not run and `regs` is
+/// unchanged.
+///
+/// # Safety
+///
+/// The caller must be in VMX root operation at CPL 0 with a current VMCS
+/// whose host-state area describes this CPU's running state (CR0, CR3,
+/// CR4, segments, GDT/IDT/TR, EFER and PAT as the exit controls load them)
+/// with HOST_RIP = [`vm_exit_address`], and whose guest-state and control
+/// fields give the guest only memory and devices it may have. `launched`
+/// must match the VMCS's launch state. Interrupts must be disabled.
+pub unsafe fn vm_run(regs: &mut GuestRegisters, launched: bool) -> Result<(), VmFail> {
+    // SAFETY: the caller's promise covers the VMCS; the trampoline saves
+    // and restores every register the System V ABI has the callee keep, and
+    // touches memory only on this stack and in `regs`, which it borrows.
+    let status = unsafe { ferrovisor_vm_run(regs.as_mut_ptr(), u64::from(launched)) };
+    match status {
+        0 => Ok(()),
+        1 => Err(VmFail::Invalid),
+        // SAFETY: VMX root operation at CPL 0 with a current VMCS, so the
+        // error field can be read.
+        _ => unsafe { complete(VmxStatus::FailValid) },
     }
 }

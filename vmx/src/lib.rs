@@ -9,14 +9,17 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod availability;
+pub mod bitmaps;
 pub mod caps;
 pub mod controls;
 pub mod ept;
 pub mod error;
+pub mod execution;
 pub mod exit;
 pub mod feature_control;
 #[cfg(target_arch = "x86_64")]
 pub mod instructions;
 pub mod msr;
+pub mod regs;
 pub mod vmcs;
 pub mod vmxon;

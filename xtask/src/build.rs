@@ -20,30 +20,45 @@ pub struct Variant {
     pub log_level: String,
     /// Self-test compiled in (`FERROVISOR_SELFTEST`), if any.
     pub selftest: Option<String>,
+    /// The folder whose `hypervisor.toml` (with the test guests built from
+    /// `guest-images/asm`) goes into the boot ramdisk; `None` for no
+    /// ramdisk.
+    pub config: Option<PathBuf>,
 }
 
 impl Default for Variant {
+    /// The normal build with the default guests (`guest-images/default`).
     fn default() -> Self {
-        Variant { log_level: "info".into(), selftest: None }
+        Variant { log_level: "info".into(), selftest: None, config: Some(crate::guests::config_dir("default")) }
     }
 }
 
 impl Variant {
     /// A normal build with the given log level.
     pub fn with_log_level(level: &str) -> Self {
-        Variant { log_level: level.into(), selftest: None }
+        Variant { log_level: level.into(), ..Variant::default() }
     }
 
-    /// A build that runs the named self-test after the CPU report.
+    /// A build that runs the named self-test after the CPU report, with no
+    /// guests.
     pub fn selftest(name: &str) -> Self {
-        Variant { selftest: Some(name.into()), ..Variant::default() }
+        Variant { selftest: Some(name.into()), config: None, ..Variant::default() }
+    }
+
+    /// A normal build booting the guests of `guest-images/<name>`.
+    pub fn with_guests(name: &str) -> Self {
+        Variant { config: Some(crate::guests::config_dir(name)), ..Variant::default() }
     }
 
     /// The folder name of this variant under `target/ferrovisor/`.
     pub fn dir_name(&self) -> String {
+        let config = match &self.config {
+            Some(dir) => dir.file_name().map_or("config".into(), |n| n.to_string_lossy().into_owned()),
+            None => "none".into(),
+        };
         match &self.selftest {
             Some(test) => format!("selftest-{test}-{}", self.log_level),
-            None => format!("kernel-{}", self.log_level),
+            None => format!("kernel-{}-{config}", self.log_level),
         }
     }
 
@@ -171,6 +186,12 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
     let mut cmd = cargo(boot_dir())?;
     cmd.args(["run", "--release", "--"]);
     cmd.arg("--kernel").arg(variant.kernel()).arg("--out").arg(variant.dir());
+    if let Some(config) = &variant.config {
+        let ramdisk = variant.dir().join("ramdisk.tar");
+        println!("xtask: building the guests and the boot ramdisk from {}", config.display());
+        crate::guests::ramdisk(config, &ramdisk).map_err(BuildError)?;
+        cmd.arg("--ramdisk").arg(ramdisk);
+    }
     run(cmd, "building the disk images")
 }
 

@@ -28,9 +28,12 @@ commands:
              --log error|warn|info|debug|trace   kernel log level (default info)
              --selftest panic|page-fault    build in a deliberate failure (the boot
                                             tests use these to check the fatal path)
+             --config DIR   boot the guests of DIR/hypervisor.toml, with the
+                            test guests built from guest-images/asm (default
+                            guest-images/default)
   test     every test: host unit tests, then boot tests under QEMU (BIOS, UEFI)
            and Bochs, and under QEMU+KVM when this host offers nested VT-x
-  bench    benchmarks (arrive with the VT-x core)
+  bench    benchmarks under Bochs (VM-exit round trips); writes BENCHMARKS.md
   help     this text
 
 Missing emulators, firmware and toolchain components are installed when run

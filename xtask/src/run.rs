@@ -10,7 +10,7 @@ use xtask::{out_dir, setup};
 use crate::cli::Options;
 
 const OPTIONS: &[&str] =
-    &["--engine", "--firmware", "--cpus", "--memory", "--timeout", "--serial-log", "--log", "--selftest"];
+    &["--engine", "--firmware", "--cpus", "--memory", "--timeout", "--serial-log", "--log", "--selftest", "--config"];
 
 /// Runs `cargo xtask run`.
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -25,7 +25,17 @@ pub fn main(args: &[String]) -> Result<(), String> {
     if choice.engine == Engine::Bochs && firmware == Firmware::Uefi {
         return Err("Bochs boots BIOS images only; use --firmware bios (or --engine qemu for UEFI)".into());
     }
-    let variant = Variant { log_level: o.log_level()?, selftest: o.get("--selftest").map(str::to_string) };
+    let config = match (o.get("--config"), o.get("--selftest")) {
+        (Some(dir), _) => Some(std::path::PathBuf::from(dir)),
+        (None, Some(_)) => None,
+        (None, None) => Some(xtask::guests::config_dir("default")),
+    };
+    if let Some(dir) = &config {
+        if !dir.join("hypervisor.toml").is_file() {
+            return Err(format!("--config {}: there is no hypervisor.toml in that folder", dir.display()));
+        }
+    }
+    let variant = Variant { log_level: o.log_level()?, selftest: o.get("--selftest").map(str::to_string), config };
     let cpus = u32::try_from(o.number("--cpus", 1)?).map_err(|_| "--cpus is too large")?;
     let memory_mib = u32::try_from(o.number("--memory", 512)?).map_err(|_| "--memory is too large")?;
     let default_timeout = if choice.engine == Engine::Bochs { 900 } else { 60 };

@@ -14,7 +14,12 @@ use xtask::{setup, workspace_root};
 
 /// The kernel builds the boot tests use; `tests/` names the same ones.
 fn variants() -> Vec<Variant> {
-    vec![Variant::default(), Variant::selftest("panic"), Variant::selftest("page-fault")]
+    vec![
+        Variant::default(),
+        Variant::with_guests("test"),
+        Variant::selftest("panic"),
+        Variant::selftest("page-fault"),
+    ]
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {

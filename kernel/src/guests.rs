@@ -1,0 +1,353 @@
+//! From the configuration to running guests and back: reads
+//! `hypervisor.toml` and the images from the boot ramdisk (a ustar archive,
+//! until the config partition replaces it), creates each guest, runs them
+//! round-robin on this CPU with VMX-preemption-timer slices, reports each
+//! stop, and gives every frame back.
+//!
+//! This is the one-CPU forerunner of the `sched` crate's per-CPU loop: the
+//! scheduler issue replaces [`run_all`]'s loop, not the guest lifecycle.
+
+use alloc::vec::Vec;
+
+use addr::{GuestPhysAddr, PAGE_SIZE};
+use kernel::archive::Archive;
+use kernel::config::{self, CpuMode, GuestConfig, GuestStopAction, ImageFormat};
+use kernel::loader::{self, FlatImage, FlatMode, Format, GuestMemory, LinuxImage, LoadError, LoadedImage, MultibootImage};
+use kernel::vcpu::exit::{handle_exit, Outcome};
+use kernel::vcpu::stop::StopReason;
+use log::{debug, error, info, warn};
+use vmx::caps::VmxCapabilities;
+use vmx::instructions::{self as hw, HardwareVmcs};
+
+use crate::vm::{Guest, Hardware, RunState};
+use crate::{memory, tsc};
+
+/// Where the configuration came from, for the log.
+const SOURCE: &str = "the boot ramdisk";
+
+/// One configured guest and, while it exists, the guest.
+struct Slot {
+    config: GuestConfig,
+    guest: Option<Guest>,
+    /// The VPID its vCPU gets (1-based; 0 is the host's).
+    vpid: u16,
+}
+
+/// What happens after every guest has stopped.
+pub enum AllStopped {
+    /// Power the machine off.
+    PowerOff,
+    /// Stay up (`power_off_when_all_stopped = false`).
+    StayUp,
+}
+
+/// Reads the configuration from `ramdisk`, starts the guests and runs them
+/// until all have stopped.
+pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
+    let Some(bytes) = ramdisk else {
+        info!("config: no boot ramdisk, so no hypervisor.toml and no guests");
+        return AllStopped::PowerOff;
+    };
+    let archive = match Archive::new(bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("config: error: {e}");
+            return AllStopped::PowerOff;
+        }
+    };
+    let Some(text) = archive.get("hypervisor.toml") else {
+        error!("config: error: {SOURCE} has no hypervisor.toml");
+        return AllStopped::PowerOff;
+    };
+    let mut outcome = config::parse_bytes("hypervisor.toml", text);
+    config::check_images(&mut outcome, |path| archive.get(path).is_some());
+    config::check_memory(&mut outcome, memory::free_frames() * PAGE_SIZE);
+    for e in &outcome.errors {
+        error!("{e}");
+    }
+    let settings = outcome.config.hypervisor;
+    info!("config: loaded {} guests from {SOURCE}", outcome.config.guests.len());
+
+    let hw = match Hardware::new(caps) {
+        Ok(hw) => hw,
+        Err(e) => {
+            error!("vmx: cannot run guests: {e}");
+            return AllStopped::PowerOff;
+        }
+    };
+    let tsc_hz = tsc::measure_hz();
+    let slice_ticks = tsc_hz / 1000 * u64::from(settings.slice_ms);
+    debug!("sched: slice {} ms = {slice_ticks} TSC ticks", settings.slice_ms);
+
+    let frames_before = memory::free_frames();
+    let mut slots: Vec<Slot> = Vec::new();
+    for (k, config) in outcome.config.guests.into_iter().enumerate() {
+        let vpid = u16::try_from(k + 1).unwrap_or(u16::MAX);
+        let guest = start(&hw, &archive, &config, vpid);
+        slots.push(Slot { config, guest, vpid });
+    }
+
+    let mut sched = Scheduler { hw: &hw, slots, owner: None, current: None, last: None, slice_ticks };
+    sched.run(&archive, settings.on_guest_stop);
+
+    let frames_after = memory::free_frames();
+    info!("memory: {frames_before} frames free before the guests, {frames_after} after they stopped");
+    if frames_after != frames_before {
+        warn!("memory: {} frames were not given back", frames_before.saturating_sub(frames_after));
+    }
+    if settings.power_off_when_all_stopped {
+        info!("all guests stopped, powering off");
+        AllStopped::PowerOff
+    } else {
+        info!("all guests stopped; staying up (power_off_when_all_stopped = false)");
+        AllStopped::StayUp
+    }
+}
+
+/// Creates and loads one guest; `None` (reported) when it cannot start.
+fn start(hw: &Hardware, archive: &Archive<'_>, config: &GuestConfig, vpid: u16) -> Option<Guest> {
+    let name = config.name.as_str();
+    let Some(kernel) = archive.get(&config.kernel) else {
+        error!("guest {name}: not started: kernel \"{}\" is not in {SOURCE}", config.kernel);
+        return None;
+    };
+    let initrd = match &config.initrd {
+        Some(path) => match archive.get(path) {
+            Some(data) => Some(data),
+            None => {
+                error!("guest {name}: not started: initrd \"{path}\" is not in {SOURCE}");
+                return None;
+            }
+        },
+        None => None,
+    };
+    let format = match config.format {
+        Some(f) => f,
+        None => match loader::detect_format(kernel) {
+            Some(Format::Linux) => ImageFormat::Linux,
+            Some(Format::Multiboot) => ImageFormat::Multiboot,
+            _ => {
+                error!(
+                    "guest {name}: not started: kernel \"{}\" is neither a Linux bzImage nor a Multiboot image; \
+                     for a raw image set format = \"flat\" with load_address, entry and mode",
+                    config.kernel
+                );
+                return None;
+            }
+        },
+    };
+    let cmdline = config.cmdline.as_str();
+    let load = |mem: &mut dyn GuestMemory| -> Result<LoadedImage, LoadError> {
+        match format {
+            ImageFormat::Flat(flat) => loader::load_flat(
+                mem,
+                &FlatImage {
+                    data: kernel,
+                    load_address: GuestPhysAddr::new(flat.load_address),
+                    entry: GuestPhysAddr::new(flat.entry),
+                    mode: match flat.mode {
+                        CpuMode::Real => FlatMode::Real,
+                        CpuMode::Protected => FlatMode::Protected,
+                        CpuMode::Long => FlatMode::LONG,
+                    },
+                },
+            ),
+            ImageFormat::Linux => loader::load_linux(mem, &LinuxImage { kernel, initrd, cmdline }),
+            ImageFormat::Multiboot => {
+                let module = initrd.map(|data| loader::Module { data, cmdline: "" });
+                let modules = module.as_slice();
+                loader::load_multiboot(mem, &MultibootImage { kernel, cmdline, modules })
+            }
+        }
+    };
+    match Guest::create(hw, name, config.memory, vpid, load) {
+        Ok(guest) => {
+            info!("guest {name}: started ({} MiB, {format_name})", config.memory >> 20, format_name = format_name(format));
+            Some(guest)
+        }
+        Err(e) => {
+            error!("guest {name}: not started: {e}");
+            None
+        }
+    }
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Linux => "linux",
+        ImageFormat::Multiboot => "multiboot",
+        ImageFormat::Flat(f) => match f.mode {
+            CpuMode::Real => "flat, real mode",
+            CpuMode::Protected => "flat, protected mode",
+            CpuMode::Long => "flat, long mode",
+        },
+    }
+}
+
+/// The round-robin loop over this CPU's guests.
+struct Scheduler<'a> {
+    hw: &'a Hardware,
+    slots: Vec<Slot>,
+    /// The guest whose switched state (XSAVE, CR2, DRs, MSRs) is in the CPU.
+    owner: Option<usize>,
+    /// The guest whose VMCS is current.
+    current: Option<usize>,
+    /// The guest that ran last.
+    last: Option<usize>,
+    slice_ticks: u64,
+}
+
+impl Scheduler<'_> {
+    fn run(&mut self, archive: &Archive<'_>, on_stop: GuestStopAction) {
+        loop {
+            let n = self.slots.len();
+            let start = self.last.map_or(0, |l| l + 1);
+            let next = (0..n).map(|k| (start + k) % n).find(|&i| {
+                self.slots.get(i).and_then(|s| s.guest.as_ref()).is_some_and(|g| g.state == RunState::Runnable)
+            });
+            let Some(i) = next else {
+                // Nothing can run. A halted guest has no device that could
+                // wake it yet, so it never will.
+                let halted: Vec<usize> = (0..n)
+                    .filter(|&i| self.slots.get(i).is_some_and(|s| s.guest.is_some()))
+                    .collect();
+                if halted.is_empty() {
+                    return;
+                }
+                for i in halted {
+                    let rip = self.halted_rip(i);
+                    self.stop(i, StopReason::HaltedWithNoWakeSource { rip }, archive, on_stop);
+                }
+                continue;
+            };
+            self.last = Some(i);
+            if let Some(reason) = self.run_slice(i) {
+                self.stop(i, reason, archive, on_stop);
+            }
+        }
+    }
+
+    fn halted_rip(&mut self, i: usize) -> u64 {
+        use vmx::vmcs::{GuestNatural, VmcsAccess};
+        let Some(guest) = self.slots.get(i).and_then(|s| s.guest.as_ref()) else { return 0 };
+        if guest.make_current().is_err() {
+            return 0;
+        }
+        self.current = Some(i);
+        // SAFETY: VMX root operation with this guest's VMCS current.
+        let vmcs = unsafe { HardwareVmcs::current() };
+        // RIP is already past the HLT; report the HLT itself is not
+        // possible without its length, so report where it would resume.
+        vmcs.read(GuestNatural::Rip).unwrap_or(0)
+    }
+
+    /// Switches guest `i` in and runs it until its slice ends, it halts, or
+    /// it stops (the reason is returned).
+    fn run_slice(&mut self, i: usize) -> Option<StopReason> {
+        let hw = self.hw;
+        if self.owner != Some(i) {
+            if let Some(prev) = self.owner.and_then(|o| self.slots.get_mut(o)).and_then(|s| s.guest.as_mut()) {
+                prev.save_switched(hw);
+            }
+            self.slots.get(i)?.guest.as_ref()?.load_switched(hw);
+            self.owner = Some(i);
+        }
+        let guest = self.slots.get_mut(i)?.guest.as_mut()?;
+        if self.current != Some(i) {
+            if let Err(e) = guest.make_current() {
+                return Some(StopReason::LaunchFailed(e));
+            }
+            self.current = Some(i);
+        }
+        if let Err(e) = guest.set_slice(hw, self.slice_ticks) {
+            return Some(StopReason::VmcsAccess(e));
+        }
+        guest.slices += 1;
+        let slice_start = rdtsc();
+        loop {
+            let entered = rdtsc();
+            // SAFETY: VMX root operation at CPL 0 with interrupts off; the
+            // current VMCS is this guest's, built by `Guest::create` with
+            // the host state of this CPU and HOST_RIP at the exit path, and
+            // `launched` tracks its launch state.
+            let result = unsafe { hw::vm_run(&mut guest.regs, guest.launched) };
+            let now = rdtsc();
+            guest.ticks += now.wrapping_sub(entered);
+            if let Err(e) = result {
+                return Some(StopReason::LaunchFailed(e));
+            }
+            guest.launched = true;
+            let (mut platform, regs, model) = guest.exit_parts(hw);
+            // SAFETY: VMX root operation with this guest's VMCS current.
+            let mut vmcs = unsafe { HardwareVmcs::current() };
+            match handle_exit(&mut vmcs, regs, model, &mut platform) {
+                Outcome::Resume => {
+                    // The slice also ends by the TSC: where VM entry
+                    // restarts the preemption timer from the value written
+                    // at the slice's start (exits that do not save its
+                    // count, or emulators that do not), a guest that exits
+                    // more often than the timer runs out would otherwise
+                    // never be preempted.
+                    if now.wrapping_sub(slice_start) >= self.slice_ticks {
+                        guest.preemptions += 1;
+                        return None;
+                    }
+                }
+                Outcome::Preempted => {
+                    guest.preemptions += 1;
+                    return None;
+                }
+                Outcome::Halted => {
+                    guest.state = RunState::Halted;
+                    return None;
+                }
+                Outcome::Stop(reason) => return Some(reason),
+            }
+        }
+    }
+
+    /// Reports the stop of guest `i`, destroys it, and restarts it if the
+    /// configuration says so.
+    fn stop(&mut self, i: usize, reason: StopReason, archive: &Archive<'_>, on_stop: GuestStopAction) {
+        let hw = self.hw;
+        let Some(slot) = self.slots.get_mut(i) else { return };
+        let Some(mut guest) = slot.guest.take() else { return };
+        let name = guest.name.clone();
+        guest.model.console.flush(|line| crate::serial::guest_line(&name, line));
+        info!("guest {name}: stopped: {reason}");
+        let s = &guest.model.stats;
+        debug!(
+            "guest {name}: {} exits ({} CPUID, {} I/O, {} MSR, {} hypercalls), {} exceptions injected, \
+             {} port writes ignored, {} port reads unclaimed, {} TSC ticks in {} slices ({} preempted)",
+            s.exits,
+            s.cpuid,
+            s.io,
+            s.msr,
+            s.hypercalls,
+            s.injected,
+            s.io_writes_ignored,
+            s.io_reads_unclaimed,
+            guest.ticks,
+            guest.slices,
+            guest.preemptions
+        );
+        if self.owner == Some(i) {
+            self.owner = None;
+        }
+        if self.current == Some(i) {
+            self.current = None;
+        }
+        guest.destroy();
+        if on_stop == GuestStopAction::Restart {
+            info!("guest {name}: restarting");
+            let vpid = slot.vpid;
+            slot.guest = start(hw, archive, &slot.config, vpid);
+        }
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter (CR4.TSD is clear
+    // at CPL 0 anyway).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

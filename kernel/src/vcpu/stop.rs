@@ -1,0 +1,167 @@
+//! Why a guest stopped: the reason printed in `guest <name>: stopped:
+//! <reason>`. Every way a guest can end, by its own wish or because it did
+//! something the hypervisor will not do for it, is one variant here.
+
+use core::fmt;
+
+use vmx::error::VmFail;
+use vmx::exit::{EntryFailure, EptViolation, ExitReason, IoQualification};
+
+/// The guest state printed with a triple fault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegisterDump {
+    /// RIP.
+    pub rip: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// CR0 as the guest sees it (the read shadow for host-owned bits).
+    pub cr0: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4 as the guest sees it.
+    pub cr4: u64,
+    /// IA32_EFER.
+    pub efer: u64,
+    /// CS selector.
+    pub cs: u16,
+    /// RAX, RBX, RCX, RDX, RSI, RDI, RBP in that order.
+    pub gprs: [u64; 7],
+}
+
+impl fmt::Display for RegisterDump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
+            self.rip, self.rsp, self.rflags, self.cs, self.cr0, self.cr3, self.cr4, self.efer
+        )?;
+        for (name, value) in ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP"].iter().zip(self.gprs) {
+            write!(f, " {name} {value:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a guest stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest asked to stop (hypercall `FV_EXIT`).
+    Exited {
+        /// Its exit code.
+        code: u32,
+    },
+    /// HLT with interrupts disabled: nothing can ever wake it.
+    HaltedWithInterruptsOff {
+        /// Where it halted.
+        rip: u64,
+    },
+    /// HLT with interrupts enabled, but the guest has no device that can
+    /// interrupt it.
+    HaltedWithNoWakeSource {
+        /// Where it halted.
+        rip: u64,
+    },
+    /// An access to guest-physical memory that is not the guest's RAM.
+    EptViolation {
+        /// The decoded qualification.
+        violation: EptViolation,
+        /// The guest's RAM size (RAM is `0..ram`).
+        ram: u64,
+        /// The RIP of the access.
+        rip: u64,
+    },
+    /// A triple fault (the guest's exception handling failed completely).
+    TripleFault(RegisterDump),
+    /// VM entry failed while loading guest state.
+    EntryFailed(EntryFailure),
+    /// VMLAUNCH or VMRESUME itself failed.
+    LaunchFailed(VmFail),
+    /// A string I/O instruction (INS/OUTS), which is not emulated yet.
+    StringIo {
+        /// The access.
+        io: IoQualification,
+        /// Where.
+        rip: u64,
+    },
+    /// A hardware task switch, which Ferrovisor does not emulate.
+    TaskSwitch {
+        /// Where.
+        rip: u64,
+    },
+    /// A VM exit Ferrovisor does not handle.
+    UnhandledExit {
+        /// The basic exit reason.
+        reason: ExitReason,
+        /// Its exit qualification.
+        qualification: u64,
+        /// The guest's RIP.
+        rip: u64,
+    },
+    /// A VMREAD/VMWRITE on the guest's VMCS failed: a Ferrovisor bug,
+    /// contained to this guest.
+    VmcsAccess(VmFail),
+    /// The guest's EPT is misconfigured: a Ferrovisor bug, contained to
+    /// this guest.
+    EptMisconfiguration {
+        /// The guest-physical address whose walk found it.
+        gpa: u64,
+    },
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited { code } => write!(f, "exited with code {code}"),
+            Self::HaltedWithInterruptsOff { rip } => {
+                write!(f, "halted forever (HLT with interrupts off at RIP {rip:#x})")
+            }
+            Self::HaltedWithNoWakeSource { rip } => write!(
+                f,
+                "halted forever (HLT at RIP {rip:#x} with interrupts on, but no device can interrupt it)"
+            ),
+            Self::EptViolation { violation, ram, rip } => {
+                let access = if violation.fetch {
+                    "instruction fetch"
+                } else if violation.write {
+                    "write"
+                } else {
+                    "read"
+                };
+                let place = if violation.gpa.as_u64() >= *ram {
+                    "outside its RAM"
+                } else {
+                    "inside RAM that its EPT does not allow"
+                };
+                write!(
+                    f,
+                    "{access} at guest-physical {} {place} ({ram:#x} bytes) at RIP {rip:#x} ({violation})",
+                    violation.gpa
+                )
+            }
+            Self::TripleFault(dump) => write!(f, "triple fault: {dump}"),
+            Self::EntryFailed(failure) => write!(f, "{failure}"),
+            Self::LaunchFailed(e) => write!(f, "VM entry failed: {e}"),
+            Self::StringIo { io, rip } => {
+                write!(f, "{io} at RIP {rip:#x}: string I/O is not emulated yet")
+            }
+            Self::TaskSwitch { rip } => {
+                write!(f, "hardware task switch at RIP {rip:#x}: not supported")
+            }
+            Self::UnhandledExit {
+                reason,
+                qualification,
+                rip,
+            } => write!(
+                f,
+                "unhandled VM exit {reason}, qualification {qualification:#x}, at RIP {rip:#x}"
+            ),
+            Self::VmcsAccess(e) => write!(f, "hypervisor error: VMCS access failed: {e}"),
+            Self::EptMisconfiguration { gpa } => write!(
+                f,
+                "hypervisor error: EPT misconfiguration at guest-physical {gpa:#x}"
+            ),
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! A guest on this CPU: its RAM and EPT from the frame allocator, its
+//! bitmaps and VMCS, its one vCPU with the state a vCPU switch moves, and
+//! its destruction, which gives every frame back.
+//!
+//! The decisions (controls, guest state, exit handling) come from
+//! `kernel::vcpu` and `vmx`; this module owns the frames and runs the VMX
+//! instructions.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use kernel::loader::{GuestMemory, LoadError, LoadedImage};
+use kernel::vcpu::exit::{Platform, VcpuModel};
+use kernel::vcpu::setup::{self, VmcsLinks};
+use log::debug;
+use mm::MmError;
+use vmx::bitmaps::{IoBitmaps, MsrBitmap};
+use vmx::caps::VmxCapabilities;
+use vmx::ept::{Ept, EptError, EptMemoryType, EptPerms, EptTable, TableFrames};
+use vmx::error::VmFail;
+use vmx::execution::GuestControls;
+use vmx::instructions::{self as hw, HardwareVmcs, InveptType, InvvpidType};
+use vmx::regs::GuestRegisters;
+use vmx::vmcs::{Guest32, Host16, Host32, Host64, HostNatural, VmcsAccess};
+
+use crate::{arch, gdt, memory};
+
+/// The largest block guest RAM is taken in: 2^18 frames (1 GiB).
+const MAX_RAM_ORDER: u8 = 18;
+
+/// What every guest on this CPU shares: the capabilities, the computed
+/// controls, the XSAVE layout and the preemption-timer rate.
+pub struct Hardware {
+    /// The VT-x capabilities.
+    pub caps: VmxCapabilities,
+    /// The controls every VMCS gets.
+    pub controls: GuestControls,
+    /// The extended-state save area size, and the XCR0 bits supported;
+    /// `None` without XSAVE (FXSAVE is used).
+    pub xsave: Option<(usize, u64)>,
+    /// The VMX-preemption timer counts once every 2^this TSC ticks.
+    pub timer_shift: u8,
+}
+
+impl Hardware {
+    /// Computes the shared settings and turns on CR4.OSXSAVE/OSFXSR, so the
+    /// host can switch guests' extended state.
+    pub fn new(caps: VmxCapabilities) -> Result<Self, vmx::execution::ControlError> {
+        let controls = GuestControls::compute(&caps)?;
+        let leaf1 = arch::cpuid(1, 0);
+        let has_xsave = leaf1.ecx & (1 << 26) != 0;
+        // SAFETY: OSFXSR (bit 9) and, with XSAVE, OSXSAVE (bit 18) only
+        // allow FXSAVE/XSAVE and the vector instructions; the host never
+        // executes vector code (soft-float target), and VMX permits both
+        // bits.
+        unsafe {
+            let cr4 = hw::read_cr4();
+            let bits = (1 << 9) | if has_xsave { 1 << 18 } else { 0 };
+            hw::write_cr4(cr4 | bits);
+        }
+        let xsave = has_xsave.then(|| {
+            let d = arch::cpuid(0xD, 0);
+            (d.ecx as usize, u64::from(d.eax) | (u64::from(d.edx) << 32))
+        });
+        Ok(Self {
+            caps,
+            controls,
+            xsave,
+            timer_shift: caps.misc.preemption_timer_rate,
+        })
+    }
+
+    /// The XCR0 bits guests may set.
+    pub fn xcr0_supported(&self) -> u64 {
+        self.xsave.map_or(0, |(_, bits)| bits)
+    }
+}
+
+/// Why a guest could not be created.
+pub enum CreateError {
+    /// Not enough free frames.
+    Memory(MmError),
+    /// The EPT could not be built.
+    Ept(EptError),
+    /// The image did not load.
+    Load(LoadError),
+    /// A VMX instruction failed while setting up the VMCS.
+    Vmcs(VmFail),
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory(e) => write!(f, "out of memory: {e}"),
+            Self::Ept(e) => write!(f, "EPT: {e}"),
+            Self::Load(e) => write!(f, "{e}"),
+            Self::Vmcs(e) => write!(f, "VMCS setup: {e}"),
+        }
+    }
+}
+
+/// The kernel's frames as EPT table frames.
+struct KernelFrames;
+
+impl TableFrames for KernelFrames {
+    fn alloc_table(&mut self) -> Option<HostPhysAddr> {
+        memory::alloc_zeroed_frame().ok()
+    }
+
+    fn free_table(&mut self, at: HostPhysAddr) {
+        if let Err(e) = memory::free_frame(at) {
+            log::error!("EPT: giving back table frame {at} failed: {e}");
+        }
+    }
+
+    fn table(&mut self, at: HostPhysAddr) -> &mut EptTable {
+        // SAFETY: `at` is a frame `alloc_table` handed out and `Ept` has not
+        // given back (the trait's contract), mapped at `phys().ptr`, 4 KiB
+        // aligned and 4 KiB long like an `EptTable`, and only the one `Ept`
+        // that owns it reaches it, through this `&mut self`.
+        unsafe { &mut *memory::phys().ptr(at).cast::<EptTable>() }
+    }
+}
+
+/// One naturally aligned block of guest RAM.
+#[derive(Clone, Copy)]
+struct Chunk {
+    gpa: u64,
+    hpa: HostPhysAddr,
+    order: u8,
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        PAGE_SIZE << self.order
+    }
+}
+
+/// A guest's RAM: guest-physical `0..size` in naturally aligned blocks, the
+/// largest the allocator has, so EPT can use large pages.
+struct GuestRam {
+    chunks: Vec<Chunk>,
+    size: u64,
+}
+
+impl GuestRam {
+    fn alloc(size: u64) -> Result<Self, MmError> {
+        let mut ram = GuestRam { chunks: Vec::new(), size: 0 };
+        let mut gpa = 0u64;
+        while gpa < size {
+            let remaining = size - gpa;
+            // The largest block that fits the rest and keeps guest and host
+            // addresses equally aligned.
+            let mut order = MAX_RAM_ORDER;
+            while order > 0 && ((PAGE_SIZE << order) > remaining || !gpa.is_multiple_of(PAGE_SIZE << order)) {
+                order -= 1;
+            }
+            let hpa = loop {
+                match memory::alloc_block(order) {
+                    Ok(hpa) => break hpa,
+                    Err(_) if order > 0 => order -= 1,
+                    Err(e) => {
+                        ram.free();
+                        return Err(e);
+                    }
+                }
+            };
+            let chunk = Chunk { gpa, hpa, order };
+            // SAFETY: the block was just taken from the allocator, is mapped
+            // at `phys().ptr` and is `chunk.len()` bytes long.
+            unsafe { core::ptr::write_bytes(memory::phys().ptr(hpa), 0, chunk.len() as usize) };
+            ram.chunks.push(chunk);
+            gpa += chunk.len();
+        }
+        ram.size = size;
+        Ok(ram)
+    }
+
+    /// The chunk holding `gpa` and the offset in it.
+    fn find(&self, gpa: u64) -> Option<(&Chunk, u64)> {
+        self.chunks.iter().find(|c| (c.gpa..c.gpa + c.len()).contains(&gpa)).map(|c| (c, gpa - c.gpa))
+    }
+
+    /// Copies between guest RAM at `gpa` and the host, `len` bytes, calling
+    /// `f(host pointer, offset in the copy, length)` per piece; false if any
+    /// byte is outside RAM.
+    fn pieces(&self, gpa: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) -> bool {
+        let Some(end) = gpa.checked_add(len) else { return false };
+        if end > self.size {
+            return false;
+        }
+        let mut at = gpa;
+        while at < end {
+            let Some((chunk, offset)) = self.find(at) else { return false };
+            let n = (chunk.len() - offset).min(end - at);
+            let ptr = memory::phys().ptr(chunk.hpa).wrapping_add(offset as usize);
+            f(ptr, (at - gpa) as usize, n as usize);
+            at += n;
+        }
+        true
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let dst = buf.as_mut_ptr();
+        let len = buf.len();
+        self.pieces(gpa, len as u64, |src, off, n| {
+            // SAFETY: `src..src+n` is guest RAM inside one block this guest
+            // owns, mapped at `phys().ptr`; `off + n <= len`, so the
+            // destination is inside `buf`. Guest RAM may change under a
+            // running guest, but this CPU runs it, and it is not running.
+            unsafe { core::ptr::copy_nonoverlapping(src, dst.add(off), n) }
+        })
+    }
+
+    fn free(&mut self) {
+        for chunk in self.chunks.drain(..) {
+            if let Err(e) = memory::free_block(chunk.hpa, chunk.order) {
+                log::error!("guest RAM: giving back {} failed: {e}", chunk.hpa);
+            }
+        }
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> Result<(), LoadError> {
+        let src = bytes.as_ptr();
+        let ok = self.pieces(gpa.as_u64(), bytes.len() as u64, |dst, off, n| {
+            // SAFETY: as in `read`, the other way round.
+            unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(LoadError::OutsideRam { at: gpa, len: bytes.len() as u64, ram: self.size })
+        }
+    }
+}
+
+/// Guest state that is neither in the VMCS nor the GPR file, and that the
+/// host never uses: it stays in the CPU across exits and is moved only
+/// when another vCPU is switched in.
+struct SwitchedState {
+    /// The XSAVE (or FXSAVE) area: a zeroed block at first, which XRSTOR
+    /// turns into the power-on state.
+    area: HostPhysAddr,
+    area_order: u8,
+    cr2: u64,
+    debug: [u64; 5],
+    msrs: [u64; SWITCHED_MSR_COUNT],
+}
+
+const SWITCHED_MSR_COUNT: usize = kernel::vcpu::msr::SWITCHED_MSRS.len();
+
+/// Whether the guest runs, waits, or has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Runnable.
+    Runnable,
+    /// Halted with interrupts on, waiting for an event.
+    Halted,
+}
+
+/// A guest with one vCPU.
+pub struct Guest {
+    /// The name from the config.
+    pub name: String,
+    ram: GuestRam,
+    ept: Option<Ept>,
+    eptp: u64,
+    vmcs: HostPhysAddr,
+    /// Frames holding I/O bitmap A, B and the MSR bitmap.
+    bitmaps: [HostPhysAddr; 3],
+    /// The vCPU's registers while it is not running.
+    pub regs: GuestRegisters,
+    /// Whether the VMCS has been launched (VMRESUME next).
+    pub launched: bool,
+    /// The vCPU's devices and counters.
+    pub model: VcpuModel,
+    switched: SwitchedState,
+    /// The VPID, where enabled.
+    vpid: Option<u16>,
+    /// Runnable or halted.
+    pub state: RunState,
+    /// TSC ticks spent in this guest (VM entry to VM exit, host work
+    /// included).
+    pub ticks: u64,
+    /// Slices it was given.
+    pub slices: u64,
+    /// Slices that ended by the VMX-preemption timer.
+    pub preemptions: u64,
+}
+
+/// Copies `bytes` into frame `frame`.
+fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
+    // SAFETY: the frame is one this module allocated and owns, mapped
+    // writable at `phys().ptr`, 4096 bytes long.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), memory::phys().ptr(frame), bytes.len()) }
+}
+
+impl Guest {
+    /// Creates a guest named `name` with `ram_size` bytes of RAM, loads its
+    /// image with `load`, and prepares its VMCS (current on this CPU when
+    /// this returns). On failure every frame taken is given back.
+    pub fn create(
+        hw: &Hardware,
+        name: &str,
+        ram_size: u64,
+        vpid: u16,
+        load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
+    ) -> Result<Guest, CreateError> {
+        let ram = GuestRam::alloc(ram_size).map_err(CreateError::Memory)?;
+        let mut guest = Guest {
+            name: String::from(name),
+            ram,
+            ept: None,
+            eptp: 0,
+            vmcs: HostPhysAddr::new(0),
+            bitmaps: [HostPhysAddr::new(0); 3],
+            regs: GuestRegisters::new(),
+            launched: false,
+            model: VcpuModel::new(0, 1, hw.caps.cr0_fixed, hw.caps.cr4_fixed),
+            switched: SwitchedState { area: HostPhysAddr::new(0), area_order: 0, cr2: 0, debug: [0; 5], msrs: [0; SWITCHED_MSR_COUNT] },
+            vpid: hw.controls.vpid.then_some(vpid),
+            state: RunState::Runnable,
+            ticks: 0,
+            slices: 0,
+            preemptions: 0,
+        };
+        match guest.build(hw, load) {
+            Ok(()) => Ok(guest),
+            Err(e) => {
+                guest.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        hw: &Hardware,
+        load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
+    ) -> Result<(), CreateError> {
+        let loaded = load(&mut self.ram).map_err(CreateError::Load)?;
+        for w in loaded.warnings.iter() {
+            log::warn!("guest {}: {w}", self.name);
+        }
+        let ept_caps = hw.caps.ept_caps().unwrap_or(vmx::caps::EptVpidCap::empty());
+        let mut ept = Ept::new(&mut KernelFrames, ept_caps).map_err(CreateError::Ept)?;
+        let mapped = self.ram.chunks.iter().try_for_each(|c| {
+            ept.map(&mut KernelFrames, GuestPhysAddr::new(c.gpa), c.hpa, c.len(), EptPerms::all(), EptMemoryType::WriteBack)
+        });
+        let eptp = ept.eptp(false);
+        self.ept = Some(ept);
+        mapped.map_err(CreateError::Ept)?;
+        self.eptp = eptp.map_err(CreateError::Ept)?;
+        debug!("guest {}: EPT maps {} MiB", self.name, self.ram.size >> 20);
+
+        for slot in &mut self.bitmaps {
+            *slot = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
+        }
+        let io = IoBitmaps::exit_all();
+        fill_frame(self.bitmaps[0], io.a());
+        fill_frame(self.bitmaps[1], io.b());
+        let mut msr = MsrBitmap::exit_all();
+        kernel::vcpu::msr::fill_bitmap(&mut msr);
+        fill_frame(self.bitmaps[2], msr.as_bytes());
+
+        let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
+        let order = (area_size as u64).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as u8;
+        let area = memory::alloc_block(order).map_err(CreateError::Memory)?;
+        // SAFETY: the block was just allocated, is mapped and 2^order frames
+        // long.
+        unsafe { core::ptr::write_bytes(memory::phys().ptr(area), 0, (PAGE_SIZE << order) as usize) };
+        self.switched.area = area;
+        self.switched.area_order = order;
+        if hw.xsave.is_none() {
+            // FXRSTOR has no "initial state" bit: give it a valid image with
+            // the power-on FCW (0x37F) and MXCSR (0x1F80).
+            let p = memory::phys().ptr(area);
+            // SAFETY: inside the zeroed block just allocated.
+            unsafe {
+                p.cast::<u16>().write(0x37F);
+                p.add(24).cast::<u32>().write(0x1F80);
+            }
+        }
+
+        self.vmcs = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
+        let revision = hw.caps.basic.revision_id & 0x7FFF_FFFF;
+        // SAFETY: the VMCS frame is ours, mapped and zeroed; the revision
+        // identifier goes in its first 4 bytes (SDM Vol. 3C, 25.2).
+        unsafe { memory::phys().ptr(self.vmcs).cast::<u32>().write(revision) };
+        // SAFETY: VMX root operation (VT-x is on before guests are made);
+        // the frame holds the revision identifier and no other use.
+        unsafe {
+            hw::vmclear(self.vmcs).map_err(CreateError::Vmcs)?;
+            hw::vmptrld(self.vmcs).map_err(CreateError::Vmcs)?;
+        }
+        // SAFETY: VMX root operation at CPL 0 on this CPU, for as long as
+        // this value lives (this function).
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        let links = VmcsLinks {
+            io_bitmap_a: self.bitmaps[0],
+            io_bitmap_b: self.bitmaps[1],
+            msr_bitmap: self.bitmaps[2],
+            eptp: self.eptp,
+            vpid: self.vpid,
+        };
+        setup::write_controls(&mut vmcs, &hw.controls, &links, &self.model, &loaded.entry).map_err(CreateError::Vmcs)?;
+        setup::write_guest_state(&mut vmcs, &self.model, &loaded.entry).map_err(CreateError::Vmcs)?;
+        write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
+        let r = &loaded.entry.regs;
+        for (reg, value) in [
+            (vmx::exit::Gpr::Rax, r.rax),
+            (vmx::exit::Gpr::Rbx, r.rbx),
+            (vmx::exit::Gpr::Rcx, r.rcx),
+            (vmx::exit::Gpr::Rdx, r.rdx),
+            (vmx::exit::Gpr::Rsi, r.rsi),
+            (vmx::exit::Gpr::Rdi, r.rdi),
+            (vmx::exit::Gpr::Rbp, r.rbp),
+        ] {
+            self.regs.set(reg, value);
+        }
+        Ok(())
+    }
+
+    /// Makes this guest's VMCS current.
+    pub fn make_current(&self) -> Result<(), VmFail> {
+        // SAFETY: VMX root operation; the VMCS was initialised by `create`
+        // and is not current on any other CPU (one CPU runs guests).
+        unsafe { hw::vmptrld(self.vmcs) }
+    }
+
+    /// Sets the VMX-preemption timer for the next slice of `ticks` TSC ticks.
+    pub fn set_slice(&self, hw: &Hardware, ticks: u64) -> Result<(), VmFail> {
+        let count = u32::try_from(ticks >> hw.timer_shift).unwrap_or(u32::MAX);
+        // SAFETY: VMX root operation with this guest's VMCS current.
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        vmcs.write(Guest32::PreemptionTimerValue, count)
+    }
+
+    /// Saves this guest's switched state (it is leaving the CPU).
+    ///
+    /// XSAVE saves only the components enabled in XCR0, but a guest uses
+    /// SSE with XCR0 = 1 (legacy SSE needs only CR4.OSFXSR), so the save and
+    /// the restore run with every supported component enabled and the
+    /// incoming guest's XCR0 is loaded afterwards.
+    pub fn save_switched(&mut self, hw: &Hardware) {
+        let area = memory::phys().ptr(self.switched.area);
+        // SAFETY: CR4.OSXSAVE/OSFXSR were set by `Hardware::new`; the area
+        // is this guest's block, large enough for every supported
+        // component (CPUID.(EAX=0DH,ECX=0):ECX) and page aligned; XCR0 gets
+        // only supported bits.
+        unsafe {
+            if hw.xsave.is_some() {
+                arch::xsetbv(hw.xcr0_supported());
+                arch::xsave(area);
+            } else {
+                arch::fxsave(area);
+            }
+        }
+        self.switched.cr2 = arch::read_cr2();
+        self.switched.debug = arch::read_debug_registers();
+        for (slot, &msr) in self.switched.msrs.iter_mut().zip(kernel::vcpu::msr::SWITCHED_MSRS) {
+            // SAFETY: the switched MSRs exist on every CPU with long mode
+            // and VMX (TSC_AUX with RDTSCP, which Bochs and real CPUs with
+            // unrestricted guest have).
+            *slot = unsafe { arch::rdmsr(msr) };
+        }
+    }
+
+    /// Loads this guest's switched state (it is coming onto the CPU).
+    pub fn load_switched(&self, hw: &Hardware) {
+        let area = memory::phys().ptr(self.switched.area);
+        // SAFETY: as in `save_switched`; the area holds a zeroed or saved
+        // image; the guest's XCR0 was validated when it set it.
+        unsafe {
+            if hw.xsave.is_some() {
+                arch::xsetbv(hw.xcr0_supported());
+                arch::xrstor(area);
+                arch::xsetbv(self.model.xcr0);
+            } else {
+                arch::fxrstor(area);
+            }
+            arch::write_cr2(self.switched.cr2);
+            arch::write_debug_registers(self.switched.debug);
+        }
+        for (&value, &msr) in self.switched.msrs.iter().zip(kernel::vcpu::msr::SWITCHED_MSRS) {
+            // SAFETY: as in `save_switched`; the host uses none of these
+            // (no SYSCALL, SWAPGS or RDTSCP in the hypervisor). A value the
+            // guest could write is one the CPU accepted from it.
+            unsafe { arch::wrmsr(msr, value) };
+        }
+    }
+
+    /// Gives back every frame: RAM, EPT tables, bitmaps, save area, VMCS.
+    pub fn destroy(&mut self) {
+        if self.vmcs.as_u64() != 0 {
+            // SAFETY: VMX root operation; VMCLEAR makes the VMCS inactive so
+            // its frame can be reused for anything.
+            if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
+                log::error!("guest {}: VMCLEAR failed: {e}", self.name);
+            }
+        }
+        if let Some(ept) = self.ept.take() {
+            // SAFETY: VMX root operation; the guest no longer runs, and
+            // INVEPT drops what this CPU cached from its EPT (and, with VPID,
+            // INVVPID its linear mappings) before the frames are reused.
+            unsafe {
+                let _ = hw::invept(InveptType::SingleContext, self.eptp)
+                    .or_else(|_| hw::invept(InveptType::AllContext, 0));
+                if let Some(vpid) = self.vpid {
+                    let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
+                }
+            }
+            ept.destroy(&mut KernelFrames);
+        }
+        for frame in [self.vmcs, self.bitmaps[0], self.bitmaps[1], self.bitmaps[2]] {
+            if frame.as_u64() != 0 {
+                let _ = memory::free_frame(frame);
+            }
+        }
+        self.vmcs = HostPhysAddr::new(0);
+        self.bitmaps = [HostPhysAddr::new(0); 3];
+        if self.switched.area.as_u64() != 0 {
+            let _ = memory::free_block(self.switched.area, self.switched.area_order);
+            self.switched.area = HostPhysAddr::new(0);
+        }
+        self.ram.free();
+    }
+}
+
+/// The host-state area: this CPU as it runs now (SDM Vol. 3C, 25.5 and
+/// 27.2.2-27.2.4 for what VM entry checks).
+fn write_host_state(vmcs: &mut HardwareVmcs) -> Result<(), VmFail> {
+    use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
+    use x86_64::instructions::tables::{sgdt, sidt};
+    // SAFETY: reading control registers has no side effects.
+    let (cr0, cr4) = unsafe { (hw::read_cr0(), hw::read_cr4()) };
+    let (cr3, _) = x86_64::registers::control::Cr3::read_raw();
+    vmcs.write(HostNatural::Cr0, cr0)?;
+    vmcs.write(HostNatural::Cr3, cr3.start_address().as_u64())?;
+    vmcs.write(HostNatural::Cr4, cr4)?;
+    vmcs.write(Host16::CsSelector, CS::get_reg().0)?;
+    vmcs.write(Host16::SsSelector, SS::get_reg().0)?;
+    vmcs.write(Host16::DsSelector, DS::get_reg().0)?;
+    vmcs.write(Host16::EsSelector, ES::get_reg().0)?;
+    vmcs.write(Host16::FsSelector, FS::get_reg().0)?;
+    vmcs.write(Host16::GsSelector, GS::get_reg().0)?;
+    vmcs.write(Host16::TrSelector, gdt::tss_selector())?;
+    // SAFETY: FS_BASE, GS_BASE, EFER and PAT exist on every x86-64 CPU.
+    let (fs, gs, efer, pat) = unsafe {
+        (arch::rdmsr(0xC000_0100), arch::rdmsr(0xC000_0101), arch::rdmsr(0xC000_0080), arch::rdmsr(0x277))
+    };
+    vmcs.write(HostNatural::FsBase, fs)?;
+    vmcs.write(HostNatural::GsBase, gs)?;
+    vmcs.write(HostNatural::TrBase, gdt::tss_base())?;
+    vmcs.write(HostNatural::GdtrBase, sgdt().base.as_u64())?;
+    vmcs.write(HostNatural::IdtrBase, sidt().base.as_u64())?;
+    vmcs.write(Host32::SysenterCs, 0)?;
+    vmcs.write(HostNatural::SysenterEsp, 0)?;
+    vmcs.write(HostNatural::SysenterEip, 0)?;
+    vmcs.write(Host64::Efer, efer)?;
+    vmcs.write(Host64::Pat, pat)?;
+    vmcs.write(HostNatural::Rip, hw::vm_exit_address())?;
+    Ok(())
+}
+
+/// What the exit handlers reach of the machine, for one guest.
+pub struct GuestPlatform<'a> {
+    name: &'a str,
+    ram: &'a GuestRam,
+    vpid: Option<u16>,
+    hw: &'a Hardware,
+}
+
+impl Guest {
+    /// The guest split for exit handling: the platform the handlers use,
+    /// and the registers and model they change.
+    pub fn exit_parts<'a>(
+        &'a mut self,
+        hw: &'a Hardware,
+    ) -> (GuestPlatform<'a>, &'a mut GuestRegisters, &'a mut VcpuModel) {
+        (
+            GuestPlatform { name: &self.name, ram: &self.ram, vpid: self.vpid, hw },
+            &mut self.regs,
+            &mut self.model,
+        )
+    }
+}
+
+impl Platform for GuestPlatform<'_> {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> kernel::vcpu::cpuid::CpuidResult {
+        arch::cpuid(leaf, subleaf)
+    }
+
+    fn xcr0_supported(&self) -> u64 {
+        self.hw.xcr0_supported()
+    }
+
+    fn load_xcr0(&mut self, value: u64) {
+        // SAFETY: the exit handler checked `value` against the supported
+        // bits and the architectural rules; OSXSAVE is on where XSAVE is
+        // (and without XSAVE nothing is supported, so nothing gets here).
+        unsafe { arch::xsetbv(value) }
+    }
+
+    fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
+        self.ram.read(gpa.as_u64(), buf)
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram.size
+    }
+
+    fn guest_line(&mut self, line: &str) {
+        crate::serial::guest_line(self.name, line);
+    }
+
+    fn flush_guest_tlb(&mut self) {
+        if let Some(vpid) = self.vpid {
+            // SAFETY: VMX root operation. Without VPID every VM entry
+            // flushes already; with it, INVVPID single-context drops this
+            // vCPU's cached translations.
+            let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
+        }
+    }
+}

@@ -1,0 +1,957 @@
+//! Building the test guests and the ramdisk.
+//!
+//! The guests are GNU `as` sources in `guest-images/asm/` (one `<stem>.S`
+//! each, shared helpers in `.inc` files). Each source names its load
+//! address and start mode on a line of its own,
+//!
+//! ```text
+//! # ferrovisor: load_address=0x100000 mode=long
+//! ```
+//!
+//! and is assembled with `as --64` and linked with
+//! `ld -Ttext=<load_address> --oformat binary` into a flat image,
+//! `<stem>.bin`, whose first byte is its entry point. The configs in
+//! `guest-images/<name>/hypervisor.toml` load them with `format = "flat"`
+//! at that address (a test below checks that they agree).
+//!
+//! The ramdisk is a POSIX ustar archive (POSIX.1-2008, `pax` "ustar
+//! Interchange Format") holding a config folder's files and every built
+//! guest, written byte for byte the same on every run: names sorted, owner
+//! 0:0, mode 0644, mtime 0.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::workspace_root;
+
+/// The folder holding the guests' sources.
+pub fn asm_dir() -> PathBuf {
+    workspace_root().join("guest-images").join("asm")
+}
+
+/// The config folders: guest-images/<name> (`default`, `test`, `bench`).
+pub fn config_dir(name: &str) -> PathBuf {
+    workspace_root().join("guest-images").join(name)
+}
+
+/// Assembles and links every guest-images/asm/*.S into `<out_dir>/<stem>.bin`
+/// (a flat binary linked at the load address its source's
+/// `# ferrovisor: load_address=... mode=...` line gives). Returns the built
+/// files, sorted by name.
+///
+/// # Errors
+///
+/// A message naming the source and what was wrong: no or a malformed
+/// `# ferrovisor:` line, `as` or `ld` missing (install `binutils`), the
+/// failing command with its stderr, or an image that its mode cannot reach.
+pub fn build_guests(out_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    build_from(&asm_dir(), out_dir)
+}
+
+/// Builds the guests and writes a POSIX ustar archive to `out_file` holding
+/// `hypervisor.toml` from `config_dir` plus every built `<stem>.bin` (and
+/// any other regular files found in config_dir). Deterministic: sorted
+/// names, mtime 0, uid/gid 0, mode 0644.
+///
+/// Files in folders under `config_dir` are archived under their relative
+/// path (`linux/bzImage`); names starting with `.` are left out. The guests
+/// are built into a `guests` folder next to `out_file`.
+///
+/// # Errors
+///
+/// A message when `config_dir` has no `hypervisor.toml`, holds something
+/// other than files and folders or a file named like a built guest, a name
+/// does not fit a ustar header, the guests do not build, or a file cannot be
+/// read or written.
+pub fn ramdisk(config_dir: &Path, out_file: &Path) -> Result<(), String> {
+    let config = config_dir.join(CONFIG_FILE);
+    if !config.is_file() {
+        return Err(format!(
+            "ramdisk: {} not found; a config folder needs its {CONFIG_FILE}",
+            config.display()
+        ));
+    }
+    let parent = match out_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let built = build_guests(&parent.join("guests"))?;
+
+    let mut files = Vec::new();
+    collect_files(config_dir, "", &mut files)?;
+    for bin in &built {
+        let name = file_name(bin)?;
+        if files.iter().any(|(n, _)| *n == name) {
+            return Err(format!(
+                "ramdisk: {} has a file named {name}, which the built guest of the same \
+                 name would replace; rename or remove it",
+                config_dir.display()
+            ));
+        }
+        files.push((name, bin.clone()));
+    }
+    files.sort();
+
+    let mut entries = Vec::with_capacity(files.len());
+    for (name, path) in files {
+        let data =
+            fs::read(&path).map_err(|e| format!("ramdisk: cannot read {}: {e}", path.display()))?;
+        entries.push((name, data));
+    }
+    let archive = ustar(&entries)?;
+    fs::create_dir_all(&parent)
+        .map_err(|e| format!("ramdisk: cannot create {}: {e}", parent.display()))?;
+    fs::write(out_file, archive)
+        .map_err(|e| format!("ramdisk: cannot write {}: {e}", out_file.display()))
+}
+
+/// The file every config folder holds.
+const CONFIG_FILE: &str = "hypervisor.toml";
+
+/// The marker of the line in each source that says how to link it.
+const LINK_MARKER: &str = "# ferrovisor:";
+
+/// The CPU mode a guest starts in, as its config's `mode` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Real,
+    Protected,
+    Long,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "real" => Some(Mode::Real),
+            "protected" => Some(Mode::Protected),
+            "long" => Some(Mode::Long),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Real => "real",
+            Mode::Protected => "protected",
+            Mode::Long => "long",
+        }
+    }
+}
+
+/// One guest source and how it is linked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct GuestSource {
+    stem: String,
+    path: PathBuf,
+    load_address: u64,
+    mode: Mode,
+}
+
+/// Every `*.S` in `dir`, sorted by stem, with its link line read.
+fn guest_sources(dir: &Path) -> Result<Vec<GuestSource>, String> {
+    let listing =
+        fs::read_dir(dir).map_err(|e| format!("guests: cannot list {}: {e}", dir.display()))?;
+    let mut sources = Vec::new();
+    for entry in listing {
+        let path = entry
+            .map_err(|e| format!("guests: cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some("S") || !path.is_file() {
+            continue;
+        }
+        let stem = match path.file_stem().and_then(|s| s.to_str()) {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => return Err(format!("guests: {} has no usable name", path.display())),
+        };
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("guests: cannot read {}: {e}", path.display()))?;
+        let (load_address, mode) = link_line(&path, &text)?;
+        sources.push(GuestSource {
+            stem,
+            path,
+            load_address,
+            mode,
+        });
+    }
+    if sources.is_empty() {
+        return Err(format!("guests: no *.S sources in {}", dir.display()));
+    }
+    sources.sort_by(|a, b| a.stem.cmp(&b.stem));
+    Ok(sources)
+}
+
+/// Reads `# ferrovisor: load_address=<addr> mode=<mode>` from a source.
+fn link_line(path: &Path, text: &str) -> Result<(u64, Mode), String> {
+    let mut lines = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(LINK_MARKER));
+    let fields = match (lines.next(), lines.next()) {
+        (Some(fields), None) => fields,
+        (None, _) => {
+            return Err(format!(
+                "guests: {} has no `{LINK_MARKER} load_address=<address> mode=<real|protected|long>` line",
+                path.display()
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "guests: {} has more than one `{LINK_MARKER}` line",
+                path.display()
+            ))
+        }
+    };
+    let mut load_address = None;
+    let mut mode = None;
+    for field in fields.split_whitespace() {
+        let bad = || {
+            format!(
+                "guests: {}: `{field}` in the `{LINK_MARKER}` line is not load_address=<address> or mode=<real|protected|long>",
+                path.display()
+            )
+        };
+        match field.split_once('=') {
+            Some(("load_address", value)) => {
+                load_address = Some(parse_address(value).ok_or_else(bad)?)
+            }
+            Some(("mode", value)) => mode = Some(Mode::parse(value).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        }
+    }
+    match (load_address, mode) {
+        (Some(a), Some(m)) => Ok((a, m)),
+        _ => Err(format!(
+            "guests: {}: the `{LINK_MARKER}` line needs both load_address= and mode=",
+            path.display()
+        )),
+    }
+}
+
+/// An address written as in the configs: decimal or `0x` hex, `_` allowed.
+fn parse_address(s: &str) -> Option<u64> {
+    let digits: String = s.chars().filter(|&c| c != '_').collect();
+    match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => digits.parse().ok(),
+    }
+}
+
+/// Tells concurrent builds in one process apart.
+static BUILD_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Builds every source in `asm` into `out_dir` (see [`build_guests`]).
+fn build_from(asm: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let sources = guest_sources(asm)?;
+    fs::create_dir_all(out_dir)
+        .map_err(|e| format!("guests: cannot create {}: {e}", out_dir.display()))?;
+    let tmp = out_dir.join(format!(
+        ".build-{}-{}",
+        std::process::id(),
+        BUILD_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&tmp)
+        .map_err(|e| format!("guests: cannot create {}: {e}", tmp.display()))?;
+    let result = sources
+        .iter()
+        .map(|source| build_one(asm, source, &tmp, out_dir))
+        .collect();
+    // Only intermediate files live there; a leftover is harmless.
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+/// Assembles, links and checks one guest; moves the image into `out_dir`.
+fn build_one(
+    asm: &Path,
+    source: &GuestSource,
+    tmp: &Path,
+    out_dir: &Path,
+) -> Result<PathBuf, String> {
+    let object = tmp.join(format!("{}.o", source.stem));
+    let image = tmp.join(format!("{}.bin", source.stem));
+    run(Command::new("as")
+        .arg("--64")
+        .arg("--fatal-warnings")
+        .arg("-I")
+        .arg(asm)
+        .arg("-o")
+        .arg(&object)
+        .arg(&source.path))?;
+    run(Command::new("ld")
+        .args([
+            "-m",
+            "elf_x86_64",
+            "--fatal-warnings",
+            "-nostdlib",
+            "-static",
+        ])
+        .args(["--build-id=none", "-z", "noexecstack", "-e", "_start"])
+        .arg(format!("-Ttext={:#x}", source.load_address))
+        .args(["--oformat", "binary", "-o"])
+        .arg(&image)
+        .arg(&object))?;
+    let len = fs::metadata(&image)
+        .map_err(|e| format!("guests: cannot read {}: {e}", image.display()))?
+        .len();
+    check_image(source, len)?;
+    let out = out_dir.join(format!("{}.bin", source.stem));
+    fs::rename(&image, &out).map_err(|e| {
+        format!(
+            "guests: cannot move {} to {}: {e}",
+            image.display(),
+            out.display()
+        )
+    })?;
+    Ok(out)
+}
+
+/// Checks that the image is not empty and, in real mode, that the CS the
+/// flat loader derives from the entry (`(entry >> 4) & 0xF000`) reaches all
+/// of it with 16-bit offsets.
+fn check_image(source: &GuestSource, len: u64) -> Result<(), String> {
+    let name = source.path.display();
+    if len == 0 {
+        return Err(format!("guests: {name} assembled to an empty image"));
+    }
+    if source.mode == Mode::Real {
+        let segment_base = source.load_address & 0xF_0000;
+        let end = source.load_address.saturating_add(len);
+        if source.load_address >= 0x10_0000 || end - segment_base > 0x1_0000 {
+            return Err(format!(
+                "guests: {name}: a real-mode image of {len:#x} bytes at {:#x} does not fit the \
+                 64 KiB segment at {segment_base:#x} that its entry's CS reaches",
+                source.load_address
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a binutils command; an error names the command and its stderr.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let output = cmd.output().map_err(|e| {
+        let tool = cmd.get_program().to_string_lossy().into_owned();
+        if e.kind() == io::ErrorKind::NotFound {
+            format!(
+                "guests: `{tool}` not found; the guests need GNU as and ld: install binutils \
+                 (Debian/Ubuntu: apt-get install binutils)"
+            )
+        } else {
+            format!("guests: cannot run `{shown}`: {e}")
+        }
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "guests: `{shown}` failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+    ))
+}
+
+/// The UTF-8 file name of `path`.
+fn file_name(path: &Path) -> Result<String, String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("ramdisk: {} has no UTF-8 file name", path.display()))
+}
+
+/// Adds every regular file under `dir` to `files` as (archive name, path),
+/// the name being `prefix` plus the path relative to `dir`, `/`-separated.
+/// Names starting with `.` are skipped.
+fn collect_files(
+    dir: &Path,
+    prefix: &str,
+    files: &mut Vec<(String, PathBuf)>,
+) -> Result<(), String> {
+    let listing =
+        fs::read_dir(dir).map_err(|e| format!("ramdisk: cannot list {}: {e}", dir.display()))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| format!("ramdisk: cannot list {}: {e}", dir.display()))?;
+        let path = entry.path();
+        let name = file_name(&path)?;
+        if name.starts_with('.') {
+            continue;
+        }
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("ramdisk: cannot stat {}: {e}", path.display()))?;
+        let archive_name = format!("{prefix}{name}");
+        if kind.is_file() {
+            files.push((archive_name, path));
+        } else if kind.is_dir() {
+            collect_files(&path, &format!("{archive_name}/"), files)?;
+        } else {
+            return Err(format!(
+                "ramdisk: {} is neither a regular file nor a folder; the ramdisk holds only files",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The ustar block size.
+const BLOCK: usize = 512;
+/// The longest name the header's `name` field holds (no `prefix` is used).
+const MAX_NAME: usize = 100;
+/// Sizes are 11 octal digits: below 8 GiB.
+const MAX_SIZE: u64 = (1 << 33) - 1;
+
+/// A ustar archive of `entries` (name, contents), in the order given, as
+/// regular files owned by 0:0 with mode 0644 and mtime 0, ended by two zero
+/// blocks.
+fn ustar(entries: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for (name, data) in entries {
+        out.extend_from_slice(&ustar_header(name, data.len() as u64)?);
+        out.extend_from_slice(data);
+        let padding = (BLOCK - data.len() % BLOCK) % BLOCK;
+        out.resize(out.len() + padding, 0);
+    }
+    out.resize(out.len() + 2 * BLOCK, 0);
+    Ok(out)
+}
+
+/// Writes `value` into the header at `offset` (every caller passes a field
+/// that lies inside the block).
+fn put(h: &mut [u8; BLOCK], offset: usize, value: &[u8]) {
+    if let Some(field) = h.get_mut(offset..offset + value.len()) {
+        field.copy_from_slice(value);
+    }
+}
+
+/// One ustar header block for a regular file (POSIX.1-2008, `pax`, "ustar
+/// Header Block"). Numeric fields are zero-padded octal ended by NUL; the
+/// checksum is the sum of the header's bytes with its own field taken as
+/// eight spaces, written as six octal digits, NUL, space.
+fn ustar_header(name: &str, size: u64) -> Result<[u8; BLOCK], String> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_NAME {
+        return Err(format!(
+            "ramdisk: the name `{name}` is {} bytes long; a ustar name holds 1 to {MAX_NAME}",
+            bytes.len()
+        ));
+    }
+    if size > MAX_SIZE {
+        return Err(format!(
+            "ramdisk: `{name}` is {size} bytes; a ustar member holds at most {MAX_SIZE}"
+        ));
+    }
+    let mut h = [0u8; BLOCK];
+    put(&mut h, 0, bytes); // name[100]
+    put(&mut h, 100, b"0000644\0"); // mode[8]
+    put(&mut h, 108, b"0000000\0"); // uid[8]
+    put(&mut h, 116, b"0000000\0"); // gid[8]
+    put(&mut h, 124, format!("{size:011o}\0").as_bytes()); // size[12]
+    put(&mut h, 136, b"00000000000\0"); // mtime[12]
+    put(&mut h, 148, b"        "); // chksum[8], as spaces while summing
+    put(&mut h, 156, b"0"); // typeflag: regular file
+    put(&mut h, 257, b"ustar\0"); // magic[6]
+    put(&mut h, 263, b"00"); // version[2]
+    put(&mut h, 329, b"0000000\0"); // devmajor[8]
+    put(&mut h, 337, b"0000000\0"); // devminor[8]
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A fresh, empty scratch folder for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ferrovisor-guests-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn octal(field: &[u8]) -> u64 {
+        let s = std::str::from_utf8(field).unwrap();
+        u64::from_str_radix(s.trim_end_matches(['\0', ' ']), 8).unwrap()
+    }
+
+    /// The (name, contents) members of a ustar archive, checked as read.
+    fn members(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        assert_eq!(archive.len() % BLOCK, 0);
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            let h = &archive[at..at + BLOCK];
+            if h.iter().all(|&b| b == 0) {
+                // The end: two zero blocks and nothing after.
+                assert_eq!(archive.len(), at + 2 * BLOCK);
+                assert!(archive[at..].iter().all(|&b| b == 0));
+                return out;
+            }
+            let mut summed = h.to_vec();
+            summed[148..156].copy_from_slice(b"        ");
+            let sum: u64 = summed.iter().map(|&b| u64::from(b)).sum();
+            assert_eq!(&h[148..156], format!("{sum:06o}\0 ").as_bytes());
+            assert_eq!(&h[257..263], b"ustar\0");
+            assert_eq!(&h[263..265], b"00");
+            assert_eq!(h[156], b'0');
+            assert_eq!(&h[100..108], b"0000644\0");
+            assert_eq!((octal(&h[108..116]), octal(&h[116..124])), (0, 0));
+            assert_eq!(octal(&h[136..148]), 0);
+            let name_len = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+            let name = String::from_utf8(h[..name_len].to_vec()).unwrap();
+            let size = octal(&h[124..136]) as usize;
+            let data = archive[at + BLOCK..at + BLOCK + size].to_vec();
+            let padded = size.div_ceil(BLOCK) * BLOCK;
+            assert!(archive[at + BLOCK + size..at + BLOCK + padded]
+                .iter()
+                .all(|&b| b == 0));
+            out.push((name, data));
+            at += BLOCK + padded;
+        }
+    }
+
+    #[test]
+    fn ustar_headers_hold_the_fields_tar_reads() {
+        let entries = vec![
+            ("hypervisor.toml".to_string(), b"[hypervisor]\n".to_vec()),
+            ("linux/bzImage".to_string(), vec![0xAB; 1000]),
+            ("empty".to_string(), Vec::new()),
+            ("exact".to_string(), vec![7; 512]),
+        ];
+        let archive = ustar(&entries).unwrap();
+        // 4 headers, data blocks 1 + 2 + 0 + 1, two end blocks.
+        assert_eq!(archive.len(), (4 + 4 + 2) * BLOCK);
+        assert_eq!(members(&archive), entries);
+        let h = &archive[..BLOCK];
+        assert_eq!(&h[..16], b"hypervisor.toml\0");
+        assert_eq!(&h[124..136], b"00000000015\0");
+        // The checksum field: six octal digits, NUL, space.
+        assert_eq!((h[154], h[155]), (0, b' '));
+        assert!(h[148..154].iter().all(u8::is_ascii_digit));
+        let second = &archive[2 * BLOCK..3 * BLOCK];
+        assert_eq!(&second[124..136], b"00000001750\0");
+    }
+
+    #[test]
+    fn names_a_ustar_header_cannot_hold_are_refused() {
+        let long = "a".repeat(101);
+        let e = ustar(&[(long, vec![1])]).unwrap_err();
+        assert!(
+            e.contains("is 101 bytes long; a ustar name holds 1 to 100"),
+            "{e}"
+        );
+        let e = ustar(&[(String::new(), vec![1])]).unwrap_err();
+        assert!(e.contains("is 0 bytes long"), "{e}");
+        let name = "b".repeat(100);
+        assert_eq!(
+            members(&ustar(&[(name.clone(), vec![1])]).unwrap())[0].0,
+            name
+        );
+        let e = ustar_header("big", MAX_SIZE + 1).unwrap_err();
+        assert!(e.contains("at most 8589934591"), "{e}");
+    }
+
+    #[test]
+    fn tar_lists_and_extracts_the_archive() {
+        let dir = scratch("tar");
+        let entries = vec![
+            ("a.bin".to_string(), vec![0x5A; 700]),
+            ("hypervisor.toml".to_string(), b"x = 1\n".to_vec()),
+            ("sub/c".to_string(), vec![1, 2, 3]),
+        ];
+        let file = dir.join("r.tar");
+        fs::write(&file, ustar(&entries).unwrap()).unwrap();
+        let out = Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&file)
+            .output()
+            .expect("tar is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<Vec<&str>> = listing
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines.len(), 3, "{listing}");
+        for (fields, (name, data)) in lines.iter().zip(&entries) {
+            // -rw-r--r-- 0/0 <size> 1970-01-01 00:00 <name>
+            assert_eq!(fields[0], "-rw-r--r--", "{listing}");
+            assert_eq!(fields[1], "0/0", "{listing}");
+            assert_eq!(fields[2], data.len().to_string(), "{listing}");
+            assert_eq!(fields[3], "1970-01-01", "{listing}");
+            assert_eq!(fields.last().unwrap(), name, "{listing}");
+        }
+        let out = Command::new("tar")
+            .arg("-xOf")
+            .arg(&file)
+            .arg("a.bin")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, entries[0].1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The exact lines each guest prints (the boot tests match them).
+    const EXPECTED_LINES: &[(&str, &[&str])] = &[
+        ("real", &["hello from real mode\n"]),
+        (
+            "protected",
+            &[
+                "hello from protected mode\n",
+                "sse state kept across 3000 exits\n",
+                "sse state LOST in xmm",
+            ],
+        ),
+        (
+            "long",
+            &[
+                "hello from long mode\n",
+                "printed by hypercall\n",
+                "avx state kept across 3000 exits\n",
+                "avx state LOST in ymm",
+                "no AVX: sse only\n",
+                "sse state kept across 3000 exits\n",
+                "sse state LOST in xmm",
+                "cpuid 0x40000000: ",
+            ],
+        ),
+        (
+            "cpuid_loop",
+            &[
+                "empty loop: ",
+                " iterations, average ",
+                "cpuid exit: ",
+                "com1 write exit: ",
+                " round trips, average ",
+                " ticks\n",
+                "raw: empty ",
+                " cpuid ",
+                " com1 ",
+            ],
+        ),
+        (
+            "escape",
+            &[
+                "trying vmxon\n",
+                "vmxon\0",
+                "trying rdmsr 0x3a\n",
+                "rdmsr 0x3a\0",
+                "trying rdmsr 0x480\n",
+                "rdmsr 0x480\0",
+                "trying cr4.vmxe\n",
+                "cr4.vmxe\0",
+                ": #UD\n",
+                ": #GP\n",
+                ": no fault\n",
+                "trying reset port 0xcf9\n",
+                "still running after reset port write\n",
+                "writing past RAM at 0x10000000\n",
+                "ESCAPED: write past RAM returned\n",
+            ],
+        ),
+        (
+            "halt",
+            &["halting with interrupts off\n", "ESCAPED: hlt returned\n"],
+        ),
+        (
+            "triple",
+            &["about to triple fault\n", "ESCAPED: no triple fault\n"],
+        ),
+    ];
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn every_guest_builds_into_a_small_flat_image() {
+        let out = scratch("build");
+        let built = build_guests(&out).unwrap();
+        let sources = guest_sources(&asm_dir()).unwrap();
+        assert_eq!(built.len(), sources.len());
+        assert_eq!(sources.len(), EXPECTED_LINES.len());
+        for (bin, source) in built.iter().zip(&sources) {
+            assert_eq!(*bin, out.join(format!("{}.bin", source.stem)));
+            let image = fs::read(bin).unwrap();
+            assert!(!image.is_empty(), "{}", bin.display());
+            assert!(
+                image.len() < 64 * 1024,
+                "{}: {} bytes",
+                bin.display(),
+                image.len()
+            );
+            let (_, lines) = EXPECTED_LINES
+                .iter()
+                .find(|(stem, _)| *stem == source.stem)
+                .unwrap_or_else(|| panic!("no expected lines for {}", source.stem));
+            for line in *lines {
+                assert!(
+                    contains(&image, line.as_bytes()),
+                    "{}: {line:?}",
+                    source.stem
+                );
+            }
+        }
+        // Nothing but the images is left behind.
+        let mut left: Vec<String> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let names: Vec<String> = sources.iter().map(|s| format!("{}.bin", s.stem)).collect();
+        assert_eq!(left, names);
+
+        // The first instruction of each is its own code, not a string: the
+        // real-mode guests start with CLD, the others too.
+        for bin in &built {
+            assert_eq!(fs::read(bin).unwrap()[0], 0xFC, "{}", bin.display());
+        }
+        fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn real_mode_guests_are_linked_at_their_load_address() {
+        // real.S: `mov si, offset <string>` (BE imm16) loads the address
+        // of the line it prints, which must lie in the image at 0x8000.
+        let out = scratch("real");
+        build_guests(&out).unwrap();
+        let image = fs::read(out.join("real.bin")).unwrap();
+        let at = image
+            .windows(3)
+            .position(|w| w[0] == 0xBE)
+            .expect("mov si, imm16");
+        let addr = usize::from(u16::from_le_bytes([image[at + 1], image[at + 2]]));
+        assert_eq!(
+            &image[addr - 0x8000..addr - 0x8000 + 21],
+            b"hello from real mode\n"
+        );
+        fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn build_errors_name_the_command_and_its_output() {
+        let asm = scratch("broken-asm");
+        let out = asm.join("out");
+        fs::write(
+            asm.join("bad.S"),
+            "# ferrovisor: load_address=0x100000 mode=long\n.intel_syntax noprefix\n frobnicate rax\n",
+        )
+        .unwrap();
+        let e = build_from(&asm, &out).unwrap_err();
+        assert!(e.contains("`as --64"), "{e}");
+        assert!(e.contains("bad.S"), "{e}");
+        assert!(e.contains("frobnicate"), "{e}");
+        // The scratch folder went away with the failure.
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
+
+        fs::write(asm.join("bad.S"), "nop\n").unwrap();
+        let e = build_from(&asm, &out).unwrap_err();
+        assert!(
+            e.contains("bad.S has no `# ferrovisor: load_address="),
+            "{e}"
+        );
+
+        fs::write(
+            asm.join("bad.S"),
+            "# ferrovisor: load_address=0x8000 mode=flat\nnop\n",
+        )
+        .unwrap();
+        let e = build_from(&asm, &out).unwrap_err();
+        assert!(e.contains("`mode=flat`"), "{e}");
+
+        fs::write(asm.join("bad.S"), "# ferrovisor: mode=real\nnop\n").unwrap();
+        let e = build_from(&asm, &out).unwrap_err();
+        assert!(e.contains("needs both load_address= and mode="), "{e}");
+
+        // 0xF000 + 0x2000 crosses the 64 KiB segment CS = 0 reaches.
+        fs::write(
+            asm.join("bad.S"),
+            "# ferrovisor: load_address=0xf000 mode=real\n.code16\n.globl _start\n_start: .space 0x2000, 0x90\n",
+        )
+        .unwrap();
+        let e = build_from(&asm, &out).unwrap_err();
+        assert!(e.contains("does not fit the 64 KiB segment at 0x0"), "{e}");
+
+        fs::remove_file(asm.join("bad.S")).unwrap();
+        let e = build_from(&asm, &out).unwrap_err();
+        assert!(e.contains("no *.S sources"), "{e}");
+        fs::remove_dir_all(&asm).unwrap();
+    }
+
+    #[test]
+    fn link_lines_are_read() {
+        let p = Path::new("x.S");
+        assert_eq!(
+            link_line(p, "; x\n  # ferrovisor: mode=long load_address=0x10_0000\n").unwrap(),
+            (0x10_0000, Mode::Long)
+        );
+        assert_eq!(
+            link_line(p, "# ferrovisor: load_address=32768 mode=real").unwrap(),
+            (0x8000, Mode::Real)
+        );
+        let e = link_line(
+            p,
+            "# ferrovisor: load_address=0x1 mode=real\n# ferrovisor: mode=long",
+        )
+        .unwrap_err();
+        assert!(e.contains("more than one"), "{e}");
+        let e = link_line(p, "# ferrovisor: load_address=0xZZ mode=real").unwrap_err();
+        assert!(e.contains("`load_address=0xZZ`"), "{e}");
+    }
+
+    /// The `[[guest]]` tables of a hypervisor.toml as key → value text (a
+    /// line scan of this repository's simple configs, not a TOML parser).
+    fn guest_tables(text: &str) -> Vec<HashMap<String, String>> {
+        let mut guests: Vec<HashMap<String, String>> = Vec::new();
+        let mut in_guest = false;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('[') {
+                in_guest = line == "[[guest]]";
+                if in_guest {
+                    guests.push(HashMap::new());
+                }
+                continue;
+            }
+            if let (true, Some((key, value)), Some(guest)) =
+                (in_guest, line.split_once('='), guests.last_mut())
+            {
+                let value = value.trim().trim_matches('"').to_string();
+                guest.insert(key.trim().to_string(), value);
+            }
+        }
+        guests
+    }
+
+    #[test]
+    fn configs_load_only_guests_that_exist_where_they_are_linked() {
+        let sources = guest_sources(&asm_dir()).unwrap();
+        for (config, names) in [
+            (
+                "test",
+                &[
+                    "real",
+                    "protected",
+                    "long",
+                    "escape",
+                    "halt",
+                    "triple",
+                    "cpuid",
+                ][..],
+            ),
+            ("default", &["real", "protected", "long", "cpuid"][..]),
+            ("bench", &["cpuid"][..]),
+        ] {
+            let path = config_dir(config).join(CONFIG_FILE);
+            let text = fs::read_to_string(&path).unwrap();
+            let guests = guest_tables(&text);
+            let found: Vec<&str> = guests.iter().map(|g| g["name"].as_str()).collect();
+            assert_eq!(found, names, "{}", path.display());
+            for g in &guests {
+                let at = format!("{}: guest {}", path.display(), g["name"]);
+                let kernel = &g["kernel"];
+                let stem = kernel
+                    .strip_suffix(".bin")
+                    .unwrap_or_else(|| panic!("{at}: {kernel}"));
+                let source = sources
+                    .iter()
+                    .find(|s| s.stem == stem)
+                    .unwrap_or_else(|| panic!("{at}: no guest-images/asm/{stem}.S"));
+                assert_eq!(g["format"], "flat", "{at}");
+                assert_eq!(
+                    parse_address(&g["load_address"]),
+                    Some(source.load_address),
+                    "{at}"
+                );
+                // Each image starts with its first instruction.
+                assert_eq!(
+                    parse_address(&g["entry"]),
+                    Some(source.load_address),
+                    "{at}"
+                );
+                assert_eq!(g["mode"], source.mode.name(), "{at}");
+                assert!(g.contains_key("memory"), "{at}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_ramdisk_holds_the_config_and_every_guest_the_same_each_time() {
+        let dir = scratch("ramdisk");
+        let config = dir.join("config");
+        fs::create_dir_all(config.join("linux")).unwrap();
+        fs::write(config.join(CONFIG_FILE), "[hypervisor]\n").unwrap();
+        fs::write(config.join("linux").join("bzImage"), [1u8; 3]).unwrap();
+        fs::write(config.join(".hidden"), "x").unwrap();
+        let tar = dir.join("out").join("ramdisk.tar");
+        ramdisk(&config, &tar).unwrap();
+        let first = fs::read(&tar).unwrap();
+        let names: Vec<String> = members(&first).into_iter().map(|(n, _)| n).collect();
+        let mut expected: Vec<String> = guest_sources(&asm_dir())
+            .unwrap()
+            .iter()
+            .map(|s| format!("{}.bin", s.stem))
+            .chain([CONFIG_FILE.to_string(), "linux/bzImage".to_string()])
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        let guests = dir.join("out").join("guests");
+        for (name, data) in members(&first) {
+            if name.ends_with(".bin") {
+                assert_eq!(data, fs::read(guests.join(&name)).unwrap(), "{name}");
+            }
+        }
+        ramdisk(&config, &tar).unwrap();
+        assert_eq!(fs::read(&tar).unwrap(), first);
+
+        // A file that a guest would overwrite, and a missing config.
+        fs::write(config.join("real.bin"), "x").unwrap();
+        let e = ramdisk(&config, &tar).unwrap_err();
+        assert!(e.contains("has a file named real.bin"), "{e}");
+        let e = ramdisk(&dir.join("nowhere"), &tar).unwrap_err();
+        assert!(e.contains("hypervisor.toml not found"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_shipped_configs_make_ramdisks() {
+        let dir = scratch("shipped");
+        for name in ["default", "test", "bench"] {
+            let tar = dir.join(format!("{name}.tar"));
+            ramdisk(&config_dir(name), &tar).unwrap();
+            let archive = fs::read(&tar).unwrap();
+            let members = members(&archive);
+            let toml = members.iter().find(|(n, _)| n == CONFIG_FILE).unwrap();
+            assert_eq!(
+                toml.1,
+                fs::read(config_dir(name).join(CONFIG_FILE)).unwrap()
+            );
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
