@@ -73,7 +73,12 @@ pub fn mask_legacy_pic() {
 /// CPUID.(leaf, subleaf) on this CPU.
 pub fn cpuid(leaf: u32, subleaf: u32) -> kernel::vcpu::cpuid::CpuidResult {
     let r = raw_cpuid::cpuid!(leaf, subleaf);
-    kernel::vcpu::cpuid::CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    kernel::vcpu::cpuid::CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// Loads XCR0.

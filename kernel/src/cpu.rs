@@ -21,7 +21,9 @@ static INDEX_BY_APIC_ID: [AtomicU16; MAX_CPUS] = [const { AtomicU16::new(UNNUMBE
 static CPUS_UP: AtomicUsize = AtomicUsize::new(0);
 
 fn initial_apic_id() -> u8 {
-    CpuId::new().get_feature_info().map_or(0, |f| f.initial_local_apic_id())
+    CpuId::new()
+        .get_feature_info()
+        .map_or(0, |f| f.initial_local_apic_id())
 }
 
 /// Gives the calling CPU the next number. The boot CPU calls it first and
@@ -77,7 +79,8 @@ pub fn report() -> Result<vmx::caps::VmxCapabilities, ()> {
             info!("cpu{k}: {line}");
         }
         info!("cpu{k}: {fc}");
-        caps.check_required().map_err(vmx::availability::Unavailable::MissingFeature)?;
+        caps.check_required()
+            .map_err(vmx::availability::Unavailable::MissingFeature)?;
         Ok((caps, fc))
     });
     let result = match verdict {

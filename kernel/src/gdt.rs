@@ -50,7 +50,10 @@ pub fn init_boot_cpu() {
         // SAFETY: only the boot CPU runs this, once (`Once`), so nothing else
         // holds a reference to the stacks; we only take their addresses.
         let stacks = unsafe { &mut *addr_of_mut!(BOOT_IST_STACKS) };
-        for (slot, stack) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().zip(stacks) {
+        for (slot, stack) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
+            .into_iter()
+            .zip(stacks)
+        {
             tss.interrupt_stack_table[usize::from(slot)] = stack_top(stack);
         }
         tss
@@ -60,7 +63,12 @@ pub fn init_boot_cpu() {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss_selector = gdt.append(Descriptor::tss_segment(tss));
-        CpuTables { gdt, code, data, tss_selector }
+        CpuTables {
+            gdt,
+            code,
+            data,
+            tss_selector,
+        }
     });
     load(tables);
 }
@@ -87,5 +95,7 @@ pub fn tss_selector() -> u16 {
 
 /// The linear address of the boot CPU's TSS (the VMCS host-state TR base).
 pub fn tss_base() -> u64 {
-    BOOT_TSS.get().map_or(0, |tss| core::ptr::from_ref(tss) as u64)
+    BOOT_TSS
+        .get()
+        .map_or(0, |tss| core::ptr::from_ref(tss) as u64)
 }

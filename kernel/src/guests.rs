@@ -12,7 +12,10 @@ use alloc::vec::Vec;
 use addr::{GuestPhysAddr, PAGE_SIZE};
 use kernel::archive::Archive;
 use kernel::config::{self, CpuMode, GuestConfig, GuestStopAction, ImageFormat};
-use kernel::loader::{self, FlatImage, FlatMode, Format, GuestMemory, LinuxImage, LoadError, LoadedImage, MultibootImage};
+use kernel::loader::{
+    self, FlatImage, FlatMode, Format, GuestMemory, LinuxImage, LoadError, LoadedImage,
+    MultibootImage,
+};
 use kernel::vcpu::exit::{handle_exit, Outcome};
 use kernel::vcpu::stop::StopReason;
 use log::{debug, error, info, warn};
@@ -66,7 +69,10 @@ pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
         error!("{e}");
     }
     let settings = outcome.config.hypervisor;
-    info!("config: loaded {} guests from {SOURCE}", outcome.config.guests.len());
+    info!(
+        "config: loaded {} guests from {SOURCE}",
+        outcome.config.guests.len()
+    );
 
     let hw = match Hardware::new(caps) {
         Ok(hw) => hw,
@@ -77,23 +83,42 @@ pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
     };
     let tsc_hz = tsc::measure_hz();
     let slice_ticks = tsc_hz / 1000 * u64::from(settings.slice_ms);
-    debug!("sched: slice {} ms = {slice_ticks} TSC ticks", settings.slice_ms);
+    debug!(
+        "sched: slice {} ms = {slice_ticks} TSC ticks",
+        settings.slice_ms
+    );
 
     let frames_before = memory::free_frames();
     let mut slots: Vec<Slot> = Vec::new();
     for (k, config) in outcome.config.guests.into_iter().enumerate() {
         let vpid = u16::try_from(k + 1).unwrap_or(u16::MAX);
         let guest = start(&hw, &archive, &config, vpid);
-        slots.push(Slot { config, guest, vpid });
+        slots.push(Slot {
+            config,
+            guest,
+            vpid,
+        });
     }
 
-    let mut sched = Scheduler { hw: &hw, slots, owner: None, current: None, last: None, slice_ticks };
+    let mut sched = Scheduler {
+        hw: &hw,
+        slots,
+        owner: None,
+        current: None,
+        last: None,
+        slice_ticks,
+    };
     sched.run(&archive, settings.on_guest_stop);
 
     let frames_after = memory::free_frames();
-    info!("memory: {frames_before} frames free before the guests, {frames_after} after they stopped");
+    info!(
+        "memory: {frames_before} frames free before the guests, {frames_after} after they stopped"
+    );
     if frames_after != frames_before {
-        warn!("memory: {} frames were not given back", frames_before.saturating_sub(frames_after));
+        warn!(
+            "memory: {} frames were not given back",
+            frames_before.saturating_sub(frames_after)
+        );
     }
     if settings.power_off_when_all_stopped {
         info!("all guests stopped, powering off");
@@ -108,7 +133,10 @@ pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
 fn start(hw: &Hardware, archive: &Archive<'_>, config: &GuestConfig, vpid: u16) -> Option<Guest> {
     let name = config.name.as_str();
     let Some(kernel) = archive.get(&config.kernel) else {
-        error!("guest {name}: not started: kernel \"{}\" is not in {SOURCE}", config.kernel);
+        error!(
+            "guest {name}: not started: kernel \"{}\" is not in {SOURCE}",
+            config.kernel
+        );
         return None;
     };
     let initrd = match &config.initrd {
@@ -152,17 +180,35 @@ fn start(hw: &Hardware, archive: &Archive<'_>, config: &GuestConfig, vpid: u16) 
                     },
                 },
             ),
-            ImageFormat::Linux => loader::load_linux(mem, &LinuxImage { kernel, initrd, cmdline }),
+            ImageFormat::Linux => loader::load_linux(
+                mem,
+                &LinuxImage {
+                    kernel,
+                    initrd,
+                    cmdline,
+                },
+            ),
             ImageFormat::Multiboot => {
                 let module = initrd.map(|data| loader::Module { data, cmdline: "" });
                 let modules = module.as_slice();
-                loader::load_multiboot(mem, &MultibootImage { kernel, cmdline, modules })
+                loader::load_multiboot(
+                    mem,
+                    &MultibootImage {
+                        kernel,
+                        cmdline,
+                        modules,
+                    },
+                )
             }
         }
     };
     match Guest::create(hw, name, config.memory, vpid, load) {
         Ok(guest) => {
-            info!("guest {name}: started ({} MiB, {format_name})", config.memory >> 20, format_name = format_name(format));
+            info!(
+                "guest {name}: started ({} MiB, {format_name})",
+                config.memory >> 20,
+                format_name = format_name(format)
+            );
             Some(guest)
         }
         Err(e) => {
@@ -203,7 +249,10 @@ impl Scheduler<'_> {
             let n = self.slots.len();
             let start = self.last.map_or(0, |l| l + 1);
             let next = (0..n).map(|k| (start + k) % n).find(|&i| {
-                self.slots.get(i).and_then(|s| s.guest.as_ref()).is_some_and(|g| g.state == RunState::Runnable)
+                self.slots
+                    .get(i)
+                    .and_then(|s| s.guest.as_ref())
+                    .is_some_and(|g| g.state == RunState::Runnable)
             });
             let Some(i) = next else {
                 // Nothing can run. A halted guest has no device that could
@@ -216,7 +265,12 @@ impl Scheduler<'_> {
                 }
                 for i in halted {
                     let rip = self.halted_rip(i);
-                    self.stop(i, StopReason::HaltedWithNoWakeSource { rip }, archive, on_stop);
+                    self.stop(
+                        i,
+                        StopReason::HaltedWithNoWakeSource { rip },
+                        archive,
+                        on_stop,
+                    );
                 }
                 continue;
             };
@@ -229,7 +283,9 @@ impl Scheduler<'_> {
 
     fn halted_rip(&mut self, i: usize) -> u64 {
         use vmx::vmcs::{GuestNatural, VmcsAccess};
-        let Some(guest) = self.slots.get(i).and_then(|s| s.guest.as_ref()) else { return 0 };
+        let Some(guest) = self.slots.get(i).and_then(|s| s.guest.as_ref()) else {
+            return 0;
+        };
         if guest.make_current().is_err() {
             return 0;
         }
@@ -246,7 +302,11 @@ impl Scheduler<'_> {
     fn run_slice(&mut self, i: usize) -> Option<StopReason> {
         let hw = self.hw;
         if self.owner != Some(i) {
-            if let Some(prev) = self.owner.and_then(|o| self.slots.get_mut(o)).and_then(|s| s.guest.as_mut()) {
+            if let Some(prev) = self
+                .owner
+                .and_then(|o| self.slots.get_mut(o))
+                .and_then(|s| s.guest.as_mut())
+            {
                 prev.save_switched(hw);
             }
             self.slots.get(i)?.guest.as_ref()?.load_switched(hw);
@@ -280,7 +340,9 @@ impl Scheduler<'_> {
             let (mut platform, regs, model) = guest.exit_parts(hw);
             // SAFETY: VMX root operation with this guest's VMCS current.
             let mut vmcs = unsafe { HardwareVmcs::current() };
-            match handle_exit(&mut vmcs, regs, model, &mut platform) {
+            let outcome = handle_exit(&mut vmcs, regs, model, &mut platform);
+            guest.handler_ticks += rdtsc().wrapping_sub(now);
+            match outcome {
                 Outcome::Resume => {
                     // The slice also ends by the TSC: where VM entry
                     // restarts the preemption timer from the value written
@@ -308,17 +370,30 @@ impl Scheduler<'_> {
 
     /// Reports the stop of guest `i`, destroys it, and restarts it if the
     /// configuration says so.
-    fn stop(&mut self, i: usize, reason: StopReason, archive: &Archive<'_>, on_stop: GuestStopAction) {
+    fn stop(
+        &mut self,
+        i: usize,
+        reason: StopReason,
+        archive: &Archive<'_>,
+        on_stop: GuestStopAction,
+    ) {
         let hw = self.hw;
-        let Some(slot) = self.slots.get_mut(i) else { return };
-        let Some(mut guest) = slot.guest.take() else { return };
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Some(mut guest) = slot.guest.take() else {
+            return;
+        };
         let name = guest.name.clone();
-        guest.model.console.flush(|line| crate::serial::guest_line(&name, line));
+        guest
+            .model
+            .console
+            .flush(|line| crate::serial::guest_line(&name, line));
         info!("guest {name}: stopped: {reason}");
         let s = &guest.model.stats;
         debug!(
             "guest {name}: {} exits ({} CPUID, {} I/O, {} MSR, {} hypercalls), {} exceptions injected, \
-             {} port writes ignored, {} port reads unclaimed, {} TSC ticks in {} slices ({} preempted)",
+             {} port writes ignored, {} port reads unclaimed, {} TSC ticks in {} slices ({} preempted), {} of them in exit handlers",
             s.exits,
             s.cpuid,
             s.io,
@@ -329,7 +404,8 @@ impl Scheduler<'_> {
             s.io_reads_unclaimed,
             guest.ticks,
             guest.slices,
-            guest.preemptions
+            guest.preemptions,
+            guest.handler_ticks
         );
         if self.owner == Some(i) {
             self.owner = None;

@@ -42,12 +42,17 @@ impl PhysMap {
     /// addresses up to the end of the highest region in `regions` (that is
     /// what the bootloader maps).
     pub fn new(offset: u64, regions: &MemoryRegions) -> Self {
-        PhysMap { offset, end: regions.iter().map(|r| r.end).max().unwrap_or(0) }
+        PhysMap {
+            offset,
+            end: regions.iter().map(|r| r.end).max().unwrap_or(0),
+        }
     }
 
     /// Whether `[phys, phys + len)` lies inside the mapping.
     pub fn covers(self, phys: HostPhysAddr, len: u64) -> bool {
-        phys.as_u64().checked_add(len).is_some_and(|end| end <= self.end)
+        phys.as_u64()
+            .checked_add(len)
+            .is_some_and(|end| end <= self.end)
     }
 
     /// The virtual address at which `phys` is mapped.
@@ -63,7 +68,10 @@ pub fn init(regions: &MemoryRegions, phys: PhysMap) {
     let mut count = 0;
     let mut usable_bytes = 0u64;
     let mut dropped = 0usize;
-    for region in regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable) {
+    for region in regions
+        .iter()
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+    {
         usable_bytes += region.end.saturating_sub(region.start);
         let start = region.start.max(LOW_MEMORY_END);
         if start >= region.end {
@@ -83,7 +91,8 @@ pub fn init(regions: &MemoryRegions, phys: PhysMap) {
     }
     let usable = &usable[..count];
 
-    let frames = build_allocator(usable, phys).unwrap_or_else(|e| panic::fatal(format_args!("frame allocator: {e}")));
+    let frames = build_allocator(usable, phys)
+        .unwrap_or_else(|e| panic::fatal(format_args!("frame allocator: {e}")));
     info!("{}", frames.stats());
     let mut guard = FRAMES.lock();
     let frames = guard.insert(frames);
@@ -99,12 +108,17 @@ pub fn init(regions: &MemoryRegions, phys: PhysMap) {
     info!("heap: {} MiB at {heap}", heap_size >> 20);
 }
 
-fn build_allocator(usable: &[PhysRange], phys: PhysMap) -> Result<BuddyAllocator<'static>, mm::MmError> {
+fn build_allocator(
+    usable: &[PhysRange],
+    phys: PhysMap,
+) -> Result<BuddyAllocator<'static>, mm::MmError> {
     let (meta_range, span_frames) = mm::frame::place_metadata(usable)?;
     // SAFETY: `place_metadata` chose whole frames inside usable RAM, which
     // the bootloader mapped at `phys` and nothing else uses: the allocator
     // below is told to exclude them, so they are never handed out.
-    let meta = unsafe { core::slice::from_raw_parts_mut(phys.ptr(meta_range.start), meta_range.len() as usize) };
+    let meta = unsafe {
+        core::slice::from_raw_parts_mut(phys.ptr(meta_range.start), meta_range.len() as usize)
+    };
     let mut frames = BuddyAllocator::new(span_frames, meta)?;
     frames.add_usable(usable, meta_range)?;
     Ok(frames)
@@ -115,7 +129,9 @@ fn build_allocator(usable: &[PhysRange], phys: PhysMap) -> Result<BuddyAllocator
 fn with_frames<T>(f: impl FnOnce(&mut BuddyAllocator<'static>) -> T) -> T {
     match FRAMES.lock().as_mut() {
         Some(frames) => f(frames),
-        None => panic::fatal(format_args!("the frame allocator was used before memory::init")),
+        None => panic::fatal(format_args!(
+            "the frame allocator was used before memory::init"
+        )),
     }
 }
 
@@ -139,7 +155,9 @@ pub fn free_frame(frame: HostPhysAddr) -> Result<(), mm::MmError> {
 pub fn phys() -> PhysMap {
     match PHYS.get() {
         Some(phys) => *phys,
-        None => panic::fatal(format_args!("the physical-memory mapping was used before memory::init")),
+        None => panic::fatal(format_args!(
+            "the physical-memory mapping was used before memory::init"
+        )),
     }
 }
 

@@ -27,7 +27,12 @@ pub fn fatal(args: fmt::Arguments<'_>) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     match info.location() {
-        Some(at) => fatal(format_args!("panic at {}:{}: {}", at.file(), at.line(), info.message())),
+        Some(at) => fatal(format_args!(
+            "panic at {}:{}: {}",
+            at.file(),
+            at.line(),
+            info.message()
+        )),
         None => fatal(format_args!("panic: {}", info.message())),
     }
 }

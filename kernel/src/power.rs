@@ -26,7 +26,10 @@ impl PhysMemory for Mapped {
         let at = HostPhysAddr::new(phys);
         // A corrupt table pointer must give an error, not a page fault.
         if !self.0.covers(at, buf.len() as u64) {
-            return Err(acpi::AcpiError::Unreadable { phys, len: buf.len() });
+            return Err(acpi::AcpiError::Unreadable {
+                phys,
+                len: buf.len(),
+            });
         }
         let src = self.0.ptr(at);
         // SAFETY: `covers` checked the range lies in the physical memory the
@@ -69,7 +72,10 @@ pub fn power_off() -> ! {
 
 /// Powers off after a fatal error; the line is the failure indication.
 pub fn power_off_after_failure() -> ! {
-    crate::serial::write_fmt(format_args!("[cpu{}] ERROR powering off after a failure\n", crate::cpu::current_index()));
+    crate::serial::write_fmt(format_args!(
+        "[cpu{}] ERROR powering off after a failure\n",
+        crate::cpu::current_index()
+    ));
     shut_down()
 }
 
@@ -80,7 +86,9 @@ fn shut_down() -> ! {
     if let Some(Some(info)) = POWER_OFF.get() {
         acpi_s5(info);
         // A machine that ignored the write is still here: say so before the fallback.
-        crate::serial::write_fmt(format_args!("ACPI power off did not take effect; trying the emulator exit ports\n"));
+        crate::serial::write_fmt(format_args!(
+            "ACPI power off did not take effect; trying the emulator exit ports\n"
+        ));
         crate::serial::drain();
     }
     emulator_exit()
@@ -116,7 +124,10 @@ fn acpi_s5(info: &PowerOff) {
         }
         let a = acpi::pm1_control_value(arch::inw(info.pm1a_cnt), info.sleep.slp_typ_a);
         if let Some(pm1b) = info.pm1b_cnt {
-            arch::outw(pm1b, acpi::pm1_control_value(arch::inw(pm1b), info.sleep.slp_typ_b));
+            arch::outw(
+                pm1b,
+                acpi::pm1_control_value(arch::inw(pm1b), info.sleep.slp_typ_b),
+            );
         }
         arch::outw(info.pm1a_cnt, a);
     }
@@ -134,6 +145,8 @@ fn emulator_exit() -> ! {
         }
     }
     settle();
-    crate::serial::write_fmt(format_args!("could not power off; halting (switch the machine off by hand)\n"));
+    crate::serial::write_fmt(format_args!(
+        "could not power off; halting (switch the machine off by hand)\n"
+    ));
     arch::halt_forever()
 }

@@ -20,11 +20,17 @@ const FALLBACK_HZ: u64 = 1_000_000_000;
 pub fn measure_hz() -> u64 {
     match measure() {
         Some(hz) => {
-            info!("tsc: {} kHz (measured against the PIT over {CALIBRATION_MS} ms)", hz / 1000);
+            info!(
+                "tsc: {} kHz (measured against the PIT over {CALIBRATION_MS} ms)",
+                hz / 1000
+            );
             hz
         }
         None => {
-            warn!("tsc: the PIT did not count down; assuming {} MHz", FALLBACK_HZ / 1_000_000);
+            warn!(
+                "tsc: the PIT did not count down; assuming {} MHz",
+                FALLBACK_HZ / 1_000_000
+            );
             FALLBACK_HZ
         }
     }

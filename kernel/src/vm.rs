@@ -147,14 +147,19 @@ struct GuestRam {
 
 impl GuestRam {
     fn alloc(size: u64) -> Result<Self, MmError> {
-        let mut ram = GuestRam { chunks: Vec::new(), size: 0 };
+        let mut ram = GuestRam {
+            chunks: Vec::new(),
+            size: 0,
+        };
         let mut gpa = 0u64;
         while gpa < size {
             let remaining = size - gpa;
             // The largest block that fits the rest and keeps guest and host
             // addresses equally aligned.
             let mut order = MAX_RAM_ORDER;
-            while order > 0 && ((PAGE_SIZE << order) > remaining || !gpa.is_multiple_of(PAGE_SIZE << order)) {
+            while order > 0
+                && ((PAGE_SIZE << order) > remaining || !gpa.is_multiple_of(PAGE_SIZE << order))
+            {
                 order -= 1;
             }
             let hpa = loop {
@@ -180,20 +185,27 @@ impl GuestRam {
 
     /// The chunk holding `gpa` and the offset in it.
     fn find(&self, gpa: u64) -> Option<(&Chunk, u64)> {
-        self.chunks.iter().find(|c| (c.gpa..c.gpa + c.len()).contains(&gpa)).map(|c| (c, gpa - c.gpa))
+        self.chunks
+            .iter()
+            .find(|c| (c.gpa..c.gpa + c.len()).contains(&gpa))
+            .map(|c| (c, gpa - c.gpa))
     }
 
     /// Copies between guest RAM at `gpa` and the host, `len` bytes, calling
     /// `f(host pointer, offset in the copy, length)` per piece; false if any
     /// byte is outside RAM.
     fn pieces(&self, gpa: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) -> bool {
-        let Some(end) = gpa.checked_add(len) else { return false };
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
         if end > self.size {
             return false;
         }
         let mut at = gpa;
         while at < end {
-            let Some((chunk, offset)) = self.find(at) else { return false };
+            let Some((chunk, offset)) = self.find(at) else {
+                return false;
+            };
             let n = (chunk.len() - offset).min(end - at);
             let ptr = memory::phys().ptr(chunk.hpa).wrapping_add(offset as usize);
             f(ptr, (at - gpa) as usize, n as usize);
@@ -237,7 +249,11 @@ impl GuestMemory for GuestRam {
         if ok {
             Ok(())
         } else {
-            Err(LoadError::OutsideRam { at: gpa, len: bytes.len() as u64, ram: self.size })
+            Err(LoadError::OutsideRam {
+                at: gpa,
+                len: bytes.len() as u64,
+                ram: self.size,
+            })
         }
     }
 }
@@ -290,6 +306,8 @@ pub struct Guest {
     /// TSC ticks spent in this guest (VM entry to VM exit, host work
     /// included).
     pub ticks: u64,
+    /// TSC ticks the host spent handling its exits.
+    pub handler_ticks: u64,
     /// Slices it was given.
     pub slices: u64,
     /// Slices that ended by the VMX-preemption timer.
@@ -300,7 +318,9 @@ pub struct Guest {
 fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
     // SAFETY: the frame is one this module allocated and owns, mapped
     // writable at `phys().ptr`, 4096 bytes long.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), memory::phys().ptr(frame), bytes.len()) }
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), memory::phys().ptr(frame), bytes.len())
+    }
 }
 
 impl Guest {
@@ -325,10 +345,17 @@ impl Guest {
             regs: GuestRegisters::new(),
             launched: false,
             model: VcpuModel::new(0, 1, hw.caps.cr0_fixed, hw.caps.cr4_fixed),
-            switched: SwitchedState { area: HostPhysAddr::new(0), area_order: 0, cr2: 0, debug: [0; 5], msrs: [0; SWITCHED_MSR_COUNT] },
+            switched: SwitchedState {
+                area: HostPhysAddr::new(0),
+                area_order: 0,
+                cr2: 0,
+                debug: [0; 5],
+                msrs: [0; SWITCHED_MSR_COUNT],
+            },
             vpid: hw.controls.vpid.then_some(vpid),
             state: RunState::Runnable,
             ticks: 0,
+            handler_ticks: 0,
             slices: 0,
             preemptions: 0,
         };
@@ -353,7 +380,14 @@ impl Guest {
         let ept_caps = hw.caps.ept_caps().unwrap_or(vmx::caps::EptVpidCap::empty());
         let mut ept = Ept::new(&mut KernelFrames, ept_caps).map_err(CreateError::Ept)?;
         let mapped = self.ram.chunks.iter().try_for_each(|c| {
-            ept.map(&mut KernelFrames, GuestPhysAddr::new(c.gpa), c.hpa, c.len(), EptPerms::all(), EptMemoryType::WriteBack)
+            ept.map(
+                &mut KernelFrames,
+                GuestPhysAddr::new(c.gpa),
+                c.hpa,
+                c.len(),
+                EptPerms::all(),
+                EptMemoryType::WriteBack,
+            )
         });
         let eptp = ept.eptp(false);
         self.ept = Some(ept);
@@ -372,11 +406,16 @@ impl Guest {
         fill_frame(self.bitmaps[2], msr.as_bytes());
 
         let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
-        let order = (area_size as u64).div_ceil(PAGE_SIZE).next_power_of_two().trailing_zeros() as u8;
+        let order = (area_size as u64)
+            .div_ceil(PAGE_SIZE)
+            .next_power_of_two()
+            .trailing_zeros() as u8;
         let area = memory::alloc_block(order).map_err(CreateError::Memory)?;
         // SAFETY: the block was just allocated, is mapped and 2^order frames
         // long.
-        unsafe { core::ptr::write_bytes(memory::phys().ptr(area), 0, (PAGE_SIZE << order) as usize) };
+        unsafe {
+            core::ptr::write_bytes(memory::phys().ptr(area), 0, (PAGE_SIZE << order) as usize)
+        };
         self.switched.area = area;
         self.switched.area_order = order;
         if hw.xsave.is_none() {
@@ -411,8 +450,10 @@ impl Guest {
             eptp: self.eptp,
             vpid: self.vpid,
         };
-        setup::write_controls(&mut vmcs, &hw.controls, &links, &self.model, &loaded.entry).map_err(CreateError::Vmcs)?;
-        setup::write_guest_state(&mut vmcs, &self.model, &loaded.entry).map_err(CreateError::Vmcs)?;
+        setup::write_controls(&mut vmcs, &hw.controls, &links, &self.model, &loaded.entry)
+            .map_err(CreateError::Vmcs)?;
+        setup::write_guest_state(&mut vmcs, &self.model, &loaded.entry)
+            .map_err(CreateError::Vmcs)?;
         write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
         let r = &loaded.entry.regs;
         for (reg, value) in [
@@ -466,7 +507,12 @@ impl Guest {
         }
         self.switched.cr2 = arch::read_cr2();
         self.switched.debug = arch::read_debug_registers();
-        for (slot, &msr) in self.switched.msrs.iter_mut().zip(kernel::vcpu::msr::SWITCHED_MSRS) {
+        for (slot, &msr) in self
+            .switched
+            .msrs
+            .iter_mut()
+            .zip(kernel::vcpu::msr::SWITCHED_MSRS)
+        {
             // SAFETY: the switched MSRs exist on every CPU with long mode
             // and VMX (TSC_AUX with RDTSCP, which Bochs and real CPUs with
             // unrestricted guest have).
@@ -490,7 +536,12 @@ impl Guest {
             arch::write_cr2(self.switched.cr2);
             arch::write_debug_registers(self.switched.debug);
         }
-        for (&value, &msr) in self.switched.msrs.iter().zip(kernel::vcpu::msr::SWITCHED_MSRS) {
+        for (&value, &msr) in self
+            .switched
+            .msrs
+            .iter()
+            .zip(kernel::vcpu::msr::SWITCHED_MSRS)
+        {
             // SAFETY: as in `save_switched`; the host uses none of these
             // (no SYSCALL, SWAPGS or RDTSCP in the hypervisor). A value the
             // guest could write is one the CPU accepted from it.
@@ -555,7 +606,12 @@ fn write_host_state(vmcs: &mut HardwareVmcs) -> Result<(), VmFail> {
     vmcs.write(Host16::TrSelector, gdt::tss_selector())?;
     // SAFETY: FS_BASE, GS_BASE, EFER and PAT exist on every x86-64 CPU.
     let (fs, gs, efer, pat) = unsafe {
-        (arch::rdmsr(0xC000_0100), arch::rdmsr(0xC000_0101), arch::rdmsr(0xC000_0080), arch::rdmsr(0x277))
+        (
+            arch::rdmsr(0xC000_0100),
+            arch::rdmsr(0xC000_0101),
+            arch::rdmsr(0xC000_0080),
+            arch::rdmsr(0x277),
+        )
     };
     vmcs.write(HostNatural::FsBase, fs)?;
     vmcs.write(HostNatural::GsBase, gs)?;
@@ -587,7 +643,12 @@ impl Guest {
         hw: &'a Hardware,
     ) -> (GuestPlatform<'a>, &'a mut GuestRegisters, &'a mut VcpuModel) {
         (
-            GuestPlatform { name: &self.name, ram: &self.ram, vpid: self.vpid, hw },
+            GuestPlatform {
+                name: &self.name,
+                ram: &self.ram,
+                vpid: self.vpid,
+                hw,
+            },
             &mut self.regs,
             &mut self.model,
         )

@@ -44,14 +44,22 @@ impl fmt::Display for EnableError {
 /// Enters VMX operation on the calling CPU, whose capabilities are `caps`
 /// and whose IA32_FEATURE_CONTROL is in state `feature_control` (checked
 /// usable by `vmx::availability::assess`).
-pub fn enable(caps: &VmxCapabilities, feature_control: FeatureControlState) -> Result<(), EnableError> {
+pub fn enable(
+    caps: &VmxCapabilities,
+    feature_control: FeatureControlState,
+) -> Result<(), EnableError> {
     let k = cpu::current_index();
     if feature_control == FeatureControlState::Unlocked {
         // SAFETY: the MSR exists (CPUID reported VMX) and is unlocked, so the
         // write is allowed; setting the lock with VMX-outside-SMX enabled is
         // what firmware normally does at boot, and nothing else depends on
         // the other bits, which are kept.
-        unsafe { hw::wrmsr(IA32_FEATURE_CONTROL, enable_and_lock(hw::rdmsr(IA32_FEATURE_CONTROL))) };
+        unsafe {
+            hw::wrmsr(
+                IA32_FEATURE_CONTROL,
+                enable_and_lock(hw::rdmsr(IA32_FEATURE_CONTROL)),
+            )
+        };
         info!("cpu{k}: vmx: feature control locked with VMX outside SMX enabled");
     }
     let region = memory::alloc_zeroed_frame().map_err(EnableError::NoMemory)?;
@@ -59,7 +67,12 @@ pub fn enable(caps: &VmxCapabilities, feature_control: FeatureControlState) -> R
     // (SDM Vol. 3C, "VMXON Region").
     let revision = caps.basic.revision_id & 0x7fff_ffff;
     // SAFETY: the frame is ours (just allocated) and mapped writable.
-    unsafe { memory::phys().ptr(region).cast::<u32>().write_volatile(revision) };
+    unsafe {
+        memory::phys()
+            .ptr(region)
+            .cast::<u32>()
+            .write_volatile(revision)
+    };
 
     // SAFETY: reading CR0/CR4 has no side effects.
     let (cr0, cr4) = unsafe { (hw::read_cr0(), hw::read_cr4()) };

@@ -20,9 +20,14 @@ fn usable_mib(line: &str) -> Option<u64> {
 /// What every clean boot prints, in order, whatever the CPU.
 fn common_report(c: &Checked<'_>) {
     c.line("`ferrovisor <version> starting`", |l| {
-        l.contains(&format!("ferrovisor {} starting", env!("CARGO_PKG_VERSION")))
+        l.contains(&format!(
+            "ferrovisor {} starting",
+            env!("CARGO_PKG_VERSION")
+        ))
     })
-    .line("`memory: <N> MiB usable` with N > 400 of 512", |l| usable_mib(l).is_some_and(|n| n > 400 && n <= 512))
+    .line("`memory: <N> MiB usable` with N > 400 of 512", |l| {
+        usable_mib(l).is_some_and(|n| n > 400 && n <= 512)
+    })
     .in_order("starting", "memory: ")
     .never("FATAL")
     .never("ERROR");
@@ -61,11 +66,21 @@ fn qemu_uefi_reports_no_vtx_and_powers_off() {
 /// with the failure indication.
 #[test]
 fn panic_reports_and_powers_off_with_failure() {
-    let out = boot(&Variant::selftest("panic"), Engine::Qemu, Firmware::Bios, QEMU_LIMIT);
+    let out = boot(
+        &Variant::selftest("panic"),
+        Engine::Qemu,
+        Firmware::Bios,
+        QEMU_LIMIT,
+    );
     Checked::new(&out, "QEMU boot with a deliberate panic")
-        .line("`FATAL panic at <file>:<line>: selftest: deliberate panic`", |l| {
-            l.contains("] FATAL panic at ") && l.contains("selftest.rs:") && l.ends_with("selftest: deliberate panic")
-        })
+        .line(
+            "`FATAL panic at <file>:<line>: selftest: deliberate panic`",
+            |l| {
+                l.contains("] FATAL panic at ")
+                    && l.contains("selftest.rs:")
+                    && l.ends_with("selftest: deliberate panic")
+            },
+        )
         .in_order("FATAL", "powering off after a failure")
         .exit_code(0);
 }
@@ -74,7 +89,12 @@ fn panic_reports_and_powers_off_with_failure() {
 /// CR2, then powers off with the failure indication.
 #[test]
 fn page_fault_reports_vector_error_code_rip_cr2() {
-    let out = boot(&Variant::selftest("page-fault"), Engine::Qemu, Firmware::Bios, QEMU_LIMIT);
+    let out = boot(
+        &Variant::selftest("page-fault"),
+        Engine::Qemu,
+        Firmware::Bios,
+        QEMU_LIMIT,
+    );
     Checked::new(&out, "QEMU boot with a deliberate page fault")
         .line("`FATAL exception 14 (page fault) error code 0x0 at RIP 0xffff... CR2 0x0000000000000000`", |l| {
             l.contains("] FATAL exception 14 (page fault) error code 0x0 at RIP 0x")
@@ -89,9 +109,10 @@ fn page_fault_reports_vector_error_code_rip_cr2() {
 fn vtx_ready(c: &Checked<'_>) {
     common_report(c);
     c.saw("cpu0: GenuineIntel")
-        .line("`cpu0: vmx: EPT: yes (4-level walk: yes, write-back: yes, ...)`", |l| {
-            l.contains("cpu0: vmx: EPT: yes (4-level walk: yes, write-back: yes")
-        })
+        .line(
+            "`cpu0: vmx: EPT: yes (4-level walk: yes, write-back: yes, ...)`",
+            |l| l.contains("cpu0: vmx: EPT: yes (4-level walk: yes, write-back: yes"),
+        )
         .saw("cpu0: vmx: unrestricted guest: yes")
         .saw("cpu0: vmx: preemption timer: yes")
         .saw("cpu0: vmx: MSR bitmaps: yes")
@@ -112,7 +133,12 @@ fn vtx_ready(c: &Checked<'_>) {
 /// soft power-off it was asked for).
 #[test]
 fn bochs_reports_vtx_with_ept_and_powers_off() {
-    let out = boot(&Variant::default(), Engine::Bochs, Firmware::Bios, BOCHS_LIMIT);
+    let out = boot(
+        &Variant::default(),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
     let c = Checked::new(&out, "Bochs boot");
     vtx_ready(&c);
     guests_run(&c);
@@ -130,7 +156,12 @@ fn bochs_reports_vtx_with_ept_and_powers_off() {
 /// every frame comes back; the machine powers off.
 #[test]
 fn bochs_runs_and_contains_the_test_guests() {
-    let out = boot(&Variant::with_guests("test"), Engine::Bochs, Firmware::Bios, BOCHS_LIMIT);
+    let out = boot(
+        &Variant::with_guests("test"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
     let c = Checked::new(&out, "Bochs boot with the test guests");
     test_guests(&c);
     c.exited();
@@ -140,7 +171,15 @@ fn bochs_runs_and_contains_the_test_guests() {
 fn test_guests(c: &Checked<'_>) {
     vtx_ready(c);
     c.saw("config: loaded 7 guests from the boot ramdisk");
-    for name in ["real", "protected", "long", "escape", "halt", "triple", "cpuid"] {
+    for name in [
+        "real",
+        "protected",
+        "long",
+        "escape",
+        "halt",
+        "triple",
+        "cpuid",
+    ] {
         c.in_order("cpu0: VT-x ready", &format!("guest {name}: started"));
     }
     guests_run(c);
@@ -174,19 +213,34 @@ fn test_guests(c: &Checked<'_>) {
 
 /// The default guests ran to their exits.
 fn guests_run(c: &Checked<'_>) {
-    c.in_order("[real] hello from real mode", "guest real: stopped: exited with code 0")
-        .in_order("[long] hello from long mode", "guest long: stopped: exited with code 0")
-        .in_order("guest long: stopped", "all guests stopped, powering off");
+    c.in_order(
+        "[real] hello from real mode",
+        "guest real: stopped: exited with code 0",
+    )
+    .in_order(
+        "[long] hello from long mode",
+        "guest long: stopped: exited with code 0",
+    )
+    .in_order("guest long: stopped", "all guests stopped, powering off");
 }
 
 /// The free-frame count after every guest stopped equals the count before.
 fn frames_all_back(c: &Checked<'_>) {
-    c.line("`memory: <n> frames free before the guests, <n> after they stopped` (the same n)", |l| {
-        let Some(rest) = l.split("memory: ").nth(1) else { return false };
-        let Some((before, rest)) = rest.split_once(" frames free before the guests, ") else { return false };
-        let Some(after) = rest.strip_suffix(" after they stopped") else { return false };
-        before.parse::<u64>().is_ok() && before == after
-    });
+    c.line(
+        "`memory: <n> frames free before the guests, <n> after they stopped` (the same n)",
+        |l| {
+            let Some(rest) = l.split("memory: ").nth(1) else {
+                return false;
+            };
+            let Some((before, rest)) = rest.split_once(" frames free before the guests, ") else {
+                return false;
+            };
+            let Some(after) = rest.strip_suffix(" after they stopped") else {
+                return false;
+            };
+            before.parse::<u64>().is_ok() && before == after
+        },
+    );
 }
 
 /// The same under QEMU with KVM and nested VT-x; `cargo xtask test` runs it
@@ -206,7 +260,12 @@ fn kvm_reports_vtx_with_ept_and_powers_off() {
 #[test]
 #[ignore = "needs QEMU+KVM with nested VT-x; cargo xtask test runs it where the host offers it"]
 fn kvm_runs_and_contains_the_test_guests() {
-    let out = boot(&Variant::with_guests("test"), Engine::Kvm, Firmware::Bios, QEMU_LIMIT);
+    let out = boot(
+        &Variant::with_guests("test"),
+        Engine::Kvm,
+        Firmware::Bios,
+        QEMU_LIMIT,
+    );
     let c = Checked::new(&out, "QEMU+KVM boot with the test guests");
     test_guests(&c);
     c.exit_code(0);

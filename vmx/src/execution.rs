@@ -101,7 +101,10 @@ pub enum ControlError {
 }
 
 /// The names of the set bits of `bits` in the bitflags type `F`.
-fn write_names<F: bitflags::Flags<Bits = u32>>(f: &mut fmt::Formatter<'_>, bits: u32) -> fmt::Result {
+fn write_names<F: bitflags::Flags<Bits = u32>>(
+    f: &mut fmt::Formatter<'_>,
+    bits: u32,
+) -> fmt::Result {
     let mut first = true;
     for bit in 0..32 {
         if bits & (1 << bit) == 0 {
@@ -112,7 +115,10 @@ fn write_names<F: bitflags::Flags<Bits = u32>>(f: &mut fmt::Formatter<'_>, bits:
         }
         first = false;
         let flag = F::from_bits_retain(1 << bit);
-        match F::FLAGS.iter().find(|named| named.value().bits() == flag.bits()) {
+        match F::FLAGS
+            .iter()
+            .find(|named| named.value().bits() == flag.bits())
+        {
             Some(named) => write!(f, "{} (bit {bit})", named.name())?,
             None => write!(f, "bit {bit}")?,
         }
@@ -134,7 +140,10 @@ impl fmt::Display for ControlError {
             ControlField::Exit => write_names::<ExitControls>(f, bits)?,
             ControlField::Entry => write_names::<EntryControls>(f, bits)?,
         }
-        write!(f, " {what} on this CPU, and Ferrovisor needs it the other way")
+        write!(
+            f,
+            " {what} on this CPU, and Ferrovisor needs it the other way"
+        )
     }
 }
 
@@ -148,10 +157,12 @@ fn choose<F: bitflags::Flags<Bits = u32> + Copy>(
     must_stay_off: F,
 ) -> Result<F, ControlError> {
     let wanted = need.union(optional.intersection(settings.may_be_one));
-    let value = settings.apply(wanted).map_err(|refused| ControlError::Unsupported {
-        field,
-        bits: refused.bits(),
-    })?;
+    let value = settings
+        .apply(wanted)
+        .map_err(|refused| ControlError::Unsupported {
+            field,
+            bits: refused.bits(),
+        })?;
     let forced = value.intersection(must_stay_off);
     if forced.is_empty() {
         Ok(value)
@@ -310,13 +321,13 @@ mod tests {
         ));
         // The TRUE MSR lets CR3 exiting go; the plain one would not.
         assert!(!c.primary.contains(PrimaryControls::CR3_LOAD_EXITING));
-        assert!(c.secondary.contains(
-            SecondaryControls::ENABLE_EPT | SecondaryControls::UNRESTRICTED_GUEST
-        ));
+        assert!(c
+            .secondary
+            .contains(SecondaryControls::ENABLE_EPT | SecondaryControls::UNRESTRICTED_GUEST));
         assert!(c.vpid);
-        assert!(c.exit.contains(
-            ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::LOAD_IA32_EFER
-        ));
+        assert!(c
+            .exit
+            .contains(ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::LOAD_IA32_EFER));
         assert!(!c.entry.contains(EntryControls::IA32E_MODE_GUEST));
         assert!(c
             .entry_for(true)
@@ -368,6 +379,8 @@ mod tests {
                 bits: (1 << 15) | (1 << 16)
             }
         );
-        assert!(err.to_string().contains("CR3_LOAD_EXITING (bit 15), CR3_STORE_EXITING (bit 16)"));
+        assert!(err
+            .to_string()
+            .contains("CR3_LOAD_EXITING (bit 15), CR3_STORE_EXITING (bit 16)"));
     }
 }

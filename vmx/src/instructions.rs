@@ -210,6 +210,7 @@ pub unsafe fn write_cr4(value: u64) {
 ///
 /// The caller must be in VMX root operation at CPL 0 (this may execute
 /// VMREAD).
+#[inline]
 unsafe fn complete(status: VmxStatus) -> Result<(), VmFail> {
     match status {
         VmxStatus::Succeed => Ok(()),
@@ -228,6 +229,7 @@ unsafe fn complete(status: VmxStatus) -> Result<(), VmFail> {
 }
 
 /// The outcome from the bytes `setc` and `setz` stored.
+#[inline]
 fn status(cf: u8, zf: u8) -> VmxStatus {
     VmxStatus::from_flags(cf != 0, zf != 0)
 }
@@ -239,6 +241,7 @@ fn status(cf: u8, zf: u8) -> VmxStatus {
 /// # Safety
 ///
 /// As [`vmread`].
+#[inline]
 unsafe fn vmread_raw(field: FieldEncoding) -> (u64, VmxStatus) {
     let value: u64;
     let cf: u8;
@@ -296,7 +299,10 @@ pub unsafe fn vmxon(region: HostPhysAddr) -> Result<(), VmFail> {
             zf = out(reg_byte) zf,
             options(nostack),
         );
-        complete(status(cf, zf))
+        if cf | zf == 0 {
+            return Ok(());
+        }
+        failed(cf, zf)
     }
 }
 
@@ -429,13 +435,42 @@ pub unsafe fn vmptrst() -> Result<Option<HostPhysAddr>, VmFail> {
 /// The caller must be in VMX root operation at CPL 0 (#UD outside VMX
 /// operation, #GP(0) at CPL > 0). Without a current VMCS the result is
 /// [`VmFail::Invalid`], not a fault.
+#[inline]
 pub unsafe fn vmread(field: FieldEncoding) -> Result<u64, VmFail> {
-    // SAFETY: VMX root operation at CPL 0, by the caller's promise.
+    let value: u64;
+    let cf: u8;
+    let zf: u8;
+    // SAFETY: as in `vmread_raw`, which this repeats so that the success
+    // test below is one OR and one branch on the exit path.
     unsafe {
-        let (value, outcome) = vmread_raw(field);
-        complete(outcome)?;
-        Ok(value)
+        asm!(
+            "vmread {value}, {field}",
+            "setc {cf}",
+            "setz {zf}",
+            field = in(reg) u64::from(field.bits()),
+            value = lateout(reg) value,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
     }
+    if cf | zf == 0 {
+        return Ok(value);
+    }
+    // SAFETY: VMX root operation at CPL 0, by the caller's promise.
+    unsafe { failed(cf, zf) }.map(|()| value)
+}
+
+/// The slow path of a VMX instruction that did not succeed.
+///
+/// # Safety
+///
+/// VMX root operation at CPL 0.
+#[cold]
+#[inline(never)]
+unsafe fn failed(cf: u8, zf: u8) -> Result<(), VmFail> {
+    // SAFETY: the caller's promise.
+    unsafe { complete(status(cf, zf)) }
 }
 
 /// VMWRITE of `value` to `field` of the current VMCS.
@@ -447,6 +482,7 @@ pub unsafe fn vmread(field: FieldEncoding) -> Result<u64, VmFail> {
 /// VM entry and VM exit: host-state fields decide where the CPU goes on an
 /// exit, and address fields (EPTP, bitmaps, MSR areas) what memory the CPU
 /// reads for the guest. Whoever runs VMLAUNCH/VMRESUME vouches for them.
+#[inline]
 pub unsafe fn vmwrite(field: FieldEncoding, value: u64) -> Result<(), VmFail> {
     let cf: u8;
     let zf: u8;
@@ -465,7 +501,10 @@ pub unsafe fn vmwrite(field: FieldEncoding, value: u64) -> Result<(), VmFail> {
             zf = out(reg_byte) zf,
             options(nostack),
         );
-        complete(status(cf, zf))
+        if cf | zf == 0 {
+            return Ok(());
+        }
+        failed(cf, zf)
     }
 }
 
@@ -589,12 +628,14 @@ impl HardwareVmcs {
 }
 
 impl VmcsAccess for HardwareVmcs {
+    #[inline]
     fn vmread(&self, field: FieldEncoding) -> Result<u64, VmFail> {
         // SAFETY: a `HardwareVmcs` exists only in VMX root operation at CPL 0
         // on this CPU (the promise of `current`).
         unsafe { vmread(field) }
     }
 
+    #[inline]
     fn vmwrite(&mut self, field: FieldEncoding, value: u64) -> Result<(), VmFail> {
         // SAFETY: as in `vmread`; the effect of the value at the next VM
         // entry is vouched for by whoever runs VMLAUNCH/VMRESUME.

@@ -29,31 +29,47 @@ pub struct Variant {
 impl Default for Variant {
     /// The normal build with the default guests (`guest-images/default`).
     fn default() -> Self {
-        Variant { log_level: "info".into(), selftest: None, config: Some(crate::guests::config_dir("default")) }
+        Variant {
+            log_level: "info".into(),
+            selftest: None,
+            config: Some(crate::guests::config_dir("default")),
+        }
     }
 }
 
 impl Variant {
     /// A normal build with the given log level.
     pub fn with_log_level(level: &str) -> Self {
-        Variant { log_level: level.into(), ..Variant::default() }
+        Variant {
+            log_level: level.into(),
+            ..Variant::default()
+        }
     }
 
     /// A build that runs the named self-test after the CPU report, with no
     /// guests.
     pub fn selftest(name: &str) -> Self {
-        Variant { selftest: Some(name.into()), config: None, ..Variant::default() }
+        Variant {
+            selftest: Some(name.into()),
+            config: None,
+            ..Variant::default()
+        }
     }
 
     /// A normal build booting the guests of `guest-images/<name>`.
     pub fn with_guests(name: &str) -> Self {
-        Variant { config: Some(crate::guests::config_dir(name)), ..Variant::default() }
+        Variant {
+            config: Some(crate::guests::config_dir(name)),
+            ..Variant::default()
+        }
     }
 
     /// The folder name of this variant under `target/ferrovisor/`.
     pub fn dir_name(&self) -> String {
         let config = match &self.config {
-            Some(dir) => dir.file_name().map_or("config".into(), |n| n.to_string_lossy().into_owned()),
+            Some(dir) => dir
+                .file_name()
+                .map_or("config".into(), |n| n.to_string_lossy().into_owned()),
             None => "none".into(),
         };
         match &self.selftest {
@@ -74,7 +90,8 @@ impl Variant {
 
     /// The variant's disk image for `firmware` (`bios` or `uefi`).
     pub fn image(&self, firmware: Firmware) -> PathBuf {
-        self.dir().join(format!("ferrovisor-{}.img", firmware.name()))
+        self.dir()
+            .join(format!("ferrovisor-{}.img", firmware.name()))
     }
 }
 
@@ -127,7 +144,8 @@ fn boot_dir() -> PathBuf {
 /// The bare-metal toolchain's channel, read from `boot/rust-toolchain.toml`.
 pub fn bare_metal_channel() -> Result<String, BuildError> {
     let path = boot_dir().join("rust-toolchain.toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| BuildError(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| BuildError(format!("cannot read {}: {e}", path.display())))?;
     crate::setup::parse_toolchain(&text)
         .map(|spec| spec.channel)
         .map_err(|e| BuildError(format!("{}: {e}", path.display())))
@@ -139,7 +157,14 @@ fn cargo(dir: PathBuf) -> Result<Command, BuildError> {
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{}", bare_metal_channel()?));
     // The outer cargo (running xtask) points these at its own toolchain.
-    for var in ["CARGO", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "RUSTFLAGS"] {
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     cmd.current_dir(dir);
@@ -147,7 +172,9 @@ fn cargo(dir: PathBuf) -> Result<Command, BuildError> {
 }
 
 fn run(mut cmd: Command, what: &str) -> Result<(), BuildError> {
-    let status = cmd.status().map_err(|e| BuildError(format!("{what}: cannot start cargo: {e}")))?;
+    let status = cmd
+        .status()
+        .map_err(|e| BuildError(format!("{what}: cannot start cargo: {e}")))?;
     if status.success() {
         Ok(())
     } else {
@@ -159,18 +186,36 @@ fn run(mut cmd: Command, what: &str) -> Result<(), BuildError> {
 pub fn kernel(variant: &Variant) -> Result<PathBuf, BuildError> {
     println!("xtask: building the kernel ({})", variant.dir_name());
     let mut cmd = cargo(workspace_root())?;
-    cmd.args(["build", "--package", "kernel", "--bin", "kernel", "--release", "--target", KERNEL_TARGET]);
+    cmd.args([
+        "build",
+        "--package",
+        "kernel",
+        "--bin",
+        "kernel",
+        "--release",
+        "--target",
+        KERNEL_TARGET,
+    ]);
     cmd.env("FERROVISOR_LOG", &variant.log_level);
     match &variant.selftest {
         Some(test) => cmd.env("FERROVISOR_SELFTEST", test),
         None => cmd.env_remove("FERROVISOR_SELFTEST"),
     };
     run(cmd, "building the kernel")?;
-    let built = workspace_root().join("target").join(KERNEL_TARGET).join("release").join("kernel");
+    let built = workspace_root()
+        .join("target")
+        .join(KERNEL_TARGET)
+        .join("release")
+        .join("kernel");
     std::fs::create_dir_all(variant.dir())
         .map_err(|e| BuildError(format!("cannot create {}: {e}", variant.dir().display())))?;
-    std::fs::copy(&built, variant.kernel())
-        .map_err(|e| BuildError(format!("cannot copy {} to {}: {e}", built.display(), variant.kernel().display())))?;
+    std::fs::copy(&built, variant.kernel()).map_err(|e| {
+        BuildError(format!(
+            "cannot copy {} to {}: {e}",
+            built.display(),
+            variant.kernel().display()
+        ))
+    })?;
     Ok(variant.kernel())
 }
 
@@ -179,16 +224,32 @@ pub fn kernel(variant: &Variant) -> Result<PathBuf, BuildError> {
 /// The first run compiles the `bootloader` crate's boot stages, which takes
 /// a few minutes; later runs take a second.
 pub fn images(variant: &Variant) -> Result<(), BuildError> {
-    println!("xtask: writing the BIOS and UEFI disk images ({})", variant.dir_name());
-    if !boot_dir().join("target").join("release").join("boot").is_file() {
-        println!("xtask: first image build: the bootloader compiles its boot stages now (a few minutes)");
+    println!(
+        "xtask: writing the BIOS and UEFI disk images ({})",
+        variant.dir_name()
+    );
+    if !boot_dir()
+        .join("target")
+        .join("release")
+        .join("boot")
+        .is_file()
+    {
+        println!(
+            "xtask: first image build: the bootloader compiles its boot stages now (a few minutes)"
+        );
     }
     let mut cmd = cargo(boot_dir())?;
     cmd.args(["run", "--release", "--"]);
-    cmd.arg("--kernel").arg(variant.kernel()).arg("--out").arg(variant.dir());
+    cmd.arg("--kernel")
+        .arg(variant.kernel())
+        .arg("--out")
+        .arg(variant.dir());
     if let Some(config) = &variant.config {
         let ramdisk = variant.dir().join("ramdisk.tar");
-        println!("xtask: building the guests and the boot ramdisk from {}", config.display());
+        println!(
+            "xtask: building the guests and the boot ramdisk from {}",
+            config.display()
+        );
         crate::guests::ramdisk(config, &ramdisk).map_err(BuildError)?;
         cmd.arg("--ramdisk").arg(ramdisk);
     }

@@ -15,7 +15,10 @@ impl Options {
         let mut it = args.iter();
         while let Some(name) = it.next() {
             if !allowed.contains(&name.as_str()) {
-                return Err(format!("unknown option {name:?}; this command takes: {}", allowed.join(" ")));
+                return Err(format!(
+                    "unknown option {name:?}; this command takes: {}",
+                    allowed.join(" ")
+                ));
             }
             let value = it.next().ok_or_else(|| format!("{name} needs a value"))?;
             values.insert(name.clone(), value.clone());
@@ -32,7 +35,9 @@ impl Options {
     pub fn number(&self, name: &str, default: u64) -> Result<u64, String> {
         match self.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("{name} takes a number, not {v:?}")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{name} takes a number, not {v:?}")),
         }
     }
 
@@ -40,8 +45,12 @@ impl Options {
     pub fn log_level(&self) -> Result<String, String> {
         match self.get("--log") {
             None => Ok("info".into()),
-            Some(level @ ("off" | "error" | "warn" | "info" | "debug" | "trace")) => Ok(level.into()),
-            Some(other) => Err(format!("--log takes off, error, warn, info, debug or trace, not {other:?}")),
+            Some(level @ ("off" | "error" | "warn" | "info" | "debug" | "trace")) => {
+                Ok(level.into())
+            }
+            Some(other) => Err(format!(
+                "--log takes off, error, warn, info, debug or trace, not {other:?}"
+            )),
         }
     }
 }

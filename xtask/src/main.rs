@@ -48,7 +48,9 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "build" => cli::Options::parse(rest, &["--log"]).and_then(|o| {
             xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;
-            build::kernel(&Variant::with_log_level(&o.log_level()?)).map(|_| ()).map_err(|e| e.to_string())
+            build::kernel(&Variant::with_log_level(&o.log_level()?))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }),
         "image" => cli::Options::parse(rest, &["--log"]).and_then(|o| {
             xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;

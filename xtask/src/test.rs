@@ -40,12 +40,21 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 /// Runs `cargo xtask test`.
 pub fn main(args: &[String]) -> Result<(), String> {
     if let Some(extra) = args.first() {
-        return Err(format!("`cargo xtask test` takes no options (got {extra:?})"));
+        return Err(format!(
+            "`cargo xtask test` takes no options (got {extra:?})"
+        ));
     }
     setup::ensure_toolchain().map_err(|e| e.to_string())?;
     setup::ensure_tools(&setup::boot_test_needs()).map_err(|e| e.to_string())?;
 
-    cargo(&["test", "--workspace", "--exclude", "kernel", "--exclude", "tests"])?;
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "kernel",
+        "--exclude",
+        "tests",
+    ])?;
     cargo(&["test", "--package", "kernel", "--lib"])?;
 
     for variant in variants() {

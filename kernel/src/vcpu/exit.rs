@@ -158,7 +158,9 @@ impl VcpuModel {
     /// The CR0 bits the host owns: those VMX fixes, except PE and PG, which
     /// unrestricted guest leaves to the guest.
     pub fn cr0_host_mask(&self) -> u64 {
-        (self.cr0_fixed.must_be_one() | self.cr0_fixed.must_be_zero()) & !(CR0_PE | CR0_PG) & 0xFFFF_FFFF
+        (self.cr0_fixed.must_be_one() | self.cr0_fixed.must_be_zero())
+            & !(CR0_PE | CR0_PG)
+            & 0xFFFF_FFFF
     }
 
     /// The CR4 bits the host owns: those VMX fixes (VMXE among them).
@@ -204,8 +206,12 @@ fn dispatch<V: VmcsAccess, P: Platform>(
     platform: &mut P,
 ) -> Result<Outcome, VmFail> {
     let info = vmcs.exit_info()?;
-    let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
     vcpu.stats.exits += 1;
+    // CPUID, the most frequent exit, needs nothing else decoded.
+    if info.reason == ExitReason::Cpuid && !info.entry_failure {
+        return cpuid(vmcs, regs, vcpu, platform);
+    }
+    let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
     if info.entry_failure {
         return Ok(match EntryFailure::decode(info.reason, qualification) {
             Some(failure) => Outcome::Stop(StopReason::EntryFailed(failure)),
@@ -219,9 +225,13 @@ fn dispatch<V: VmcsAccess, P: Platform>(
         ExitReason::Hlt => hlt(vmcs),
         ExitReason::Rdmsr => rdmsr(vmcs, regs, vcpu),
         ExitReason::Wrmsr => wrmsr(vmcs, regs, vcpu),
-        ExitReason::ControlRegisterAccess => {
-            cr_access(vmcs, regs, vcpu, platform, CrAccess::from_qualification(qualification))
-        }
+        ExitReason::ControlRegisterAccess => cr_access(
+            vmcs,
+            regs,
+            vcpu,
+            platform,
+            CrAccess::from_qualification(qualification),
+        ),
         ExitReason::Xsetbv => xsetbv(vmcs, regs, vcpu, platform),
         ExitReason::PreemptionTimerExpired => Ok(Outcome::Preempted),
         ExitReason::ExternalInterrupt | ExitReason::ExceptionOrNmi => {
@@ -271,7 +281,11 @@ fn dispatch<V: VmcsAccess, P: Platform>(
     }
 }
 
-fn unhandled<V: VmcsAccess>(vmcs: &V, reason: ExitReason, qualification: u64) -> Result<Outcome, VmFail> {
+fn unhandled<V: VmcsAccess>(
+    vmcs: &V,
+    reason: ExitReason,
+    qualification: u64,
+) -> Result<Outcome, VmFail> {
     Ok(Outcome::Stop(StopReason::UnhandledExit {
         reason,
         qualification,
@@ -285,9 +299,13 @@ fn unhandled<V: VmcsAccess>(vmcs: &V, reason: ExitReason, qualification: u64) ->
 fn skip<V: VmcsAccess>(vmcs: &mut V) -> Result<Outcome, VmFail> {
     let len = vmcs.read(ReadOnly32::ExitInstructionLength)?;
     let rip = vmcs.read(GuestNatural::Rip)?;
-    let long = is_long_mode(vmcs)?;
-    let next = rip.wrapping_add(u64::from(len));
-    vmcs.write(GuestNatural::Rip, if long { next } else { next & 0xFFFF_FFFF })?;
+    let mut next = rip.wrapping_add(u64::from(len));
+    // Outside 64-bit mode EIP wraps at 4 GiB; asking the mode only when
+    // that can matter keeps the common path to three VMCS accesses.
+    if next > u64::from(u32::MAX) && !is_long_mode(vmcs)? {
+        next &= 0xFFFF_FFFF;
+    }
+    vmcs.write(GuestNatural::Rip, next)?;
     let interruptibility = vmcs.read(Guest32::InterruptibilityState)?;
     if interruptibility & 0b11 != 0 {
         vmcs.write(Guest32::InterruptibilityState, interruptibility & !0b11)?;
@@ -317,7 +335,10 @@ fn inject<V: VmcsAccess>(
 
 /// Whether the guest runs 64-bit code (IA32_EFER.LMA and CS.L).
 fn is_long_mode<V: VmcsAccess>(vmcs: &V) -> Result<bool, VmFail> {
-    Ok(vmcs.read(Guest64::Efer)? & EFER_LMA != 0 && vmcs.read(Guest32::CsAccessRights)? & AR_L != 0)
+    Ok(
+        vmcs.read(Guest64::Efer)? & EFER_LMA != 0
+            && vmcs.read(Guest32::CsAccessRights)? & AR_L != 0,
+    )
 }
 
 /// The guest's CPL (SS.DPL, SDM Vol. 3A, 5.5).
@@ -345,7 +366,16 @@ fn dump<V: VmcsAccess>(vmcs: &V, regs: &GuestRegisters) -> Result<RegisterDump, 
         ),
         efer: vmcs.read(Guest64::Efer)?,
         cs: vmcs.read(Guest16::CsSelector)?,
-        gprs: [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx, Gpr::Rsi, Gpr::Rdi, Gpr::Rbp].map(gpr),
+        gprs: [
+            Gpr::Rax,
+            Gpr::Rbx,
+            Gpr::Rcx,
+            Gpr::Rdx,
+            Gpr::Rsi,
+            Gpr::Rdi,
+            Gpr::Rbp,
+        ]
+        .map(gpr),
     })
 }
 
@@ -457,7 +487,9 @@ fn vmcall<V: VmcsAccess, P: Platform>(
 }
 
 fn print<P: Platform>(vcpu: &mut VcpuModel, platform: &mut P, gpa: GuestPhysAddr, len: u64) -> u64 {
-    let in_ram = gpa.checked_add(len).is_some_and(|end| end.as_u64() <= platform.ram_size());
+    let in_ram = gpa
+        .checked_add(len)
+        .is_some_and(|end| end.as_u64() <= platform.ram_size());
     if len > hypercall::PRINT_MAX || !in_ram {
         return hypercall::BAD_ARGUMENT;
     }
@@ -489,7 +521,11 @@ fn hlt<V: VmcsAccess>(vmcs: &mut V) -> Result<Outcome, VmFail> {
     Ok(Outcome::Halted)
 }
 
-fn rdmsr<V: VmcsAccess>(vmcs: &mut V, regs: &mut GuestRegisters, vcpu: &mut VcpuModel) -> Result<Outcome, VmFail> {
+fn rdmsr<V: VmcsAccess>(
+    vmcs: &mut V,
+    regs: &mut GuestRegisters,
+    vcpu: &mut VcpuModel,
+) -> Result<Outcome, VmFail> {
     vcpu.stats.msr += 1;
     match vcpu.msrs.read(regs.rcx() as u32) {
         Ok(value) => {
@@ -501,7 +537,11 @@ fn rdmsr<V: VmcsAccess>(vmcs: &mut V, regs: &mut GuestRegisters, vcpu: &mut Vcpu
     }
 }
 
-fn wrmsr<V: VmcsAccess>(vmcs: &mut V, regs: &mut GuestRegisters, vcpu: &mut VcpuModel) -> Result<Outcome, VmFail> {
+fn wrmsr<V: VmcsAccess>(
+    vmcs: &mut V,
+    regs: &mut GuestRegisters,
+    vcpu: &mut VcpuModel,
+) -> Result<Outcome, VmFail> {
     vcpu.stats.msr += 1;
     let value = (regs.rdx() << 32) | (regs.rax() & 0xFFFF_FFFF);
     match vcpu.msrs.write(regs.rcx() as u32, value) {
@@ -602,7 +642,11 @@ fn cr_access<V: VmcsAccess, P: Platform>(
 
 /// Emulates a MOV to CR0 of `value` (the guest's view), checking what the
 /// hardware would (SDM Vol. 2B "MOV—Move to/from Control Registers").
-fn write_cr0<V: VmcsAccess>(vmcs: &mut V, vcpu: &mut VcpuModel, value: u64) -> Result<Outcome, VmFail> {
+fn write_cr0<V: VmcsAccess>(
+    vmcs: &mut V,
+    vcpu: &mut VcpuModel,
+    value: u64,
+) -> Result<Outcome, VmFail> {
     let old = vmcs.read(ControlNatural::Cr0ReadShadow)?;
     let reserved = value >> 32 != 0;
     let pg_without_pe = value & CR0_PG != 0 && value & CR0_PE == 0;

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn decodes_each_call() {
-        assert_eq!(Hypercall::decode(0, 7, 0, true), Hypercall::Exit { code: 7 });
+        assert_eq!(
+            Hypercall::decode(0, 7, 0, true),
+            Hypercall::Exit { code: 7 }
+        );
         assert_eq!(
             Hypercall::decode(1, 0x10_0000, 12, true),
             Hypercall::Print {
@@ -87,14 +90,22 @@ mod tests {
                 len: 12
             }
         );
-        assert_eq!(Hypercall::decode(9, 0, 0, true), Hypercall::Unknown { number: 9 });
+        assert_eq!(
+            Hypercall::decode(9, 0, 0, true),
+            Hypercall::Unknown { number: 9 }
+        );
     }
 
     #[test]
     fn outside_long_mode_only_the_low_half_counts() {
         // Stale upper halves left by 64-bit code do not change the call.
         assert_eq!(
-            Hypercall::decode(0xFFFF_0000_0000_0001, 0xAAAA_0000_0000_8000, 0x5555_0000_0000_0004, false),
+            Hypercall::decode(
+                0xFFFF_0000_0000_0001,
+                0xAAAA_0000_0000_8000,
+                0x5555_0000_0000_0004,
+                false
+            ),
             Hypercall::Print {
                 gpa: GuestPhysAddr::new(0x8000),
                 len: 4

@@ -7,7 +7,10 @@
 use addr::HostPhysAddr;
 use vmx::error::VmFail;
 use vmx::execution::GuestControls;
-use vmx::vmcs::{Control16, Control32, Control64, ControlNatural, Guest16, Guest32, Guest64, GuestNatural, VmcsAccess};
+use vmx::vmcs::{
+    Control16, Control32, Control64, ControlNatural, Guest16, Guest32, Guest64, GuestNatural,
+    VmcsAccess,
+};
 
 use super::exit::VcpuModel;
 use crate::loader::entry::{EntryState, Segment};
@@ -45,9 +48,15 @@ pub fn write_controls<V: VmcsAccess>(
     let long_mode = entry.control.efer & EFER_LMA != 0;
     vmcs.write(Control32::PinBasedControls, controls.pin.bits())?;
     vmcs.write(Control32::PrimaryProcBasedControls, controls.primary.bits())?;
-    vmcs.write(Control32::SecondaryProcBasedControls, controls.secondary.bits())?;
+    vmcs.write(
+        Control32::SecondaryProcBasedControls,
+        controls.secondary.bits(),
+    )?;
     vmcs.write(Control32::ExitControls, controls.exit.bits())?;
-    vmcs.write(Control32::EntryControls, controls.entry_for(long_mode).bits())?;
+    vmcs.write(
+        Control32::EntryControls,
+        controls.entry_for(long_mode).bits(),
+    )?;
     vmcs.write(Control32::ExceptionBitmap, 0)?;
     vmcs.write(Control32::PageFaultErrorCodeMask, 0)?;
     vmcs.write(Control32::PageFaultErrorCodeMatch, 0)?;
@@ -72,7 +81,11 @@ pub fn write_controls<V: VmcsAccess>(
 }
 
 /// Writes the guest-state area for the vCPU's first instruction.
-pub fn write_guest_state<V: VmcsAccess>(vmcs: &mut V, vcpu: &VcpuModel, entry: &EntryState) -> Result<(), VmFail> {
+pub fn write_guest_state<V: VmcsAccess>(
+    vmcs: &mut V,
+    vcpu: &VcpuModel,
+    entry: &EntryState,
+) -> Result<(), VmFail> {
     vmcs.write(GuestNatural::Cr0, vcpu.cr0_for_hardware(entry.control.cr0))?;
     vmcs.write(GuestNatural::Cr3, entry.control.cr3)?;
     vmcs.write(GuestNatural::Cr4, vcpu.cr4_for_hardware(entry.control.cr4))?;
@@ -81,12 +94,54 @@ pub fn write_guest_state<V: VmcsAccess>(vmcs: &mut V, vcpu: &VcpuModel, entry: &
     vmcs.write(GuestNatural::Rip, entry.rip)?;
     vmcs.write(GuestNatural::Rflags, entry.rflags)?;
     let s = &entry.segments;
-    segment(vmcs, &s.es, Guest16::EsSelector, GuestNatural::EsBase, Guest32::EsLimit, Guest32::EsAccessRights)?;
-    segment(vmcs, &s.cs, Guest16::CsSelector, GuestNatural::CsBase, Guest32::CsLimit, Guest32::CsAccessRights)?;
-    segment(vmcs, &s.ss, Guest16::SsSelector, GuestNatural::SsBase, Guest32::SsLimit, Guest32::SsAccessRights)?;
-    segment(vmcs, &s.ds, Guest16::DsSelector, GuestNatural::DsBase, Guest32::DsLimit, Guest32::DsAccessRights)?;
-    segment(vmcs, &s.fs, Guest16::FsSelector, GuestNatural::FsBase, Guest32::FsLimit, Guest32::FsAccessRights)?;
-    segment(vmcs, &s.gs, Guest16::GsSelector, GuestNatural::GsBase, Guest32::GsLimit, Guest32::GsAccessRights)?;
+    segment(
+        vmcs,
+        &s.es,
+        Guest16::EsSelector,
+        GuestNatural::EsBase,
+        Guest32::EsLimit,
+        Guest32::EsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.cs,
+        Guest16::CsSelector,
+        GuestNatural::CsBase,
+        Guest32::CsLimit,
+        Guest32::CsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.ss,
+        Guest16::SsSelector,
+        GuestNatural::SsBase,
+        Guest32::SsLimit,
+        Guest32::SsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.ds,
+        Guest16::DsSelector,
+        GuestNatural::DsBase,
+        Guest32::DsLimit,
+        Guest32::DsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.fs,
+        Guest16::FsSelector,
+        GuestNatural::FsBase,
+        Guest32::FsLimit,
+        Guest32::FsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.gs,
+        Guest16::GsSelector,
+        GuestNatural::GsBase,
+        Guest32::GsLimit,
+        Guest32::GsAccessRights,
+    )?;
     segment(
         vmcs,
         &s.ldtr,
@@ -95,7 +150,14 @@ pub fn write_guest_state<V: VmcsAccess>(vmcs: &mut V, vcpu: &VcpuModel, entry: &
         Guest32::LdtrLimit,
         Guest32::LdtrAccessRights,
     )?;
-    segment(vmcs, &s.tr, Guest16::TrSelector, GuestNatural::TrBase, Guest32::TrLimit, Guest32::TrAccessRights)?;
+    segment(
+        vmcs,
+        &s.tr,
+        Guest16::TrSelector,
+        GuestNatural::TrBase,
+        Guest32::TrLimit,
+        Guest32::TrAccessRights,
+    )?;
     vmcs.write(GuestNatural::GdtrBase, entry.gdtr.base.as_u64())?;
     vmcs.write(Guest32::GdtrLimit, u32::from(entry.gdtr.limit))?;
     vmcs.write(GuestNatural::IdtrBase, entry.idtr.base.as_u64())?;

@@ -37,7 +37,10 @@ impl fmt::Display for RegisterDump {
             "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
             self.rip, self.rsp, self.rflags, self.cs, self.cr0, self.cr3, self.cr4, self.efer
         )?;
-        for (name, value) in ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP"].iter().zip(self.gprs) {
+        for (name, value) in ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP"]
+            .iter()
+            .zip(self.gprs)
+        {
             write!(f, " {name} {value:#x}")?;
         }
         Ok(())
