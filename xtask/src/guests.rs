@@ -357,11 +357,17 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     if output.status.success() {
         return Ok(());
     }
+    let mut said = String::from_utf8_lossy(&output.stderr)
+        .trim_end()
+        .to_string();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !stdout.trim().is_empty() {
+        said.push('\n');
+        said.push_str(stdout.trim_end());
+    }
     Err(format!(
-        "guests: `{shown}` failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim_end(),
-        String::from_utf8_lossy(&output.stdout).trim_end(),
+        "guests: `{shown}` failed ({}):\n{said}",
+        output.status
     ))
 }
 
@@ -724,8 +730,9 @@ mod tests {
         let names: Vec<String> = sources.iter().map(|s| format!("{}.bin", s.stem)).collect();
         assert_eq!(left, names);
 
-        // The first instruction of each is its own code, not a string: the
-        // real-mode guests start with CLD, the others too.
+        // Each image starts with its main code (subsection 0), not with the
+        // routines or strings the .inc files put in later subsections: every
+        // guest's first instruction is CLD.
         for bin in &built {
             assert_eq!(fs::read(bin).unwrap()[0], 0xFC, "{}", bin.display());
         }
@@ -734,20 +741,19 @@ mod tests {
 
     #[test]
     fn real_mode_guests_are_linked_at_their_load_address() {
-        // real.S: `mov si, offset <string>` (BE imm16) loads the address
-        // of the line it prints, which must lie in the image at 0x8000.
+        // real.S prints with PRINT: `push si; mov si, offset <string>` (56 BE
+        // imm16). The immediate is the string's address, which must point at
+        // the line inside the image loaded at 0x8000.
         let out = scratch("real");
         build_guests(&out).unwrap();
         let image = fs::read(out.join("real.bin")).unwrap();
         let at = image
-            .windows(3)
-            .position(|w| w[0] == 0xBE)
-            .expect("mov si, imm16");
-        let addr = usize::from(u16::from_le_bytes([image[at + 1], image[at + 2]]));
-        assert_eq!(
-            &image[addr - 0x8000..addr - 0x8000 + 21],
-            b"hello from real mode\n"
-        );
+            .windows(2)
+            .position(|w| w == [0x56, 0xBE])
+            .expect("push si; mov si, imm16");
+        let addr = usize::from(u16::from_le_bytes([image[at + 2], image[at + 3]]));
+        let line = b"hello from real mode\n";
+        assert_eq!(&image[addr - 0x8000..addr - 0x8000 + line.len()], line);
         fs::remove_dir_all(&out).unwrap();
     }
 
@@ -794,6 +800,10 @@ mod tests {
         .unwrap();
         let e = build_from(&asm, &out).unwrap_err();
         assert!(e.contains("does not fit the 64 KiB segment at 0x0"), "{e}");
+
+        // A missing tool names the package that brings it.
+        let e = run(&mut Command::new("ferrovisor-no-such-assembler")).unwrap_err();
+        assert!(e.contains("install binutils"), "{e}");
 
         fs::remove_file(asm.join("bad.S")).unwrap();
         let e = build_from(&asm, &out).unwrap_err();
