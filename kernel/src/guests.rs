@@ -292,8 +292,8 @@ impl Scheduler<'_> {
         self.current = Some(i);
         // SAFETY: VMX root operation with this guest's VMCS current.
         let vmcs = unsafe { HardwareVmcs::current() };
-        // RIP is already past the HLT; report the HLT itself is not
-        // possible without its length, so report where it would resume.
+        // The HLT exit already moved RIP past the instruction: this is
+        // where the guest would have resumed.
         vmcs.read(GuestNatural::Rip).unwrap_or(0)
     }
 
