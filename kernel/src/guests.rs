@@ -324,15 +324,18 @@ impl Scheduler<'_> {
         }
         guest.slices += 1;
         let slice_start = rdtsc();
+        let mut last = slice_start;
         loop {
-            let entered = rdtsc();
             // SAFETY: VMX root operation at CPL 0 with interrupts off; the
             // current VMCS is this guest's, built by `Guest::create` with
             // the host state of this CPU and HOST_RIP at the exit path, and
             // `launched` tracks its launch state.
             let result = unsafe { hw::vm_run(&mut guest.regs, guest.launched) };
+            // One TSC read an exit: the guest is charged from one exit to
+            // the next, its exit handling included.
             let now = rdtsc();
-            guest.ticks += now.wrapping_sub(entered);
+            guest.ticks += now.wrapping_sub(last);
+            last = now;
             if let Err(e) = result {
                 return Some(StopReason::LaunchFailed(e));
             }
@@ -341,7 +344,6 @@ impl Scheduler<'_> {
             // SAFETY: VMX root operation with this guest's VMCS current.
             let mut vmcs = unsafe { HardwareVmcs::current() };
             let outcome = handle_exit(&mut vmcs, regs, model, &mut platform);
-            guest.handler_ticks += rdtsc().wrapping_sub(now);
             match outcome {
                 Outcome::Resume => {
                     // The slice also ends by the TSC: where VM entry
@@ -393,7 +395,7 @@ impl Scheduler<'_> {
         let s = &guest.model.stats;
         debug!(
             "guest {name}: {} exits ({} CPUID, {} I/O, {} MSR, {} hypercalls), {} exceptions injected, \
-             {} port writes ignored, {} port reads unclaimed, {} TSC ticks in {} slices ({} preempted), {} of them in exit handlers",
+             {} port writes ignored, {} port reads unclaimed, {} TSC ticks in {} slices ({} preempted)",
             s.exits,
             s.cpuid,
             s.io,
@@ -404,8 +406,7 @@ impl Scheduler<'_> {
             s.io_reads_unclaimed,
             guest.ticks,
             guest.slices,
-            guest.preemptions,
-            guest.handler_ticks
+            guest.preemptions
         );
         if self.owner == Some(i) {
             self.owner = None;

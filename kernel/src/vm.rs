@@ -303,11 +303,9 @@ pub struct Guest {
     vpid: Option<u16>,
     /// Runnable or halted.
     pub state: RunState,
-    /// TSC ticks spent in this guest (VM entry to VM exit, host work
-    /// included).
+    /// TSC ticks charged to this guest: from one of its exits to the next,
+    /// its exit handling included.
     pub ticks: u64,
-    /// TSC ticks the host spent handling its exits.
-    pub handler_ticks: u64,
     /// Slices it was given.
     pub slices: u64,
     /// Slices that ended by the VMX-preemption timer.
@@ -355,7 +353,6 @@ impl Guest {
             vpid: hw.controls.vpid.then_some(vpid),
             state: RunState::Runnable,
             ticks: 0,
-            handler_ticks: 0,
             slices: 0,
             preemptions: 0,
         };

@@ -771,6 +771,7 @@ pub fn vm_exit_address() -> u64 {
 /// with HOST_RIP = [`vm_exit_address`], and whose guest-state and control
 /// fields give the guest only memory and devices it may have. `launched`
 /// must match the VMCS's launch state. Interrupts must be disabled.
+#[inline]
 pub unsafe fn vm_run(regs: &mut GuestRegisters, launched: bool) -> Result<(), VmFail> {
     // SAFETY: the caller's promise covers the VMCS; the trampoline saves
     // and restores every register the System V ABI has the callee keep, and

@@ -29,7 +29,7 @@ use super::stop::{RegisterDump, StopReason};
 use crate::devices::uart::{LineBuffer, Uart16550, COM1_BASE};
 
 /// What the caller does after an exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Resume this vCPU.
     Resume,
@@ -111,6 +111,64 @@ pub struct VcpuModel {
     pub cr4_fixed: FixedBits,
     /// What the vCPU did.
     pub stats: ExitStats,
+    /// The guest's CPUID answers already worked out.
+    pub cpuid_cache: CpuidCache,
+}
+
+/// The answers [`guest_cpuid`] gave this vCPU, so a guest that asks the
+/// same leaf again (a CPUID loop, a kernel serialising with CPUID) costs a
+/// lookup instead of the policy and two host CPUIDs.
+///
+/// The guest's answer is a pure function of the leaf, the subleaf, the
+/// vCPU's place in its guest and CR4.OSXSAVE/PKE, given the host's answers,
+/// which do not change while Ferrovisor runs, with one exception: leaf 0DH
+/// describes the XSAVE area for the current XCR0, so it is never cached.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuidCache {
+    slots: [Option<CachedCpuid>; CPUID_CACHE_SLOTS],
+}
+
+/// One cached answer with what it was answered for.
+#[derive(Clone, Copy, Debug)]
+struct CachedCpuid {
+    leaf: u32,
+    subleaf: u32,
+    ctx: GuestCpuidContext,
+    result: CpuidResult,
+}
+
+/// Direct-mapped by the leaf's low bits (and the extended-range bit).
+const CPUID_CACHE_SLOTS: usize = 16;
+
+impl CpuidCache {
+    /// The guest's answer for `leaf`/`subleaf` in context `ctx`, from the
+    /// cache or worked out by [`guest_cpuid`] with `host`.
+    pub fn lookup(
+        &mut self,
+        leaf: u32,
+        subleaf: u32,
+        ctx: &GuestCpuidContext,
+        host: impl Fn(u32, u32) -> CpuidResult,
+    ) -> CpuidResult {
+        let index = ((leaf as usize) ^ ((leaf >> 27) as usize)) % CPUID_CACHE_SLOTS;
+        if let Some(Some(hit)) = self.slots.get(index) {
+            if hit.leaf == leaf && hit.subleaf == subleaf && hit.ctx == *ctx {
+                return hit.result;
+            }
+        }
+        let result = guest_cpuid(leaf, subleaf, ctx, host);
+        if leaf != 0xD {
+            if let Some(slot) = self.slots.get_mut(index) {
+                *slot = Some(CachedCpuid {
+                    leaf,
+                    subleaf,
+                    ctx: *ctx,
+                    result,
+                });
+            }
+        }
+        result
+    }
 }
 
 /// The port of the PC reset-control register (Intel chipsets' CF9h).
@@ -152,6 +210,7 @@ impl VcpuModel {
             cr0_fixed,
             cr4_fixed,
             stats: ExitStats::default(),
+            cpuid_cache: CpuidCache::default(),
         }
     }
 
@@ -205,12 +264,15 @@ fn dispatch<V: VmcsAccess, P: Platform>(
     vcpu: &mut VcpuModel,
     platform: &mut P,
 ) -> Result<Outcome, VmFail> {
-    let info = vmcs.exit_info()?;
+    let raw_reason = vmcs.read(ReadOnly32::ExitReason)?;
     vcpu.stats.exits += 1;
-    // CPUID, the most frequent exit, needs nothing else decoded.
-    if info.reason == ExitReason::Cpuid && !info.entry_failure {
+    // CPUID, the most frequent exit, needs nothing else decoded: basic
+    // reason 10 with no flag bits.
+    const CPUID: u32 = ExitReason::Cpuid.number() as u32;
+    if raw_reason == CPUID {
         return cpuid(vmcs, regs, vcpu, platform);
     }
+    let info = vmx::exit::ExitInfo::from_exit_reason(raw_reason);
     let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
     if info.entry_failure {
         return Ok(match EntryFailure::decode(info.reason, qualification) {
@@ -262,7 +324,9 @@ fn dispatch<V: VmcsAccess, P: Platform>(
         | ExitReason::Mwait => inject(vmcs, vcpu, UD, None),
         // No performance counters are offered (CPUID leaf 0xA is empty).
         ExitReason::Rdpmc => inject(vmcs, vcpu, GP, Some(0)),
-        ExitReason::TripleFault => Ok(Outcome::Stop(StopReason::TripleFault(dump(vmcs, regs)?))),
+        ExitReason::TripleFault => Ok(Outcome::Stop(StopReason::TripleFault(
+            alloc::boxed::Box::new(dump(vmcs, regs)?),
+        ))),
         ExitReason::EptViolation => {
             let gpa = GuestPhysAddr::new(vmcs.read(ReadOnly64::GuestPhysicalAddress)?);
             Ok(Outcome::Stop(StopReason::EptViolation {
@@ -296,6 +360,7 @@ fn unhandled<V: VmcsAccess>(
 /// Moves RIP past the instruction that exited and drops the one-instruction
 /// interrupt shadow it may have had (SDM Vol. 3C, 27.3.1.5: "blocking by
 /// STI" and "by MOV SS" must be clear when the instruction is skipped).
+#[inline]
 fn skip<V: VmcsAccess>(vmcs: &mut V) -> Result<Outcome, VmFail> {
     let len = vmcs.read(ReadOnly32::ExitInstructionLength)?;
     let rip = vmcs.read(GuestNatural::Rip)?;
@@ -379,6 +444,7 @@ fn dump<V: VmcsAccess>(vmcs: &V, regs: &GuestRegisters) -> Result<RegisterDump, 
     })
 }
 
+#[inline(always)]
 fn cpuid<V: VmcsAccess, P: Platform>(
     vmcs: &mut V,
     regs: &mut GuestRegisters,
@@ -394,7 +460,9 @@ fn cpuid<V: VmcsAccess, P: Platform>(
         cr4_pke: cr4 & CR4_PKE != 0,
     };
     let (leaf, subleaf) = (regs.rax() as u32, regs.rcx() as u32);
-    let r = guest_cpuid(leaf, subleaf, &ctx, |l, s| platform.host_cpuid(l, s));
+    let r = vcpu
+        .cpuid_cache
+        .lookup(leaf, subleaf, &ctx, |l, s| platform.host_cpuid(l, s));
     // CPUID writes all four registers zero-extended, in every mode.
     regs.set_rax(u64::from(r.eax));
     regs.set_rbx(u64::from(r.ebx));

@@ -2,6 +2,7 @@
 //! <reason>`. Every way a guest can end, by its own wish or because it did
 //! something the hypervisor will not do for it, is one variant here.
 
+use alloc::boxed::Box;
 use core::fmt;
 
 use vmx::error::VmFail;
@@ -48,7 +49,10 @@ impl fmt::Display for RegisterDump {
 }
 
 /// Why a guest stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Kept small (the register dump is boxed): it travels in every exit's
+/// [`super::exit::Outcome`], which the hot path returns in registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The guest asked to stop (hypercall `FV_EXIT`).
     Exited {
@@ -76,7 +80,7 @@ pub enum StopReason {
         rip: u64,
     },
     /// A triple fault (the guest's exception handling failed completely).
-    TripleFault(RegisterDump),
+    TripleFault(Box<RegisterDump>),
     /// VM entry failed while loading guest state.
     EntryFailed(EntryFailure),
     /// VMLAUNCH or VMRESUME itself failed.
