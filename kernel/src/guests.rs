@@ -1,17 +1,18 @@
 //! From the configuration to running guests and back: reads
-//! `hypervisor.toml` and the images from the boot ramdisk (a ustar archive,
-//! until the config partition replaces it), creates each guest, runs them
+//! `hypervisor.toml` and the images through [`ConfigFiles`] (the boot
+//! ramdisk or the config partition), creates each guest, runs them
 //! round-robin on this CPU with VMX-preemption-timer slices, reports each
 //! stop, and gives every frame back.
 //!
 //! This is the one-CPU forerunner of the `sched` crate's per-CPU loop: the
 //! scheduler issue replaces [`run_all`]'s loop, not the guest lifecycle.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use addr::{GuestPhysAddr, PAGE_SIZE};
-use kernel::archive::Archive;
-use kernel::config::{self, CpuMode, GuestConfig, GuestStopAction, ImageFormat};
+use kernel::config::files::{ConfigFiles, CONFIG_FILE};
+use kernel::config::{self, CpuMode, GuestConfig, GuestStopAction, ImageFormat, ParseOutcome};
 use kernel::loader::{
     self, FlatImage, FlatMode, Format, GuestMemory, LinuxImage, LoadError, LoadedImage,
     MultibootImage,
@@ -24,9 +25,6 @@ use vmx::instructions::{self as hw, HardwareVmcs};
 
 use crate::vm::{Guest, Hardware, RunState};
 use crate::{memory, tsc};
-
-/// Where the configuration came from, for the log.
-const SOURCE: &str = "the boot ramdisk";
 
 /// One configured guest and, while it exists, the guest.
 struct Slot {
@@ -44,36 +42,53 @@ pub enum AllStopped {
     StayUp,
 }
 
-/// Reads the configuration from `ramdisk`, starts the guests and runs them
-/// until all have stopped.
-pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
-    let Some(bytes) = ramdisk else {
-        info!("config: no boot ramdisk, so no hypervisor.toml and no guests");
-        return AllStopped::PowerOff;
-    };
-    let archive = match Archive::new(bytes) {
-        Ok(a) => a,
+/// The most a `hypervisor.toml` may be (it is read into the heap).
+const CONFIG_LIMIT: u64 = 1 << 20;
+
+/// Reads and checks `hypervisor.toml` from `files` and prints every error,
+/// the summary line and each guest's plan. `None` when there is no file to
+/// read.
+pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
+    let source = String::from(files.source());
+    let text = match files.read(CONFIG_FILE, CONFIG_LIMIT) {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            error!("config: error: {source} has no {CONFIG_FILE}");
+            return None;
+        }
         Err(e) => {
             error!("config: error: {e}");
-            return AllStopped::PowerOff;
+            return None;
         }
     };
-    let Some(text) = archive.get("hypervisor.toml") else {
-        error!("config: error: {SOURCE} has no hypervisor.toml");
-        return AllStopped::PowerOff;
-    };
-    let mut outcome = config::parse_bytes("hypervisor.toml", text);
-    config::check_images(&mut outcome, |path| archive.get(path).is_some());
+    let mut outcome = config::parse_bytes(CONFIG_FILE, &text);
+    drop(text);
+    config::check_images(&mut outcome, |path| files.exists(path));
     config::check_memory(&mut outcome, memory::free_frames() * PAGE_SIZE);
     for e in &outcome.errors {
         error!("{e}");
     }
-    let settings = outcome.config.hypervisor;
-    info!(
-        "config: loaded {} guests from {SOURCE}",
-        outcome.config.guests.len()
-    );
+    info!("config: loaded {} guests from {source}", outcome.config.guests.len());
+    for g in &outcome.config.guests {
+        let format = g.format.map_or("detected from the image", format_name);
+        info!(
+            "config: guest {}: kernel \"{}\"{}, {format}, {} MiB, {} vCPU{}, cmdline \"{}\"",
+            g.name,
+            g.kernel,
+            g.initrd.as_ref().map_or(String::new(), |i| alloc::format!(", initrd \"{i}\"")),
+            g.memory >> 20,
+            g.vcpus,
+            if g.vcpus == 1 { "" } else { "s" },
+            g.cmdline
+        );
+    }
+    Some(outcome)
+}
 
+/// Starts the guests `outcome` lists, with their images from `files`, and
+/// runs them until all have stopped.
+pub fn run_all(caps: VmxCapabilities, files: &mut dyn ConfigFiles<'_>, outcome: ParseOutcome) -> AllStopped {
+    let settings = outcome.config.hypervisor;
     let hw = match Hardware::new(caps) {
         Ok(hw) => hw,
         Err(e) => {
@@ -92,7 +107,7 @@ pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
     let mut slots: Vec<Slot> = Vec::new();
     for (k, config) in outcome.config.guests.into_iter().enumerate() {
         let vpid = u16::try_from(k + 1).unwrap_or(u16::MAX);
-        let guest = start(&hw, &archive, &config, vpid);
+        let guest = start(&hw, files, &config, vpid);
         slots.push(Slot {
             config,
             guest,
@@ -108,7 +123,7 @@ pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
         last: None,
         slice_ticks,
     };
-    sched.run(&archive, settings.on_guest_stop);
+    sched.run(files, settings.on_guest_stop);
 
     let frames_after = memory::free_frames();
     info!(
@@ -130,25 +145,28 @@ pub fn run_all(caps: VmxCapabilities, ramdisk: Option<&[u8]>) -> AllStopped {
 }
 
 /// Creates and loads one guest; `None` (reported) when it cannot start.
-fn start(hw: &Hardware, archive: &Archive<'_>, config: &GuestConfig, vpid: u16) -> Option<Guest> {
+fn start(hw: &Hardware, files: &mut dyn ConfigFiles<'_>, config: &GuestConfig, vpid: u16) -> Option<Guest> {
     let name = config.name.as_str();
-    let Some(kernel) = archive.get(&config.kernel) else {
-        error!(
-            "guest {name}: not started: kernel \"{}\" is not in {SOURCE}",
-            config.kernel
-        );
-        return None;
+    let source = String::from(files.source());
+    // Neither file can be larger than the guest's RAM.
+    let mut read = |what: &str, path: &str| match files.read(path, config.memory) {
+        Ok(Some(data)) => Some(data),
+        Ok(None) => {
+            error!("guest {name}: not started: {what} \"{path}\" is not in {source}");
+            None
+        }
+        Err(e) => {
+            error!("guest {name}: not started: {e}");
+            None
+        }
     };
+    let kernel = read("kernel", &config.kernel)?;
     let initrd = match &config.initrd {
-        Some(path) => match archive.get(path) {
-            Some(data) => Some(data),
-            None => {
-                error!("guest {name}: not started: initrd \"{path}\" is not in {SOURCE}");
-                return None;
-            }
-        },
+        Some(path) => Some(read("initrd", path)?),
         None => None,
     };
+    let kernel: &[u8] = &kernel;
+    let initrd: Option<&[u8]> = initrd.as_deref();
     let format = match config.format {
         Some(f) => f,
         None => match loader::detect_format(kernel) {
@@ -244,7 +262,7 @@ struct Scheduler<'a> {
 }
 
 impl Scheduler<'_> {
-    fn run(&mut self, archive: &Archive<'_>, on_stop: GuestStopAction) {
+    fn run(&mut self, files: &mut dyn ConfigFiles<'_>, on_stop: GuestStopAction) {
         loop {
             let n = self.slots.len();
             let start = self.last.map_or(0, |l| l + 1);
@@ -268,7 +286,7 @@ impl Scheduler<'_> {
                     self.stop(
                         i,
                         StopReason::HaltedWithNoWakeSource { rip },
-                        archive,
+                        files,
                         on_stop,
                     );
                 }
@@ -276,7 +294,7 @@ impl Scheduler<'_> {
             };
             self.last = Some(i);
             if let Some(reason) = self.run_slice(i) {
-                self.stop(i, reason, archive, on_stop);
+                self.stop(i, reason, files, on_stop);
             }
         }
     }
@@ -376,7 +394,7 @@ impl Scheduler<'_> {
         &mut self,
         i: usize,
         reason: StopReason,
-        archive: &Archive<'_>,
+        files: &mut dyn ConfigFiles<'_>,
         on_stop: GuestStopAction,
     ) {
         let hw = self.hw;
@@ -418,7 +436,7 @@ impl Scheduler<'_> {
         if on_stop == GuestStopAction::Restart {
             info!("guest {name}: restarting");
             let vpid = slot.vpid;
-            slot.guest = start(hw, archive, &slot.config, vpid);
+            slot.guest = start(hw, files, &slot.config, vpid);
         }
     }
 }

@@ -61,15 +61,29 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let vtx = cpu::report();
     selftest::run();
-    match vtx {
-        Ok(caps) => {
+    let ramdisk = ramdisk(boot_info);
+    let archive = ramdisk.map(kernel::archive::Archive::new);
+    let mut files = match archive {
+        Some(Ok(archive)) => Some(kernel::config::files::RamdiskArchive::new(archive)),
+        Some(Err(e)) => {
+            log::error!("config: error: {e}");
+            None
+        }
+        None => {
+            info!("config: no boot ramdisk, so no hypervisor.toml and no guests");
+            None
+        }
+    };
+    let outcome = files.as_mut().and_then(|f| guests::load_config(f));
+    match (vtx, files.as_mut(), outcome) {
+        (Ok(caps), Some(files), Some(outcome)) => {
             arch::mask_legacy_pic();
-            let ramdisk = ramdisk(boot_info);
-            if let guests::AllStopped::StayUp = guests::run_all(caps, ramdisk) {
+            if let guests::AllStopped::StayUp = guests::run_all(caps, files, outcome) {
                 arch::halt_forever();
             }
         }
-        Err(()) => info!("nothing to do without VT-x"),
+        (Ok(_), _, _) => info!("no guests to run"),
+        (Err(()), _, _) => info!("nothing to do without VT-x"),
     }
     power::power_off()
 }

@@ -211,6 +211,28 @@ fn test_guests(c: &Checked<'_>) {
     c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done");
 }
 
+/// A configuration with one mistake of each kind (`guest-images/broken`):
+/// each is reported with file, line, column and what to do, the bad guests
+/// are skipped, and the valid guest still starts and runs.
+#[test]
+fn bochs_reports_a_broken_config_and_starts_the_valid_guest() {
+    let out = boot(&Variant::with_guests("broken"), Engine::Bochs, Firmware::Bios, BOCHS_LIMIT);
+    let c = Checked::new(&out, "Bochs boot with a broken config");
+    c.saw("config: error: hypervisor.toml:6:1: hypervisor: slice_ms 0 is out of range; use 1 to 1000 milliseconds")
+        .saw("config: error: hypervisor.toml:20:1: guest 'web': memory \"12Q\" is not a size like 128M")
+        .saw("config: error: hypervisor.toml:28:1: guest 'a': kernel \"bzImage\" is not in the config partition")
+        .saw("config: error: hypervisor.toml:32:1: duplicate guest name 'good' (first defined at line 9)")
+        .saw("config: error: hypervisor.toml:42:1: guest 'typo': unknown key \"kernal\" (did you mean \"kernel\"?)")
+        .saw("config: loaded 1 guests from ")
+        .in_order("config: loaded 1 guests", "guest good: started")
+        .in_order("[good] hello from real mode", "guest good: stopped: exited with code 0")
+        .never("guest web: started")
+        .never("guest a: started")
+        .never("guest typo: started")
+        .in_order("guest good: stopped", "all guests stopped, powering off")
+        .exited();
+}
+
 /// The default guests ran to their exits.
 fn guests_run(c: &Checked<'_>) {
     c.in_order(

@@ -1,10 +1,12 @@
 //! `cargo xtask`: build, image, run and test Ferrovisor.
 //!
 //! One subcommand per module: `build` and `image` (build.rs), `run`
-//! (run.rs), `test` (test.rs), `bench` (bench.rs). Run `cargo xtask help`.
+//! (run.rs), `test` (test.rs), `bench` (bench.rs), `fuzz` (fuzz.rs). Run
+//! `cargo xtask help`.
 
 mod bench;
 mod cli;
+mod fuzz;
 mod run;
 mod test;
 
@@ -34,6 +36,8 @@ commands:
   test     every test: host unit tests, then boot tests under QEMU (BIOS, UEFI)
            and Bochs, and under QEMU+KVM when this host offers nested VT-x
   bench    benchmarks under Bochs (VM-exit round trips); writes BENCHMARKS.md
+  fuzz     fuzz the parsers of untrusted input (config, image loaders, ramdisk)
+             [--seconds N (default 30)] [TARGET...]
   help     this text
 
 Missing emulators, firmware and toolchain components are installed when run
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         "run" => run::main(rest),
         "test" => test::main(rest),
         "bench" => bench::main(rest),
+        "fuzz" => fuzz::main(rest),
         "help" | "-h" | "--help" => {
             println!("{HELP}");
             Ok(())

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test, in the order that fails fastest.
 //!
 //! 1. set-up: toolchain components, emulators, firmware;
-//! 2. host unit tests of every library crate;
+//! 2. host unit tests of every library crate, and a few seconds of fuzzing
+//!    for each parser of untrusted input;
 //! 3. the kernel and images the boot tests boot (normal and self-test builds);
 //! 4. the boot tests in `tests/` (QEMU BIOS and UEFI, Bochs);
 //! 5. when this host offers nested VT-x, the boot tests that need QEMU+KVM.
@@ -12,11 +13,15 @@ use xtask::build::{self, Variant};
 use xtask::host::{self, HostFacts};
 use xtask::{setup, workspace_root};
 
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SECONDS: u64 = 5;
+
 /// The kernel builds the boot tests use; `tests/` names the same ones.
 fn variants() -> Vec<Variant> {
     vec![
         Variant::default(),
         Variant::with_guests("test"),
+        Variant::with_guests("broken"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
     ]
@@ -56,6 +61,12 @@ pub fn main(args: &[String]) -> Result<(), String> {
         "tests",
     ])?;
     cargo(&["test", "--package", "kernel", "--lib"])?;
+    // The parsers of untrusted input meet a few seconds of fresh fuzzing
+    // input each (`cargo xtask fuzz` runs longer).
+    crate::fuzz::build()?;
+    for target in crate::fuzz::TARGETS {
+        crate::fuzz::run(target, FUZZ_SECONDS)?;
+    }
 
     for variant in variants() {
         build::all(&variant).map_err(|e| e.to_string())?;

@@ -115,6 +115,7 @@
 //! already); a setting's start with `hypervisor: `.
 
 mod error;
+pub mod files;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -345,7 +346,7 @@ pub fn parse_bytes(file: &str, bytes: &[u8]) -> ParseOutcome {
 /// `exists` is asked about each path as stored in [`GuestConfig`] (relative
 /// to the partition's root, `/` between folders); whether names compare
 /// without regard to case, as FAT does, is up to it.
-pub fn check_images(outcome: &mut ParseOutcome, exists: impl Fn(&str) -> bool) {
+pub fn check_images(outcome: &mut ParseOutcome, mut exists: impl FnMut(&str) -> bool) {
     let file = outcome.file.as_str();
     let errors = &mut outcome.errors;
     outcome.config.guests.retain(|guest| {
