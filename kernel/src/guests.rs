@@ -68,14 +68,19 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
     for e in &outcome.errors {
         error!("{e}");
     }
-    info!("config: loaded {} guests from {source}", outcome.config.guests.len());
+    info!(
+        "config: loaded {} guests from {source}",
+        outcome.config.guests.len()
+    );
     for g in &outcome.config.guests {
         let format = g.format.map_or("detected from the image", format_name);
         info!(
             "config: guest {}: kernel \"{}\"{}, {format}, {} MiB, {} vCPU{}, cmdline \"{}\"",
             g.name,
             g.kernel,
-            g.initrd.as_ref().map_or(String::new(), |i| alloc::format!(", initrd \"{i}\"")),
+            g.initrd
+                .as_ref()
+                .map_or(String::new(), |i| alloc::format!(", initrd \"{i}\"")),
             g.memory >> 20,
             g.vcpus,
             if g.vcpus == 1 { "" } else { "s" },
@@ -87,7 +92,11 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
 
 /// Starts the guests `outcome` lists, with their images from `files`, and
 /// runs them until all have stopped.
-pub fn run_all(caps: VmxCapabilities, files: &mut dyn ConfigFiles<'_>, outcome: ParseOutcome) -> AllStopped {
+pub fn run_all(
+    caps: VmxCapabilities,
+    files: &mut dyn ConfigFiles<'_>,
+    outcome: ParseOutcome,
+) -> AllStopped {
     let settings = outcome.config.hypervisor;
     let hw = match Hardware::new(caps) {
         Ok(hw) => hw,
@@ -145,7 +154,12 @@ pub fn run_all(caps: VmxCapabilities, files: &mut dyn ConfigFiles<'_>, outcome: 
 }
 
 /// Creates and loads one guest; `None` (reported) when it cannot start.
-fn start(hw: &Hardware, files: &mut dyn ConfigFiles<'_>, config: &GuestConfig, vpid: u16) -> Option<Guest> {
+fn start(
+    hw: &Hardware,
+    files: &mut dyn ConfigFiles<'_>,
+    config: &GuestConfig,
+    vpid: u16,
+) -> Option<Guest> {
     let name = config.name.as_str();
     let source = String::from(files.source());
     // Neither file can be larger than the guest's RAM.
@@ -383,7 +397,7 @@ impl Scheduler<'_> {
                     guest.state = RunState::Halted;
                     return None;
                 }
-                Outcome::Stop(reason) => return Some(reason),
+                Outcome::Stop(reason) => return Some(*reason),
             }
         }
     }

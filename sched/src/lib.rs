@@ -1,9 +1,79 @@
-//! The vCPU scheduler: per-CPU run queues of vCPUs, round-robin time slices
-//! driven by the VMX-preemption timer, blocking on HLT and wake-up on events,
-//! placement and affinity.
+//! The vCPU scheduler: one round-robin run queue per physical CPU, time
+//! slices with exact run-time accounting, blocking on HLT and wake-up on
+//! events, placement by affinity and load, and per-vCPU figures for the
+//! console monitor.
 //!
-//! Nothing is implemented yet: this crate is filled by the scheduler issue.
-//! It will see vCPUs only through a small trait, so the VT-x backend in `vmx`
-//! and a later AMD SVM backend plug in without changes here, and it will be
-//! tested on the host with a fake clock.
+//! The crate is pure bookkeeping, tested on the host with a fake clock. It
+//! knows vCPUs only by [`VcpuId`] and CPUs only by [`CpuId`]: the kernel
+//! keeps the vCPU objects (VT-x today, SVM later) and acts on the
+//! [`Decision`]s, so no backend reaches into this crate. All CPUs' queues
+//! live in one [`Scheduler`] with no locking of its own; the kernel wraps it
+//! in its spin lock and calls the per-CPU entry points from each CPU.
+//!
+//! # Driving it
+//!
+//! Each CPU loops: [`Scheduler::pick`] → run the vCPU for at most `slice`
+//! ticks (the kernel converts them into VMX-preemption-timer counts) →
+//! [`Scheduler::stopped`] with why it came off. `Idle` means halt until
+//! kicked. Events for a halted vCPU call [`Scheduler::wake`]. `wake`,
+//! `stopped` and [`Scheduler::add`] may name a CPU to kick: that CPU was
+//! idle and now has work (possibly work it should steal), so the caller
+//! must send it a wake-up interrupt; it counts as busy from then on.
+//!
+//! Time is in *ticks* of the caller's [`Clock`] (the kernel: TSC ticks),
+//! read on the CPU that runs the vCPU, so `pick` and `stopped` for one run
+//! always use the same CPU's clock.
+//!
+//! # Policy: round-robin order, deficit accounting
+//!
+//! Each CPU serves its queue in round-robin order, but turns are paid for
+//! by *credit* (deficit round robin):
+//!
+//! - When a vCPU's turn comes it gets one slice of credit, and runs with
+//!   `slice` = its credit. What it actually ran (from `pick` to `stopped`)
+//!   is charged against its credit, so a vCPU preempted late goes into debt
+//!   and its next turn is shorter by that much; a vCPU whose debt exceeds a
+//!   whole slice gets the slice credited and sits its turn out, as often as
+//!   needed. Debt is capped at [`MAX_DEBT_SLICES`] slices so that one bogus
+//!   clock reading cannot starve a vCPU for long.
+//! - A run ended early ([`StopCause::SliceEnd`] before the credit is used,
+//!   e.g. the kernel needed the CPU after an exit) leaves the vCPU at the
+//!   head of the queue with the rest of its credit: its turn continues at
+//!   the next `pick`. Once less than a minimum run (a slice / 8) is left, the
+//!   turn ends and the remainder carries over to the next turn.
+//! - [`StopCause::Yield`] and [`StopCause::Blocked`] end the turn at once:
+//!   the vCPU goes to the tail (or off the queue) and gives up unused
+//!   credit; debt stays. So nobody banks time by yielding or sleeping.
+//!
+//! Over a long run every always-runnable vCPU on a CPU is credited one slice
+//! per round and consumes what it is credited, whatever its exits and
+//! overruns: their shares are equal. A blocked vCPU is not in the queue,
+//! so it costs nothing and holds nobody up; a woken one rejoins at the
+//! tail.
+//!
+//! # Placement and migration
+//!
+//! [`Scheduler::add`] puts a vCPU on the least-loaded CPU its affinity
+//! allows (fewest vCPUs assigned, blocked ones included; ties to the lowest
+//! index). A vCPU moves only when it is not running: a CPU that would go
+//! idle steals the waiting vCPU at the back of the busiest queue it may run,
+//! and `wake` places a woken vCPU on an idle CPU it may run on when its own
+//! CPU is busy. [`Decision::Run::migrated_from`] is `Some` exactly when the
+//! vCPU last ran on another CPU, so the kernel knows to VMCLEAR there and
+//! VMLAUNCH here; when it is `None` nothing moved and nothing extra is owed.
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+mod affinity;
+mod error;
+mod ids;
+mod scheduler;
+mod stats;
+
+pub use error::SchedError;
+pub use ids::{Clock, CpuId, VcpuId};
+pub use scheduler::{
+    Decision, Placement, Scheduler, StopCause, MAX_CPUS, MAX_DEBT_SLICES, MAX_SLICE,
+};
+pub use stats::{CpuStats, StateCounts, VcpuState, VcpuStats, EXIT_REASONS};

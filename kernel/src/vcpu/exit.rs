@@ -9,6 +9,8 @@
 //! XCR0, reading guest RAM, printing) come through [`Platform`], so the
 //! host tests drive every path with a fake VMCS and a fake platform.
 
+use alloc::boxed::Box;
+
 use addr::GuestPhysAddr;
 use vmx::caps::FixedBits;
 use vmx::error::VmFail;
@@ -38,8 +40,16 @@ pub enum Outcome {
     /// It executed HLT with interrupts enabled: block it until an event
     /// for it arrives.
     Halted,
-    /// Stop the guest.
-    Stop(StopReason),
+    /// Stop the guest (boxed: a stop happens once a guest, and a small
+    /// `Outcome` comes back in registers on every other exit).
+    Stop(Box<StopReason>),
+}
+
+impl Outcome {
+    /// Stop the guest for `reason`.
+    pub fn stop(reason: StopReason) -> Self {
+        Self::Stop(Box::new(reason))
+    }
 }
 
 /// What the exit handler needs from the machine.
@@ -252,31 +262,39 @@ pub fn handle_exit<V: VmcsAccess, P: Platform>(
     vcpu: &mut VcpuModel,
     platform: &mut P,
 ) -> Outcome {
-    match dispatch(vmcs, regs, vcpu, platform) {
+    // CPUID, the most frequent exit, needs nothing else decoded (basic
+    // reason 10, no flag bits) and is handled here, so it does not pay for
+    // the general dispatch's stack frame.
+    const CPUID: u32 = ExitReason::Cpuid.number() as u32;
+    let result = match vmcs.read(ReadOnly32::ExitReason) {
+        Ok(CPUID) => {
+            vcpu.stats.exits += 1;
+            cpuid(vmcs, regs, vcpu, platform)
+        }
+        Ok(raw_reason) => dispatch(vmcs, regs, vcpu, platform, raw_reason),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(outcome) => outcome,
-        Err(e) => Outcome::Stop(StopReason::VmcsAccess(e)),
+        Err(e) => Outcome::stop(StopReason::VmcsAccess(e)),
     }
 }
 
+/// Every exit but CPUID.
+#[inline(never)]
 fn dispatch<V: VmcsAccess, P: Platform>(
     vmcs: &mut V,
     regs: &mut GuestRegisters,
     vcpu: &mut VcpuModel,
     platform: &mut P,
+    raw_reason: u32,
 ) -> Result<Outcome, VmFail> {
-    let raw_reason = vmcs.read(ReadOnly32::ExitReason)?;
     vcpu.stats.exits += 1;
-    // CPUID, the most frequent exit, needs nothing else decoded: basic
-    // reason 10 with no flag bits.
-    const CPUID: u32 = ExitReason::Cpuid.number() as u32;
-    if raw_reason == CPUID {
-        return cpuid(vmcs, regs, vcpu, platform);
-    }
     let info = vmx::exit::ExitInfo::from_exit_reason(raw_reason);
     let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
     if info.entry_failure {
         return Ok(match EntryFailure::decode(info.reason, qualification) {
-            Some(failure) => Outcome::Stop(StopReason::EntryFailed(failure)),
+            Some(failure) => Outcome::stop(StopReason::EntryFailed(failure)),
             None => unhandled(vmcs, info.reason, qualification)?,
         });
     }
@@ -324,21 +342,21 @@ fn dispatch<V: VmcsAccess, P: Platform>(
         | ExitReason::Mwait => inject(vmcs, vcpu, UD, None),
         // No performance counters are offered (CPUID leaf 0xA is empty).
         ExitReason::Rdpmc => inject(vmcs, vcpu, GP, Some(0)),
-        ExitReason::TripleFault => Ok(Outcome::Stop(StopReason::TripleFault(
-            alloc::boxed::Box::new(dump(vmcs, regs)?),
-        ))),
+        ExitReason::TripleFault => Ok(Outcome::stop(StopReason::TripleFault(Box::new(dump(
+            vmcs, regs,
+        )?)))),
         ExitReason::EptViolation => {
             let gpa = GuestPhysAddr::new(vmcs.read(ReadOnly64::GuestPhysicalAddress)?);
-            Ok(Outcome::Stop(StopReason::EptViolation {
+            Ok(Outcome::stop(StopReason::EptViolation {
                 violation: EptViolation::from_qualification(qualification, gpa),
                 ram: platform.ram_size(),
                 rip: vmcs.read(GuestNatural::Rip)?,
             }))
         }
-        ExitReason::EptMisconfiguration => Ok(Outcome::Stop(StopReason::EptMisconfiguration {
+        ExitReason::EptMisconfiguration => Ok(Outcome::stop(StopReason::EptMisconfiguration {
             gpa: vmcs.read(ReadOnly64::GuestPhysicalAddress)?,
         })),
-        ExitReason::TaskSwitch => Ok(Outcome::Stop(StopReason::TaskSwitch {
+        ExitReason::TaskSwitch => Ok(Outcome::stop(StopReason::TaskSwitch {
             rip: vmcs.read(GuestNatural::Rip)?,
         })),
         reason => unhandled(vmcs, reason, qualification),
@@ -350,7 +368,7 @@ fn unhandled<V: VmcsAccess>(
     reason: ExitReason,
     qualification: u64,
 ) -> Result<Outcome, VmFail> {
-    Ok(Outcome::Stop(StopReason::UnhandledExit {
+    Ok(Outcome::stop(StopReason::UnhandledExit {
         reason,
         qualification,
         rip: vmcs.read(GuestNatural::Rip)?,
@@ -483,7 +501,7 @@ fn io<V: VmcsAccess, P: Platform>(
         return unhandled(vmcs, ExitReason::IoInstruction, qualification);
     };
     if io.string {
-        return Ok(Outcome::Stop(StopReason::StringIo {
+        return Ok(Outcome::stop(StopReason::StringIo {
             io,
             rip: vmcs.read(GuestNatural::Rip)?,
         }));
@@ -545,7 +563,7 @@ fn vmcall<V: VmcsAccess, P: Platform>(
     let result = match Hypercall::decode(regs.rax(), regs.rbx(), regs.rcx(), long) {
         Hypercall::Exit { code } => {
             vcpu.console.flush(|line| platform.guest_line(line));
-            return Ok(Outcome::Stop(StopReason::Exited { code }));
+            return Ok(Outcome::stop(StopReason::Exited { code }));
         }
         Hypercall::Print { gpa, len } => print(vcpu, platform, gpa, len),
         Hypercall::Unknown { .. } => hypercall::UNKNOWN_CALL,
@@ -583,7 +601,7 @@ fn print<P: Platform>(vcpu: &mut VcpuModel, platform: &mut P, gpa: GuestPhysAddr
 fn hlt<V: VmcsAccess>(vmcs: &mut V) -> Result<Outcome, VmFail> {
     let rip = vmcs.read(GuestNatural::Rip)?;
     if vmcs.read(GuestNatural::Rflags)? & RFLAGS_IF == 0 {
-        return Ok(Outcome::Stop(StopReason::HaltedWithInterruptsOff { rip }));
+        return Ok(Outcome::stop(StopReason::HaltedWithInterruptsOff { rip }));
     }
     skip(vmcs)?;
     Ok(Outcome::Halted)

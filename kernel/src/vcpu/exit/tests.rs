@@ -133,6 +133,14 @@ fn run(v: &mut (FakeVmcs, GuestRegisters, VcpuModel, FakePlatform)) -> Outcome {
     handle_exit(&mut v.0, &mut v.1, &mut v.2, &mut v.3)
 }
 
+/// The reason of a stop outcome (any other outcome fails the test).
+fn stop_reason(outcome: Outcome) -> StopReason {
+    match outcome {
+        Outcome::Stop(reason) => *reason,
+        other => panic!("expected a stop, got {other:?}"),
+    }
+}
+
 fn injected(vmcs: &FakeVmcs) -> (u64, Option<u64>) {
     let info = vmcs.get(Control32::EntryInterruptionInfo.encoding());
     let code =
@@ -225,8 +233,8 @@ fn the_reset_port_is_ignored_and_counted() {
 #[test]
 fn string_io_stops_the_guest() {
     let mut v = setup(30, (0x3F8u64 << 16) | (1 << 4) | (1 << 5), 2);
-    match run(&mut v) {
-        Outcome::Stop(StopReason::StringIo { io, rip }) => {
+    match stop_reason(run(&mut v)) {
+        StopReason::StringIo { io, rip } => {
             assert_eq!(io.port, 0x3F8);
             assert_eq!(rip, RIP);
         }
@@ -239,7 +247,7 @@ fn hypercalls() {
     // exit(3)
     let mut v = setup(18, 0, 3);
     v.1.set_rbx(3);
-    assert_eq!(run(&mut v), Outcome::Stop(StopReason::Exited { code: 3 }));
+    assert_eq!(run(&mut v), Outcome::stop(StopReason::Exited { code: 3 }));
     // print from RAM
     let mut v = setup(18, 0, 3);
     v.3.ram[0x1000..0x1006].copy_from_slice(b"hello\n");
@@ -287,7 +295,7 @@ fn hlt_blocks_or_stops() {
     let mut v = setup(12, 0, 1);
     assert_eq!(
         run(&mut v),
-        Outcome::Stop(StopReason::HaltedWithInterruptsOff { rip: RIP })
+        Outcome::stop(StopReason::HaltedWithInterruptsOff { rip: RIP })
     );
 }
 
@@ -394,8 +402,8 @@ fn cr0_writes_keep_ne_and_switch_long_mode() {
 fn ept_violation_outside_ram_stops_with_address_access_and_rip() {
     let mut v = setup(48, 0b1010_0010, 0);
     v.0.set(ReadOnly64::GuestPhysicalAddress.encoding(), 0x1000_0000);
-    match run(&mut v) {
-        Outcome::Stop(reason @ StopReason::EptViolation { .. }) => {
+    match stop_reason(run(&mut v)) {
+        reason @ StopReason::EptViolation { .. } => {
             let text = reason.to_string();
             assert!(
                 text.starts_with("write at guest-physical 0x10000000 outside its RAM (0x200000 bytes) at RIP 0x100000"),
@@ -410,8 +418,8 @@ fn ept_violation_outside_ram_stops_with_address_access_and_rip() {
 fn triple_fault_entry_failure_and_unknown_exits_stop_the_guest() {
     let mut v = setup(2, 0, 0);
     v.1.set_rax(0x1234);
-    match run(&mut v) {
-        Outcome::Stop(reason @ StopReason::TripleFault(_)) => {
+    match stop_reason(run(&mut v)) {
+        reason @ StopReason::TripleFault(_) => {
             let text = reason.to_string();
             assert!(text.starts_with("triple fault: RIP 0x100000"), "{text}");
             assert!(text.contains("RAX 0x1234"), "{text}");
@@ -420,13 +428,13 @@ fn triple_fault_entry_failure_and_unknown_exits_stop_the_guest() {
     }
     let mut v = setup(0x8000_0021, 0, 0);
     assert!(matches!(
-        run(&mut v),
-        Outcome::Stop(StopReason::EntryFailed(_))
+        stop_reason(run(&mut v)),
+        StopReason::EntryFailed(_)
     ));
     let mut v = setup(0xFFFF, 0x55, 0);
     assert_eq!(
         run(&mut v),
-        Outcome::Stop(StopReason::UnhandledExit {
+        Outcome::stop(StopReason::UnhandledExit {
             reason: ExitReason::Unknown(0xFFFF),
             qualification: 0x55,
             rip: RIP

@@ -1,0 +1,1124 @@
+//! Host tests of the scheduler with a fake clock: run-queue order, blocking
+//! and wake-up, slice accounting and fairness, placement, migration, kicks,
+//! figures, and robustness against any call sequence.
+
+use core::cell::Cell;
+use std::collections::BTreeMap as Map;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::Clock;
+
+/// The slice used throughout: 1000 ticks, so `min_run` is 125.
+const S: u64 = 1000;
+const MIN_RUN: u64 = S / 8;
+
+struct FakeClock(Cell<u64>);
+
+impl FakeClock {
+    fn new() -> Self {
+        FakeClock(Cell::new(1_000_000))
+    }
+
+    fn advance(&self, dt: u64) {
+        self.0.set(self.0.get() + dt);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+fn sched(cpus: u32) -> Scheduler {
+    Scheduler::new(cpus, S).unwrap()
+}
+
+fn v(n: u32) -> VcpuId {
+    VcpuId(n)
+}
+
+fn c(n: u32) -> CpuId {
+    CpuId(n)
+}
+
+/// Picks on `cpu`, which must run something: (vCPU, slice, migrated_from).
+fn pick(s: &mut Scheduler, clock: &FakeClock, cpu: CpuId) -> (VcpuId, u64, Option<CpuId>) {
+    match s.pick(cpu, clock.now()) {
+        Decision::Run {
+            vcpu,
+            slice,
+            migrated_from,
+        } => {
+            check(s);
+            (vcpu, slice, migrated_from)
+        }
+        Decision::Idle => panic!("{cpu} went idle"),
+    }
+}
+
+/// Picks on `cpu`, runs the vCPU for `dt` ticks and stops it with `cause`.
+fn run(
+    s: &mut Scheduler,
+    clock: &FakeClock,
+    cpu: CpuId,
+    dt: u64,
+    cause: StopCause,
+) -> (VcpuId, u64) {
+    let (vcpu, slice, _) = pick(s, clock, cpu);
+    clock.advance(dt);
+    s.stopped(cpu, vcpu, cause, clock.now());
+    check(s);
+    (vcpu, slice)
+}
+
+/// Runs `n` full slices on `cpu`, returning who ran, in order.
+fn full_slices(s: &mut Scheduler, clock: &FakeClock, cpu: CpuId, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            let (vcpu, slice, _) = pick(s, clock, cpu);
+            clock.advance(slice);
+            s.stopped(cpu, vcpu, StopCause::SliceEnd, clock.now());
+            check(s);
+            vcpu.0
+        })
+        .collect()
+}
+
+fn state(s: &Scheduler, vcpu: VcpuId) -> VcpuState {
+    s.stats(vcpu).unwrap().state
+}
+
+/// Checks every internal invariant the entry points rely on.
+fn check(s: &Scheduler) {
+    let mut seen = Map::new();
+    for (i, cpu) in s.cpus.iter().enumerate() {
+        let here = CpuId::from_index(i);
+        for (pos, id) in cpu.queue.iter().enumerate() {
+            assert!(seen.insert(*id, i).is_none(), "{id} queued twice");
+            let e = s.vcpus.get(id).expect("queued vCPU is known");
+            assert_eq!(e.stats.state, VcpuState::Runnable, "{id} queued");
+            assert_eq!(e.stats.cpu, here, "{id} queued away from its CPU");
+            if e.in_turn {
+                assert!(
+                    pos == 0 && cpu.running.is_none(),
+                    "{id} mid-turn not at head"
+                );
+            } else {
+                assert!(e.stats.credit < s.min_run, "{id} waits with a full credit");
+            }
+        }
+        if let Some(id) = cpu.running {
+            assert!(seen.insert(id, i).is_none(), "{id} runs and is queued");
+            let e = s.vcpus.get(&id).expect("running vCPU is known");
+            assert_eq!(e.stats.state, VcpuState::Running);
+            assert_eq!(e.stats.cpu, here);
+            assert_eq!(e.stats.last_cpu, Some(here));
+            assert!(e.in_turn);
+        }
+        if cpu.idle {
+            assert!(
+                cpu.running.is_none() && cpu.queue.is_empty(),
+                "{here} idle with work"
+            );
+        }
+        let allowed = s.vcpus.values().filter(|e| e.affinity.allows(i)).count();
+        assert_eq!(cpu.allowed, allowed, "{here} allowed count");
+        assert!(cpu.queue.capacity() >= allowed, "{here} queue not reserved");
+        let assigned = s
+            .vcpus
+            .values()
+            .filter(|e| e.stats.state != VcpuState::Stopped && e.stats.cpu == here)
+            .count();
+        assert_eq!(cpu.assigned, assigned, "{here} assigned count");
+    }
+    for (id, e) in &s.vcpus {
+        let st = &e.stats;
+        match st.state {
+            VcpuState::Runnable | VcpuState::Running => {
+                assert!(seen.contains_key(id), "{id} runnable but nowhere")
+            }
+            VcpuState::Blocked | VcpuState::Stopped => {
+                assert!(!seen.contains_key(id), "{id} not runnable but queued")
+            }
+        }
+        assert!(
+            e.affinity.allows(st.cpu.index()),
+            "{id} on a CPU it may not use"
+        );
+        if let Some(last) = st.last_cpu {
+            assert!(e.affinity.allows(last.index()), "{id} ran where it may not");
+        }
+        assert!(!e.wake_pending || st.state == VcpuState::Running);
+        assert!(st.credit >= -MAX_DEBT_SLICES * s.slice);
+        assert!(st.credit < s.slice + s.min_run, "{id} credit {}", st.credit);
+    }
+}
+
+// ---- run-queue order, blocking, wake-up ----
+
+#[test]
+fn round_robin_order_with_full_slices() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        assert_eq!(s.add(v(n), None).unwrap().cpu, c(0));
+    }
+    let (_, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(slice, S, "a turn is credited exactly one slice");
+    clock.advance(S);
+    s.stopped(c(0), v(0), StopCause::SliceEnd, clock.now());
+    assert_eq!(
+        full_slices(&mut s, &clock, c(0), 8),
+        [1, 2, 0, 1, 2, 0, 1, 2]
+    );
+    for n in 0..3 {
+        let st = s.stats(v(n)).unwrap();
+        assert_eq!((st.slices, st.run_time, st.slice_ends), (3, 3 * S, 3));
+    }
+}
+
+#[test]
+fn blocked_vcpu_is_skipped_and_woken_one_rejoins_at_the_tail() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    assert_eq!(run(&mut s, &clock, c(0), 300, StopCause::Blocked).0, v(0));
+    assert_eq!(state(&s, v(0)), VcpuState::Blocked);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 4), [1, 2, 1, 2]);
+
+    // Woken while 2 runs and 1 waits: it goes behind 1, and 2 (still on
+    // the CPU) comes back behind it.
+    let (two, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(two, v(1));
+    clock.advance(slice);
+    s.stopped(c(0), two, StopCause::SliceEnd, clock.now());
+    let (two, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(two, v(2));
+    assert_eq!(s.wake(v(0)), None, "the CPU is busy: nothing to kick");
+    assert_eq!(state(&s, v(0)), VcpuState::Runnable);
+    clock.advance(slice);
+    s.stopped(c(0), two, StopCause::SliceEnd, clock.now());
+    assert_eq!(full_slices(&mut s, &clock, c(0), 6), [1, 0, 2, 1, 0, 2]);
+    let st = s.stats(v(0)).unwrap();
+    assert_eq!((st.wakeups, st.blocks), (1, 1));
+    assert_eq!(st.run_time, 300 + 2 * S);
+}
+
+#[test]
+fn waking_a_runnable_or_stopped_or_unknown_vcpu_changes_nothing() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    let (first, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(first, v(0));
+    let before: Vec<_> = s.vcpus().collect();
+    assert_eq!(s.wake(v(1)), None);
+    assert_eq!(s.wake(v(2)), None);
+    assert_eq!(s.wake(v(9)), None);
+    assert_eq!(
+        s.vcpus().collect::<Vec<_>>(),
+        before,
+        "not counted, not moved"
+    );
+    clock.advance(slice);
+    s.stopped(c(0), first, StopCause::SliceEnd, clock.now());
+    assert_eq!(full_slices(&mut s, &clock, c(0), 3), [1, 2, 0]);
+
+    run(&mut s, &clock, c(0), 10, StopCause::Stopped);
+    assert_eq!(state(&s, v(1)), VcpuState::Stopped);
+    assert_eq!(s.wake(v(1)), None);
+    assert_eq!(state(&s, v(1)), VcpuState::Stopped);
+    assert_eq!(s.stats(v(1)).unwrap().wakeups, 0);
+}
+
+#[test]
+fn waking_a_running_vcpu_is_not_counted_unless_it_then_halts() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+
+    // Wake while running, then the slice ends: a plain no-op.
+    let (zero, _, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(s.wake(zero), None);
+    clock.advance(S);
+    s.stopped(c(0), zero, StopCause::SliceEnd, clock.now());
+    assert_eq!(s.stats(zero).unwrap().wakeups, 0);
+    run(&mut s, &clock, c(0), S, StopCause::SliceEnd);
+
+    // Wake while running, then HLT: the event must not be slept through.
+    let (zero, _, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(zero, v(0));
+    assert_eq!(s.wake(zero), None);
+    clock.advance(200);
+    s.stopped(c(0), zero, StopCause::Blocked, clock.now());
+    let st = s.stats(zero).unwrap();
+    assert_eq!(
+        (st.state, st.wakeups, st.blocks),
+        (VcpuState::Runnable, 1, 1)
+    );
+    // It gave up its turn, so it is behind 1.
+    assert_eq!(full_slices(&mut s, &clock, c(0), 2), [1, 0]);
+
+    // The pending wake-up is used once: the next HLT blocks.
+    let (zero, _, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(zero, v(1));
+    clock.advance(S);
+    s.stopped(c(0), zero, StopCause::SliceEnd, clock.now());
+    assert_eq!(run(&mut s, &clock, c(0), 5, StopCause::Blocked).0, v(0));
+    assert_eq!(state(&s, v(0)), VcpuState::Blocked);
+}
+
+#[test]
+fn idle_cpu_says_idle_and_wake_names_it_once() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), Some(&[c(0)])).unwrap();
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    run(&mut s, &clock, c(0), 50, StopCause::Blocked);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    let cpu0 = s.cpu_stats(c(0)).unwrap();
+    assert_eq!((cpu0.idle, cpu0.idle_picks, cpu0.running), (true, 2, None));
+
+    clock.advance(10_000);
+    assert_eq!(s.wake(v(0)), Some(c(0)), "the pinned vCPU's only CPU");
+    assert!(
+        !s.cpu_stats(c(0)).unwrap().idle,
+        "a kicked CPU counts as busy"
+    );
+    assert_eq!(s.wake(v(0)), None, "already runnable");
+    let (vcpu, slice, migrated) = pick(&mut s, &clock, c(0));
+    assert_eq!((vcpu, slice, migrated), (v(0), S, None));
+    assert_eq!(s.stats(v(0)).unwrap().run_time, 50, "idle time is nobody's");
+}
+
+#[test]
+fn halted_forever_costs_nothing_and_holds_nobody_up() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    assert_eq!(run(&mut s, &clock, c(0), 400, StopCause::Blocked).0, v(0));
+    let start = clock.now();
+    let order = full_slices(&mut s, &clock, c(0), 600);
+    assert!(!order.contains(&0));
+    let elapsed = clock.now() - start;
+    let zero = s.stats(v(0)).unwrap();
+    assert_eq!(
+        (zero.run_time, zero.slices, zero.state),
+        (400, 1, VcpuState::Blocked)
+    );
+    for n in 1..3 {
+        assert_eq!(s.stats(v(n)).unwrap().run_time, elapsed / 2);
+    }
+    assert_eq!(s.counts().blocked, 1);
+}
+
+// ---- slice accounting ----
+
+#[test]
+fn early_slice_end_continues_the_turn_with_the_rest() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    assert_eq!(
+        run(&mut s, &clock, c(0), 300, StopCause::SliceEnd),
+        (v(0), S)
+    );
+    assert_eq!(
+        run(&mut s, &clock, c(0), 500, StopCause::SliceEnd),
+        (v(0), 700)
+    );
+    // 200 left is still worth a run; 100 would not be.
+    assert_eq!(
+        run(&mut s, &clock, c(0), 100, StopCause::SliceEnd),
+        (v(0), 200)
+    );
+    assert_eq!(s.stats(v(0)).unwrap().credit, 100);
+    // Turn over: 1 runs, and 0's remainder carries into its next turn.
+    assert_eq!(run(&mut s, &clock, c(0), S, StopCause::SliceEnd), (v(1), S));
+    assert_eq!(
+        run(&mut s, &clock, c(0), S + 100, StopCause::SliceEnd),
+        (v(0), S + 100)
+    );
+    let zero = s.stats(v(0)).unwrap();
+    assert_eq!((zero.run_time, zero.slices, zero.credit), (2 * S, 4, 0));
+}
+
+#[test]
+fn yield_goes_to_the_back_and_gives_up_the_rest() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    assert_eq!(run(&mut s, &clock, c(0), 300, StopCause::Yield).0, v(0));
+    assert_eq!(s.stats(v(0)).unwrap().credit, 0);
+    assert_eq!(run(&mut s, &clock, c(0), S, StopCause::SliceEnd).0, v(1));
+    assert_eq!(run(&mut s, &clock, c(0), S, StopCause::SliceEnd), (v(0), S));
+    assert_eq!(s.stats(v(0)).unwrap().yields, 1);
+}
+
+#[test]
+fn overrun_is_charged_on_the_next_turn() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    assert_eq!(
+        run(&mut s, &clock, c(0), S + 250, StopCause::SliceEnd),
+        (v(0), S)
+    );
+    assert_eq!(s.stats(v(0)).unwrap().credit, -250);
+    assert_eq!(run(&mut s, &clock, c(0), S, StopCause::SliceEnd), (v(1), S));
+    assert_eq!(
+        run(&mut s, &clock, c(0), S - 250, StopCause::SliceEnd),
+        (v(0), S - 250)
+    );
+    // Two turns each: equal time.
+    assert_eq!(s.stats(v(0)).unwrap().run_time, 2 * S);
+}
+
+#[test]
+fn debt_over_a_slice_sits_out_whole_turns() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    // 0 overruns by 1.5 slices: its next turn's credit (-0.5 S) is not
+    // enough, so 1 goes twice, then 0 gets the half slice it is owed.
+    run(&mut s, &clock, c(0), 2 * S + S / 2, StopCause::SliceEnd);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 3), [1, 1, 0]);
+    assert_eq!(s.stats(v(0)).unwrap().run_time, 2 * S + S / 2 + S / 2);
+    assert_eq!(s.stats(v(1)).unwrap().run_time, 2 * S);
+}
+
+#[test]
+fn debt_is_capped_but_run_time_is_not() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    run(&mut s, &clock, c(0), 100 * S, StopCause::SliceEnd);
+    let zero = s.stats(v(0)).unwrap();
+    assert_eq!(zero.run_time, 100 * S);
+    assert_eq!(zero.credit, -MAX_DEBT_SLICES * S as i64);
+    // Owing 8 slices: 1 runs its own turn, then 8 more while 0 pays off
+    // its debt one slice per round, then 0 runs a full slice.
+    let order = full_slices(&mut s, &clock, c(0), 10);
+    assert_eq!(order, [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
+    assert_eq!(
+        s.stats(v(0)).unwrap().run_time,
+        100 * S + S,
+        "the debt cap limits charging, not what is reported"
+    );
+}
+
+#[test]
+fn clock_going_backwards_counts_as_no_time() {
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    let Decision::Run { vcpu, .. } = s.pick(c(0), 5000) else {
+        panic!("idle")
+    };
+    s.stopped(c(0), vcpu, StopCause::SliceEnd, 4000);
+    let st = s.stats(v(0)).unwrap();
+    assert_eq!((st.run_time, st.credit), (0, S as i64));
+    check(&s);
+}
+
+/// How a simulated CPU-bound vCPU's runs end.
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    /// Runs past its slice by up to half a slice (late preemption).
+    Overruns,
+    /// The run ends early by exits: anywhere in its slice.
+    ExitsEarly,
+    /// Either, at random, and sometimes exactly on time.
+    Mixed,
+}
+
+/// A small deterministic generator (xorshift64*) for long simulations.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// How long a vCPU given `slice` runs before it comes off.
+fn run_length(behaviour: Behaviour, slice: u64, rng: &mut Rng) -> u64 {
+    match behaviour {
+        Behaviour::Overruns => slice + rng.below(S / 2 + 1),
+        Behaviour::ExitsEarly => 1 + rng.below(slice),
+        Behaviour::Mixed => match rng.below(3) {
+            0 => slice + rng.below(S / 2 + 1),
+            1 => 1 + rng.below(slice),
+            _ => slice,
+        },
+    }
+}
+
+/// Runs three always-runnable vCPUs with the given behaviours on one CPU
+/// for `runs` runs; returns each one's run time and the time given out.
+fn simulate(behaviours: [Behaviour; 3], seed: u64, runs: usize) -> ([u64; 3], u64) {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    let mut rng = Rng(seed | 1);
+    let start = clock.now();
+    for _ in 0..runs {
+        let (vcpu, slice, _) = pick(&mut s, &clock, c(0));
+        clock.advance(run_length(behaviours[vcpu.0 as usize], slice, &mut rng));
+        s.stopped(c(0), vcpu, StopCause::SliceEnd, clock.now());
+    }
+    check(&s);
+    let times = [0, 1, 2].map(|n| s.stats(v(n)).unwrap().run_time);
+    (times, clock.now() - start)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Three CPU-bound vCPUs, one overrunning, one ending runs early by
+    /// exits, one mixed, in random arrangements: each gets 1/3 of the CPU
+    /// within 2% over a long run, and all the time given out is accounted.
+    #[test]
+    fn cpu_bound_vcpus_share_equally(seed in any::<u64>(), rotate in 0usize..3) {
+        let mut behaviours = [Behaviour::Overruns, Behaviour::ExitsEarly, Behaviour::Mixed];
+        behaviours.rotate_left(rotate);
+        let (times, elapsed) = simulate(behaviours, seed, 6000);
+        prop_assert_eq!(times.iter().sum::<u64>(), elapsed);
+        for t in times {
+            let share = t as f64 / elapsed as f64;
+            prop_assert!((share * 3.0 - 1.0).abs() <= 0.02, "share {} of {:?}", share, times);
+        }
+    }
+}
+
+/// The behaviours differ enough that plain round robin (one fixed slice a
+/// turn, time not accounted) would miss the 2% by far, so the fairness
+/// test measures the accounting, not luck.
+#[test]
+fn plain_round_robin_would_fail_the_fairness_test() {
+    let behaviours = [Behaviour::Overruns, Behaviour::ExitsEarly, Behaviour::Mixed];
+    let mut rng = Rng(7);
+    let mut times = [0u64; 3];
+    for _ in 0..2000 {
+        for (n, &b) in behaviours.iter().enumerate() {
+            times[n] += run_length(b, S, &mut rng);
+        }
+    }
+    let total: u64 = times.iter().sum();
+    let share = |n: usize| times[n] as f64 / total as f64;
+    assert!(share(0) > 0.40, "overrunner {}", share(0));
+    assert!(share(1) < 0.25, "early exiter {}", share(1));
+}
+
+#[test]
+fn an_early_exiter_gets_more_runs_for_the_same_time() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    // 0 always comes off after a quarter slice; 1 always runs it out.
+    for _ in 0..400 {
+        let (vcpu, slice, _) = pick(&mut s, &clock, c(0));
+        clock.advance(if vcpu == v(0) {
+            (S / 4).min(slice)
+        } else {
+            slice
+        });
+        s.stopped(c(0), vcpu, StopCause::SliceEnd, clock.now());
+    }
+    let (zero, one) = (s.stats(v(0)).unwrap(), s.stats(v(1)).unwrap());
+    assert_eq!(zero.slices, 4 * one.slices);
+    assert_eq!(zero.run_time, one.run_time);
+}
+
+// ---- placement, migration, kicks ----
+
+#[test]
+fn unpinned_vcpus_spread_to_the_least_loaded_cpu() {
+    let mut s = sched(4);
+    let placed: Vec<u32> = (0..8).map(|n| s.add(v(n), None).unwrap().cpu.0).collect();
+    assert_eq!(placed, [0, 1, 2, 3, 0, 1, 2, 3]);
+    // Load counts blocked vCPUs too, and pinning ignores load.
+    assert_eq!(s.add(v(8), Some(&[c(2)])).unwrap().cpu, c(2));
+    assert_eq!(s.add(v(9), None).unwrap().cpu, c(0));
+    assert_eq!(s.add(v(10), Some(&[c(0), c(2), c(3)])).unwrap().cpu, c(3));
+    s.remove(v(1));
+    s.remove(v(5));
+    assert_eq!(
+        s.add(v(11), None).unwrap().cpu,
+        c(1),
+        "emptied CPU is least loaded"
+    );
+    let loads: Vec<usize> = (0..4)
+        .map(|i| s.cpu_stats(c(i)).unwrap().assigned)
+        .collect();
+    assert_eq!(loads, [3, 1, 3, 3]);
+    check(&s);
+}
+
+#[test]
+fn migrated_from_says_where_it_last_ran_and_only_then() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap(); // 0 and 2 on CPU 0, 1 on CPU 1
+    }
+    let (one, _, from) = pick(&mut s, &clock, c(1));
+    assert_eq!(
+        (one, from),
+        (v(1), None),
+        "a first run migrates from nowhere"
+    );
+    let (zero, _, from) = pick(&mut s, &clock, c(0));
+    assert_eq!((zero, from), (v(0), None));
+    clock.advance(S);
+    s.stopped(c(0), zero, StopCause::SliceEnd, clock.now());
+    let (two, _, from) = pick(&mut s, &clock, c(0));
+    assert_eq!((two, from), (v(2), None));
+    // 0 waits on CPU 0 behind 2; CPU 1's vCPU halts, so CPU 1 steals 0.
+    clock.advance(100);
+    s.stopped(c(1), one, StopCause::Blocked, clock.now());
+    let (stolen, slice, from) = pick(&mut s, &clock, c(1));
+    assert_eq!((stolen, slice, from), (v(0), S, Some(c(0))));
+    let st = s.stats(v(0)).unwrap();
+    assert_eq!((st.cpu, st.last_cpu, st.migrations), (c(1), Some(c(1)), 1));
+    // Staying put after that is not a migration.
+    clock.advance(S);
+    s.stopped(c(1), stolen, StopCause::SliceEnd, clock.now());
+    let (again, _, from) = pick(&mut s, &clock, c(1));
+    assert_eq!((again, from), (v(0), None));
+    assert_eq!(s.stats(v(0)).unwrap().migrations, 1);
+}
+
+#[test]
+fn pinned_vcpus_are_never_stolen() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), Some(&[c(0)])).unwrap();
+    s.add(v(1), Some(&[c(0)])).unwrap();
+    pick(&mut s, &clock, c(0));
+    assert_eq!(
+        s.pick(c(1), clock.now()),
+        Decision::Idle,
+        "1 waits but is pinned"
+    );
+    assert_eq!(s.cpu_stats(c(0)).unwrap().queued, 1);
+}
+
+#[test]
+fn a_cpu_about_to_pick_keeps_one_vcpu() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), None).unwrap(); // CPU 0
+    s.add(v(1), None).unwrap(); // CPU 1
+    run(&mut s, &clock, c(1), 10, StopCause::Blocked); // 1 sleeps
+                                                       // CPU 0 has not picked yet: its one vCPU is not waiting for anyone.
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    // A second one there would wait: CPU 1 is kicked and takes the one
+    // at the back, CPU 0 keeps the head.
+    assert_eq!(
+        s.add(v(2), None).unwrap(),
+        Placement {
+            cpu: c(0),
+            kick: Some(c(1))
+        }
+    );
+    assert_eq!(pick(&mut s, &clock, c(1)), (v(2), S, None));
+    assert_eq!(pick(&mut s, &clock, c(0)), (v(0), S, None));
+    assert_eq!(s.stats(v(2)).unwrap().cpu, c(1));
+}
+
+#[test]
+fn wake_moves_a_vcpu_to_an_idle_cpu_when_its_own_is_busy() {
+    let clock = FakeClock::new();
+    let mut s = sched(3);
+    s.add(v(0), None).unwrap(); // CPU 0
+    s.add(v(1), Some(&[c(0)])).unwrap();
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked); // 0 sleeps
+    pick(&mut s, &clock, c(0)); // 1 runs
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(2), clock.now()), Decision::Idle);
+    assert_eq!(s.wake(v(0)), Some(c(1)), "lowest idle CPU it may use");
+    assert_eq!(s.stats(v(0)).unwrap().cpu, c(1));
+    let (zero, _, from) = pick(&mut s, &clock, c(1));
+    assert_eq!((zero, from), (v(0), Some(c(0))));
+    check(&s);
+}
+
+#[test]
+fn wake_stays_home_when_home_is_free() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), None).unwrap();
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    // CPU 0 has not picked yet (not idle, not busy): it will take 0 itself.
+    assert_eq!(s.wake(v(0)), None);
+    assert_eq!(pick(&mut s, &clock, c(0)), (v(0), S, None));
+}
+
+#[test]
+fn add_and_stopped_kick_an_idle_cpu_that_can_take_the_waiting_vcpu() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), None).unwrap(); // CPU 0
+    s.add(v(1), None).unwrap(); // CPU 1
+    s.add(v(2), None).unwrap(); // CPU 0
+    s.add(v(3), None).unwrap(); // CPU 1
+                                // CPU 1's two vCPUs halt; it goes idle.
+    run(&mut s, &clock, c(1), 10, StopCause::Blocked);
+    run(&mut s, &clock, c(1), 10, StopCause::Blocked);
+    pick(&mut s, &clock, c(0)); // 0 runs, 2 waits...
+    let Decision::Run { vcpu: stolen, .. } = s.pick(c(1), clock.now()) else {
+        panic!("CPU 1 should steal 2")
+    };
+    assert_eq!(stolen, v(2));
+    run_out(&mut s, &clock, c(1), stolen, StopCause::Blocked);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    // A new vCPU goes to the less loaded CPU 0 (1 has three, blocked):
+    // it waits there, so idle CPU 1 is kicked to take it.
+    let placed = s.add(v(4), None).unwrap();
+    assert_eq!(
+        placed,
+        Placement {
+            cpu: c(0),
+            kick: Some(c(1))
+        }
+    );
+    let (four, _, from) = pick(&mut s, &clock, c(1));
+    assert_eq!((four, from), (v(4), None));
+    // Both CPUs busy; 4 stops on CPU 1, which then idles. CPU 0's 0 ends
+    // its slice with 5 (new) waiting: kick CPU 1 again.
+    run_out(&mut s, &clock, c(1), four, StopCause::Stopped);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    assert_eq!(
+        s.add(v(5), Some(&[c(0)])).unwrap().kick,
+        None,
+        "pinned: nobody can help"
+    );
+    assert_eq!(
+        s.add(v(6), None).unwrap(),
+        Placement {
+            cpu: c(0),
+            kick: Some(c(1))
+        }
+    );
+    assert_eq!(pick(&mut s, &clock, c(1)).0, v(6));
+    run_out(&mut s, &clock, c(1), v(6), StopCause::Yield);
+    // 6 is back on CPU 1 (its own queue) and runs there again.
+    assert_eq!(pick(&mut s, &clock, c(1)).0, v(6));
+    run_out(&mut s, &clock, c(1), v(6), StopCause::Blocked);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    clock.advance(S);
+    let kick = s.stopped(c(0), v(0), StopCause::SliceEnd, clock.now());
+    assert_eq!(kick, Some(c(1)), "0 now waits while CPU 1 idles");
+    assert_eq!(pick(&mut s, &clock, c(1)).0, v(0));
+}
+
+/// Stops `vcpu` on `cpu` after a slice.
+fn run_out(s: &mut Scheduler, clock: &FakeClock, cpu: CpuId, vcpu: VcpuId, cause: StopCause) {
+    clock.advance(S);
+    s.stopped(cpu, vcpu, cause, clock.now());
+    check(s);
+}
+
+// ---- figures ----
+
+#[test]
+fn figures_count_exits_wakeups_and_time() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    for reason in [10, 10, 30, 0, 79, 80, 500] {
+        s.record_exit(v(0), reason);
+    }
+    s.record_exit(v(9), 10); // unknown: ignored
+    let zero = s.stats(v(0)).unwrap();
+    assert_eq!(
+        (
+            zero.exits[10],
+            zero.exits[30],
+            zero.exits[0],
+            zero.exits[79]
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(zero.exits_other, 2);
+    assert_eq!(zero.exits_total(), 7);
+    assert_eq!(zero.exits.iter().sum::<u64>(), 5);
+    assert_eq!(s.stats(v(1)).unwrap().exits_total(), 0);
+
+    let start = clock.now();
+    for k in 0..50u64 {
+        let (vcpu, slice, _) = pick(&mut s, &clock, c(0));
+        let cause = if k % 5 == 0 {
+            StopCause::Blocked
+        } else {
+            StopCause::SliceEnd
+        };
+        clock.advance(slice / 2 + k);
+        s.stopped(c(0), vcpu, cause, clock.now());
+        if cause == StopCause::Blocked {
+            s.wake(vcpu);
+        }
+    }
+    let total: u64 = s.vcpus().map(|(_, st)| st.run_time).sum();
+    assert_eq!(total, clock.now() - start);
+    let wakeups: u64 = s.vcpus().map(|(_, st)| st.wakeups).sum();
+    let blocks: u64 = s.vcpus().map(|(_, st)| st.blocks).sum();
+    let slices: u64 = s.vcpus().map(|(_, st)| st.slices).sum();
+    assert_eq!((wakeups, blocks, slices), (10, 10, 50));
+    let ids: Vec<VcpuId> = s.vcpus().map(|(id, _)| id).collect();
+    assert_eq!(ids, [v(0), v(1)]);
+}
+
+#[test]
+fn counts_by_state() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    for n in 0..4 {
+        s.add(v(n), Some(&[c(0)])).unwrap();
+    }
+    run(&mut s, &clock, c(0), 5, StopCause::Blocked);
+    run(&mut s, &clock, c(0), 5, StopCause::Stopped);
+    pick(&mut s, &clock, c(0));
+    assert_eq!(
+        s.counts(),
+        StateCounts {
+            runnable: 1,
+            running: 1,
+            blocked: 1,
+            stopped: 1
+        }
+    );
+    assert_eq!(
+        s.cpu_stats(c(0)).unwrap().assigned,
+        3,
+        "a stopped vCPU is no load"
+    );
+}
+
+// ---- set-up errors ----
+
+#[test]
+fn set_up_errors_say_what_is_wrong() {
+    assert_eq!(Scheduler::new(0, S).err(), Some(SchedError::NoCpus));
+    assert_eq!(
+        Scheduler::new(MAX_CPUS + 1, S).err(),
+        Some(SchedError::TooManyCpus { cpus: MAX_CPUS + 1 })
+    );
+    assert_eq!(
+        Scheduler::new(1, 0).err(),
+        Some(SchedError::BadSlice { slice: 0 })
+    );
+    assert!(Scheduler::new(1, MAX_SLICE + 1).is_err());
+    assert!(Scheduler::new(1, u64::MAX).is_err());
+    let s = Scheduler::new(MAX_CPUS, MAX_SLICE).unwrap();
+    assert_eq!((s.cpu_count(), s.slice()), (MAX_CPUS, MAX_SLICE));
+    // The smallest slice still gives a 1-tick minimum run.
+    let mut s = Scheduler::new(1, 1).unwrap();
+    s.add(v(0), None).unwrap();
+    assert!(matches!(s.pick(c(0), 0), Decision::Run { slice: 1, .. }));
+
+    let mut s = sched(4);
+    s.add(v(3), None).unwrap();
+    let dup = s.add(v(3), None).unwrap_err();
+    assert_eq!(dup, SchedError::DuplicateVcpu(v(3)));
+    assert_eq!(
+        dup.to_string(),
+        "vCPU 3 is already scheduled; remove it before adding it again"
+    );
+    let far = s.add(v(4), Some(&[c(1), c(9)])).unwrap_err();
+    assert_eq!(
+        far.to_string(),
+        "vCPU 4: its affinity names CPU 9, but the CPUs are 0..=3"
+    );
+    let empty = s.add(v(4), Some(&[])).unwrap_err();
+    assert!(empty.to_string().contains("vCPU 4: its affinity is empty"));
+    assert!(Scheduler::new(0, S)
+        .unwrap_err()
+        .to_string()
+        .contains("0 CPUs"));
+    assert!(SchedError::BadSlice { slice: 0 }
+        .to_string()
+        .contains("0 ticks"));
+    // A failed add leaves nothing behind.
+    assert_eq!(s.vcpus().count(), 1);
+    check(&s);
+}
+
+// ---- unknown ids and odd call sequences ----
+
+#[test]
+fn unknown_ids_and_wrong_stops_are_no_ops() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    assert_eq!(s.pick(c(2), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(CpuId(u32::MAX), clock.now()), Decision::Idle);
+    assert_eq!(s.cpu_stats(c(2)), None);
+    let (zero, _, _) = pick(&mut s, &clock, c(0));
+    let before: Vec<_> = s.vcpus().collect();
+    clock.advance(S);
+    assert_eq!(s.stopped(c(1), zero, StopCause::Blocked, clock.now()), None);
+    assert_eq!(s.stopped(c(0), v(1), StopCause::Blocked, clock.now()), None);
+    assert_eq!(s.stopped(c(7), zero, StopCause::Blocked, clock.now()), None);
+    assert_eq!(s.stopped(c(0), v(7), StopCause::Blocked, clock.now()), None);
+    assert_eq!(s.wake(v(7)), None);
+    assert_eq!(s.remove(v(7)), None);
+    assert_eq!(s.stats(v(7)), None);
+    assert_eq!(s.vcpus().collect::<Vec<_>>(), before);
+    check(&s);
+}
+
+#[test]
+fn pick_without_stopped_ends_the_run_as_a_slice_end() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    pick(&mut s, &clock, c(0));
+    clock.advance(S);
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(1));
+    let zero = s.stats(v(0)).unwrap();
+    assert_eq!(
+        (zero.run_time, zero.slice_ends, zero.state),
+        (S, 1, VcpuState::Runnable)
+    );
+}
+
+#[test]
+fn removing_a_vcpu_in_any_state_forgets_it() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..4 {
+        s.add(v(n), None).unwrap();
+    }
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked); // 0 blocked
+    run(&mut s, &clock, c(0), 20, StopCause::Stopped); // 1 stopped
+    let (two, _, _) = pick(&mut s, &clock, c(0)); // 2 running, 3 queued
+    let gone = s.remove(v(1)).unwrap();
+    assert_eq!((gone.state, gone.run_time), (VcpuState::Stopped, 20));
+    assert_eq!(s.remove(v(0)).unwrap().state, VcpuState::Blocked);
+    assert_eq!(s.remove(v(3)).unwrap().state, VcpuState::Runnable);
+    check(&s);
+    assert_eq!(s.remove(two).unwrap().state, VcpuState::Running);
+    check(&s);
+    assert_eq!(s.cpu_stats(c(0)).unwrap().running, None);
+    assert_eq!(s.stopped(c(0), two, StopCause::SliceEnd, clock.now()), None);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    // The id can be used again.
+    assert_eq!(
+        s.add(two, None).unwrap(),
+        Placement {
+            cpu: c(0),
+            kick: Some(c(0))
+        }
+    );
+    assert_eq!(pick(&mut s, &clock, c(0)), (two, S, None));
+}
+
+#[test]
+fn a_stopped_vcpu_never_runs_again() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    run(&mut s, &clock, c(0), 10, StopCause::Stopped);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 3), [1, 1, 1]);
+    assert_eq!(
+        s.add(v(0), None).unwrap_err(),
+        SchedError::DuplicateVcpu(v(0))
+    );
+}
+
+// ---- any call sequence ----
+
+/// One call of the random call sequences.
+#[derive(Clone, Debug)]
+enum Op {
+    Pick(u32),
+    /// Stop what the CPU runs (or, if nothing, a given vCPU) after `dt`.
+    Stop(u32, u8, u64, u32),
+    Wake(u32),
+    Exit(u32, u16),
+    Add(u32, u8),
+    Remove(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u32..4).prop_map(Op::Pick),
+        4 => (0u32..4, 0u8..4, 0u64..3 * S, 0u32..8).prop_map(|(c, k, dt, v)| Op::Stop(c, k, dt, v)),
+        2 => (0u32..8).prop_map(Op::Wake),
+        1 => (0u32..8, any::<u16>()).prop_map(|(v, r)| Op::Exit(v, r)),
+        1 => (0u32..8, 0u8..5).prop_map(|(v, a)| Op::Add(v, a)),
+        1 => (0u32..8).prop_map(Op::Remove),
+    ]
+}
+
+/// The affinities the random sequences use (CPU 3 does not exist).
+fn affinity(choice: u8) -> Option<Vec<CpuId>> {
+    match choice {
+        0 => None,
+        1 => Some(vec![c(0)]),
+        2 => Some(vec![c(1), c(2)]),
+        3 => Some(vec![c(2)]),
+        _ => Some(vec![c(0), c(3)]),
+    }
+}
+
+const CAUSES: [StopCause; 4] = [
+    StopCause::SliceEnd,
+    StopCause::Blocked,
+    StopCause::Stopped,
+    StopCause::Yield,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any sequence of calls on 3 CPUs, with unknown CPUs and vCPUs mixed
+    /// in: no panic, every invariant holds after every call, a vCPU only
+    /// runs where its affinity allows, `migrated_from` is exactly the
+    /// previous CPU when it differs, and the run time reported equals the
+    /// time handed out.
+    #[test]
+    fn any_call_sequence_keeps_the_books(
+        initial in proptest::collection::vec(0u8..4, 0..6),
+        ops in proptest::collection::vec(op(), 1..150),
+    ) {
+        let clock = FakeClock::new();
+        let mut s = sched(3);
+        let mut running: Map<u32, (VcpuId, u64)> = Map::new();
+        let mut last: Map<VcpuId, CpuId> = Map::new();
+        let mut allowed: Map<VcpuId, Option<Vec<CpuId>>> = Map::new();
+        for (n, &choice) in (0u32..).zip(&initial) {
+            let set = affinity(choice);
+            s.add(v(n), set.as_deref()).unwrap();
+            allowed.insert(v(n), set);
+        }
+        let mut given = 0u64;
+        let mut removed_time = 0u64;
+        for op in ops {
+            clock.advance(7);
+            match op {
+                Op::Pick(cpu) => {
+                    if let Some((_, started)) = running.remove(&cpu) {
+                        given += clock.now() - started;
+                    }
+                    match s.pick(c(cpu), clock.now()) {
+                        Decision::Run { vcpu, slice, migrated_from } => {
+                            prop_assert!(cpu < 3);
+                            prop_assert!((MIN_RUN..S + MIN_RUN).contains(&slice));
+                            if let Some(Some(set)) = allowed.get(&vcpu) {
+                                prop_assert!(set.contains(&c(cpu)), "{} ran on {}", vcpu, cpu);
+                            }
+                            let expected = last.get(&vcpu).copied().filter(|&l| l != c(cpu));
+                            prop_assert_eq!(migrated_from, expected);
+                            last.insert(vcpu, c(cpu));
+                            prop_assert!(running.values().all(|&(r, _)| r != vcpu));
+                            running.insert(cpu, (vcpu, clock.now()));
+                        }
+                        Decision::Idle => {
+                            prop_assert_eq!(s.cpu_stats(c(cpu)).map(|st| st.idle), (cpu < 3).then_some(true));
+                            // Work-conserving: nothing that waits elsewhere
+                            // could have run here.
+                            let i = cpu as usize;
+                            for (j, other) in s.cpus.iter().enumerate() {
+                                let stealable = cpu < 3 && j != i && other.waiting() > 0 && other.queue.iter().any(|id| s.vcpus[id].affinity.allows(i));
+                                prop_assert!(!stealable, "CPU {} idle while CPU {} has work for it", i, j);
+                            }
+                        }
+                    }
+                }
+                Op::Stop(cpu, cause, dt, other) => {
+                    clock.advance(dt);
+                    let cause = CAUSES[usize::from(cause)];
+                    match running.remove(&cpu) {
+                        Some((vcpu, started)) => {
+                            given += clock.now() - started;
+                            s.stopped(c(cpu), vcpu, cause, clock.now());
+                            let st = s.stats(vcpu).unwrap();
+                            prop_assert_ne!(st.state, VcpuState::Running);
+                        }
+                        None => {
+                            let before: Vec<_> = s.vcpus().collect();
+                            prop_assert_eq!(s.stopped(c(cpu), v(other), cause, clock.now()), None);
+                            prop_assert_eq!(s.vcpus().collect::<Vec<_>>(), before);
+                        }
+                    }
+                }
+                Op::Wake(n) => {
+                    let before = s.stats(v(n));
+                    let kick = s.wake(v(n));
+                    if let Some(kicked) = kick {
+                        prop_assert!(kicked.0 < 3);
+                        prop_assert!(!s.cpu_stats(kicked).unwrap().idle);
+                    }
+                    if before.map(|b| b.state) != Some(VcpuState::Blocked) {
+                        prop_assert_eq!(kick, None);
+                        prop_assert_eq!(s.stats(v(n)).map(|st| st.wakeups), before.map(|b| b.wakeups));
+                    } else {
+                        prop_assert_eq!(s.stats(v(n)).unwrap().state, VcpuState::Runnable);
+                    }
+                }
+                Op::Exit(n, reason) => {
+                    let before = s.stats(v(n)).map(|st| st.exits_total());
+                    s.record_exit(v(n), reason);
+                    prop_assert_eq!(s.stats(v(n)).map(|st| st.exits_total()), before.map(|t| t + 1));
+                }
+                Op::Add(n, choice) => {
+                    let set = affinity(choice);
+                    let known = s.stats(v(n)).is_some();
+                    match s.add(v(n), set.as_deref()) {
+                        Ok(placed) => {
+                            prop_assert!(!known && choice != 4);
+                            if let Some(set) = &set {
+                                prop_assert!(set.contains(&placed.cpu));
+                            }
+                            allowed.insert(v(n), set);
+                        }
+                        Err(_) => prop_assert!(known || choice == 4),
+                    }
+                }
+                Op::Remove(n) => {
+                    if let Some(st) = s.remove(v(n)) {
+                        removed_time += st.run_time;
+                        if let Some(cpu) = running.iter().find(|(_, &(r, _))| r == v(n)).map(|(&c, _)| c) {
+                            running.remove(&cpu);
+                        }
+                        last.remove(&v(n));
+                        allowed.remove(&v(n));
+                    }
+                }
+            }
+            check(&s);
+        }
+        let reported: u64 = s.vcpus().map(|(_, st)| st.run_time).sum::<u64>() + removed_time;
+        prop_assert_eq!(reported, given);
+    }
+}
