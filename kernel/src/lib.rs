@@ -5,5 +5,6 @@ pub mod acpi;
 pub mod archive;
 pub mod config;
 pub mod devices;
+pub mod disk;
 pub mod loader;
 pub mod vcpu;

@@ -88,10 +88,34 @@ impl Variant {
         self.dir().join("kernel")
     }
 
-    /// The variant's disk image for `firmware` (`bios` or `uefi`).
+    /// The disk image to boot with `firmware`: with a config folder, the
+    /// one GPT disk that boots by BIOS and UEFI and holds the FERROCFG
+    /// config partition ([`Variant::disk`]); without, the bootloader's
+    /// image for that firmware.
     pub fn image(&self, firmware: Firmware) -> PathBuf {
-        self.dir()
-            .join(format!("ferrovisor-{}.img", firmware.name()))
+        if self.config.is_some() {
+            self.disk()
+        } else {
+            self.bootloader_image(firmware)
+        }
+    }
+
+    /// The bootloader's own image for `firmware` (an MBR disk for BIOS, a
+    /// GPT disk for UEFI), from which [`Variant::disk`] is assembled.
+    pub fn bootloader_image(&self, firmware: Firmware) -> PathBuf {
+        self.dir().join(format!("ferrovisor-{}.img", firmware.name()))
+    }
+
+    /// The GPT disk with a hybrid MBR, bootable by BIOS and UEFI, holding
+    /// the config partition.
+    pub fn disk(&self) -> PathBuf {
+        self.dir().join("ferrovisor.img")
+    }
+
+    /// The folder whose files fill the config partition (the config folder
+    /// plus the built test guests).
+    pub fn staging(&self) -> PathBuf {
+        self.dir().join("config")
     }
 }
 
@@ -253,7 +277,23 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
         crate::guests::ramdisk(config, &ramdisk).map_err(BuildError)?;
         cmd.arg("--ramdisk").arg(ramdisk);
     }
-    run(cmd, "building the disk images")
+    run(cmd, "building the disk images")?;
+    if let Some(config) = &variant.config {
+        println!(
+            "xtask: writing {} (BIOS and UEFI, config partition FERROCFG from {})",
+            variant.disk().display(),
+            config.display()
+        );
+        crate::guests::stage(config, &variant.staging()).map_err(BuildError)?;
+        crate::disk::hybrid_image(
+            &variant.bootloader_image(Firmware::Bios),
+            &variant.bootloader_image(Firmware::Uefi),
+            &variant.staging(),
+            &variant.disk(),
+        )
+        .map_err(BuildError)?;
+    }
+    Ok(())
 }
 
 /// Kernel and images for `variant`.

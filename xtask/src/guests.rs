@@ -67,14 +67,59 @@ pub fn build_guests(out_dir: &Path) -> Result<Vec<PathBuf>, String> {
 /// does not fit a ustar header, the guests do not build, or a file cannot be
 /// read or written.
 pub fn ramdisk(config_dir: &Path, out_file: &Path) -> Result<(), String> {
+    let files = config_files(config_dir, out_file, "ramdisk")?;
+    let mut entries = Vec::with_capacity(files.len());
+    for (name, path) in files {
+        let data =
+            fs::read(&path).map_err(|e| format!("ramdisk: cannot read {}: {e}", path.display()))?;
+        entries.push((name, data));
+    }
+    let archive = ustar(&entries)?;
+    fs::write(out_file, archive)
+        .map_err(|e| format!("ramdisk: cannot write {}: {e}", out_file.display()))
+}
+
+/// Fills `staging` (emptied first) with the config partition's contents:
+/// every file of `config_dir` and the test guests built from
+/// `guest-images/asm`, as [`ramdisk`] packs them.
+///
+/// # Errors
+///
+/// As [`ramdisk`], and when `staging` cannot be emptied or written.
+pub fn stage(config_dir: &Path, staging: &Path) -> Result<(), String> {
+    // The guests are built beside the staging folder, not in it (it is
+    // emptied below).
+    let beside = staging.parent().unwrap_or(staging).join("staged");
+    let files = config_files(config_dir, &beside, "config partition")?;
+    if staging.exists() {
+        fs::remove_dir_all(staging)
+            .map_err(|e| format!("config partition: cannot empty {}: {e}", staging.display()))?;
+    }
+    for (name, path) in files {
+        let to = staging.join(&name);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("config partition: cannot create {}: {e}", parent.display()))?;
+        }
+        fs::copy(&path, &to).map_err(|e| {
+            format!("config partition: cannot copy {} to {}: {e}", path.display(), to.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// The files of a config folder plus the built guests, as (name in the
+/// partition or archive, file on the host), sorted; the guests are built
+/// under `<beside's folder>/guests`.
+fn config_files(config_dir: &Path, beside: &Path, what: &str) -> Result<Vec<(String, PathBuf)>, String> {
     let config = config_dir.join(CONFIG_FILE);
     if !config.is_file() {
         return Err(format!(
-            "ramdisk: {} not found; a config folder needs its {CONFIG_FILE}",
+            "{what}: {} not found; a config folder needs its {CONFIG_FILE}",
             config.display()
         ));
     }
-    let parent = match out_file.parent() {
+    let parent = match beside.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
@@ -86,7 +131,7 @@ pub fn ramdisk(config_dir: &Path, out_file: &Path) -> Result<(), String> {
         let name = file_name(bin)?;
         if files.iter().any(|(n, _)| *n == name) {
             return Err(format!(
-                "ramdisk: {} has a file named {name}, which the built guest of the same \
+                "{what}: {} has a file named {name}, which the built guest of the same \
                  name would replace; rename or remove it",
                 config_dir.display()
             ));
@@ -94,18 +139,9 @@ pub fn ramdisk(config_dir: &Path, out_file: &Path) -> Result<(), String> {
         files.push((name, bin.clone()));
     }
     files.sort();
-
-    let mut entries = Vec::with_capacity(files.len());
-    for (name, path) in files {
-        let data =
-            fs::read(&path).map_err(|e| format!("ramdisk: cannot read {}: {e}", path.display()))?;
-        entries.push((name, data));
-    }
-    let archive = ustar(&entries)?;
     fs::create_dir_all(&parent)
-        .map_err(|e| format!("ramdisk: cannot create {}: {e}", parent.display()))?;
-    fs::write(out_file, archive)
-        .map_err(|e| format!("ramdisk: cannot write {}: {e}", out_file.display()))
+        .map_err(|e| format!("{what}: cannot create {}: {e}", parent.display()))?;
+    Ok(files)
 }
 
 /// The file every config folder holds.
