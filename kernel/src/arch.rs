@@ -47,6 +47,24 @@ pub unsafe fn inw(port: u16) -> u16 {
     unsafe { Port::new(port).read() }
 }
 
+/// Writes a 32-bit doubleword to an I/O port.
+///
+/// # Safety
+/// As for [`outb`].
+pub unsafe fn outl(port: u16, value: u32) {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { Port::new(port).write(value) }
+}
+
+/// Reads a 32-bit doubleword from an I/O port.
+///
+/// # Safety
+/// As for [`inw`].
+pub unsafe fn inl(port: u16) -> u32 {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { Port::new(port).read() }
+}
+
 /// Stops this CPU for good: interrupts off, then `hlt` forever (an NMI or SMI
 /// may wake it; it halts again).
 pub fn halt_forever() -> ! {

@@ -23,8 +23,8 @@ use log::{debug, error, info, warn};
 use vmx::caps::VmxCapabilities;
 use vmx::instructions::{self as hw, HardwareVmcs};
 
+use crate::memory;
 use crate::vm::{Guest, Hardware, RunState};
-use crate::{memory, tsc};
 
 /// One configured guest and, while it exists, the guest.
 struct Slot {
@@ -91,9 +91,11 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
 }
 
 /// Starts the guests `outcome` lists, with their images from `files`, and
-/// runs them until all have stopped.
+/// runs them until all have stopped; `tsc_hz` turns the slice length into
+/// TSC ticks.
 pub fn run_all(
     caps: VmxCapabilities,
+    tsc_hz: u64,
     files: &mut dyn ConfigFiles<'_>,
     outcome: ParseOutcome,
 ) -> AllStopped {
@@ -105,7 +107,6 @@ pub fn run_all(
             return AllStopped::PowerOff;
         }
     };
-    let tsc_hz = tsc::measure_hz();
     let slice_ticks = tsc_hz / 1000 * u64::from(settings.slice_ms);
     debug!(
         "sched: slice {} ms = {slice_ticks} TSC ticks",

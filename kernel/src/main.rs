@@ -11,7 +11,9 @@
 extern crate alloc;
 
 mod arch;
+mod bootcfg;
 mod cpu;
+mod drivers;
 mod gdt;
 mod guests;
 mod interrupts;
@@ -61,24 +63,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let vtx = cpu::report();
     selftest::run();
-    let ramdisk = ramdisk(boot_info);
-    let archive = ramdisk.map(kernel::archive::Archive::new);
-    let mut files = match archive {
-        Some(Ok(archive)) => Some(kernel::config::files::RamdiskArchive::new(archive)),
-        Some(Err(e)) => {
-            log::error!("config: error: {e}");
-            None
-        }
-        None => {
-            info!("config: no boot ramdisk, so no hypervisor.toml and no guests");
-            None
-        }
-    };
-    let outcome = files.as_mut().and_then(|f| guests::load_config(f));
+    let tsc_hz = tsc::measure_hz();
+    let mut disks = drivers::find_disks(tsc_hz);
+    let mut files = bootcfg::open(&mut disks, ramdisk(boot_info));
+    let outcome = files.as_mut().and_then(|f| guests::load_config(&mut **f));
     match (vtx, files.as_mut(), outcome) {
         (Ok(caps), Some(files), Some(outcome)) => {
             arch::mask_legacy_pic();
-            if let guests::AllStopped::StayUp = guests::run_all(caps, files, outcome) {
+            if let guests::AllStopped::StayUp = guests::run_all(caps, tsc_hz, &mut **files, outcome)
+            {
                 arch::halt_forever();
             }
         }

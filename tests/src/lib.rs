@@ -8,8 +8,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::path::Path;
 use xtask::build::{Firmware, Variant};
-use xtask::runner::{self, BootOptions, BootOutcome, Engine, Exit};
+
+use xtask::runner::{self, BootOptions, BootOutcome, Engine, Exit, Machine};
 use xtask::setup::{self, Found};
 
 /// Emulators and firmware, looked up once per test binary.
@@ -18,10 +20,40 @@ fn tools() -> &'static Found {
     TOOLS.get_or_init(|| setup::find_tools(&setup::boot_test_needs()))
 }
 
-/// Boots `variant`'s image for `firmware` under `engine`, with `cpus` CPUs,
-/// and returns what happened. `timeout` bounds the run.
-pub fn boot(variant: &Variant, engine: Engine, firmware: Firmware, timeout: Duration) -> BootOutcome {
-    let image = variant.image(firmware);
+/// Boots `variant`'s image for `firmware` under `engine` (QEMU as `q35`, with
+/// its AHCI controller) and returns what happened. `timeout` bounds the run.
+pub fn boot(
+    variant: &Variant,
+    engine: Engine,
+    firmware: Firmware,
+    timeout: Duration,
+) -> BootOutcome {
+    let tag = format!(
+        "{}-{}-{}",
+        variant.dir_name(),
+        engine.name(),
+        firmware.name()
+    );
+    boot_image(
+        &variant.image(firmware),
+        engine,
+        firmware,
+        Machine::Q35,
+        timeout,
+        &tag,
+    )
+}
+
+/// Boots the disk image `image` under `engine` on `machine` (QEMU only);
+/// `tag` names the emulator's work folder, so concurrent tests stay apart.
+pub fn boot_image(
+    image: &Path,
+    engine: Engine,
+    firmware: Firmware,
+    machine: Machine,
+    timeout: Duration,
+    tag: &str,
+) -> BootOutcome {
     assert!(
         image.is_file(),
         "{} is missing: the boot tests run through `cargo xtask test`, which builds the images first",
@@ -30,17 +62,17 @@ pub fn boot(variant: &Variant, engine: Engine, firmware: Firmware, timeout: Dura
     let opts = BootOptions {
         engine,
         firmware,
-        image,
+        image: image.to_path_buf(),
         cpus: 1,
         memory_mib: 512,
         timeout,
         serial_log: None,
         echo: false,
-        work_dir: xtask::out_dir()
-            .join("boot-tests")
-            .join(format!("{}-{}-{}", variant.dir_name(), engine.name(), firmware.name())),
+        work_dir: xtask::out_dir().join("boot-tests").join(tag),
+        machine,
     };
-    runner::boot(&opts, tools()).unwrap_or_else(|e| panic!("cannot boot {}: {e}", opts.image.display()))
+    runner::boot(&opts, tools())
+        .unwrap_or_else(|e| panic!("cannot boot {}: {e}", opts.image.display()))
 }
 
 /// Checks made on one boot, each failure reported with the whole console.
@@ -59,7 +91,10 @@ impl<'a> Checked<'a> {
         let log = match &self.outcome.emulator_log {
             Some(log) if !log.is_empty() => {
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                format!("\n--- emulator log (last lines) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "\n--- emulator log (last lines) ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             }
             _ => String::new(),
         };
@@ -109,7 +144,9 @@ impl<'a> Checked<'a> {
     /// with status `code`.
     pub fn exit_code(&self, code: i32) -> &Self {
         if self.outcome.exit != Exit::Code(code) {
-            self.fail(&format!("expected the emulator to exit by itself with status {code}"));
+            self.fail(&format!(
+                "expected the emulator to exit by itself with status {code}"
+            ));
         }
         self
     }
@@ -124,7 +161,13 @@ impl<'a> Checked<'a> {
 
     /// The emulator's own log contains `needle`.
     pub fn emulator_log_saw(&self, needle: &str) -> &Self {
-        if !self.outcome.emulator_log.as_deref().unwrap_or("").contains(needle) {
+        if !self
+            .outcome
+            .emulator_log
+            .as_deref()
+            .unwrap_or("")
+            .contains(needle)
+        {
             self.fail(&format!("the emulator's log never showed {needle:?}"));
         }
         self

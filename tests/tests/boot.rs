@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use tests::{boot, Checked};
+use std::process::Command;
+
+use tests::{boot, boot_image, Checked};
 use xtask::build::{Firmware, Variant};
-use xtask::runner::Engine;
+use xtask::runner::{Engine, Machine};
 
 const QEMU_LIMIT: Duration = Duration::from_secs(120);
 const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
@@ -50,6 +52,126 @@ fn qemu_without_vtx(firmware: Firmware) {
     .in_order("VT-x unavailable", "powering off")
     .never("powering off after a failure")
     .exit_code(0);
+    default_plan(&c, "disk ahci0-port0 partition FERROCFG");
+}
+
+/// The default configuration's plan, read from `source`.
+fn default_plan(c: &Checked<'_>, source: &str) {
+    c.saw(&format!("config: loaded 4 guests from {source}"))
+        .saw("config: guest real: kernel \"real.bin\", flat, real mode, 1 MiB, 1 vCPU")
+        .saw("config: guest protected: kernel \"protected.bin\", flat, protected mode, 2 MiB, 1 vCPU")
+        .saw("config: guest long: kernel \"long.bin\", flat, long mode, 2 MiB, 1 vCPU")
+        .saw("config: guest cpuid: kernel \"cpuid_loop.bin\", flat, long mode, 2 MiB, 1 vCPU")
+        .in_order("config: loaded 4 guests", "config: guest real:");
+}
+
+/// QEMU's `pc` machine puts the disk on the PIIX IDE controller: the ATA
+/// driver reads the config partition there.
+#[test]
+fn qemu_pc_reads_the_config_partition_over_ata() {
+    let variant = Variant::default();
+    let out = boot_image(
+        &variant.image(Firmware::Bios),
+        Engine::Qemu,
+        Firmware::Bios,
+        Machine::Pc,
+        QEMU_LIMIT,
+        "pc-ide",
+    );
+    let c = Checked::new(&out, "QEMU pc (IDE) boot");
+    common_report(&c);
+    c.line("`pci: <bdf> 8086:7010 IDE controller`", |l| {
+        l.contains("8086:7010 IDE controller")
+    })
+    .line(
+        "`ata: ata0-master (primary master): \"QEMU HARDDISK\" ...`",
+        |l| l.contains("ata: ata0-master (primary master): \"QEMU HARDDISK\""),
+    )
+    .exit_code(0);
+    default_plan(&c, "disk ata0-master partition FERROCFG");
+}
+
+/// On a disk without a config partition (the bootloader's own BIOS image)
+/// the configuration comes from the boot ramdisk, and the log says so.
+#[test]
+fn without_a_config_partition_the_ramdisk_is_used() {
+    let variant = Variant::default();
+    let out = boot_image(
+        &variant.bootloader_image(Firmware::Bios),
+        Engine::Qemu,
+        Firmware::Bios,
+        Machine::Q35,
+        QEMU_LIMIT,
+        "ramdisk-fallback",
+    );
+    let c = Checked::new(&out, "QEMU boot of a disk without FERROCFG");
+    common_report(&c);
+    c.saw("config: no disk holds a FERROCFG partition; using the boot ramdisk")
+        .exit_code(0);
+    default_plan(&c, "the boot ramdisk");
+}
+
+/// Runs an mtools command on the image's FERROCFG partition.
+fn mtools(program: &str, image: &std::path::Path, offset: u64, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .arg("-i")
+        .arg(format!("{}@@{offset}", image.display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (mtools): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The config partition is an ordinary FAT32 file system: editing
+/// hypervisor.toml in the built image with mtools (renaming a guest and
+/// giving it a command line) changes what the next boot plans, with no
+/// rebuild.
+#[test]
+fn editing_the_config_partition_with_mtools_changes_the_next_boot() {
+    let built = Variant::default().image(Firmware::Bios);
+    let dir = xtask::out_dir().join("boot-tests").join("mtools-edit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("edited.img");
+    std::fs::copy(&built, &image).unwrap();
+    let range = xtask::disk::config_partition(&image).unwrap();
+    let config = mtools("mtype", &image, range.start, &["::/hypervisor.toml"]);
+    let config = String::from_utf8(config).unwrap();
+    assert!(
+        config.contains("name = \"real\""),
+        "unexpected default config:\n{config}"
+    );
+    let edited = config.replacen(
+        "name = \"real\"",
+        "name = \"edited\"\ncmdline = \"changed with mtools\"",
+        1,
+    );
+    let file = dir.join("hypervisor.toml");
+    std::fs::write(&file, edited).unwrap();
+    mtools(
+        "mcopy",
+        &image,
+        range.start,
+        &["-o", file.to_str().unwrap(), "::/hypervisor.toml"],
+    );
+
+    let out = boot_image(
+        &image,
+        Engine::Qemu,
+        Firmware::Bios,
+        Machine::Q35,
+        QEMU_LIMIT,
+        "mtools-edit",
+    );
+    Checked::new(&out, "QEMU boot after editing FERROCFG with mtools")
+        .saw("config: loaded 4 guests from disk ahci0-port0 partition FERROCFG")
+        .saw("config: guest edited: kernel \"real.bin\", flat, real mode, 1 MiB, 1 vCPU, cmdline \"changed with mtools\"")
+        .never("config: guest real:")
+        .exit_code(0);
 }
 
 #[test]
@@ -170,7 +292,7 @@ fn bochs_runs_and_contains_the_test_guests() {
 /// What the test guests print wherever VT-x runs them.
 fn test_guests(c: &Checked<'_>) {
     vtx_ready(c);
-    c.saw("config: loaded 7 guests from the boot ramdisk");
+    c.saw("config: loaded 7 guests from disk ");
     for name in [
         "real",
         "protected",
@@ -216,7 +338,12 @@ fn test_guests(c: &Checked<'_>) {
 /// are skipped, and the valid guest still starts and runs.
 #[test]
 fn bochs_reports_a_broken_config_and_starts_the_valid_guest() {
-    let out = boot(&Variant::with_guests("broken"), Engine::Bochs, Firmware::Bios, BOCHS_LIMIT);
+    let out = boot(
+        &Variant::with_guests("broken"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
     let c = Checked::new(&out, "Bochs boot with a broken config");
     c.saw("config: error: hypervisor.toml:6:1: hypervisor: slice_ms 0 is out of range; use 1 to 1000 milliseconds")
         .saw("config: error: hypervisor.toml:20:1: guest 'web': memory \"12Q\" is not a size like 128M")

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use xtask::build::{self, Firmware, Variant};
-use xtask::runner::{self, BootOptions, Engine};
+use xtask::runner::{self, BootOptions, Engine, Machine};
 use xtask::{out_dir, setup, workspace_root};
 
 /// The exit-path target for a CPUID round trip (Bochs ticks).
@@ -57,6 +57,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let variant = Variant::with_guests("bench");
     build::all(&variant).map_err(|e| e.to_string())?;
     let opts = BootOptions {
+        machine: Machine::Q35,
         engine: Engine::Bochs,
         firmware: Firmware::Bios,
         image: variant.image(Firmware::Bios),

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         }),
         "image" => cli::Options::parse(rest, &["--log"]).and_then(|o| {
             xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;
+            xtask::setup::ensure_tools(&[xtask::setup::Tool::Mtools]).map_err(|e| e.to_string())?;
             build::all(&Variant::with_log_level(&o.log_level()?)).map_err(|e| e.to_string())
         }),
         "run" => run::main(rest),

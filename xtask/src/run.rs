@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use xtask::build::{self, Firmware, Variant};
 use xtask::host::{self, HostFacts};
-use xtask::runner::{self, BootOptions, Engine, Exit};
+use xtask::runner::{self, BootOptions, Engine, Exit, Machine};
 use xtask::{out_dir, setup};
 
 use crate::cli::Options;
@@ -70,7 +70,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
         setup::ensure_tools(&setup::needs(choice.engine, firmware)).map_err(|e| e.to_string())?;
     build::all(&variant).map_err(|e| e.to_string())?;
 
+    let machine = match o.get("--machine") {
+        None => Machine::Q35,
+        Some(name) => Machine::parse(name)
+            .ok_or_else(|| format!("--machine takes q35 or pc, not {name:?}"))?,
+    };
     let opts = BootOptions {
+        machine,
         engine: choice.engine,
         firmware,
         image: variant.image(firmware),

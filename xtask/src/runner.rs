@@ -61,6 +61,38 @@ pub struct BootOptions {
     /// Folder for the emulator's own files (Bochs config and log, OVMF
     /// variables); made if missing.
     pub work_dir: PathBuf,
+    /// The machine QEMU emulates (Bochs has one machine).
+    pub machine: Machine,
+}
+
+/// The PC QEMU emulates, which decides the disk controller the image sits
+/// on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Machine {
+    /// `q35`: ICH9 with its AHCI SATA controller (the default).
+    #[default]
+    Q35,
+    /// `pc`: i440FX with the PIIX IDE controller (ATA).
+    Pc,
+}
+
+impl Machine {
+    /// QEMU's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Pc => "pc",
+        }
+    }
+
+    /// Parses `q35` or `pc`.
+    pub fn parse(s: &str) -> Option<Machine> {
+        match s {
+            "q35" => Some(Machine::Q35),
+            "pc" => Some(Machine::Pc),
+            _ => None,
+        }
+    }
 }
 
 /// How the emulator ended.
@@ -110,7 +142,10 @@ impl std::error::Error for RunError {}
 /// limit to pass.
 pub fn boot(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
     if !opts.image.is_file() {
-        return Err(RunError(format!("disk image {} does not exist", opts.image.display())));
+        return Err(RunError(format!(
+            "disk image {} does not exist",
+            opts.image.display()
+        )));
     }
     fs::create_dir_all(&opts.work_dir)
         .map_err(|e| RunError(format!("cannot create {}: {e}", opts.work_dir.display())))?;
@@ -122,27 +157,53 @@ pub fn boot(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> 
 
 /// The QEMU command line for `opts`.
 pub fn qemu_command(opts: &BootOptions, tools: &Found) -> Result<Command, RunError> {
-    let qemu = tools.qemu.as_ref().ok_or_else(|| RunError("QEMU was not found".into()))?;
+    let qemu = tools
+        .qemu
+        .as_ref()
+        .ok_or_else(|| RunError("QEMU was not found".into()))?;
     let mut cmd = Command::new(qemu);
-    cmd.args(["-machine", "q35", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]);
+    cmd.args(["-machine", opts.machine.name()]);
+    cmd.args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ]);
     cmd.arg("-m").arg(format!("{}M", opts.memory_mib));
     cmd.arg("-smp").arg(opts.cpus.to_string());
     if opts.engine == Engine::Kvm {
         // `host` passes the CPU's VMX capabilities through to Ferrovisor.
         cmd.args(["-enable-kvm", "-cpu", "host"]);
     }
-    cmd.arg("-drive").arg(format!("format=raw,file={},if=ide,index=0,media=disk", opts.image.display()));
+    // `snapshot=on`: QEMU opens the image read-only (writes would go to a
+    // temporary overlay), so several boots of one image can run at once
+    // and a run never changes the built image.
+    cmd.arg("-drive").arg(format!(
+        "format=raw,file={},if=ide,index=0,media=disk,snapshot=on",
+        opts.image.display()
+    ));
     if opts.firmware == Firmware::Uefi {
-        let ovmf = tools.ovmf.as_ref().ok_or_else(|| RunError("OVMF (UEFI firmware) was not found".into()))?;
+        let ovmf = tools
+            .ovmf
+            .as_ref()
+            .ok_or_else(|| RunError("OVMF (UEFI firmware) was not found".into()))?;
         match &ovmf.vars {
             Some(vars_template) => {
                 // Split firmware: read-only code plus a private copy of the
                 // variable store, so runs never share or dirty the template.
                 let vars = opts.work_dir.join("OVMF_VARS.fd");
-                fs::copy(vars_template, &vars)
-                    .map_err(|e| RunError(format!("cannot copy {}: {e}", vars_template.display())))?;
-                cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={}", ovmf.code.display()));
-                cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+                fs::copy(vars_template, &vars).map_err(|e| {
+                    RunError(format!("cannot copy {}: {e}", vars_template.display()))
+                })?;
+                cmd.arg("-drive").arg(format!(
+                    "if=pflash,format=raw,readonly=on,file={}",
+                    ovmf.code.display()
+                ));
+                cmd.arg("-drive")
+                    .arg(format!("if=pflash,format=raw,file={}", vars.display()));
             }
             None => {
                 cmd.arg("-bios").arg(&ovmf.code);
@@ -157,7 +218,9 @@ fn boot_qemu(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError>
     let mut cmd = qemu_command(opts, tools)?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| RunError(format!("cannot start QEMU: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunError(format!("cannot start QEMU: {e}")))?;
     let lines = spawn_line_reader(child.stdout.take());
     let stderr = spawn_collector(child.stderr.take());
     let (serial, exit) = collect(&mut child, lines, opts, start)?;
@@ -165,7 +228,12 @@ fn boot_qemu(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError>
     if !stderr.trim().is_empty() {
         eprintln!("qemu: {}", stderr.trim());
     }
-    Ok(BootOutcome { serial, exit, emulator_log: Some(stderr), elapsed: start.elapsed() })
+    Ok(BootOutcome {
+        serial,
+        exit,
+        emulator_log: Some(stderr),
+        elapsed: start.elapsed(),
+    })
 }
 
 /// The Bochs configuration for `opts`, as written to `bochsrc.txt`.
@@ -186,8 +254,16 @@ fn boot_qemu(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError>
 /// Sound is off: with the PC speaker on, Bochs starts its sound mixer
 /// thread, which aborts ("buffer overflow detected", in `mixer_thread`) on
 /// hosts without an ALSA device, killing the boot before any output.
-pub fn bochs_config(opts: &BootOptions, tools: &Found, serial: &Path, log: &Path) -> Result<String, RunError> {
-    let bochs = tools.bochs.as_ref().ok_or_else(|| RunError("Bochs was not found".into()))?;
+pub fn bochs_config(
+    opts: &BootOptions,
+    tools: &Found,
+    serial: &Path,
+    log: &Path,
+) -> Result<String, RunError> {
+    let bochs = tools
+        .bochs
+        .as_ref()
+        .ok_or_else(|| RunError("Bochs was not found".into()))?;
     Ok(format!(
         "\
 megs: {megs}
@@ -221,9 +297,14 @@ debug: action=ignore
 
 fn boot_bochs(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
     if opts.firmware != Firmware::Bios {
-        return Err(RunError("Bochs boots BIOS images only; use --firmware bios".into()));
+        return Err(RunError(
+            "Bochs boots BIOS images only; use --firmware bios".into(),
+        ));
     }
-    let bochs = tools.bochs.as_ref().ok_or_else(|| RunError("Bochs was not found".into()))?;
+    let bochs = tools
+        .bochs
+        .as_ref()
+        .ok_or_else(|| RunError("Bochs was not found".into()))?;
     let serial_path = opts.work_dir.join("com1.txt");
     let log_path = opts.work_dir.join("bochs.log");
     let rc_path = opts.work_dir.join("bochsrc.txt");
@@ -235,25 +316,42 @@ fn boot_bochs(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError
         let _ = fs::remove_file(path);
     }
     let config = bochs_config(opts, tools, &serial_path, &log_path)?;
-    fs::write(&rc_path, config).map_err(|e| RunError(format!("cannot write {}: {e}", rc_path.display())))?;
+    fs::write(&rc_path, config)
+        .map_err(|e| RunError(format!("cannot write {}: {e}", rc_path.display())))?;
     // Debian's Bochs has the debugger built in and stops at its prompt;
     // this script tells it to continue at once.
-    fs::write(&debugger_rc, "c\n").map_err(|e| RunError(format!("cannot write {}: {e}", debugger_rc.display())))?;
-    fs::write(&serial_path, "").map_err(|e| RunError(format!("cannot write {}: {e}", serial_path.display())))?;
+    fs::write(&debugger_rc, "c\n")
+        .map_err(|e| RunError(format!("cannot write {}: {e}", debugger_rc.display())))?;
+    fs::write(&serial_path, "")
+        .map_err(|e| RunError(format!("cannot write {}: {e}", serial_path.display())))?;
 
     let mut cmd = Command::new(&bochs.binary);
     // The term display draws with curses on stdout (sent to /dev/null); it
     // needs some terminal type, and the plainest will do.
     cmd.env("TERM", "dumb");
-    cmd.arg("-q").arg("-f").arg(&rc_path).arg("-rc").arg(&debugger_rc);
-    cmd.current_dir(&opts.work_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("-q")
+        .arg("-f")
+        .arg(&rc_path)
+        .arg("-rc")
+        .arg(&debugger_rc);
+    cmd.current_dir(&opts.work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| RunError(format!("cannot start Bochs: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunError(format!("cannot start Bochs: {e}")))?;
     let lines = spawn_file_follower(serial_path.clone());
     let (serial, exit) = collect(&mut child, lines, opts, start)?;
     let _ = fs::remove_file(PathBuf::from(format!("{}.lock", opts.image.display())));
     let emulator_log = fs::read_to_string(&log_path).ok();
-    Ok(BootOutcome { serial, exit, emulator_log, elapsed: start.elapsed() })
+    Ok(BootOutcome {
+        serial,
+        exit,
+        emulator_log,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Lines from the emulator, or the end of its output.
@@ -269,7 +367,10 @@ fn spawn_line_reader(stdout: Option<impl Read + Send + 'static>) -> mpsc::Receiv
             let mut reader = BufReader::new(stdout);
             let mut buf = Vec::new();
             while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                if tx.send(Line::Text(String::from_utf8_lossy(&buf).into_owned())).is_err() {
+                if tx
+                    .send(Line::Text(String::from_utf8_lossy(&buf).into_owned()))
+                    .is_err()
+                {
                     return;
                 }
                 buf.clear();
@@ -304,7 +405,10 @@ fn spawn_file_follower(path: PathBuf) -> mpsc::Receiver<Line> {
                     offset = bytes.len();
                     while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                         let line: Vec<u8> = pending.drain(..=end).collect();
-                        if tx.send(Line::Text(String::from_utf8_lossy(&line).into_owned())).is_err() {
+                        if tx
+                            .send(Line::Text(String::from_utf8_lossy(&line).into_owned()))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -324,7 +428,10 @@ fn collect(
     start: Instant,
 ) -> Result<(String, Exit), RunError> {
     let mut log_file = match &opts.serial_log {
-        Some(path) => Some(fs::File::create(path).map_err(|e| RunError(format!("cannot create {}: {e}", path.display())))?),
+        Some(path) => Some(
+            fs::File::create(path)
+                .map_err(|e| RunError(format!("cannot create {}: {e}", path.display())))?,
+        ),
         None => None,
     };
     let mut serial = String::new();
@@ -343,10 +450,14 @@ fn collect(
     let exit = loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
             Ok(Line::Text(text)) => take(text),
-            Ok(Line::End) | Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            Ok(Line::End)
+            | Err(mpsc::RecvTimeoutError::Timeout)
+            | Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
         if status.is_none() {
-            status = child.try_wait().map_err(|e| RunError(format!("cannot wait for the emulator: {e}")))?;
+            status = child
+                .try_wait()
+                .map_err(|e| RunError(format!("cannot wait for the emulator: {e}")))?;
         }
         if let Some(status) = status {
             // Drain what the reader still holds (the follower needs one more

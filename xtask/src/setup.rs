@@ -27,24 +27,35 @@ pub enum Tool {
     Ovmf,
     /// Bochs with its ROM BIOS, the cirrus VGA BIOS and the term display.
     Bochs,
-    /// mtools (`mcopy`); no engine needs it, so ask for it explicitly.
+    /// mtools (`mformat`, `mcopy`): writing the FERROCFG config partition
+    /// of every image, and the boot tests that edit it.
     Mtools,
 }
 
-/// The host tools `engine` needs to boot an image made for `firmware`.
+/// The host tools `engine` needs to build and boot an image made for
+/// `firmware` (every image has a config partition, which mtools writes).
 pub fn needs(engine: Engine, firmware: Firmware) -> Vec<Tool> {
-    match (engine, firmware) {
+    let mut tools = match (engine, firmware) {
         (Engine::Qemu | Engine::Kvm, Firmware::Bios) => vec![Tool::Qemu],
         (Engine::Qemu | Engine::Kvm, Firmware::Uefi) => vec![Tool::Qemu, Tool::Ovmf],
         // Bochs boots BIOS images only; the runner says so for UEFI.
         (Engine::Bochs, _) => vec![Tool::Bochs],
-    }
+    };
+    tools.push(Tool::Mtools);
+    tools
 }
 
 /// The host tools the boot tests need: QEMU with OVMF, and Bochs. `cargo
 /// xtask test` installs them and the tests look them up, from this one list.
 pub fn boot_test_needs() -> Vec<Tool> {
-    [needs(Engine::Qemu, Firmware::Uefi), needs(Engine::Bochs, Firmware::Bios)].concat()
+    let mut tools = [
+        needs(Engine::Qemu, Firmware::Uefi),
+        needs(Engine::Bochs, Firmware::Bios),
+    ]
+    .concat();
+    tools.sort_by_key(|t| *t as u8);
+    tools.dedup();
+    tools
 }
 
 /// OVMF's code image and, where the firmware is split, the template of its
@@ -95,24 +106,51 @@ pub struct Missing {
 /// Split OVMF builds, most wanted first: (code, variable store template).
 const OVMF_SPLIT: &[(&str, &str)] = &[
     // Debian 12+, Ubuntu 22.04+.
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
     // Older Debian and Ubuntu.
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
     // Fedora.
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    (
+        "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+        "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+    ),
     // Arch, then its older layouts, then Gentoo.
-    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
-    ("/usr/share/edk2/x64/OVMF_CODE.fd", "/usr/share/edk2/x64/OVMF_VARS.fd"),
-    ("/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"),
-    ("/usr/share/edk2-ovmf/OVMF_CODE.fd", "/usr/share/edk2-ovmf/OVMF_VARS.fd"),
+    (
+        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+    ),
+    (
+        "/usr/share/edk2/x64/OVMF_CODE.fd",
+        "/usr/share/edk2/x64/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2-ovmf/x64/OVMF_CODE.fd",
+        "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2-ovmf/OVMF_CODE.fd",
+        "/usr/share/edk2-ovmf/OVMF_VARS.fd",
+    ),
     // openSUSE.
-    ("/usr/share/qemu/ovmf-x86_64-code.bin", "/usr/share/qemu/ovmf-x86_64-vars.bin"),
+    (
+        "/usr/share/qemu/ovmf-x86_64-code.bin",
+        "/usr/share/qemu/ovmf-x86_64-vars.bin",
+    ),
 ];
 
 /// Unified OVMF images (code and variables in one file, for `-bios`).
 const OVMF_UNIFIED: &[&str] = &["/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd"];
 
-const BOCHS_BIOS: &[&str] = &["/usr/share/bochs/BIOS-bochs-latest", "/usr/local/share/bochs/BIOS-bochs-latest"];
+const BOCHS_BIOS: &[&str] = &[
+    "/usr/share/bochs/BIOS-bochs-latest",
+    "/usr/local/share/bochs/BIOS-bochs-latest",
+];
 
 /// Debian's vgabios package, then the file an upstream Bochs install ships.
 const BOCHS_VGABIOS: &[&str] = &[
@@ -128,12 +166,20 @@ const DISPLAY_PLUGIN: &str = "libbx_term_gui.so";
 /// The OVMF image to use, given which paths exist: a split build whose code
 /// and variables are both present, else a unified image.
 pub fn choose_ovmf(exists: &dyn Fn(&Path) -> bool) -> Option<Ovmf> {
-    let split = OVMF_SPLIT.iter().find(|(code, vars)| exists(Path::new(code)) && exists(Path::new(vars)));
+    let split = OVMF_SPLIT
+        .iter()
+        .find(|(code, vars)| exists(Path::new(code)) && exists(Path::new(vars)));
     if let Some((code, vars)) = split {
-        return Some(Ovmf { code: code.into(), vars: Some(vars.into()) });
+        return Some(Ovmf {
+            code: code.into(),
+            vars: Some(vars.into()),
+        });
     }
     let unified = OVMF_UNIFIED.iter().find(|code| exists(Path::new(code)))?;
-    Some(Ovmf { code: unified.into(), vars: None })
+    Some(Ovmf {
+        code: unified.into(),
+        vars: None,
+    })
 }
 
 /// What the system tells the lookup; tests answer from lists.
@@ -148,7 +194,10 @@ struct System<'a> {
 
 impl System<'_> {
     fn first(&self, candidates: &[&str]) -> Option<PathBuf> {
-        candidates.iter().map(PathBuf::from).find(|p| (self.exists)(p))
+        candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| (self.exists)(p))
     }
 }
 
@@ -166,12 +215,18 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
         match tool {
             Tool::Qemu => match (sys.which)("qemu-system-x86_64") {
                 Some(path) => found.qemu = Some(path),
-                None => lack("qemu-system-x86_64 (QEMU) on PATH".into(), "qemu-system-x86"),
+                None => lack(
+                    "qemu-system-x86_64 (QEMU) on PATH".into(),
+                    "qemu-system-x86",
+                ),
             },
             Tool::Ovmf => match choose_ovmf(sys.exists) {
                 Some(ovmf) => found.ovmf = Some(ovmf),
                 None => lack(
-                    format!("OVMF UEFI firmware (looked for {} and the usual other places)", OVMF_SPLIT[0].0),
+                    format!(
+                        "OVMF UEFI firmware (looked for {} and the usual other places)",
+                        OVMF_SPLIT[0].0
+                    ),
                     "ovmf",
                 ),
             },
@@ -180,9 +235,12 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
                 let bios = sys.first(BOCHS_BIOS);
                 let vgabios = sys.first(BOCHS_VGABIOS);
                 let plugin_dirs = (sys.plugin_dirs)();
-                let plugin = plugin_dirs
-                    .iter()
-                    .find_map(|(dir, files)| files.iter().find(|f| f.starts_with(DISPLAY_PLUGIN)).map(|f| dir.join(f)));
+                let plugin = plugin_dirs.iter().find_map(|(dir, files)| {
+                    files
+                        .iter()
+                        .find(|f| f.starts_with(DISPLAY_PLUGIN))
+                        .map(|f| dir.join(f))
+                });
                 if binary.is_none() {
                     lack("bochs on PATH".into(), "bochs");
                 }
@@ -190,18 +248,35 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
                     lack(format!("the Bochs ROM BIOS {}", BOCHS_BIOS[0]), "bochsbios");
                 }
                 if vgabios.is_none() {
-                    lack(format!("the cirrus VGA BIOS {}", BOCHS_VGABIOS[0]), "vgabios");
+                    lack(
+                        format!("the cirrus VGA BIOS {}", BOCHS_VGABIOS[0]),
+                        "vgabios",
+                    );
                 }
                 // No plugin folder beside an installed Bochs means a build
                 // without plugins, with its displays compiled in; with no
                 // Bochs at all, the display package is needed with it.
                 if plugin.is_none() && (!plugin_dirs.is_empty() || binary.is_none()) {
-                    let dirs: Vec<String> = plugin_dirs.iter().map(|(d, _)| d.display().to_string()).collect();
-                    lack(format!("the Bochs term display plugin ({DISPLAY_PLUGIN} in {})", dirs.join(", ")), "bochs-term");
+                    let dirs: Vec<String> = plugin_dirs
+                        .iter()
+                        .map(|(d, _)| d.display().to_string())
+                        .collect();
+                    lack(
+                        format!(
+                            "the Bochs term display plugin ({DISPLAY_PLUGIN} in {})",
+                            dirs.join(", ")
+                        ),
+                        "bochs-term",
+                    );
                 }
                 if let (Some(binary), Some(bios), Some(vgabios)) = (binary, bios, vgabios) {
                     if plugin.is_some() || plugin_dirs.is_empty() {
-                        found.bochs = Some(Bochs { binary, bios, vgabios, display_plugin: plugin });
+                        found.bochs = Some(Bochs {
+                            binary,
+                            bios,
+                            vgabios,
+                            display_plugin: plugin,
+                        });
                     }
                 }
             }
@@ -238,7 +313,9 @@ pub fn effective_uid(status: &str) -> Option<u32> {
 }
 
 fn is_root() -> bool {
-    let from_proc = fs::read_to_string("/proc/self/status").ok().and_then(|s| effective_uid(&s));
+    let from_proc = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_uid(&s));
     let uid = from_proc.or_else(|| {
         let out = Command::new("id").arg("-u").output().ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
@@ -264,15 +341,22 @@ fn bochs_plugin_dirs() -> Vec<(PathBuf, Vec<String>)> {
         .map(|entry| entry.path().join("bochs/plugins"))
         .collect();
     candidates.sort();
-    for dir in ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/local/lib64"] {
+    for dir in [
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local/lib",
+        "/usr/local/lib64",
+    ] {
         candidates.push(Path::new(dir).join("bochs/plugins"));
     }
     candidates
         .into_iter()
         .filter_map(|dir| {
             let files = fs::read_dir(&dir).ok()?;
-            let mut names: Vec<String> =
-                files.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let mut names: Vec<String> = files
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             // Sorted, so `libbx_term_gui.so` comes before its `.so.0` links.
             names.sort();
             Some((dir, names))
@@ -281,7 +365,11 @@ fn bochs_plugin_dirs() -> Vec<(PathBuf, Vec<String>)> {
 }
 
 fn live_system() -> System<'static> {
-    System { which: &which, exists: &|p: &Path| p.is_file(), plugin_dirs: &bochs_plugin_dirs }
+    System {
+        which: &which,
+        exists: &|p: &Path| p.is_file(),
+        plugin_dirs: &bochs_plugin_dirs,
+    }
 }
 
 /// Looks up the tools in `needs` without installing anything.
@@ -301,18 +389,32 @@ pub fn ensure_tools(needs: &[Tool]) -> Result<Found, SetupError> {
     let root = is_root();
     let apt = which("apt-get").is_some();
     if !(root && apt) {
-        return Err(SetupError::ToolsMissing { missing, command: install_command(&packages, root), apt });
+        return Err(SetupError::ToolsMissing {
+            missing,
+            command: install_command(&packages, root),
+            apt,
+        });
     }
     let list: Vec<&str> = missing.iter().map(|m| m.what.as_str()).collect();
-    println!("xtask: installing {} with apt-get (missing: {})", packages.join(" "), list.join("; "));
+    println!(
+        "xtask: installing {} with apt-get (missing: {})",
+        packages.join(" "),
+        list.join("; ")
+    );
     let apt_get = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
         let shown = format!("apt-get {}", args.join(" "));
         match cmd.status() {
             Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(SetupError::CommandFailed { command: shown, detail: status.to_string() }),
-            Err(e) => Err(SetupError::CommandFailed { command: shown, detail: e.to_string() }),
+            Ok(status) => Err(SetupError::CommandFailed {
+                command: shown,
+                detail: status.to_string(),
+            }),
+            Err(e) => Err(SetupError::CommandFailed {
+                command: shown,
+                detail: e.to_string(),
+            }),
         }
     };
     // A failed update (offline, a broken mirror) may still leave an index
@@ -372,7 +474,12 @@ fn parse_array(value: &str) -> Result<Vec<String>, String> {
         .strip_prefix('[')
         .and_then(|v| v.strip_suffix(']'))
         .ok_or_else(|| format!("expected [\"...\", ...], found {v:?}"))?;
-    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse_string).collect()
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_string)
+        .collect()
 }
 
 /// Reads `channel`, `components` and `targets` from the `[toolchain]` table
@@ -402,8 +509,9 @@ pub fn parse_toolchain(text: &str) -> Result<ToolchainSpec, String> {
             }
             None if !in_table => continue,
             None => {
-                let (key, value) =
-                    line.split_once('=').ok_or_else(|| format!("line {}: expected `key = value`", n + 1))?;
+                let (key, value) = line
+                    .split_once('=')
+                    .ok_or_else(|| format!("line {}: expected `key = value`", n + 1))?;
                 let (key, value) = (key.trim().to_string(), value.trim().to_string());
                 if value.starts_with('[') && !value.contains(']') {
                     open = Some((key, n + 1, value));
@@ -421,7 +529,9 @@ pub fn parse_toolchain(text: &str) -> Result<ToolchainSpec, String> {
         }
     }
     if let Some((key, at, _)) = open {
-        return Err(format!("line {at}: {key}: the array is never closed with `]`"));
+        return Err(format!(
+            "line {at}: {key}: the array is never closed with `]`"
+        ));
     }
     if spec.channel.is_empty() {
         return Err("no `channel = \"...\"` in the [toolchain] table".into());
@@ -434,21 +544,36 @@ pub fn parse_toolchain(text: &str) -> Result<ToolchainSpec, String> {
 /// --installed`) includes the host, whose triple rustup appends to most
 /// component names (`llvm-tools-x86_64-unknown-linux-gnu`); some rustup
 /// versions also call a component `NAME-preview`.
-pub fn missing_components(wanted: &[String], installed: &str, installed_targets: &[String]) -> Vec<String> {
+pub fn missing_components(
+    wanted: &[String],
+    installed: &str,
+    installed_targets: &[String],
+) -> Vec<String> {
     let normal = |name: &str| -> String {
         let base = installed_targets
             .iter()
-            .find_map(|t| name.strip_suffix(t.as_str()).and_then(|n| n.strip_suffix('-')))
+            .find_map(|t| {
+                name.strip_suffix(t.as_str())
+                    .and_then(|n| n.strip_suffix('-'))
+            })
             .unwrap_or(name);
         base.strip_suffix("-preview").unwrap_or(base).to_string()
     };
     let have: Vec<String> = installed.split_whitespace().map(normal).collect();
-    wanted.iter().filter(|w| !have.contains(&normal(w))).cloned().collect()
+    wanted
+        .iter()
+        .filter(|w| !have.contains(&normal(w)))
+        .cloned()
+        .collect()
 }
 
 /// The targets of `wanted` absent from `installed`.
 pub fn missing_targets(wanted: &[String], installed: &[String]) -> Vec<String> {
-    wanted.iter().filter(|w| !installed.contains(w)).cloned().collect()
+    wanted
+        .iter()
+        .filter(|w| !installed.contains(w))
+        .cloned()
+        .collect()
 }
 
 /// `rustup`: on `PATH`, or where rustup's installer puts it.
@@ -468,12 +593,20 @@ fn rustup_output(rustup: &Path, args: &[&str]) -> Result<String, SetupError> {
         .args(args)
         .env("RUST_BACKTRACE", "0")
         .output()
-        .map_err(|e| SetupError::CommandFailed { command: command.clone(), detail: e.to_string() })?;
+        .map_err(|e| SetupError::CommandFailed {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let detail = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_string();
+    let detail = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .trim()
+        .to_string();
     Err(SetupError::CommandFailed { command, detail })
 }
 
@@ -482,10 +615,20 @@ fn rustup_output(rustup: &Path, args: &[&str]) -> Result<String, SetupError> {
 fn rustup_visible(rustup: &Path, why: &str, args: &[&str]) -> Result<(), SetupError> {
     let command = format!("rustup {}", args.join(" "));
     println!("xtask: {why}: {command}");
-    match Command::new(rustup).args(args).env("RUST_BACKTRACE", "0").status() {
+    match Command::new(rustup)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .status()
+    {
         Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(SetupError::CommandFailed { command, detail: status.to_string() }),
-        Err(e) => Err(SetupError::CommandFailed { command, detail: e.to_string() }),
+        Ok(status) => Err(SetupError::CommandFailed {
+            command,
+            detail: status.to_string(),
+        }),
+        Err(e) => Err(SetupError::CommandFailed {
+            command,
+            detail: e.to_string(),
+        }),
     }
 }
 
@@ -512,10 +655,14 @@ pub fn ensure_toolchain() -> Result<Vec<ToolchainSpec>, SetupError> {
 /// Without rustup it warns, saying what the build needs, and carries on: a
 /// toolchain from elsewhere may have it all.
 pub fn ensure_toolchain_file(path: &Path) -> Result<ToolchainSpec, SetupError> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| SetupError::ToolchainFile { path: path.to_path_buf(), detail: e.to_string() })?;
-    let spec =
-        parse_toolchain(&text).map_err(|detail| SetupError::ToolchainFile { path: path.to_path_buf(), detail })?;
+    let text = fs::read_to_string(path).map_err(|e| SetupError::ToolchainFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let spec = parse_toolchain(&text).map_err(|detail| SetupError::ToolchainFile {
+        path: path.to_path_buf(),
+        detail,
+    })?;
     ensure_spec(&spec)?;
     Ok(spec)
 }
@@ -533,8 +680,14 @@ fn ensure_spec(spec: &ToolchainSpec) -> Result<(), SetupError> {
         );
         return Ok(());
     };
-    let targets = match rustup_output(&rustup, &["target", "list", "--installed", "--toolchain", channel]) {
-        Ok(out) => out.split_whitespace().map(str::to_string).collect::<Vec<_>>(),
+    let targets = match rustup_output(
+        &rustup,
+        &["target", "list", "--installed", "--toolchain", channel],
+    ) {
+        Ok(out) => out
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
         Err(SetupError::CommandFailed { detail, .. }) if detail.contains("is not installed") => {
             let (components, targets) = (spec.components.join(","), spec.targets.join(","));
             let mut args = vec!["toolchain", "install", channel, "--profile", "minimal"];
@@ -544,22 +697,35 @@ fn ensure_spec(spec: &ToolchainSpec) -> Result<(), SetupError> {
             if !targets.is_empty() {
                 args.extend(["--target", &targets]);
             }
-            rustup_visible(&rustup, &format!("the {channel} toolchain is not installed"), &args)?;
+            rustup_visible(
+                &rustup,
+                &format!("the {channel} toolchain is not installed"),
+                &args,
+            )?;
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    let components = rustup_output(&rustup, &["component", "list", "--installed", "--toolchain", channel])?;
+    let components = rustup_output(
+        &rustup,
+        &["component", "list", "--installed", "--toolchain", channel],
+    )?;
     let missing = missing_components(&spec.components, &components, &targets);
     if !missing.is_empty() {
-        let why = format!("the {channel} toolchain lacks the components {}", missing.join(", "));
+        let why = format!(
+            "the {channel} toolchain lacks the components {}",
+            missing.join(", ")
+        );
         let mut args = vec!["component", "add", "--toolchain", channel];
         args.extend(missing.iter().map(String::as_str));
         rustup_visible(&rustup, &why, &args)?;
     }
     let missing = missing_targets(&spec.targets, &targets);
     if !missing.is_empty() {
-        let why = format!("the {channel} toolchain lacks the targets {}", missing.join(", "));
+        let why = format!(
+            "the {channel} toolchain lacks the targets {}",
+            missing.join(", ")
+        );
         let mut args = vec!["target", "add", "--toolchain", channel];
         args.extend(missing.iter().map(String::as_str));
         rustup_visible(&rustup, &why, &args)?;
@@ -602,7 +768,11 @@ pub enum SetupError {
 }
 
 fn list(missing: &[Missing]) -> String {
-    missing.iter().map(|m| m.what.as_str()).collect::<Vec<_>>().join("; ")
+    missing
+        .iter()
+        .map(|m| m.what.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl fmt::Display for SetupError {
@@ -639,12 +809,23 @@ mod tests {
     #[test]
     fn parses_this_repositorys_toolchain_files() {
         let root = workspace_root();
-        let files: Vec<PathBuf> = TOOLCHAIN_FILES.iter().map(|f| root.join(f)).filter(|p| p.is_file()).collect();
-        assert!(!files.is_empty(), "no toolchain file under {}", root.display());
+        let files: Vec<PathBuf> = TOOLCHAIN_FILES
+            .iter()
+            .map(|f| root.join(f))
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(
+            !files.is_empty(),
+            "no toolchain file under {}",
+            root.display()
+        );
         for path in files {
             let spec = parse_toolchain(&fs::read_to_string(&path).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(spec.channel.starts_with("nightly") || spec.channel.starts_with("stable"), "{spec:?}");
+            assert!(
+                spec.channel.starts_with("nightly") || spec.channel.starts_with("stable"),
+                "{spec:?}"
+            );
         }
     }
 
@@ -677,11 +858,17 @@ profile = \"minimal\"
 
     #[test]
     fn toolchain_file_errors_name_the_line() {
-        assert!(parse_toolchain("[toolchain]\nprofile = \"minimal\"\n").unwrap_err().contains("no `channel"));
+        assert!(parse_toolchain("[toolchain]\nprofile = \"minimal\"\n")
+            .unwrap_err()
+            .contains("no `channel"));
         let err = parse_toolchain("[toolchain]\nchannel = nightly\n").unwrap_err();
         assert!(err.starts_with("line 2: channel:"), "{err}");
-        let err = parse_toolchain("[toolchain]\nchannel = \"nightly\"\ntargets = [\"a\",\n").unwrap_err();
-        assert!(err.contains("line 3: targets: the array is never closed"), "{err}");
+        let err =
+            parse_toolchain("[toolchain]\nchannel = \"nightly\"\ntargets = [\"a\",\n").unwrap_err();
+        assert!(
+            err.contains("line 3: targets: the array is never closed"),
+            "{err}"
+        );
     }
 
     /// `rustup component list --installed` as rustup 1.29 prints it here.
@@ -705,7 +892,9 @@ rustfmt-x86_64-unknown-linux-gnu
 
         let older = "llvm-tools-preview-x86_64-unknown-linux-gnu\nrustc-x86_64-unknown-linux-gnu\n";
         assert!(missing_components(&strings(&["llvm-tools"]), older, &targets).is_empty());
-        assert!(missing_components(&strings(&["llvm-tools-preview"]), INSTALLED, &targets).is_empty());
+        assert!(
+            missing_components(&strings(&["llvm-tools-preview"]), INSTALLED, &targets).is_empty()
+        );
 
         // A fresh machine: the minimal profile only.
         let fresh =
@@ -713,7 +902,10 @@ rustfmt-x86_64-unknown-linux-gnu
         let host = strings(&["x86_64-unknown-linux-gnu"]);
         assert_eq!(missing_components(&wanted, fresh, &host), wanted);
         // `rust` is a prefix of installed names but not installed itself.
-        assert_eq!(missing_components(&strings(&["rust"]), INSTALLED, &targets), strings(&["rust"]));
+        assert_eq!(
+            missing_components(&strings(&["rust"]), INSTALLED, &targets),
+            strings(&["rust"])
+        );
     }
 
     #[test]
@@ -721,12 +913,17 @@ rustfmt-x86_64-unknown-linux-gnu
         let installed = strings(&["x86_64-unknown-linux-gnu"]);
         let wanted = strings(&["x86_64-unknown-none"]);
         assert_eq!(missing_targets(&wanted, &installed), wanted);
-        assert!(missing_targets(&wanted, &strings(&["x86_64-unknown-linux-gnu", "x86_64-unknown-none"])).is_empty());
+        assert!(missing_targets(
+            &wanted,
+            &strings(&["x86_64-unknown-linux-gnu", "x86_64-unknown-none"])
+        )
+        .is_empty());
     }
 
     #[test]
     fn reads_the_effective_uid() {
-        let status = "Name:\tcargo\nUmask:\t0022\nUid:\t1000\t0\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
+        let status =
+            "Name:\tcargo\nUmask:\t0022\nUid:\t1000\t0\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
         assert_eq!(effective_uid(status), Some(0));
         assert_eq!(effective_uid("Uid:\t1000\t1000\t1000\t1000\n"), Some(1000));
         assert_eq!(effective_uid("Name:\tx\n"), None);
@@ -734,7 +931,9 @@ rustfmt-x86_64-unknown-linux-gnu
 
     #[test]
     fn ovmf_prefers_a_complete_split_build() {
-        let on = |paths: &'static [&'static str]| move |p: &Path| paths.iter().any(|q| Path::new(q) == p);
+        let on = |paths: &'static [&'static str]| {
+            move |p: &Path| paths.iter().any(|q| Path::new(q) == p)
+        };
         // Debian 12: split 4M build and a unified image.
         let debian = on(&[
             "/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -756,9 +955,18 @@ rustfmt-x86_64-unknown-linux-gnu
             "/usr/share/edk2/x64/OVMF_CODE.fd",
             "/usr/share/edk2/x64/OVMF_VARS.fd",
         ]);
-        assert_eq!(choose_ovmf(&arch).unwrap().code, Path::new("/usr/share/edk2/x64/OVMF_CODE.fd"));
+        assert_eq!(
+            choose_ovmf(&arch).unwrap().code,
+            Path::new("/usr/share/edk2/x64/OVMF_CODE.fd")
+        );
         let unified = on(&["/usr/share/ovmf/OVMF.fd"]);
-        assert_eq!(choose_ovmf(&unified), Some(Ovmf { code: "/usr/share/ovmf/OVMF.fd".into(), vars: None }));
+        assert_eq!(
+            choose_ovmf(&unified),
+            Some(Ovmf {
+                code: "/usr/share/ovmf/OVMF.fd".into(),
+                vars: None
+            })
+        );
         assert_eq!(choose_ovmf(&on(&[])), None);
     }
 
@@ -769,13 +977,27 @@ rustfmt-x86_64-unknown-linux-gnu
         files: &[&str],
         plugins: Vec<(PathBuf, Vec<String>)>,
     ) -> (Found, Vec<Missing>) {
-        let which = |name: &str| programs.contains(&name).then(|| Path::new("/usr/bin").join(name));
+        let which = |name: &str| {
+            programs
+                .contains(&name)
+                .then(|| Path::new("/usr/bin").join(name))
+        };
         let exists = |p: &Path| files.iter().any(|f| Path::new(f) == p);
         let dirs = move || plugins.clone();
-        find_in(needs, &System { which: &which, exists: &exists, plugin_dirs: &dirs })
+        find_in(
+            needs,
+            &System {
+                which: &which,
+                exists: &exists,
+                plugin_dirs: &dirs,
+            },
+        )
     }
 
-    const BOCHS_FILES: &[&str] = &["/usr/share/bochs/BIOS-bochs-latest", "/usr/share/vgabios/vgabios.cirrus.bin"];
+    const BOCHS_FILES: &[&str] = &[
+        "/usr/share/bochs/BIOS-bochs-latest",
+        "/usr/share/vgabios/vgabios.cirrus.bin",
+    ];
 
     fn debian_plugins(with_term: bool) -> Vec<(PathBuf, Vec<String>)> {
         let mut files = strings(&["libbx_rfb_gui.so", "libbx_rfb_gui.so.0"]);
@@ -787,20 +1009,38 @@ rustfmt-x86_64-unknown-linux-gnu
 
     #[test]
     fn a_bare_machine_needs_the_debian_packages_of_each_engine() {
-        let needs = [needs(Engine::Qemu, Firmware::Uefi), needs(Engine::Bochs, Firmware::Bios)].concat();
-        let (found, missing) = lookup(&needs, &[], &[], vec![]);
+        let (found, missing) = lookup(&boot_test_needs(), &[], &[], vec![]);
         assert_eq!(found, Found::default());
-        assert_eq!(packages(&missing), ["qemu-system-x86", "ovmf", "bochs", "bochsbios", "vgabios", "bochs-term"]);
+        assert_eq!(
+            packages(&missing),
+            [
+                "qemu-system-x86",
+                "ovmf",
+                "bochs",
+                "bochsbios",
+                "vgabios",
+                "bochs-term",
+                "mtools"
+            ]
+        );
         assert_eq!(
             install_command(&packages(&missing), false),
-            "sudo apt-get install -y qemu-system-x86 ovmf bochs bochsbios vgabios bochs-term"
+            "sudo apt-get install -y qemu-system-x86 ovmf bochs bochsbios vgabios bochs-term mtools"
         );
-        assert_eq!(install_command(&["mtools"], true), "apt-get install -y mtools");
+        assert_eq!(
+            install_command(&["mtools"], true),
+            "apt-get install -y mtools"
+        );
     }
 
     #[test]
     fn only_what_is_asked_for_is_required() {
-        let (found, missing) = lookup(&needs(Engine::Kvm, Firmware::Bios), &["qemu-system-x86_64"], &[], vec![]);
+        let (found, missing) = lookup(
+            &needs(Engine::Kvm, Firmware::Bios),
+            &["qemu-system-x86_64", "mcopy"],
+            &[],
+            vec![],
+        );
         assert!(missing.is_empty());
         assert_eq!(found.qemu, Some("/usr/bin/qemu-system-x86_64".into()));
         assert_eq!(found.ovmf, None);
@@ -810,20 +1050,39 @@ rustfmt-x86_64-unknown-linux-gnu
 
     #[test]
     fn bochs_is_found_with_its_term_plugin() {
-        let (found, missing) = lookup(&[Tool::Bochs], &["bochs"], BOCHS_FILES, debian_plugins(true));
+        let (found, missing) = lookup(
+            &[Tool::Bochs],
+            &["bochs"],
+            BOCHS_FILES,
+            debian_plugins(true),
+        );
         assert!(missing.is_empty(), "{missing:?}");
         let bochs = found.bochs.unwrap();
         assert_eq!(bochs.bios, Path::new("/usr/share/bochs/BIOS-bochs-latest"));
-        assert_eq!(bochs.vgabios, Path::new("/usr/share/vgabios/vgabios.cirrus.bin"));
-        assert_eq!(bochs.display_plugin, Some("/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_term_gui.so".into()));
+        assert_eq!(
+            bochs.vgabios,
+            Path::new("/usr/share/vgabios/vgabios.cirrus.bin")
+        );
+        assert_eq!(
+            bochs.display_plugin,
+            Some("/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_term_gui.so".into())
+        );
     }
 
     #[test]
     fn a_plugin_build_without_term_needs_the_bochs_term_package() {
-        let (found, missing) = lookup(&[Tool::Bochs], &["bochs"], BOCHS_FILES, debian_plugins(false));
+        let (found, missing) = lookup(
+            &[Tool::Bochs],
+            &["bochs"],
+            BOCHS_FILES,
+            debian_plugins(false),
+        );
         assert_eq!(found.bochs, None);
         assert_eq!(packages(&missing), ["bochs-term"]);
-        assert!(missing[0].what.contains("term display plugin"), "{missing:?}");
+        assert!(
+            missing[0].what.contains("term display plugin"),
+            "{missing:?}"
+        );
     }
 
     #[test]
@@ -838,9 +1097,16 @@ rustfmt-x86_64-unknown-linux-gnu
 
     #[test]
     fn the_error_names_the_command() {
-        let missing = vec![Missing { what: "qemu-system-x86_64 (QEMU) on PATH".into(), package: "qemu-system-x86" }];
+        let missing = vec![Missing {
+            what: "qemu-system-x86_64 (QEMU) on PATH".into(),
+            package: "qemu-system-x86",
+        }];
         let command = install_command(&packages(&missing), false);
-        let err = SetupError::ToolsMissing { missing, command, apt: true };
+        let err = SetupError::ToolsMissing {
+            missing,
+            command,
+            apt: true,
+        };
         assert_eq!(
             err.to_string(),
             "missing: qemu-system-x86_64 (QEMU) on PATH; install with: sudo apt-get install -y qemu-system-x86"

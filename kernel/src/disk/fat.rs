@@ -657,8 +657,7 @@ impl<'d> FatVolume<'d> {
 
         let mut fat_start = reserved;
         let mut root_cluster = 0;
-        let label_at;
-        if fat32 {
+        let label_at = if fat32 {
             let version = le16(&boot, 42);
             if version != 0 {
                 return Err(bad(BootProblem::Version(version)));
@@ -677,10 +676,10 @@ impl<'d> FatVolume<'d> {
                 }
                 fat_start += u64::from(active) * fat_sectors;
             }
-            label_at = 64;
+            64
         } else {
-            label_at = 36;
-        }
+            36
+        };
         // The extended boot signature 0x29 says the serial number and
         // label fields follow (BS_BootSig, BS_VolLab).
         let label = (byte(&boot, label_at + 2) == 0x29)
@@ -1136,7 +1135,7 @@ struct LongName {
 fn parse_dir(bytes: &[u8]) -> Vec<DirEntry> {
     let mut out = Vec::new();
     let mut long: Option<LongName> = None;
-    for raw in bytes.chunks_exact(DIR_ENTRY) {
+    for raw in bytes.as_chunks::<DIR_ENTRY>().0 {
         let first = byte(raw, 0);
         if first == 0x00 {
             break;

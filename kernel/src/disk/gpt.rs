@@ -802,9 +802,10 @@ fn decode_entry(index: u32, entry: &[u8]) -> Option<Partition> {
     let units = entry
         .get(entry::NAME)
         .unwrap_or_default()
-        .chunks_exact(2)
-        .filter_map(|c| <[u8; 2]>::try_from(c).ok())
-        .map(u16::from_le_bytes)
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|c| u16::from_le_bytes(*c))
         .take_while(|&u| u != 0);
     let name = char::decode_utf16(units)
         .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))

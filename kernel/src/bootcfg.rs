@@ -1,0 +1,68 @@
+//! Where the configuration comes from: the FERROCFG partition on a disk the
+//! kernel's own drivers found, or, for machines whose disk controller has
+//! no driver yet, the boot ramdisk the bootloader loaded. The log says which
+//! was used and why.
+
+use alloc::boxed::Box;
+use alloc::format;
+
+use kernel::archive::Archive;
+use kernel::config::files::{ConfigFiles, RamdiskArchive};
+use kernel::disk::{find_config_partition, ConfigFs};
+use log::{error, info, warn};
+
+use crate::drivers::Disk;
+
+/// The configuration source: the first disk with a config partition, else
+/// the ramdisk; `None` (reported) when there is neither.
+pub fn open<'d>(
+    disks: &'d mut [Disk],
+    ramdisk: Option<&'static [u8]>,
+) -> Option<Box<dyn ConfigFiles<'static> + 'd>> {
+    let mut found = None;
+    for (i, disk) in disks.iter_mut().enumerate() {
+        match find_config_partition(&mut *disk.device) {
+            Ok(Some(partition)) => {
+                if found.is_none() {
+                    found = Some((i, partition));
+                } else {
+                    warn!(
+                        "config: {} also has a config partition ({}); using the first one found",
+                        disk.name, partition.name
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!("config: {}: {e}", disk.name),
+        }
+    }
+    if let Some((i, partition)) = found {
+        let disk = disks.get_mut(i)?;
+        let source = format!("disk {} partition {}", disk.name, partition.name);
+        return match ConfigFs::open(&mut *disk.device, &partition) {
+            Ok(fs) => Some(Box::new(fs.with_source(source))),
+            Err(e) => {
+                error!("config: error: {source}: {e}");
+                None
+            }
+        };
+    }
+    let Some(bytes) = ramdisk else {
+        error!(
+            "config: error: no disk holds a {} partition and there is no boot ramdisk: no guests to run",
+            kernel::disk::gpt::CONFIG_PARTITION_NAME
+        );
+        return None;
+    };
+    info!(
+        "config: no disk holds a {} partition; using the boot ramdisk",
+        kernel::disk::gpt::CONFIG_PARTITION_NAME
+    );
+    match Archive::new(bytes) {
+        Ok(archive) => Some(Box::new(RamdiskArchive::new(archive))),
+        Err(e) => {
+            error!("config: error: {e}");
+            None
+        }
+    }
+}
