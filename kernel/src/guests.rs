@@ -68,6 +68,7 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
     for e in &outcome.errors {
         error!("{e}");
     }
+    crate::logger::apply_config(outcome.config.hypervisor.log_level);
     info!(
         "config: loaded {} guests from {source}",
         outcome.config.guests.len()

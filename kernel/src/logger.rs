@@ -52,3 +52,19 @@ pub fn init() {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(build_time_level());
 }
+
+/// Applies `hypervisor.toml`'s `log_level`: the log becomes the more
+/// verbose of it and the level the kernel was built with (`--log`), so a
+/// debug build stays verbose and a config can turn detail on without a
+/// rebuild.
+pub fn apply_config(level: kernel::config::LogLevel) {
+    use kernel::config::LogLevel;
+    let wanted = match level {
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Trace => LevelFilter::Trace,
+    };
+    log::set_max_level(wanted.max(build_time_level()));
+}

@@ -19,7 +19,8 @@ cargo xtask <command> [options]
 
 commands:
   build    build the kernel                          [--log LEVEL]
-  image    build the kernel and its BIOS and UEFI disk images   [--log LEVEL]
+  image    build the kernel and the disk image (GPT, boots by BIOS and UEFI, with
+           the FERROCFG config partition)   [--log LEVEL] [--config DIR]
   run      build, then boot the image with the serial console on this terminal
              --engine auto|qemu|kvm|bochs   (default auto: QEMU+KVM when this host
                                              offers nested VT-x, else Bochs)
@@ -33,6 +34,7 @@ commands:
              --config DIR   boot the guests of DIR/hypervisor.toml, with the
                             test guests built from guest-images/asm (default
                             guest-images/default)
+             --machine q35|pc   QEMU's machine: AHCI (default) or IDE disk
   test     every test: host unit tests, then boot tests under QEMU (BIOS, UEFI)
            and Bochs, and under QEMU+KVM when this host offers nested VT-x
   bench    benchmarks under Bochs (VM-exit round trips); writes BENCHMARKS.md
@@ -56,10 +58,16 @@ fn main() -> ExitCode {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
-        "image" => cli::Options::parse(rest, &["--log"]).and_then(|o| {
+        "image" => cli::Options::parse(rest, &["--log", "--config"]).and_then(|o| {
             xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;
             xtask::setup::ensure_tools(&[xtask::setup::Tool::Mtools]).map_err(|e| e.to_string())?;
-            build::all(&Variant::with_log_level(&o.log_level()?)).map_err(|e| e.to_string())
+            let mut variant = Variant::with_log_level(&o.log_level()?);
+            if let Some(dir) = o.get("--config") {
+                variant.config = Some(dir.into());
+            }
+            build::all(&variant).map_err(|e| e.to_string())?;
+            println!("xtask: the disk image is {}", variant.disk().display());
+            Ok(())
         }),
         "run" => run::main(rest),
         "test" => test::main(rest),
