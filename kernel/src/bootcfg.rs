@@ -1,13 +1,16 @@
 //! Where the configuration comes from: the FERROCFG partition on a disk the
 //! kernel's own drivers found, or, for machines whose disk controller has
-//! no driver yet, the boot ramdisk the bootloader loaded. The log says which
-//! was used and why.
+//! no driver yet, the boot ramdisk the bootloader loaded (a FAT image with
+//! the same files). The log says which was used and why.
 
 use alloc::boxed::Box;
 use alloc::format;
+use alloc::string::String;
 
 use kernel::archive::Archive;
 use kernel::config::files::{ConfigFiles, RamdiskArchive};
+use kernel::disk::block::{BlockDevice, MemDisk};
+use kernel::disk::fat::FatVolume;
 use kernel::disk::{find_config_partition, ConfigFs};
 use log::{error, info, warn};
 
@@ -58,10 +61,31 @@ pub fn open<'d>(
         "config: no disk holds a {} partition; using the boot ramdisk",
         kernel::disk::gpt::CONFIG_PARTITION_NAME
     );
+    ramdisk_files(bytes)
+}
+
+/// The boot ramdisk as a config source: the FAT image of the config
+/// partition xtask writes, or (from images built before it) a ustar archive
+/// of the same files.
+fn ramdisk_files(bytes: &'static [u8]) -> Option<Box<dyn ConfigFiles<'static>>> {
+    // The in-memory disk lives as long as the kernel: the configuration is
+    // read from it until the last guest stops.
+    let disk: &'static mut MemDisk<'static> = Box::leak(Box::new(MemDisk::new(bytes)));
+    let sectors = disk.sectors();
+    let fat_error = match FatVolume::open(disk, 0, sectors) {
+        Ok(volume) => {
+            return Some(Box::new(
+                ConfigFs::new(volume).with_source(String::from("the boot ramdisk")),
+            ))
+        }
+        Err(e) => e,
+    };
     match Archive::new(bytes) {
         Ok(archive) => Some(Box::new(RamdiskArchive::new(archive))),
         Err(e) => {
-            error!("config: error: {e}");
+            error!(
+                "config: error: the boot ramdisk is neither a FAT image ({fat_error}) nor a ustar archive ({e})"
+            );
             None
         }
     }

@@ -21,8 +21,8 @@ pub struct Variant {
     /// Self-test compiled in (`FERROVISOR_SELFTEST`), if any.
     pub selftest: Option<String>,
     /// The folder whose `hypervisor.toml` (with the test guests built from
-    /// `guest-images/asm`) goes into the boot ramdisk; `None` for no
-    /// ramdisk.
+    /// `guest-images/asm`) fills the config partition and the boot ramdisk
+    /// (a FAT copy of it); `None` for neither.
     pub config: Option<PathBuf>,
 }
 
@@ -103,7 +103,8 @@ impl Variant {
     /// The bootloader's own image for `firmware` (an MBR disk for BIOS, a
     /// GPT disk for UEFI), from which [`Variant::disk`] is assembled.
     pub fn bootloader_image(&self, firmware: Firmware) -> PathBuf {
-        self.dir().join(format!("ferrovisor-{}.img", firmware.name()))
+        self.dir()
+            .join(format!("ferrovisor-{}.img", firmware.name()))
     }
 
     /// The GPT disk with a hybrid MBR, bootable by BIOS and UEFI, holding
@@ -269,12 +270,13 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
         .arg("--out")
         .arg(variant.dir());
     if let Some(config) = &variant.config {
-        let ramdisk = variant.dir().join("ramdisk.tar");
         println!(
-            "xtask: building the guests and the boot ramdisk from {}",
+            "xtask: building the guests and the config files from {}",
             config.display()
         );
-        crate::guests::ramdisk(config, &ramdisk).map_err(BuildError)?;
+        crate::guests::stage(config, &variant.staging()).map_err(BuildError)?;
+        let ramdisk = variant.dir().join("ramdisk.fat");
+        crate::disk::ramdisk_image(&variant.staging(), &ramdisk).map_err(BuildError)?;
         cmd.arg("--ramdisk").arg(ramdisk);
     }
     run(cmd, "building the disk images")?;
@@ -284,7 +286,6 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
             variant.disk().display(),
             config.display()
         );
-        crate::guests::stage(config, &variant.staging()).map_err(BuildError)?;
         crate::disk::hybrid_image(
             &variant.bootloader_image(Firmware::Bios),
             &variant.bootloader_image(Firmware::Uefi),

@@ -208,6 +208,72 @@ pub fn hybrid_image(
     result
 }
 
+/// Writes `out`: a small FAT image (FAT12 or FAT16, whichever mtools picks
+/// for its size) with every file of `dir`, labelled FERROCFG: the copy of
+/// the config partition the bootloader loads as its ramdisk, which the
+/// kernel reads when no disk driver finds the partition.
+///
+/// # Errors
+///
+/// A message naming the folder, the file or the mtools command that
+/// failed.
+pub fn ramdisk_image(dir: &Path, out: &Path) -> Result<(), String> {
+    let mut bytes = 0u64;
+    let mut entries = Vec::new();
+    let listing =
+        fs::read_dir(dir).map_err(|e| format!("ramdisk: cannot list {}: {e}", dir.display()))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| format!("ramdisk: cannot list {}: {e}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        bytes += tree_bytes(&entry.path())?;
+        entries.push(entry.path());
+    }
+    entries.sort();
+    // Room for FAT structures, directories and cluster slack.
+    let sectors = (bytes + bytes / 4 + (512 << 10)).div_ceil(SECTOR);
+    let _ = fs::remove_file(out);
+    let image = OsString::from(out.as_os_str());
+    mtool(
+        "mformat",
+        [
+            OsString::from("-C"),
+            OsString::from("-i"),
+            image.clone(),
+            OsString::from("-T"),
+            OsString::from(sectors.to_string()),
+            OsString::from("-v"),
+            OsString::from(CONFIG_PARTITION_NAME),
+            OsString::from("::"),
+        ],
+    )?;
+    if !entries.is_empty() {
+        let mut args = vec![OsString::from("-s"), OsString::from("-i"), image];
+        args.extend(entries.iter().map(|p| OsString::from(p.as_os_str())));
+        args.push(OsString::from("::"));
+        mtool("mcopy", args)?;
+    }
+    Ok(())
+}
+
+/// The bytes of the files under `path` (or of the file itself).
+fn tree_bytes(path: &Path) -> Result<u64, String> {
+    let meta =
+        fs::metadata(path).map_err(|e| format!("ramdisk: cannot read {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(meta.len().div_ceil(4096) * 4096);
+    }
+    let mut total = 4096;
+    for entry in
+        fs::read_dir(path).map_err(|e| format!("ramdisk: cannot list {}: {e}", path.display()))?
+    {
+        let entry = entry.map_err(|e| format!("ramdisk: cannot list {}: {e}", path.display()))?;
+        total += tree_bytes(&entry.path())?;
+    }
+    Ok(total)
+}
+
 /// The byte range of the FERROCFG partition (the GPT entry of type
 /// [`CONFIG_PARTITION_TYPE`]) in the GPT disk `image`: what
 /// `mdir -i IMAGE@@START` needs.
