@@ -7,8 +7,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 
-use kernel::archive::Archive;
-use kernel::config::files::{ConfigFiles, RamdiskArchive};
+use kernel::config::files::ConfigFiles;
 use kernel::disk::block::{BlockDevice, MemDisk};
 use kernel::disk::fat::FatVolume;
 use kernel::disk::{find_config_partition, ConfigFs};
@@ -65,27 +64,18 @@ pub fn open<'d>(
 }
 
 /// The boot ramdisk as a config source: the FAT image of the config
-/// partition xtask writes, or (from images built before it) a ustar archive
-/// of the same files.
+/// partition's files that xtask writes.
 fn ramdisk_files(bytes: &'static [u8]) -> Option<Box<dyn ConfigFiles<'static>>> {
     // The in-memory disk lives as long as the kernel: the configuration is
     // read from it until the last guest stops.
     let disk: &'static mut MemDisk<'static> = Box::leak(Box::new(MemDisk::new(bytes)));
     let sectors = disk.sectors();
-    let fat_error = match FatVolume::open(disk, 0, sectors) {
-        Ok(volume) => {
-            return Some(Box::new(
-                ConfigFs::new(volume).with_source(String::from("the boot ramdisk")),
-            ))
-        }
-        Err(e) => e,
-    };
-    match Archive::new(bytes) {
-        Ok(archive) => Some(Box::new(RamdiskArchive::new(archive))),
+    match FatVolume::open(disk, 0, sectors) {
+        Ok(volume) => Some(Box::new(
+            ConfigFs::new(volume).with_source(String::from("the boot ramdisk")),
+        )),
         Err(e) => {
-            error!(
-                "config: error: the boot ramdisk is neither a FAT image ({fat_error}) nor a ustar archive ({e})"
-            );
+            error!("config: error: the boot ramdisk is not a FAT image: {e}");
             None
         }
     }

@@ -2,7 +2,6 @@
 #![cfg_attr(not(test), no_std)]
 extern crate alloc;
 pub mod acpi;
-pub mod archive;
 pub mod config;
 pub mod devices;
 pub mod disk;

@@ -1,4 +1,4 @@
-//! Building the test guests and the ramdisk.
+//! Building the test guests and staging the config partition's files.
 //!
 //! The guests are GNU `as` sources in `guest-images/asm/` (one `<stem>.S`
 //! each, shared helpers in `.inc` files). Each source names its load
@@ -14,10 +14,9 @@
 //! `guest-images/<name>/hypervisor.toml` load them with `format = "flat"`
 //! at that address (a test below checks that they agree).
 //!
-//! The ramdisk is a POSIX ustar archive (POSIX.1-2008, `pax` "ustar
-//! Interchange Format") holding a config folder's files and every built
-//! guest, written byte for byte the same on every run: names sorted, owner
-//! 0:0, mode 0644, mtime 0.
+//! [`stage`] gathers a config folder's files and every built guest into
+//! one folder, from which `xtask::disk` writes the FERROCFG partition and
+//! the FAT image the bootloader loads as its ramdisk.
 
 use std::fs;
 use std::io;
@@ -51,41 +50,16 @@ pub fn build_guests(out_dir: &Path) -> Result<Vec<PathBuf>, String> {
     build_from(&asm_dir(), out_dir)
 }
 
-/// Builds the guests and writes a POSIX ustar archive to `out_file` holding
-/// `hypervisor.toml` from `config_dir` plus every built `<stem>.bin` (and
-/// any other regular files found in config_dir). Deterministic: sorted
-/// names, mtime 0, uid/gid 0, mode 0644.
-///
-/// Files in folders under `config_dir` are archived under their relative
-/// path (`linux/bzImage`); names starting with `.` are left out. The guests
-/// are built into a `guests` folder next to `out_file`.
+/// Fills `staging` (emptied first) with the config partition's contents:
+/// every file of `config_dir` (folders kept, names starting with `.` left
+/// out) and the test guests built from `guest-images/asm` (built in a
+/// `guests` folder beside `staging`).
 ///
 /// # Errors
 ///
 /// A message when `config_dir` has no `hypervisor.toml`, holds something
-/// other than files and folders or a file named like a built guest, a name
-/// does not fit a ustar header, the guests do not build, or a file cannot be
-/// read or written.
-pub fn ramdisk(config_dir: &Path, out_file: &Path) -> Result<(), String> {
-    let files = config_files(config_dir, out_file, "ramdisk")?;
-    let mut entries = Vec::with_capacity(files.len());
-    for (name, path) in files {
-        let data =
-            fs::read(&path).map_err(|e| format!("ramdisk: cannot read {}: {e}", path.display()))?;
-        entries.push((name, data));
-    }
-    let archive = ustar(&entries)?;
-    fs::write(out_file, archive)
-        .map_err(|e| format!("ramdisk: cannot write {}: {e}", out_file.display()))
-}
-
-/// Fills `staging` (emptied first) with the config partition's contents:
-/// every file of `config_dir` and the test guests built from
-/// `guest-images/asm`, as [`ramdisk`] packs them.
-///
-/// # Errors
-///
-/// As [`ramdisk`], and when `staging` cannot be emptied or written.
+/// other than files and folders or a file named like a built guest, the
+/// guests do not build, or a file cannot be read or written.
 pub fn stage(config_dir: &Path, staging: &Path) -> Result<(), String> {
     // The guests are built beside the staging folder, not in it (it is
     // emptied below).
@@ -98,20 +72,29 @@ pub fn stage(config_dir: &Path, staging: &Path) -> Result<(), String> {
     for (name, path) in files {
         let to = staging.join(&name);
         if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| format!("config partition: cannot create {}: {e}", parent.display()))?;
+            fs::create_dir_all(parent).map_err(|e| {
+                format!("config partition: cannot create {}: {e}", parent.display())
+            })?;
         }
         fs::copy(&path, &to).map_err(|e| {
-            format!("config partition: cannot copy {} to {}: {e}", path.display(), to.display())
+            format!(
+                "config partition: cannot copy {} to {}: {e}",
+                path.display(),
+                to.display()
+            )
         })?;
     }
     Ok(())
 }
 
 /// The files of a config folder plus the built guests, as (name in the
-/// partition or archive, file on the host), sorted; the guests are built
-/// under `<beside's folder>/guests`.
-fn config_files(config_dir: &Path, beside: &Path, what: &str) -> Result<Vec<(String, PathBuf)>, String> {
+/// partition, file on the host), sorted; the guests are built under
+/// `<beside's folder>/guests`.
+fn config_files(
+    config_dir: &Path,
+    beside: &Path,
+    what: &str,
+) -> Result<Vec<(String, PathBuf)>, String> {
     let config = config_dir.join(CONFIG_FILE);
     if !config.is_file() {
         return Err(format!(
@@ -415,7 +398,7 @@ fn file_name(path: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("ramdisk: {} has no UTF-8 file name", path.display()))
 }
 
-/// Adds every regular file under `dir` to `files` as (archive name, path),
+/// Adds every regular file under `dir` to `files` as (name in the partition, path),
 /// the name being `prefix` plus the path relative to `dir`, `/`-separated.
 /// Names starting with `.` are skipped.
 fn collect_files(
@@ -450,71 +433,6 @@ fn collect_files(
     Ok(())
 }
 
-/// The ustar block size.
-const BLOCK: usize = 512;
-/// The longest name the header's `name` field holds (no `prefix` is used).
-const MAX_NAME: usize = 100;
-/// Sizes are 11 octal digits: below 8 GiB.
-const MAX_SIZE: u64 = (1 << 33) - 1;
-
-/// A ustar archive of `entries` (name, contents), in the order given, as
-/// regular files owned by 0:0 with mode 0644 and mtime 0, ended by two zero
-/// blocks.
-fn ustar(entries: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    for (name, data) in entries {
-        out.extend_from_slice(&ustar_header(name, data.len() as u64)?);
-        out.extend_from_slice(data);
-        let padding = (BLOCK - data.len() % BLOCK) % BLOCK;
-        out.resize(out.len() + padding, 0);
-    }
-    out.resize(out.len() + 2 * BLOCK, 0);
-    Ok(out)
-}
-
-/// Writes `value` into the header at `offset` (every caller passes a field
-/// that lies inside the block).
-fn put(h: &mut [u8; BLOCK], offset: usize, value: &[u8]) {
-    if let Some(field) = h.get_mut(offset..offset + value.len()) {
-        field.copy_from_slice(value);
-    }
-}
-
-/// One ustar header block for a regular file (POSIX.1-2008, `pax`, "ustar
-/// Header Block"). Numeric fields are zero-padded octal ended by NUL; the
-/// checksum is the sum of the header's bytes with its own field taken as
-/// eight spaces, written as six octal digits, NUL, space.
-fn ustar_header(name: &str, size: u64) -> Result<[u8; BLOCK], String> {
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() > MAX_NAME {
-        return Err(format!(
-            "ramdisk: the name `{name}` is {} bytes long; a ustar name holds 1 to {MAX_NAME}",
-            bytes.len()
-        ));
-    }
-    if size > MAX_SIZE {
-        return Err(format!(
-            "ramdisk: `{name}` is {size} bytes; a ustar member holds at most {MAX_SIZE}"
-        ));
-    }
-    let mut h = [0u8; BLOCK];
-    put(&mut h, 0, bytes); // name[100]
-    put(&mut h, 100, b"0000644\0"); // mode[8]
-    put(&mut h, 108, b"0000000\0"); // uid[8]
-    put(&mut h, 116, b"0000000\0"); // gid[8]
-    put(&mut h, 124, format!("{size:011o}\0").as_bytes()); // size[12]
-    put(&mut h, 136, b"00000000000\0"); // mtime[12]
-    put(&mut h, 148, b"        "); // chksum[8], as spaces while summing
-    put(&mut h, 156, b"0"); // typeflag: regular file
-    put(&mut h, 257, b"ustar\0"); // magic[6]
-    put(&mut h, 263, b"00"); // version[2]
-    put(&mut h, 329, b"0000000\0"); // devmajor[8]
-    put(&mut h, 337, b"0000000\0"); // devminor[8]
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-    Ok(h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,205 +445,6 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    fn octal(field: &[u8]) -> u64 {
-        let s = std::str::from_utf8(field).unwrap();
-        u64::from_str_radix(s.trim_end_matches(['\0', ' ']), 8).unwrap()
-    }
-
-    /// The (name, contents) members of a ustar archive, checked as read.
-    fn members(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
-        assert_eq!(archive.len() % BLOCK, 0);
-        let mut out = Vec::new();
-        let mut at = 0;
-        loop {
-            let h = &archive[at..at + BLOCK];
-            if h.iter().all(|&b| b == 0) {
-                // The end: two zero blocks and nothing after.
-                assert_eq!(archive.len(), at + 2 * BLOCK);
-                assert!(archive[at..].iter().all(|&b| b == 0));
-                return out;
-            }
-            let mut summed = h.to_vec();
-            summed[148..156].copy_from_slice(b"        ");
-            let sum: u64 = summed.iter().map(|&b| u64::from(b)).sum();
-            assert_eq!(&h[148..156], format!("{sum:06o}\0 ").as_bytes());
-            assert_eq!(&h[257..263], b"ustar\0");
-            assert_eq!(&h[263..265], b"00");
-            assert_eq!(h[156], b'0');
-            assert_eq!(&h[100..108], b"0000644\0");
-            assert_eq!((octal(&h[108..116]), octal(&h[116..124])), (0, 0));
-            assert_eq!(octal(&h[136..148]), 0);
-            let name_len = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
-            let name = String::from_utf8(h[..name_len].to_vec()).unwrap();
-            let size = octal(&h[124..136]) as usize;
-            let data = archive[at + BLOCK..at + BLOCK + size].to_vec();
-            let padded = size.div_ceil(BLOCK) * BLOCK;
-            assert!(archive[at + BLOCK + size..at + BLOCK + padded]
-                .iter()
-                .all(|&b| b == 0));
-            out.push((name, data));
-            at += BLOCK + padded;
-        }
-    }
-
-    #[test]
-    fn ustar_headers_hold_the_fields_tar_reads() {
-        let entries = vec![
-            ("hypervisor.toml".to_string(), b"[hypervisor]\n".to_vec()),
-            ("linux/bzImage".to_string(), vec![0xAB; 1000]),
-            ("empty".to_string(), Vec::new()),
-            ("exact".to_string(), vec![7; 512]),
-        ];
-        let archive = ustar(&entries).unwrap();
-        // 4 headers, data blocks 1 + 2 + 0 + 1, two end blocks.
-        assert_eq!(archive.len(), (4 + 4 + 2) * BLOCK);
-        assert_eq!(members(&archive), entries);
-        let h = &archive[..BLOCK];
-        assert_eq!(&h[..16], b"hypervisor.toml\0");
-        assert_eq!(&h[124..136], b"00000000015\0");
-        // The checksum field: six octal digits, NUL, space.
-        assert_eq!((h[154], h[155]), (0, b' '));
-        assert!(h[148..154].iter().all(u8::is_ascii_digit));
-        let second = &archive[2 * BLOCK..3 * BLOCK];
-        assert_eq!(&second[124..136], b"00000001750\0");
-    }
-
-    #[test]
-    fn names_a_ustar_header_cannot_hold_are_refused() {
-        let long = "a".repeat(101);
-        let e = ustar(&[(long, vec![1])]).unwrap_err();
-        assert!(
-            e.contains("is 101 bytes long; a ustar name holds 1 to 100"),
-            "{e}"
-        );
-        let e = ustar(&[(String::new(), vec![1])]).unwrap_err();
-        assert!(e.contains("is 0 bytes long"), "{e}");
-        let name = "b".repeat(100);
-        assert_eq!(
-            members(&ustar(&[(name.clone(), vec![1])]).unwrap())[0].0,
-            name
-        );
-        let e = ustar_header("big", MAX_SIZE + 1).unwrap_err();
-        assert!(e.contains("at most 8589934591"), "{e}");
-    }
-
-    #[test]
-    fn tar_lists_and_extracts_the_archive() {
-        let dir = scratch("tar");
-        let entries = vec![
-            ("a.bin".to_string(), vec![0x5A; 700]),
-            ("hypervisor.toml".to_string(), b"x = 1\n".to_vec()),
-            ("sub/c".to_string(), vec![1, 2, 3]),
-        ];
-        let file = dir.join("r.tar");
-        fs::write(&file, ustar(&entries).unwrap()).unwrap();
-        let out = Command::new("tar")
-            .args(["--numeric-owner", "-tvf"])
-            .arg(&file)
-            .output()
-            .expect("tar is installed");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listing = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<Vec<&str>> = listing
-            .lines()
-            .map(|l| l.split_whitespace().collect())
-            .collect();
-        assert_eq!(lines.len(), 3, "{listing}");
-        for (fields, (name, data)) in lines.iter().zip(&entries) {
-            // -rw-r--r-- 0/0 <size> 1970-01-01 00:00 <name>
-            assert_eq!(fields[0], "-rw-r--r--", "{listing}");
-            assert_eq!(fields[1], "0/0", "{listing}");
-            assert_eq!(fields[2], data.len().to_string(), "{listing}");
-            assert_eq!(fields[3], "1970-01-01", "{listing}");
-            assert_eq!(fields.last().unwrap(), name, "{listing}");
-        }
-        let out = Command::new("tar")
-            .arg("-xOf")
-            .arg(&file)
-            .arg("a.bin")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        assert_eq!(out.stdout, entries[0].1);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// The exact lines each guest prints (the boot tests match them).
-    const EXPECTED_LINES: &[(&str, &[&str])] = &[
-        ("real", &["hello from real mode\n"]),
-        (
-            "protected",
-            &[
-                "hello from protected mode\n",
-                "sse state kept across 3000 exits\n",
-                "sse state LOST in xmm",
-            ],
-        ),
-        (
-            "long",
-            &[
-                "hello from long mode\n",
-                "printed by hypercall\n",
-                "avx state kept across 3000 exits\n",
-                "avx state LOST in ymm",
-                "no AVX: sse only\n",
-                "sse state kept across 3000 exits\n",
-                "sse state LOST in xmm",
-                "cpuid 0x40000000: ",
-            ],
-        ),
-        (
-            "cpuid_loop",
-            &[
-                "empty loop: ",
-                " iterations, average ",
-                "cpuid exit: ",
-                "com1 write exit: ",
-                " round trips, average ",
-                " ticks\n",
-                "raw: empty ",
-                " cpuid ",
-                " com1 ",
-            ],
-        ),
-        (
-            "escape",
-            &[
-                "trying vmxon\n",
-                "vmxon\0",
-                "trying rdmsr 0x3a\n",
-                "rdmsr 0x3a\0",
-                "trying rdmsr 0x480\n",
-                "rdmsr 0x480\0",
-                "trying cr4.vmxe\n",
-                "cr4.vmxe\0",
-                ": #UD\n",
-                ": #GP\n",
-                ": no fault\n",
-                "trying reset port 0xcf9\n",
-                "still running after reset port write\n",
-                "writing past RAM at 0x10000000\n",
-                "ESCAPED: write past RAM returned\n",
-            ],
-        ),
-        (
-            "halt",
-            &["halting with interrupts off\n", "ESCAPED: hlt returned\n"],
-        ),
-        (
-            "triple",
-            &["about to triple fault\n", "ESCAPED: no triple fault\n"],
-        ),
-    ];
-
-    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-        haystack.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]
@@ -946,18 +665,101 @@ mod tests {
         }
     }
 
+    /// The exact lines each guest prints (the boot tests match them).
+    const EXPECTED_LINES: &[(&str, &[&str])] = &[
+        ("real", &["hello from real mode\n"]),
+        (
+            "protected",
+            &[
+                "hello from protected mode\n",
+                "sse state kept across 3000 exits\n",
+                "sse state LOST in xmm",
+            ],
+        ),
+        (
+            "long",
+            &[
+                "hello from long mode\n",
+                "printed by hypercall\n",
+                "avx state kept across 3000 exits\n",
+                "avx state LOST in ymm",
+                "no AVX: sse only\n",
+                "sse state kept across 3000 exits\n",
+                "sse state LOST in xmm",
+                "cpuid 0x40000000: ",
+            ],
+        ),
+        (
+            "cpuid_loop",
+            &[
+                "empty loop: ",
+                " iterations, average ",
+                "cpuid exit: ",
+                "com1 write exit: ",
+                " round trips, average ",
+                " ticks\n",
+                "raw: empty ",
+                " cpuid ",
+                " com1 ",
+            ],
+        ),
+        (
+            "escape",
+            &[
+                "trying vmxon\n",
+                "vmxon\0",
+                "trying rdmsr 0x3a\n",
+                "rdmsr 0x3a\0",
+                "trying rdmsr 0x480\n",
+                "rdmsr 0x480\0",
+                "trying cr4.vmxe\n",
+                "cr4.vmxe\0",
+                ": #UD\n",
+                ": #GP\n",
+                ": no fault\n",
+                "trying reset port 0xcf9\n",
+                "still running after reset port write\n",
+                "writing past RAM at 0x10000000\n",
+                "ESCAPED: write past RAM returned\n",
+            ],
+        ),
+        (
+            "halt",
+            &["halting with interrupts off\n", "ESCAPED: hlt returned\n"],
+        ),
+        (
+            "triple",
+            &["about to triple fault\n", "ESCAPED: no triple fault\n"],
+        ),
+    ];
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Every file under `dir`, as (relative path, contents), sorted.
+    fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        collect_files(dir, "", &mut files).unwrap();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(name, path)| (name, fs::read(path).unwrap()))
+            .collect()
+    }
+
     #[test]
-    fn the_ramdisk_holds_the_config_and_every_guest_the_same_each_time() {
-        let dir = scratch("ramdisk");
+    fn staging_holds_the_config_and_every_guest() {
+        let dir = scratch("stage");
         let config = dir.join("config");
         fs::create_dir_all(config.join("linux")).unwrap();
         fs::write(config.join(CONFIG_FILE), "[hypervisor]\n").unwrap();
         fs::write(config.join("linux").join("bzImage"), [1u8; 3]).unwrap();
         fs::write(config.join(".hidden"), "x").unwrap();
-        let tar = dir.join("out").join("ramdisk.tar");
-        ramdisk(&config, &tar).unwrap();
-        let first = fs::read(&tar).unwrap();
-        let names: Vec<String> = members(&first).into_iter().map(|(n, _)| n).collect();
+        let staging = dir.join("out").join("config");
+        stage(&config, &staging).unwrap();
+        let first = tree(&staging);
+        let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
         let mut expected: Vec<String> = guest_sources(&asm_dir())
             .unwrap()
             .iter()
@@ -967,34 +769,33 @@ mod tests {
         expected.sort();
         assert_eq!(names, expected);
         let guests = dir.join("out").join("guests");
-        for (name, data) in members(&first) {
+        for (name, data) in &first {
             if name.ends_with(".bin") {
-                assert_eq!(data, fs::read(guests.join(&name)).unwrap(), "{name}");
+                assert_eq!(*data, fs::read(guests.join(name)).unwrap(), "{name}");
             }
         }
-        ramdisk(&config, &tar).unwrap();
-        assert_eq!(fs::read(&tar).unwrap(), first);
+        // Staging again empties the folder first and gives the same files.
+        fs::write(staging.join("stale"), "x").unwrap();
+        stage(&config, &staging).unwrap();
+        assert_eq!(tree(&staging), first);
 
         // A file that a guest would overwrite, and a missing config.
         fs::write(config.join("real.bin"), "x").unwrap();
-        let e = ramdisk(&config, &tar).unwrap_err();
+        let e = stage(&config, &staging).unwrap_err();
         assert!(e.contains("has a file named real.bin"), "{e}");
-        let e = ramdisk(&dir.join("nowhere"), &tar).unwrap_err();
+        let e = stage(&dir.join("nowhere"), &staging).unwrap_err();
         assert!(e.contains("hypervisor.toml not found"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn the_shipped_configs_make_ramdisks() {
+    fn the_shipped_configs_stage() {
         let dir = scratch("shipped");
-        for name in ["default", "test", "bench"] {
-            let tar = dir.join(format!("{name}.tar"));
-            ramdisk(&config_dir(name), &tar).unwrap();
-            let archive = fs::read(&tar).unwrap();
-            let members = members(&archive);
-            let toml = members.iter().find(|(n, _)| n == CONFIG_FILE).unwrap();
+        for name in ["default", "test", "bench", "broken"] {
+            let staging = dir.join(name).join("config");
+            stage(&config_dir(name), &staging).unwrap();
             assert_eq!(
-                toml.1,
+                fs::read(staging.join(CONFIG_FILE)).unwrap(),
                 fs::read(config_dir(name).join(CONFIG_FILE)).unwrap()
             );
         }

@@ -6,8 +6,6 @@
 use alloc::borrow::Cow;
 use alloc::string::String;
 
-use crate::archive::Archive;
-
 /// The name of the configuration file at the root of the source.
 pub const CONFIG_FILE: &str = "hypervisor.toml";
 
@@ -30,38 +28,4 @@ pub trait ConfigFiles<'a> {
 
     /// Whether `path` names a file.
     fn exists(&mut self, path: &str) -> bool;
-}
-
-/// The boot ramdisk as a ustar archive (the form before the config
-/// partition; the archive is already in memory, so reads borrow it).
-pub struct RamdiskArchive<'a> {
-    archive: Archive<'a>,
-}
-
-impl<'a> RamdiskArchive<'a> {
-    /// Files of `archive`.
-    pub fn new(archive: Archive<'a>) -> Self {
-        Self { archive }
-    }
-}
-
-impl<'a> ConfigFiles<'a> for RamdiskArchive<'a> {
-    fn source(&self) -> &str {
-        "the boot ramdisk"
-    }
-
-    fn read(&mut self, path: &str, limit: u64) -> Result<Option<Cow<'a, [u8]>>, String> {
-        match self.archive.get(path) {
-            Some(data) if data.len() as u64 > limit => Err(alloc::format!(
-                "{path} in the boot ramdisk is {} bytes, more than the {limit} allowed",
-                data.len()
-            )),
-            Some(data) => Ok(Some(Cow::Borrowed(data))),
-            None => Ok(None),
-        }
-    }
-
-    fn exists(&mut self, path: &str) -> bool {
-        self.archive.get(path).is_some()
-    }
 }

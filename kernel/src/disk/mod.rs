@@ -53,8 +53,8 @@ pub fn find_config_partition(dev: &mut dyn BlockDevice) -> Result<Option<Partiti
     Ok(table.config_partition()?.cloned())
 }
 
-/// The config partition's files, read the way the boot path reads the
-/// ramdisk archive: it is a [`ConfigFiles`] source, and
+/// The files of the config partition (or of the ramdisk's FAT image): a
+/// [`ConfigFiles`] source, and
 /// [`ConfigFs::read_file`] and [`ConfigFs::exists`] also take `&self`, so
 /// `exists` can be handed to [`crate::config::check_images`] as a plain
 /// closure.

@@ -91,7 +91,7 @@ fn the_boot_path_finds_and_reads_the_config_partition() {
 }
 
 #[test]
-fn the_config_checks_use_exists_as_they_use_the_archive() {
+fn the_config_checks_use_exists_on_the_partition() {
     let disk = boot_disk(CONFIG_PARTITION_TYPE);
     let mut dev = MemDisk::new(&disk);
     let partition = find_config_partition(&mut dev).unwrap().unwrap();
