@@ -426,10 +426,14 @@ impl Scheduler<'_> {
             .console
             .flush(|line| crate::serial::guest_line(&name, line));
         info!("guest {name}: stopped: {reason}");
+        info!(
+            "guest {name}: ran {} TSC ticks in {} slices ({} ended by the timer or the TSC)",
+            guest.ticks, guest.slices, guest.preemptions
+        );
         let s = &guest.model.stats;
         debug!(
             "guest {name}: {} exits ({} CPUID, {} I/O, {} MSR, {} hypercalls), {} exceptions injected, \
-             {} port writes ignored, {} port reads unclaimed, {} TSC ticks in {} slices ({} preempted)",
+             {} port writes ignored, {} port reads unclaimed",
             s.exits,
             s.cpuid,
             s.io,
@@ -437,10 +441,7 @@ impl Scheduler<'_> {
             s.hypercalls,
             s.injected,
             s.io_writes_ignored,
-            s.io_reads_unclaimed,
-            guest.ticks,
-            guest.slices,
-            guest.preemptions
+            s.io_reads_unclaimed
         );
         if self.owner == Some(i) {
             self.owner = None;

@@ -360,6 +360,87 @@ fn bochs_reports_a_broken_config_and_starts_the_valid_guest() {
         .exited();
 }
 
+/// `guest <name>: ran <ticks> TSC ticks in <slices> slices ...`: the
+/// ticks and slices.
+fn ran(out: &xtask::runner::BootOutcome, name: &str) -> Option<(u64, u64)> {
+    let prefix = format!("guest {name}: ran ");
+    let line = out.serial.lines().find_map(|l| l.split(&prefix).nth(1))?;
+    let (ticks, rest) = line.split_once(" TSC ticks in ")?;
+    let (slices, _) = rest.split_once(" slices")?;
+    Some((ticks.parse().ok()?, slices.parse().ok()?))
+}
+
+/// Three CPU-bound guests on one CPU (`guest-images/sched`) take turns:
+/// their progress lines interleave, when the first finishes the others are
+/// within a round of it, and each got a third of the time within 5%; a
+/// guest halted with interrupts on ran one slice, cost next to nothing and
+/// held nobody up, and is stopped once nothing else can run.
+#[test]
+fn bochs_shares_one_cpu_fairly_between_busy_guests() {
+    let out = boot(
+        &Variant::with_guests("sched"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with three busy guests and an idle one");
+    c.saw("[idle] idling with interrupts on")
+        .in_order("[spin1] progress 1", "[spin2] progress 1")
+        .in_order("[spin2] progress 1", "[spin3] progress 1")
+        .in_order("[spin3] progress 1", "[spin1] progress 3")
+        .in_order("[spin1] progress 10", "[spin3] progress 11")
+        .in_order("[spin3] progress 10", "[spin1] progress 12")
+        .never("woken up");
+    // When the first busy guest finishes, each other one is at most a
+    // round (1/20 of the work) behind.
+    let first_stop = out
+        .serial
+        .find(": stopped: exited with code 0")
+        .expect("a busy guest finished");
+    for name in ["spin1", "spin2", "spin3"] {
+        let last = out.serial[..first_stop]
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("[{name}] progress ")))
+            .filter_map(|n| n.trim().parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            last >= 19,
+            "{name} was at round {last} when the first busy guest finished:\n{}",
+            out.serial
+        );
+    }
+    let shares: Vec<u64> = ["spin1", "spin2", "spin3"]
+        .iter()
+        .map(|n| {
+            ran(&out, n)
+                .unwrap_or_else(|| panic!("no `guest {n}: ran` line:\n{}", out.serial))
+                .0
+        })
+        .collect();
+    let total: u64 = shares.iter().sum();
+    for (name, ticks) in ["spin1", "spin2", "spin3"].iter().zip(&shares) {
+        let share = *ticks as f64 / total as f64;
+        assert!(
+            (share - 1.0 / 3.0).abs() <= 0.05 / 3.0,
+            "{name} got {:.2}% of the time",
+            share * 100.0
+        );
+    }
+    let (idle_ticks, idle_slices) = ran(&out, "idle").expect("a `guest idle: ran` line");
+    assert_eq!(idle_slices, 1, "the idle guest ran more than once");
+    assert!(
+        idle_ticks * 100 < total,
+        "the idle guest cost {idle_ticks} ticks of {total}"
+    );
+    c.in_order("guest spin3: stopped: exited with code 0", "guest idle: stopped: halted forever (HLT at RIP")
+        .line("`guest idle: stopped: halted forever (... with interrupts on, but no device can interrupt it)`", |l| {
+            l.contains("guest idle: stopped: halted forever") && l.contains("no device can interrupt it")
+        })
+        .in_order("guest idle: stopped", "all guests stopped, powering off")
+        .exited();
+}
+
 /// The default guests ran to their exits.
 fn guests_run(c: &Checked<'_>) {
     c.in_order(

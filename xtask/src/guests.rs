@@ -731,6 +731,8 @@ mod tests {
             "triple",
             &["about to triple fault\n", "ESCAPED: no triple fault\n"],
         ),
+        ("spin", &["progress "]),
+        ("idle", &["idling with interrupts on\n", "woken up\n"]),
     ];
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {

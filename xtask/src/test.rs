@@ -22,6 +22,7 @@ fn variants() -> Vec<Variant> {
         Variant::default(),
         Variant::with_guests("test"),
         Variant::with_guests("broken"),
+        Variant::with_guests("sched"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
     ]
