@@ -24,7 +24,9 @@ use vmx::caps::VmxCapabilities;
 use vmx::instructions::{self as hw, HardwareVmcs};
 
 use crate::memory;
-use crate::vm::{Guest, Hardware, RunState};
+use sched::{CpuId, Decision, StopCause, VcpuId};
+
+use crate::vm::{Guest, Hardware};
 
 /// One configured guest and, while it exists, the guest.
 struct Slot {
@@ -126,15 +128,28 @@ pub fn run_all(
         });
     }
 
+    let queue = match sched::Scheduler::new(1, slice_ticks.max(1)) {
+        Ok(queue) => queue,
+        Err(e) => {
+            error!("sched: cannot run guests: {e}");
+            for mut guest in slots.into_iter().filter_map(|s| s.guest) {
+                guest.destroy();
+            }
+            return AllStopped::PowerOff;
+        }
+    };
     let mut sched = Scheduler {
         hw: &hw,
         slots,
+        queue,
         owner: None,
         current: None,
-        last: None,
-        slice_ticks,
+        last_exit: None,
+        switches: 0,
+        switch_ticks: 0,
     };
     sched.run(files, settings.on_guest_stop);
+    sched.report_switches();
 
     let frames_after = memory::free_frames();
     info!(
@@ -268,50 +283,113 @@ fn format_name(format: ImageFormat) -> &'static str {
 struct Scheduler<'a> {
     hw: &'a Hardware,
     slots: Vec<Slot>,
+    /// The run queue: `sched` decides which guest runs next and for how
+    /// long; a slot's index is its vCPU id.
+    queue: sched::Scheduler,
     /// The guest whose switched state (XSAVE, CR2, DRs, MSRs) is in the CPU.
     owner: Option<usize>,
     /// The guest whose VMCS is current.
     current: Option<usize>,
-    /// The guest that ran last.
-    last: Option<usize>,
-    slice_ticks: u64,
+    /// When the last slice ended, and whose it was: the next slice of
+    /// another guest measures the switch from there.
+    last_exit: Option<(usize, u64)>,
+    /// vCPU switches (one guest's slice end to another's first entry) and
+    /// their total TSC ticks.
+    switches: u64,
+    switch_ticks: u64,
+}
+
+/// The boot CPU, the one CPU guests run on so far.
+const BOOT_CPU: CpuId = CpuId(0);
+
+/// The vCPU id of slot `i`.
+fn vcpu_id(i: usize) -> VcpuId {
+    VcpuId(u32::try_from(i).unwrap_or(u32::MAX))
+}
+
+/// How a slice ended.
+enum SliceEnd {
+    /// Its time was up (preemption timer or TSC).
+    TimeUp,
+    /// HLT with interrupts on.
+    Halted,
+    /// The guest stopped.
+    Stopped(StopReason),
 }
 
 impl Scheduler<'_> {
+    /// Puts slot `i`'s guest on the run queue; a guest whose `cpus` leave
+    /// out the boot CPU is stopped with the reason.
+    fn enqueue(&mut self, i: usize) -> Result<(), StopReason> {
+        let Some(slot) = self.slots.get(i) else {
+            return Ok(());
+        };
+        let affinity: Option<Vec<CpuId>> = slot
+            .config
+            .cpus
+            .as_ref()
+            .map(|cpus| cpus.iter().map(|&c| CpuId(c)).collect());
+        match self.queue.add(vcpu_id(i), affinity.as_deref()) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StopReason::NotSchedulable(alloc::format!("{e}"))),
+        }
+    }
+
     fn run(&mut self, files: &mut dyn ConfigFiles<'_>, on_stop: GuestStopAction) {
-        loop {
-            let n = self.slots.len();
-            let start = self.last.map_or(0, |l| l + 1);
-            let next = (0..n).map(|k| (start + k) % n).find(|&i| {
-                self.slots
-                    .get(i)
-                    .and_then(|s| s.guest.as_ref())
-                    .is_some_and(|g| g.state == RunState::Runnable)
-            });
-            let Some(i) = next else {
-                // Nothing can run. A halted guest has no device that could
-                // wake it yet, so it never will.
-                let halted: Vec<usize> = (0..n)
-                    .filter(|&i| self.slots.get(i).is_some_and(|s| s.guest.is_some()))
-                    .collect();
-                if halted.is_empty() {
-                    return;
+        for i in 0..self.slots.len() {
+            if self.slots.get(i).is_some_and(|s| s.guest.is_some()) {
+                if let Err(reason) = self.enqueue(i) {
+                    self.stop(i, reason, files, on_stop);
                 }
-                for i in halted {
-                    let rip = self.halted_rip(i);
-                    self.stop(
-                        i,
-                        StopReason::HaltedWithNoWakeSource { rip },
-                        files,
-                        on_stop,
-                    );
-                }
-                continue;
-            };
-            self.last = Some(i);
-            if let Some(reason) = self.run_slice(i) {
-                self.stop(i, reason, files, on_stop);
             }
+        }
+        loop {
+            match self.queue.pick(BOOT_CPU, rdtsc()) {
+                Decision::Run { vcpu, slice, .. } => {
+                    let i = vcpu.0 as usize;
+                    let end = self.run_slice(i, slice);
+                    let now = rdtsc();
+                    self.last_exit = Some((i, now));
+                    let cause = match &end {
+                        SliceEnd::TimeUp => StopCause::SliceEnd,
+                        SliceEnd::Halted => StopCause::Blocked,
+                        SliceEnd::Stopped(_) => StopCause::Stopped,
+                    };
+                    self.queue.stopped(BOOT_CPU, vcpu, cause, now);
+                    if let SliceEnd::Stopped(reason) = end {
+                        self.stop(i, reason, files, on_stop);
+                    }
+                }
+                Decision::Idle => {
+                    // Nothing can run. A halted guest has no device that
+                    // could wake it yet, so it never will.
+                    let halted: Vec<usize> = (0..self.slots.len())
+                        .filter(|&i| self.slots.get(i).is_some_and(|s| s.guest.is_some()))
+                        .collect();
+                    if halted.is_empty() {
+                        return;
+                    }
+                    for i in halted {
+                        let rip = self.halted_rip(i);
+                        self.stop(
+                            i,
+                            StopReason::HaltedWithNoWakeSource { rip },
+                            files,
+                            on_stop,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sched: <n> vCPU switches, ...`: what switching between guests cost.
+    fn report_switches(&self) {
+        if let Some(average) = self.switch_ticks.checked_div(self.switches) {
+            info!(
+                "sched: {} vCPU switches, on average {average} TSC ticks from one guest's last exit to the next guest's first entry",
+                self.switches
+            );
         }
     }
 
@@ -331,10 +409,14 @@ impl Scheduler<'_> {
         vmcs.read(GuestNatural::Rip).unwrap_or(0)
     }
 
-    /// Switches guest `i` in and runs it until its slice ends, it halts, or
-    /// it stops (the reason is returned).
-    fn run_slice(&mut self, i: usize) -> Option<StopReason> {
+    /// Switches guest `i` in and runs it for `slice` TSC ticks, until it
+    /// halts, or until it stops.
+    fn run_slice(&mut self, i: usize, slice: u64) -> SliceEnd {
         let hw = self.hw;
+        let switch_from = self
+            .last_exit
+            .filter(|(prev, _)| *prev != i)
+            .map(|(_, at)| at);
         if self.owner != Some(i) {
             if let Some(prev) = self
                 .owner
@@ -343,21 +425,31 @@ impl Scheduler<'_> {
             {
                 prev.save_switched(hw);
             }
-            self.slots.get(i)?.guest.as_ref()?.load_switched(hw);
+            if let Some(guest) = self.slots.get(i).and_then(|s| s.guest.as_ref()) {
+                guest.load_switched(hw);
+            }
             self.owner = Some(i);
         }
-        let guest = self.slots.get_mut(i)?.guest.as_mut()?;
+        let Some(guest) = self.slots.get_mut(i).and_then(|s| s.guest.as_mut()) else {
+            return SliceEnd::Stopped(StopReason::NotSchedulable(String::from(
+                "the scheduler picked a guest that no longer exists",
+            )));
+        };
         if self.current != Some(i) {
             if let Err(e) = guest.make_current() {
-                return Some(StopReason::LaunchFailed(e));
+                return SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
             self.current = Some(i);
         }
-        if let Err(e) = guest.set_slice(hw, self.slice_ticks) {
-            return Some(StopReason::VmcsAccess(e));
+        if let Err(e) = guest.set_slice(hw, slice) {
+            return SliceEnd::Stopped(StopReason::VmcsAccess(e));
         }
         guest.slices += 1;
         let slice_start = rdtsc();
+        if let Some(from) = switch_from {
+            self.switches += 1;
+            self.switch_ticks += slice_start.wrapping_sub(from);
+        }
         let mut last = slice_start;
         loop {
             // SAFETY: VMX root operation at CPL 0 with interrupts off; the
@@ -371,7 +463,7 @@ impl Scheduler<'_> {
             guest.ticks += now.wrapping_sub(last);
             last = now;
             if let Err(e) = result {
-                return Some(StopReason::LaunchFailed(e));
+                return SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
             guest.launched = true;
             let (mut platform, regs, model) = guest.exit_parts(hw);
@@ -386,20 +478,17 @@ impl Scheduler<'_> {
                     // count, or emulators that do not), a guest that exits
                     // more often than the timer runs out would otherwise
                     // never be preempted.
-                    if now.wrapping_sub(slice_start) >= self.slice_ticks {
+                    if now.wrapping_sub(slice_start) >= slice {
                         guest.preemptions += 1;
-                        return None;
+                        return SliceEnd::TimeUp;
                     }
                 }
                 Outcome::Preempted => {
                     guest.preemptions += 1;
-                    return None;
+                    return SliceEnd::TimeUp;
                 }
-                Outcome::Halted => {
-                    guest.state = RunState::Halted;
-                    return None;
-                }
-                Outcome::Stop(reason) => return Some(*reason),
+                Outcome::Halted => return SliceEnd::Halted,
+                Outcome::Stop(reason) => return SliceEnd::Stopped(*reason),
             }
         }
     }
@@ -450,10 +539,16 @@ impl Scheduler<'_> {
             self.current = None;
         }
         guest.destroy();
+        self.queue.remove(vcpu_id(i));
         if on_stop == GuestStopAction::Restart {
             info!("guest {name}: restarting");
             let vpid = slot.vpid;
             slot.guest = start(hw, files, &slot.config, vpid);
+            if slot.guest.is_some() {
+                if let Err(reason) = self.enqueue(i) {
+                    self.stop(i, reason, files, on_stop);
+                }
+            }
         }
     }
 }

@@ -273,15 +273,6 @@ struct SwitchedState {
 
 const SWITCHED_MSR_COUNT: usize = kernel::vcpu::msr::SWITCHED_MSRS.len();
 
-/// Whether the guest runs, waits, or has stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunState {
-    /// Runnable.
-    Runnable,
-    /// Halted with interrupts on, waiting for an event.
-    Halted,
-}
-
 /// A guest with one vCPU.
 pub struct Guest {
     /// The name from the config.
@@ -301,8 +292,6 @@ pub struct Guest {
     switched: SwitchedState,
     /// The VPID, where enabled.
     vpid: Option<u16>,
-    /// Runnable or halted.
-    pub state: RunState,
     /// TSC ticks charged to this guest: from one of its exits to the next,
     /// its exit handling included.
     pub ticks: u64,
@@ -351,7 +340,6 @@ impl Guest {
                 msrs: [0; SWITCHED_MSR_COUNT],
             },
             vpid: hw.controls.vpid.then_some(vpid),
-            state: RunState::Runnable,
             ticks: 0,
             slices: 0,
             preemptions: 0,

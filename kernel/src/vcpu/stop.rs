@@ -3,6 +3,7 @@
 //! something the hypervisor will not do for it, is one variant here.
 
 use alloc::boxed::Box;
+use alloc::string::String;
 use core::fmt;
 
 use vmx::error::VmFail;
@@ -109,6 +110,9 @@ pub enum StopReason {
     /// A VMREAD/VMWRITE on the guest's VMCS failed: a Ferrovisor bug,
     /// contained to this guest.
     VmcsAccess(VmFail),
+    /// The scheduler cannot place the guest (its `cpus` name no CPU it
+    /// may use), or lost track of it.
+    NotSchedulable(String),
     /// The guest's EPT is misconfigured: a Ferrovisor bug, contained to
     /// this guest.
     EptMisconfiguration {
@@ -165,6 +169,7 @@ impl fmt::Display for StopReason {
                 "unhandled VM exit {reason}, qualification {qualification:#x}, at RIP {rip:#x}"
             ),
             Self::VmcsAccess(e) => write!(f, "hypervisor error: VMCS access failed: {e}"),
+            Self::NotSchedulable(why) => write!(f, "cannot be scheduled: {why}"),
             Self::EptMisconfiguration { gpa } => write!(
                 f,
                 "hypervisor error: EPT misconfiguration at guest-physical {gpa:#x}"
