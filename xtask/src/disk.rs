@@ -55,7 +55,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// GPT partition type GUID of Ferrovisor's config partition, `FERROCFG`.
 ///
@@ -1392,49 +1392,13 @@ fn fat_summary(bpb: &[u8]) -> Option<FatSummary> {
     })
 }
 
-/// Runs an mtools command; an error names the command and what it said.
+/// Runs an mtools command; an error names the command and its output, or
+/// the package to install.
 fn mtool<I>(program: &str, args: I) -> Result<(), String>
 where
     I: IntoIterator<Item = OsString>,
 {
-    let args: Vec<OsString> = args.into_iter().collect();
-    let shown = format!(
-        "{program} {}",
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let output = Command::new(program)
-        .args(&args)
-        // mtools asks on the terminal when a name clashes; never wait.
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                format!(
-                    "hybrid image: `{program}` not found; the config partition needs mtools \
-                     (Debian/Ubuntu: apt-get install mtools)"
-                )
-            } else {
-                format!("hybrid image: cannot run `{shown}`: {e}")
-            }
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut said = String::from_utf8_lossy(&output.stderr)
-        .trim_end()
-        .to_string();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !stdout.trim().is_empty() {
-        said.push('\n');
-        said.push_str(stdout.trim_end());
-    }
-    Err(format!(
-        "hybrid image: `{shown}` failed ({}):\n{said}",
-        output.status
-    ))
+    crate::run_tool("hybrid image", Command::new(program).args(args), "mtools")
 }
 
 // ---------------------------------------------------------------------------

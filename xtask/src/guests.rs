@@ -19,7 +19,6 @@
 //! the FAT image the bootloader loads as its ramdisk.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -354,40 +353,7 @@ fn check_image(source: &GuestSource, len: u64) -> Result<(), String> {
 
 /// Runs a binutils command; an error names the command and its stderr.
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let output = cmd.output().map_err(|e| {
-        let tool = cmd.get_program().to_string_lossy().into_owned();
-        if e.kind() == io::ErrorKind::NotFound {
-            format!(
-                "guests: `{tool}` not found; the guests need GNU as and ld: install binutils \
-                 (Debian/Ubuntu: apt-get install binutils)"
-            )
-        } else {
-            format!("guests: cannot run `{shown}`: {e}")
-        }
-    })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut said = String::from_utf8_lossy(&output.stderr)
-        .trim_end()
-        .to_string();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !stdout.trim().is_empty() {
-        said.push('\n');
-        said.push_str(stdout.trim_end());
-    }
-    Err(format!(
-        "guests: `{shown}` failed ({}):\n{said}",
-        output.status
-    ))
+    crate::run_tool("guests", cmd, "binutils")
 }
 
 /// The UTF-8 file name of `path`.

@@ -37,7 +37,9 @@ impl Request {
             "qemu" => Ok(Request::Engine(Engine::Qemu)),
             "kvm" => Ok(Request::Engine(Engine::Kvm)),
             "bochs" => Ok(Request::Engine(Engine::Bochs)),
-            other => Err(format!("--engine takes auto, qemu, kvm or bochs, not {other:?}")),
+            other => Err(format!(
+                "--engine takes auto, qemu, kvm or bochs, not {other:?}"
+            )),
         }
     }
 }
@@ -103,14 +105,21 @@ impl HostFacts {
                 (k.trim() == key).then(|| v.trim())
             })
         };
-        let vendor = field("vendor_id").filter(|v| !v.is_empty()).map(str::to_string);
+        let vendor = field("vendor_id")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         let vmx = field("flags").is_some_and(|flags| flags.split_whitespace().any(|f| f == "vmx"));
         let nested = match nested.map(str::trim) {
             None => Nested::NotLoaded,
             Some("Y" | "y" | "1") => Nested::On,
             Some(other) => Nested::Off(other.to_string()),
         };
-        HostFacts { vendor, vmx, nested, dev_kvm }
+        HostFacts {
+            vendor,
+            vmx,
+            nested,
+            dev_kvm,
+        }
     }
 
     /// The first condition that keeps QEMU+KVM from offering VT-x, if any.
@@ -266,7 +275,8 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
         assert!(facts.vmx);
         assert_eq!(facts.nested, Nested::On);
         // `vmx` only in the `vmx flags` line does not count; `svm` is not `vmx`.
-        let only_vmx_flags = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse\nvmx flags\t: vmx ept\n";
+        let only_vmx_flags =
+            "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse\nvmx flags\t: vmx ept\n";
         assert!(!HostFacts::from_sources(only_vmx_flags, Some("Y"), DevKvm::Usable).vmx);
         assert!(!HostFacts::from_sources(AMD_SVM, None, DevKvm::Usable).vmx);
     }
@@ -283,12 +293,28 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
 
     #[test]
     fn auto_picks_kvm_when_every_condition_holds() {
-        let choice = auto(&HostFacts::from_sources(INTEL_VMX, Some("Y\n"), DevKvm::Usable));
+        let choice = auto(&HostFacts::from_sources(
+            INTEL_VMX,
+            Some("Y\n"),
+            DevKvm::Usable,
+        ));
         assert_eq!(choice.engine, Engine::Kvm);
-        assert!(choice.reason.starts_with("using QEMU+KVM"), "{}", choice.reason);
-        let explicit =
-            choose(Request::Engine(Engine::Kvm), &HostFacts::from_sources(INTEL_VMX, Some("1"), DevKvm::Usable));
-        assert_eq!(explicit, Ok(Choice { engine: Engine::Kvm, reason: "requested".into() }));
+        assert!(
+            choice.reason.starts_with("using QEMU+KVM"),
+            "{}",
+            choice.reason
+        );
+        let explicit = choose(
+            Request::Engine(Engine::Kvm),
+            &HostFacts::from_sources(INTEL_VMX, Some("1"), DevKvm::Usable),
+        );
+        assert_eq!(
+            explicit,
+            Ok(Choice {
+                engine: Engine::Kvm,
+                reason: "requested".into()
+            })
+        );
     }
 
     #[test]
@@ -310,22 +336,38 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
     fn intel_without_vmx_gets_bochs() {
         let choice = auto(&HostFacts::from_sources(INTEL_NO_VMX, None, DevKvm::Usable));
         assert_eq!(choice.engine, Engine::Bochs);
-        assert!(choice.reason.contains("does not list the vmx flag"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("does not list the vmx flag"),
+            "{}",
+            choice.reason
+        );
     }
 
     #[test]
     fn unknown_vendor_gets_bochs() {
         let choice = auto(&HostFacts::from_sources("", Some("Y"), DevKvm::Usable));
         assert_eq!(choice.engine, Engine::Bochs);
-        assert!(choice.reason.contains("names no CPU vendor"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("names no CPU vendor"),
+            "{}",
+            choice.reason
+        );
     }
 
     #[test]
     fn kvm_intel_not_loaded_or_nested_off_gets_bochs_with_the_fix() {
         let choice = auto(&HostFacts::from_sources(INTEL_VMX, None, DevKvm::Usable));
         assert_eq!(choice.engine, Engine::Bochs);
-        assert!(choice.reason.contains("kvm_intel module is not loaded"), "{}", choice.reason);
-        assert!(choice.reason.contains("modprobe kvm_intel nested=1"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("kvm_intel module is not loaded"),
+            "{}",
+            choice.reason
+        );
+        assert!(
+            choice.reason.contains("modprobe kvm_intel nested=1"),
+            "{}",
+            choice.reason
+        );
 
         let facts = HostFacts::from_sources(INTEL_VMX, Some("N\n"), DevKvm::Usable);
         assert_eq!(
@@ -333,20 +375,42 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
             "using Bochs: kvm_intel nested virtualization is off (cat /sys/module/kvm_intel/parameters/nested \
              prints N; enable with: sudo modprobe -r kvm_intel && sudo modprobe kvm_intel nested=1)"
         );
-        assert!(choose_str("kvm", &facts).unwrap_err().contains("nested virtualization is off"));
+        assert!(choose_str("kvm", &facts)
+            .unwrap_err()
+            .contains("nested virtualization is off"));
     }
 
     #[test]
     fn dev_kvm_missing_or_denied_gets_bochs() {
-        let missing = auto(&HostFacts::from_sources(INTEL_VMX, Some("Y"), DevKvm::Missing));
+        let missing = auto(&HostFacts::from_sources(
+            INTEL_VMX,
+            Some("Y"),
+            DevKvm::Missing,
+        ));
         assert_eq!(missing.engine, Engine::Bochs);
-        assert!(missing.reason.contains("/dev/kvm does not exist"), "{}", missing.reason);
+        assert!(
+            missing.reason.contains("/dev/kvm does not exist"),
+            "{}",
+            missing.reason
+        );
 
-        let denied = HostFacts::from_sources(INTEL_VMX, Some("Y"), DevKvm::Denied("Permission denied".into()));
+        let denied = HostFacts::from_sources(
+            INTEL_VMX,
+            Some("Y"),
+            DevKvm::Denied("Permission denied".into()),
+        );
         let choice = auto(&denied);
         assert_eq!(choice.engine, Engine::Bochs);
-        assert!(choice.reason.contains("cannot be opened read-write"), "{}", choice.reason);
-        assert!(choice.reason.contains("usermod -aG kvm"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("cannot be opened read-write"),
+            "{}",
+            choice.reason
+        );
+        assert!(
+            choice.reason.contains("usermod -aG kvm"),
+            "{}",
+            choice.reason
+        );
         assert!(choose_str("kvm", &denied).is_err());
     }
 
@@ -354,7 +418,13 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
     fn qemu_and_bochs_are_always_accepted() {
         let facts = HostFacts::from_sources(AMD_SVM, None, DevKvm::Missing);
         for (name, engine) in [("qemu", Engine::Qemu), ("bochs", Engine::Bochs)] {
-            assert_eq!(choose_str(name, &facts), Ok(Choice { engine, reason: "requested".into() }));
+            assert_eq!(
+                choose_str(name, &facts),
+                Ok(Choice {
+                    engine,
+                    reason: "requested".into()
+                })
+            );
         }
     }
 
@@ -362,6 +432,9 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
     fn unknown_requests_are_refused() {
         let facts = HostFacts::from_sources(INTEL_VMX, Some("Y"), DevKvm::Usable);
         let err = choose_str("vmware", &facts).unwrap_err();
-        assert_eq!(err, "--engine takes auto, qemu, kvm or bochs, not \"vmware\"");
+        assert_eq!(
+            err,
+            "--engine takes auto, qemu, kvm or bochs, not \"vmware\""
+        );
     }
 }

@@ -13,7 +13,9 @@ pub mod host;
 pub mod runner;
 pub mod setup;
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
@@ -24,4 +26,39 @@ pub fn workspace_root() -> PathBuf {
 /// Where xtask keeps what it builds: kernels, images, emulator files.
 pub fn out_dir() -> PathBuf {
     workspace_root().join("target").join("ferrovisor")
+}
+
+/// Runs a host tool to completion with no terminal input. An error starts
+/// with `what` and names the command with its output, or, when the program
+/// is missing, the Debian package that has it (`package`).
+pub fn run_tool(what: &str, cmd: &mut Command, package: &str) -> Result<(), String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let shown = std::iter::once(program.clone())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // A tool that asks a question (mtools on a name clash) gets no answer
+    // rather than a wait.
+    let output = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            format!("{what}: `{program}` not found; install {package} (Debian/Ubuntu: apt-get install {package})")
+        } else {
+            format!("{what}: cannot run `{shown}`: {e}")
+        }
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut said = String::from_utf8_lossy(&output.stderr)
+        .trim_end()
+        .to_string();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !stdout.trim().is_empty() {
+        said.push('\n');
+        said.push_str(stdout.trim_end());
+    }
+    Err(format!(
+        "{what}: `{shown}` failed ({}):\n{said}",
+        output.status
+    ))
 }
