@@ -349,7 +349,13 @@ impl Scheduler<'_> {
                     let i = vcpu.0 as usize;
                     let end = self.run_slice(i, slice);
                     let now = rdtsc();
-                    self.last_exit = Some((i, now));
+                    // A switch is measured from a slice that ended by time
+                    // or HLT; after a stop, the stop's report (console
+                    // lines) would be counted too.
+                    self.last_exit = match end {
+                        SliceEnd::Stopped(_) => None,
+                        _ => Some((i, now)),
+                    };
                     let cause = match &end {
                         SliceEnd::TimeUp => StopCause::SliceEnd,
                         SliceEnd::Halted => StopCause::Blocked,
