@@ -266,6 +266,34 @@ unsafe fn vmread_raw(field: FieldEncoding) -> (u64, VmxStatus) {
     (value, status(cf, zf))
 }
 
+/// Runs the VMX instruction `$insn` (VMXON, VMCLEAR, VMPTRLD) on a 64-bit
+/// memory operand holding the host-physical address `$addr`, reads CF and
+/// ZF in the same `asm!` block and turns them into the result. Expands to
+/// an unsafe operation: the caller's `unsafe` block and its SAFETY comment
+/// say why the instruction is allowed; the operand is a local that lives
+/// for the block.
+macro_rules! pointer_instruction {
+    ($insn:literal, $addr:expr) => {{
+        let pointer: u64 = $addr.as_u64();
+        let cf: u8;
+        let zf: u8;
+        asm!(
+            concat!($insn, " qword ptr [{pointer}]"),
+            "setc {cf}",
+            "setz {zf}",
+            pointer = in(reg) &pointer,
+            cf = out(reg_byte) cf,
+            zf = out(reg_byte) zf,
+            options(nostack),
+        );
+        if cf | zf == 0 {
+            Ok(())
+        } else {
+            failed(cf, zf)
+        }
+    }};
+}
+
 /// Enters VMX root operation with VMXON.
 ///
 /// # Safety
@@ -282,28 +310,10 @@ unsafe fn vmread_raw(field: FieldEncoding) -> (u64, VmxStatus) {
 /// software until VMXOFF (SDM Vol. 3C, 24.11.5 "VMXON Region"; 31.3
 /// "VMXON").
 pub unsafe fn vmxon(region: HostPhysAddr) -> Result<(), VmFail> {
-    let pointer = region.as_u64();
-    let cf: u8;
-    let zf: u8;
     // SAFETY: the CPU and region preconditions hold by the caller's
     // promise, so VMXON does not fault and the processor takes the region
-    // over. The operand is the 64-bit pointer in `pointer`, on this stack
-    // frame and alive for the block. Flags read in the same block.
-    unsafe {
-        asm!(
-            "vmxon qword ptr [{pointer}]",
-            "setc {cf}",
-            "setz {zf}",
-            pointer = in(reg) &pointer,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            options(nostack),
-        );
-        if cf | zf == 0 {
-            return Ok(());
-        }
-        failed(cf, zf)
-    }
+    // over.
+    unsafe { pointer_instruction!("vmxon", region) }
 }
 
 /// Leaves VMX operation with VMXOFF.
@@ -347,24 +357,9 @@ pub unsafe fn vmxoff() -> Result<(), VmFail> {
 /// region) that stays allocated; the processor writes to it (SDM Vol. 3C,
 /// 31.3 "VMCLEAR").
 pub unsafe fn vmclear(vmcs: HostPhysAddr) -> Result<(), VmFail> {
-    let pointer = vmcs.as_u64();
-    let cf: u8;
-    let zf: u8;
     // SAFETY: VMX root operation at CPL 0 and a VMCS region at `vmcs`, by
-    // the caller's promise. The operand is the pointer in `pointer`, alive
-    // for the block. Flags read in the same block.
-    unsafe {
-        asm!(
-            "vmclear qword ptr [{pointer}]",
-            "setc {cf}",
-            "setz {zf}",
-            pointer = in(reg) &pointer,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            options(nostack),
-        );
-        complete(status(cf, zf))
-    }
+    // the caller's promise.
+    unsafe { pointer_instruction!("vmclear", vmcs) }
 }
 
 /// Makes a VMCS current (and active) on this CPU with VMPTRLD.
@@ -379,24 +374,9 @@ pub unsafe fn vmclear(vmcs: HostPhysAddr) -> Result<(), VmFail> {
 /// active (SDM Vol. 3C, 25.11.1 "Software Use of the VMCS and Related
 /// Structures"; 31.3 "VMPTRLD").
 pub unsafe fn vmptrld(vmcs: HostPhysAddr) -> Result<(), VmFail> {
-    let pointer = vmcs.as_u64();
-    let cf: u8;
-    let zf: u8;
     // SAFETY: VMX root operation at CPL 0 and a VMCS region at `vmcs` not
-    // active elsewhere, by the caller's promise. The operand is the pointer
-    // in `pointer`, alive for the block. Flags read in the same block.
-    unsafe {
-        asm!(
-            "vmptrld qword ptr [{pointer}]",
-            "setc {cf}",
-            "setz {zf}",
-            pointer = in(reg) &pointer,
-            cf = out(reg_byte) cf,
-            zf = out(reg_byte) zf,
-            options(nostack),
-        );
-        complete(status(cf, zf))
-    }
+    // active elsewhere, by the caller's promise.
+    unsafe { pointer_instruction!("vmptrld", vmcs) }
 }
 
 /// The current-VMCS pointer of this CPU, from VMPTRST; `None` when there is
