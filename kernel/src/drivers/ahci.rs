@@ -29,7 +29,7 @@ use mm::addr::{HostPhysAddr, PAGE_SIZE};
 
 use super::ata::Identify;
 use super::pci::{self, Command, ConfigSpace, PciDevice};
-use super::{mmio, status, Clock, Disk, DriverError};
+use super::{command, mmio, status, Clock, Disk, DriverError};
 use crate::memory;
 
 /// Access to the HBA's memory-mapped registers, by byte offset from ABAR.
@@ -184,17 +184,6 @@ mod signature {
     pub const PM: u32 = 0x9669_0101;
     /// No D2H FIS received yet (the register's reset value).
     pub const NONE: u32 = 0xFFFF_FFFF;
-}
-
-/// ATA commands this driver issues (ACS-3: IDENTIFY DEVICE, READ DMA,
-/// READ DMA EXT).
-mod command {
-    /// IDENTIFY DEVICE.
-    pub const IDENTIFY: u8 = 0xEC;
-    /// READ DMA, 28-bit.
-    pub const READ_DMA: u8 = 0xC8;
-    /// READ DMA EXT, 48-bit.
-    pub const READ_DMA_EXT: u8 = 0x25;
 }
 
 /// Layout of the frame holding a port's structures: the command list

@@ -22,7 +22,7 @@ use kernel::disk::block::{check_read, valid_sector_size, BlockDevice, DiskError}
 use log::{debug, info, warn};
 
 use super::pci::{self, Command, ConfigSpace, PciDevice};
-use super::{ata_status_message, status, Clock, Deadline, Disk, DriverError};
+use super::{ata_status_message, command, status, Clock, Deadline, Disk, DriverError};
 use crate::arch;
 
 /// Access to one channel's registers.
@@ -68,16 +68,6 @@ mod control {
     pub const NIEN: u8 = 0x02;
     /// Software reset of both devices on the channel.
     pub const SRST: u8 = 0x04;
-}
-
-/// Command codes (ATA/ATAPI-6, "Command descriptions").
-mod command {
-    /// IDENTIFY DEVICE.
-    pub const IDENTIFY: u8 = 0xEC;
-    /// READ SECTORS, 28-bit.
-    pub const READ_SECTORS: u8 = 0x20;
-    /// READ SECTORS EXT, 48-bit.
-    pub const READ_SECTORS_EXT: u8 = 0x24;
 }
 
 /// Bits 7 and 5 of the device register are obsolete and set by

@@ -181,6 +181,22 @@ pub mod status {
     pub const ERR: u8 = 0x01;
 }
 
+/// The ATA commands the drivers issue, the same through the task-file
+/// registers (ATA PIO) and in AHCI's command FIS (ACS-3, "Command
+/// descriptions").
+pub mod command {
+    /// IDENTIFY DEVICE.
+    pub const IDENTIFY: u8 = 0xEC;
+    /// READ SECTORS, 28-bit PIO.
+    pub const READ_SECTORS: u8 = 0x20;
+    /// READ SECTORS EXT, 48-bit PIO.
+    pub const READ_SECTORS_EXT: u8 = 0x24;
+    /// READ DMA, 28-bit.
+    pub const READ_DMA: u8 = 0xC8;
+    /// READ DMA EXT, 48-bit.
+    pub const READ_DMA_EXT: u8 = 0x25;
+}
+
 /// The ATA status and error registers in words, the same for ATA PIO and
 /// for AHCI's PxTFD: `status 0x51, error 0x40 (uncorrectable data)`.
 pub fn ata_status_message(status: u8, error: u8) -> String {
