@@ -218,21 +218,12 @@ pub fn hybrid_image(
 /// A message naming the folder, the file or the mtools command that
 /// failed.
 pub fn ramdisk_image(dir: &Path, out: &Path) -> Result<(), String> {
-    let mut bytes = 0u64;
-    let mut entries = Vec::new();
-    let listing =
-        fs::read_dir(dir).map_err(|e| format!("ramdisk: cannot list {}: {e}", dir.display()))?;
-    for entry in listing {
-        let entry = entry.map_err(|e| format!("ramdisk: cannot list {}: {e}", dir.display()))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        bytes += tree_bytes(&entry.path())?;
-        entries.push(entry.path());
-    }
-    entries.sort();
-    // Room for FAT structures, directories and cluster slack.
-    let sectors = (bytes + bytes / 4 + (512 << 10)).div_ceil(SECTOR);
+    let tree = ConfigTree::collect(dir)?;
+    let files: u64 = tree.files.iter().map(|(_, f)| f.len() as u64).sum();
+    // The data in 512-byte units, most of a cluster more per file (mtools
+    // picks clusters of up to 4 KiB for a disk this small) and 512 KiB for
+    // the FATs, the root folder and slack.
+    let sectors = tree.clusters + files * 8 + 1024;
     let _ = fs::remove_file(out);
     let image = OsString::from(out.as_os_str());
     mtool(
@@ -248,30 +239,7 @@ pub fn ramdisk_image(dir: &Path, out: &Path) -> Result<(), String> {
             OsString::from("::"),
         ],
     )?;
-    if !entries.is_empty() {
-        let mut args = vec![OsString::from("-s"), OsString::from("-i"), image];
-        args.extend(entries.iter().map(|p| OsString::from(p.as_os_str())));
-        args.push(OsString::from("::"));
-        mtool("mcopy", args)?;
-    }
-    Ok(())
-}
-
-/// The bytes of the files under `path` (or of the file itself).
-fn tree_bytes(path: &Path) -> Result<u64, String> {
-    let meta =
-        fs::metadata(path).map_err(|e| format!("ramdisk: cannot read {}: {e}", path.display()))?;
-    if !meta.is_dir() {
-        return Ok(meta.len().div_ceil(4096) * 4096);
-    }
-    let mut total = 4096;
-    for entry in
-        fs::read_dir(path).map_err(|e| format!("ramdisk: cannot list {}: {e}", path.display()))?
-    {
-        let entry = entry.map_err(|e| format!("ramdisk: cannot list {}: {e}", path.display()))?;
-        total += tree_bytes(&entry.path())?;
-    }
-    Ok(total)
+    tree.copy_into(&image)
 }
 
 /// The byte range of the FERROCFG partition (the GPT entry of type
@@ -1005,6 +973,29 @@ impl ConfigTree {
         Ok(())
     }
 
+    /// Makes the folders and copies the files into the FAT file system
+    /// `image` (an mtools image name, `@@offset` included).
+    fn copy_into(&self, image: &OsString) -> Result<(), String> {
+        for dir in &self.dirs {
+            mtool(
+                "mmd",
+                ["-i".into(), image.clone(), format!("::/{dir}").into()],
+            )?;
+        }
+        for (dir, files) in &self.files {
+            let mut args: Vec<OsString> =
+                vec!["-i".into(), image.clone(), "-m".into(), "-Q".into()];
+            args.extend(files.iter().map(|f| f.as_os_str().to_os_string()));
+            args.push(if dir.is_empty() {
+                "::/".into()
+            } else {
+                format!("::/{dir}/").into()
+            });
+            mtool("mcopy", args)?;
+        }
+        Ok(())
+    }
+
     /// FERROCFG's size: the data clusters, a tenth more and 1 MiB of room,
     /// the two FATs and the reserved sectors, rounded up to whole MiB and
     /// never below 64 MiB (so FAT32 always has enough clusters).
@@ -1305,23 +1296,7 @@ fn fill_config(
         ],
     )?;
     check_fat32(out, offset, extent.sectors)?;
-    for dir in &tree.dirs {
-        mtool(
-            "mmd",
-            ["-i".into(), image.clone(), format!("::/{dir}").into()],
-        )?;
-    }
-    for (dir, files) in &tree.files {
-        let mut args: Vec<OsString> = vec!["-i".into(), image.clone(), "-m".into(), "-Q".into()];
-        args.extend(files.iter().map(|f| f.as_os_str().to_os_string()));
-        args.push(if dir.is_empty() {
-            "::/".into()
-        } else {
-            format!("::/{dir}/").into()
-        });
-        mtool("mcopy", args)?;
-    }
-    Ok(())
+    tree.copy_into(&image)
 }
 
 /// Checks that the FAT mformat wrote at `offset` of `out` is FAT32 by the
