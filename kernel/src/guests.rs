@@ -1,11 +1,10 @@
 //! From the configuration to running guests and back: reads
 //! `hypervisor.toml` and the images through [`ConfigFiles`] (the boot
-//! ramdisk or the config partition), creates each guest, runs them
-//! round-robin on this CPU with VMX-preemption-timer slices, reports each
-//! stop, and gives every frame back.
-//!
-//! This is the one-CPU forerunner of the `sched` crate's per-CPU loop: the
-//! scheduler issue replaces [`run_all`]'s loop, not the guest lifecycle.
+//! ramdisk or the config partition), creates each guest, runs what the
+//! `sched` run queue picks on this CPU for the slice it gives (ended by the
+//! VMX-preemption timer or the TSC), reports each stop, and gives every
+//! frame back. Only the boot CPU runs guests so far; the application
+//! processors join with the scheduler issue.
 
 use alloc::string::String;
 use alloc::vec::Vec;
