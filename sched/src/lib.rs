@@ -57,8 +57,13 @@
 //! allows (fewest vCPUs assigned, blocked ones included; ties to the lowest
 //! index). A vCPU moves only when it is not running: a CPU that would go
 //! idle steals the waiting vCPU at the back of the busiest queue it may run,
-//! and `wake` places a woken vCPU on an idle CPU it may run on when its own
-//! CPU is busy. [`Decision::Run::migrated_from`] is `Some` exactly when the
+//! `wake` places a woken vCPU on an idle CPU it may run on when its own
+//! CPU is busy, and a vCPU whose turn ends on a CPU where others wait moves
+//! to a CPU it may run on that has fewer vCPUs (queued or running) than
+//! its own CPU now has, even by one. That last rule rotates vCPUs through
+//! the CPUs when they do not divide evenly (three busy vCPUs on two CPUs
+//! each get two thirds of a CPU); a vCPU alone on its CPU never moves, and
+//! evenly loaded CPUs keep their vCPUs. [`Decision::Run::migrated_from`] is `Some` exactly when the
 //! vCPU last ran on another CPU, so the kernel knows to VMCLEAR there and
 //! VMLAUNCH here; when it is `None` nothing moved and nothing extra is owed.
 #![cfg_attr(not(test), no_std)]

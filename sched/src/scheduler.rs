@@ -2,7 +2,7 @@
 //! vCPU, stops, wake-ups, stealing and kicks, and the figures. The policy
 //! is described in the crate documentation.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::affinity::Affinity;
@@ -74,6 +74,8 @@ pub struct Placement {
 /// One vCPU's scheduling state.
 #[derive(Debug)]
 struct Entry {
+    /// Its id. Where the entry sits in the table is its slot.
+    id: VcpuId,
     /// Figures, state, CPU and credit.
     stats: VcpuStats,
     affinity: Affinity,
@@ -90,10 +92,11 @@ struct Entry {
 /// One physical CPU.
 #[derive(Debug)]
 struct Cpu {
-    /// Runnable vCPUs waiting here, in round-robin order. Its capacity is
-    /// kept at least `allowed`, so pushing never allocates.
-    queue: VecDeque<VcpuId>,
-    running: Option<VcpuId>,
+    /// Runnable vCPUs waiting here, in round-robin order, by slot. Its
+    /// capacity is kept at least `allowed`, so pushing never allocates.
+    queue: VecDeque<usize>,
+    /// The slot of the vCPU it runs.
+    running: Option<usize>,
     /// Its last pick said idle and no kick was asked for since.
     idle: bool,
     /// Non-stopped vCPUs whose CPU this is.
@@ -117,17 +120,38 @@ impl Cpu {
     }
 }
 
-/// Every CPU's run queue and every vCPU's state. No internal locking: the
-/// kernel holds it in a spin lock and calls the entry points from each CPU.
-#[derive(Debug)]
-pub struct Scheduler {
-    cpus: Vec<Cpu>,
-    vcpus: BTreeMap<VcpuId, Entry>,
-    /// The quantum credited per turn, in ticks (1..=MAX_SLICE).
+/// The credit rules, in ticks.
+#[derive(Clone, Copy, Debug)]
+struct Quantum {
+    /// The quantum credited per turn (1..=MAX_SLICE).
     slice: i64,
     /// The least credit worth a run: slice / 8, at least 1 tick. A turn
     /// ends when less than this is left.
     min_run: i64,
+    /// The lowest credit: [`MAX_DEBT_SLICES`] slices of debt.
+    max_debt: i64,
+}
+
+/// Every CPU's run queue and every vCPU's state. No internal locking: the
+/// kernel holds it in a spin lock and calls the entry points from each CPU.
+///
+/// The vCPUs live in one table; a vCPU's index there, its *slot*, is what
+/// the run queues and each CPU's running vCPU hold, so `pick` and `stopped`
+/// never look an id up. Ids are looked up (by `wake`, `record_exit`,
+/// `add`, `remove`, `stats`) through a sorted index, after trying the slot
+/// equal to the id, which is where a vCPU numbered densely from 0 lives.
+#[derive(Debug)]
+pub struct Scheduler {
+    cpus: Vec<Cpu>,
+    /// Every known vCPU, by slot, in no particular order. Removing one
+    /// moves the last into its slot, so the table stays dense.
+    entries: Vec<Entry>,
+    /// Every known vCPU's id and slot, sorted by id.
+    ids: Vec<(VcpuId, usize)>,
+    /// How many CPUs are idle, so that kicks and wake-ups need not look
+    /// for an idle CPU when there is none.
+    idle_cpus: usize,
+    quantum: Quantum,
 }
 
 impl Scheduler {
@@ -155,15 +179,20 @@ impl Scheduler {
             .collect();
         Ok(Scheduler {
             cpus,
-            vcpus: BTreeMap::new(),
-            slice: slice_ticks,
-            min_run: (slice_ticks / 8).max(1),
+            entries: Vec::new(),
+            ids: Vec::new(),
+            idle_cpus: 0,
+            quantum: Quantum {
+                slice: slice_ticks,
+                min_run: (slice_ticks / 8).max(1),
+                max_debt: MAX_DEBT_SLICES.saturating_mul(slice_ticks).saturating_neg(),
+            },
         })
     }
 
     /// The quantum credited per turn, in ticks.
     pub fn slice(&self) -> u64 {
-        self.slice.unsigned_abs()
+        self.quantum.slice.unsigned_abs()
     }
 
     /// How many CPUs there are.
@@ -182,9 +211,10 @@ impl Scheduler {
         vcpu: VcpuId,
         affinity: Option<&[CpuId]>,
     ) -> Result<Placement, SchedError> {
-        if self.vcpus.contains_key(&vcpu) {
-            return Err(SchedError::DuplicateVcpu(vcpu));
-        }
+        let at = match self.ids.binary_search_by_key(&vcpu, |&(id, _)| id) {
+            Ok(_) => return Err(SchedError::DuplicateVcpu(vcpu)),
+            Err(at) => at,
+        };
         let affinity = Affinity::new(vcpu, affinity, self.cpus.len())?;
         for (i, cpu) in self.cpus.iter_mut().enumerate() {
             if affinity.allows(i) {
@@ -194,6 +224,10 @@ impl Scheduler {
                     .map_err(|_| SchedError::OutOfMemory(vcpu))?;
             }
         }
+        self.entries
+            .try_reserve(1)
+            .and_then(|()| self.ids.try_reserve(1))
+            .map_err(|_| SchedError::OutOfMemory(vcpu))?;
         let target = self
             .cpus
             .iter()
@@ -207,22 +241,22 @@ impl Scheduler {
                 cpu.allowed = cpu.allowed.saturating_add(1);
             }
         }
+        let slot = self.entries.len();
         let cpu = CpuId::from_index(target);
         if let Some(c) = self.cpus.get_mut(target) {
             c.assigned = c.assigned.saturating_add(1);
-            c.queue.push_back(vcpu);
+            c.queue.push_back(slot);
         }
         let pinned = affinity.is_pinned();
-        self.vcpus.insert(
-            vcpu,
-            Entry {
-                stats: VcpuStats::new(cpu, pinned),
-                affinity,
-                in_turn: false,
-                wake_pending: false,
-                started: 0,
-            },
-        );
+        self.entries.push(Entry {
+            id: vcpu,
+            stats: VcpuStats::new(cpu, pinned),
+            affinity,
+            in_turn: false,
+            wake_pending: false,
+            started: 0,
+        });
+        self.ids.insert(at, (vcpu, slot));
         Ok(Placement {
             cpu,
             kick: self.kick_for(target),
@@ -234,7 +268,9 @@ impl Scheduler {
     /// A running vCPU is taken off its CPU without being charged (the
     /// caller must stop running it; a later `stopped` for it is ignored).
     pub fn remove(&mut self, vcpu: VcpuId) -> Option<VcpuStats> {
-        let entry = self.vcpus.remove(&vcpu)?;
+        let at = self.ids.binary_search_by_key(&vcpu, |&(id, _)| id).ok()?;
+        let (_, slot) = self.ids.remove(at);
+        let entry = self.entries.get(slot)?;
         for (i, cpu) in self.cpus.iter_mut().enumerate() {
             if entry.affinity.allows(i) {
                 cpu.allowed = cpu.allowed.saturating_sub(1);
@@ -242,9 +278,9 @@ impl Scheduler {
         }
         if let Some(home) = self.cpus.get_mut(entry.stats.cpu.index()) {
             match entry.stats.state {
-                VcpuState::Runnable => home.queue.retain(|&v| v != vcpu),
+                VcpuState::Runnable => home.queue.retain(|&s| s != slot),
                 VcpuState::Running => {
-                    if home.running == Some(vcpu) {
+                    if home.running == Some(slot) {
                         home.running = None;
                     }
                 }
@@ -252,6 +288,32 @@ impl Scheduler {
             }
             if entry.stats.state != VcpuState::Stopped {
                 home.assigned = home.assigned.saturating_sub(1);
+            }
+        }
+        // The last entry moves into the freed slot: repoint its index
+        // entry and its place in a queue or on a CPU.
+        let entry = self.entries.swap_remove(slot);
+        let from = self.entries.len();
+        if let Some(moved) = self.entries.get(slot) {
+            if let Ok(at) = self.ids.binary_search_by_key(&moved.id, |&(id, _)| id) {
+                if let Some(index) = self.ids.get_mut(at) {
+                    index.1 = slot;
+                }
+            }
+            if let Some(home) = self.cpus.get_mut(moved.stats.cpu.index()) {
+                match moved.stats.state {
+                    VcpuState::Runnable => {
+                        for s in home.queue.iter_mut().filter(|s| **s == from) {
+                            *s = slot;
+                        }
+                    }
+                    VcpuState::Running => {
+                        if home.running == Some(from) {
+                            home.running = Some(slot);
+                        }
+                    }
+                    VcpuState::Blocked | VcpuState::Stopped => {}
+                }
             }
         }
         Some(entry.stats)
@@ -270,25 +332,22 @@ impl Scheduler {
     /// [`StopCause::SliceEnd`] at `now`. An unknown CPU gets `Idle`.
     pub fn pick(&mut self, cpu: CpuId, now: u64) -> Decision {
         let ci = cpu.index();
-        let Some(current) = self.cpus.get(ci).map(|c| c.running) else {
-            return Decision::Idle;
-        };
-        if let Some(current) = current {
-            // Any kick this asks for is moot: this CPU picks right now.
-            self.stopped(cpu, current, StopCause::SliceEnd, now);
-        }
-        let mut chosen = self.choose(ci);
-        if chosen.is_none() && self.steal(ci) {
-            chosen = self.choose(ci);
-        }
-        if let Some(decision) = chosen.and_then(|id| self.start(cpu, id, now)) {
-            return decision;
-        }
+        // The common case, kept short: the last run was reported and the
+        // vCPU at the head of the queue runs, continuing its turn or
+        // starting one with a single slice of credit (see `choose`).
         if let Some(c) = self.cpus.get_mut(ci) {
-            c.idle = true;
-            c.idle_picks = c.idle_picks.saturating_add(1);
+            if c.running.is_none() {
+                if let Some(&slot) = c.queue.front() {
+                    if let Some(e) = self.entries.get_mut(slot) {
+                        if e.head_runs(self.quantum) {
+                            c.queue.pop_front();
+                            return start(c, e, slot, ci, now, &mut self.idle_cpus);
+                        }
+                    }
+                }
+            }
         }
-        Decision::Idle
+        self.pick_slow(ci, now)
     }
 
     /// `vcpu` came off `cpu` at `now` because of `cause`: it is charged the
@@ -305,63 +364,63 @@ impl Scheduler {
         now: u64,
     ) -> Option<CpuId> {
         let ci = cpu.index();
-        let (slice, min_run) = (self.slice, self.min_run);
         let c = self.cpus.get_mut(ci)?;
-        if c.running != Some(vcpu) {
+        let slot = c.running?;
+        let e = self.entries.get_mut(slot)?;
+        if e.id != vcpu {
             return None;
         }
-        c.running = None;
-        let e = self.vcpus.get_mut(&vcpu)?;
-        let ran = now.saturating_sub(e.started);
-        e.stats.run_time = e.stats.run_time.saturating_add(ran);
-        e.stats.credit = charge(e.stats.credit, ran, slice);
-        let pending = core::mem::take(&mut e.wake_pending);
-        match cause {
-            StopCause::SliceEnd => {
-                bump(&mut e.stats.slice_ends);
-                e.stats.state = VcpuState::Runnable;
-                if e.in_turn && e.stats.credit >= min_run {
-                    // Ended early: the turn goes on at the next pick.
-                    c.queue.push_front(vcpu);
-                } else {
-                    // Used up: the remainder (< min_run) or the debt
-                    // carries over to the next turn.
-                    e.in_turn = false;
-                    c.queue.push_back(vcpu);
-                }
-            }
-            StopCause::Yield => {
-                bump(&mut e.stats.yields);
-                give_up_turn(e);
-                e.stats.state = VcpuState::Runnable;
-                c.queue.push_back(vcpu);
-            }
-            StopCause::Blocked => {
-                bump(&mut e.stats.blocks);
-                give_up_turn(e);
-                if pending {
-                    // The event that would wake it came while it ran.
-                    bump(&mut e.stats.wakeups);
-                    e.stats.state = VcpuState::Runnable;
-                    c.queue.push_back(vcpu);
-                } else {
-                    e.stats.state = VcpuState::Blocked;
-                }
-            }
-            StopCause::Stopped => {
-                e.in_turn = false;
-                e.stats.state = VcpuState::Stopped;
-                c.assigned = c.assigned.saturating_sub(1);
+        stop(c, e, slot, cause, now, self.quantum);
+        if cause == StopCause::SliceEnd && !e.in_turn && self.cpus.len() > 1 {
+            if let Some(target) = self.balance(ci, slot) {
+                return self.kick_for(target);
             }
         }
         self.kick_for(ci)
+    }
+
+    /// A vCPU (at `slot`) whose turn just ended on CPU `ci` went to the
+    /// back of that queue. If another CPU it may run on has fewer vCPUs
+    /// (queued or running) than `ci` now has waiting, it moves there
+    /// instead: the back of that CPU's queue. Moving when the difference is
+    /// one ("no worse") rotates vCPUs through the CPUs when they do not
+    /// divide evenly, so that, say, three busy vCPUs on two CPUs each get
+    /// two thirds of a CPU rather than one getting a whole CPU. A vCPU
+    /// alone on its CPU never moves. Returns the CPU it moved to.
+    fn balance(&mut self, ci: usize, slot: usize) -> Option<usize> {
+        let here = self.cpus.get(ci)?;
+        let load_here = here.queue.len() + usize::from(here.running.is_some());
+        if load_here < 2 || here.queue.back() != Some(&slot) {
+            return None;
+        }
+        let e = self.entries.get(slot)?;
+        let (load_there, target) = self
+            .cpus
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != ci && e.affinity.allows(j))
+            .map(|(j, d)| (d.queue.len() + usize::from(d.running.is_some()), j))
+            .min()?;
+        if load_there + 1 > load_here {
+            return None;
+        }
+        let here = self.cpus.get_mut(ci)?;
+        here.queue.pop_back();
+        here.assigned = here.assigned.saturating_sub(1);
+        let there = self.cpus.get_mut(target)?;
+        there.queue.push_back(slot);
+        there.assigned = there.assigned.saturating_add(1);
+        if let Some(e) = self.entries.get_mut(slot) {
+            e.stats.cpu = CpuId::from_index(target);
+        }
+        Some(target)
     }
 
     /// Counts one VM exit of `vcpu` with reason number `reason` (reasons of
     /// [`EXIT_REASONS`](crate::EXIT_REASONS) or more count as "other").
     /// Unknown vCPUs are ignored.
     pub fn record_exit(&mut self, vcpu: VcpuId, reason: u16) {
-        let Some(e) = self.vcpus.get_mut(&vcpu) else {
+        let Some(e) = self.entry_mut(vcpu) else {
             return;
         };
         match e.stats.exits.get_mut(usize::from(reason)) {
@@ -381,7 +440,8 @@ impl Scheduler {
     /// vCPU stays runnable and the wake-up counts then, so an event racing
     /// with HLT is not slept through.
     pub fn wake(&mut self, vcpu: VcpuId) -> Option<CpuId> {
-        let e = self.vcpus.get_mut(&vcpu)?;
+        let slot = self.slot(vcpu)?;
+        let e = self.entries.get_mut(slot)?;
         match e.stats.state {
             VcpuState::Blocked => {}
             VcpuState::Running => {
@@ -395,7 +455,7 @@ impl Scheduler {
             .cpus
             .get(home)
             .is_some_and(|c| c.running.is_none() && c.queue.is_empty());
-        let target = if home_free {
+        let target = if home_free || self.idle_cpus == 0 {
             home
         } else {
             self.cpus
@@ -416,24 +476,56 @@ impl Scheduler {
         if target != home {
             c.assigned = c.assigned.saturating_add(1);
         }
-        c.queue.push_back(vcpu);
+        c.queue.push_back(slot);
         self.kick_for(target)
     }
 
     /// `vcpu`'s figures; `None` if unknown.
     pub fn stats(&self, vcpu: VcpuId) -> Option<VcpuStats> {
-        self.vcpus.get(&vcpu).map(|e| e.stats)
+        self.entry(vcpu).map(|e| e.stats)
     }
 
     /// Every vCPU's figures, in id order (the monitor's list).
     pub fn vcpus(&self) -> impl Iterator<Item = (VcpuId, VcpuStats)> + '_ {
-        self.vcpus.iter().map(|(&id, e)| (id, e.stats))
+        self.ids
+            .iter()
+            .filter_map(|&(id, slot)| self.entries.get(slot).map(|e| (id, e.stats)))
+    }
+
+    /// `vcpu`'s total time on a CPU up to `now`: [`VcpuStats::run_time`]
+    /// plus, while it runs, the run in progress. `None` if unknown.
+    pub fn run_time_at(&self, vcpu: VcpuId, now: u64) -> Option<u64> {
+        let e = self.entry(vcpu)?;
+        let current = if e.stats.state == VcpuState::Running {
+            now.saturating_sub(e.started)
+        } else {
+            0
+        };
+        Some(e.stats.run_time.saturating_add(current))
+    }
+
+    /// `vcpu`'s figures, borrowed: like [`Scheduler::stats`] without
+    /// copying them (the exit table alone is 640 bytes), for a caller that
+    /// reads a field or two under the lock.
+    pub fn stats_ref(&self, vcpu: VcpuId) -> Option<&VcpuStats> {
+        self.entry(vcpu).map(|e| &e.stats)
+    }
+
+    /// Every vCPU's figures, borrowed, in id order: like
+    /// [`Scheduler::vcpus`] without copying them.
+    pub fn vcpus_ref(&self) -> impl Iterator<Item = (VcpuId, &VcpuStats)> + '_ {
+        self.ids
+            .iter()
+            .filter_map(|&(id, slot)| self.entries.get(slot).map(|e| (id, &e.stats)))
     }
 
     /// `cpu`'s state; `None` if unknown.
     pub fn cpu_stats(&self, cpu: CpuId) -> Option<CpuStats> {
         self.cpus.get(cpu.index()).map(|c| CpuStats {
-            running: c.running,
+            running: c
+                .running
+                .and_then(|slot| self.entries.get(slot))
+                .map(|e| e.id),
             queued: c.queue.len(),
             assigned: c.assigned,
             idle: c.idle,
@@ -445,7 +537,7 @@ impl Scheduler {
     /// only a wake-up can give any CPU work again.
     pub fn counts(&self) -> StateCounts {
         let mut counts = StateCounts::default();
-        for e in self.vcpus.values() {
+        for e in &self.entries {
             let n = match e.stats.state {
                 VcpuState::Runnable => &mut counts.runnable,
                 VcpuState::Running => &mut counts.running,
@@ -457,16 +549,69 @@ impl Scheduler {
         counts
     }
 
+    /// The slot of `vcpu`; `None` if unknown.
+    fn slot(&self, vcpu: VcpuId) -> Option<usize> {
+        // A vCPU numbered densely from 0 and never moved sits at its id.
+        let guess = usize::try_from(vcpu.0).unwrap_or(usize::MAX);
+        if self.entries.get(guess).is_some_and(|e| e.id == vcpu) {
+            return Some(guess);
+        }
+        let at = self.ids.binary_search_by_key(&vcpu, |&(id, _)| id).ok()?;
+        self.ids.get(at).map(|&(_, slot)| slot)
+    }
+
+    fn entry(&self, vcpu: VcpuId) -> Option<&Entry> {
+        self.entries.get(self.slot(vcpu)?)
+    }
+
+    fn entry_mut(&mut self, vcpu: VcpuId) -> Option<&mut Entry> {
+        let slot = self.slot(vcpu)?;
+        self.entries.get_mut(slot)
+    }
+
+    /// [`Scheduler::pick`] in full: a run left unreported, a turn that
+    /// needs debt paid off first, stealing, or nothing to run.
+    #[inline(never)]
+    fn pick_slow(&mut self, ci: usize, now: u64) -> Decision {
+        let Some(current) = self.cpus.get(ci).map(|c| c.running) else {
+            return Decision::Idle;
+        };
+        if let Some(slot) = current {
+            if let (Some(c), Some(e)) = (self.cpus.get_mut(ci), self.entries.get_mut(slot)) {
+                stop(c, e, slot, StopCause::SliceEnd, now, self.quantum);
+            }
+            // Any kick this asks for is moot: this CPU picks right now.
+            let _ = self.kick_for(ci);
+        }
+        let mut chosen = self.choose(ci);
+        if chosen.is_none() && self.steal(ci) {
+            chosen = self.choose(ci);
+        }
+        if let Some(slot) = chosen {
+            if let (Some(c), Some(e)) = (self.cpus.get_mut(ci), self.entries.get_mut(slot)) {
+                return start(c, e, slot, ci, now, &mut self.idle_cpus);
+            }
+        }
+        if let Some(c) = self.cpus.get_mut(ci) {
+            if !c.idle {
+                c.idle = true;
+                self.idle_cpus = self.idle_cpus.saturating_add(1);
+            }
+            c.idle_picks = c.idle_picks.saturating_add(1);
+        }
+        Decision::Idle
+    }
+
     /// Takes the next vCPU off CPU `ci`'s queue, crediting turns (deficit
-    /// round robin); `None` when the queue is empty.
-    fn choose(&mut self, ci: usize) -> Option<VcpuId> {
-        let (slice, min_run) = (self.slice, self.min_run);
+    /// round robin); its slot, or `None` when the queue is empty.
+    fn choose(&mut self, ci: usize) -> Option<usize> {
+        let Quantum { slice, min_run, .. } = self.quantum;
         let cpu = self.cpus.get_mut(ci)?;
-        let vcpus = &mut self.vcpus;
+        let entries = &mut self.entries;
         let head = *cpu.queue.front()?;
-        if vcpus
-            .get(&head)
-            .is_some_and(|e| e.in_turn && e.stats.credit >= min_run)
+        if entries
+            .get_mut(head)
+            .is_some_and(|e| e.head_runs(self.quantum))
         {
             cpu.queue.pop_front();
             return Some(head);
@@ -478,16 +623,16 @@ impl Scheduler {
         // everyone for the passes at once: those up to it were reached
         // `rounds` times, those after it `rounds - 1` times.
         let mut best: Option<(i64, usize)> = None;
-        for (pos, id) in cpu.queue.iter().enumerate() {
-            let credit = vcpus.get(id).map_or(0, |e| e.stats.credit);
+        for (pos, &slot) in cpu.queue.iter().enumerate() {
+            let credit = entries.get(slot).map_or(0, |e| e.stats.credit);
             let rounds = rounds_needed(credit, slice, min_run);
             if best.is_none_or(|(fewest, _)| rounds < fewest) {
                 best = Some((rounds, pos));
             }
         }
         let (rounds, chosen) = best?;
-        for (pos, id) in cpu.queue.iter().enumerate() {
-            if let Some(e) = vcpus.get_mut(id) {
+        for (pos, &slot) in cpu.queue.iter().enumerate() {
+            if let Some(e) = entries.get_mut(slot) {
                 let passes = if pos <= chosen {
                     rounds
                 } else {
@@ -499,11 +644,11 @@ impl Scheduler {
         }
         // Those passed over go behind the rest, in their order.
         cpu.queue.rotate_left(chosen);
-        let id = cpu.queue.pop_front()?;
-        if let Some(e) = vcpus.get_mut(&id) {
+        let slot = cpu.queue.pop_front()?;
+        if let Some(e) = entries.get_mut(slot) {
             e.in_turn = true;
         }
-        Some(id)
+        Some(slot)
     }
 
     /// Moves one vCPU that may run on CPU `ci` from the CPU with the most
@@ -518,12 +663,11 @@ impl Scheduler {
             if j == ci || waiting == 0 || best.is_some_and(|(most, _, _)| waiting <= most) {
                 continue;
             }
-            let found = victim
-                .queue
-                .iter()
-                .enumerate()
-                .rev()
-                .find(|&(_, id)| self.vcpus.get(id).is_some_and(|e| e.affinity.allows(ci)));
+            let found = victim.queue.iter().enumerate().rev().find(|&(_, &slot)| {
+                self.entries
+                    .get(slot)
+                    .is_some_and(|e| e.affinity.allows(ci))
+            });
             if let Some((pos, _)) = found {
                 best = Some((waiting, j, pos));
             }
@@ -534,18 +678,18 @@ impl Scheduler {
         let Some(victim) = self.cpus.get_mut(j) else {
             return false;
         };
-        let Some(id) = victim.queue.remove(pos) else {
+        let Some(slot) = victim.queue.remove(pos) else {
             return false;
         };
         victim.assigned = victim.assigned.saturating_sub(1);
-        if let Some(e) = self.vcpus.get_mut(&id) {
+        if let Some(e) = self.entries.get_mut(slot) {
             e.stats.cpu = CpuId::from_index(ci);
         }
         let Some(me) = self.cpus.get_mut(ci) else {
             return false;
         };
         me.assigned = me.assigned.saturating_add(1);
-        me.queue.push_back(id);
+        me.queue.push_back(slot);
         true
     }
 
@@ -555,13 +699,23 @@ impl Scheduler {
     /// steal it). The kicked CPU counts as busy from now on, so one idle
     /// CPU is not kicked twice for the same work.
     fn kick_for(&mut self, ci: usize) -> Option<CpuId> {
+        // Only an idle CPU is ever kicked, `ci` included.
+        if self.idle_cpus == 0 {
+            return None;
+        }
+        self.kick_idle(ci)
+    }
+
+    /// [`Scheduler::kick_for`] when some CPU is idle.
+    #[inline(never)]
+    fn kick_idle(&mut self, ci: usize) -> Option<CpuId> {
         let cpu = self.cpus.get(ci)?;
         let target = if cpu.idle {
             (!cpu.queue.is_empty()).then_some(ci)
         } else if cpu.waiting() == 0 {
             None
         } else {
-            let vcpus = &self.vcpus;
+            let entries = &self.entries;
             self.cpus
                 .iter()
                 .enumerate()
@@ -571,45 +725,132 @@ impl Scheduler {
                         && cpu
                             .queue
                             .iter()
-                            .any(|id| vcpus.get(id).is_some_and(|e| e.affinity.allows(j)))
+                            .any(|&slot| entries.get(slot).is_some_and(|e| e.affinity.allows(j)))
                 })
                 .map(|(j, _)| j)
         }?;
         let t = self.cpus.get_mut(target)?;
-        t.idle = false;
-        Some(CpuId::from_index(target))
-    }
-
-    /// Puts `id`, just chosen from CPU `cpu`'s queue, on that CPU at `now`.
-    fn start(&mut self, cpu: CpuId, id: VcpuId, now: u64) -> Option<Decision> {
-        let c = self.cpus.get_mut(cpu.index())?;
-        let e = self.vcpus.get_mut(&id)?;
-        let migrated_from = e.stats.last_cpu.filter(|&last| last != cpu);
-        if migrated_from.is_some() {
-            bump(&mut e.stats.migrations);
+        if t.idle {
+            t.idle = false;
+            self.idle_cpus = self.idle_cpus.saturating_sub(1);
         }
-        e.stats.last_cpu = Some(cpu);
-        e.stats.cpu = cpu;
-        e.stats.state = VcpuState::Running;
-        bump(&mut e.stats.slices);
-        e.started = now;
-        c.running = Some(id);
-        c.idle = false;
-        Some(Decision::Run {
-            vcpu: id,
-            slice: u64::try_from(e.stats.credit).unwrap_or(1).max(1),
-            migrated_from,
-        })
+        Some(CpuId::from_index(target))
     }
 }
 
-/// `credit` less `ran` ticks, with the debt capped at
-/// [`MAX_DEBT_SLICES`] slices.
-fn charge(credit: i64, ran: u64, slice: i64) -> i64 {
+impl Entry {
+    /// Whether this vCPU, at the head of its queue, runs next: it is in a
+    /// turn with at least `min_run` left, or it owes less than a slice, so
+    /// that one slice of credit (which this adds, starting its turn) brings
+    /// it to `min_run`. Changes nothing when it does not run.
+    ///
+    /// This is `choose` for the head in the nearly universal case: a vCPU
+    /// one slice from running needs the fewest credits there can be and is
+    /// the earliest in order, so it runs, and nobody else is credited
+    /// anything (only the head can be in a turn, so nothing else changes).
+    #[inline]
+    fn head_runs(&mut self, q: Quantum) -> bool {
+        if self.in_turn && self.stats.credit >= q.min_run {
+            return true;
+        }
+        // `rounds_needed(credit) == 1`; credit never goes below
+        // `max_debt`, so the difference cannot overflow.
+        if self.stats.credit < q.min_run - q.slice {
+            return false;
+        }
+        self.stats.credit = self.stats.credit.saturating_add(q.slice);
+        self.in_turn = true;
+        true
+    }
+}
+
+/// Puts the vCPU `e` in `slot`, just taken off CPU `c`'s (index `ci`)
+/// queue, on that CPU at `now`; `idle_cpus` is the scheduler's count.
+#[inline]
+fn start(
+    c: &mut Cpu,
+    e: &mut Entry,
+    slot: usize,
+    ci: usize,
+    now: u64,
+    idle_cpus: &mut usize,
+) -> Decision {
+    let cpu = CpuId::from_index(ci);
+    let migrated_from = e.stats.last_cpu.filter(|&last| last != cpu);
+    if migrated_from.is_some() {
+        bump(&mut e.stats.migrations);
+    }
+    e.stats.last_cpu = Some(cpu);
+    e.stats.cpu = cpu;
+    e.stats.state = VcpuState::Running;
+    bump(&mut e.stats.slices);
+    e.started = now;
+    c.running = Some(slot);
+    if c.idle {
+        c.idle = false;
+        *idle_cpus = idle_cpus.saturating_sub(1);
+    }
+    Decision::Run {
+        vcpu: e.id,
+        slice: u64::try_from(e.stats.credit).unwrap_or(1).max(1),
+        migrated_from,
+    }
+}
+
+/// Ends the run of the vCPU `e` in `slot` on CPU `c` at `now` because of
+/// `cause` (see [`Scheduler::stopped`]).
+#[inline]
+fn stop(c: &mut Cpu, e: &mut Entry, slot: usize, cause: StopCause, now: u64, q: Quantum) {
+    c.running = None;
+    let ran = now.saturating_sub(e.started);
+    e.stats.run_time = e.stats.run_time.saturating_add(ran);
+    e.stats.credit = charge(e.stats.credit, ran, q.max_debt);
+    let pending = core::mem::take(&mut e.wake_pending);
+    match cause {
+        StopCause::SliceEnd => {
+            bump(&mut e.stats.slice_ends);
+            e.stats.state = VcpuState::Runnable;
+            if e.in_turn && e.stats.credit >= q.min_run {
+                // Ended early: the turn goes on at the next pick.
+                c.queue.push_front(slot);
+            } else {
+                // Used up: the remainder (< min_run) or the debt carries
+                // over to the next turn.
+                e.in_turn = false;
+                c.queue.push_back(slot);
+            }
+        }
+        StopCause::Yield => {
+            bump(&mut e.stats.yields);
+            give_up_turn(e);
+            e.stats.state = VcpuState::Runnable;
+            c.queue.push_back(slot);
+        }
+        StopCause::Blocked => {
+            bump(&mut e.stats.blocks);
+            give_up_turn(e);
+            if pending {
+                // The event that would wake it came while it ran.
+                bump(&mut e.stats.wakeups);
+                e.stats.state = VcpuState::Runnable;
+                c.queue.push_back(slot);
+            } else {
+                e.stats.state = VcpuState::Blocked;
+            }
+        }
+        StopCause::Stopped => {
+            e.in_turn = false;
+            e.stats.state = VcpuState::Stopped;
+            c.assigned = c.assigned.saturating_sub(1);
+        }
+    }
+}
+
+/// `credit` less `ran` ticks, with the debt capped at `max_debt`
+/// ([`MAX_DEBT_SLICES`] slices, negative).
+fn charge(credit: i64, ran: u64, max_debt: i64) -> i64 {
     let ran = i64::try_from(ran).unwrap_or(i64::MAX);
-    credit
-        .saturating_sub(ran)
-        .max(MAX_DEBT_SLICES.saturating_mul(slice).saturating_neg())
+    credit.saturating_sub(ran).max(max_debt)
 }
 
 /// How many slices must be credited to `credit` to reach `min_run`

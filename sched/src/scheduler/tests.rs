@@ -92,14 +92,45 @@ fn state(s: &Scheduler, vcpu: VcpuId) -> VcpuState {
     s.stats(vcpu).unwrap().state
 }
 
+/// The entry of `id`, which must be known.
+fn entry(s: &Scheduler, id: VcpuId) -> &Entry {
+    let slot = s.slot(id).expect("vCPU is known");
+    &s.entries[slot]
+}
+
+/// The vCPUs queued on `cpu`, in order.
+fn queued(s: &Scheduler, cpu: &Cpu) -> Vec<VcpuId> {
+    cpu.queue.iter().map(|&slot| s.entries[slot].id).collect()
+}
+
 /// Checks every internal invariant the entry points rely on.
 fn check(s: &Scheduler) {
+    // The id index and the slots agree: each known vCPU has exactly one
+    // slot, the index is sorted by id, and the id lookup finds it.
+    assert_eq!(s.ids.len(), s.entries.len(), "index and table sizes");
+    assert!(
+        s.ids.windows(2).all(|w| w[0].0 < w[1].0),
+        "index not sorted"
+    );
+    let mut slots: Vec<usize> = s.ids.iter().map(|&(_, slot)| slot).collect();
+    slots.sort_unstable();
+    assert!(
+        slots.iter().copied().eq(0..s.entries.len()),
+        "slots not one each"
+    );
+    for &(id, slot) in &s.ids {
+        assert_eq!(s.entries[slot].id, id, "{id} indexed at the wrong slot");
+        assert_eq!(s.slot(id), Some(slot), "{id} looked up wrong");
+    }
+    let idle = s.cpus.iter().filter(|c| c.idle).count();
+    assert_eq!(s.idle_cpus, idle, "idle CPU count");
+
     let mut seen = Map::new();
     for (i, cpu) in s.cpus.iter().enumerate() {
         let here = CpuId::from_index(i);
-        for (pos, id) in cpu.queue.iter().enumerate() {
-            assert!(seen.insert(*id, i).is_none(), "{id} queued twice");
-            let e = s.vcpus.get(id).expect("queued vCPU is known");
+        for (pos, id) in queued(s, cpu).into_iter().enumerate() {
+            assert!(seen.insert(id, i).is_none(), "{id} queued twice");
+            let e = entry(s, id);
             assert_eq!(e.stats.state, VcpuState::Runnable, "{id} queued");
             assert_eq!(e.stats.cpu, here, "{id} queued away from its CPU");
             if e.in_turn {
@@ -108,12 +139,16 @@ fn check(s: &Scheduler) {
                     "{id} mid-turn not at head"
                 );
             } else {
-                assert!(e.stats.credit < s.min_run, "{id} waits with a full credit");
+                assert!(
+                    e.stats.credit < s.quantum.min_run,
+                    "{id} waits with a full credit"
+                );
             }
         }
-        if let Some(id) = cpu.running {
+        if let Some(slot) = cpu.running {
+            let id = s.entries[slot].id;
             assert!(seen.insert(id, i).is_none(), "{id} runs and is queued");
-            let e = s.vcpus.get(&id).expect("running vCPU is known");
+            let e = entry(s, id);
             assert_eq!(e.stats.state, VcpuState::Running);
             assert_eq!(e.stats.cpu, here);
             assert_eq!(e.stats.last_cpu, Some(here));
@@ -125,18 +160,18 @@ fn check(s: &Scheduler) {
                 "{here} idle with work"
             );
         }
-        let allowed = s.vcpus.values().filter(|e| e.affinity.allows(i)).count();
+        let allowed = s.entries.iter().filter(|e| e.affinity.allows(i)).count();
         assert_eq!(cpu.allowed, allowed, "{here} allowed count");
         assert!(cpu.queue.capacity() >= allowed, "{here} queue not reserved");
         let assigned = s
-            .vcpus
-            .values()
+            .entries
+            .iter()
             .filter(|e| e.stats.state != VcpuState::Stopped && e.stats.cpu == here)
             .count();
         assert_eq!(cpu.assigned, assigned, "{here} assigned count");
     }
-    for (id, e) in &s.vcpus {
-        let st = &e.stats;
+    for e in &s.entries {
+        let (id, st) = (&e.id, &e.stats);
         match st.state {
             VcpuState::Runnable | VcpuState::Running => {
                 assert!(seen.contains_key(id), "{id} runnable but nowhere")
@@ -153,8 +188,12 @@ fn check(s: &Scheduler) {
             assert!(e.affinity.allows(last.index()), "{id} ran where it may not");
         }
         assert!(!e.wake_pending || st.state == VcpuState::Running);
-        assert!(st.credit >= -MAX_DEBT_SLICES * s.slice);
-        assert!(st.credit < s.slice + s.min_run, "{id} credit {}", st.credit);
+        assert!(st.credit >= -MAX_DEBT_SLICES * s.quantum.slice);
+        assert!(
+            st.credit < s.quantum.slice + s.quantum.min_run,
+            "{id} credit {}",
+            st.credit
+        );
     }
 }
 
@@ -611,6 +650,122 @@ fn migrated_from_says_where_it_last_ran_and_only_then() {
     assert_eq!(s.stats(v(0)).unwrap().migrations, 1);
 }
 
+/// Runs `rounds` rounds in which every CPU of `s` picks, runs a full slice
+/// at the same time as the others, and stops by slice end.
+fn lockstep(s: &mut Scheduler, clock: &FakeClock, cpus: u32, rounds: usize) {
+    for _ in 0..rounds {
+        let picked: Vec<(CpuId, VcpuId)> = (0..cpus)
+            .filter_map(|i| match s.pick(c(i), clock.now()) {
+                Decision::Run { vcpu, .. } => Some((c(i), vcpu)),
+                Decision::Idle => None,
+            })
+            .collect();
+        check(s);
+        clock.advance(S);
+        for (cpu, vcpu) in picked {
+            s.stopped(cpu, vcpu, StopCause::SliceEnd, clock.now());
+            check(s);
+        }
+    }
+}
+
+#[test]
+fn three_busy_vcpus_on_two_cpus_rotate_and_share_equally() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    lockstep(&mut s, &clock, 2, 300);
+    // 600 slices of CPU time: two thirds of a CPU, 200 slices, each.
+    for n in 0..3 {
+        let st = s.stats(v(n)).unwrap();
+        assert_eq!(st.run_time, 200 * S, "vCPU {n}");
+        assert!(
+            st.migrations >= 100,
+            "vCPU {n} moved {} times",
+            st.migrations
+        );
+    }
+    let loads: Vec<usize> = (0..2)
+        .map(|i| s.cpu_stats(c(i)).unwrap().assigned)
+        .collect();
+    assert_eq!(loads.iter().sum::<usize>(), 3);
+}
+
+#[test]
+fn evenly_loaded_cpus_keep_their_vcpus() {
+    for vcpus in [1, 2, 4, 6] {
+        let clock = FakeClock::new();
+        let mut s = sched(2);
+        for n in 0..vcpus {
+            s.add(v(n), None).unwrap();
+        }
+        lockstep(&mut s, &clock, 2, 60);
+        for n in 0..vcpus {
+            let st = s.stats(v(n)).unwrap();
+            assert_eq!(st.migrations, 0, "{vcpus} vCPUs: vCPU {n} moved");
+            // A lone vCPU stays on its CPU and the other CPU idles.
+            let expected = if vcpus == 1 {
+                60 * S
+            } else {
+                120 * S / u64::from(vcpus)
+            };
+            assert_eq!(st.run_time, expected, "{vcpus} vCPUs: vCPU {n}");
+        }
+    }
+}
+
+#[test]
+fn pinned_vcpus_do_not_rotate() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), Some(&[c(0)])).unwrap();
+    s.add(v(1), Some(&[c(0)])).unwrap();
+    s.add(v(2), Some(&[c(1)])).unwrap();
+    lockstep(&mut s, &clock, 2, 60);
+    let run_times: Vec<u64> = (0..3).map(|n| s.stats(v(n)).unwrap().run_time).collect();
+    assert_eq!(run_times, [30 * S, 30 * S, 60 * S]);
+    for n in 0..3 {
+        assert_eq!(s.stats(v(n)).unwrap().migrations, 0, "vCPU {n}");
+    }
+    // An unpinned third vCPU beside two pinned ones is the one that moves.
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), Some(&[c(0)])).unwrap();
+    s.add(v(1), Some(&[c(1)])).unwrap();
+    s.add(v(2), None).unwrap();
+    lockstep(&mut s, &clock, 2, 60);
+    assert_eq!(s.stats(v(0)).unwrap().migrations, 0);
+    assert_eq!(s.stats(v(1)).unwrap().migrations, 0);
+    assert!(s.stats(v(2)).unwrap().migrations > 0);
+}
+
+#[test]
+fn run_time_at_counts_the_run_in_progress() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    run(&mut s, &clock, c(0), 300, StopCause::SliceEnd);
+    let (running, _, _) = pick(&mut s, &clock, c(0));
+    clock.advance(70);
+    let waiting = if running == v(0) { v(1) } else { v(0) };
+    assert_eq!(
+        s.run_time_at(running, clock.now()),
+        Some(70 + s.stats(running).unwrap().run_time)
+    );
+    assert_eq!(
+        s.run_time_at(waiting, clock.now()),
+        Some(s.stats(waiting).unwrap().run_time)
+    );
+    assert_eq!(s.run_time_at(v(9), clock.now()), None);
+    // Once it stops, the run is in the figures and counted once.
+    s.stopped(c(0), running, StopCause::SliceEnd, clock.now());
+    let total = s.stats(running).unwrap().run_time;
+    assert_eq!(s.run_time_at(running, clock.now() + 1000), Some(total));
+}
+
 #[test]
 fn pinned_vcpus_are_never_stolen() {
     let clock = FakeClock::new();
@@ -955,6 +1110,164 @@ fn a_stopped_vcpu_never_runs_again() {
     );
 }
 
+// ---- the vCPU table: slots and ids ----
+
+#[test]
+fn removing_moves_the_last_slot_whether_running_or_queued() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..4 {
+        s.add(v(n), None).unwrap();
+    }
+    assert_eq!(full_slices(&mut s, &clock, c(0), 3), [0, 1, 2]);
+    // 3 sits in the last slot and runs; removing 0 moves it into 0's.
+    let (three, _, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(three, v(3));
+    assert_eq!(s.remove(v(0)).unwrap().run_time, S);
+    check(&s);
+    assert_eq!(s.cpu_stats(c(0)).unwrap().running, Some(three));
+    clock.advance(S);
+    assert_eq!(
+        s.stopped(c(0), three, StopCause::SliceEnd, clock.now()),
+        None
+    );
+    check(&s);
+    // 2 is now last and queued; removing 1 moves it.
+    assert_eq!(s.remove(v(1)).unwrap().run_time, S);
+    check(&s);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 4), [2, 3, 2, 3]);
+    for n in 2..4 {
+        let st = s.stats(v(n)).unwrap();
+        assert_eq!((st.slices, st.run_time), (3, 3 * S), "{n} kept its figures");
+    }
+    // A blocked vCPU in the last slot moves too.
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked); // 2 blocked
+    assert_eq!(s.remove(v(3)).unwrap().state, VcpuState::Runnable);
+    check(&s);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    assert_eq!(s.wake(v(2)), Some(c(0)));
+    check(&s);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 2), [2, 2]);
+    // Removing the last slot moves nothing.
+    s.add(v(9), None).unwrap();
+    assert_eq!(s.remove(v(9)).unwrap().slices, 0);
+    check(&s);
+    assert_eq!(s.remove(v(2)).unwrap().slices, 6);
+    check(&s);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+}
+
+#[test]
+fn ids_in_any_order_are_found_and_reused_after_remove() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    // Out of order, sparse and at the top of the range: no id equals its
+    // slot, and the monitor's list still comes in id order.
+    let ids = [v(5), v(u32::MAX), v(0), v(1_000_000), v(1)];
+    for &id in &ids {
+        s.add(id, None).unwrap();
+    }
+    check(&s);
+    let listed: Vec<VcpuId> = s.vcpus().map(|(id, _)| id).collect();
+    assert_eq!(listed, [v(0), v(1), v(5), v(1_000_000), v(u32::MAX)]);
+    for &id in &ids {
+        s.record_exit(id, 1);
+        assert_eq!(s.stats(id).unwrap().exit_count(1), 1, "{id}");
+    }
+    assert_eq!(s.stats(v(2)), None);
+    assert_eq!(s.stats_ref(v(2)), None);
+    for &id in &ids {
+        assert_eq!(s.stats_ref(id).copied(), s.stats(id), "{id}");
+    }
+    let borrowed: Vec<_> = s.vcpus_ref().map(|(id, st)| (id, *st)).collect();
+    assert_eq!(borrowed, s.vcpus().collect::<Vec<_>>());
+    assert_eq!(
+        s.add(v(u32::MAX), None),
+        Err(SchedError::DuplicateVcpu(v(u32::MAX)))
+    );
+
+    // Run and block the one whose slot will move, remove others, and
+    // add them back: figures follow the ids, never the slots.
+    let (first, _, _) = pick(&mut s, &clock, c(0));
+    assert_eq!(first, v(5));
+    run_out(&mut s, &clock, c(0), first, StopCause::Blocked);
+    for id in [v(5), v(0)] {
+        assert_eq!(s.remove(id).unwrap().exit_count(1), 1);
+        check(&s);
+    }
+    assert_eq!(s.stats(v(1)).unwrap().exit_count(1), 1, "moved slots");
+    s.add(v(0), Some(&[c(1)])).unwrap();
+    s.add(v(5), None).unwrap();
+    check(&s);
+    assert_eq!(s.stats(v(0)).unwrap().exits_total(), 0, "a fresh start");
+    assert_eq!(s.vcpus().count(), 5);
+    for cpu in [c(0), c(1)] {
+        for _ in 0..5 {
+            run(&mut s, &clock, cpu, S, StopCause::SliceEnd);
+        }
+    }
+    assert!(s.vcpus().all(|(_, st)| st.run_time > 0 || st.slices == 0));
+}
+
+#[test]
+fn many_vcpus_keep_round_robin_through_removes_and_re_adds() {
+    const N: u32 = 300;
+    let clock = FakeClock::new();
+    let mut s = sched(4);
+    // Sparse, shuffled ids.
+    let ids: Vec<VcpuId> = (0..N).map(|n| v(n * 7919 % 100_003)).collect();
+    for &id in &ids {
+        s.add(id, None).unwrap();
+    }
+    check(&s);
+    for cpu in 0..4 {
+        assert_eq!(s.cpu_stats(c(cpu)).unwrap().assigned, (N / 4) as usize);
+    }
+    // Every vCPU of a CPU runs once per round, in the order it came.
+    let mut order: Vec<Vec<u32>> = Vec::new();
+    for cpu in 0..4 {
+        order.push(full_slices(&mut s, &clock, c(cpu), (N / 4) as usize));
+        let again = full_slices(&mut s, &clock, c(cpu), (N / 4) as usize);
+        assert_eq!(order[cpu as usize], again, "CPU {cpu} round robin");
+    }
+    let mut all: Vec<u32> = order.concat();
+    all.sort_unstable();
+    let mut expected: Vec<u32> = ids.iter().map(|id| id.0).collect();
+    expected.sort_unstable();
+    assert_eq!(all, expected, "each ran, once per round");
+
+    // Remove every third (slots move), then add them back.
+    for &id in ids.iter().step_by(3) {
+        assert_eq!(s.remove(id).unwrap().slices, 2);
+    }
+    check(&s);
+    assert_eq!(s.vcpus().count(), (N - N.div_ceil(3)) as usize);
+    for (k, &id) in ids.iter().enumerate() {
+        let st = s.stats(id);
+        if k % 3 == 0 {
+            assert_eq!(st, None);
+        } else {
+            assert_eq!(st.unwrap().run_time, 2 * S, "{id}");
+        }
+    }
+    for &id in ids.iter().step_by(3) {
+        s.add(id, None).unwrap();
+    }
+    check(&s);
+    assert_eq!(s.vcpus().count(), N as usize);
+    let listed: Vec<u32> = s.vcpus().map(|(id, _)| id.0).collect();
+    assert_eq!(listed, expected);
+    // Two more rounds everywhere: everyone gets its slices.
+    for cpu in 0..4 {
+        let queued = s.cpu_stats(c(cpu)).unwrap().queued;
+        full_slices(&mut s, &clock, c(cpu), 2 * queued);
+    }
+    for (k, &id) in ids.iter().enumerate() {
+        let want = if k % 3 == 0 { 2 } else { 4 };
+        assert_eq!(s.stats(id).unwrap().slices, want, "{id}");
+    }
+}
+
 // ---- any call sequence ----
 
 /// One call of the random call sequences.
@@ -1049,7 +1362,7 @@ proptest! {
                             // could have run here.
                             let i = cpu as usize;
                             for (j, other) in s.cpus.iter().enumerate() {
-                                let stealable = cpu < 3 && j != i && other.waiting() > 0 && other.queue.iter().any(|id| s.vcpus[id].affinity.allows(i));
+                                let stealable = cpu < 3 && j != i && other.waiting() > 0 && queued(&s, other).into_iter().any(|id| entry(&s, id).affinity.allows(i));
                                 prop_assert!(!stealable, "CPU {} idle while CPU {} has work for it", i, j);
                             }
                         }
