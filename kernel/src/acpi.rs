@@ -1,8 +1,9 @@
-//! ACPI tables, read just far enough to power the machine off: the RSDP, the
-//! RSDT/XSDT, the FADT and the DSDT's `\_S5` object (the MADT comes later).
+//! ACPI tables, read just far enough to power the machine off and to find
+//! the processors: the RSDP, the RSDT/XSDT, the FADT, the DSDT's `\_S5`
+//! object and the MADT.
 //!
 //! Hand-written on purpose instead of using the `acpi`/`aml` crates:
-//! Ferrovisor needs three fixed-layout tables and one constant package, not
+//! Ferrovisor needs four fixed-layout tables and one constant package, not
 //! an AML interpreter, and a few hundred lines of checked parsing are easier
 //! to audit than a general one. The price: a `\_S5` that is a method, sits
 //! in an SSDT, or whose elements are expressions or references, is reported
@@ -10,9 +11,10 @@
 //!
 //! Everything here is pure. Physical memory is reached only through
 //! [`PhysMemory`], which the kernel implements over its physical-memory
-//! mapping and the tests over a byte vector, and nothing allocates. Firmware
-//! tables are untrusted input: every length, checksum and offset is checked,
-//! and a malformed table is an [`AcpiError`], never a panic.
+//! mapping and the tests over a byte vector, and nothing allocates but the
+//! [`Madt`]'s lists of processors and I/O APICs. Firmware tables are
+//! untrusted input: every length, checksum and offset is checked, and a
+//! malformed table is an [`AcpiError`], never a panic.
 //!
 //! How tables are read without allocation: a table's 36-byte header is read
 //! first and its length bounded by [`MAX_TABLE_LEN`]; the checksum is summed
@@ -20,14 +22,17 @@
 //! the FADT's known fields are copied into a fixed buffer; the DSDT is
 //! scanned for `\_S5` through a fixed window that overlaps the next one by
 //! the longest `\_S5` encoding decoded here, so an object that straddles two
-//! windows is still seen whole.
+//! windows is still seen whole; the MADT's entries are read one at a time.
 //!
 //! Section numbers are those of the ACPI Specification 6.x: RSDP 5.2.5,
-//! table header 5.2.6, RSDT 5.2.7, XSDT 5.2.8, FADT 5.2.9, Generic Address
-//! Structure 5.2.3.2, AML data objects 20.2.3, package length 20.2.4. Soft
+//! table header 5.2.6, RSDT 5.2.7, XSDT 5.2.8, FADT 5.2.9, MADT 5.2.12,
+//! Generic Address Structure 5.2.3.2, AML data objects 20.2.3, package
+//! length 20.2.4. Soft
 //! off writes `SLP_TYPa | SLP_EN` to PM1a_CNT (the `\_Sx` objects in chapter
 //! 7 and the PM1 control register in chapter 4).
 
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
 use core::cmp::min;
 use core::fmt;
 
@@ -61,6 +66,9 @@ const FADT_MIN_LEN: u32 = 116;
 /// The FADT fields this module knows, through ACPI 6.x (`Hypervisor Vendor
 /// Identity` ends at 276).
 const FADT_KNOWN_LEN: usize = 276;
+/// The MADT's fixed part: the header, the local interrupt controller address
+/// and the flags. Its entries follow.
+const MADT_MIN_LEN: u32 = 44;
 
 /// A four-character table signature, such as `FACP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +270,32 @@ pub enum AcpiError {
         /// The value.
         value: u16,
     },
+    /// A MADT entry states a length below 2 (its own type and length bytes)
+    /// or below the fixed size of its type.
+    MadtEntryLength {
+        /// The MADT's address.
+        phys: u64,
+        /// The entry's offset from the start of the MADT's header.
+        offset: usize,
+        /// The entry's type.
+        entry_type: u8,
+        /// The length it states.
+        length: u8,
+        /// The least length accepted: 2, or the size its type defines.
+        min: u8,
+    },
+    /// A MADT entry runs past the end of the table.
+    MadtEntryOverrun {
+        /// The MADT's address.
+        phys: u64,
+        /// The entry's offset from the start of the MADT's header.
+        offset: usize,
+        /// Where the entry would end: its offset plus the length it states,
+        /// or plus 2 where not even its type and length bytes fit.
+        end: usize,
+        /// The table's length.
+        table_len: u32,
+    },
 }
 
 impl fmt::Display for AcpiError {
@@ -313,6 +347,23 @@ impl fmt::Display for AcpiError {
             Self::SleepTypeTooWide { which, value } => {
                 write!(f, "\\_S5 gives {which} = {value:#x}, which does not fit the 3-bit SLP_TYP field")
             }
+            Self::MadtEntryLength { phys, offset, entry_type, length, min } => {
+                write!(f, "MADT at {phys:#x}: the entry at offset {offset:#x} (type {entry_type}")?;
+                match madt_entry_kind(entry_type) {
+                    Some((size, name)) if min == size => {
+                        write!(f, ", {name}) states length {length}; that type is {min} bytes")
+                    }
+                    _ => write!(
+                        f,
+                        ") states length {length}; an entry is at least {min} bytes (its type and length)"
+                    ),
+                }
+            }
+            Self::MadtEntryOverrun { phys, offset, end, table_len } => write!(
+                f,
+                "MADT at {phys:#x}: the entry at offset {offset:#x} runs to {end:#x}, \
+                 past the table's end at {table_len:#x}"
+            ),
         }
     }
 }
@@ -479,6 +530,7 @@ pub struct Table {
 fn min_len(signature: Signature) -> u32 {
     match signature {
         Signature::FADT => FADT_MIN_LEN,
+        Signature::MADT => MADT_MIN_LEN,
         _ => HEADER_LEN as u32,
     }
 }
@@ -1130,6 +1182,275 @@ pub fn power_off_info(mem: &impl PhysMemory, rsdp_phys: u64) -> Result<PowerOff,
         smi_cmd: fadt.smi_cmd,
         acpi_enable: fadt.acpi_enable,
     })
+}
+
+// MADT entry types (5.2.12) decoded here.
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_IO_APIC: u8 = 1;
+const MADT_LOCAL_APIC_OVERRIDE: u8 = 5;
+const MADT_LOCAL_X2APIC: u8 = 9;
+/// The longest entry decoded (the x2APIC one). Longer entries of a known
+/// type (a later revision's) are decoded from their first bytes.
+const MADT_ENTRY_MAX: usize = 16;
+/// Processor Local APIC and x2APIC flags.
+const MADT_CPU_ENABLED: u32 = 1 << 0;
+const MADT_CPU_ONLINE_CAPABLE: u32 = 1 << 1;
+
+/// The fixed size and the name of each MADT entry type decoded here.
+fn madt_entry_kind(entry_type: u8) -> Option<(u8, &'static str)> {
+    match entry_type {
+        MADT_LOCAL_APIC => Some((8, "Processor Local APIC")),
+        MADT_IO_APIC => Some((12, "I/O APIC")),
+        MADT_LOCAL_APIC_OVERRIDE => Some((12, "Local APIC Address Override")),
+        MADT_LOCAL_X2APIC => Some((16, "Processor Local x2APIC")),
+        _ => None,
+    }
+}
+
+/// One processor the MADT lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MadtCpu {
+    /// Its local APIC ID (8-bit from a type-0 entry, 32-bit from a type-9
+    /// x2APIC entry).
+    pub apic_id: u32,
+    /// The ACPI processor UID.
+    pub uid: u32,
+    /// Flags bit 0: enabled (usable now).
+    pub enabled: bool,
+    /// Flags bit 1: online capable (can be enabled later; not started at
+    /// boot).
+    pub online_capable: bool,
+}
+
+impl MadtCpu {
+    fn new(apic_id: u32, uid: u32, flags: u32) -> Self {
+        MadtCpu {
+            apic_id,
+            uid,
+            enabled: flags & MADT_CPU_ENABLED != 0,
+            online_capable: flags & MADT_CPU_ONLINE_CAPABLE != 0,
+        }
+    }
+}
+
+/// What the MADT says about CPUs and interrupt controllers (5.2.12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Madt {
+    /// Physical address of the local APIC registers: the header's 32-bit
+    /// field, or the 64-bit type-5 Local APIC Address Override when present
+    /// (the first one, where firmware gives several).
+    pub local_apic: u64,
+    /// Flags bit 0 PCAT_COMPAT: the machine also has dual 8259s.
+    pub pcat_compat: bool,
+    /// Processors in table order, without duplicates by APIC ID (keep the
+    /// first; an x2APIC entry whose ID already appeared as a type-0 entry is
+    /// a duplicate).
+    pub cpus: Vec<MadtCpu>,
+    /// I/O APICs (type 1): (id, physical address, GSI base), for the coming
+    /// IO-APIC work.
+    pub io_apics: Vec<(u8, u32, u32)>,
+}
+
+impl Madt {
+    /// Decodes a validated MADT (found with [`RootTable::find`]): the fixed
+    /// fields, then each entry in turn. Entries of types other than 0, 1, 5
+    /// and 9 are skipped by their length; known types longer than their
+    /// fixed size are decoded from their first bytes.
+    ///
+    /// # Errors
+    ///
+    /// `TableSignature` where `table` is not a MADT, `TableLength` where its
+    /// length is outside `44..=MAX_TABLE_LEN`, `MadtEntryLength`,
+    /// `MadtEntryOverrun`, or the reader's error.
+    pub fn from_table(mem: &impl PhysMemory, table: &Table) -> Result<Self, AcpiError> {
+        let phys = table.phys;
+        let SdtHeader {
+            signature, length, ..
+        } = table.header;
+        if signature != Signature::MADT {
+            return Err(AcpiError::TableSignature {
+                phys,
+                expected: Signature::MADT,
+                found: signature,
+            });
+        }
+        if !(MADT_MIN_LEN..=MAX_TABLE_LEN).contains(&length) {
+            return Err(AcpiError::TableLength {
+                phys,
+                signature,
+                length,
+                min: MADT_MIN_LEN,
+            });
+        }
+        let fixed: [u8; 8] = read_array(mem, at(phys, HEADER_LEN)?)?;
+        let mut madt = Madt {
+            local_apic: u64::from(u32_at(&fixed, 0)),
+            pcat_compat: u32_at(&fixed, 4) & 1 != 0,
+            cpus: Vec::new(),
+            io_apics: Vec::new(),
+        };
+        let mut local_apic_override = None;
+        let mut apic_ids = BTreeSet::new();
+        let table_len = length as usize;
+        let mut offset = MADT_MIN_LEN as usize;
+        let mut buf = [0u8; MADT_ENTRY_MAX];
+        while offset < table_len {
+            let entry = &mut buf[..min(MADT_ENTRY_MAX, table_len - offset)];
+            mem.read(at(phys, offset)?, entry)?;
+            let entry = &*entry;
+            let overrun = |end| AcpiError::MadtEntryOverrun {
+                phys,
+                offset,
+                end,
+                table_len: length,
+            };
+            let &[entry_type, entry_len, ..] = entry else {
+                return Err(overrun(offset + 2));
+            };
+            let too_short = |min| AcpiError::MadtEntryLength {
+                phys,
+                offset,
+                entry_type,
+                length: entry_len,
+                min,
+            };
+            if entry_len < 2 {
+                return Err(too_short(2));
+            }
+            let end = offset + usize::from(entry_len);
+            if end > table_len {
+                return Err(overrun(end));
+            }
+            if let Some((size, _)) = madt_entry_kind(entry_type) {
+                if entry_len < size {
+                    return Err(too_short(size));
+                }
+            }
+            // Known entries are at least their fixed size and lie within the
+            // table, so `entry` holds all the fields read below.
+            let cpu = match entry_type {
+                MADT_LOCAL_APIC => Some(MadtCpu::new(
+                    u32::from(u8_at(entry, 3)),
+                    u32::from(u8_at(entry, 2)),
+                    u32_at(entry, 4),
+                )),
+                MADT_LOCAL_X2APIC => Some(MadtCpu::new(
+                    u32_at(entry, 4),
+                    u32_at(entry, 12),
+                    u32_at(entry, 8),
+                )),
+                MADT_IO_APIC => {
+                    madt.io_apics
+                        .push((u8_at(entry, 2), u32_at(entry, 4), u32_at(entry, 8)));
+                    None
+                }
+                MADT_LOCAL_APIC_OVERRIDE => {
+                    local_apic_override.get_or_insert(u64_at(entry, 4));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(cpu) = cpu {
+                if apic_ids.insert(cpu.apic_id) {
+                    madt.cpus.push(cpu);
+                }
+            }
+            offset = end;
+        }
+        if let Some(address) = local_apic_override {
+            madt.local_apic = address;
+        }
+        Ok(madt)
+    }
+
+    /// The CPUs to start: enabled ones only.
+    pub fn enabled_cpus(&self) -> impl Iterator<Item = &MadtCpu> {
+        self.cpus.iter().filter(|cpu| cpu.enabled)
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Writes `ids` comma-separated, with runs of three or more consecutive IDs
+/// as `first-last`.
+fn write_id_runs(f: &mut fmt::Formatter<'_>, ids: impl Iterator<Item = u32>) -> fmt::Result {
+    let mut first_run = true;
+    let mut write_run = |f: &mut fmt::Formatter<'_>, start: u32, last: u32| {
+        let sep = if first_run { "" } else { ", " };
+        first_run = false;
+        match last - start {
+            0 => write!(f, "{sep}{start}"),
+            1 => write!(f, "{sep}{start}, {last}"),
+            _ => write!(f, "{sep}{start}-{last}"),
+        }
+    };
+    let mut run: Option<(u32, u32)> = None;
+    for id in ids {
+        run = match run {
+            Some((start, last)) if last.checked_add(1) == Some(id) => Some((start, id)),
+            Some((start, last)) => {
+                write_run(f, start, last)?;
+                Some((id, id))
+            }
+            None => Some((id, id)),
+        };
+    }
+    match run {
+        Some((start, last)) => write_run(f, start, last),
+        None => Ok(()),
+    }
+}
+
+/// One line such as `MADT: 2 CPUs (APIC IDs 0, 1), local APIC at 0xfee00000,
+/// 1 I/O APIC`, counting the CPUs listed but not enabled after the enabled
+/// ones' IDs.
+impl fmt::Display for Madt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let enabled = self.enabled_cpus().count();
+        write!(f, "MADT: {enabled} CPU{}", plural(enabled))?;
+        if enabled > 0 {
+            write!(f, " (APIC ID{} ", plural(enabled))?;
+            write_id_runs(f, self.enabled_cpus().map(|cpu| cpu.apic_id))?;
+            f.write_str(")")?;
+        }
+        let online_capable = self
+            .cpus
+            .iter()
+            .filter(|cpu| !cpu.enabled && cpu.online_capable)
+            .count();
+        if online_capable > 0 {
+            write!(f, ", {online_capable} more online-capable")?;
+        }
+        let disabled = self.cpus.len() - enabled - online_capable;
+        if disabled > 0 {
+            write!(f, ", {disabled} more disabled")?;
+        }
+        let io_apics = self.io_apics.len();
+        write!(
+            f,
+            ", local APIC at {:#x}, {io_apics} I/O APIC{}",
+            self.local_apic,
+            plural(io_apics)
+        )
+    }
+}
+
+/// Reads the RSDP at `rsdp_phys`, the root table and the MADT, and returns
+/// what the MADT says.
+///
+/// # Errors
+///
+/// Any [`AcpiError`] on the way: a bad RSDP or root table, no MADT
+/// (`TableNotFound`), or a bad MADT (see [`Madt::from_table`]).
+pub fn madt(mem: &impl PhysMemory, rsdp_phys: u64) -> Result<Madt, AcpiError> {
+    let root = Rsdp::read(mem, rsdp_phys)?.root_table(mem)?;
+    Madt::from_table(mem, &root.find(mem, Signature::MADT)?)
 }
 
 /// The boot log's line about ACPI, formatted on demand from memory.
@@ -1979,5 +2300,471 @@ mod tests {
         assert_eq!(pm1_control_value(0xffff, 0), 0b1110_0011_1111_1011);
         // Only SLP_TYP's three bits are written.
         assert_eq!(pm1_control_value(0, 0xff), 0b111 << 10 | 1 << 13);
+    }
+
+    // MADT (5.2.12).
+
+    /// Where [`with_madt`] puts the MADT, with room for large ones.
+    const MADT_AT: u64 = 0x10_4000;
+    const LAPIC: u32 = 0xfee0_0000;
+    const ENABLED: u32 = 1;
+    const ONLINE_CAPABLE: u32 = 2;
+
+    /// A type-0 Processor Local APIC entry.
+    fn lapic(uid: u8, apic_id: u8, flags: u32) -> Vec<u8> {
+        [&[0, 8, uid, apic_id][..], &flags.to_le_bytes()].concat()
+    }
+
+    /// A type-1 I/O APIC entry.
+    fn io_apic(id: u8, address: u32, gsi_base: u32) -> Vec<u8> {
+        [
+            &[1, 12, id, 0][..],
+            &address.to_le_bytes(),
+            &gsi_base.to_le_bytes(),
+        ]
+        .concat()
+    }
+
+    /// A type-5 Local APIC Address Override entry.
+    fn lapic_override(address: u64) -> Vec<u8> {
+        [&[5, 12, 0, 0][..], &address.to_le_bytes()].concat()
+    }
+
+    /// A type-9 Processor Local x2APIC entry.
+    fn x2apic(x2apic_id: u32, flags: u32, uid: u32) -> Vec<u8> {
+        [
+            &[9, 16, 0, 0][..],
+            &x2apic_id.to_le_bytes(),
+            &flags.to_le_bytes(),
+            &uid.to_le_bytes(),
+        ]
+        .concat()
+    }
+
+    /// A MADT with the local APIC at `LAPIC`, PCAT_COMPAT set, and `entries`.
+    fn madt_table(entries: &[Vec<u8>]) -> Vec<u8> {
+        let body = [
+            &LAPIC.to_le_bytes()[..],
+            &1u32.to_le_bytes(),
+            &entries.concat(),
+        ]
+        .concat();
+        sdt(b"APIC", 3, &body)
+    }
+
+    /// An ACPI 2.0 machine whose XSDT lists `table` at `MADT_AT`.
+    fn with_madt(table: &[u8]) -> Mem {
+        let mut mem = machine(2, FadtSpec::qemu(), QEMU_S5);
+        mem.put(XSDT_AT, &xsdt(&[FADT_AT, MADT_AT, HPET_AT, WAET_AT]));
+        mem.put(MADT_AT, table);
+        mem
+    }
+
+    /// `entry` with its length byte set to `length`.
+    fn with_length(mut entry: Vec<u8>, length: u8) -> Vec<u8> {
+        entry[1] = length;
+        entry
+    }
+
+    fn madt_of(entries: &[Vec<u8>]) -> Result<Madt, AcpiError> {
+        madt(&with_madt(&madt_table(entries)), RSDP_AT)
+    }
+
+    fn cpu(apic_id: u32, uid: u32, enabled: bool, online_capable: bool) -> MadtCpu {
+        MadtCpu {
+            apic_id,
+            uid,
+            enabled,
+            online_capable,
+        }
+    }
+
+    /// QEMU's MADT for two CPUs: the local APICs, the I/O APIC, five
+    /// Interrupt Source Overrides (type 2) and a Local APIC NMI (type 4).
+    fn qemu_madt_entries() -> Vec<Vec<u8>> {
+        let iso = |irq: u8, gsi: u8, flags: u8| vec![2, 10, 0, irq, gsi, 0, 0, 0, flags, 0];
+        vec![
+            lapic(0, 0, ENABLED),
+            lapic(1, 1, ENABLED),
+            io_apic(0, 0xfec0_0000, 0),
+            iso(0, 2, 0),
+            iso(5, 5, 0x0d),
+            iso(9, 9, 0x0d),
+            iso(10, 10, 0x0d),
+            iso(11, 11, 0x0d),
+            vec![4, 6, 0xff, 0, 0, 1],
+        ]
+    }
+
+    #[test]
+    fn qemu_madt_gives_two_cpus_and_the_io_apic() {
+        let madt = madt_of(&qemu_madt_entries()).unwrap();
+        assert_eq!(
+            madt,
+            Madt {
+                local_apic: 0xfee0_0000,
+                pcat_compat: true,
+                cpus: vec![cpu(0, 0, true, false), cpu(1, 1, true, false)],
+                io_apics: vec![(0, 0xfec0_0000, 0)],
+            }
+        );
+        assert_eq!(
+            madt.to_string(),
+            "MADT: 2 CPUs (APIC IDs 0, 1), local APIC at 0xfee00000, 1 I/O APIC"
+        );
+    }
+
+    #[test]
+    fn madt_is_found_through_the_rsdt_too() {
+        let mut mem = qemu();
+        mem.put(APIC_AT, &madt_table(&[lapic(0, 0, ENABLED)]));
+        let madt = madt(&mem, RSDP_AT).unwrap();
+        assert_eq!(madt.cpus, [cpu(0, 0, true, false)]);
+        assert_eq!(
+            madt.to_string(),
+            "MADT: 1 CPU (APIC ID 0), local APIC at 0xfee00000, 0 I/O APICs"
+        );
+    }
+
+    #[test]
+    fn madt_without_entries() {
+        // `machine` puts a MADT of 44 zero-filled bytes.
+        let madt = madt(&qemu(), RSDP_AT).unwrap();
+        assert_eq!(
+            madt,
+            Madt {
+                local_apic: 0,
+                pcat_compat: false,
+                cpus: vec![],
+                io_apics: vec![],
+            }
+        );
+        assert_eq!(madt.enabled_cpus().count(), 0);
+        assert_eq!(
+            madt.to_string(),
+            "MADT: 0 CPUs, local APIC at 0x0, 0 I/O APICs"
+        );
+    }
+
+    #[test]
+    fn local_apic_address_override_replaces_the_header_address() {
+        let madt = madt_of(&[
+            lapic(0, 0, ENABLED),
+            lapic_override(0x1_fee0_0000),
+            io_apic(2, 0xfec0_0000, 0),
+            io_apic(3, 0xfec0_1000, 24),
+            lapic_override(0x2_fee0_0000),
+        ])
+        .unwrap();
+        assert_eq!(madt.local_apic, 0x1_fee0_0000);
+        assert_eq!(madt.io_apics, [(2, 0xfec0_0000, 0), (3, 0xfec0_1000, 24)]);
+        assert_eq!(
+            madt.to_string(),
+            "MADT: 1 CPU (APIC ID 0), local APIC at 0x1fee00000, 2 I/O APICs"
+        );
+    }
+
+    #[test]
+    fn x2apic_entries_and_duplicates() {
+        let madt = madt_of(&[
+            lapic(0, 0, ENABLED),
+            lapic(1, 1, ENABLED),
+            // The same processors again as x2APIC entries: duplicates.
+            x2apic(0, ENABLED, 0),
+            x2apic(1, ENABLED, 1),
+            x2apic(0x100, ENABLED, 0x1_0000),
+            // Duplicates keep the first entry, whatever the later one says.
+            x2apic(0x100, 0, 7),
+            lapic(9, 1, 0),
+        ])
+        .unwrap();
+        assert_eq!(
+            madt.cpus,
+            [
+                cpu(0, 0, true, false),
+                cpu(1, 1, true, false),
+                cpu(0x100, 0x1_0000, true, false),
+            ]
+        );
+        assert_eq!(
+            madt.to_string(),
+            "MADT: 3 CPUs (APIC IDs 0, 1, 256), local APIC at 0xfee00000, 0 I/O APICs"
+        );
+    }
+
+    #[test]
+    fn disabled_and_online_capable_cpus_are_listed_but_not_started() {
+        let madt = madt_of(&[
+            lapic(0, 0, ENABLED),
+            lapic(1, 1, 0),
+            lapic(2, 2, ONLINE_CAPABLE),
+            x2apic(3, ENABLED, 3),
+            x2apic(4, ONLINE_CAPABLE, 4),
+            x2apic(5, 0, 5),
+            // Reserved flag bits are ignored.
+            lapic(6, 6, 0xffff_fffc),
+        ])
+        .unwrap();
+        assert_eq!(
+            madt.cpus,
+            [
+                cpu(0, 0, true, false),
+                cpu(1, 1, false, false),
+                cpu(2, 2, false, true),
+                cpu(3, 3, true, false),
+                cpu(4, 4, false, true),
+                cpu(5, 5, false, false),
+                cpu(6, 6, false, false),
+            ]
+        );
+        assert_eq!(
+            madt.enabled_cpus().copied().collect::<Vec<_>>(),
+            [cpu(0, 0, true, false), cpu(3, 3, true, false)]
+        );
+        assert_eq!(
+            madt.to_string(),
+            "MADT: 2 CPUs (APIC IDs 0, 3), 2 more online-capable, 3 more disabled, \
+             local APIC at 0xfee00000, 0 I/O APICs"
+        );
+    }
+
+    #[test]
+    fn madt_display_gives_runs_of_apic_ids_as_ranges() {
+        let madt = |ids: &[u8]| {
+            let entries: Vec<_> = ids.iter().map(|&id| lapic(id, id, ENABLED)).collect();
+            madt_of(&entries).unwrap().to_string()
+        };
+        assert_eq!(
+            madt(&[0, 1, 2, 3, 4, 5, 6, 7]),
+            "MADT: 8 CPUs (APIC IDs 0-7), local APIC at 0xfee00000, 0 I/O APICs"
+        );
+        assert_eq!(
+            madt(&[0, 1, 2, 4, 6, 7, 9, 10, 11, 3]),
+            "MADT: 10 CPUs (APIC IDs 0-2, 4, 6, 7, 9-11, 3), local APIC at 0xfee00000, 0 I/O APICs"
+        );
+        let x2 = madt_of(&[
+            x2apic(u32::MAX - 1, ENABLED, 0),
+            x2apic(u32::MAX, ENABLED, 1),
+        ]);
+        assert_eq!(
+            x2.map(|m| m.to_string()),
+            Ok(
+                "MADT: 2 CPUs (APIC IDs 4294967294, 4294967295), local APIC at 0xfee00000, \
+                0 I/O APICs"
+                    .to_string()
+            )
+        );
+        // No run wraps around from the largest ID to 0.
+        let x2 = madt_of(&[x2apic(u32::MAX, ENABLED, 0), x2apic(0, ENABLED, 1)]);
+        assert_eq!(
+            x2.map(|m| m.to_string()),
+            Ok(
+                "MADT: 2 CPUs (APIC IDs 4294967295, 0), local APIC at 0xfee00000, 0 I/O APICs"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_and_longer_entries_are_skipped_by_their_length() {
+        let madt = madt_of(&[
+            // An unknown type, as long as an entry can be.
+            [&[0x7f, 255][..], &[0xa5; 253]].concat(),
+            // Known types with bytes after their fixed fields (a later
+            // revision's): decoded from the first bytes.
+            with_length([&lapic(3, 4, ENABLED)[..], &[0xff; 4]].concat(), 12),
+            with_length([&x2apic(5, ENABLED, 6)[..], &[0xff; 2]].concat(), 18),
+            // A GIC CPU interface entry (type 0xb) on an x86 table.
+            [&[0x0b, 80][..], &[0; 78]].concat(),
+        ])
+        .unwrap();
+        assert_eq!(madt.cpus, [cpu(4, 3, true, false), cpu(5, 6, true, false)]);
+    }
+
+    #[test]
+    fn madt_entries_shorter_than_their_type_are_rejected() {
+        // Each entry cut to the length it states.
+        let short = |mut entry: Vec<u8>| {
+            entry.truncate(usize::from(entry[1]));
+            madt_of(&[lapic(0, 0, ENABLED), entry])
+        };
+        let expect = |entry_type, length, min| {
+            Err(AcpiError::MadtEntryLength {
+                phys: MADT_AT,
+                offset: 52,
+                entry_type,
+                length,
+                min,
+            })
+        };
+        assert_eq!(short(with_length(lapic(0, 1, ENABLED), 6)), expect(0, 6, 8));
+        assert_eq!(
+            short(with_length(io_apic(0, 0xfec0_0000, 0), 10)),
+            expect(1, 10, 12)
+        );
+        assert_eq!(
+            short(with_length(lapic_override(0x1_0000_0000), 8)),
+            expect(5, 8, 12)
+        );
+        let err = short(with_length(x2apic(1, ENABLED, 1), 12));
+        assert_eq!(err, expect(9, 12, 16));
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "MADT at 0x104000: the entry at offset 0x34 (type 9, Processor Local x2APIC) \
+             states length 12; that type is 16 bytes"
+        );
+    }
+
+    #[test]
+    fn madt_entries_shorter_than_two_bytes_are_rejected() {
+        // A zero length would make a naive walk loop forever on the entry.
+        let err = madt_of(&[lapic(0, 0, ENABLED), vec![0, 0, 0, 0, 0, 0, 0, 0]]).unwrap_err();
+        assert_eq!(
+            err,
+            AcpiError::MadtEntryLength {
+                phys: MADT_AT,
+                offset: 52,
+                entry_type: 0,
+                length: 0,
+                min: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "MADT at 0x104000: the entry at offset 0x34 (type 0) states length 0; \
+             an entry is at least 2 bytes (its type and length)"
+        );
+        assert_eq!(
+            madt_of(&[vec![0x7f, 1, 0]]),
+            Err(AcpiError::MadtEntryLength {
+                phys: MADT_AT,
+                offset: 44,
+                entry_type: 0x7f,
+                length: 1,
+                min: 2
+            })
+        );
+    }
+
+    #[test]
+    fn madt_entries_running_past_the_table_are_rejected() {
+        // The last entry states 12 bytes, but only 8 are left.
+        let err = madt_of(&[
+            io_apic(0, 0xfec0_0000, 0),
+            with_length(lapic(0, 0, ENABLED), 12),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            AcpiError::MadtEntryOverrun {
+                phys: MADT_AT,
+                offset: 56,
+                end: 68,
+                table_len: 64
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "MADT at 0x104000: the entry at offset 0x38 runs to 0x44, past the table's end at 0x40"
+        );
+        // A single byte after the last entry: not even a type and a length.
+        assert_eq!(
+            madt_of(&[lapic(0, 0, ENABLED), vec![0]]),
+            Err(AcpiError::MadtEntryOverrun {
+                phys: MADT_AT,
+                offset: 52,
+                end: 54,
+                table_len: 53
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_and_corrupt_madts_give_their_errors() {
+        // Shorter than the fixed fields.
+        let mut mem = with_madt(&sdt(b"APIC", 3, &LAPIC.to_le_bytes()));
+        assert_eq!(
+            madt(&mem, RSDP_AT),
+            Err(AcpiError::TableLength {
+                phys: MADT_AT,
+                signature: Signature::MADT,
+                length: 40,
+                min: 44
+            })
+        );
+        // The same, for a table that did not come through `read_table`.
+        *mem.byte(MADT_AT + 4) = 43;
+        let table = Table {
+            phys: MADT_AT,
+            header: SdtHeader {
+                signature: Signature::MADT,
+                length: 43,
+                revision: 3,
+                oem_id: OemId(*b"BOCHS "),
+            },
+        };
+        assert_eq!(
+            Madt::from_table(&mem, &table),
+            Err(AcpiError::TableLength {
+                phys: MADT_AT,
+                signature: Signature::MADT,
+                length: 43,
+                min: 44
+            })
+        );
+
+        // A checksum that does not match.
+        let mut mem = with_madt(&madt_table(&qemu_madt_entries()));
+        *mem.byte(MADT_AT + 45) ^= 1;
+        let err = madt(&mem, RSDP_AT).unwrap_err();
+        assert_eq!(
+            err,
+            AcpiError::TableChecksum {
+                phys: MADT_AT,
+                signature: Signature::MADT
+            }
+        );
+        assert_eq!(err.to_string(), "MADT checksum mismatch at 0x104000");
+
+        // A MADT at the top of memory whose length runs past its end.
+        let near_end = END - 50;
+        let mut mem = qemu();
+        mem.put(RSDT_AT, &rsdt(&[FADT_AT, near_end]));
+        let table = madt_table(&[lapic(0, 0, ENABLED), lapic(1, 1, ENABLED)]);
+        mem.put(near_end, &table[..50]);
+        assert_eq!(
+            madt(&mem, RSDP_AT),
+            Err(AcpiError::Unreadable {
+                phys: near_end,
+                len: 60
+            })
+        );
+    }
+
+    #[test]
+    fn missing_or_mislabelled_madt_gives_its_error() {
+        let mut mem = qemu();
+        mem.put(RSDT_AT, &rsdt(&[FADT_AT, HPET_AT]));
+        let err = madt(&mem, RSDP_AT).unwrap_err();
+        assert_eq!(
+            err,
+            AcpiError::TableNotFound {
+                signature: Signature::MADT,
+                root: RootKind::Rsdt,
+                root_phys: RSDT_AT
+            }
+        );
+        assert_eq!(err.to_string(), "MADT not found in the RSDT at 0x100000");
+
+        let mem = qemu();
+        let hpet = read_table(&mem, HPET_AT, Signature(*b"HPET")).unwrap();
+        assert_eq!(
+            Madt::from_table(&mem, &hpet),
+            Err(AcpiError::TableSignature {
+                phys: HPET_AT,
+                expected: Signature::MADT,
+                found: Signature(*b"HPET")
+            })
+        );
     }
 }
