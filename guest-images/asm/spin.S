@@ -16,6 +16,13 @@
     .globl _start
 _start:
     cld
+    # Interrupts on, as an operating system runs. Nothing is ever delivered
+    # to this guest, but under Bochs a guest with IF=0 takes no
+    # external-interrupt VM exits (Bochs decides interrupt masking at VM
+    # entry before it counts the CPU as in VMX non-root operation), so a
+    # kick from another CPU would wait for the slice to end. Hardware
+    # exits either way.
+    sti
     mov rsp, STACK_TOP
     xor ebx, ebx
 1:  mov ecx, ROUND_ITERATIONS

@@ -5,13 +5,13 @@
 //! the number is looked up from the initial APIC ID, which CPUID reports
 //! without any per-CPU state having to exist yet.
 
-use core::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
 use log::{info, warn};
 use raw_cpuid::CpuId;
 
 /// The most CPUs Ferrovisor numbers (initial APIC IDs are 8 bits here).
-const MAX_CPUS: usize = 256;
+pub const MAX_CPUS: usize = 256;
 
 /// Marks an APIC ID that has no CPU number yet.
 const UNNUMBERED: u16 = u16::MAX;
@@ -19,6 +19,8 @@ const UNNUMBERED: u16 = u16::MAX;
 /// CPU number by initial APIC ID.
 static INDEX_BY_APIC_ID: [AtomicU16; MAX_CPUS] = [const { AtomicU16::new(UNNUMBERED) }; MAX_CPUS];
 static CPUS_UP: AtomicUsize = AtomicUsize::new(0);
+/// Local APIC ID by CPU number: where kicks for that CPU go.
+static APIC_ID_BY_INDEX: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
 fn initial_apic_id() -> u8 {
     CpuId::new()
@@ -35,6 +37,35 @@ pub fn register_boot_cpu() {
     INDEX_BY_APIC_ID[id].store(index as u16, Ordering::Relaxed);
 }
 
+/// Records that `cpu<index>` is being started at local APIC ID `apic_id`
+/// (the boot CPU does this before it sends the start-up IPIs).
+pub fn expect(index: usize, apic_id: u32) {
+    if let Some(slot) = APIC_ID_BY_INDEX.get(index) {
+        slot.store(apic_id, Ordering::Release);
+    }
+}
+
+/// Numbers the calling application processor `cpu<index>`: from now on
+/// its log lines say so.
+pub fn register_ap(index: usize) {
+    let id = usize::from(initial_apic_id());
+    INDEX_BY_APIC_ID[id].store(index as u16, Ordering::Release);
+    CPUS_UP.fetch_add(1, Ordering::AcqRel);
+}
+
+/// The local APIC ID of `cpu<index>` (the boot CPU's is recorded by
+/// [`record_boot_apic_id`]).
+pub fn apic_id(index: usize) -> u32 {
+    APIC_ID_BY_INDEX
+        .get(index)
+        .map_or(0, |id| id.load(Ordering::Acquire))
+}
+
+/// Records the boot CPU's local APIC ID, once its APIC is set up.
+pub fn record_boot_apic_id(apic_id: u32) {
+    APIC_ID_BY_INDEX[0].store(apic_id, Ordering::Release);
+}
+
 /// The calling CPU's number, for log prefixes. A CPU that has not
 /// registered (which only happens before `register_boot_cpu`) reads as 0.
 pub fn current_index() -> u16 {
@@ -48,6 +79,17 @@ pub fn current_index() -> u16 {
 /// `cpu<k>: VT-x ready` (after VMXON) or `cpu<k>: VT-x unavailable:
 /// <reason>`. Returns whether this CPU is in VMX operation.
 pub fn report() -> Result<vmx::caps::VmxCapabilities, ()> {
+    report_cpu(true)
+}
+
+/// The report for an application processor: its identity line, then
+/// `cpu<k>: VT-x ready` or why not. The capability lines are left out:
+/// the caller checks that they match the boot CPU's.
+pub fn report_ap() -> Result<vmx::caps::VmxCapabilities, ()> {
+    report_cpu(false)
+}
+
+fn report_cpu(verbose: bool) -> Result<vmx::caps::VmxCapabilities, ()> {
     let k = current_index();
     let cpuid = CpuId::new();
     let vendor = cpuid.get_vendor_info();
@@ -75,10 +117,12 @@ pub fn report() -> Result<vmx::caps::VmxCapabilities, ()> {
         // MSRs; `read_vmx_msrs` reads only those its own bits say exist.
         let raw = unsafe { vmx::instructions::read_vmx_msrs() };
         let caps = vmx::caps::VmxCapabilities::decode(&raw);
-        for line in caps.report_lines() {
-            info!("cpu{k}: {line}");
+        if verbose {
+            for line in caps.report_lines() {
+                info!("cpu{k}: {line}");
+            }
+            info!("cpu{k}: {fc}");
         }
-        info!("cpu{k}: {fc}");
         caps.check_required()
             .map_err(vmx::availability::Unavailable::MissingFeature)?;
         Ok((caps, fc))

@@ -4,7 +4,9 @@
 //! VMX needs a real TSS (host TR must not be null, SDM Vol. 3C 26.2.3), so
 //! even though Ferrovisor never switches tasks each CPU loads one.
 
+use alloc::boxed::Box;
 use core::ptr::addr_of_mut;
+use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use spin::Once;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -37,6 +39,16 @@ pub struct CpuTables {
 static mut BOOT_IST_STACKS: [[u8; IST_STACK_SIZE]; 3] = [[0; IST_STACK_SIZE]; 3];
 static BOOT_TSS: Once<TaskStateSegment> = Once::new();
 static BOOT_TABLES: Once<CpuTables> = Once::new();
+
+/// Each CPU's TSS address, by CPU number (the VMCS host-state TR base).
+static TSS_BASE: [AtomicU64; crate::cpu::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::cpu::MAX_CPUS];
+/// The TSS selector: every CPU's GDT has the same layout.
+static TSS_SELECTOR: AtomicU16 = AtomicU16::new(0);
+
+/// An application processor's three interrupt stacks: one block of
+/// 2^IST_BLOCK_ORDER frames.
+const IST_BLOCK_ORDER: u8 = 4;
 
 fn stack_top(stack: *mut [u8; IST_STACK_SIZE]) -> VirtAddr {
     // Stacks grow down; keep the top 16-byte aligned as the ABI expects.
@@ -71,6 +83,41 @@ pub fn init_boot_cpu() {
         }
     });
     load(tables);
+    TSS_SELECTOR.store(tables.tss_selector.0, Ordering::Release);
+    TSS_BASE[0].store(core::ptr::from_ref(tss) as u64, Ordering::Release);
+}
+
+/// Builds and loads `cpu<index>`'s GDT and TSS, with interrupt stacks
+/// from the frame allocator; the tables live for good (a CPU never goes
+/// away).
+pub fn init_ap(index: usize) -> Result<(), &'static str> {
+    let block = crate::memory::alloc_block(IST_BLOCK_ORDER)
+        .map_err(|_| "no memory for its interrupt stacks")?;
+    let base = VirtAddr::from_ptr(crate::memory::phys().ptr(block));
+    let mut tss = TaskStateSegment::new();
+    for (k, slot) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
+        .into_iter()
+        .enumerate()
+    {
+        let top = base + ((k + 1) * IST_STACK_SIZE) as u64;
+        tss.interrupt_stack_table[usize::from(slot)] = top.align_down(16u64);
+    }
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let mut gdt = GlobalDescriptorTable::new();
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss_selector = gdt.append(Descriptor::tss_segment(tss));
+    let tables: &'static CpuTables = Box::leak(Box::new(CpuTables {
+        gdt,
+        code,
+        data,
+        tss_selector,
+    }));
+    load(tables);
+    if let Some(slot) = TSS_BASE.get(index) {
+        slot.store(core::ptr::from_ref(tss) as u64, Ordering::Release);
+    }
+    Ok(())
 }
 
 fn load(tables: &'static CpuTables) {
@@ -88,14 +135,16 @@ fn load(tables: &'static CpuTables) {
     }
 }
 
-/// The boot CPU's TSS selector (the VMCS host-state TR selector).
+/// The TSS selector (the VMCS host-state TR selector), the same on every
+/// CPU.
 pub fn tss_selector() -> u16 {
-    BOOT_TABLES.get().map_or(0, |t| t.tss_selector.0)
+    TSS_SELECTOR.load(Ordering::Acquire)
 }
 
-/// The linear address of the boot CPU's TSS (the VMCS host-state TR base).
+/// The linear address of the calling CPU's TSS (the VMCS host-state TR
+/// base).
 pub fn tss_base() -> u64 {
-    BOOT_TSS
-        .get()
-        .map_or(0, |tss| core::ptr::from_ref(tss) as u64)
+    TSS_BASE
+        .get(usize::from(crate::cpu::current_index()))
+        .map_or(0, |b| b.load(Ordering::Acquire))
 }

@@ -1,13 +1,22 @@
 //! From the configuration to running guests and back: reads
 //! `hypervisor.toml` and the images through [`ConfigFiles`] (the boot
-//! ramdisk or the config partition), creates each guest, runs what the
-//! `sched` run queue picks on this CPU for the slice it gives (ended by the
+//! ramdisk or the config partition), creates each guest, and runs them on
+//! every CPU that is up with VT-x: each CPU runs what the `sched` run
+//! queues pick for it, for the slice they give (ended by the
 //! VMX-preemption timer or the TSC), reports each stop, and gives every
-//! frame back. Only the boot CPU runs guests so far; the application
-//! processors join with the scheduler issue.
+//! frame back.
+//!
+//! A guest's VMCS is active on one CPU at a time (`Guest::hot_on`), which
+//! also holds its lazily switched state (XSAVE area, CR2, debug registers,
+//! MSRs). On the same CPU a switch is VMPTRLD + VMRESUME; a guest the
+//! scheduler moved to another CPU is given up by its old CPU on request
+//! (a mailbox and a kick IPI: save the switched state, VMCLEAR) and
+//! VMLAUNCHed on the new one. CPUs that wait for work halt with interrupts
+//! on until kicked.
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use addr::{GuestPhysAddr, PAGE_SIZE};
 use kernel::config::files::{ConfigFiles, CONFIG_FILE};
@@ -21,9 +30,11 @@ use kernel::vcpu::stop::StopReason;
 use log::{debug, error, info, warn};
 use vmx::caps::VmxCapabilities;
 use vmx::instructions::{self as hw, HardwareVmcs};
+use vmx::vmcs::{GuestNatural, VmcsAccess};
 
-use crate::memory;
-use sched::{CpuId, Decision, StopCause, VcpuId};
+use crate::{cpu, lapic, memory};
+use sched::{CpuId, Decision, StopCause, VcpuId, VcpuState};
+use spin::{Mutex, MutexGuard};
 
 use crate::vm::{Guest, Hardware};
 
@@ -127,7 +138,10 @@ pub fn run_all(
         });
     }
 
-    let queue = match sched::Scheduler::new(1, slice_ticks.max(1)) {
+    let cpus = CpuSet {
+        numbers: crate::smp::ready_cpus(),
+    };
+    let queue = match sched::Scheduler::new(cpus.numbers.len() as u32, slice_ticks.max(1)) {
         Ok(queue) => queue,
         Err(e) => {
             error!("sched: cannot run guests: {e}");
@@ -137,18 +151,38 @@ pub fn run_all(
             return AllStopped::PowerOff;
         }
     };
-    let mut sched = Scheduler {
-        hw: &hw,
-        slots,
-        queue,
-        owner: None,
-        current: None,
-        last_exit: None,
-        switches: 0,
-        switch_ticks: 0,
+    info!("sched: guests run on {}", cpus.names());
+    let figures = cpus.numbers.iter().map(|_| CpuFigures::default()).collect();
+    let mailboxes = (0..crate::smp::MAX_CPUS)
+        .map(|_| Mailbox {
+            busy: AtomicBool::new(false),
+            slot: AtomicUsize::new(0),
+            guest: AtomicPtr::new(core::ptr::null_mut()),
+        })
+        .collect();
+    let files: *mut (dyn ConfigFiles<'_> + '_) = files;
+    // SAFETY: only the lifetime is erased: `run` below uses the files only
+    // while this function runs (`run_everywhere` returns after every CPU
+    // has left the run).
+    let files: *mut (dyn ConfigFiles<'static> + 'static) = unsafe { core::mem::transmute(files) };
+    let names = slots.iter().map(|s| s.config.name.clone()).collect();
+    let run = Run {
+        hw,
+        names,
+        shares_reported: AtomicBool::new(false),
+        slots: slots.into_iter().map(Mutex::new).collect(),
+        queue: Mutex::new(queue),
+        files: Mutex::new(FilesPtr(files)),
+        on_stop: settings.on_guest_stop,
+        cpus,
+        mailboxes,
+        figures,
+        finished: AtomicBool::new(false),
+        left: AtomicUsize::new(0),
     };
-    sched.run(files, settings.on_guest_stop);
-    sched.report_switches();
+    let started = rdtsc();
+    run.run_everywhere();
+    run.report(rdtsc().wrapping_sub(started));
 
     let frames_after = memory::free_frames();
     info!(
@@ -278,13 +312,110 @@ fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-/// The round-robin loop over this CPU's guests.
-struct Scheduler<'a> {
-    hw: &'a Hardware,
-    slots: Vec<Slot>,
-    /// The run queue: `sched` decides which guest runs next and for how
-    /// long; a slot's index is its vCPU id.
-    queue: sched::Scheduler,
+/// The CPUs guests run on, by scheduler index: `cpus[j]` is the CPU
+/// number of `sched::CpuId(j)`.
+struct CpuSet {
+    numbers: Vec<usize>,
+}
+
+impl CpuSet {
+    /// The scheduler index of CPU number `cpu`.
+    fn sched_id(&self, cpu: usize) -> Option<CpuId> {
+        self.numbers
+            .iter()
+            .position(|&c| c == cpu)
+            .map(|j| CpuId(j as u32))
+    }
+
+    /// The CPU number behind scheduler index `id`.
+    fn number(&self, id: CpuId) -> Option<usize> {
+        self.numbers.get(id.0 as usize).copied()
+    }
+
+    /// `cpu0, cpu1`, for messages.
+    fn names(&self) -> String {
+        let names: Vec<String> = self
+            .numbers
+            .iter()
+            .map(|c| alloc::format!("cpu{c}"))
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// A request from one CPU to another: "VMCLEAR this guest's VMCS, and
+/// save its switched state if you hold it, so I can run it". The
+/// requester holds the guest's slot lock and waits until `guest` is null
+/// again.
+struct Mailbox {
+    /// Taken (true) by one requester at a time.
+    busy: AtomicBool,
+    /// The slot of the guest to give up (valid while `guest` is set).
+    slot: AtomicUsize,
+    /// The guest, while a request is open.
+    guest: AtomicPtr<Guest>,
+}
+
+/// One CPU's figures for the run, kept by that CPU alone.
+#[derive(Default)]
+struct CpuFigures {
+    /// Slices it ran, and the TSC ticks they took (exit handling included).
+    slices: AtomicU64,
+    busy: AtomicU64,
+    /// Switches to another guest on this CPU, and their TSC ticks.
+    switches: AtomicU64,
+    switch_ticks: AtomicU64,
+    /// Switches to a guest that came from another CPU, and their ticks.
+    migrations: AtomicU64,
+    migration_ticks: AtomicU64,
+    /// Times it halted for want of work.
+    idle_waits: AtomicU64,
+}
+
+/// The guests' shared state while they run: every CPU that runs guests
+/// works on one `Run`, which the boot CPU owns and publishes to the others
+/// for the duration of [`Run::run_everywhere`].
+struct Run {
+    hw: Hardware,
+    slots: Vec<Mutex<Slot>>,
+    /// The run queues: `sched` decides which guest runs where next and for
+    /// how long; a slot's index is its vCPU id.
+    queue: Mutex<sched::Scheduler>,
+    files: Mutex<FilesPtr>,
+    on_stop: GuestStopAction,
+    cpus: CpuSet,
+    /// By CPU number.
+    mailboxes: Vec<Mailbox>,
+    figures: Vec<CpuFigures>,
+    /// Every guest has stopped: the CPUs leave the loop.
+    finished: AtomicBool,
+    /// Application processors that have left the loop.
+    left: AtomicUsize,
+    /// Each slot's guest name, for reports that must not lock slots.
+    names: Vec<String>,
+    /// The first stop has reported how the guests shared the CPUs.
+    shares_reported: AtomicBool,
+}
+
+/// The configuration partition, reached from every CPU (one at a time,
+/// under `Run::files`).
+struct FilesPtr(*mut (dyn ConfigFiles<'static> + 'static));
+
+// SAFETY: the pointer is used only under `Run::files`' lock, and the disk
+// drivers behind it keep no per-CPU state, so any CPU may use them in
+// turn; `run_all` keeps the referent alive until every CPU has left.
+unsafe impl Send for FilesPtr {}
+
+/// The run the application processors join, while one is in progress.
+static RUN: AtomicPtr<Run> = AtomicPtr::new(core::ptr::null_mut());
+/// Bumped for each run, so an AP joins each run once.
+static RUN_GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+/// What one CPU keeps while it runs guests.
+struct Local {
+    /// Its scheduler index and CPU number.
+    cpu: CpuId,
+    index: usize,
     /// The guest whose switched state (XSAVE, CR2, DRs, MSRs) is in the CPU.
     owner: Option<usize>,
     /// The guest whose VMCS is current.
@@ -292,14 +423,7 @@ struct Scheduler<'a> {
     /// When the last slice ended, and whose it was: the next slice of
     /// another guest measures the switch from there.
     last_exit: Option<(usize, u64)>,
-    /// vCPU switches (one guest's slice end to another's first entry) and
-    /// their total TSC ticks.
-    switches: u64,
-    switch_ticks: u64,
 }
-
-/// The boot CPU, the one CPU guests run on so far.
-const BOOT_CPU: CpuId = CpuId(0);
 
 /// The vCPU id of slot `i`.
 fn vcpu_id(i: usize) -> VcpuId {
@@ -316,150 +440,357 @@ enum SliceEnd {
     Stopped(StopReason),
 }
 
-impl Scheduler<'_> {
-    /// Puts slot `i`'s guest on the run queue; a guest whose `cpus` leave
-    /// out the boot CPU is stopped with the reason.
-    fn enqueue(&mut self, i: usize) -> Result<(), StopReason> {
-        let Some(slot) = self.slots.get(i) else {
-            return Ok(());
+impl Run {
+    /// Runs the guests on this CPU and on every application processor that
+    /// is ready, until all have stopped.
+    fn run_everywhere(&self) {
+        let aps = self.cpus.numbers.len() - 1;
+        let mut boot = Local {
+            cpu: CpuId(0),
+            index: 0,
+            owner: None,
+            current: None,
+            last_exit: None,
         };
-        let affinity: Option<Vec<CpuId>> = slot
-            .config
-            .cpus
-            .as_ref()
-            .map(|cpus| cpus.iter().map(|&c| CpuId(c)).collect());
-        match self.queue.add(vcpu_id(i), affinity.as_deref()) {
-            Ok(_) => Ok(()),
+        for i in 0..self.slots.len() {
+            let Some(mut slot) = self.lock_slot(&mut boot, i) else {
+                continue;
+            };
+            if slot.guest.is_none() {
+                continue;
+            }
+            let placed = self.enqueue(&mut self.queue.lock(), &slot, i);
+            if let Err(reason) = placed {
+                self.retire(&mut boot, &mut slot, i, reason, false);
+            }
+        }
+        RUN.store(core::ptr::from_ref(self).cast_mut(), Ordering::Release);
+        RUN_GENERATION.fetch_add(1, Ordering::AcqRel);
+        let clock = crate::smp::clock();
+        for &c in self.cpus.numbers.iter().skip(1) {
+            lapic::kick(cpu::apic_id(c), clock);
+        }
+        self.cpu_loop(0);
+        // The others may still be finishing a stop report: wait for them
+        // before the run is taken down.
+        while self.left.load(Ordering::Acquire) < aps {
+            core::hint::spin_loop();
+        }
+        RUN.store(core::ptr::null_mut(), Ordering::Release);
+    }
+
+    /// Puts slot `i`'s guest on a run queue and kicks the CPU that gets
+    /// it if that one is idle; `Err` when its `cpus` name a CPU that runs
+    /// no guests.
+    fn enqueue(
+        &self,
+        queue: &mut sched::Scheduler,
+        slot: &Slot,
+        i: usize,
+    ) -> Result<(), StopReason> {
+        let affinity: Option<Vec<CpuId>> = match &slot.config.cpus {
+            None => None,
+            Some(list) => {
+                let mut ids = Vec::new();
+                for &c in list {
+                    match self.cpus.sched_id(c as usize) {
+                        Some(id) => ids.push(id),
+                        None => return Err(StopReason::NotSchedulable(alloc::format!(
+                            "its cpus list names cpu{c}, which does not run guests (these do: {})",
+                            self.cpus.names()
+                        ))),
+                    }
+                }
+                Some(ids)
+            }
+        };
+        match queue.add(vcpu_id(i), affinity.as_deref()) {
+            Ok(placement) => {
+                self.kick(placement.kick);
+                Ok(())
+            }
             Err(e) => Err(StopReason::NotSchedulable(alloc::format!("{e}"))),
         }
     }
 
-    fn run(&mut self, files: &mut dyn ConfigFiles<'_>, on_stop: GuestStopAction) {
-        for i in 0..self.slots.len() {
-            if self.slots.get(i).is_some_and(|s| s.guest.is_some()) {
-                if let Err(reason) = self.enqueue(i) {
-                    self.stop(i, reason, files, on_stop);
-                }
-            }
-        }
-        loop {
-            match self.queue.pick(BOOT_CPU, rdtsc()) {
-                Decision::Run { vcpu, slice, .. } => {
-                    let i = vcpu.0 as usize;
-                    let end = self.run_slice(i, slice);
-                    let now = rdtsc();
-                    // A switch is measured from a slice that ended by time
-                    // or HLT; after a stop, the stop's report (console
-                    // lines) would be counted too.
-                    self.last_exit = match end {
-                        SliceEnd::Stopped(_) => None,
-                        _ => Some((i, now)),
-                    };
-                    let cause = match &end {
-                        SliceEnd::TimeUp => StopCause::SliceEnd,
-                        SliceEnd::Halted => StopCause::Blocked,
-                        SliceEnd::Stopped(_) => StopCause::Stopped,
-                    };
-                    self.queue.stopped(BOOT_CPU, vcpu, cause, now);
-                    if let SliceEnd::Stopped(reason) = end {
-                        self.stop(i, reason, files, on_stop);
-                    }
-                }
-                Decision::Idle => {
-                    // Nothing can run. A halted guest has no device that
-                    // could wake it yet, so it never will.
-                    let halted: Vec<usize> = (0..self.slots.len())
-                        .filter(|&i| self.slots.get(i).is_some_and(|s| s.guest.is_some()))
-                        .collect();
-                    if halted.is_empty() {
-                        return;
-                    }
-                    for i in halted {
-                        let rip = self.halted_rip(i);
-                        self.stop(
-                            i,
-                            StopReason::HaltedWithNoWakeSource { rip },
-                            files,
-                            on_stop,
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// `sched: <n> vCPU switches, ...`: what switching between guests cost.
-    fn report_switches(&self) {
-        if let Some(average) = self.switch_ticks.checked_div(self.switches) {
-            info!(
-                "sched: {} vCPU switches, on average {average} TSC ticks from one guest's last exit to the next guest's first entry",
-                self.switches
-            );
-        }
-    }
-
-    fn halted_rip(&mut self, i: usize) -> u64 {
-        use vmx::vmcs::{GuestNatural, VmcsAccess};
-        let Some(guest) = self.slots.get(i).and_then(|s| s.guest.as_ref()) else {
-            return 0;
+    /// Kicks the CPU the scheduler named, if any and not this one.
+    fn kick(&self, target: Option<CpuId>) {
+        let Some(number) = target.and_then(|t| self.cpus.number(t)) else {
+            return;
         };
-        if guest.make_current().is_err() {
-            return 0;
+        if number != usize::from(cpu::current_index()) {
+            lapic::kick(cpu::apic_id(number), crate::smp::clock());
         }
-        self.current = Some(i);
-        // SAFETY: VMX root operation with this guest's VMCS current.
-        let vmcs = unsafe { HardwareVmcs::current() };
-        // The HLT exit already moved RIP past the instruction: this is
-        // where the guest would have resumed.
-        vmcs.read(GuestNatural::Rip).unwrap_or(0)
+    }
+
+    /// The loop every CPU runs: pick, run a slice, report, until every
+    /// guest has stopped. `index` is this CPU's number.
+    fn cpu_loop(&self, index: usize) {
+        let Some(cpu) = self.cpus.sched_id(index) else {
+            return;
+        };
+        self.hw.prepare_this_cpu();
+        let mut local = Local {
+            cpu,
+            index,
+            owner: None,
+            current: None,
+            last_exit: None,
+        };
+        loop {
+            self.service(&mut local);
+            if self.finished.load(Ordering::Acquire) {
+                break;
+            }
+            let decision = self.queue.lock().pick(cpu, rdtsc());
+            match decision {
+                Decision::Run {
+                    vcpu,
+                    slice,
+                    migrated_from,
+                } => self.run_vcpu(&mut local, vcpu, slice, migrated_from.is_some()),
+                Decision::Idle => {
+                    if self.nothing_can_run(&mut local) {
+                        continue;
+                    }
+                    if let Some(f) = self.figures.get(index) {
+                        f.idle_waits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A kick that came since the pick is pending and ends
+                    // the HLT at once (STI's shadow covers the HLT).
+                    x86_64::instructions::interrupts::enable_and_hlt();
+                    x86_64::instructions::interrupts::disable();
+                }
+            }
+        }
+    }
+
+    /// This CPU found nothing to run. When no CPU can run anything, the
+    /// guests left are halted with nothing that could wake them (no
+    /// device raises interrupts yet): they are stopped, and once every
+    /// guest is gone, the run ends. True when it did something, so the
+    /// caller looks again rather than halting.
+    fn nothing_can_run(&self, local: &mut Local) -> bool {
+        let (counts, blocked) = {
+            let queue = self.queue.lock();
+            let counts = queue.counts();
+            let blocked: Vec<usize> = queue
+                .vcpus_ref()
+                .filter(|(_, s)| s.state == VcpuState::Blocked)
+                .map(|(v, _)| v.0 as usize)
+                .collect();
+            (counts, blocked)
+        };
+        if counts.runnable + counts.running > 0 {
+            return false;
+        }
+        if !blocked.is_empty() {
+            for i in blocked {
+                let Some(mut slot) = self.lock_slot(local, i) else {
+                    continue;
+                };
+                let state = self.queue.lock().stats_ref(vcpu_id(i)).map(|s| s.state);
+                if state != Some(VcpuState::Blocked) {
+                    continue;
+                }
+                let rip = slot.guest.as_ref().map_or(0, |g| g.halt_rip);
+                self.stop(
+                    local,
+                    &mut slot,
+                    i,
+                    StopReason::HaltedWithNoWakeSource { rip },
+                );
+            }
+            return true;
+        }
+        if counts.stopped == 0 {
+            self.finish();
+            return true;
+        }
+        false
+    }
+
+    /// Every guest has stopped: all CPUs leave the loop.
+    fn finish(&self) {
+        if !self.finished.swap(true, Ordering::AcqRel) {
+            let clock = crate::smp::clock();
+            let me = usize::from(cpu::current_index());
+            for &c in &self.cpus.numbers {
+                if c != me {
+                    lapic::kick(cpu::apic_id(c), clock);
+                }
+            }
+        }
+    }
+
+    /// Locks slot `i`, doing what other CPUs ask of this one meanwhile (a
+    /// CPU that holds the lock may be waiting for this one).
+    fn lock_slot(&self, local: &mut Local, i: usize) -> Option<MutexGuard<'_, Slot>> {
+        let slot = self.slots.get(i)?;
+        loop {
+            if let Some(guard) = slot.try_lock() {
+                return Some(guard);
+            }
+            self.service(local);
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Does what another CPU asked of this one: gives up a guest whose
+    /// VMCS is active here (and whose switched state may be here).
+    fn service(&self, local: &mut Local) {
+        let Some(mailbox) = self.mailboxes.get(local.index) else {
+            return;
+        };
+        let ptr = mailbox.guest.load(Ordering::Acquire);
+        if ptr.is_null() {
+            return;
+        }
+        let i = mailbox.slot.load(Ordering::Acquire);
+        // SAFETY: the requesting CPU holds slot `i`'s lock, which guards
+        // this guest, and does nothing with it until `guest` is null again:
+        // this CPU has the only access meanwhile. The guest is not running
+        // (its vCPU was picked for the requester).
+        let guest = unsafe { &mut *ptr };
+        if local.owner == Some(i) {
+            guest.save_switched(&self.hw);
+            local.owner = None;
+        }
+        if local.current == Some(i) {
+            local.current = None;
+        }
+        guest.clear();
+        mailbox
+            .guest
+            .store(core::ptr::null_mut(), Ordering::Release);
+    }
+
+    /// Makes sure `guest` (slot `i`) is active on no CPU but this one:
+    /// asks the CPU it is on to give it up and waits until it has.
+    fn take_over(&self, local: &mut Local, i: usize, guest: &mut Guest) {
+        let Some(other) = guest.hot_on.filter(|&c| c != local.index) else {
+            return;
+        };
+        let Some(mailbox) = self.mailboxes.get(other) else {
+            return;
+        };
+        while mailbox
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.service(local);
+            core::hint::spin_loop();
+        }
+        mailbox.slot.store(i, Ordering::Release);
+        let ptr: *mut Guest = guest;
+        mailbox.guest.store(ptr, Ordering::Release);
+        lapic::kick(cpu::apic_id(other), crate::smp::clock());
+        while mailbox.guest.load(Ordering::Acquire) == ptr {
+            self.service(local);
+            core::hint::spin_loop();
+        }
+        mailbox.busy.store(false, Ordering::Release);
+    }
+
+    /// Runs `vcpu` for one slice of `slice` TSC ticks on this CPU and
+    /// reports how it ended.
+    fn run_vcpu(&self, local: &mut Local, vcpu: VcpuId, slice: u64, migrated: bool) {
+        let i = vcpu.0 as usize;
+        let Some(mut slot) = self.lock_slot(local, i) else {
+            return;
+        };
+        let end = self.run_slice(local, &mut slot, i, slice, migrated);
+        let now = rdtsc();
+        // A switch is measured from a slice that ended by time or HLT;
+        // after a stop, the stop's report (console lines) would be counted
+        // too.
+        local.last_exit = match end {
+            SliceEnd::Stopped(_) => None,
+            _ => Some((i, now)),
+        };
+        let cause = match &end {
+            SliceEnd::TimeUp => StopCause::SliceEnd,
+            SliceEnd::Halted => StopCause::Blocked,
+            SliceEnd::Stopped(_) => StopCause::Stopped,
+        };
+        let kick = self.queue.lock().stopped(local.cpu, vcpu, cause, now);
+        self.kick(kick);
+        if let SliceEnd::Stopped(reason) = end {
+            self.stop(local, &mut slot, i, reason);
+        }
     }
 
     /// Switches guest `i` in and runs it for `slice` TSC ticks, until it
-    /// halts, or until it stops.
-    fn run_slice(&mut self, i: usize, slice: u64) -> SliceEnd {
-        let hw = self.hw;
-        let switch_from = self
+    /// halts, or until it stops. `migrated`: it last ran on another CPU.
+    fn run_slice(
+        &self,
+        local: &mut Local,
+        slot: &mut Slot,
+        i: usize,
+        slice: u64,
+        migrated: bool,
+    ) -> SliceEnd {
+        let hw = &self.hw;
+        let switch_from = local
             .last_exit
             .filter(|(prev, _)| *prev != i)
             .map(|(_, at)| at);
-        if self.owner != Some(i) {
-            if let Some(prev) = self
-                .owner
-                .and_then(|o| self.slots.get_mut(o))
-                .and_then(|s| s.guest.as_mut())
-            {
-                prev.save_switched(hw);
-            }
-            if let Some(guest) = self.slots.get(i).and_then(|s| s.guest.as_ref()) {
-                guest.load_switched(hw);
-            }
-            self.owner = Some(i);
-        }
-        let Some(guest) = self.slots.get_mut(i).and_then(|s| s.guest.as_mut()) else {
+        let Some(guest) = slot.guest.as_mut() else {
             return SliceEnd::Stopped(StopReason::NotSchedulable(String::from(
                 "the scheduler picked a guest that no longer exists",
             )));
         };
-        if self.current != Some(i) {
+        if guest.hot_on != Some(local.index) {
+            self.take_over(local, i, guest);
+            if let Err(e) = guest.arrive(local.index) {
+                return SliceEnd::Stopped(StopReason::LaunchFailed(e));
+            }
+            local.current = Some(i);
+        }
+        if local.owner != Some(i) {
+            // The switched state in the CPU is another guest's: save it
+            // there first (unless that guest's CPU took it meanwhile).
+            while let Some(o) = local.owner {
+                if let Some(mut other) = self.slots.get(o).and_then(|s| s.try_lock()) {
+                    if let Some(g) = other.guest.as_mut() {
+                        g.save_switched(hw);
+                    }
+                    local.owner = None;
+                } else {
+                    self.service(local);
+                    core::hint::spin_loop();
+                }
+            }
+            guest.load_switched(hw);
+            local.owner = Some(i);
+        }
+        if local.current != Some(i) {
             if let Err(e) = guest.make_current() {
                 return SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
-            self.current = Some(i);
+            local.current = Some(i);
         }
         if let Err(e) = guest.set_slice(hw, slice) {
             return SliceEnd::Stopped(StopReason::VmcsAccess(e));
         }
         guest.slices += 1;
         let slice_start = rdtsc();
-        if let Some(from) = switch_from {
-            self.switches += 1;
-            self.switch_ticks += slice_start.wrapping_sub(from);
+        let figures = self.figures.get(local.index);
+        if let (Some(from), Some(f)) = (switch_from, figures) {
+            let (count, ticks) = if migrated {
+                (&f.migrations, &f.migration_ticks)
+            } else {
+                (&f.switches, &f.switch_ticks)
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            ticks.fetch_add(slice_start.wrapping_sub(from), Ordering::Relaxed);
         }
         let mut last = slice_start;
-        loop {
+        let end = loop {
             // SAFETY: VMX root operation at CPL 0 with interrupts off; the
-            // current VMCS is this guest's, built by `Guest::create` with
-            // the host state of this CPU and HOST_RIP at the exit path, and
+            // current VMCS is this guest's, active on this CPU, with this
+            // CPU's host state and HOST_RIP at the exit path, and
             // `launched` tracks its launch state.
             let result = unsafe { hw::vm_run(&mut guest.regs, guest.launched) };
             // One TSC read an exit: the guest is charged from one exit to
@@ -468,7 +799,7 @@ impl Scheduler<'_> {
             guest.ticks += now.wrapping_sub(last);
             last = now;
             if let Err(e) = result {
-                return SliceEnd::Stopped(StopReason::LaunchFailed(e));
+                break SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
             guest.launched = true;
             let (mut platform, regs, model) = guest.exit_parts(hw);
@@ -476,7 +807,13 @@ impl Scheduler<'_> {
             let mut vmcs = unsafe { HardwareVmcs::current() };
             let outcome = handle_exit(&mut vmcs, regs, model, &mut platform);
             match outcome {
-                Outcome::Resume => {
+                Outcome::Resume | Outcome::HostInterrupt => {
+                    if outcome == Outcome::HostInterrupt {
+                        // A kick: end it at the APIC and do what it asks;
+                        // a request never concerns the guest running here.
+                        lapic::eoi();
+                        self.service(local);
+                    }
                     // The slice also ends by the TSC: where VM entry
                     // restarts the preemption timer from the value written
                     // at the slice's start (exits that do not save its
@@ -485,32 +822,46 @@ impl Scheduler<'_> {
                     // never be preempted.
                     if now.wrapping_sub(slice_start) >= slice {
                         guest.preemptions += 1;
-                        return SliceEnd::TimeUp;
+                        break SliceEnd::TimeUp;
                     }
                 }
                 Outcome::Preempted => {
                     guest.preemptions += 1;
-                    return SliceEnd::TimeUp;
+                    break SliceEnd::TimeUp;
                 }
-                Outcome::Halted => return SliceEnd::Halted,
-                Outcome::Stop(reason) => return SliceEnd::Stopped(*reason),
+                Outcome::Halted => {
+                    // The HLT exit already moved RIP past the instruction:
+                    // this is where the guest would resume.
+                    guest.halt_rip = vmcs.read(GuestNatural::Rip).unwrap_or(0);
+                    break SliceEnd::Halted;
+                }
+                Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),
             }
+        };
+        if let Some(f) = figures {
+            f.slices.fetch_add(1, Ordering::Relaxed);
+            f.busy
+                .fetch_add(last.wrapping_sub(slice_start), Ordering::Relaxed);
         }
+        end
     }
 
-    /// Reports the stop of guest `i`, destroys it, and restarts it if the
-    /// configuration says so.
-    fn stop(
-        &mut self,
+    /// Reports the stop of guest `i` (its slot locked by this CPU),
+    /// destroys it, and restarts it if the configuration says so.
+    fn stop(&self, local: &mut Local, slot: &mut Slot, i: usize, reason: StopReason) {
+        self.retire(local, slot, i, reason, true);
+    }
+
+    /// [`Run::stop`], restarting only when `may_restart` (a guest whose
+    /// restart cannot be scheduled is not restarted again).
+    fn retire(
+        &self,
+        local: &mut Local,
+        slot: &mut Slot,
         i: usize,
         reason: StopReason,
-        files: &mut dyn ConfigFiles<'_>,
-        on_stop: GuestStopAction,
+        may_restart: bool,
     ) {
-        let hw = self.hw;
-        let Some(slot) = self.slots.get_mut(i) else {
-            return;
-        };
         let Some(mut guest) = slot.guest.take() else {
             return;
         };
@@ -526,35 +877,180 @@ impl Scheduler<'_> {
         );
         let s = &guest.model.stats;
         debug!(
-            "guest {name}: {} exits ({} CPUID, {} I/O, {} MSR, {} hypercalls), {} exceptions injected, \
+            "guest {name}: {} exits ({} CPUID, {} I/O, {} MSR, {} hypercalls, {} host interrupts), {} exceptions injected, \
              {} port writes ignored, {} port reads unclaimed",
             s.exits,
             s.cpuid,
             s.io,
             s.msr,
             s.hypercalls,
+            s.host_events,
             s.injected,
             s.io_writes_ignored,
             s.io_reads_unclaimed
         );
-        if self.owner == Some(i) {
-            self.owner = None;
+        // Its VMCS must be inactive everywhere but here before VMCLEAR and
+        // the frames go back.
+        self.take_over(local, i, &mut guest);
+        if local.owner == Some(i) {
+            local.owner = None;
         }
-        if self.current == Some(i) {
-            self.current = None;
+        if local.current == Some(i) {
+            local.current = None;
         }
         guest.destroy();
-        self.queue.remove(vcpu_id(i));
-        if on_stop == GuestStopAction::Restart {
+        let restarted = if may_restart && self.on_stop == GuestStopAction::Restart {
             info!("guest {name}: restarting");
-            let vpid = slot.vpid;
-            slot.guest = start(hw, files, &slot.config, vpid);
-            if slot.guest.is_some() {
-                if let Err(reason) = self.enqueue(i) {
-                    self.stop(i, reason, files, on_stop);
+            let guest = {
+                let mut files = self.files.lock();
+                // SAFETY: `run_all` keeps the files alive until every CPU
+                // has left the run, and the lock gives this CPU the only
+                // access.
+                let files = unsafe { &mut *files.0 };
+                start(&self.hw, files, &slot.config, slot.vpid)
+            };
+            // `create` left the new VMCS current here.
+            if guest.is_some() {
+                local.current = Some(i);
+            }
+            guest
+        } else {
+            None
+        };
+        slot.guest = restarted;
+        // The old vCPU goes and the new one (if any) comes in one step, so
+        // no CPU sees "every guest gone" in between.
+        let outcome = {
+            let mut queue = self.queue.lock();
+            if !self.shares_reported.load(Ordering::Relaxed) {
+                self.report_shares(&queue);
+            }
+            queue.remove(vcpu_id(i));
+            let outcome = if slot.guest.is_some() {
+                self.enqueue(&mut queue, slot, i)
+            } else {
+                Ok(())
+            };
+            (outcome, queue.counts())
+        };
+        match outcome {
+            (Err(reason), _) => self.retire(local, slot, i, reason, false),
+            (Ok(()), counts) => {
+                if counts.runnable + counts.running + counts.blocked + counts.stopped == 0 {
+                    self.finish();
                 }
             }
         }
+    }
+
+    /// How the guests shared the CPUs until the first stop (while every
+    /// guest still competed): each one's part of all guest time, as
+    /// `sched: shares until the first stop: a 33.33%, b 33.33%, ...`.
+    /// Reported once, by the first stop after guests have run.
+    fn report_shares(&self, queue: &sched::Scheduler) {
+        let now = rdtsc();
+        let times: Vec<(usize, u64)> = queue
+            .vcpus_ref()
+            .map(|(v, _)| (v.0 as usize, queue.run_time_at(v, now).unwrap_or(0)))
+            .collect();
+        let total: u64 = times.iter().map(|&(_, t)| t).sum();
+        if total == 0 || times.len() < 2 {
+            return;
+        }
+        self.shares_reported.store(true, Ordering::Relaxed);
+        let parts: Vec<String> = times
+            .iter()
+            .map(|&(i, t)| {
+                let hundredths = u128::from(t) * 10_000 / u128::from(total);
+                alloc::format!(
+                    "{} {}.{:02}%",
+                    self.names.get(i).map_or("?", String::as_str),
+                    hundredths / 100,
+                    hundredths % 100
+                )
+            })
+            .collect();
+        info!("sched: shares until the first stop: {}", parts.join(", "));
+    }
+
+    /// The figures of the run: per CPU, and the switch costs.
+    fn report(&self, run_ticks: u64) {
+        let mut busy_total = 0u64;
+        let (mut switches, mut switch_ticks, mut migrations, mut migration_ticks) = (0, 0, 0, 0);
+        for (&c, f) in self.cpus.numbers.iter().zip(&self.figures) {
+            let busy = f.busy.load(Ordering::Relaxed);
+            busy_total += busy;
+            switches += f.switches.load(Ordering::Relaxed);
+            switch_ticks += f.switch_ticks.load(Ordering::Relaxed);
+            migrations += f.migrations.load(Ordering::Relaxed);
+            migration_ticks += f.migration_ticks.load(Ordering::Relaxed);
+            info!(
+                "sched: cpu{c}: {} slices, guests ran {busy} TSC ticks ({}% of the run), {} idle waits",
+                f.slices.load(Ordering::Relaxed),
+                percent(busy, run_ticks),
+                f.idle_waits.load(Ordering::Relaxed)
+            );
+        }
+        if self.cpus.numbers.len() > 1 {
+            let hundredths = (u128::from(busy_total) * 100)
+                .checked_div(u128::from(run_ticks))
+                .unwrap_or(0);
+            info!(
+                "sched: the run took {run_ticks} TSC ticks; guests kept {}.{:02} CPUs busy on average",
+                hundredths / 100,
+                hundredths % 100
+            );
+        }
+        if let Some(average) = switch_ticks.checked_div(switches) {
+            info!(
+                "sched: {switches} vCPU switches, on average {average} TSC ticks from one guest's last exit to the next guest's first entry"
+            );
+        }
+        if let Some(average) = migration_ticks.checked_div(migrations) {
+            info!(
+                "sched: {migrations} vCPU switches across CPUs, on average {average} TSC ticks from one guest's last exit to the next guest's first entry on the CPU it moved to"
+            );
+        }
+    }
+}
+
+/// `part` as a whole percentage of `whole`.
+fn percent(part: u64, whole: u64) -> u64 {
+    u64::try_from(
+        (u128::from(part) * 100)
+            .checked_div(u128::from(whole))
+            .unwrap_or(0),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// An application processor's life once it is up with VT-x on: it waits,
+/// halted, for a run of guests to join, runs its share, and at power-off
+/// leaves VMX operation and halts for good.
+pub fn ap_main(index: usize) -> ! {
+    let mut joined = 0;
+    loop {
+        if crate::smp::shutting_down() {
+            crate::vtx::disable();
+            crate::smp::parked(index);
+        }
+        let generation = RUN_GENERATION.load(Ordering::Acquire);
+        let run = RUN.load(Ordering::Acquire);
+        if generation != joined && !run.is_null() {
+            joined = generation;
+            // SAFETY: the boot CPU publishes the run before bumping the
+            // generation and takes it down only after every AP in its CPU
+            // set has counted itself out in `left`, which this one does
+            // last.
+            let run = unsafe { &*run };
+            if run.cpus.sched_id(index).is_some() {
+                run.cpu_loop(index);
+                run.left.fetch_add(1, Ordering::AcqRel);
+            }
+            continue;
+        }
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
     }
 }
 

@@ -1,9 +1,17 @@
-//! The IDT: every CPU exception reports itself and stops the machine.
+//! The IDT, shared by every CPU: every CPU exception reports itself and
+//! stops the machine; two APIC vectors wake a halted CPU.
 //!
 //! An exception in Ferrovisor itself is a host bug: the report gives the
 //! vector, its name, the error code, RIP and CR2 so it can be found. The
-//! CPU that took it stops; since no other CPU runs work yet, the machine then
-//! powers off with a failure indication (see `panic::fatal`).
+//! CPU that took it stops and the machine powers off with a failure
+//! indication (see `panic::fatal`): a host bug may have broken what the
+//! other CPUs share.
+//!
+//! The host runs with interrupts off except while a CPU waits for work
+//! (`sti; hlt`): the kick IPI (`lapic::KICK_VECTOR`) then only wakes it;
+//! what to do is in the scheduler's state, read once it is awake. While a
+//! guest runs, a kick is a VM exit instead (acknowledged on exit), handled
+//! by the scheduler loop.
 
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
@@ -37,6 +45,8 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.vmm_communication_exception
         .set_handler_fn(vmm_communication);
     idt.security_exception.set_handler_fn(security_exception);
+    idt[crate::lapic::KICK_VECTOR].set_handler_fn(kick);
+    idt[crate::lapic::SPURIOUS_VECTOR].set_handler_fn(spurious);
     // SAFETY: the IST indices name stacks that `gdt` installs in every
     // CPU's TSS before that CPU loads this IDT.
     unsafe {
@@ -126,3 +136,12 @@ extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) ->
 extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
     exception(18, "machine check", &frame, None)
 }
+
+/// A kick woke this CPU: acknowledge it; the waiting loop looks at the
+/// run queue next.
+extern "x86-interrupt" fn kick(_frame: InterruptStackFrame) {
+    crate::lapic::eoi();
+}
+
+/// A spurious APIC interrupt: no EOI (SDM Vol. 3A 11.9).
+extern "x86-interrupt" fn spurious(_frame: InterruptStackFrame) {}

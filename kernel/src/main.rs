@@ -2,8 +2,8 @@
 //!
 //! Only this binary sees `BootInfo`. It brings the boot CPU up (serial log,
 //! GDT/TSS/IDT, frames and heap, ACPI), reports the CPU and its VT-x support,
-//! runs the guests the boot ramdisk's configuration names, and powers the
-//! machine off once they have all stopped.
+//! starts the other CPUs, runs the guests the configuration names on all of
+//! them, and powers the machine off once they have all stopped.
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
@@ -17,12 +17,14 @@ mod drivers;
 mod gdt;
 mod guests;
 mod interrupts;
+mod lapic;
 mod logger;
 mod memory;
 mod panic;
 mod power;
 mod selftest;
 mod serial;
+mod smp;
 mod tsc;
 mod vm;
 mod vtx;
@@ -64,6 +66,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let vtx = cpu::report();
     selftest::run();
     let tsc_hz = tsc::measure_hz();
+    if let Ok(caps) = &vtx {
+        start_other_cpus(caps, tsc_hz);
+    }
     let mut disks = drivers::find_disks(tsc_hz);
     let mut files = bootcfg::open(&mut disks, ramdisk(boot_info));
     let outcome = files.as_mut().and_then(|f| guests::load_config(&mut **f));
@@ -79,6 +84,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         (Err(()), _, _) => info!("nothing to do without VT-x"),
     }
     power::power_off()
+}
+
+/// Starts the application processors the MADT lists (each says `cpu<k>:
+/// VT-x ready` or why it is left out); without a MADT or a usable local
+/// APIC the guests run on this CPU alone.
+fn start_other_cpus(caps: &vmx::caps::VmxCapabilities, tsc_hz: u64) {
+    if let Err(e) = lapic::init_boot_cpu() {
+        log::warn!("smp: {e}; running on cpu0 only");
+        return;
+    }
+    cpu::record_boot_apic_id(lapic::id());
+    match power::madt() {
+        Ok(madt) => {
+            smp::start_aps(&madt, tsc_hz, caps);
+        }
+        Err(e) => log::warn!("smp: no CPU list: {e}; running on cpu0 only"),
+    }
 }
 
 /// The boot ramdisk the bootloader loaded and mapped, if any.

@@ -19,9 +19,17 @@ static FRAMES: Mutex<Option<BuddyAllocator<'static>>> = Mutex::new(None);
 /// The physical-memory mapping, recorded by [`init`].
 static PHYS: Once<PhysMap> = Once::new();
 
+/// A usable 4 KiB page below 1 MiB, kept for the application processors'
+/// start-up code (recorded by [`init`]; `None` if the map has none).
+static LOW_PAGE: Once<Option<HostPhysAddr>> = Once::new();
+
 /// Frames below 1 MiB stay out of the allocator: real-mode structures and,
 /// later, the application processors' start-up code live there.
 const LOW_MEMORY_END: u64 = 0x10_0000;
+
+/// The start-up page for application processors lies below this: the
+/// extended BIOS data area may begin at 0x9F000.
+const LOW_PAGE_LIMIT: u64 = 0x9F000;
 
 /// The most usable regions taken from the memory map; firmware maps have a
 /// few dozen at most.
@@ -68,11 +76,19 @@ pub fn init(regions: &MemoryRegions, phys: PhysMap) {
     let mut count = 0;
     let mut usable_bytes = 0u64;
     let mut dropped = 0usize;
+    let mut low_page = None;
     for region in regions
         .iter()
         .filter(|r| r.kind == MemoryRegionKind::Usable)
     {
         usable_bytes += region.end.saturating_sub(region.start);
+        // The highest whole page of usable RAM in [4 KiB, 636 KiB): below
+        // the extended BIOS data area, above the real-mode IVT and BDA.
+        let low_end = region.end.min(LOW_PAGE_LIMIT) & !(PAGE_SIZE - 1);
+        let low_start = region.start.max(PAGE_SIZE).next_multiple_of(PAGE_SIZE);
+        if low_end >= low_start + PAGE_SIZE {
+            low_page = low_page.max(Some(low_end - PAGE_SIZE));
+        }
         let start = region.start.max(LOW_MEMORY_END);
         if start >= region.end {
             continue;
@@ -86,6 +102,7 @@ pub fn init(regions: &MemoryRegions, phys: PhysMap) {
         }
     }
     info!("memory: {} MiB usable", usable_bytes >> 20);
+    LOW_PAGE.call_once(|| low_page.map(HostPhysAddr::new));
     if dropped > 0 {
         warn!("memory: {dropped} usable regions beyond the first {MAX_REGIONS} are left unused");
     }
@@ -169,6 +186,12 @@ pub fn alloc_block(order: u8) -> Result<HostPhysAddr, mm::MmError> {
 /// Gives back a block taken with [`alloc_block`].
 pub fn free_block(block: HostPhysAddr, order: u8) -> Result<(), mm::MmError> {
     with_frames(|frames| frames.free(block, order))
+}
+
+/// The usable page below 1 MiB set aside for the application processors'
+/// start-up code, if the memory map has one. Only `smp` uses it.
+pub fn low_page() -> Option<HostPhysAddr> {
+    LOW_PAGE.get().copied().flatten()
 }
 
 /// How many frames are free now.

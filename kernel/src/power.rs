@@ -16,6 +16,8 @@ use crate::memory::PhysMap;
 use mm::addr::HostPhysAddr;
 
 static POWER_OFF: Once<Option<PowerOff>> = Once::new();
+/// Where the RSDP is, for the other tables read later (the MADT).
+static TABLES: Once<Option<(u64, PhysMap)>> = Once::new();
 
 /// Physical memory as the ACPI parser reads it: through the bootloader's
 /// mapping.
@@ -44,6 +46,7 @@ impl PhysMemory for Mapped {
 /// Reads the ACPI tables the power-off path needs. Failure is logged, not
 /// fatal: the machine can still run, only powering off falls back.
 pub fn init(rsdp: Option<u64>, phys: PhysMap) {
+    TABLES.call_once(|| rsdp.map(|r| (r, phys)));
     POWER_OFF.call_once(|| {
         let Some(rsdp) = rsdp else {
             warn!("acpi: the firmware gave no RSDP; power off will use the emulator exit ports");
@@ -64,8 +67,18 @@ pub fn init(rsdp: Option<u64>, phys: PhysMap) {
     });
 }
 
-/// Powers off after a normal run.
+/// The MADT: the CPUs and interrupt controllers the firmware lists.
+pub fn madt() -> Result<acpi::Madt, alloc::string::String> {
+    let Some(Some((rsdp, phys))) = TABLES.get() else {
+        return Err("the firmware gave no RSDP".into());
+    };
+    acpi::madt(&Mapped(*phys), *rsdp).map_err(|e| alloc::format!("{e}"))
+}
+
+/// Powers off after a normal run: the other CPUs leave VMX operation
+/// first.
 pub fn power_off() -> ! {
+    crate::smp::park_others();
     info!("powering off");
     shut_down()
 }

@@ -30,7 +30,7 @@ use crate::{arch, gdt, memory};
 /// The largest block guest RAM is taken in: 2^18 frames (1 GiB).
 const MAX_RAM_ORDER: u8 = 18;
 
-/// What every guest on this CPU shares: the capabilities, the computed
+/// What every guest shares on every CPU: the capabilities, the computed
 /// controls, the XSAVE layout and the preemption-timer rate.
 pub struct Hardware {
     /// The VT-x capabilities.
@@ -51,25 +51,32 @@ impl Hardware {
         let controls = GuestControls::compute(&caps)?;
         let leaf1 = arch::cpuid(1, 0);
         let has_xsave = leaf1.ecx & (1 << 26) != 0;
+        let xsave = has_xsave.then(|| {
+            let d = arch::cpuid(0xD, 0);
+            (d.ecx as usize, u64::from(d.eax) | (u64::from(d.edx) << 32))
+        });
+        let hw = Self {
+            caps,
+            controls,
+            xsave,
+            timer_shift: caps.misc.preemption_timer_rate,
+        };
+        hw.prepare_this_cpu();
+        Ok(hw)
+    }
+
+    /// Turns on CR4.OSXSAVE/OSFXSR on the calling CPU, so it can switch
+    /// guests' extended state. Every CPU that runs guests calls it once.
+    pub fn prepare_this_cpu(&self) {
         // SAFETY: OSFXSR (bit 9) and, with XSAVE, OSXSAVE (bit 18) only
         // allow FXSAVE/XSAVE and the vector instructions; the host never
         // executes vector code (soft-float target), and VMX permits both
         // bits.
         unsafe {
             let cr4 = hw::read_cr4();
-            let bits = (1 << 9) | if has_xsave { 1 << 18 } else { 0 };
+            let bits = (1 << 9) | if self.xsave.is_some() { 1 << 18 } else { 0 };
             hw::write_cr4(cr4 | bits);
         }
-        let xsave = has_xsave.then(|| {
-            let d = arch::cpuid(0xD, 0);
-            (d.ecx as usize, u64::from(d.eax) | (u64::from(d.edx) << 32))
-        });
-        Ok(Self {
-            caps,
-            controls,
-            xsave,
-            timer_shift: caps.misc.preemption_timer_rate,
-        })
     }
 
     /// The XCR0 bits guests may set.
@@ -299,7 +306,18 @@ pub struct Guest {
     pub slices: u64,
     /// Slices that ended by the VMX-preemption timer.
     pub preemptions: u64,
+    /// The CPU (by number) on which its VMCS is active and its switched
+    /// state may be held: only that CPU may run it or VMCLEAR it.
+    pub hot_on: Option<usize>,
+    /// Where it will resume after the HLT that blocked it.
+    pub halt_rip: u64,
 }
+
+// SAFETY: a `Guest` is its frames (by physical address) and plain data;
+// nothing in it is tied to the CPU that made it except the VMCS's active
+// state, which `hot_on` tracks and the scheduler hands over with VMCLEAR
+// before another CPU touches the VMCS.
+unsafe impl Send for Guest {}
 
 /// Copies `bytes` into frame `frame`.
 fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
@@ -343,6 +361,8 @@ impl Guest {
             ticks: 0,
             slices: 0,
             preemptions: 0,
+            hot_on: Some(usize::from(crate::cpu::current_index())),
+            halt_rip: 0,
         };
         match guest.build(hw, load) {
             Ok(()) => Ok(guest),
@@ -440,6 +460,9 @@ impl Guest {
         setup::write_guest_state(&mut vmcs, &self.model, &loaded.entry)
             .map_err(CreateError::Vmcs)?;
         write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
+        // A guest destroyed earlier may have had this EPTP and VPID, and
+        // this CPU may still cache its translations.
+        self.flush_translations();
         let r = &loaded.entry.regs;
         for (reg, value) in [
             (vmx::exit::Gpr::Rax, r.rax),
@@ -455,11 +478,57 @@ impl Guest {
         Ok(())
     }
 
-    /// Makes this guest's VMCS current.
+    /// Makes this guest's VMCS current on this CPU, where it is active
+    /// (`hot_on` is this CPU).
     pub fn make_current(&self) -> Result<(), VmFail> {
         // SAFETY: VMX root operation; the VMCS was initialised by `create`
-        // and is not current on any other CPU (one CPU runs guests).
+        // and is active on this CPU only (the caller checked `hot_on`).
         unsafe { hw::vmptrld(self.vmcs) }
+    }
+
+    /// Takes this guest onto the calling CPU, whose number is `cpu`: its
+    /// VMCS must be active nowhere (VMCLEARed by [`Guest::clear`] on the CPU
+    /// it was on). Loads it, points its host state at this CPU's tables,
+    /// and drops whatever this CPU cached of the guest's translations
+    /// from an earlier stay. The next entry is a VMLAUNCH.
+    pub fn arrive(&mut self, cpu: usize) -> Result<(), VmFail> {
+        // SAFETY: VMX root operation; the VMCS is initialised and, as the
+        // caller guarantees, active on no CPU.
+        unsafe { hw::vmptrld(self.vmcs)? };
+        self.hot_on = Some(cpu);
+        self.launched = false;
+        // SAFETY: VMX root operation at CPL 0 with this VMCS current.
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        write_host_state(&mut vmcs)?;
+        self.flush_translations();
+        Ok(())
+    }
+
+    /// Makes the VMCS inactive on the calling CPU (where it is active), so
+    /// that another CPU may take it: VMCLEAR writes its state to memory and
+    /// clears its launch state.
+    pub fn clear(&mut self) {
+        // SAFETY: VMX root operation; the VMCS is active on this CPU (the
+        // caller checked `hot_on`) and not running.
+        if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
+            log::error!("guest {}: VMCLEAR failed: {e}", self.name);
+        }
+        self.hot_on = None;
+        self.launched = false;
+    }
+
+    /// Drops this CPU's cached guest-physical (EPT) and, with VPID, linear
+    /// translations of this guest.
+    fn flush_translations(&self) {
+        // SAFETY: VMX root operation; invalidation only drops cached
+        // translations.
+        unsafe {
+            let _ = hw::invept(InveptType::SingleContext, self.eptp)
+                .or_else(|_| hw::invept(InveptType::AllContext, 0));
+            if let Some(vpid) = self.vpid {
+                let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
+            }
+        }
     }
 
     /// Sets the VMX-preemption timer for the next slice of `ticks` TSC ticks.
@@ -537,8 +606,9 @@ impl Guest {
     /// Gives back every frame: RAM, EPT tables, bitmaps, save area, VMCS.
     pub fn destroy(&mut self) {
         if self.vmcs.as_u64() != 0 {
-            // SAFETY: VMX root operation; VMCLEAR makes the VMCS inactive so
-            // its frame can be reused for anything.
+            // SAFETY: VMX root operation; the VMCS is active on this CPU or
+            // on none (the scheduler hands it over before a stop), and
+            // VMCLEAR makes it inactive so its frame can be reused.
             if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
                 log::error!("guest {}: VMCLEAR failed: {e}", self.name);
             }

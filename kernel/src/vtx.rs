@@ -20,9 +20,13 @@ use crate::{cpu, memory};
 /// Marks "this CPU is not in VMX operation" in [`VMXON_REGION`].
 const OFF: u64 = 0;
 
-/// The boot CPU's VMXON region while it is in VMX operation. (The
-/// scheduler issue gives each CPU its own slot.)
-static VMXON_REGION: AtomicU64 = AtomicU64::new(OFF);
+/// Each CPU's VMXON region while it is in VMX operation, by CPU number.
+static VMXON_REGION: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(OFF) }; cpu::MAX_CPUS];
+
+/// The calling CPU's slot in [`VMXON_REGION`].
+fn region_slot() -> &'static AtomicU64 {
+    &VMXON_REGION[usize::from(cpu::current_index()) % cpu::MAX_CPUS]
+}
 
 /// Why VT-x could not be turned on.
 pub enum EnableError {
@@ -94,7 +98,7 @@ pub fn enable(
     // frame holding the revision identifier, used for nothing else.
     match unsafe { hw::vmxon(region) } {
         Ok(()) => {
-            VMXON_REGION.store(region.as_u64(), Ordering::Release);
+            region_slot().store(region.as_u64(), Ordering::Release);
             info!("cpu{k}: vmx: VMXON done, region at {region}");
             Ok(())
         }
@@ -111,7 +115,7 @@ pub fn enable(
 /// Leaves VMX operation on the calling CPU if it is in it; called on the way
 /// to power off. Safe to call on any path, the fatal one included.
 pub fn disable() {
-    let region = VMXON_REGION.swap(OFF, Ordering::AcqRel);
+    let region = region_slot().swap(OFF, Ordering::AcqRel);
     if region == OFF {
         return;
     }

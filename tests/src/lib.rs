@@ -44,6 +44,31 @@ pub fn boot(
     )
 }
 
+/// [`boot`] on a machine with `cpus` CPUs.
+pub fn boot_smp(
+    variant: &Variant,
+    engine: Engine,
+    firmware: Firmware,
+    cpus: u32,
+    timeout: Duration,
+) -> BootOutcome {
+    let tag = format!(
+        "{}-{}-{}-smp{cpus}",
+        variant.dir_name(),
+        engine.name(),
+        firmware.name()
+    );
+    boot_machine(
+        &variant.image(firmware),
+        engine,
+        firmware,
+        Machine::Q35,
+        cpus,
+        timeout,
+        &tag,
+    )
+}
+
 /// Boots the disk image `image` under `engine` on `machine` (QEMU only);
 /// `tag` names the emulator's work folder, so concurrent tests stay apart.
 pub fn boot_image(
@@ -51,6 +76,19 @@ pub fn boot_image(
     engine: Engine,
     firmware: Firmware,
     machine: Machine,
+    timeout: Duration,
+    tag: &str,
+) -> BootOutcome {
+    boot_machine(image, engine, firmware, machine, 1, timeout, tag)
+}
+
+/// [`boot_image`] with `cpus` CPUs.
+fn boot_machine(
+    image: &Path,
+    engine: Engine,
+    firmware: Firmware,
+    machine: Machine,
+    cpus: u32,
     timeout: Duration,
     tag: &str,
 ) -> BootOutcome {
@@ -63,7 +101,7 @@ pub fn boot_image(
         engine,
         firmware,
         image: image.to_path_buf(),
-        cpus: 1,
+        cpus,
         memory_mib: 512,
         timeout,
         serial_log: None,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use tests::{boot, boot_image, Checked};
+use tests::{boot, boot_image, boot_smp, Checked};
 use xtask::build::{Firmware, Variant};
 use xtask::runner::{Engine, Machine};
 
@@ -410,23 +410,15 @@ fn bochs_shares_one_cpu_fairly_between_busy_guests() {
             out.serial
         );
     }
-    let shares: Vec<u64> = ["spin1", "spin2", "spin3"]
+    busy_shares_are_equal(&out);
+    let total: u64 = ["spin1", "spin2", "spin3"]
         .iter()
         .map(|n| {
             ran(&out, n)
                 .unwrap_or_else(|| panic!("no `guest {n}: ran` line:\n{}", out.serial))
                 .0
         })
-        .collect();
-    let total: u64 = shares.iter().sum();
-    for (name, ticks) in ["spin1", "spin2", "spin3"].iter().zip(&shares) {
-        let share = *ticks as f64 / total as f64;
-        assert!(
-            (share - 1.0 / 3.0).abs() <= 0.05 / 3.0,
-            "{name} got {:.2}% of the time",
-            share * 100.0
-        );
-    }
+        .sum();
     let (idle_ticks, idle_slices) = ran(&out, "idle").expect("a `guest idle: ran` line");
     assert_eq!(idle_slices, 1, "the idle guest ran more than once");
     assert!(
@@ -439,6 +431,142 @@ fn bochs_shares_one_cpu_fairly_between_busy_guests() {
         })
         .in_order("guest idle: stopped", "all guests stopped, powering off")
         .exited();
+}
+
+/// The busy guests of `guest-images/sched` on a machine with two CPUs
+/// (Bochs `cpu: count=2`): the second CPU comes up with VT-x, guests run
+/// on both CPUs at the same time (together they keep more CPUs busy than
+/// one CPU could be), the three busy guests rotate through the two CPUs
+/// and share them equally, the idle guest is still stopped last, and both
+/// CPUs leave VMX operation at power-off.
+#[test]
+fn bochs_runs_guests_on_two_cpus_at_once() {
+    let out = boot_smp(
+        &Variant::with_guests("sched"),
+        Engine::Bochs,
+        Firmware::Bios,
+        2,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with two CPUs and the sched guests");
+    c.saw("cpu0: VT-x ready")
+        .in_order(
+            "cpu0: VT-x ready",
+            "[cpu1] INFO  kernel::cpu: cpu1: GenuineIntel",
+        )
+        .in_order(
+            "[cpu1] INFO  kernel::vtx: cpu1: vmx: VMXON done",
+            "cpu1: VT-x ready",
+        )
+        .line(
+            "`smp: 2 of 2 CPUs ready to run guests (MADT: 2 CPUs (APIC IDs 0, 1), ...)`",
+            |l| l.contains("smp: 2 of 2 CPUs ready to run guests (MADT: 2 CPUs (APIC IDs 0, 1)"),
+        )
+        .saw("sched: guests run on cpu0, cpu1")
+        .line("a busy guest stopped on cpu0", |l| {
+            l.starts_with("[cpu0]") && l.contains(": stopped: exited with code 0")
+        })
+        .line("a busy guest stopped on cpu1", |l| {
+            l.starts_with("[cpu1]") && l.contains(": stopped: exited with code 0")
+        })
+        .never("left out")
+        .never("FATAL");
+    for name in ["spin1", "spin2", "spin3"] {
+        c.in_order(
+            &format!("[{name}] progress 20"),
+            &format!("guest {name}: stopped: exited with code 0"),
+        );
+    }
+    // Three busy guests on two CPUs take turns on both: each gets two
+    // thirds of a CPU, a third of the guests' time.
+    busy_shares_are_equal(&out);
+    c.line(
+        "a vCPU moved between the CPUs (`sched: <n> vCPU switches across CPUs, ...`)",
+        |l| l.contains(" vCPU switches across CPUs, on average "),
+    );
+    for cpu in ["cpu0", "cpu1"] {
+        let share = cpu_share(&out, cpu)
+            .unwrap_or_else(|| panic!("no `sched: {cpu}: ... guests ran` line:\n{}", out.serial));
+        assert!(
+            share >= 50,
+            "{cpu} ran guests for only {share}% of the run:\n{}",
+            out.serial
+        );
+    }
+    let busy = out
+        .serial
+        .lines()
+        .find_map(|l| l.split("guests kept ").nth(1))
+        .and_then(|rest| rest.split_once(" CPUs busy on average"))
+        .and_then(|(n, _)| n.parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no `guests kept <n> CPUs busy on average` line:\n{}",
+                out.serial
+            )
+        });
+    assert!(
+        busy >= 1.5,
+        "guests kept only {busy} CPUs busy: they did not run at the same time:\n{}",
+        out.serial
+    );
+    c.line("`guest idle: stopped: halted forever (...)`", |l| {
+        l.contains("guest idle: stopped: halted forever")
+    })
+    .in_order("guest idle: stopped", "all guests stopped, powering off")
+    .in_order("all guests stopped, powering off", "cpu1: vmx: VMXOFF done")
+    .in_order("cpu1: vmx: VMXOFF done", "cpu0: vmx: VMXOFF done")
+    .exited();
+    frames_all_back(&c);
+}
+
+/// The line `sched: shares until the first stop: spin1 33.32%, idle
+/// 0.35%, ...` (each guest's part of all guest time while every guest
+/// still competed) gives each busy guest a third of the busy guests' time,
+/// within 5% of a third.
+fn busy_shares_are_equal(out: &xtask::runner::BootOutcome) {
+    let line = out
+        .serial
+        .lines()
+        .find_map(|l| l.split("sched: shares until the first stop: ").nth(1))
+        .unwrap_or_else(|| {
+            panic!(
+                "no `sched: shares until the first stop:` line:\n{}",
+                out.serial
+            )
+        });
+    let shares: Vec<(String, f64)> = line
+        .split(", ")
+        .filter_map(|part| {
+            let (name, percent) = part.trim().rsplit_once(' ')?;
+            Some((name.to_string(), percent.strip_suffix('%')?.parse().ok()?))
+        })
+        .collect();
+    let busy: Vec<&(String, f64)> = shares
+        .iter()
+        .filter(|(n, _)| n.starts_with("spin"))
+        .collect();
+    assert_eq!(busy.len(), 3, "three busy guests in `{line}`");
+    let total: f64 = busy.iter().map(|(_, p)| p).sum();
+    for (name, percent) in busy {
+        let share = percent / total;
+        assert!(
+            (share - 1.0 / 3.0).abs() <= 0.05 / 3.0,
+            "{name} got {:.2}% of the busy guests' time (`{line}`):\n{}",
+            share * 100.0,
+            out.serial
+        );
+    }
+}
+
+/// The share of the run `cpu` spent in guests, from `sched: <cpu>: <n>
+/// slices, guests ran <t> TSC ticks (<p>% of the run), ...`.
+fn cpu_share(out: &xtask::runner::BootOutcome, cpu: &str) -> Option<u64> {
+    let prefix = format!("sched: {cpu}: ");
+    let line = out.serial.lines().find_map(|l| l.split(&prefix).nth(1))?;
+    let (_, rest) = line.split_once(" TSC ticks (")?;
+    let (percent, _) = rest.split_once("% of the run")?;
+    percent.parse().ok()
 }
 
 /// The default guests ran to their exits.

@@ -159,6 +159,71 @@ pub fn map_uncached(phys: HostPhysAddr, len: u64) -> Result<*mut u8, DriverError
     Ok(window.ptr(phys))
 }
 
+/// Maps the 4 KiB page at physical `page` at the same virtual address,
+/// executable, for the application processors' start-up code, which runs
+/// there between turning paging on and jumping into the kernel. Returns
+/// whether the mapping is new (and so should be taken down afterwards);
+/// an identity mapping already there is kept.
+///
+/// Run on the boot CPU while no other CPU runs: as [`map_uncached`].
+pub fn identity_map(page: HostPhysAddr) -> Result<bool, DriverError> {
+    let map_err = |reason| DriverError::Map {
+        phys: page.as_u64(),
+        reason,
+    };
+    let mut mapper = kernel_mapper();
+    let virt = VirtAddr::new(page.as_u64());
+    let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(page.as_u64()));
+    match mapper.translate(virt) {
+        TranslateResult::Mapped {
+            frame: MappedFrame::Size4KiB(f),
+            flags,
+            ..
+        } if f == frame && !flags.contains(PageTableFlags::NO_EXECUTE) => Ok(false),
+        TranslateResult::NotMapped => {
+            let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+            // SAFETY: the address is unmapped in the kernel's tables, so no
+            // reference to it exists; it maps the page to itself, a page of
+            // RAM below 1 MiB reserved for this use.
+            let flush = unsafe {
+                mapper.map_to(
+                    Page::<Size4KiB>::containing_address(virt),
+                    frame,
+                    flags,
+                    &mut KernelFrames,
+                )
+            }
+            .map_err(|_| map_err("the page tables refused the identity mapping"))?;
+            flush.flush();
+            Ok(true)
+        }
+        _ => Err(map_err("its address is already mapped to something else")),
+    }
+}
+
+/// Takes down a mapping [`identity_map`] made.
+pub fn unmap_identity(page: HostPhysAddr) {
+    let mut mapper = kernel_mapper();
+    let virt = VirtAddr::new(page.as_u64());
+    if let Ok((_, flush)) = mapper.unmap(Page::<Size4KiB>::containing_address(virt)) {
+        flush.flush();
+    }
+}
+
+/// The kernel's live page tables, through the physical-memory window.
+fn kernel_mapper() -> OffsetPageTable<'static> {
+    let window = memory::phys();
+    let offset = window.ptr(HostPhysAddr::new(0)) as u64;
+    let (l4_frame, _) = Cr3::read();
+    let l4_ptr = window.ptr(HostPhysAddr::new(l4_frame.start_address().as_u64())) as *mut PageTable;
+    // SAFETY: as in `map_uncached`: CR3 names the live level-4 table, in
+    // RAM mapped at the window; the caller is the boot CPU with no other
+    // CPU running, so nothing else refers to the tables meanwhile.
+    let l4 = unsafe { &mut *l4_ptr };
+    // SAFETY: all physical memory the tables live in is mapped at `offset`.
+    unsafe { OffsetPageTable::new(l4, VirtAddr::new(offset)) }
+}
+
 /// Sets the flags of a 4 KiB page and flushes it from this CPU's TLB.
 fn set_flags(
     mapper: &mut OffsetPageTable<'_>,

@@ -8,7 +8,7 @@
 
 pub mod ahci;
 pub mod ata;
-mod mmio;
+pub mod mmio;
 pub mod pci;
 
 use alloc::boxed::Box;

@@ -40,6 +40,10 @@ pub enum Outcome {
     /// It executed HLT with interrupts enabled: block it until an event
     /// for it arrives.
     Halted,
+    /// An interrupt for the host (a kick from another CPU) arrived while
+    /// it ran, acknowledged on exit: the caller ends it at the local APIC,
+    /// does what the kick asks, and resumes the vCPU.
+    HostInterrupt,
     /// Stop the guest (boxed: a stop happens once a guest, and a small
     /// `Outcome` comes back in registers on every other exit).
     Stop(Box<StopReason>),
@@ -314,9 +318,15 @@ fn dispatch<V: VmcsAccess, P: Platform>(
         ),
         ExitReason::Xsetbv => xsetbv(vmcs, regs, vcpu, platform),
         ExitReason::PreemptionTimerExpired => Ok(Outcome::Preempted),
-        ExitReason::ExternalInterrupt | ExitReason::ExceptionOrNmi => {
-            // The interrupt was acknowledged on exit (or is an NMI the host
-            // has no use for yet); the guest just goes on.
+        ExitReason::ExternalInterrupt => {
+            // Acknowledged on exit: the host's (a kick); the guest goes on
+            // once the caller has handled it.
+            vcpu.stats.host_events += 1;
+            Ok(Outcome::HostInterrupt)
+        }
+        ExitReason::ExceptionOrNmi => {
+            // An NMI (no exception is intercepted): the host has no use for
+            // it yet; the guest just goes on.
             vcpu.stats.host_events += 1;
             Ok(Outcome::Resume)
         }

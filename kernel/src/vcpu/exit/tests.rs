@@ -442,4 +442,8 @@ fn triple_fault_entry_failure_and_unknown_exits_stop_the_guest() {
     );
     let mut v = setup(52, 0, 0);
     assert_eq!(run(&mut v), Outcome::Preempted);
+    // An external interrupt is the host's: the caller handles it.
+    let mut v = setup(1, 0, 0);
+    assert_eq!(run(&mut v), Outcome::HostInterrupt);
+    assert_eq!(v.2.stats.host_events, 1);
 }

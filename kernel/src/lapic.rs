@@ -1,0 +1,214 @@
+//! The local APIC of each CPU: enabling it, its ID, end of interrupt, and
+//! inter-processor interrupts (INIT and start-up IPIs to wake the
+//! application processors, fixed IPIs to kick a CPU).
+//!
+//! Both register interfaces are driven (SDM Vol. 3A, chapter 11, "Advanced
+//! Programmable Interrupt Controller (APIC)"): xAPIC, registers in a 4 KiB
+//! MMIO page (uncached, mapped once by the boot CPU), and x2APIC, the same
+//! registers as MSRs 0x800 + offset/16, where firmware left it on. Which
+//! one is in use is read from IA32_APIC_BASE on the boot CPU; every CPU
+//! uses the same.
+
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+use log::info;
+use mm::addr::HostPhysAddr;
+
+use crate::arch;
+use crate::drivers::{self, Clock};
+
+/// IA32_APIC_BASE: the APIC's physical base (bits 12+), global enable
+/// (bit 11) and x2APIC mode (bit 10).
+const IA32_APIC_BASE: u32 = 0x1B;
+const BASE_ENABLE: u64 = 1 << 11;
+const BASE_X2APIC: u64 = 1 << 10;
+
+/// Register offsets in the xAPIC page.
+const REG_ID: usize = 0x20;
+const REG_TPR: usize = 0x80;
+const REG_EOI: usize = 0xB0;
+const REG_SVR: usize = 0xF0;
+const REG_ESR: usize = 0x280;
+const REG_ICR_LOW: usize = 0x300;
+const REG_ICR_HIGH: usize = 0x310;
+
+/// SVR bit 8: APIC software enable.
+const SVR_ENABLE: u32 = 1 << 8;
+/// ICR: delivery modes (bits 8-10), level assert (bit 14), delivery status
+/// (bit 12, xAPIC only).
+const ICR_FIXED: u32 = 0b000 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ICR_ASSERT: u32 = 1 << 14;
+const ICR_PENDING: u32 = 1 << 12;
+
+/// The vector of the spurious interrupt (low nibble all ones, as older
+/// APICs require).
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// The vector of a kick: "look at your run queue and mailbox".
+pub const KICK_VECTOR: u8 = 0xF0;
+
+/// The register interface in use.
+const MODE_NONE: u8 = 0;
+const MODE_XAPIC: u8 = 1;
+const MODE_X2APIC: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_NONE);
+/// The xAPIC register page, mapped uncached (null in x2APIC mode).
+static XAPIC: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Why the local APIC cannot be used.
+#[derive(Debug)]
+pub struct ApicError(pub &'static str);
+
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Finds the boot CPU's local APIC, maps its registers if they are MMIO,
+/// and enables it. Run once, on the boot CPU, before any other CPU starts
+/// (the mapping changes the shared page tables).
+pub fn init_boot_cpu() -> Result<(), ApicError> {
+    if arch::cpuid(1, 0).edx & (1 << 9) == 0 {
+        return Err(ApicError("CPUID reports no local APIC"));
+    }
+    // SAFETY: IA32_APIC_BASE exists on every CPU with a local APIC
+    // (CPUID.1:EDX.APIC, checked above).
+    let base = unsafe { arch::rdmsr(IA32_APIC_BASE) };
+    if base & BASE_ENABLE == 0 {
+        return Err(ApicError(
+            "the firmware left the local APIC globally disabled",
+        ));
+    }
+    if base & BASE_X2APIC != 0 {
+        MODE.store(MODE_X2APIC, Ordering::Release);
+        info!("apic: x2APIC mode, this CPU's APIC ID {}", id());
+    } else {
+        let phys = base & 0x000F_FFFF_FFFF_F000;
+        let regs = drivers::mmio::map_uncached(HostPhysAddr::new(phys), 0x1000)
+            .map_err(|_| ApicError("its register page cannot be mapped"))?;
+        XAPIC.store(regs, Ordering::Release);
+        MODE.store(MODE_XAPIC, Ordering::Release);
+        info!(
+            "apic: xAPIC registers at {phys:#x}, this CPU's APIC ID {}",
+            id()
+        );
+    }
+    enable_this_cpu();
+    Ok(())
+}
+
+/// Software-enables the calling CPU's APIC with the spurious vector, and
+/// accepts every interrupt priority.
+pub fn enable_this_cpu() {
+    write(REG_TPR, 0);
+    let svr = read(REG_SVR);
+    write(REG_SVR, svr | SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
+}
+
+/// The calling CPU's APIC ID.
+pub fn id() -> u32 {
+    match MODE.load(Ordering::Acquire) {
+        MODE_X2APIC => read(REG_ID),
+        _ => read(REG_ID) >> 24,
+    }
+}
+
+/// Signals the end of the interrupt being serviced.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
+/// Sends INIT, then two start-up IPIs with vector `page` (the start-up
+/// code's physical address / 4096), to the CPU with APIC ID `apic_id`,
+/// with the waits the SDM's MP initialization protocol prescribes (Vol.
+/// 3A 9.4.4.1: 10 ms after INIT, 200 us between the SIPIs).
+pub fn start_cpu(apic_id: u32, page: u8, clock: Clock) -> Result<(), ApicError> {
+    // Clear stale errors: the ESR is written before it is read.
+    write(REG_ESR, 0);
+    send(apic_id, ICR_INIT | ICR_ASSERT, clock)?;
+    wait(clock, 10_000);
+    for _ in 0..2 {
+        send(apic_id, ICR_STARTUP | ICR_ASSERT | u32::from(page), clock)?;
+        wait(clock, 200);
+    }
+    Ok(())
+}
+
+/// Sends INIT alone: the CPU goes back to waiting for a start-up IPI
+/// (used on a CPU that did not answer, so it cannot run the start-up code
+/// late).
+pub fn park(apic_id: u32, clock: Clock) -> Result<(), ApicError> {
+    send(apic_id, ICR_INIT | ICR_ASSERT, clock)
+}
+
+/// Sends a kick (a fixed IPI with [`KICK_VECTOR`]) to APIC ID `apic_id`.
+pub fn kick(apic_id: u32, clock: Clock) {
+    // A kick that cannot be delivered only delays work: the target looks
+    // at its queue at its next slice end or wake-up anyway.
+    let _ = send(
+        apic_id,
+        ICR_FIXED | ICR_ASSERT | u32::from(KICK_VECTOR),
+        clock,
+    );
+}
+
+fn send(apic_id: u32, command: u32, clock: Clock) -> Result<(), ApicError> {
+    match MODE.load(Ordering::Acquire) {
+        MODE_X2APIC => {
+            let icr = (u64::from(apic_id) << 32) | u64::from(command);
+            // SAFETY: MSR 0x830 is the x2APIC ICR, present in x2APIC mode;
+            // the command is one of the IPIs this module sends.
+            unsafe { arch::wrmsr(0x830, icr) };
+            Ok(())
+        }
+        MODE_XAPIC => {
+            let deadline = clock.deadline_ms(10);
+            drivers::poll(deadline, || {
+                (read(REG_ICR_LOW) & ICR_PENDING == 0).then_some(())
+            })
+            .ok_or(ApicError("an earlier IPI was never delivered"))?;
+            write(REG_ICR_HIGH, apic_id << 24);
+            write(REG_ICR_LOW, command);
+            Ok(())
+        }
+        _ => Err(ApicError("the local APIC was not set up")),
+    }
+}
+
+/// Waits `us` microseconds on the TSC.
+fn wait(clock: Clock, us: u64) {
+    let deadline = clock.deadline_us(us);
+    let _ = drivers::poll(deadline, || None::<()>);
+}
+
+fn read(reg: usize) -> u32 {
+    match MODE.load(Ordering::Acquire) {
+        // SAFETY: in x2APIC mode the APIC registers are MSRs 0x800 +
+        // offset / 16, and reading ID, SVR and ICR has no side effects.
+        MODE_X2APIC => unsafe { arch::rdmsr(0x800 + (reg as u32 >> 4)) as u32 },
+        MODE_XAPIC => {
+            let base = XAPIC.load(Ordering::Acquire);
+            // SAFETY: `init_boot_cpu` mapped the 4 KiB register page
+            // uncached at `base`; `reg` is one of this module's offsets,
+            // aligned 16-byte registers inside it.
+            unsafe { base.add(reg).cast::<u32>().read_volatile() }
+        }
+        _ => 0,
+    }
+}
+
+fn write(reg: usize, value: u32) {
+    match MODE.load(Ordering::Acquire) {
+        // SAFETY: as in `read`; the values written are the ones the SDM
+        // defines for these registers.
+        MODE_X2APIC => unsafe { arch::wrmsr(0x800 + (reg as u32 >> 4), u64::from(value)) },
+        MODE_XAPIC => {
+            let base = XAPIC.load(Ordering::Acquire);
+            // SAFETY: as in `read`.
+            unsafe { base.add(reg).cast::<u32>().write_volatile(value) }
+        }
+        _ => {}
+    }
+}
