@@ -22,10 +22,12 @@ static CPUS_UP: AtomicUsize = AtomicUsize::new(0);
 /// Local APIC ID by CPU number: where kicks for that CPU go.
 static APIC_ID_BY_INDEX: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
+/// CPUID.1:EBX[31:24]. Read directly rather than through `raw_cpuid`,
+/// whose `CpuId::new` first reads and decodes the vendor string: this is on
+/// the path of every log line and of every hand-over of a vCPU between
+/// CPUs.
 fn initial_apic_id() -> u8 {
-    CpuId::new()
-        .get_feature_info()
-        .map_or(0, |f| f.initial_local_apic_id())
+    (crate::arch::cpuid(1, 0).ebx >> 24) as u8
 }
 
 /// Gives the calling CPU the next number. The boot CPU calls it first and

@@ -495,10 +495,12 @@ impl Run {
                 for &c in list {
                     match self.cpus.sched_id(c as usize) {
                         Some(id) => ids.push(id),
-                        None => return Err(StopReason::NotSchedulable(alloc::format!(
+                        None => {
+                            return Err(StopReason::NotSchedulable(alloc::format!(
                             "its cpus list names cpu{c}, which does not run guests (these do: {})",
                             self.cpus.names()
-                        ))),
+                        )))
+                        }
                     }
                 }
                 Some(ids)
@@ -665,6 +667,26 @@ impl Run {
             .store(core::ptr::null_mut(), Ordering::Release);
     }
 
+    /// Gives up guest `i` (its slot locked here), which is hot on this CPU:
+    /// its switched state goes back to its save area and its VMCS is
+    /// cleared, so any CPU may take it without asking.
+    fn release(&self, local: &mut Local, slot: &mut Slot, i: usize) {
+        let Some(guest) = slot.guest.as_mut() else {
+            return;
+        };
+        if guest.hot_on != Some(local.index) {
+            return;
+        }
+        if local.owner == Some(i) {
+            guest.save_switched(&self.hw);
+            local.owner = None;
+        }
+        if local.current == Some(i) {
+            local.current = None;
+        }
+        guest.clear();
+    }
+
     /// Makes sure `guest` (slot `i`) is active on no CPU but this one:
     /// asks the CPU it is on to give it up and waits until it has.
     fn take_over(&self, local: &mut Local, i: usize, guest: &mut Guest) {
@@ -714,8 +736,23 @@ impl Run {
             SliceEnd::Halted => StopCause::Blocked,
             SliceEnd::Stopped(_) => StopCause::Stopped,
         };
-        let kick = self.queue.lock().stopped(local.cpu, vcpu, cause, now);
-        self.kick(kick);
+        let stopped = {
+            let tally = slot.guest.as_mut().map(|g| &mut g.model.tally);
+            self.queue
+                .lock()
+                .stopped_with(local.cpu, vcpu, cause, now, |table, other| {
+                    if let Some(tally) = tally {
+                        tally.drain_into(table, other);
+                    }
+                })
+        };
+        if stopped.moved_to.is_some() {
+            // `sched` moved it to another CPU's queue: give it up now,
+            // while this CPU holds its slot, so that CPU finds it free
+            // rather than asking for it and waiting.
+            self.release(local, &mut slot, i);
+        }
+        self.kick(stopped.kick);
         if let SliceEnd::Stopped(reason) = end {
             self.stop(local, &mut slot, i, reason);
         }
@@ -807,23 +844,12 @@ impl Run {
             let mut vmcs = unsafe { HardwareVmcs::current() };
             let outcome = handle_exit(&mut vmcs, regs, model, &mut platform);
             match outcome {
-                Outcome::Resume | Outcome::HostInterrupt => {
-                    if outcome == Outcome::HostInterrupt {
-                        // A kick: end it at the APIC and do what it asks;
-                        // a request never concerns the guest running here.
-                        lapic::eoi();
-                        self.service(local);
-                    }
-                    // The slice also ends by the TSC: where VM entry
-                    // restarts the preemption timer from the value written
-                    // at the slice's start (exits that do not save its
-                    // count, or emulators that do not), a guest that exits
-                    // more often than the timer runs out would otherwise
-                    // never be preempted.
-                    if now.wrapping_sub(slice_start) >= slice {
-                        guest.preemptions += 1;
-                        break SliceEnd::TimeUp;
-                    }
+                Outcome::Resume => {}
+                Outcome::HostInterrupt => {
+                    // A kick: end it at the APIC and do what it asks; a
+                    // request never concerns the guest running here.
+                    lapic::eoi();
+                    self.service(local);
                 }
                 Outcome::Preempted => {
                     guest.preemptions += 1;
@@ -836,6 +862,15 @@ impl Run {
                     break SliceEnd::Halted;
                 }
                 Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),
+            }
+            // The slice also ends by the TSC: where VM entry restarts the
+            // preemption timer from the value written at the slice's start
+            // (exits that do not save its count, or emulators that do not),
+            // a guest that exits more often than the timer runs out would
+            // otherwise never be preempted.
+            if now.wrapping_sub(slice_start) >= slice {
+                guest.preemptions += 1;
+                break SliceEnd::TimeUp;
             }
         };
         if let Some(f) = figures {
@@ -925,7 +960,10 @@ impl Run {
             if !self.shares_reported.load(Ordering::Relaxed) {
                 self.report_shares(&queue);
             }
-            queue.remove(vcpu_id(i));
+            if let Some(figures) = queue.remove(vcpu_id(i)) {
+                let last = figures.last_cpu.and_then(|c| self.cpus.number(c));
+                report_vcpu(&name, &figures, last);
+            }
             let outcome = if slot.guest.is_some() {
                 self.enqueue(&mut queue, slot, i)
             } else {
@@ -1012,6 +1050,33 @@ impl Run {
             );
         }
     }
+}
+
+/// `guest <name>: vcpu0: ...`: the scheduler's figures for the vCPU of a
+/// guest that stopped (the ones the console monitor will show).
+fn report_vcpu(name: &str, s: &sched::VcpuStats, last_cpu: Option<usize>) {
+    let mut exits = String::new();
+    for (reason, &n) in s.exits.iter().enumerate() {
+        if n > 0 {
+            let reason = vmx::exit::ExitReason::from_basic(reason as u16);
+            let sep = if exits.is_empty() { "" } else { ", " };
+            exits.push_str(&alloc::format!("{sep}{n} {}", reason.name()));
+        }
+    }
+    if s.exits_other > 0 {
+        let sep = if exits.is_empty() { "" } else { ", " };
+        exits.push_str(&alloc::format!("{sep}{} other", s.exits_other));
+    }
+    debug!(
+        "guest {name}: vcpu0: {} TSC ticks on a CPU in {} slices ({} moved between CPUs, {} blocked, {} woken), last on {}; exits: {}",
+        s.run_time,
+        s.slices,
+        s.migrations,
+        s.blocks,
+        s.wakeups,
+        last_cpu.map_or(String::from("no CPU"), |c| alloc::format!("cpu{c}")),
+        if exits.is_empty() { "none" } else { &exits }
+    );
 }
 
 /// `part` as a whole percentage of `whole`.

@@ -79,6 +79,6 @@ mod stats;
 pub use error::SchedError;
 pub use ids::{Clock, CpuId, VcpuId};
 pub use scheduler::{
-    Decision, Placement, Scheduler, StopCause, MAX_CPUS, MAX_DEBT_SLICES, MAX_SLICE,
+    Decision, Placement, Scheduler, StopCause, Stopped, MAX_CPUS, MAX_DEBT_SLICES, MAX_SLICE,
 };
 pub use stats::{CpuStats, StateCounts, VcpuState, VcpuStats, EXIT_REASONS};

@@ -6,7 +6,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::affinity::Affinity;
-use crate::{CpuId, CpuStats, SchedError, StateCounts, VcpuId, VcpuState, VcpuStats};
+use crate::{CpuId, CpuStats, SchedError, StateCounts, VcpuId, VcpuState, VcpuStats, EXIT_REASONS};
 
 /// The most CPUs one scheduler handles.
 pub const MAX_CPUS: u32 = 4096;
@@ -60,6 +60,17 @@ pub enum StopCause {
     /// hypercall): it goes to the back of the queue and gives up the rest
     /// of its turn.
     Yield,
+}
+
+/// What [`Scheduler::stopped_with`] did with a vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// A CPU to kick, as [`Scheduler::stopped`] returns.
+    pub kick: Option<CpuId>,
+    /// The CPU whose queue it was moved to, when its turn ended where
+    /// others wait and another CPU had room (see the crate documentation on
+    /// rotation).
+    pub moved_to: Option<CpuId>,
 }
 
 /// Where [`Scheduler::add`] put a vCPU.
@@ -363,20 +374,52 @@ impl Scheduler {
         cause: StopCause,
         now: u64,
     ) -> Option<CpuId> {
+        self.stopped_with(cpu, vcpu, cause, now, |_, _| {}).kick
+    }
+
+    /// [`Scheduler::stopped`] for the kernel's loop, in one lookup: `exits`
+    /// adds the run's exit counts to the vCPU's counters (by reason, and
+    /// "other"), and the answer also says whether the vCPU was moved to
+    /// another CPU's queue, so its old CPU can give it up at once.
+    pub fn stopped_with(
+        &mut self,
+        cpu: CpuId,
+        vcpu: VcpuId,
+        cause: StopCause,
+        now: u64,
+        exits: impl FnOnce(&mut [u64; EXIT_REASONS], &mut u64),
+    ) -> Stopped {
+        let none = Stopped {
+            kick: None,
+            moved_to: None,
+        };
         let ci = cpu.index();
-        let c = self.cpus.get_mut(ci)?;
-        let slot = c.running?;
-        let e = self.entries.get_mut(slot)?;
+        let Some(c) = self.cpus.get_mut(ci) else {
+            return none;
+        };
+        let Some(slot) = c.running else {
+            return none;
+        };
+        let Some(e) = self.entries.get_mut(slot) else {
+            return none;
+        };
         if e.id != vcpu {
-            return None;
+            return none;
         }
+        exits(&mut e.stats.exits, &mut e.stats.exits_other);
         stop(c, e, slot, cause, now, self.quantum);
         if cause == StopCause::SliceEnd && !e.in_turn && self.cpus.len() > 1 {
             if let Some(target) = self.balance(ci, slot) {
-                return self.kick_for(target);
+                return Stopped {
+                    kick: self.kick_for(target),
+                    moved_to: Some(CpuId::from_index(target)),
+                };
             }
         }
-        self.kick_for(ci)
+        Stopped {
+            kick: self.kick_for(ci),
+            moved_to: None,
+        }
     }
 
     /// A vCPU (at `slot`) whose turn just ended on CPU `ci` went to the

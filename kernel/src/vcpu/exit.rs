@@ -78,6 +78,73 @@ pub trait Platform {
     fn flush_guest_tlb(&mut self);
 }
 
+/// How many basic exit reasons get a counter in [`ExitTally`] (the SDM's
+/// reasons end below 80; the scheduler's table has the same size).
+pub const TALLIED_REASONS: usize = 80;
+
+/// A vCPU's exits by basic reason since they were last handed to the
+/// scheduler's figures (once a slice): counting here costs the exit path
+/// an add, and the hand-over visits only the reasons seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitTally {
+    counts: [u32; TALLIED_REASONS],
+    /// Bit r: `counts[r]` is not zero, for the reasons below 64 (every
+    /// frequent one).
+    seen: u64,
+    /// Some count of reason 64 or more is not zero.
+    seen_high: bool,
+}
+
+impl Default for ExitTally {
+    fn default() -> Self {
+        Self {
+            counts: [0; TALLIED_REASONS],
+            seen: 0,
+            seen_high: false,
+        }
+    }
+}
+
+impl ExitTally {
+    /// Counts one exit with basic reason `reason`; the last slot counts
+    /// reason 79 and everything past it.
+    pub fn count(&mut self, reason: u16) {
+        let r = usize::from(reason).min(TALLIED_REASONS - 1);
+        if let Some(n) = self.counts.get_mut(r) {
+            *n = n.saturating_add(1);
+            if r < 64 {
+                self.seen |= 1 << r;
+            } else {
+                self.seen_high = true;
+            }
+        }
+    }
+
+    /// Adds every non-zero count to `table` (by reason; the last slot's
+    /// count, reasons 79 and up, goes to `other`) and starts over.
+    pub fn drain_into(&mut self, table: &mut [u64; TALLIED_REASONS], other: &mut u64) {
+        let mut seen = core::mem::take(&mut self.seen);
+        while seen != 0 {
+            let r = seen.trailing_zeros() as usize % 64;
+            seen &= seen - 1;
+            let n = core::mem::take(&mut self.counts[r]);
+            table[r] = table[r].saturating_add(u64::from(n));
+        }
+        if core::mem::take(&mut self.seen_high) {
+            let high = self.counts.iter_mut().zip(table.iter_mut()).enumerate();
+            for (r, (n, t)) in high.skip(64) {
+                let n = u64::from(core::mem::take(n));
+                let slot = if r == TALLIED_REASONS - 1 {
+                    &mut *other
+                } else {
+                    t
+                };
+                *slot = slot.saturating_add(n);
+            }
+        }
+    }
+}
+
 /// Counts of what a vCPU did, for the log and later the monitor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitStats {
@@ -125,6 +192,8 @@ pub struct VcpuModel {
     pub cr4_fixed: FixedBits,
     /// What the vCPU did.
     pub stats: ExitStats,
+    /// Its exits by reason, not yet handed to the scheduler.
+    pub tally: ExitTally,
     /// The guest's CPUID answers already worked out.
     pub cpuid_cache: CpuidCache,
 }
@@ -224,6 +293,7 @@ impl VcpuModel {
             cr0_fixed,
             cr4_fixed,
             stats: ExitStats::default(),
+            tally: ExitTally::default(),
             cpuid_cache: CpuidCache::default(),
         }
     }
@@ -273,6 +343,7 @@ pub fn handle_exit<V: VmcsAccess, P: Platform>(
     let result = match vmcs.read(ReadOnly32::ExitReason) {
         Ok(CPUID) => {
             vcpu.stats.exits += 1;
+            vcpu.tally.count(CPUID as u16);
             cpuid(vmcs, regs, vcpu, platform)
         }
         Ok(raw_reason) => dispatch(vmcs, regs, vcpu, platform, raw_reason),
@@ -294,6 +365,7 @@ fn dispatch<V: VmcsAccess, P: Platform>(
     raw_reason: u32,
 ) -> Result<Outcome, VmFail> {
     vcpu.stats.exits += 1;
+    vcpu.tally.count((raw_reason & 0xFFFF) as u16);
     let info = vmx::exit::ExitInfo::from_exit_reason(raw_reason);
     let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
     if info.entry_failure {

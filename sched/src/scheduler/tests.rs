@@ -767,6 +767,69 @@ fn run_time_at_counts_the_run_in_progress() {
 }
 
 #[test]
+fn stopped_with_adds_exits_and_says_where_the_vcpu_went() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap(); // 0 and 2 on CPU 0, 1 on CPU 1
+    }
+    s.record_exit(v(0), 30);
+    let (zero, _, _) = pick(&mut s, &clock, c(0));
+    let (one, _, _) = pick(&mut s, &clock, c(1));
+    clock.advance(S);
+    // CPU 0 has 2 waiting behind it, CPU 1 runs one: 0 moves to CPU 1.
+    let out = s.stopped_with(
+        c(0),
+        zero,
+        StopCause::SliceEnd,
+        clock.now(),
+        |table, other| {
+            table[30] += 4;
+            table[52] += 1;
+            *other += 2;
+        },
+    );
+    check(&s);
+    assert_eq!(
+        out,
+        Stopped {
+            kick: None,
+            moved_to: Some(c(1))
+        }
+    );
+    let st = s.stats(zero).unwrap();
+    assert_eq!(
+        (st.exit_count(30), st.exit_count(52), st.exits_other),
+        (5, 1, 2)
+    );
+    assert_eq!((st.cpu, st.state), (c(1), VcpuState::Runnable));
+    // CPU 1 now has 0 waiting behind its own, CPU 0 only 2: its vCPU
+    // rotates to CPU 0 in turn, and its counters are left alone.
+    let out = s.stopped_with(c(1), one, StopCause::SliceEnd, clock.now(), |_, _| {});
+    assert_eq!(
+        out,
+        Stopped {
+            kick: None,
+            moved_to: Some(c(0))
+        }
+    );
+    assert_eq!(s.stats(one).unwrap().exits_total(), 0);
+    // A stop for a vCPU the CPU is not running changes nothing.
+    let out = s.stopped_with(c(1), v(2), StopCause::SliceEnd, clock.now(), |t, _| {
+        t[1] += 1
+    });
+    assert_eq!(
+        out,
+        Stopped {
+            kick: None,
+            moved_to: None
+        }
+    );
+    assert_eq!(s.stats(v(2)).unwrap().exit_count(1), 0);
+    check(&s);
+}
+
+#[test]
 fn pinned_vcpus_are_never_stolen() {
     let clock = FakeClock::new();
     let mut s = sched(2);

@@ -447,3 +447,24 @@ fn triple_fault_entry_failure_and_unknown_exits_stop_the_guest() {
     assert_eq!(run(&mut v), Outcome::HostInterrupt);
     assert_eq!(v.2.stats.host_events, 1);
 }
+
+#[test]
+fn exits_are_tallied_by_reason_and_drained_once() {
+    let mut v = setup(1, 0, 0);
+    run(&mut v);
+    run(&mut v);
+    let mut v2 = setup(52, 0, 0);
+    run(&mut v2);
+    v.2.tally.count(52);
+    v.2.tally.count(300); // past the table: the last slot
+    let mut table = [0u64; super::TALLIED_REASONS];
+    let mut other = 5;
+    v.2.tally.drain_into(&mut table, &mut other);
+    assert_eq!((table[1], table[52], other), (2, 1, 6));
+    assert_eq!(table.iter().sum::<u64>(), 3);
+    // Drained: nothing is added twice.
+    v.2.tally.drain_into(&mut table, &mut other);
+    assert_eq!((table[1], table[52], other), (2, 1, 6));
+    v2.2.tally.drain_into(&mut table, &mut other);
+    assert_eq!(table[52], 2);
+}
