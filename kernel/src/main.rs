@@ -66,9 +66,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let vtx = cpu::report();
     selftest::run();
     let tsc_hz = tsc::measure_hz();
-    if let Ok(caps) = &vtx {
-        start_other_cpus(caps, tsc_hz);
-    }
+    start_other_cpus(vtx.as_ref().ok(), tsc_hz);
     let mut disks = drivers::find_disks(tsc_hz);
     let mut files = bootcfg::open(&mut disks, ramdisk(boot_info));
     let outcome = files.as_mut().and_then(|f| guests::load_config(&mut **f));
@@ -88,8 +86,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
 /// Starts the application processors the MADT lists (each says `cpu<k>:
 /// VT-x ready` or why it is left out); without a MADT or a usable local
-/// APIC the guests run on this CPU alone.
-fn start_other_cpus(caps: &vmx::caps::VmxCapabilities, tsc_hz: u64) {
+/// APIC the guests run on this CPU alone. `caps`: this CPU's VT-x, if it
+/// has it.
+fn start_other_cpus(caps: Option<&vmx::caps::VmxCapabilities>, tsc_hz: u64) {
     if let Err(e) = lapic::init_boot_cpu() {
         log::warn!("smp: {e}; running on cpu0 only");
         return;

@@ -165,7 +165,7 @@ const PARKED: u8 = 5;
 
 static STATE: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(DOWN) }; MAX_CPUS];
 /// How many CPUs (the boot CPU included) are READY.
-static READY_COUNT: AtomicUsize = AtomicUsize::new(1);
+static READY_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// Set at power-off: APs leave VMX operation and halt.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 /// The boot CPU's VT-x capabilities: an AP whose own give other controls
@@ -186,35 +186,40 @@ fn offset(sym: *const u8) -> usize {
 }
 
 /// Starts every enabled CPU the MADT lists besides this one, this one
-/// having VT-x capabilities `caps`. Returns how many CPUs are ready to run
-/// guests, this one included. `tsc_hz` times the waits.
-pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: &VmxCapabilities) -> usize {
+/// having VT-x capabilities `caps` (`None`: no usable VT-x; the others are
+/// still started, report their own VT-x and halt, so the line for each
+/// CPU says what it is). Returns how many CPUs are ready to run guests,
+/// this one included. `tsc_hz` times the waits.
+pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> usize {
     CLOCK_HZ.store(tsc_hz, Ordering::Relaxed);
-    BOOT_CAPS.call_once(|| *caps);
-    STATE[0].store(READY, Ordering::Release);
+    if let Some(caps) = caps {
+        BOOT_CAPS.call_once(|| *caps);
+        STATE[0].store(READY, Ordering::Release);
+        READY_COUNT.fetch_add(1, Ordering::AcqRel);
+    }
     let others = madt
         .enabled_cpus()
         .filter(|c| c.apic_id != lapic::id())
         .count();
     if others == 0 {
         info!("smp: 1 CPU ({madt})");
-        return 1;
+        return READY_COUNT.load(Ordering::Acquire);
     }
     let Some(page) = memory::low_page() else {
         warn!("smp: no usable page below 1 MiB for the start-up code; running on cpu0 only");
-        return 1;
+        return READY_COUNT.load(Ordering::Acquire);
     };
     let (cr3, _) = x86_64::registers::control::Cr3::read_raw();
     let cr3 = cr3.start_address().as_u64();
     if cr3 >= 1 << 32 {
         warn!("smp: the kernel's page tables lie above 4 GiB ({cr3:#x}); running on cpu0 only");
-        return 1;
+        return READY_COUNT.load(Ordering::Acquire);
     }
     let mapped_here = match drivers::mmio::identity_map(page) {
         Ok(new) => new,
         Err(e) => {
             warn!("smp: cannot map the start-up page: {e}; running on cpu0 only");
-            return 1;
+            return READY_COUNT.load(Ordering::Acquire);
         }
     };
     install(page, cr3);
@@ -347,6 +352,12 @@ extern "C" fn ap_entry(index: u64) -> ! {
     interrupts::init();
     lapic::enable_this_cpu();
     match cpu::report_ap() {
+        Ok(_) if BOOT_CAPS.get().is_none() => {
+            warn!("cpu{index}: runs no guests: cpu0 has no usable VT-x");
+            crate::vtx::disable();
+            STATE[index].store(FAILED, Ordering::Release);
+            arch::halt_forever()
+        }
         Ok(caps) if !same_controls(&caps) => {
             warn!(
                 "cpu{index}: left out: its VT-x capabilities give other VMCS controls than cpu0's"

@@ -184,6 +184,42 @@ fn qemu_uefi_reports_no_vtx_and_powers_off() {
     qemu_without_vtx(Firmware::Uefi);
 }
 
+/// With two CPUs and no VT-x (QEMU TCG), by BIOS and by UEFI: the second
+/// CPU is started through the start-up routine (whatever memory layout the
+/// firmware left), loads its own tables, reports itself and its missing
+/// VT-x, is left out, and the machine still powers off cleanly.
+#[test]
+fn qemu_starts_the_second_cpu_by_bios_and_uefi() {
+    for firmware in [Firmware::Bios, Firmware::Uefi] {
+        let out = boot_smp(&Variant::default(), Engine::Qemu, firmware, 2, QEMU_LIMIT);
+        let what = format!("QEMU boot with two CPUs ({})", firmware.name());
+        Checked::new(&out, &what)
+            .in_order(
+                "cpu0: VT-x unavailable",
+                "apic: xAPIC registers at 0xfee00000",
+            )
+            .in_order("apic: xAPIC registers", "[cpu1] INFO  kernel::cpu: cpu1: ")
+            .in_order(
+                "[cpu1] INFO  kernel::cpu: cpu1: ",
+                "[cpu1] WARN  kernel::cpu: cpu1: VT-x unavailable: ",
+            )
+            .in_order(
+                "cpu1: VT-x unavailable",
+                "cpu1: left out: no VT-x, it runs no guests",
+            )
+            .line(
+                "`smp: 0 of 2 CPUs ready to run guests (MADT: 2 CPUs (APIC IDs 0, 1), ...)`",
+                |l| {
+                    l.contains("smp: 0 of 2 CPUs ready to run guests (MADT: 2 CPUs (APIC IDs 0, 1)")
+                },
+            )
+            .in_order("smp: 0 of 2 CPUs ready", "nothing to do without VT-x")
+            .never("FATAL")
+            .in_order("nothing to do without VT-x", "powering off")
+            .exit_code(0);
+    }
+}
+
 /// A panic prints a FATAL line with the message and location and powers off
 /// with the failure indication.
 #[test]
