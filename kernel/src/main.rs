@@ -66,10 +66,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let vtx = cpu::report();
     selftest::run();
     let tsc_hz = tsc::measure_hz();
-    start_other_cpus(vtx.as_ref().ok(), tsc_hz);
     let mut disks = drivers::find_disks(tsc_hz);
     let mut files = bootcfg::open(&mut disks, ramdisk(boot_info));
     let outcome = files.as_mut().and_then(|f| guests::load_config(&mut **f));
+    // After the drivers: they change the shared page tables (uncached
+    // device mappings) and flush only this CPU's TLB.
+    start_other_cpus(vtx.as_ref().ok(), tsc_hz);
     match (vtx, files.as_mut(), outcome) {
         (Ok(caps), Some(files), Some(outcome)) => {
             arch::mask_legacy_pic();
