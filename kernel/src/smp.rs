@@ -197,10 +197,13 @@ pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> us
         STATE[0].store(READY, Ordering::Release);
         READY_COUNT.fetch_add(1, Ordering::AcqRel);
     }
-    let others = madt
-        .enabled_cpus()
-        .filter(|c| c.apic_id != lapic::id())
-        .count();
+    let ghost = crate::selftest::ghost_cpu();
+    let apic_ids: Vec<u32> = ghost
+        .into_iter()
+        .chain(madt.enabled_cpus().map(|c| c.apic_id))
+        .filter(|&id| id != lapic::id())
+        .collect();
+    let others = apic_ids.len();
     if others == 0 {
         info!("smp: 1 CPU ({madt})");
         return READY_COUNT.load(Ordering::Acquire);
@@ -225,15 +228,14 @@ pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> us
     install(page, cr3);
     let clock = Clock::new(tsc_hz);
     let mut next = 1usize;
-    for c in madt.enabled_cpus().filter(|c| c.apic_id != lapic::id()) {
-        if next >= MAX_CPUS || c.apic_id >= MAX_CPUS as u32 {
+    for apic_id in apic_ids {
+        if next >= MAX_CPUS || apic_id >= MAX_CPUS as u32 {
             warn!(
-                "smp: CPU with APIC ID {} left out: Ferrovisor runs at most {MAX_CPUS} CPUs with APIC IDs below {MAX_CPUS}",
-                c.apic_id
+                "smp: CPU with APIC ID {apic_id} left out: Ferrovisor runs at most {MAX_CPUS} CPUs with APIC IDs below {MAX_CPUS}"
             );
             continue;
         }
-        if start_one(page, next, c.apic_id, clock) {
+        if start_one(page, next, apic_id, clock) {
             next += 1;
         }
     }

@@ -220,6 +220,39 @@ fn qemu_starts_the_second_cpu_by_bios_and_uefi() {
     }
 }
 
+/// A CPU that never answers the start-up IPIs (the `ghost-cpu` self-test
+/// puts one with APIC ID 0x50 before the real ones) is reported and left
+/// out after its deadline, and the real CPU after it still starts as cpu1.
+#[test]
+fn qemu_a_cpu_that_does_not_answer_is_left_out_and_the_next_starts() {
+    let out = boot_smp(
+        &Variant::selftest("ghost-cpu"),
+        Engine::Qemu,
+        Firmware::Bios,
+        2,
+        QEMU_LIMIT,
+    );
+    Checked::new(&out, "QEMU boot with a CPU that does not exist")
+        .saw("selftest: adding a CPU with APIC ID 80, which does not exist")
+        .line(
+            "`smp: CPU with APIC ID 80 left out: it did not answer the start-up IPIs within 500 ms`",
+            |l| {
+                l.contains(
+                    "smp: CPU with APIC ID 80 left out: it did not answer the start-up IPIs within 500 ms",
+                )
+            },
+        )
+        .in_order("APIC ID 80 left out", "[cpu1] INFO  kernel::cpu: cpu1: ")
+        .in_order("[cpu1] INFO  kernel::cpu: cpu1: ", "cpu1: VT-x unavailable")
+        .line("`smp: 0 of 3 CPUs ready to run guests (MADT: 2 CPUs ...)`", |l| {
+            l.contains("smp: 0 of 3 CPUs ready to run guests (MADT: 2 CPUs (APIC IDs 0, 1)")
+        })
+        .never("cpu2")
+        .never("FATAL")
+        .in_order("0 of 3 CPUs ready", "powering off")
+        .exit_code(0);
+}
+
 /// A panic prints a FATAL line with the message and location and powers off
 /// with the failure indication.
 #[test]

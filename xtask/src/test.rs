@@ -25,6 +25,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("sched"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
+        Variant::selftest("ghost-cpu"),
     ]
 }
 
