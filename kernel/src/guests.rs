@@ -654,14 +654,7 @@ impl Run {
         // this CPU has the only access meanwhile. The guest is not running
         // (its vCPU was picked for the requester).
         let guest = unsafe { &mut *ptr };
-        if local.owner == Some(i) {
-            guest.save_switched(&self.hw);
-            local.owner = None;
-        }
-        if local.current == Some(i) {
-            local.current = None;
-        }
-        guest.clear();
+        self.give_up(local, guest, i);
         mailbox
             .guest
             .store(core::ptr::null_mut(), Ordering::Release);
@@ -671,12 +664,16 @@ impl Run {
     /// its switched state goes back to its save area and its VMCS is
     /// cleared, so any CPU may take it without asking.
     fn release(&self, local: &mut Local, slot: &mut Slot, i: usize) {
-        let Some(guest) = slot.guest.as_mut() else {
-            return;
-        };
-        if guest.hot_on != Some(local.index) {
-            return;
+        if let Some(guest) = slot.guest.as_mut() {
+            if guest.hot_on == Some(local.index) {
+                self.give_up(local, guest, i);
+            }
         }
+    }
+
+    /// What giving up guest `i`, hot on this CPU, takes: its switched state
+    /// back to its save area if this CPU holds it, and VMCLEAR.
+    fn give_up(&self, local: &mut Local, guest: &mut Guest, i: usize) {
         if local.owner == Some(i) {
             guest.save_switched(&self.hw);
             local.owner = None;
