@@ -1,5 +1,6 @@
 //! The IDT, shared by every CPU: every CPU exception reports itself and
-//! stops the machine; two APIC vectors wake a halted CPU.
+//! stops the machine; the kick vector wakes a halted CPU; any other
+//! external interrupt is acknowledged and dropped.
 //!
 //! An exception in Ferrovisor itself is a host bug: the report gives the
 //! vector, its name, the error code, RIP and CR2 so it can be found. The
@@ -45,6 +46,11 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.vmm_communication_exception
         .set_handler_fn(vmm_communication);
     idt.security_exception.set_handler_fn(security_exception);
+    // Any other external vector (a device or firmware interrupt nobody
+    // asked for) is acknowledged and dropped rather than faulting.
+    for vector in 32..=u8::MAX {
+        idt[vector].set_handler_fn(stray);
+    }
     idt[crate::lapic::KICK_VECTOR].set_handler_fn(kick);
     idt[crate::lapic::SPURIOUS_VECTOR].set_handler_fn(spurious);
     // SAFETY: the IST indices name stacks that `gdt` installs in every
@@ -140,6 +146,12 @@ extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
 /// A kick woke this CPU: acknowledge it; the waiting loop looks at the
 /// run queue next.
 extern "x86-interrupt" fn kick(_frame: InterruptStackFrame) {
+    crate::lapic::eoi();
+}
+
+/// An interrupt on a vector the host does not use: end it at the APIC and
+/// go on (the host enables interrupts only to halt for work).
+extern "x86-interrupt" fn stray(_frame: InterruptStackFrame) {
     crate::lapic::eoi();
 }
 

@@ -28,10 +28,14 @@ const REG_ID: usize = 0x20;
 const REG_TPR: usize = 0x80;
 const REG_EOI: usize = 0xB0;
 const REG_SVR: usize = 0xF0;
+const REG_LVT_TIMER: usize = 0x320;
+const REG_LVT_ERROR: usize = 0x370;
 const REG_ESR: usize = 0x280;
 const REG_ICR_LOW: usize = 0x300;
 const REG_ICR_HIGH: usize = 0x310;
 
+/// An LVT entry's mask bit.
+const LVT_MASKED: u32 = 1 << 16;
 /// SVR bit 8: APIC software enable.
 const SVR_ENABLE: u32 = 1 << 8;
 /// ICR: delivery modes (bits 8-10), level assert (bit 14), delivery status
@@ -100,8 +104,12 @@ pub fn init_boot_cpu() -> Result<(), ApicError> {
 }
 
 /// Software-enables the calling CPU's APIC with the spurious vector, and
-/// accepts every interrupt priority.
+/// accepts every interrupt priority. Its timer and error interrupts are
+/// masked: firmware may have left the timer running, and the host uses
+/// neither.
 pub fn enable_this_cpu() {
+    write(REG_LVT_TIMER, LVT_MASKED);
+    write(REG_LVT_ERROR, LVT_MASKED);
     write(REG_TPR, 0);
     let svr = read(REG_SVR);
     write(REG_SVR, svr | SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
