@@ -201,7 +201,9 @@ pub fn identity_map(page: HostPhysAddr) -> Result<bool, DriverError> {
     }
 }
 
-/// Takes down a mapping [`identity_map`] made.
+/// Takes down a mapping [`identity_map`] made, once the application
+/// processors are up. Only this CPU's TLB is flushed: the others may keep
+/// the translation, but nothing of theirs uses that address again.
 pub fn unmap_identity(page: HostPhysAddr) {
     let mut mapper = kernel_mapper();
     let virt = VirtAddr::new(page.as_u64());
@@ -217,8 +219,9 @@ fn kernel_mapper() -> OffsetPageTable<'static> {
     let (l4_frame, _) = Cr3::read();
     let l4_ptr = window.ptr(HostPhysAddr::new(l4_frame.start_address().as_u64())) as *mut PageTable;
     // SAFETY: as in `map_uncached`: CR3 names the live level-4 table, in
-    // RAM mapped at the window; the caller is the boot CPU with no other
-    // CPU running, so nothing else refers to the tables meanwhile.
+    // RAM mapped at the window; the caller is the boot CPU, and the other
+    // CPUs (not started yet, or halted waiting for guests) never change the
+    // tables, so nothing else holds a reference to them meanwhile.
     let l4 = unsafe { &mut *l4_ptr };
     // SAFETY: all physical memory the tables live in is mapped at `offset`.
     unsafe { OffsetPageTable::new(l4, VirtAddr::new(offset)) }
