@@ -425,6 +425,20 @@ struct Local {
     last_exit: Option<(usize, u64)>,
 }
 
+impl Local {
+    /// A CPU that holds no guest's state yet: scheduler index `cpu`, CPU
+    /// number `index`.
+    fn new(cpu: CpuId, index: usize) -> Self {
+        Local {
+            cpu,
+            index,
+            owner: None,
+            current: None,
+            last_exit: None,
+        }
+    }
+}
+
 /// The vCPU id of slot `i`.
 fn vcpu_id(i: usize) -> VcpuId {
     VcpuId(u32::try_from(i).unwrap_or(u32::MAX))
@@ -445,13 +459,7 @@ impl Run {
     /// is ready, until all have stopped.
     fn run_everywhere(&self) {
         let aps = self.cpus.numbers.len() - 1;
-        let mut boot = Local {
-            cpu: CpuId(0),
-            index: 0,
-            owner: None,
-            current: None,
-            last_exit: None,
-        };
+        let mut boot = Local::new(CpuId(0), 0);
         for i in 0..self.slots.len() {
             let Some(mut slot) = self.lock_slot(&mut boot, i) else {
                 continue;
@@ -532,13 +540,7 @@ impl Run {
             return;
         };
         self.hw.prepare_this_cpu();
-        let mut local = Local {
-            cpu,
-            index,
-            owner: None,
-            current: None,
-            last_exit: None,
-        };
+        let mut local = Local::new(cpu, index);
         loop {
             self.service(&mut local);
             if self.finished.load(Ordering::Acquire) {
@@ -555,7 +557,7 @@ impl Run {
                     if self.nothing_can_run(&mut local) {
                         continue;
                     }
-                    if let Some(f) = self.figures.get(index) {
+                    if let Some(f) = self.figures.get(cpu.0 as usize) {
                         f.idle_waits.fetch_add(1, Ordering::Relaxed);
                     }
                     // A kick that came since the pick is pending and ends
@@ -810,7 +812,8 @@ impl Run {
         }
         guest.slices += 1;
         let slice_start = rdtsc();
-        let figures = self.figures.get(local.index);
+        // By scheduler index, the order of `cpus.numbers`.
+        let figures = self.figures.get(local.cpu.0 as usize);
         if let (Some(from), Some(f)) = (switch_from, figures) {
             let (count, ticks) = if migrated {
                 (&f.migrations, &f.migration_ticks)
@@ -952,22 +955,27 @@ impl Run {
         slot.guest = restarted;
         // The old vCPU goes and the new one (if any) comes in one step, so
         // no CPU sees "every guest gone" in between.
-        let outcome = {
+        // What is printed is gathered under the scheduler lock and printed
+        // after it: the serial port is slow, and every CPU's next pick waits
+        // for that lock.
+        let (outcome, shares, figures) = {
             let mut queue = self.queue.lock();
-            if !self.shares_reported.load(Ordering::Relaxed) {
-                self.report_shares(&queue);
-            }
-            if let Some(figures) = queue.remove(vcpu_id(i)) {
-                let last = figures.last_cpu.and_then(|c| self.cpus.number(c));
-                report_vcpu(&name, &figures, last);
-            }
+            let shares = self.shares_until_now(&queue);
+            let figures = queue.remove(vcpu_id(i));
             let outcome = if slot.guest.is_some() {
                 self.enqueue(&mut queue, slot, i)
             } else {
                 Ok(())
             };
-            (outcome, queue.counts())
+            ((outcome, queue.counts()), shares, figures)
         };
+        if let Some(shares) = shares {
+            self.report_shares(&shares);
+        }
+        if let Some(figures) = figures {
+            let last = figures.last_cpu.and_then(|c| self.cpus.number(c));
+            report_vcpu(&name, &figures, last);
+        }
         match outcome {
             (Err(reason), _) => self.retire(local, slot, i, reason, false),
             (Ok(()), counts) => {
@@ -978,11 +986,13 @@ impl Run {
         }
     }
 
-    /// How the guests shared the CPUs until the first stop (while every
-    /// guest still competed): each one's part of all guest time, as
-    /// `sched: shares until the first stop: a 33.33%, b 33.33%, ...`.
-    /// Reported once, by the first stop after guests have run.
-    fn report_shares(&self, queue: &sched::Scheduler) {
+    /// Each guest's time on a CPU so far, by slot, the first time a stop
+    /// asks after guests have run (later calls give `None`): how the guests
+    /// shared the CPUs while every one still competed.
+    fn shares_until_now(&self, queue: &sched::Scheduler) -> Option<Vec<(usize, u64)>> {
+        if self.shares_reported.load(Ordering::Relaxed) {
+            return None;
+        }
         let now = rdtsc();
         let times: Vec<(usize, u64)> = queue
             .vcpus_ref()
@@ -990,13 +1000,23 @@ impl Run {
             .collect();
         let total: u64 = times.iter().map(|&(_, t)| t).sum();
         if total == 0 || times.len() < 2 {
-            return;
+            return None;
         }
         self.shares_reported.store(true, Ordering::Relaxed);
+        Some(times)
+    }
+
+    /// `sched: shares until the first stop: a 33.33%, b 33.33%, ...`: each
+    /// guest's part of all guest time in `times` (from
+    /// [`Run::shares_until_now`]).
+    fn report_shares(&self, times: &[(usize, u64)]) {
+        let total: u64 = times.iter().map(|&(_, t)| t).sum();
         let parts: Vec<String> = times
             .iter()
             .map(|&(i, t)| {
-                let hundredths = u128::from(t) * 10_000 / u128::from(total);
+                let hundredths = (u128::from(t) * 10_000)
+                    .checked_div(u128::from(total))
+                    .unwrap_or(0);
                 alloc::format!(
                     "{} {}.{:02}%",
                     self.names.get(i).map_or("?", String::as_str),

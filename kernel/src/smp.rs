@@ -22,7 +22,7 @@
 //! loaded in 32-bit mode), and page P is identity-mapped while the APs
 //! start, since the 64-bit code runs there until its jump.
 
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
@@ -164,8 +164,6 @@ const FAILED: u8 = 4;
 const PARKED: u8 = 5;
 
 static STATE: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(DOWN) }; MAX_CPUS];
-/// How many CPUs (the boot CPU included) are READY.
-static READY_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// Set at power-off: APs leave VMX operation and halt.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 /// The boot CPU's VT-x capabilities: an AP whose own give other controls
@@ -185,6 +183,18 @@ fn offset(sym: *const u8) -> usize {
     sym as usize - start as usize
 }
 
+/// Writes `value` at symbol `sym` of the start-up routine copied to the
+/// page mapped at `page`.
+///
+/// # Safety
+/// `page` must map the copied routine, writable, and no CPU may be running
+/// it.
+unsafe fn patch<T>(page: *mut u8, sym: *const u8, value: T) {
+    // SAFETY: the caller's promise; `sym` lies inside the routine, which
+    // is shorter than the page.
+    unsafe { page.add(offset(sym)).cast::<T>().write_unaligned(value) }
+}
+
 /// Starts every enabled CPU the MADT lists besides this one, this one
 /// having VT-x capabilities `caps` (`None`: no usable VT-x; the others are
 /// still started, report their own VT-x and halt, so the line for each
@@ -195,7 +205,6 @@ pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> us
     if let Some(caps) = caps {
         BOOT_CAPS.call_once(|| *caps);
         STATE[0].store(READY, Ordering::Release);
-        READY_COUNT.fetch_add(1, Ordering::AcqRel);
     }
     let ghost = crate::selftest::ghost_cpu();
     let apic_ids: Vec<u32> = ghost
@@ -206,23 +215,23 @@ pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> us
     let others = apic_ids.len();
     if others == 0 {
         info!("smp: 1 CPU ({madt})");
-        return READY_COUNT.load(Ordering::Acquire);
+        return ready_cpus().len();
     }
     let Some(page) = memory::low_page() else {
         warn!("smp: no usable page below 1 MiB for the start-up code; running on cpu0 only");
-        return READY_COUNT.load(Ordering::Acquire);
+        return ready_cpus().len();
     };
     let (cr3, _) = x86_64::registers::control::Cr3::read_raw();
     let cr3 = cr3.start_address().as_u64();
     if cr3 >= 1 << 32 {
         warn!("smp: the kernel's page tables lie above 4 GiB ({cr3:#x}); running on cpu0 only");
-        return READY_COUNT.load(Ordering::Acquire);
+        return ready_cpus().len();
     }
     let mapped_here = match drivers::mmio::identity_map(page) {
         Ok(new) => new,
         Err(e) => {
             warn!("smp: cannot map the start-up page: {e}; running on cpu0 only");
-            return READY_COUNT.load(Ordering::Acquire);
+            return ready_cpus().len();
         }
     };
     install(page, cr3);
@@ -242,7 +251,7 @@ pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> us
     if mapped_here {
         drivers::mmio::unmap_identity(page);
     }
-    let ready = READY_COUNT.load(Ordering::Acquire);
+    let ready = ready_cpus().len();
     info!(
         "smp: {ready} of {} CPUs ready to run guests ({madt})",
         others + 1
@@ -265,24 +274,24 @@ fn install(page: HostPhysAddr, cr3: u64) {
     // never hands out, mapped writable at `phys().ptr`; no AP runs yet.
     unsafe {
         core::ptr::copy_nonoverlapping(start, dst, len);
-        let put32 =
-            |sym: *const u8, value: u32| dst.add(offset(sym)).cast::<u32>().write_unaligned(value);
-        put32(
+        patch(
+            dst,
             core::ptr::addr_of!(ferrovisor_ap_gdtr).wrapping_add(2),
             base + offset(core::ptr::addr_of!(ferrovisor_ap_gdt)) as u32,
         );
-        put32(
+        patch(
+            dst,
             core::ptr::addr_of!(ferrovisor_ap_jmp32),
             base + offset(core::ptr::addr_of!(ferrovisor_ap_prot)) as u32,
         );
-        put32(
+        patch(
+            dst,
             core::ptr::addr_of!(ferrovisor_ap_jmp64),
             base + offset(core::ptr::addr_of!(ferrovisor_ap_long)) as u32,
         );
-        let put64 =
-            |sym: *const u8, value: u64| dst.add(offset(sym)).cast::<u64>().write_unaligned(value);
-        put64(core::ptr::addr_of!(ferrovisor_ap_cr3), cr3);
-        put64(
+        patch(dst, core::ptr::addr_of!(ferrovisor_ap_cr3), cr3);
+        patch(
+            dst,
             core::ptr::addr_of!(ferrovisor_ap_entry),
             ap_entry as extern "C" fn(u64) -> ! as usize as u64,
         );
@@ -305,12 +314,8 @@ fn start_one(page: HostPhysAddr, index: usize, apic_id: u32, clock: Clock) -> bo
     // `install`; the previous AP has left the page (it reached ALIVE or was
     // sent back to wait-for-SIPI by INIT).
     unsafe {
-        dst.add(offset(core::ptr::addr_of!(ferrovisor_ap_stack)))
-            .cast::<u64>()
-            .write_unaligned(top);
-        dst.add(offset(core::ptr::addr_of!(ferrovisor_ap_arg)))
-            .cast::<u64>()
-            .write_unaligned(index as u64);
+        patch(dst, core::ptr::addr_of!(ferrovisor_ap_stack), top);
+        patch(dst, core::ptr::addr_of!(ferrovisor_ap_arg), index as u64);
     }
     cpu::expect(index, apic_id);
     STATE[index].store(STARTING, Ordering::SeqCst);
@@ -369,7 +374,6 @@ extern "C" fn ap_entry(index: u64) -> ! {
             arch::halt_forever()
         }
         Ok(_) => {
-            READY_COUNT.fetch_add(1, Ordering::AcqRel);
             STATE[index].store(READY, Ordering::Release);
             crate::guests::ap_main(index)
         }
