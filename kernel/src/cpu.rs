@@ -80,18 +80,18 @@ pub fn current_index() -> u16 {
 /// Prints the CPU report: identity, VT-x capabilities and the verdict, as
 /// `cpu<k>: VT-x ready` (after VMXON) or `cpu<k>: VT-x unavailable:
 /// <reason>`. Returns whether this CPU is in VMX operation.
-pub fn report() -> Result<vmx::caps::VmxCapabilities, ()> {
+pub fn report() -> Result<crate::vtx::Capabilities, ()> {
     report_cpu(true)
 }
 
 /// The report for an application processor: its identity line, then
 /// `cpu<k>: VT-x ready` or why not. The capability lines are left out:
 /// the caller checks that they match the boot CPU's.
-pub fn report_ap() -> Result<vmx::caps::VmxCapabilities, ()> {
+pub fn report_ap() -> Result<crate::vtx::Capabilities, ()> {
     report_cpu(false)
 }
 
-fn report_cpu(verbose: bool) -> Result<vmx::caps::VmxCapabilities, ()> {
+fn report_cpu(verbose: bool) -> Result<crate::vtx::Capabilities, ()> {
     let k = current_index();
     let cpuid = CpuId::new();
     let vendor = cpuid.get_vendor_info();
@@ -109,35 +109,9 @@ fn report_cpu(verbose: bool) -> Result<vmx::caps::VmxCapabilities, ()> {
         None => info!("cpu{k}: {vendor} (no CPUID leaf 1) \"{brand}\""),
     }
     let has_vmx = features.as_ref().is_some_and(|f| f.has_vmx());
-    // IA32_FEATURE_CONTROL exists on CPUs that report VMX (SDM Vol. 4, 2.1).
-    let feature_control = has_vmx.then(|| {
-        // SAFETY: CPUID.1:ECX.VMX = 1, so the MSR exists.
-        unsafe { vmx::instructions::rdmsr(vmx::msr::IA32_FEATURE_CONTROL) }
+    let result = crate::vtx::detect_and_enable(k, vendor, has_vmx, verbose).map_err(|e| {
+        warn!("cpu{k}: VT-x unavailable: {e}");
     });
-    let verdict = vmx::availability::assess(has_vmx, vendor, feature_control).and_then(|fc| {
-        // SAFETY: `assess` succeeded, so the CPU has VMX and its capability
-        // MSRs; `read_vmx_msrs` reads only those its own bits say exist.
-        let raw = unsafe { vmx::instructions::read_vmx_msrs() };
-        let caps = vmx::caps::VmxCapabilities::decode(&raw);
-        if verbose {
-            for line in caps.report_lines() {
-                info!("cpu{k}: {line}");
-            }
-            info!("cpu{k}: {fc}");
-        }
-        caps.check_required()
-            .map_err(vmx::availability::Unavailable::MissingFeature)?;
-        Ok((caps, fc))
-    });
-    let result = match verdict {
-        Ok((caps, fc)) => crate::vtx::enable(&caps, fc).map(|()| caps).map_err(|e| {
-            warn!("cpu{k}: VT-x unavailable: {e}");
-        }),
-        Err(reason) => {
-            warn!("cpu{k}: VT-x unavailable: {reason}");
-            Err(())
-        }
-    };
     if result.is_ok() {
         info!("cpu{k}: VT-x ready");
     }

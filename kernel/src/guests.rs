@@ -25,18 +25,16 @@ use kernel::loader::{
     self, FlatImage, FlatMode, Format, GuestMemory, LinuxImage, LoadError, LoadedImage,
     MultibootImage,
 };
-use kernel::vcpu::exit::{handle_exit, Outcome};
+use kernel::vcpu::exit::{ExitKind, Outcome};
 use kernel::vcpu::stop::StopReason;
 use log::{debug, error, info, warn};
-use vmx::caps::VmxCapabilities;
-use vmx::instructions::{self as hw, HardwareVmcs};
-use vmx::vmcs::{GuestNatural, VmcsAccess};
 
 use crate::{cpu, lapic, memory};
 use sched::{CpuId, Decision, StopCause, VcpuId, VcpuState};
 use spin::{Mutex, MutexGuard};
 
-use crate::vm::{Guest, Hardware};
+use crate::vtx::vm::{Guest, Hardware};
+use crate::vtx::Capabilities;
 
 /// One configured guest and, while it exists, the guest.
 struct Slot {
@@ -107,7 +105,7 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
 /// runs them until all have stopped; `tsc_hz` turns the slice length into
 /// TSC ticks.
 pub fn run_all(
-    caps: VmxCapabilities,
+    caps: Capabilities,
     tsc_hz: u64,
     files: &mut dyn ConfigFiles<'_>,
     outcome: ParseOutcome,
@@ -780,7 +778,7 @@ impl Run {
         if guest.hot_on != Some(local.index) {
             self.take_over(local, i, guest);
             if let Err(e) = guest.arrive(local.index) {
-                return SliceEnd::Stopped(StopReason::LaunchFailed(e));
+                return SliceEnd::Stopped(StopReason::LaunchFailed(alloc::format!("{e}")));
             }
             local.current = Some(i);
         }
@@ -803,12 +801,14 @@ impl Run {
         }
         if local.current != Some(i) {
             if let Err(e) = guest.make_current() {
-                return SliceEnd::Stopped(StopReason::LaunchFailed(e));
+                return SliceEnd::Stopped(StopReason::LaunchFailed(alloc::format!("{e}")));
             }
             local.current = Some(i);
         }
         if let Err(e) = guest.set_slice(hw, slice) {
-            return SliceEnd::Stopped(StopReason::VmcsAccess(e));
+            return SliceEnd::Stopped(StopReason::Backend(alloc::format!(
+                "VMCS access failed: {e}"
+            )));
         }
         guest.slices += 1;
         let slice_start = rdtsc();
@@ -825,25 +825,17 @@ impl Run {
         }
         let mut last = slice_start;
         let end = loop {
-            // SAFETY: VMX root operation at CPL 0 with interrupts off; the
-            // current VMCS is this guest's, active on this CPU, with this
-            // CPU's host state and HOST_RIP at the exit path, and
-            // `launched` tracks its launch state.
-            let result = unsafe { hw::vm_run(&mut guest.regs, guest.launched) };
+            let exit = guest.enter();
             // One TSC read an exit: the guest is charged from one exit to
             // the next, its exit handling included.
             let now = rdtsc();
             guest.ticks += now.wrapping_sub(last);
             last = now;
-            if let Err(e) = result {
-                break SliceEnd::Stopped(StopReason::LaunchFailed(e));
-            }
-            guest.launched = true;
-            let (mut platform, regs, model) = guest.exit_parts(hw);
-            // SAFETY: VMX root operation with this guest's VMCS current.
-            let mut vmcs = unsafe { HardwareVmcs::current() };
-            let outcome = handle_exit(&mut vmcs, regs, model, &mut platform);
-            match outcome {
+            let exit = match exit {
+                Ok(exit) => exit,
+                Err(reason) => break SliceEnd::Stopped(reason),
+            };
+            match guest.handle(hw, &exit) {
                 Outcome::Resume => {}
                 Outcome::HostInterrupt => {
                     // A kick: end it at the APIC and do what it asks; a
@@ -858,7 +850,7 @@ impl Run {
                 Outcome::Halted => {
                     // The HLT exit already moved RIP past the instruction:
                     // this is where the guest would resume.
-                    guest.halt_rip = vmcs.read(GuestNatural::Rip).unwrap_or(0);
+                    guest.halt_rip = guest.rip();
                     break SliceEnd::Halted;
                 }
                 Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),
@@ -1073,11 +1065,11 @@ impl Run {
 /// guest that stopped (the ones the console monitor will show).
 fn report_vcpu(name: &str, s: &sched::VcpuStats, last_cpu: Option<usize>) {
     let mut exits = String::new();
-    for (reason, &n) in s.exits.iter().enumerate() {
+    for (kind, &n) in s.exits.iter().enumerate() {
         if n > 0 {
-            let reason = vmx::exit::ExitReason::from_basic(reason as u16);
+            let name = ExitKind::from_index(kind).map_or("other", ExitKind::name);
             let sep = if exits.is_empty() { "" } else { ", " };
-            exits.push_str(&alloc::format!("{sep}{n} {}", reason.name()));
+            exits.push_str(&alloc::format!("{sep}{n} {name}"));
         }
     }
     if s.exits_other > 0 {

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod disk;
 pub mod loader;
 pub mod vcpu;
+pub mod vtx;
 
 // The binary's disk drivers also run their unit tests here: they reach
 // hardware only through traits the tests fake, and `arch`/`memory` are

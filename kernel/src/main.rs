@@ -26,7 +26,9 @@ mod selftest;
 mod serial;
 mod smp;
 mod tsc;
-mod vm;
+// The VT-x backend's hardware half; its pure half is the library's
+// `kernel::vtx`, in the same folder.
+#[path = "vtx/hw/mod.rs"]
 mod vtx;
 
 use bootloader_api::config::Mapping;
@@ -90,7 +92,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// VT-x ready` or why it is left out); without a MADT or a usable local
 /// APIC the guests run on this CPU alone. `caps`: this CPU's VT-x, if it
 /// has it.
-fn start_other_cpus(caps: Option<&vmx::caps::VmxCapabilities>, tsc_hz: u64) {
+fn start_other_cpus(caps: Option<&vtx::Capabilities>, tsc_hz: u64) {
     if let Err(e) = lapic::init_boot_cpu() {
         log::warn!("smp: {e}; running on cpu0 only");
         return;

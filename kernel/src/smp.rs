@@ -26,11 +26,10 @@ use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
+use crate::vtx::Capabilities as VmxCapabilities;
 use kernel::acpi::Madt;
 use log::{info, warn};
 use mm::addr::{HostPhysAddr, PAGE_SIZE};
-use vmx::caps::VmxCapabilities;
-use vmx::execution::GuestControls;
 
 use crate::drivers::{self, Clock};
 use crate::{arch, cpu, gdt, interrupts, lapic, memory};
@@ -391,10 +390,7 @@ fn same_controls(caps: &VmxCapabilities) -> bool {
     let Some(boot) = BOOT_CAPS.get() else {
         return false;
     };
-    caps == boot
-        || (GuestControls::compute(caps).ok() == GuestControls::compute(boot).ok()
-            && caps.misc.preemption_timer_rate == boot.misc.preemption_timer_rate
-            && caps.basic.revision_id == boot.basic.revision_id)
+    crate::vtx::same_guest_controls(caps, boot)
 }
 
 /// The numbers of the CPUs up with VT-x on, the boot CPU first.

@@ -1,41 +1,348 @@
-//! VM-exit handling: one decoded exit in, one [`Outcome`] out.
+//! VM-exit handling, vendor-neutral: one decoded [`Exit`] in, one
+//! [`Outcome`] out.
 //!
-//! [`handle_exit`] reads the exit from the VMCS through
-//! [`VmcsAccess`], acts on the vCPU's device models and registers, and
-//! tells the caller whether to resume the guest, switch to another vCPU, or
-//! stop the guest and why. It never panics on anything the guest controls:
-//! whatever the guest does ends in an outcome, at worst
+//! A backend runs the vCPU, decodes why it came back into an [`Exit`] and
+//! hands it to [`handle_exit`] together with the vCPU's state behind
+//! [`VcpuAccess`]. The handlers act on the vCPU's device models and
+//! registers and tell the caller whether to resume the guest, switch to
+//! another vCPU, or stop the guest and why. They never panic on anything
+//! the guest controls: whatever the guest does ends in an outcome, at worst
 //! [`Outcome::Stop`]. The few things that need the machine (host CPUID,
 //! XCR0, reading guest RAM, printing) come through [`Platform`], so the
-//! host tests drive every path with a fake VMCS and a fake platform.
+//! host tests drive every path with a fake backend and a fake platform.
+//! Nothing here names VT-x or SVM: a second backend reuses every handler.
 
 use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use core::fmt;
 
 use addr::GuestPhysAddr;
-use vmx::caps::FixedBits;
-use vmx::error::VmFail;
-use vmx::exit::{
-    CrAccess, CrAccessType, EntryFailure, EptViolation, ExitReason, Gpr, IoDirection,
-    IoQualification,
-};
-use vmx::regs::GuestRegisters;
-use vmx::vmcs::{
-    Control32, ControlNatural, Guest16, Guest32, Guest64, GuestNatural, ReadOnly32, ReadOnly64,
-    ReadOnlyNatural, VmcsAccess,
-};
 
+use super::access::{Event, Gpr, Segment, VcpuAccess, SEGMENT_L};
 use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext};
 use super::hypercall::{self, Hypercall};
 use super::msr::VirtualMsrs;
 use super::stop::{RegisterDump, StopReason};
 use crate::devices::uart::{LineBuffer, Uart16550, COM1_BASE};
 
+/// The direction of a port access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoDirection {
+    /// IN/INS: the guest reads the port.
+    In,
+    /// OUT/OUTS: the guest writes the port.
+    Out,
+}
+
+/// A port access that exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoAccess {
+    /// The first port.
+    pub port: u16,
+    /// Bytes per access: 1, 2 or 4.
+    pub size: u8,
+    /// IN or OUT.
+    pub direction: IoDirection,
+    /// A string instruction (INS/OUTS).
+    pub string: bool,
+    /// REP-prefixed.
+    pub rep: bool,
+}
+
+impl fmt::Display for IoAccess {
+    /// `REP OUTS 1 byte to port 0x3f8` or `IN 4 bytes from port 0xcfc`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rep {
+            f.write_str("REP ")?;
+        }
+        let (insn, prep) = match self.direction {
+            IoDirection::In => ("IN", "from"),
+            IoDirection::Out => ("OUT", "to"),
+        };
+        let string = if self.string { "S" } else { "" };
+        let unit = if self.size == 1 { "byte" } else { "bytes" };
+        write!(
+            f,
+            "{insn}{string} {} {unit} {prep} port {:#x}",
+            self.size, self.port
+        )
+    }
+}
+
+/// An access to guest-physical memory that second-level translation (EPT,
+/// NPT) did not allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NestedFault {
+    /// The guest-physical address.
+    pub gpa: GuestPhysAddr,
+    /// The access was a read.
+    pub read: bool,
+    /// The access was a write.
+    pub write: bool,
+    /// The access was an instruction fetch.
+    pub fetch: bool,
+    /// What the translation allowed (read, write, execute), where the
+    /// backend reports it.
+    pub allowed: Option<[bool; 3]>,
+}
+
+impl fmt::Display for NestedFault {
+    /// `nested page fault at guest-physical 0x10000000: write, allowed ---`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nested page fault at guest-physical {}: ", self.gpa)?;
+        f.write_str(self.access())?;
+        if let Some([r, w, x]) = self.allowed {
+            let flag = |on: bool, c: &'static str| if on { c } else { "-" };
+            write!(
+                f,
+                ", allowed {}{}{}",
+                flag(r, "r"),
+                flag(w, "w"),
+                flag(x, "x")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl NestedFault {
+    /// `instruction fetch`, `write` or `read`.
+    pub fn access(&self) -> &'static str {
+        if self.fetch {
+            "instruction fetch"
+        } else if self.write {
+            "write"
+        } else {
+            "read"
+        }
+    }
+}
+
+/// What a control-register access that exited did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CrAccessKind {
+    /// MOV to the register from a GPR.
+    MovTo(Gpr),
+    /// MOV from the register into a GPR.
+    MovFrom(Gpr),
+    /// LMSW with this 16-bit source (CR0 only).
+    Lmsw(u16),
+    /// CLTS (CR0 only).
+    Clts,
+}
+
+/// A control-register access that exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CrAccess {
+    /// The control register: 0, 3, 4 or 8.
+    pub cr: u8,
+    /// What the instruction did.
+    pub kind: CrAccessKind,
+}
+
+/// Why a vCPU came back to the hypervisor, whatever the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// CPUID (leaf in EAX, subleaf in ECX).
+    Cpuid,
+    /// IN, OUT, INS or OUTS.
+    Io(IoAccess),
+    /// RDMSR (the MSR in ECX).
+    MsrRead,
+    /// WRMSR (the MSR in ECX, the value in EDX:EAX).
+    MsrWrite,
+    /// A hypercall (VMCALL, VMMCALL).
+    Hypercall,
+    /// HLT.
+    Hlt,
+    /// A guest-physical access second-level translation refused.
+    NestedPageFault(NestedFault),
+    /// Second-level tables the hardware cannot walk (a hypervisor bug).
+    NestedPagingMisconfigured {
+        /// The guest-physical address whose walk found it.
+        gpa: u64,
+    },
+    /// The guest can take an external interrupt now (requested with
+    /// [`VcpuAccess::request_interrupt_window`]).
+    InterruptWindow,
+    /// An interrupt for the host arrived while the guest ran.
+    ExternalInterrupt,
+    /// An NMI arrived while the guest ran.
+    Nmi,
+    /// The slice's timer ran out.
+    SliceEnd,
+    /// The guest's exception handling failed completely.
+    TripleFault,
+    /// MOV to/from CR0, CR3, CR4 or CR8, LMSW or CLTS.
+    ControlRegister(CrAccess),
+    /// XSETBV (XCR number in ECX, value in EDX:EAX).
+    Xsetbv,
+    /// INVD or WBINVD.
+    CacheFlush,
+    /// An instruction of a virtualization extension, or one whose CPUID
+    /// bit the guest does not see (GETSEC, MONITOR, MWAIT): #UD.
+    VirtualizationInstruction,
+    /// RDPMC.
+    Rdpmc,
+    /// A hardware task switch.
+    TaskSwitch,
+    /// VM entry failed on the guest's state; the backend's words for why.
+    EntryFailed(String),
+    /// An exit the backend does not decode into any of the above.
+    Unknown {
+        /// The backend's raw reason number.
+        reason: u32,
+        /// The backend's name for it.
+        name: &'static str,
+        /// The backend's qualification or exit information.
+        qualification: u64,
+    },
+}
+
+/// The kinds of exit, for counting: [`Exit::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ExitKind {
+    /// [`Exit::Cpuid`].
+    Cpuid,
+    /// [`Exit::Io`].
+    Io,
+    /// [`Exit::MsrRead`].
+    MsrRead,
+    /// [`Exit::MsrWrite`].
+    MsrWrite,
+    /// [`Exit::Hypercall`].
+    Hypercall,
+    /// [`Exit::Hlt`].
+    Hlt,
+    /// [`Exit::NestedPageFault`] and [`Exit::NestedPagingMisconfigured`].
+    NestedPageFault,
+    /// [`Exit::InterruptWindow`].
+    InterruptWindow,
+    /// [`Exit::ExternalInterrupt`].
+    ExternalInterrupt,
+    /// [`Exit::Nmi`].
+    Nmi,
+    /// [`Exit::SliceEnd`].
+    SliceEnd,
+    /// [`Exit::TripleFault`].
+    TripleFault,
+    /// [`Exit::ControlRegister`].
+    ControlRegister,
+    /// [`Exit::Xsetbv`].
+    Xsetbv,
+    /// [`Exit::CacheFlush`].
+    CacheFlush,
+    /// [`Exit::VirtualizationInstruction`] and [`Exit::Rdpmc`].
+    RefusedInstruction,
+    /// [`Exit::TaskSwitch`].
+    TaskSwitch,
+    /// [`Exit::EntryFailed`].
+    EntryFailed,
+    /// [`Exit::Unknown`].
+    Unknown,
+}
+
+impl ExitKind {
+    /// How many kinds there are (indices `0..COUNT`).
+    pub const COUNT: usize = 19;
+
+    /// Every kind, by index.
+    pub const ALL: [ExitKind; Self::COUNT] = [
+        ExitKind::Cpuid,
+        ExitKind::Io,
+        ExitKind::MsrRead,
+        ExitKind::MsrWrite,
+        ExitKind::Hypercall,
+        ExitKind::Hlt,
+        ExitKind::NestedPageFault,
+        ExitKind::InterruptWindow,
+        ExitKind::ExternalInterrupt,
+        ExitKind::Nmi,
+        ExitKind::SliceEnd,
+        ExitKind::TripleFault,
+        ExitKind::ControlRegister,
+        ExitKind::Xsetbv,
+        ExitKind::CacheFlush,
+        ExitKind::RefusedInstruction,
+        ExitKind::TaskSwitch,
+        ExitKind::EntryFailed,
+        ExitKind::Unknown,
+    ];
+
+    /// The kind with index `i`.
+    pub fn from_index(i: usize) -> Option<ExitKind> {
+        Self::ALL.get(i).copied()
+    }
+
+    /// Its index in a table of counts.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// `CPUID`, `I/O`, ... as the figures print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitKind::Cpuid => "CPUID",
+            ExitKind::Io => "I/O",
+            ExitKind::MsrRead => "RDMSR",
+            ExitKind::MsrWrite => "WRMSR",
+            ExitKind::Hypercall => "hypercall",
+            ExitKind::Hlt => "HLT",
+            ExitKind::NestedPageFault => "nested page fault",
+            ExitKind::InterruptWindow => "interrupt window",
+            ExitKind::ExternalInterrupt => "external interrupt",
+            ExitKind::Nmi => "NMI",
+            ExitKind::SliceEnd => "slice end",
+            ExitKind::TripleFault => "triple fault",
+            ExitKind::ControlRegister => "control register",
+            ExitKind::Xsetbv => "XSETBV",
+            ExitKind::CacheFlush => "INVD/WBINVD",
+            ExitKind::RefusedInstruction => "refused instruction",
+            ExitKind::TaskSwitch => "task switch",
+            ExitKind::EntryFailed => "entry failure",
+            ExitKind::Unknown => "unknown",
+        }
+    }
+}
+
+const _: () = assert!(ExitKind::Unknown as usize + 1 == ExitKind::COUNT);
+
+impl Exit {
+    /// The exit's kind, for counting.
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            Exit::Cpuid => ExitKind::Cpuid,
+            Exit::Io(_) => ExitKind::Io,
+            Exit::MsrRead => ExitKind::MsrRead,
+            Exit::MsrWrite => ExitKind::MsrWrite,
+            Exit::Hypercall => ExitKind::Hypercall,
+            Exit::Hlt => ExitKind::Hlt,
+            Exit::NestedPageFault(_) | Exit::NestedPagingMisconfigured { .. } => {
+                ExitKind::NestedPageFault
+            }
+            Exit::InterruptWindow => ExitKind::InterruptWindow,
+            Exit::ExternalInterrupt => ExitKind::ExternalInterrupt,
+            Exit::Nmi => ExitKind::Nmi,
+            Exit::SliceEnd => ExitKind::SliceEnd,
+            Exit::TripleFault => ExitKind::TripleFault,
+            Exit::ControlRegister(_) => ExitKind::ControlRegister,
+            Exit::Xsetbv => ExitKind::Xsetbv,
+            Exit::CacheFlush => ExitKind::CacheFlush,
+            Exit::VirtualizationInstruction | Exit::Rdpmc => ExitKind::RefusedInstruction,
+            Exit::TaskSwitch => ExitKind::TaskSwitch,
+            Exit::EntryFailed(_) => ExitKind::EntryFailed,
+            Exit::Unknown { .. } => ExitKind::Unknown,
+        }
+    }
+}
+
 /// What the caller does after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Resume this vCPU.
     Resume,
-    /// Its slice is over (VMX-preemption timer): run the next vCPU.
+    /// Its slice is over: run the next vCPU.
     Preempted,
     /// It executed HLT with interrupts enabled: block it until an event
     /// for it arrives.
@@ -78,69 +385,42 @@ pub trait Platform {
     fn flush_guest_tlb(&mut self);
 }
 
-/// How many basic exit reasons get a counter in [`ExitTally`] (the SDM's
-/// reasons end below 80; the scheduler's table has the same size).
-pub const TALLIED_REASONS: usize = 80;
-
-/// A vCPU's exits by basic reason since they were last handed to the
-/// scheduler's figures (once a slice): counting here costs the exit path
-/// an add, and the hand-over visits only the reasons seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A vCPU's exits by kind since they were last handed to the scheduler's
+/// figures (once a slice): counting here costs the exit path an add, and
+/// the hand-over visits only the kinds seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitTally {
-    counts: [u32; TALLIED_REASONS],
-    /// Bit r: `counts[r]` is not zero, for the reasons below 64 (every
-    /// frequent one).
-    seen: u64,
-    /// Some count of reason 64 or more is not zero.
-    seen_high: bool,
+    counts: [u32; ExitKind::COUNT],
+    /// Bit k: `counts[k]` is not zero.
+    seen: u32,
 }
 
-impl Default for ExitTally {
-    fn default() -> Self {
-        Self {
-            counts: [0; TALLIED_REASONS],
-            seen: 0,
-            seen_high: false,
-        }
-    }
-}
+const _: () = assert!(ExitKind::COUNT <= 32);
 
 impl ExitTally {
-    /// Counts one exit with basic reason `reason`; the last slot counts
-    /// reason 79 and everything past it.
-    pub fn count(&mut self, reason: u16) {
-        let r = usize::from(reason).min(TALLIED_REASONS - 1);
-        if let Some(n) = self.counts.get_mut(r) {
+    /// Counts one exit of kind `kind`.
+    #[inline]
+    pub fn count(&mut self, kind: ExitKind) {
+        let k = kind.index();
+        if let Some(n) = self.counts.get_mut(k) {
             *n = n.saturating_add(1);
-            if r < 64 {
-                self.seen |= 1 << r;
-            } else {
-                self.seen_high = true;
-            }
+            self.seen |= 1 << k;
         }
     }
 
-    /// Adds every non-zero count to `table` (by reason; the last slot's
-    /// count, reasons 79 and up, goes to `other`) and starts over.
-    pub fn drain_into(&mut self, table: &mut [u64; TALLIED_REASONS], other: &mut u64) {
+    /// Adds every non-zero count to `table` (by kind index; a kind past
+    /// the table's end goes to `other`) and starts over.
+    pub fn drain_into(&mut self, table: &mut [u64], other: &mut u64) {
         let mut seen = core::mem::take(&mut self.seen);
         while seen != 0 {
-            let r = seen.trailing_zeros() as usize % 64;
+            let k = seen.trailing_zeros() as usize;
             seen &= seen - 1;
-            let n = core::mem::take(&mut self.counts[r]);
-            table[r] = table[r].saturating_add(u64::from(n));
-        }
-        if core::mem::take(&mut self.seen_high) {
-            let high = self.counts.iter_mut().zip(table.iter_mut()).enumerate();
-            for (r, (n, t)) in high.skip(64) {
-                let n = u64::from(core::mem::take(n));
-                let slot = if r == TALLIED_REASONS - 1 {
-                    &mut *other
-                } else {
-                    t
-                };
-                *slot = slot.saturating_add(n);
-            }
+            let n = self.counts.get_mut(k).map_or(0, core::mem::take);
+            let slot = match table.get_mut(k) {
+                Some(t) => t,
+                None => &mut *other,
+            };
+            *slot = slot.saturating_add(u64::from(n));
         }
     }
 }
@@ -168,10 +448,10 @@ pub struct ExitStats {
     pub hypercalls: u64,
 }
 
-/// The per-vCPU state the exit handlers work on besides the VMCS and GPRs.
+/// The per-vCPU state the exit handlers work on besides the backend's.
 #[derive(Debug)]
 pub struct VcpuModel {
-    /// Index of this vCPU in its guest, and how many the guest has.
+    /// Index of this vCPU in its guest.
     pub index: u32,
     /// How many vCPUs the guest has.
     pub vcpus: u32,
@@ -186,13 +466,9 @@ pub struct VcpuModel {
     /// The guest's CR8 (task priority), kept here until a virtual LAPIC
     /// exists.
     pub cr8: u64,
-    /// CR0 bits VMX operation fixes on this CPU.
-    pub cr0_fixed: FixedBits,
-    /// CR4 bits VMX operation fixes on this CPU.
-    pub cr4_fixed: FixedBits,
     /// What the vCPU did.
     pub stats: ExitStats,
-    /// Its exits by reason, not yet handed to the scheduler.
+    /// Its exits by kind, not yet handed to the scheduler.
     pub tally: ExitTally,
     /// The guest's CPUID answers already worked out.
     pub cpuid_cache: CpuidCache,
@@ -268,20 +544,15 @@ const CR0_CD: u64 = 1 << 30;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PKE: u64 = 1 << 22;
 const CR4_OSXSAVE: u64 = 1 << 18;
-const CR4_VMXE: u64 = 1 << 13;
 /// CR4 bits whose change flushes the TLB when executed natively.
 const CR4_PAGING_BITS: u64 = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 17) | (1 << 20) | (1 << 21);
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_IF: u64 = 1 << 9;
-/// "IA-32e mode guest" in the VM-entry controls.
-const ENTRY_IA32E: u32 = 1 << 9;
-/// The L bit in VMCS access rights (64-bit code segment).
-const AR_L: u32 = 1 << 13;
 
 impl VcpuModel {
-    /// vCPU `index` of a guest with `vcpus`, on a CPU with these fixed bits.
-    pub fn new(index: u32, vcpus: u32, cr0_fixed: FixedBits, cr4_fixed: FixedBits) -> Self {
+    /// vCPU `index` of a guest with `vcpus`.
+    pub fn new(index: u32, vcpus: u32) -> Self {
         Self {
             index,
             vcpus,
@@ -290,35 +561,10 @@ impl VcpuModel {
             msrs: VirtualMsrs::new(index),
             xcr0: 1,
             cr8: 0,
-            cr0_fixed,
-            cr4_fixed,
             stats: ExitStats::default(),
             tally: ExitTally::default(),
             cpuid_cache: CpuidCache::default(),
         }
-    }
-
-    /// The CR0 bits the host owns: those VMX fixes, except PE and PG, which
-    /// unrestricted guest leaves to the guest.
-    pub fn cr0_host_mask(&self) -> u64 {
-        (self.cr0_fixed.must_be_one() | self.cr0_fixed.must_be_zero())
-            & !(CR0_PE | CR0_PG)
-            & 0xFFFF_FFFF
-    }
-
-    /// The CR4 bits the host owns: those VMX fixes (VMXE among them).
-    pub fn cr4_host_mask(&self) -> u64 {
-        (self.cr4_fixed.must_be_one() | self.cr4_fixed.must_be_zero()) & 0xFFFF_FFFF
-    }
-
-    /// The CR0 value the hardware runs with for a guest value `guest`.
-    pub fn cr0_for_hardware(&self, guest: u64) -> u64 {
-        guest | (self.cr0_fixed.must_be_one() & !(CR0_PE | CR0_PG))
-    }
-
-    /// The CR4 value the hardware runs with for a guest value `guest`.
-    pub fn cr4_for_hardware(&self, guest: u64) -> u64 {
-        guest | self.cr4_fixed.must_be_one()
     }
 
     /// Passes bytes the guest transmitted to the console line buffer.
@@ -329,281 +575,212 @@ impl VcpuModel {
     }
 }
 
-/// Handles the exit that just happened on the current VMCS.
-pub fn handle_exit<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+/// Handles `exit`, which the vCPU behind `vcpu` just took.
+#[inline]
+pub fn handle_exit<B: VcpuAccess, P: Platform>(
+    exit: &Exit,
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
 ) -> Outcome {
-    // CPUID, the most frequent exit, needs nothing else decoded (basic
-    // reason 10, no flag bits) and is handled here, so it does not pay for
-    // the general dispatch's stack frame.
-    const CPUID: u32 = ExitReason::Cpuid.number() as u32;
-    let result = match vmcs.read(ReadOnly32::ExitReason) {
-        Ok(CPUID) => {
-            vcpu.stats.exits += 1;
-            vcpu.tally.count(CPUID as u16);
-            cpuid(vmcs, regs, vcpu, platform)
-        }
-        Ok(raw_reason) => dispatch(vmcs, regs, vcpu, platform, raw_reason),
-        Err(e) => Err(e),
+    model.stats.exits += 1;
+    model.tally.count(exit.kind());
+    // CPUID, the most frequent exit, is handled here, so it does not pay
+    // for the general dispatch's stack frame.
+    let result = match exit {
+        Exit::Cpuid => cpuid(vcpu, model, platform),
+        _ => dispatch(exit, vcpu, model, platform),
     };
     match result {
         Ok(outcome) => outcome,
-        Err(e) => Outcome::stop(StopReason::VmcsAccess(e)),
+        Err(e) => Outcome::stop(StopReason::Backend(e.to_string())),
     }
 }
 
 /// Every exit but CPUID.
 #[inline(never)]
-fn dispatch<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+fn dispatch<B: VcpuAccess, P: Platform>(
+    exit: &Exit,
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
-    raw_reason: u32,
-) -> Result<Outcome, VmFail> {
-    vcpu.stats.exits += 1;
-    vcpu.tally.count((raw_reason & 0xFFFF) as u16);
-    let info = vmx::exit::ExitInfo::from_exit_reason(raw_reason);
-    let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
-    if info.entry_failure {
-        return Ok(match EntryFailure::decode(info.reason, qualification) {
-            Some(failure) => Outcome::stop(StopReason::EntryFailed(failure)),
-            None => unhandled(vmcs, info.reason, qualification)?,
-        });
-    }
-    match info.reason {
-        ExitReason::Cpuid => cpuid(vmcs, regs, vcpu, platform),
-        ExitReason::IoInstruction => io(vmcs, regs, vcpu, platform, qualification),
-        ExitReason::Vmcall => vmcall(vmcs, regs, vcpu, platform),
-        ExitReason::Hlt => hlt(vmcs),
-        ExitReason::Rdmsr => rdmsr(vmcs, regs, vcpu),
-        ExitReason::Wrmsr => wrmsr(vmcs, regs, vcpu),
-        ExitReason::ControlRegisterAccess => cr_access(
-            vmcs,
-            regs,
-            vcpu,
-            platform,
-            CrAccess::from_qualification(qualification),
-        ),
-        ExitReason::Xsetbv => xsetbv(vmcs, regs, vcpu, platform),
-        ExitReason::PreemptionTimerExpired => Ok(Outcome::Preempted),
-        ExitReason::ExternalInterrupt => {
-            // Acknowledged on exit: the host's (a kick); the guest goes on
-            // once the caller has handled it.
-            vcpu.stats.host_events += 1;
+) -> Result<Outcome, B::Error> {
+    match exit {
+        Exit::Cpuid => cpuid(vcpu, model, platform),
+        Exit::Io(io) => port_io(vcpu, model, platform, io),
+        Exit::Hypercall => vmcall(vcpu, model, platform),
+        Exit::Hlt => hlt(vcpu),
+        Exit::MsrRead => rdmsr(vcpu, model),
+        Exit::MsrWrite => wrmsr(vcpu, model),
+        Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
+        Exit::Xsetbv => xsetbv(vcpu, model, platform),
+        Exit::SliceEnd => Ok(Outcome::Preempted),
+        Exit::ExternalInterrupt => {
+            // The host's (a kick); the guest goes on once the caller has
+            // handled it.
+            model.stats.host_events += 1;
             Ok(Outcome::HostInterrupt)
         }
-        ExitReason::ExceptionOrNmi => {
-            // An NMI (no exception is intercepted): the host has no use for
-            // it yet; the guest just goes on.
-            vcpu.stats.host_events += 1;
+        Exit::Nmi => {
+            // The host has no use for NMIs yet; the guest just goes on.
+            model.stats.host_events += 1;
+            Ok(Outcome::Resume)
+        }
+        // Nothing is pending for the guest yet when the window opens: the
+        // interrupt path asks for the window only with an interrupt in
+        // hand, and injects it before the next entry.
+        Exit::InterruptWindow => {
+            vcpu.request_interrupt_window(false)?;
             Ok(Outcome::Resume)
         }
         // The caches are coherent and guest RAM is write-back: nothing to
         // write back or throw away on the guest's behalf.
-        ExitReason::Invd | ExitReason::Wbinvd => skip(vmcs),
-        // Every VMX instruction, and GETSEC/MONITOR/MWAIT whose CPUID bits
-        // the guest does not see: #UD, as on a CPU without them.
-        ExitReason::Vmclear
-        | ExitReason::Vmlaunch
-        | ExitReason::Vmptrld
-        | ExitReason::Vmptrst
-        | ExitReason::Vmread
-        | ExitReason::Vmresume
-        | ExitReason::Vmwrite
-        | ExitReason::Vmxoff
-        | ExitReason::Vmxon
-        | ExitReason::Invept
-        | ExitReason::Invvpid
-        | ExitReason::Vmfunc
-        | ExitReason::Getsec
-        | ExitReason::Monitor
-        | ExitReason::Mwait => inject(vmcs, vcpu, UD, None),
+        Exit::CacheFlush => skip(vcpu),
+        Exit::VirtualizationInstruction => inject(vcpu, model, UD, None),
         // No performance counters are offered (CPUID leaf 0xA is empty).
-        ExitReason::Rdpmc => inject(vmcs, vcpu, GP, Some(0)),
-        ExitReason::TripleFault => Ok(Outcome::stop(StopReason::TripleFault(Box::new(dump(
-            vmcs, regs,
+        Exit::Rdpmc => inject(vcpu, model, GP, Some(0)),
+        Exit::TripleFault => Ok(Outcome::stop(StopReason::TripleFault(Box::new(dump(
+            vcpu,
         )?)))),
-        ExitReason::EptViolation => {
-            let gpa = GuestPhysAddr::new(vmcs.read(ReadOnly64::GuestPhysicalAddress)?);
-            Ok(Outcome::stop(StopReason::EptViolation {
-                violation: EptViolation::from_qualification(qualification, gpa),
-                ram: platform.ram_size(),
-                rip: vmcs.read(GuestNatural::Rip)?,
+        Exit::NestedPageFault(fault) => Ok(Outcome::stop(StopReason::MemoryFault {
+            fault: *fault,
+            ram: platform.ram_size(),
+            rip: vcpu.rip()?,
+        })),
+        Exit::NestedPagingMisconfigured { gpa } => {
+            Ok(Outcome::stop(StopReason::NestedPagingMisconfigured {
+                gpa: *gpa,
             }))
         }
-        ExitReason::EptMisconfiguration => Ok(Outcome::stop(StopReason::EptMisconfiguration {
-            gpa: vmcs.read(ReadOnly64::GuestPhysicalAddress)?,
+        Exit::TaskSwitch => Ok(Outcome::stop(StopReason::TaskSwitch { rip: vcpu.rip()? })),
+        Exit::EntryFailed(why) => Ok(Outcome::stop(StopReason::EntryFailed(why.clone()))),
+        Exit::Unknown {
+            reason,
+            name,
+            qualification,
+        } => Ok(Outcome::stop(StopReason::UnhandledExit {
+            reason: *reason,
+            name,
+            qualification: *qualification,
+            rip: vcpu.rip()?,
         })),
-        ExitReason::TaskSwitch => Ok(Outcome::stop(StopReason::TaskSwitch {
-            rip: vmcs.read(GuestNatural::Rip)?,
-        })),
-        reason => unhandled(vmcs, reason, qualification),
     }
 }
 
-fn unhandled<V: VmcsAccess>(
-    vmcs: &V,
-    reason: ExitReason,
-    qualification: u64,
-) -> Result<Outcome, VmFail> {
-    Ok(Outcome::stop(StopReason::UnhandledExit {
-        reason,
-        qualification,
-        rip: vmcs.read(GuestNatural::Rip)?,
-    }))
-}
-
-/// Moves RIP past the instruction that exited and drops the one-instruction
-/// interrupt shadow it may have had (SDM Vol. 3C, 27.3.1.5: "blocking by
-/// STI" and "by MOV SS" must be clear when the instruction is skipped).
+/// Moves RIP past the instruction that exited; the guest resumes.
 #[inline]
-fn skip<V: VmcsAccess>(vmcs: &mut V) -> Result<Outcome, VmFail> {
-    let len = vmcs.read(ReadOnly32::ExitInstructionLength)?;
-    let rip = vmcs.read(GuestNatural::Rip)?;
-    let mut next = rip.wrapping_add(u64::from(len));
-    // Outside 64-bit mode EIP wraps at 4 GiB; asking the mode only when
-    // that can matter keeps the common path to three VMCS accesses.
-    if next > u64::from(u32::MAX) && !is_long_mode(vmcs)? {
-        next &= 0xFFFF_FFFF;
-    }
-    vmcs.write(GuestNatural::Rip, next)?;
-    let interruptibility = vmcs.read(Guest32::InterruptibilityState)?;
-    if interruptibility & 0b11 != 0 {
-        vmcs.write(Guest32::InterruptibilityState, interruptibility & !0b11)?;
-    }
+fn skip<B: VcpuAccess>(vcpu: &mut B) -> Result<Outcome, B::Error> {
+    vcpu.skip_instruction()?;
     Ok(Outcome::Resume)
 }
 
 /// Injects hardware exception `vector` at the instruction that exited (it
 /// faults, so RIP stays). Outside protected mode no error code is pushed
-/// (SDM Vol. 3C, 27.2.1.3: delivering one with CR0.PE = 0 fails VM entry).
-fn inject<V: VmcsAccess>(
-    vmcs: &mut V,
-    vcpu: &mut VcpuModel,
+/// (real-mode delivery has none; VT-x fails the entry if one is given).
+fn inject<B: VcpuAccess>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     vector: u8,
     error_code: Option<u32>,
-) -> Result<Outcome, VmFail> {
-    let protected = vmcs.read(GuestNatural::Cr0)? & CR0_PE != 0;
-    let mut info = (1u32 << 31) | (3 << 8) | u32::from(vector);
-    if let (Some(code), true) = (error_code, protected) {
-        info |= 1 << 11;
-        vmcs.write(Control32::EntryExceptionErrorCode, code)?;
-    }
-    vmcs.write(Control32::EntryInterruptionInfo, info)?;
-    vcpu.stats.injected += 1;
+) -> Result<Outcome, B::Error> {
+    let protected = vcpu.cr0()? & CR0_PE != 0;
+    let error_code = error_code.filter(|_| protected);
+    vcpu.inject(Event::Exception { vector, error_code })?;
+    model.stats.injected += 1;
     Ok(Outcome::Resume)
 }
 
 /// Whether the guest runs 64-bit code (IA32_EFER.LMA and CS.L).
-fn is_long_mode<V: VmcsAccess>(vmcs: &V) -> Result<bool, VmFail> {
-    Ok(
-        vmcs.read(Guest64::Efer)? & EFER_LMA != 0
-            && vmcs.read(Guest32::CsAccessRights)? & AR_L != 0,
-    )
+fn is_long_mode<B: VcpuAccess>(vcpu: &B) -> Result<bool, B::Error> {
+    Ok(vcpu.efer()? & EFER_LMA != 0 && vcpu.segment_attributes(Segment::Cs)? & SEGMENT_L != 0)
 }
 
 /// The guest's CPL (SS.DPL, SDM Vol. 3A, 5.5).
-fn cpl<V: VmcsAccess>(vmcs: &V) -> Result<u32, VmFail> {
-    Ok((vmcs.read(Guest32::SsAccessRights)? >> 5) & 3)
+fn cpl<B: VcpuAccess>(vcpu: &B) -> Result<u32, B::Error> {
+    Ok((vcpu.segment_attributes(Segment::Ss)? >> 5) & 3)
 }
 
-fn dump<V: VmcsAccess>(vmcs: &V, regs: &GuestRegisters) -> Result<RegisterDump, VmFail> {
-    let shadowed = |real: u64, shadow: u64, mask: u64| (real & !mask) | (shadow & mask);
-    let gpr = |r: Gpr| regs.get(r).unwrap_or(0);
+fn dump<B: VcpuAccess>(vcpu: &B) -> Result<RegisterDump, B::Error> {
+    let mut gprs = [0u64; 7];
+    for (slot, reg) in gprs.iter_mut().zip([
+        Gpr::Rax,
+        Gpr::Rbx,
+        Gpr::Rcx,
+        Gpr::Rdx,
+        Gpr::Rsi,
+        Gpr::Rdi,
+        Gpr::Rbp,
+    ]) {
+        *slot = vcpu.gpr(reg)?;
+    }
     Ok(RegisterDump {
-        rip: vmcs.read(GuestNatural::Rip)?,
-        rsp: vmcs.read(GuestNatural::Rsp)?,
-        rflags: vmcs.read(GuestNatural::Rflags)?,
-        cr0: shadowed(
-            vmcs.read(GuestNatural::Cr0)?,
-            vmcs.read(ControlNatural::Cr0ReadShadow)?,
-            vmcs.read(ControlNatural::Cr0GuestHostMask)?,
-        ),
-        cr3: vmcs.read(GuestNatural::Cr3)?,
-        cr4: shadowed(
-            vmcs.read(GuestNatural::Cr4)?,
-            vmcs.read(ControlNatural::Cr4ReadShadow)?,
-            vmcs.read(ControlNatural::Cr4GuestHostMask)?,
-        ),
-        efer: vmcs.read(Guest64::Efer)?,
-        cs: vmcs.read(Guest16::CsSelector)?,
-        gprs: [
-            Gpr::Rax,
-            Gpr::Rbx,
-            Gpr::Rcx,
-            Gpr::Rdx,
-            Gpr::Rsi,
-            Gpr::Rdi,
-            Gpr::Rbp,
-        ]
-        .map(gpr),
+        rip: vcpu.rip()?,
+        rsp: vcpu.gpr(Gpr::Rsp)?,
+        rflags: vcpu.rflags()?,
+        cr0: vcpu.cr0()?,
+        cr3: vcpu.cr3()?,
+        cr4: vcpu.cr4()?,
+        efer: vcpu.efer()?,
+        cs: vcpu.segment(Segment::Cs)?.selector,
+        gprs,
     })
 }
 
 #[inline(always)]
-fn cpuid<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+fn cpuid<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &P,
-) -> Result<Outcome, VmFail> {
-    vcpu.stats.cpuid += 1;
-    let cr4 = vmcs.read(ControlNatural::Cr4ReadShadow)?;
+) -> Result<Outcome, B::Error> {
+    model.stats.cpuid += 1;
+    let cr4 = vcpu.cr4()?;
     let ctx = GuestCpuidContext {
-        vcpu_index: vcpu.index,
-        vcpus: vcpu.vcpus,
+        vcpu_index: model.index,
+        vcpus: model.vcpus,
         cr4_osxsave: cr4 & CR4_OSXSAVE != 0,
         cr4_pke: cr4 & CR4_PKE != 0,
     };
-    let (leaf, subleaf) = (regs.rax() as u32, regs.rcx() as u32);
-    let r = vcpu
+    let (leaf, subleaf) = (vcpu.gpr(Gpr::Rax)? as u32, vcpu.gpr(Gpr::Rcx)? as u32);
+    let r = model
         .cpuid_cache
         .lookup(leaf, subleaf, &ctx, |l, s| platform.host_cpuid(l, s));
     // CPUID writes all four registers zero-extended, in every mode.
-    regs.set_rax(u64::from(r.eax));
-    regs.set_rbx(u64::from(r.ebx));
-    regs.set_rcx(u64::from(r.ecx));
-    regs.set_rdx(u64::from(r.edx));
-    skip(vmcs)
+    vcpu.set_gpr(Gpr::Rax, u64::from(r.eax))?;
+    vcpu.set_gpr(Gpr::Rbx, u64::from(r.ebx))?;
+    vcpu.set_gpr(Gpr::Rcx, u64::from(r.ecx))?;
+    vcpu.set_gpr(Gpr::Rdx, u64::from(r.edx))?;
+    skip(vcpu)
 }
 
-fn io<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+fn port_io<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
-    qualification: u64,
-) -> Result<Outcome, VmFail> {
-    vcpu.stats.io += 1;
-    let Ok(io) = IoQualification::from_qualification(qualification) else {
-        return unhandled(vmcs, ExitReason::IoInstruction, qualification);
-    };
+    io: &IoAccess,
+) -> Result<Outcome, B::Error> {
+    model.stats.io += 1;
     if io.string {
         return Ok(Outcome::stop(StopReason::StringIo {
-            io,
-            rip: vmcs.read(GuestNatural::Rip)?,
+            io: *io,
+            rip: vcpu.rip()?,
         }));
     }
-    let size = io.size.bytes();
+    let size = io.size.min(4);
     let com1 = COM1_BASE..COM1_BASE + 8;
     match io.direction {
         IoDirection::Out => {
-            let value = regs.rax();
+            let value = vcpu.gpr(Gpr::Rax)?;
             for i in 0..size {
                 let port = io.port.wrapping_add(u16::from(i));
                 let byte = (value >> (8 * i)) as u8;
                 if com1.contains(&port) {
-                    if let Some(out) = vcpu.uart.write(port - COM1_BASE, byte) {
-                        vcpu.console_bytes(&[out], platform);
+                    if let Some(out) = model.uart.write(port - COM1_BASE, byte) {
+                        model.console_bytes(&[out], platform);
                     }
                 } else {
                     // Port 0xCF9 (reset) lands here too: a guest does not
                     // reset the machine.
-                    vcpu.stats.io_writes_ignored += 1;
+                    model.stats.io_writes_ignored += 1;
                 }
             }
         }
@@ -612,49 +789,60 @@ fn io<V: VmcsAccess, P: Platform>(
             for i in 0..size {
                 let port = io.port.wrapping_add(u16::from(i));
                 let byte = if com1.contains(&port) {
-                    vcpu.uart.read(port - COM1_BASE)
+                    model.uart.read(port - COM1_BASE)
                 } else {
-                    vcpu.stats.io_reads_unclaimed += 1;
+                    model.stats.io_reads_unclaimed += 1;
                     0xFF
                 };
                 value |= u64::from(byte) << (8 * i);
             }
             // IN AL/AX leaves the rest of RAX; IN EAX zero-extends.
+            let rax = vcpu.gpr(Gpr::Rax)?;
             let rax = match size {
-                1 => (regs.rax() & !0xFF) | value,
-                2 => (regs.rax() & !0xFFFF) | value,
+                1 => (rax & !0xFF) | value,
+                2 => (rax & !0xFFFF) | value,
                 _ => value,
             };
-            regs.set_rax(rax);
+            vcpu.set_gpr(Gpr::Rax, rax)?;
         }
     }
-    skip(vmcs)
+    skip(vcpu)
 }
 
-fn vmcall<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+fn vmcall<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
-) -> Result<Outcome, VmFail> {
-    if cpl(vmcs)? != 0 {
-        return inject(vmcs, vcpu, UD, None);
+) -> Result<Outcome, B::Error> {
+    if cpl(vcpu)? != 0 {
+        return inject(vcpu, model, UD, None);
     }
-    vcpu.stats.hypercalls += 1;
-    let long = is_long_mode(vmcs)?;
-    let result = match Hypercall::decode(regs.rax(), regs.rbx(), regs.rcx(), long) {
+    model.stats.hypercalls += 1;
+    let long = is_long_mode(vcpu)?;
+    let call = Hypercall::decode(
+        vcpu.gpr(Gpr::Rax)?,
+        vcpu.gpr(Gpr::Rbx)?,
+        vcpu.gpr(Gpr::Rcx)?,
+        long,
+    );
+    let result = match call {
         Hypercall::Exit { code } => {
-            vcpu.console.flush(|line| platform.guest_line(line));
+            model.console.flush(|line| platform.guest_line(line));
             return Ok(Outcome::stop(StopReason::Exited { code }));
         }
-        Hypercall::Print { gpa, len } => print(vcpu, platform, gpa, len),
+        Hypercall::Print { gpa, len } => print(model, platform, gpa, len),
         Hypercall::Unknown { .. } => hypercall::UNKNOWN_CALL,
     };
-    regs.set_rax(Hypercall::result(result, long));
-    skip(vmcs)
+    vcpu.set_gpr(Gpr::Rax, Hypercall::result(result, long))?;
+    skip(vcpu)
 }
 
-fn print<P: Platform>(vcpu: &mut VcpuModel, platform: &mut P, gpa: GuestPhysAddr, len: u64) -> u64 {
+fn print<P: Platform>(
+    model: &mut VcpuModel,
+    platform: &mut P,
+    gpa: GuestPhysAddr,
+    len: u64,
+) -> u64 {
     let in_ram = gpa
         .checked_add(len)
         .is_some_and(|end| end.as_u64() <= platform.ram_size());
@@ -674,47 +862,39 @@ fn print<P: Platform>(vcpu: &mut VcpuModel, platform: &mut P, gpa: GuestPhysAddr
         if !platform.read_guest(at, part) {
             return hypercall::BAD_ARGUMENT;
         }
-        vcpu.console_bytes(part, platform);
+        model.console_bytes(part, platform);
         done += chunk as u64;
     }
     0
 }
 
-fn hlt<V: VmcsAccess>(vmcs: &mut V) -> Result<Outcome, VmFail> {
-    let rip = vmcs.read(GuestNatural::Rip)?;
-    if vmcs.read(GuestNatural::Rflags)? & RFLAGS_IF == 0 {
+fn hlt<B: VcpuAccess>(vcpu: &mut B) -> Result<Outcome, B::Error> {
+    let rip = vcpu.rip()?;
+    if vcpu.rflags()? & RFLAGS_IF == 0 {
         return Ok(Outcome::stop(StopReason::HaltedWithInterruptsOff { rip }));
     }
-    skip(vmcs)?;
+    vcpu.skip_instruction()?;
     Ok(Outcome::Halted)
 }
 
-fn rdmsr<V: VmcsAccess>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
-) -> Result<Outcome, VmFail> {
-    vcpu.stats.msr += 1;
-    match vcpu.msrs.read(regs.rcx() as u32) {
+fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
+    model.stats.msr += 1;
+    match model.msrs.read(vcpu.gpr(Gpr::Rcx)? as u32) {
         Ok(value) => {
-            regs.set_rax(value & 0xFFFF_FFFF);
-            regs.set_rdx(value >> 32);
-            skip(vmcs)
+            vcpu.set_gpr(Gpr::Rax, value & 0xFFFF_FFFF)?;
+            vcpu.set_gpr(Gpr::Rdx, value >> 32)?;
+            skip(vcpu)
         }
-        Err(_) => inject(vmcs, vcpu, GP, Some(0)),
+        Err(_) => inject(vcpu, model, GP, Some(0)),
     }
 }
 
-fn wrmsr<V: VmcsAccess>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
-) -> Result<Outcome, VmFail> {
-    vcpu.stats.msr += 1;
-    let value = (regs.rdx() << 32) | (regs.rax() & 0xFFFF_FFFF);
-    match vcpu.msrs.write(regs.rcx() as u32, value) {
-        Ok(()) => skip(vmcs),
-        Err(_) => inject(vmcs, vcpu, GP, Some(0)),
+fn wrmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
+    model.stats.msr += 1;
+    let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
+    match model.msrs.write(vcpu.gpr(Gpr::Rcx)? as u32, value) {
+        Ok(()) => skip(vcpu),
+        Err(_) => inject(vcpu, model, GP, Some(0)),
     }
 }
 
@@ -722,19 +902,18 @@ fn wrmsr<V: VmcsAccess>(
 /// bits the host supports, AVX only with SSE, the AVX-512 bits all or none
 /// and only with AVX, the MPX bits together. Anything else is #GP(0), as
 /// on hardware.
-fn xsetbv<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+fn xsetbv<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
-) -> Result<Outcome, VmFail> {
-    let value = (regs.rdx() << 32) | (regs.rax() & 0xFFFF_FFFF);
-    if regs.rcx() as u32 != 0 || !xcr0_valid(value, platform.xcr0_supported()) {
-        return inject(vmcs, vcpu, GP, Some(0));
+) -> Result<Outcome, B::Error> {
+    let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
+    if vcpu.gpr(Gpr::Rcx)? as u32 != 0 || !xcr0_valid(value, platform.xcr0_supported()) {
+        return inject(vcpu, model, GP, Some(0));
     }
     platform.load_xcr0(value);
-    vcpu.xcr0 = value;
-    skip(vmcs)
+    model.xcr0 = value;
+    skip(vcpu)
 }
 
 /// Whether `value` is an XCR0 a guest may set on a host supporting
@@ -756,113 +935,103 @@ pub fn xcr0_valid(value: u64, supported: u64) -> bool {
 
 /// A control-register access that exited: a MOV to CR0/CR4 that changes a
 /// host-owned bit, or any CR8 access.
-fn cr_access<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    regs: &mut GuestRegisters,
-    vcpu: &mut VcpuModel,
+fn cr_access<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
     access: CrAccess,
-) -> Result<Outcome, VmFail> {
-    let long = is_long_mode(vmcs)?;
+) -> Result<Outcome, B::Error> {
+    let long = is_long_mode(vcpu)?;
     let width = |v: u64| if long { v } else { v & 0xFFFF_FFFF };
-    match (access.cr, access.access) {
-        (0, CrAccessType::MovTo { gpr }) => {
-            let value = width(regs.get(gpr).unwrap_or(vmcs.read(GuestNatural::Rsp)?));
-            write_cr0(vmcs, vcpu, value)
+    match (access.cr, access.kind) {
+        (0, CrAccessKind::MovTo(gpr)) => {
+            let value = width(vcpu.gpr(gpr)?);
+            write_cr0(vcpu, model, value)
         }
-        (4, CrAccessType::MovTo { gpr }) => {
-            let value = width(regs.get(gpr).unwrap_or(vmcs.read(GuestNatural::Rsp)?));
-            write_cr4(vmcs, vcpu, platform, value)
+        (4, CrAccessKind::MovTo(gpr)) => {
+            let value = width(vcpu.gpr(gpr)?);
+            write_cr4(vcpu, model, platform, value)
         }
-        (8, CrAccessType::MovTo { gpr }) => {
-            let value = regs.get(gpr).unwrap_or(vmcs.read(GuestNatural::Rsp)?);
+        (8, CrAccessKind::MovTo(gpr)) => {
+            let value = vcpu.gpr(gpr)?;
             if value > 15 {
-                return inject(vmcs, vcpu, GP, Some(0));
+                return inject(vcpu, model, GP, Some(0));
             }
-            vcpu.cr8 = value;
-            skip(vmcs)
+            model.cr8 = value;
+            skip(vcpu)
         }
-        (8, CrAccessType::MovFrom { gpr }) => {
-            if gpr == Gpr::Rsp {
-                vmcs.write(GuestNatural::Rsp, vcpu.cr8)?;
-            } else {
-                regs.set(gpr, vcpu.cr8);
-            }
-            skip(vmcs)
+        (8, CrAccessKind::MovFrom(gpr)) => {
+            vcpu.set_gpr(gpr, model.cr8)?;
+            skip(vcpu)
         }
-        (0, CrAccessType::Lmsw { source, .. }) => {
+        (0, CrAccessKind::Lmsw(source)) => {
             // LMSW sets PE, MP, EM and TS and cannot clear PE.
-            let shadow = vmcs.read(ControlNatural::Cr0ReadShadow)?;
+            let old = vcpu.cr0()?;
             let low = u64::from(source) & 0xF;
-            let value = (shadow & !0xE) | low | (shadow & CR0_PE);
-            write_cr0(vmcs, vcpu, value)
+            let value = (old & !0xE) | low | (old & CR0_PE);
+            write_cr0(vcpu, model, value)
         }
-        (0, CrAccessType::Clts) => {
-            let shadow = vmcs.read(ControlNatural::Cr0ReadShadow)?;
-            write_cr0(vmcs, vcpu, shadow & !(1 << 3))
+        (0, CrAccessKind::Clts) => {
+            let old = vcpu.cr0()?;
+            write_cr0(vcpu, model, old & !(1 << 3))
         }
-        _ => {
-            let q = vmcs.read(ReadOnlyNatural::ExitQualification)?;
-            unhandled(vmcs, ExitReason::ControlRegisterAccess, q)
-        }
+        (cr, _) => Ok(Outcome::stop(StopReason::UnhandledExit {
+            reason: u32::from(cr),
+            name: "control-register access",
+            qualification: 0,
+            rip: vcpu.rip()?,
+        })),
     }
 }
 
 /// Emulates a MOV to CR0 of `value` (the guest's view), checking what the
 /// hardware would (SDM Vol. 2B "MOV—Move to/from Control Registers").
-fn write_cr0<V: VmcsAccess>(
-    vmcs: &mut V,
-    vcpu: &mut VcpuModel,
+fn write_cr0<B: VcpuAccess>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     value: u64,
-) -> Result<Outcome, VmFail> {
-    let old = vmcs.read(ControlNatural::Cr0ReadShadow)?;
+) -> Result<Outcome, B::Error> {
+    let old = vcpu.cr0()?;
     let reserved = value >> 32 != 0;
     let pg_without_pe = value & CR0_PG != 0 && value & CR0_PE == 0;
     let nw_without_cd = value & CR0_NW != 0 && value & CR0_CD == 0;
     if reserved || pg_without_pe || nw_without_cd {
-        return inject(vmcs, vcpu, GP, Some(0));
+        return inject(vcpu, model, GP, Some(0));
     }
-    let mut efer = vmcs.read(Guest64::Efer)?;
+    let efer = vcpu.efer()?;
     let paging_on = value & CR0_PG != 0 && old & CR0_PG == 0;
-    let paging_off = value & CR0_PG == 0 && vmcs.read(GuestNatural::Cr0)? & CR0_PG != 0;
+    let paging_off = value & CR0_PG == 0 && old & CR0_PG != 0;
     if efer & EFER_LME != 0 && (paging_on || paging_off) {
         // The mode switch the hardware would have made (SDM Vol. 3A,
-        // 10.8.5): EFER.LMA follows CR0.PG, and VM entry's "IA-32e mode
-        // guest" must follow EFER.LMA.
-        let entry = vmcs.read(Control32::EntryControls)?;
-        if paging_on {
-            efer |= EFER_LMA;
-            vmcs.write(Control32::EntryControls, entry | ENTRY_IA32E)?;
+        // 10.8.5): EFER.LMA follows CR0.PG.
+        let efer = if paging_on {
+            efer | EFER_LMA
         } else {
-            efer &= !EFER_LMA;
-            vmcs.write(Control32::EntryControls, entry & !ENTRY_IA32E)?;
-        }
-        vmcs.write(Guest64::Efer, efer)?;
+            efer & !EFER_LMA
+        };
+        vcpu.set_efer(efer)?;
     }
-    vmcs.write(ControlNatural::Cr0ReadShadow, value)?;
-    vmcs.write(GuestNatural::Cr0, vcpu.cr0_for_hardware(value))?;
-    skip(vmcs)
+    vcpu.set_cr0(value)?;
+    skip(vcpu)
 }
 
-/// Emulates a MOV to CR4: VMXE (VMX is hidden) and bits VMX operation
-/// does not allow are #GP(0).
-fn write_cr4<V: VmcsAccess, P: Platform>(
-    vmcs: &mut V,
-    vcpu: &mut VcpuModel,
+/// Emulates a MOV to CR4: bits the backend cannot let the guest set (VMXE
+/// while VT-x is hidden, among others) are #GP(0).
+fn write_cr4<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
     platform: &mut P,
     value: u64,
-) -> Result<Outcome, VmFail> {
-    let forbidden = CR4_VMXE | vcpu.cr4_fixed.must_be_zero();
-    if value & forbidden != 0 {
-        return inject(vmcs, vcpu, GP, Some(0));
+) -> Result<Outcome, B::Error> {
+    if value & vcpu.cr4_forbidden() != 0 {
+        return inject(vcpu, model, GP, Some(0));
     }
-    let old = vmcs.read(ControlNatural::Cr4ReadShadow)?;
-    vmcs.write(ControlNatural::Cr4ReadShadow, value)?;
-    vmcs.write(GuestNatural::Cr4, vcpu.cr4_for_hardware(value))?;
+    let old = vcpu.cr4()?;
+    vcpu.set_cr4(value)?;
     if (old ^ value) & CR4_PAGING_BITS != 0 {
         platform.flush_guest_tlb();
     }
-    skip(vmcs)
+    skip(vcpu)
 }
 
 #[cfg(test)]

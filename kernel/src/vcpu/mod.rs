@@ -1,11 +1,15 @@
-//! What a virtual CPU sees and does, decided without touching hardware:
-//! CPUID values, the MSR allow-list, the hypercall ABI, the initial VMCS
-//! contents and the exit dispatch. The kernel binary carries the decisions
-//! out; the host tests check them.
+//! What a virtual CPU sees and does, decided without touching hardware and
+//! without naming a virtualization extension: the vendor-neutral exit and
+//! vCPU access layer (`exit`, `access`), the CPUID values, the MSR
+//! allow-list, the hypercall ABI and the stop reasons. A backend (VT-x in
+//! `crate::vtx`) decodes its exits into [`exit::Exit`] and implements
+//! [`access::VcpuAccess`]; the kernel binary carries the decisions out;
+//! the host tests check them.
 
+pub mod access;
 pub mod cpuid;
 pub mod exit;
+pub mod fake;
 pub mod hypercall;
 pub mod msr;
-pub mod setup;
 pub mod stop;

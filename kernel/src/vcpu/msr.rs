@@ -14,8 +14,6 @@
 
 use core::fmt;
 
-use vmx::bitmaps::{MsrAccess, MsrBitmap};
-
 /// IA32_TIME_STAMP_COUNTER: reads pass through (the VMCS TSC offset, if in
 /// use, applies); writes are dropped, see [`VirtualMsrs::write`].
 pub const IA32_TIME_STAMP_COUNTER: u32 = 0x10;
@@ -68,7 +66,7 @@ pub const IA32_TSC_AUX: u32 = 0xC000_0103;
 /// and loaded (SDM Vol. 3C, 25.4.1 "Guest Register State"), EFER and PAT
 /// when the "save/load IA32_EFER" and "save/load IA32_PAT" VM-exit and
 /// VM-entry controls are 1, which passing them through requires.
-const VMCS_MSRS: &[u32] = &[
+pub const VMCS_MSRS: &[u32] = &[
     IA32_SYSENTER_CS,
     IA32_SYSENTER_ESP,
     IA32_SYSENTER_EIP,
@@ -104,22 +102,6 @@ const EMULATED_MSRS: &[u32] = &[
     IA32_MTRR_DEF_TYPE,
 ];
 
-// Only MSRs the bitmap covers can be passed through (SDM Vol. 3C, 25.6.9);
-// checked here so `fill_bitmap` cannot silently leave one exiting.
-const _: () = {
-    let mut i = 0;
-    while i < VMCS_MSRS.len() {
-        assert!(MsrBitmap::covers(VMCS_MSRS[i]));
-        i += 1;
-    }
-    let mut i = 0;
-    while i < SWITCHED_MSRS.len() {
-        assert!(MsrBitmap::covers(SWITCHED_MSRS[i]));
-        i += 1;
-    }
-    assert!(MsrBitmap::covers(IA32_TIME_STAMP_COUNTER));
-};
-
 /// What happens to one guest RDMSR or WRMSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MsrRule {
@@ -151,17 +133,6 @@ pub fn rule(msr: u32, write: bool) -> MsrRule {
     } else {
         MsrRule::Denied
     }
-}
-
-/// Fills `bitmap` so pass-through accesses do not exit and everything else
-/// does: it agrees with [`rule`] for every MSR.
-pub fn fill_bitmap(bitmap: &mut MsrBitmap) {
-    bitmap.set_all(true);
-    for &msr in VMCS_MSRS.iter().chain(SWITCHED_MSRS) {
-        // Cannot fail: every entry is covered (the const assertion above).
-        let _ = bitmap.set(msr, MsrAccess::ReadWrite, false);
-    }
-    let _ = bitmap.set(IA32_TIME_STAMP_COUNTER, MsrAccess::Read, false);
 }
 
 /// The guest's RDMSR or WRMSR is refused: the caller injects #GP(0).
@@ -240,8 +211,8 @@ impl VirtualMsrs {
 
     /// The guest's RDMSR of `msr`, for an access that exited. Emulated MSRs
     /// answer; denied and unknown ones are `Err`, and so is a pass-through
-    /// one, which exits only if the caller did not use [`fill_bitmap`]'s
-    /// bitmap (its guest value is in the VMCS or on the processor, not
+    /// one, which exits only if the backend's MSR bitmap does not agree
+    /// with [`rule`] (its guest value is in the VMCS or on the processor, not
     /// here).
     pub fn read(&self, msr: u32) -> Result<u64, InjectGp> {
         match msr {
@@ -297,57 +268,6 @@ impl VirtualMsrs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every MSR the bitmap covers, then a sample of those it does not.
-    fn all_covered() -> impl Iterator<Item = u32> {
-        (0..=0x1FFF).chain(0xC000_0000..=0xC000_1FFF)
-    }
-
-    fn uncovered_sample() -> impl Iterator<Item = u32> {
-        (0x2000..=0x1_0000).chain(0xC000_2000..=0xC001_1000).chain([
-            0x4000_0000,
-            0x4000_0070,
-            0xBFFF_FFFF,
-            u32::MAX,
-        ])
-    }
-
-    #[test]
-    fn bitmap_agrees_with_rule_for_every_covered_msr() {
-        let mut bitmap = MsrBitmap::pass_all();
-        fill_bitmap(&mut bitmap);
-        let mut passed = 0;
-        for msr in all_covered() {
-            for write in [false, true] {
-                let passes = rule(msr, write) == MsrRule::PassThrough;
-                assert_eq!(bitmap.exits(msr, write), !passes, "{msr:#x} write={write}");
-                passed += u32::from(passes);
-            }
-        }
-        // 13 MSRs both ways, plus IA32_TIME_STAMP_COUNTER reads.
-        assert_eq!(passed, 27);
-    }
-
-    #[test]
-    fn nothing_outside_the_bitmap_is_passed_through() {
-        let mut bitmap = MsrBitmap::exit_all();
-        fill_bitmap(&mut bitmap);
-        for msr in uncovered_sample() {
-            for write in [false, true] {
-                assert_ne!(rule(msr, write), MsrRule::PassThrough, "{msr:#x}");
-                assert!(bitmap.exits(msr, write));
-            }
-        }
-    }
-
-    #[test]
-    fn fill_bitmap_overwrites_whatever_was_there() {
-        let mut from_pass = MsrBitmap::pass_all();
-        let mut from_exit = MsrBitmap::exit_all();
-        fill_bitmap(&mut from_pass);
-        fill_bitmap(&mut from_exit);
-        assert_eq!(from_pass, from_exit);
-    }
 
     #[test]
     fn named_rules() {
@@ -435,6 +355,21 @@ mod tests {
             }
         }
         assert_eq!(msrs, VirtualMsrs::new(0), "refused writes changed state");
+    }
+
+    /// Every MSR a VT-x MSR bitmap covers, then a sample of those it does
+    /// not.
+    fn all_covered() -> impl Iterator<Item = u32> {
+        (0..=0x1FFF).chain(0xC000_0000..=0xC000_1FFF)
+    }
+
+    fn uncovered_sample() -> impl Iterator<Item = u32> {
+        (0x2000..=0x1_0000).chain(0xC000_2000..=0xC001_1000).chain([
+            0x4000_0000,
+            0x4000_0070,
+            0xBFFF_FFFF,
+            u32::MAX,
+        ])
     }
 
     /// `VirtualMsrs` answers exactly the emulated accesses: every emulated

@@ -6,8 +6,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use core::fmt;
 
-use vmx::error::VmFail;
-use vmx::exit::{EntryFailure, EptViolation, ExitReason, IoQualification};
+use super::exit::{IoAccess, NestedFault};
 
 /// The guest state printed with a triple fault.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,9 +71,9 @@ pub enum StopReason {
         rip: u64,
     },
     /// An access to guest-physical memory that is not the guest's RAM.
-    EptViolation {
-        /// The decoded qualification.
-        violation: EptViolation,
+    MemoryFault {
+        /// The access.
+        fault: NestedFault,
         /// The guest's RAM size (RAM is `0..ram`).
         ram: u64,
         /// The RIP of the access.
@@ -82,14 +81,14 @@ pub enum StopReason {
     },
     /// A triple fault (the guest's exception handling failed completely).
     TripleFault(Box<RegisterDump>),
-    /// VM entry failed while loading guest state.
-    EntryFailed(EntryFailure),
-    /// VMLAUNCH or VMRESUME itself failed.
-    LaunchFailed(VmFail),
+    /// VM entry failed while loading guest state (the backend's words).
+    EntryFailed(String),
+    /// Entering the guest failed before it ran (the backend's words).
+    LaunchFailed(String),
     /// A string I/O instruction (INS/OUTS), which is not emulated yet.
     StringIo {
         /// The access.
-        io: IoQualification,
+        io: IoAccess,
         /// Where.
         rip: u64,
     },
@@ -100,22 +99,24 @@ pub enum StopReason {
     },
     /// A VM exit Ferrovisor does not handle.
     UnhandledExit {
-        /// The basic exit reason.
-        reason: ExitReason,
-        /// Its exit qualification.
+        /// The backend's exit reason number.
+        reason: u32,
+        /// The backend's name for it.
+        name: &'static str,
+        /// Its qualification or exit information.
         qualification: u64,
         /// The guest's RIP.
         rip: u64,
     },
-    /// A VMREAD/VMWRITE on the guest's VMCS failed: a Ferrovisor bug,
-    /// contained to this guest.
-    VmcsAccess(VmFail),
+    /// The backend failed to read or change the vCPU's state (a VMREAD or
+    /// VMWRITE failed, say): a Ferrovisor bug, contained to this guest.
+    Backend(String),
     /// The scheduler cannot place the guest (its `cpus` name no CPU it
     /// may use), or lost track of it.
     NotSchedulable(String),
-    /// The guest's EPT is misconfigured: a Ferrovisor bug, contained to
-    /// this guest.
-    EptMisconfiguration {
+    /// The guest's second-level page tables (EPT, NPT) are malformed: a
+    /// Ferrovisor bug, contained to this guest.
+    NestedPagingMisconfigured {
         /// The guest-physical address whose walk found it.
         gpa: u64,
     },
@@ -132,23 +133,17 @@ impl fmt::Display for StopReason {
                 f,
                 "halted forever (HLT at RIP {rip:#x} with interrupts on, but no device can interrupt it)"
             ),
-            Self::EptViolation { violation, ram, rip } => {
-                let access = if violation.fetch {
-                    "instruction fetch"
-                } else if violation.write {
-                    "write"
-                } else {
-                    "read"
-                };
-                let place = if violation.gpa.as_u64() >= *ram {
+            Self::MemoryFault { fault, ram, rip } => {
+                let place = if fault.gpa.as_u64() >= *ram {
                     "outside its RAM"
                 } else {
-                    "inside RAM that its EPT does not allow"
+                    "inside RAM that its page tables do not allow"
                 };
                 write!(
                     f,
-                    "{access} at guest-physical {} {place} ({ram:#x} bytes) at RIP {rip:#x} ({violation})",
-                    violation.gpa
+                    "{} at guest-physical {} {place} ({ram:#x} bytes) at RIP {rip:#x} ({fault})",
+                    fault.access(),
+                    fault.gpa
                 )
             }
             Self::TripleFault(dump) => write!(f, "triple fault: {dump}"),
@@ -162,17 +157,18 @@ impl fmt::Display for StopReason {
             }
             Self::UnhandledExit {
                 reason,
+                name,
                 qualification,
                 rip,
             } => write!(
                 f,
-                "unhandled VM exit {reason}, qualification {qualification:#x}, at RIP {rip:#x}"
+                "unhandled VM exit {reason} ({name}), qualification {qualification:#x}, at RIP {rip:#x}"
             ),
-            Self::VmcsAccess(e) => write!(f, "hypervisor error: VMCS access failed: {e}"),
+            Self::Backend(e) => write!(f, "hypervisor error: {e}"),
             Self::NotSchedulable(why) => write!(f, "cannot be scheduled: {why}"),
-            Self::EptMisconfiguration { gpa } => write!(
+            Self::NestedPagingMisconfigured { gpa } => write!(
                 f,
-                "hypervisor error: EPT misconfiguration at guest-physical {gpa:#x}"
+                "hypervisor error: second-level page tables misconfigured at guest-physical {gpa:#x}"
             ),
         }
     }

@@ -12,7 +12,7 @@ use vmx::vmcs::{
     VmcsAccess,
 };
 
-use super::exit::VcpuModel;
+use super::CrPolicy;
 use crate::loader::entry::{EntryState, Segment};
 
 /// IA32_EFER.LMA.
@@ -42,7 +42,7 @@ pub fn write_controls<V: VmcsAccess>(
     vmcs: &mut V,
     controls: &GuestControls,
     links: &VmcsLinks,
-    vcpu: &VcpuModel,
+    cr: &CrPolicy,
     entry: &EntryState,
 ) -> Result<(), VmFail> {
     let long_mode = entry.control.efer & EFER_LMA != 0;
@@ -73,8 +73,8 @@ pub fn write_controls<V: VmcsAccess>(
     if let (true, Some(vpid)) = (controls.vpid, links.vpid) {
         vmcs.write(Control16::Vpid, vpid)?;
     }
-    vmcs.write(ControlNatural::Cr0GuestHostMask, vcpu.cr0_host_mask())?;
-    vmcs.write(ControlNatural::Cr4GuestHostMask, vcpu.cr4_host_mask())?;
+    vmcs.write(ControlNatural::Cr0GuestHostMask, cr.cr0_host_mask())?;
+    vmcs.write(ControlNatural::Cr4GuestHostMask, cr.cr4_host_mask())?;
     vmcs.write(ControlNatural::Cr0ReadShadow, entry.control.cr0)?;
     vmcs.write(ControlNatural::Cr4ReadShadow, entry.control.cr4)?;
     Ok(())
@@ -83,12 +83,12 @@ pub fn write_controls<V: VmcsAccess>(
 /// Writes the guest-state area for the vCPU's first instruction.
 pub fn write_guest_state<V: VmcsAccess>(
     vmcs: &mut V,
-    vcpu: &VcpuModel,
+    cr: &CrPolicy,
     entry: &EntryState,
 ) -> Result<(), VmFail> {
-    vmcs.write(GuestNatural::Cr0, vcpu.cr0_for_hardware(entry.control.cr0))?;
+    vmcs.write(GuestNatural::Cr0, cr.cr0_for_hardware(entry.control.cr0))?;
     vmcs.write(GuestNatural::Cr3, entry.control.cr3)?;
-    vmcs.write(GuestNatural::Cr4, vcpu.cr4_for_hardware(entry.control.cr4))?;
+    vmcs.write(GuestNatural::Cr4, cr.cr4_for_hardware(entry.control.cr4))?;
     vmcs.write(GuestNatural::Dr7, DR7_INIT)?;
     vmcs.write(GuestNatural::Rsp, entry.regs.rsp)?;
     vmcs.write(GuestNatural::Rip, entry.rip)?;

@@ -1,10 +1,11 @@
-//! A guest on this CPU: its RAM and EPT from the frame allocator, its
-//! bitmaps and VMCS, its one vCPU with the state a vCPU switch moves, and
-//! its destruction, which gives every frame back.
+//! A guest under VT-x: its RAM and EPT from the frame allocator, its
+//! bitmaps and VMCS, its one vCPU with the state a vCPU switch moves, entry
+//! and exit (decoded into the neutral `Exit` and handled by the neutral
+//! handlers), and its destruction, which gives every frame back.
 //!
-//! The decisions (controls, guest state, exit handling) come from
-//! `kernel::vcpu` and `vmx`; this module owns the frames and runs the VMX
-//! instructions.
+//! The decisions (controls, guest state, exit decoding) come from
+//! `kernel::vtx` and `vmx`, the exit handling from `kernel::vcpu`; this
+//! module owns the frames and runs the VMX instructions.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -12,8 +13,10 @@ use core::fmt;
 
 use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use kernel::loader::{GuestMemory, LoadError, LoadedImage};
-use kernel::vcpu::exit::{Platform, VcpuModel};
-use kernel::vcpu::setup::{self, VmcsLinks};
+use kernel::vcpu::exit::{handle_exit, Exit, Outcome, Platform, VcpuModel};
+use kernel::vcpu::stop::StopReason;
+use kernel::vtx::setup::{self, VmcsLinks};
+use kernel::vtx::{CrPolicy, VmxVcpu};
 use log::debug;
 use mm::MmError;
 use vmx::bitmaps::{IoBitmaps, MsrBitmap};
@@ -23,7 +26,7 @@ use vmx::error::VmFail;
 use vmx::execution::GuestControls;
 use vmx::instructions::{self as hw, HardwareVmcs, InveptType, InvvpidType};
 use vmx::regs::GuestRegisters;
-use vmx::vmcs::{Guest32, Host16, Host32, Host64, HostNatural, VmcsAccess};
+use vmx::vmcs::{Guest32, GuestNatural, Host16, Host32, Host64, HostNatural, VmcsAccess};
 
 use crate::{arch, gdt, memory};
 
@@ -296,6 +299,8 @@ pub struct Guest {
     pub launched: bool,
     /// The vCPU's devices and counters.
     pub model: VcpuModel,
+    /// The CPU's fixed CR0/CR4 bits, which the guest's CRs must keep.
+    cr: CrPolicy,
     switched: SwitchedState,
     /// The VPID, where enabled.
     vpid: Option<u16>,
@@ -349,7 +354,11 @@ impl Guest {
             bitmaps: [HostPhysAddr::new(0); 3],
             regs: GuestRegisters::new(),
             launched: false,
-            model: VcpuModel::new(0, 1, hw.caps.cr0_fixed, hw.caps.cr4_fixed),
+            model: VcpuModel::new(0, 1),
+            cr: CrPolicy {
+                cr0_fixed: hw.caps.cr0_fixed,
+                cr4_fixed: hw.caps.cr4_fixed,
+            },
             switched: SwitchedState {
                 area: HostPhysAddr::new(0),
                 area_order: 0,
@@ -407,7 +416,7 @@ impl Guest {
         fill_frame(self.bitmaps[0], io.a());
         fill_frame(self.bitmaps[1], io.b());
         let mut msr = MsrBitmap::exit_all();
-        kernel::vcpu::msr::fill_bitmap(&mut msr);
+        kernel::vtx::fill_msr_bitmap(&mut msr);
         fill_frame(self.bitmaps[2], msr.as_bytes());
 
         let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
@@ -455,10 +464,9 @@ impl Guest {
             eptp: self.eptp,
             vpid: self.vpid,
         };
-        setup::write_controls(&mut vmcs, &hw.controls, &links, &self.model, &loaded.entry)
+        setup::write_controls(&mut vmcs, &hw.controls, &links, &self.cr, &loaded.entry)
             .map_err(CreateError::Vmcs)?;
-        setup::write_guest_state(&mut vmcs, &self.model, &loaded.entry)
-            .map_err(CreateError::Vmcs)?;
+        setup::write_guest_state(&mut vmcs, &self.cr, &loaded.entry).map_err(CreateError::Vmcs)?;
         write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
         // A guest destroyed earlier may have had this EPTP and VPID, and
         // this CPU may still cache its translations.
@@ -683,7 +691,7 @@ fn write_host_state(vmcs: &mut HardwareVmcs) -> Result<(), VmFail> {
 }
 
 /// What the exit handlers reach of the machine, for one guest.
-pub struct GuestPlatform<'a> {
+struct GuestPlatform<'a> {
     name: &'a str,
     ram: &'a GuestRam,
     vpid: Option<u16>,
@@ -691,22 +699,56 @@ pub struct GuestPlatform<'a> {
 }
 
 impl Guest {
-    /// The guest split for exit handling: the platform the handlers use,
-    /// and the registers and model they change.
-    pub fn exit_parts<'a>(
-        &'a mut self,
-        hw: &'a Hardware,
-    ) -> (GuestPlatform<'a>, &'a mut GuestRegisters, &'a mut VcpuModel) {
-        (
-            GuestPlatform {
-                name: &self.name,
-                ram: &self.ram,
-                vpid: self.vpid,
-                hw,
-            },
-            &mut self.regs,
-            &mut self.model,
-        )
+    /// Enters the guest (VMLAUNCH the first time on this CPU, VMRESUME
+    /// after) and returns when it exits, with the exit decoded; `Err` when
+    /// the entry itself failed or the exit could not be read.
+    ///
+    /// The caller runs this on the CPU where the VMCS is active and
+    /// current (`hot_on`, [`Guest::make_current`] or [`Guest::arrive`]),
+    /// with interrupts off.
+    #[inline]
+    pub fn enter(&mut self) -> Result<Exit, StopReason> {
+        // SAFETY: VMX root operation at CPL 0 with interrupts off (the
+        // host runs with them off); the current VMCS is this guest's,
+        // active on this CPU, with this CPU's host state and HOST_RIP at
+        // the exit path (`create`/`arrive`), and `launched` tracks its
+        // launch state.
+        let result = unsafe { hw::vm_run(&mut self.regs, self.launched) };
+        if let Err(e) = result {
+            return Err(StopReason::LaunchFailed(alloc::format!("{e}")));
+        }
+        self.launched = true;
+        // SAFETY: VMX root operation with this guest's VMCS current.
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        kernel::vtx::decode_exit(&mut vmcs).map_err(|e| StopReason::Backend(alloc::format!("{e}")))
+    }
+
+    /// Handles `exit`, which this guest just took on this CPU.
+    #[inline]
+    pub fn handle(&mut self, hw: &Hardware, exit: &Exit) -> Outcome {
+        // SAFETY: VMX root operation with this guest's VMCS current (it
+        // just exited here).
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        let mut vcpu = VmxVcpu {
+            vmcs: &mut vmcs,
+            regs: &mut self.regs,
+            cr: &self.cr,
+        };
+        let mut platform = GuestPlatform {
+            name: &self.name,
+            ram: &self.ram,
+            vpid: self.vpid,
+            hw,
+        };
+        handle_exit(exit, &mut vcpu, &mut self.model, &mut platform)
+    }
+
+    /// Where the guest resumes (its RIP), read from its VMCS, current on
+    /// this CPU; 0 if it cannot be read.
+    pub fn rip(&self) -> u64 {
+        // SAFETY: VMX root operation with this guest's VMCS current.
+        let vmcs = unsafe { HardwareVmcs::current() };
+        vmcs.read(GuestNatural::Rip).unwrap_or(0)
     }
 }
 

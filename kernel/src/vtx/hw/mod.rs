@@ -1,21 +1,32 @@
-//! Turning VT-x on and off on the calling CPU: IA32_FEATURE_CONTROL, the
-//! CR0/CR4 bits VMX operation fixes, the VMXON region, VMXON and VMXOFF
-//! (SDM Vol. 3C, "Enabling and Entering VMX Operation").
+//! The VT-x backend's hardware half, in the kernel binary: detecting VT-x
+//! and turning it on and off on the calling CPU (IA32_FEATURE_CONTROL, the
+//! CR0/CR4 bits VMX operation fixes, the VMXON region, VMXON and VMXOFF;
+//! SDM Vol. 3C, "Enabling and Entering VMX Operation"), and in [`vm`] a
+//! guest's frames, EPT and VMCS and the VMX instructions that run it.
 //!
-//! The decisions (which bits, which value) come from `vmx` and are tested
-//! there; this module only carries them out.
+//! The decisions (which bits, which value) come from `vmx` and from the
+//! library's `kernel::vtx`, and are tested there; this module only carries
+//! them out. With that library module it is the only code that names VT-x.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use alloc::string::String;
+
 use log::info;
-use vmx::caps::VmxCapabilities;
 use vmx::error::VmFail;
+use vmx::execution::GuestControls;
 use vmx::feature_control::{enable_and_lock, FeatureControlState};
 use vmx::instructions as hw;
 use vmx::msr::IA32_FEATURE_CONTROL;
 
 use crate::{cpu, memory};
+
+pub mod vm;
+
+/// What this CPU's VT-x offers; opaque to the rest of the kernel, which
+/// only passes it back here.
+pub use vmx::caps::VmxCapabilities as Capabilities;
 
 /// Marks "this CPU is not in VMX operation" in [`VMXON_REGION`].
 const OFF: u64 = 0;
@@ -49,7 +60,7 @@ impl fmt::Display for EnableError {
 /// and whose IA32_FEATURE_CONTROL is in state `feature_control` (checked
 /// usable by `vmx::availability::assess`).
 pub fn enable(
-    caps: &VmxCapabilities,
+    caps: &Capabilities,
     feature_control: FeatureControlState,
 ) -> Result<(), EnableError> {
     let k = cpu::current_index();
@@ -129,4 +140,51 @@ pub fn disable() {
         Ok(()) => info!("cpu{}: vmx: VMXOFF done", cpu::current_index()),
         Err(e) => log::warn!("cpu{}: vmx: VMXOFF failed: {e}", cpu::current_index()),
     }
+}
+
+/// Reports CPU `k`'s VT-x capability lines (when `verbose`) and turns
+/// VT-x on if it can; `Err` says in words why it cannot be used. `vendor`
+/// is the CPUID vendor string, `has_vmx` CPUID.1:ECX.VMX.
+pub fn detect_and_enable(
+    k: u16,
+    vendor: &str,
+    has_vmx: bool,
+    verbose: bool,
+) -> Result<Capabilities, String> {
+    // IA32_FEATURE_CONTROL exists on CPUs that report VMX (SDM Vol. 4, 2.1).
+    let feature_control = has_vmx.then(|| {
+        // SAFETY: CPUID.1:ECX.VMX = 1, so the MSR exists.
+        unsafe { vmx::instructions::rdmsr(vmx::msr::IA32_FEATURE_CONTROL) }
+    });
+    let verdict = vmx::availability::assess(has_vmx, vendor, feature_control).and_then(|fc| {
+        // SAFETY: `assess` succeeded, so the CPU has VMX and its capability
+        // MSRs; `read_vmx_msrs` reads only those its own bits say exist.
+        let raw = unsafe { vmx::instructions::read_vmx_msrs() };
+        let caps = vmx::caps::VmxCapabilities::decode(&raw);
+        if verbose {
+            for line in caps.report_lines() {
+                info!("cpu{k}: {line}");
+            }
+            info!("cpu{k}: {fc}");
+        }
+        caps.check_required()
+            .map_err(vmx::availability::Unavailable::MissingFeature)?;
+        Ok((caps, fc))
+    });
+    match verdict {
+        Ok((caps, fc)) => enable(&caps, fc)
+            .map(|()| caps)
+            .map_err(|e| alloc::format!("{e}")),
+        Err(reason) => Err(alloc::format!("{reason}")),
+    }
+}
+
+/// Whether an application processor with capabilities `ap` runs guests
+/// with the same VMCS controls, preemption-timer rate and VMCS revision
+/// as the boot CPU with `boot`, so a VMCS can move between them.
+pub fn same_guest_controls(ap: &Capabilities, boot: &Capabilities) -> bool {
+    ap == boot
+        || (GuestControls::compute(ap).ok() == GuestControls::compute(boot).ok()
+            && ap.misc.preemption_timer_rate == boot.misc.preemption_timer_rate
+            && ap.basic.revision_id == boot.basic.revision_id)
 }
