@@ -64,11 +64,19 @@ impl fmt::Display for BootError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BootError::MissingKernel(p) => {
-                write!(f, "kernel ELF {} does not exist (build it with `cargo xtask build`)", p.display())
+                write!(
+                    f,
+                    "kernel ELF {} does not exist (build it with `cargo xtask build`)",
+                    p.display()
+                )
             }
             BootError::MissingRamdisk(p) => write!(f, "ramdisk {} does not exist", p.display()),
             BootError::Builder { firmware, message } => {
-                write!(f, "building the {} image failed: {message}", firmware.name())
+                write!(
+                    f,
+                    "building the {} image failed: {message}",
+                    firmware.name()
+                )
             }
         }
     }
@@ -122,7 +130,10 @@ pub fn build_images(
             Firmware::Bios => builder.create_bios_image(&path),
             Firmware::Uefi => builder.create_uefi_image(&path),
         };
-        result.map_err(|e| BootError::Builder { firmware, message: format!("{e:#}") })?;
+        result.map_err(|e| BootError::Builder {
+            firmware,
+            message: format!("{e:#}"),
+        })?;
         paths.push((firmware, path));
     }
     Ok(Images { paths })

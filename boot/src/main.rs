@@ -35,7 +35,9 @@ fn run() -> Result<(), String> {
                     "bios" => vec![Firmware::Bios],
                     "uefi" => vec![Firmware::Uefi],
                     "both" => Firmware::ALL.to_vec(),
-                    other => return Err(format!("unknown firmware {other:?} (bios, uefi or both)")),
+                    other => {
+                        return Err(format!("unknown firmware {other:?} (bios, uefi or both)"))
+                    }
                 }
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -44,7 +46,8 @@ fn run() -> Result<(), String> {
     let kernel = kernel.ok_or("--kernel ELF is required")?;
     let out = out.ok_or("--out DIR is required")?;
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let images = build_images(&kernel, ramdisk.as_deref(), &out, &firmwares).map_err(|e| e.to_string())?;
+    let images =
+        build_images(&kernel, ramdisk.as_deref(), &out, &firmwares).map_err(|e| e.to_string())?;
     for (firmware, path) in images.paths {
         println!("image: {} {}", firmware.name(), path.display());
     }

@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let lines = data.split(|&b| b == b'\n').count();
     for e in &outcome.errors {
         let text = e.to_string();
-        assert!(text.starts_with("config: error: hypervisor.toml:"), "{text}");
+        assert!(
+            text.starts_with("config: error: hypervisor.toml:"),
+            "{text}"
+        );
         // Positions are 1-based and inside the file (one past the last
         // line for an error at the very end).
         assert!(e.line >= 1 && e.line as usize <= lines + 1, "{text}");

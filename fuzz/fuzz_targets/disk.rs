@@ -12,9 +12,15 @@ use libfuzzer_sys::fuzz_target;
 const LIMIT: usize = 64 << 10;
 
 fn walk(volume: &mut FatVolume<'_>, path: &str, depth: u32) {
-    let Ok(entries) = volume.read_dir(path) else { return };
+    let Ok(entries) = volume.read_dir(path) else {
+        return;
+    };
     for entry in entries.iter().take(16) {
-        let child = if path.is_empty() { entry.name.clone() } else { format!("{path}/{}", entry.name) };
+        let child = if path.is_empty() {
+            entry.name.clone()
+        } else {
+            format!("{path}/{}", entry.name)
+        };
         if entry.is_dir {
             if depth < 3 {
                 walk(volume, &child, depth + 1);
@@ -28,7 +34,8 @@ fn walk(volume: &mut FatVolume<'_>, path: &str, depth: u32) {
 fuzz_target!(|data: &[u8]| {
     let mut disk = MemDisk::new(data);
     if let Ok(Some(partition)) = find_config_partition(&mut disk) {
-        if let Ok(mut volume) = FatVolume::open(&mut disk, partition.first_lba, partition.sectors()) {
+        if let Ok(mut volume) = FatVolume::open(&mut disk, partition.first_lba, partition.sectors())
+        {
             walk(&mut volume, "", 0);
         }
     }

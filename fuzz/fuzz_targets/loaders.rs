@@ -18,11 +18,28 @@ fuzz_target!(|data: &[u8]| {
     let _ = loader::detect_format(image);
     match selector % 4 {
         0 => {
-            let _ = loader::load_linux(&mut mem, &LinuxImage { kernel: image, initrd: Some(b"initrd"), cmdline: "console=ttyS0" });
+            let _ = loader::load_linux(
+                &mut mem,
+                &LinuxImage {
+                    kernel: image,
+                    initrd: Some(b"initrd"),
+                    cmdline: "console=ttyS0",
+                },
+            );
         }
         1 => {
-            let modules = [Module { data: b"module", cmdline: "m" }];
-            let _ = loader::load_multiboot(&mut mem, &MultibootImage { kernel: image, cmdline: "x", modules: &modules });
+            let modules = [Module {
+                data: b"module",
+                cmdline: "m",
+            }];
+            let _ = loader::load_multiboot(
+                &mut mem,
+                &MultibootImage {
+                    kernel: image,
+                    cmdline: "x",
+                    modules: &modules,
+                },
+            );
         }
         mode => {
             let address = u64::from(u16::from_le_bytes([selector, selector.wrapping_mul(7)])) << 4;

@@ -162,7 +162,7 @@ impl std::error::Error for BuildError {}
 
 /// The folder of the image builder, a workspace of its own whose
 /// `rust-toolchain.toml` pins the bare-metal toolchain.
-fn boot_dir() -> PathBuf {
+pub fn boot_dir() -> PathBuf {
     workspace_root().join("boot")
 }
 
@@ -176,9 +176,10 @@ pub fn bare_metal_channel() -> Result<String, BuildError> {
         .map_err(|e| BuildError(format!("{}: {e}", path.display())))
 }
 
-/// `cargo +<bare-metal toolchain>` through rustup's proxy, so the channel
-/// pinned for the kernel and bootloader wins over the workspace's own.
-fn cargo(dir: PathBuf) -> Result<Command, BuildError> {
+/// `cargo +<bare-metal toolchain>` through rustup's proxy, run in `dir`, so
+/// the channel pinned for the kernel and bootloader wins over the
+/// workspace's own.
+pub fn bare_metal_cargo(dir: PathBuf) -> Result<Command, BuildError> {
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{}", bare_metal_channel()?));
     // The outer cargo (running xtask) points these at its own toolchain.
@@ -210,7 +211,7 @@ fn run(mut cmd: Command, what: &str) -> Result<(), BuildError> {
 /// Compiles the kernel for `variant` and copies the ELF into its folder.
 pub fn kernel(variant: &Variant) -> Result<PathBuf, BuildError> {
     println!("xtask: building the kernel ({})", variant.dir_name());
-    let mut cmd = cargo(workspace_root())?;
+    let mut cmd = bare_metal_cargo(workspace_root())?;
     cmd.args([
         "build",
         "--package",
@@ -263,7 +264,7 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
             "xtask: first image build: the bootloader compiles its boot stages now (a few minutes)"
         );
     }
-    let mut cmd = cargo(boot_dir())?;
+    let mut cmd = bare_metal_cargo(boot_dir())?;
     cmd.args(["run", "--release", "--"]);
     cmd.arg("--kernel")
         .arg(variant.kernel())

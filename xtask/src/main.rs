@@ -1,12 +1,13 @@
 //! `cargo xtask`: build, image, run and test Ferrovisor.
 //!
 //! One subcommand per module: `build` and `image` (build.rs), `run`
-//! (run.rs), `test` (test.rs), `bench` (bench.rs), `fuzz` (fuzz.rs). Run
-//! `cargo xtask help`.
+//! (run.rs), `test` (test.rs), `lint` (lint.rs), `bench` (bench.rs), `fuzz`
+//! (fuzz.rs). Run `cargo xtask help`.
 
 mod bench;
 mod cli;
 mod fuzz;
+mod lint;
 mod run;
 mod test;
 
@@ -35,8 +36,11 @@ commands:
                             test guests built from guest-images/asm (default
                             guest-images/default)
              --machine q35|pc   QEMU's machine: AHCI (default) or IDE disk
-  test     every test: host unit tests, then boot tests under QEMU (BIOS, UEFI)
-           and Bochs, and under QEMU+KVM when this host offers nested VT-x
+  test     every test: the lint checks, host unit tests, then boot tests under
+           QEMU (BIOS, UEFI) and Bochs, and under QEMU+KVM when this host offers
+           nested VT-x
+  lint     rustfmt --check and clippy -D warnings on every crate (the kernel
+           also for its bare-metal target); `test` runs these first
   bench    benchmarks under Bochs (VM-exit round trips); writes BENCHMARKS.md
   fuzz     fuzz the parsers of untrusted input (config, image loaders, ramdisk)
              [--seconds N (default 30)] [TARGET...]
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         }),
         "run" => run::main(rest),
         "test" => test::main(rest),
+        "lint" => lint::main(rest),
         "bench" => bench::main(rest),
         "fuzz" => fuzz::main(rest),
         "help" | "-h" | "--help" => {

@@ -1,11 +1,12 @@
 //! `cargo xtask test`: every test, in the order that fails fastest.
 //!
 //! 1. set-up: toolchain components, emulators, firmware;
-//! 2. host unit tests of every library crate, and a few seconds of fuzzing
+//! 2. formatting and clippy, warnings as errors (`cargo xtask lint`);
+//! 3. host unit tests of every library crate, and a few seconds of fuzzing
 //!    for each parser of untrusted input;
-//! 3. the kernel and images the boot tests boot (normal and self-test builds);
-//! 4. the boot tests in `tests/` (QEMU BIOS and UEFI, Bochs);
-//! 5. when this host offers nested VT-x, the boot tests that need QEMU+KVM.
+//! 4. the kernel and images the boot tests boot (normal and self-test builds);
+//! 5. the boot tests in `tests/` (QEMU BIOS and UEFI, Bochs);
+//! 6. when this host offers nested VT-x, the boot tests that need QEMU+KVM.
 
 use std::process::Command;
 
@@ -53,6 +54,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     setup::ensure_toolchain().map_err(|e| e.to_string())?;
     setup::ensure_tools(&setup::boot_test_needs()).map_err(|e| e.to_string())?;
+    // A formatting slip or a clippy warning fails here, before the unit
+    // tests and the slow image builds.
+    crate::lint::run()?;
 
     cargo(&[
         "test",
