@@ -3,11 +3,14 @@
 extern crate alloc;
 pub mod acpi;
 pub mod config;
-pub mod devices;
 pub mod disk;
 pub mod loader;
 pub mod vcpu;
 pub mod vtx;
+
+// The guest device models are a crate of their own (`kernel/devices`);
+// re-exported so `crate::devices::...` and `kernel::devices::...` paths stay.
+pub use ::devices;
 
 // The binary's disk drivers also run their unit tests here: they reach
 // hardware only through traits the tests fake, and `arch`/`memory` are

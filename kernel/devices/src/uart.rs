@@ -15,9 +15,9 @@
 
 use core::ops::RangeInclusive;
 
-/// The guest-console line buffer lives in [`super::console`]; it is
+/// The guest-console line buffer lives in [`crate::console`]; it is
 /// re-exported here because the exit handler takes both from this module.
-pub use super::console::{LineBuffer, LINE_MAX};
+pub use crate::console::{LineBuffer, LINE_MAX};
 
 /// The first I/O port of COM1 on PC-compatible machines.
 pub const COM1_BASE: u16 = 0x3F8;
@@ -333,10 +333,11 @@ impl Uart16550 {
             self.overrun = true;
             return false;
         }
-        let slot = (self.rx_head + self.rx_len) % RX_FIFO_DEPTH;
+        // Both are below RX_FIFO_DEPTH: the sum cannot wrap.
+        let slot = self.rx_head.wrapping_add(self.rx_len) % RX_FIFO_DEPTH;
         if let Some(cell) = self.rx.get_mut(slot) {
             *cell = byte;
-            self.rx_len += 1;
+            self.rx_len = self.rx_len.saturating_add(1);
             true
         } else {
             // Unreachable: `slot` is reduced modulo the array length.
@@ -353,8 +354,8 @@ impl Uart16550 {
         if let Some(&byte) = self.rx.get(self.rx_head) {
             self.last_rbr = byte;
         }
-        self.rx_head = (self.rx_head + 1) % RX_FIFO_DEPTH;
-        self.rx_len -= 1;
+        self.rx_head = self.rx_head.wrapping_add(1) % RX_FIFO_DEPTH;
+        self.rx_len = self.rx_len.saturating_sub(1);
         self.last_rbr
     }
 
@@ -493,6 +494,11 @@ impl Uart16550 {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

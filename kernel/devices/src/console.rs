@@ -113,10 +113,11 @@ impl LineBuffer {
             escaped = [b'\\', b'x', hex_digit(byte >> 4), hex_digit(byte & 0xF)];
             &escaped
         };
-        if self.len + text.len() > LINE_MAX {
+        // `len` <= LINE_MAX and `text` is at most 4 bytes: no overflow.
+        if self.len.saturating_add(text.len()) > LINE_MAX {
             self.emit_line(emit);
         }
-        let end = self.len + text.len();
+        let end = self.len.saturating_add(text.len());
         if let Some(slot) = self.buf.get_mut(self.len..end) {
             slot.copy_from_slice(text);
             self.len = end;
@@ -137,12 +138,18 @@ impl LineBuffer {
 /// The lowercase hex digit for the low four bits of `nibble`.
 const fn hex_digit(nibble: u8) -> u8 {
     match nibble & 0xF {
-        n @ 0..=9 => b'0' + n,
-        n => b'a' + (n - 10),
+        n @ 0..=9 => b'0'.wrapping_add(n),
+        // 10..=15 here: the result is b'a'..=b'f'.
+        n => b'a'.wrapping_add(n).wrapping_sub(10),
     }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,89 @@
+//! Ferrovisor's guest device models: pure state machines the VM-exit
+//! handlers drive, tested on the host. Nothing here executes a privileged
+//! instruction, reads a VMCS or knows the scheduler: the crate depends on
+//! neither `vmx`, `sched` nor `kernel`.
+//!
+//! # How a VM uses it
+//!
+//! Each VM owns one [`Bus`], one [`IrqLines`] and one
+//! [`InterruptController`] (for now [`SimpleIrqChip`]):
+//!
+//! ```
+//! use devices::bus::Bus;
+//! use devices::irq::{InterruptController, IrqLines, SimpleIrqChip};
+//! use devices::serial::UartDevice;
+//! use devices::timer::{TestTimer, TEST_TIMER_PORTS};
+//!
+//! let mut bus = Bus::new();
+//! let com1 = UartDevice::com1();
+//! let com1_ports = com1.ports();
+//! let com1 = bus.add(Box::new(com1), &[com1_ports], &[]).unwrap();
+//! bus.add(Box::new(TestTimer::new()), &[TEST_TIMER_PORTS], &[]).unwrap();
+//! let (mut irqs, mut chip) = (IrqLines::new(), SimpleIrqChip::new());
+//! let mut console = |line: &str| println!("[guest] {line}");
+//!
+//! // Port-I/O exit: OUT DX, AL with DX = 0x3F8; `now` is the VM's TSC.
+//! let now = 1_000;
+//! if !bus.port_write(0x3F8, 1, u32::from(b'A'), now, &mut irqs, &mut console) {
+//!     // No device: count the write and drop it.
+//! }
+//! // IN: `None` means no device, read all ones.
+//! let lsr = bus.port_read(0x3FD, 1, now, &mut irqs, &mut console).unwrap_or(0xFF);
+//! assert_eq!(lsr, 0x60);
+//!
+//! // Before entering the guest: due timers, then interrupts.
+//! bus.run_timers(now, &mut irqs, &mut console);
+//! irqs.forward_to(&mut chip);
+//! if let Some(vector) = chip.acknowledge() {
+//!     // inject `vector` (when the guest can take it)
+//! }
+//! // Arm the preemption timer (or wake a halted vCPU) for this:
+//! let _next = bus.next_deadline();
+//!
+//! // The guest stops: emit partial console lines.
+//! bus.flush(&mut console);
+//! # let _ = com1;
+//! ```
+//!
+//! - [`bus`]: the [`Device`] trait (port and MMIO reads and
+//!   writes with absolute port or guest-physical address, a timer callback,
+//!   a name, a flush), the [`DeviceEnv`] a device acts
+//!   through (the clock, interrupt lines, wake-up deadlines, the console
+//!   line sink), and the [`Bus`] itself: ranges refused on overlap with a
+//!   [`BusError`](bus::BusError), binary-search dispatch with no allocation
+//!   per access, accesses that cross a device's range split per byte,
+//!   [`Bus::mmio_ranges`] for the EPT builder to leave unmapped, and
+//!   [`Bus::get_mut`] / [`Bus::with_device`] to reach a device's own type.
+//! - [`irq`]: [`IrqLines`] (lines 0..24, levels and changes, pulses kept),
+//!   the [`InterruptController`] trait and [`SimpleIrqChip`] (vector
+//!   base + line, edge-latched, lowest line first, auto-EOI, maskable).
+//! - [`uart`]: the 16550A register model; [`console`]: the line buffer that
+//!   makes guest output safe to print; [`serial`]: the two as a bus device
+//!   ([`UartDevice`](serial::UartDevice), COM1 at 0x3F8 on line 4).
+//! - [`timer`]: [`TestTimer`](timer::TestTimer), a one-shot timer for test
+//!   guests at ports 0x0E0..=0x0E7 on line 5 (its module documents the
+//!   guest ABI).
+//!
+//! Guests are untrusted: no guest-controlled value (port, address, size,
+//! data, timing) can make this crate panic, which the lints below and the
+//! property tests hold to.
+#![cfg_attr(not(test), no_std)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+extern crate alloc;
+
+pub mod bus;
+pub mod console;
+pub mod irq;
+pub mod serial;
+pub mod timer;
+pub mod uart;
+
+pub use bus::{Bus, Device, DeviceEnv};
+pub use irq::{InterruptController, IrqLines, SimpleIrqChip};
