@@ -80,7 +80,7 @@ pub trait Platform {
 
 /// How many basic exit reasons get a counter in [`ExitTally`] (the SDM's
 /// reasons end below 80; the scheduler's table has the same size).
-pub const TALLIED_REASONS: usize = 80;
+pub const TALLIED_REASONS: usize = sched::EXIT_KINDS;
 
 /// A vCPU's exits by basic reason since they were last handed to the
 /// scheduler's figures (once a slice): counting here costs the exit path
