@@ -550,8 +550,12 @@ impl Run {
                     vcpu,
                     slice,
                     migrated_from,
-                } => self.run_vcpu(&mut local, vcpu, slice, migrated_from.is_some()),
-                Decision::Idle => {
+                    kick,
+                } => {
+                    self.kick(kick);
+                    self.run_vcpu(&mut local, vcpu, slice, migrated_from.is_some())
+                }
+                Decision::Idle { .. } => {
                     if self.nothing_can_run(&mut local) {
                         continue;
                     }
@@ -730,7 +734,7 @@ impl Run {
         };
         let cause = match &end {
             SliceEnd::TimeUp => StopCause::SliceEnd,
-            SliceEnd::Halted => StopCause::Blocked,
+            SliceEnd::Halted => StopCause::Blocked { until: None },
             SliceEnd::Stopped(_) => StopCause::Stopped,
         };
         let stopped = {

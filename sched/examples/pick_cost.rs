@@ -13,9 +13,11 @@
 //! ```
 //!
 //! The total divided by the rounds (printed) is the cost of one round.
-//! Arguments: `[rounds] [runnable vCPUs] [blocked vCPUs]`, by default
-//! 100000 rounds of 4 runnable vCPUs and none blocked. The kernel's
-//! scheduling bench (`guest-images/sched`) is `100000 3 1`.
+//! Arguments: `[rounds] [runnable vCPUs] [blocked vCPUs] [timed]`, by
+//! default 100000 rounds of 4 runnable vCPUs and none blocked; with
+//! `timed` 1 the blocked vCPUs wait for a deadline that never comes in the
+//! run instead of a wake-up. The kernel's scheduling bench
+//! (`guest-images/sched`) is `100000 3 1`.
 
 use std::hint::black_box;
 
@@ -32,7 +34,7 @@ fn round(s: &mut Scheduler, now: &mut u64) {
             *now += slice;
             black_box(s.stopped(CPU, vcpu, StopCause::SliceEnd, *now));
         }
-        Decision::Idle => panic!("the CPU went idle"),
+        Decision::Idle { .. } => panic!("the CPU went idle"),
     }
 }
 
@@ -54,6 +56,7 @@ fn main() {
     let n = arg(1, 100_000);
     let runnable = u32::try_from(arg(2, 4)).expect("vCPU count");
     let blocked = u32::try_from(arg(3, 0)).expect("vCPU count");
+    let until = (arg(4, 0) != 0).then_some(u64::MAX / 2);
     let mut s = Scheduler::new(1, SLICE).expect("scheduler");
     let mut now = 1_000_000;
     for id in 0..runnable + blocked {
@@ -65,7 +68,7 @@ fn main() {
             panic!("nothing to block");
         };
         now += 10;
-        s.stopped(CPU, vcpu, StopCause::Blocked, now);
+        s.stopped(CPU, vcpu, StopCause::Blocked { until }, now);
     }
     // Warm up: every runnable vCPU has run a few turns.
     for _ in 0..u64::from(runnable) * 4 {

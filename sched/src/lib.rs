@@ -14,11 +14,18 @@
 //!
 //! Each CPU loops: [`Scheduler::pick`] → run the vCPU for at most `slice`
 //! ticks (the kernel converts them into VMX-preemption-timer counts) →
-//! [`Scheduler::stopped`] with why it came off. `Idle` means halt until
-//! kicked. Events for a halted vCPU call [`Scheduler::wake`]. `wake`,
-//! `stopped` and [`Scheduler::add`] may name a CPU to kick: that CPU was
-//! idle and now has work (possibly work it should steal), so the caller
-//! must send it a wake-up interrupt; it counts as busy from then on.
+//! [`Scheduler::stopped`] with why it came off. `Idle { until }` means
+//! halt until kicked or, when `until` is `Some`, until that time (the
+//! kernel arms its local APIC timer in TSC-deadline mode). Events for a
+//! halted vCPU call [`Scheduler::wake`]. `wake`, `stopped`, `pick` (in
+//! `Run::kick`), [`Scheduler::set_deadline`] and [`Scheduler::add`] may
+//! name a CPU to kick: that CPU was idle and now has work (possibly work
+//! it should steal) or an earlier deadline, so the caller must send it a
+//! wake-up interrupt; it counts as busy from then on.
+//!
+//! The per-vCPU exit counters ([`VcpuStats::exits`], [`EXIT_KINDS`] of
+//! them) are indexed by the kernel's vendor-neutral exit kind, so they
+//! mean the same under VT-x and SVM.
 //!
 //! Time is in *ticks* of the caller's [`Clock`] (the kernel: TSC ticks),
 //! read on the CPU that runs the vCPU, so `pick` and `stopped` for one run
@@ -51,6 +58,46 @@
 //! so it costs nothing and holds nobody up; a woken one rejoins at the
 //! tail.
 //!
+//! # Timed wake-ups
+//!
+//! A vCPU that halts waiting for a timer it armed blocks with
+//! `Blocked { until: Some(deadline) }` ([`StopCause::Blocked`]; in ticks,
+//! for the kernel the TSC deadline of the guest's timer). It then wakes at the first of:
+//! [`Scheduler::wake`] (which cancels the deadline), or the deadline
+//! passing, which the scheduler notices itself. While it sleeps,
+//! [`Scheduler::set_deadline`] arms, moves or clears its deadline (a
+//! device timer re-armed meanwhile).
+//!
+//! Each CPU keeps the deadlines of the blocked vCPUs whose CPU it is,
+//! sorted, with the earliest cached, so the hot path compares one number
+//! and nothing scans the vCPUs. The rule, exactly:
+//!
+//! - `pick(cpu, now)` first wakes this CPU's vCPUs whose deadline is `now`
+//!   or earlier, earliest first: each joins the tail of this CPU's queue,
+//!   as a `wake` would (this CPU is about to pick, so they stay here), and
+//!   counts as a wake-up. It then picks as usual, so a vCPU woken by its
+//!   deadline runs in its round-robin turn: after a turn in progress and
+//!   the vCPUs queued ahead of it, never by preempting them. `stopped` on
+//!   the CPU does the same before it queues the vCPU it stops, so a vCPU
+//!   that became due during a run goes ahead of it when its turn ended.
+//! - A `Run`'s slice ends no later than the earliest deadline still armed
+//!   on this CPU, and `Idle` carries that deadline, so the CPU is back in
+//!   `pick` when the vCPU becomes due and queues it on time. A cut run is
+//!   charged only what it ran; stopped as `SliceEnd`, the vCPU continues
+//!   its turn at the next pick.
+//! - When the wake-ups leave vCPUs waiting here while another CPU that may
+//!   run one is idle, `Run::kick` names that CPU: kicked, it steals one,
+//!   just as `wake` would have placed a woken vCPU on an idle CPU when its
+//!   own is busy.
+//! - A deadline set earlier by `set_deadline` is served on time if its CPU
+//!   is idle (the call returns the CPU to kick, so it re-arms its timer);
+//!   if that CPU is running a vCPU, when that run ends.
+//!
+//! A timed-blocked vCPU is a blocked vCPU for everything else: it counts
+//! in its CPU's load for placement, it is never stolen or moved while
+//! blocked, and only when it wakes can it go elsewhere (by `wake`'s rule,
+//! or stolen once queued).
+//!
 //! # Placement and migration
 //!
 //! [`Scheduler::add`] puts a vCPU on the least-loaded CPU its affinity
@@ -81,4 +128,4 @@ pub use ids::{Clock, CpuId, VcpuId};
 pub use scheduler::{
     Decision, Placement, Scheduler, StopCause, Stopped, MAX_CPUS, MAX_DEBT_SLICES, MAX_SLICE,
 };
-pub use stats::{CpuStats, StateCounts, VcpuState, VcpuStats, EXIT_REASONS};
+pub use stats::{CpuStats, StateCounts, VcpuState, VcpuStats, EXIT_KINDS};

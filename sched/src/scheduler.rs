@@ -6,7 +6,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use crate::affinity::Affinity;
-use crate::{CpuId, CpuStats, SchedError, StateCounts, VcpuId, VcpuState, VcpuStats, EXIT_REASONS};
+use crate::{CpuId, CpuStats, SchedError, StateCounts, VcpuId, VcpuState, VcpuStats, EXIT_KINDS};
 
 /// The most CPUs one scheduler handles.
 pub const MAX_CPUS: u32 = 4096;
@@ -33,14 +33,34 @@ pub enum Decision {
         /// at least a slice / 8 and less than 1.125 slices. A new turn gets
         /// one slice, less an overrun it owes or plus a small remainder it
         /// carries; a continued turn gets what is left of it.
+        ///
+        /// Cut short, when a blocked vCPU of this CPU has a deadline before
+        /// the credit runs out, to end exactly at the earliest such
+        /// deadline (`deadline - now`, at least 1 tick), so that the CPU
+        /// picks again by then and queues the vCPU that became due. The
+        /// run is charged what it actually ran, so a cut run loses nothing:
+        /// stopped as [`StopCause::SliceEnd`], the vCPU continues its turn.
         slice: u64,
         /// The CPU it last ran on, when that is another CPU: its VMCS must
         /// be VMCLEARed there (if it still is active there) and the vCPU
         /// VMLAUNCHed here. `None` when it last ran here or never ran.
         migrated_from: Option<CpuId>,
+        /// A CPU to kick, as [`Scheduler::stopped`] returns: an idle one
+        /// that can take a vCPU left waiting here, e.g. when several
+        /// vCPUs of this CPU became due at once (see
+        /// [`StopCause::Blocked`]). Always `None` in the common case.
+        kick: Option<CpuId>,
     },
-    /// Nothing can run here: halt until kicked (see [`Scheduler::wake`]).
-    Idle,
+    /// Nothing can run here: halt until kicked (see [`Scheduler::wake`])
+    /// or until the clock reaches `until`.
+    Idle {
+        /// The earliest deadline of the blocked vCPUs whose CPU this is
+        /// (always later than the `now` of this `pick`): the caller arms
+        /// its timer (the local APIC in TSC-deadline mode) for it before
+        /// halting, and picks again when it fires. `None`: no deadline,
+        /// halt until kicked.
+        until: Option<u64>,
+    },
 }
 
 /// Why a vCPU came off its CPU.
@@ -51,8 +71,24 @@ pub enum StopCause {
     /// vCPU's turn continues at the next `pick` if enough is left.
     SliceEnd,
     /// It executed HLT with nothing pending: it blocks until
-    /// [`Scheduler::wake`].
-    Blocked,
+    /// [`Scheduler::wake`] or, when `until` is `Some`, until the clock
+    /// reaches that deadline (in the caller's ticks: the TSC deadline of
+    /// the timer it waits for), whichever comes first.
+    ///
+    /// The scheduler wakes a vCPU whose deadline has passed itself: the
+    /// first [`Scheduler::pick`] (or `stopped`) on its CPU at or after the
+    /// deadline puts
+    /// it at the tail of that CPU's queue, exactly like a `wake`, and
+    /// slices and idle periods on that CPU end by the deadline so that
+    /// this pick comes on time (see [`Decision`]). `wake` first wakes it
+    /// at once and cancels the deadline; [`Scheduler::set_deadline`]
+    /// arms, moves or clears it while it sleeps. Blocking with a deadline
+    /// already passed (`until <= now`) does not sleep: the vCPU counts a
+    /// block and a wake-up and goes to the tail of the queue at once.
+    Blocked {
+        /// The deadline, or `None` to sleep until `wake`.
+        until: Option<u64>,
+    },
     /// Its guest is gone: it never runs again; its figures stay until
     /// [`Scheduler::remove`].
     Stopped,
@@ -100,6 +136,9 @@ struct Entry {
     started: u64,
 }
 
+/// A deadline of a blocked vCPU: when, and the vCPU's slot.
+type Timer = (u64, usize);
+
 /// One physical CPU.
 #[derive(Debug)]
 struct Cpu {
@@ -116,6 +155,15 @@ struct Cpu {
     /// wait here at once).
     allowed: usize,
     idle_picks: u64,
+    /// The deadlines of the blocked vCPUs whose CPU this is, latest first
+    /// (so the earliest is last; equal ones in the order they were set,
+    /// the first set last). A handful at most in practice, so arming and
+    /// disarming are a short search. Its capacity is kept at least
+    /// `allowed`, so arming never allocates.
+    timers: Vec<Timer>,
+    /// The earliest deadline in `timers`, `u64::MAX` when none: all the
+    /// fast path of `pick` looks at.
+    next_due: u64,
 }
 
 impl Cpu {
@@ -127,6 +175,29 @@ impl Cpu {
             self.queue.len()
         } else {
             self.queue.len().saturating_sub(1)
+        }
+    }
+
+    /// The earliest deadline of a blocked vCPU here.
+    fn earliest(&self) -> Option<u64> {
+        self.timers.last().map(|&(due, _)| due)
+    }
+
+    /// Arms the deadline `due` for the blocked vCPU in `slot`. Kept out
+    /// of line so that `stop`, which calls it for a timed HLT, stays small
+    /// enough to inline into the hot path.
+    #[inline(never)]
+    fn arm(&mut self, due: u64, slot: usize) {
+        let at = self.timers.partition_point(|&(d, _)| d > due);
+        self.timers.insert(at, (due, slot));
+        self.next_due = self.next_due.min(due);
+    }
+
+    /// Disarms the deadline of the vCPU in `slot`, if it has one here.
+    fn disarm(&mut self, slot: usize) {
+        if let Some(at) = self.timers.iter().rposition(|&(_, s)| s == slot) {
+            self.timers.remove(at);
+            self.next_due = self.earliest().unwrap_or(u64::MAX);
         }
     }
 }
@@ -186,6 +257,8 @@ impl Scheduler {
                 assigned: 0,
                 allowed: 0,
                 idle_picks: 0,
+                timers: Vec::new(),
+                next_due: u64::MAX,
             })
             .collect();
         Ok(Scheduler {
@@ -229,9 +302,13 @@ impl Scheduler {
         let affinity = Affinity::new(vcpu, affinity, self.cpus.len())?;
         for (i, cpu) in self.cpus.iter_mut().enumerate() {
             if affinity.allows(i) {
-                let more = (cpu.allowed.saturating_add(1)).saturating_sub(cpu.queue.len());
+                let room = cpu.allowed.saturating_add(1);
                 cpu.queue
-                    .try_reserve(more)
+                    .try_reserve(room.saturating_sub(cpu.queue.len()))
+                    .and_then(|()| {
+                        cpu.timers
+                            .try_reserve(room.saturating_sub(cpu.timers.len()))
+                    })
                     .map_err(|_| SchedError::OutOfMemory(vcpu))?;
             }
         }
@@ -288,6 +365,9 @@ impl Scheduler {
             }
         }
         if let Some(home) = self.cpus.get_mut(entry.stats.cpu.index()) {
+            if entry.stats.deadline.is_some() {
+                home.disarm(slot);
+            }
             match entry.stats.state {
                 VcpuState::Runnable => home.queue.retain(|&s| s != slot),
                 VcpuState::Running => {
@@ -312,6 +392,11 @@ impl Scheduler {
                 }
             }
             if let Some(home) = self.cpus.get_mut(moved.stats.cpu.index()) {
+                if moved.stats.deadline.is_some() {
+                    for timer in home.timers.iter_mut().filter(|t| t.1 == from) {
+                        timer.1 = slot;
+                    }
+                }
                 match moved.stats.state {
                     VcpuState::Runnable => {
                         for s in home.queue.iter_mut().filter(|s| **s == from) {
@@ -332,22 +417,32 @@ impl Scheduler {
 
     /// What `cpu` runs next, at time `now`.
     ///
-    /// Continues the turn of a vCPU left at the head by an early
+    /// First the blocked vCPUs of this CPU whose deadline is `now` or
+    /// earlier wake, earliest deadline first, at the tail of this CPU's
+    /// queue (see [`StopCause::Blocked`]). Then it continues the turn of a vCPU left at the head by an early
     /// [`StopCause::SliceEnd`]; otherwise starts the next turn in
     /// round-robin order, crediting a slice to each vCPU it passes over for
     /// debt. With its own queue empty, the CPU steals the waiting vCPU at
     /// the back of the busiest queue it may run; with nothing to steal it
     /// is idle until kicked.
     ///
+    /// The slice of a `Run` ends by the earliest deadline still armed on
+    /// this CPU, and `Idle` carries it (see [`Decision`]), so a vCPU's
+    /// deadline is served within the run in progress when it was armed.
+    /// The one exception is [`Scheduler::set_deadline`] moving a deadline
+    /// earlier while this CPU runs a vCPU: it is served when that run ends.
+    ///
     /// If the caller did not report the previous run, it is ended here as a
-    /// [`StopCause::SliceEnd`] at `now`. An unknown CPU gets `Idle`.
+    /// [`StopCause::SliceEnd`] at `now`. An unknown CPU gets
+    /// `Idle { until: None }`.
     pub fn pick(&mut self, cpu: CpuId, now: u64) -> Decision {
         let ci = cpu.index();
-        // The common case, kept short: the last run was reported and the
-        // vCPU at the head of the queue runs, continuing its turn or
-        // starting one with a single slice of credit (see `choose`).
+        // The common case, kept short: the last run was reported, no
+        // deadline is due, and the vCPU at the head of the queue runs,
+        // continuing its turn or starting one with a single slice of
+        // credit (see `choose`).
         if let Some(c) = self.cpus.get_mut(ci) {
-            if c.running.is_none() {
+            if c.running.is_none() && now < c.next_due {
                 if let Some(&slot) = c.queue.front() {
                     if let Some(e) = self.entries.get_mut(slot) {
                         if e.head_runs(self.quantum) {
@@ -363,6 +458,8 @@ impl Scheduler {
 
     /// `vcpu` came off `cpu` at `now` because of `cause`: it is charged the
     /// time since its `pick` and queued, blocked or retired accordingly.
+    /// The blocked vCPUs of `cpu` whose deadline is `now` or earlier wake
+    /// first, as at `pick`, so that they queue ahead of it.
     /// Returns a CPU to kick: an idle one that can now take a vCPU waiting
     /// here.
     ///
@@ -378,8 +475,8 @@ impl Scheduler {
     }
 
     /// [`Scheduler::stopped`] for the kernel's loop, in one lookup: `exits`
-    /// adds the run's exit counts to the vCPU's counters (by reason, and
-    /// "other"), and the answer also says whether the vCPU was moved to
+    /// adds the run's exit counts to the vCPU's counters (by exit kind,
+    /// see [`EXIT_KINDS`], and "other"), and the answer also says whether the vCPU was moved to
     /// another CPU's queue, so its old CPU can give it up at once.
     pub fn stopped_with(
         &mut self,
@@ -387,7 +484,7 @@ impl Scheduler {
         vcpu: VcpuId,
         cause: StopCause,
         now: u64,
-        exits: impl FnOnce(&mut [u64; EXIT_REASONS], &mut u64),
+        exits: impl FnOnce(&mut [u64; EXIT_KINDS], &mut u64),
     ) -> Stopped {
         let none = Stopped {
             kick: None,
@@ -400,15 +497,19 @@ impl Scheduler {
         let Some(slot) = c.running else {
             return none;
         };
+        if self.entries.get(slot).map(|e| e.id) != Some(vcpu) {
+            return none;
+        }
+        if now >= c.next_due {
+            // Those that became due during the run queue ahead of it.
+            wake_due(c, &mut self.entries, now);
+        }
         let Some(e) = self.entries.get_mut(slot) else {
             return none;
         };
-        if e.id != vcpu {
-            return none;
-        }
         exits(&mut e.stats.exits, &mut e.stats.exits_other);
         stop(c, e, slot, cause, now, self.quantum);
-        if cause == StopCause::SliceEnd && !e.in_turn && self.cpus.len() > 1 {
+        if matches!(cause, StopCause::SliceEnd) && !e.in_turn && self.cpus.len() > 1 {
             if let Some(target) = self.balance(ci, slot) {
                 return Stopped {
                     kick: self.kick_for(target),
@@ -459,14 +560,14 @@ impl Scheduler {
         Some(target)
     }
 
-    /// Counts one VM exit of `vcpu` with reason number `reason` (reasons of
-    /// [`EXIT_REASONS`](crate::EXIT_REASONS) or more count as "other").
+    /// Counts one VM exit of `vcpu` of the kernel's vendor-neutral exit
+    /// kind `kind` (kinds of [`EXIT_KINDS`] or more count as "other").
     /// Unknown vCPUs are ignored.
-    pub fn record_exit(&mut self, vcpu: VcpuId, reason: u16) {
+    pub fn record_exit(&mut self, vcpu: VcpuId, kind: u16) {
         let Some(e) = self.entry_mut(vcpu) else {
             return;
         };
-        match e.stats.exits.get_mut(usize::from(reason)) {
+        match e.stats.exits.get_mut(usize::from(kind)) {
             Some(n) => bump(n),
             None => bump(&mut e.stats.exits_other),
         }
@@ -476,6 +577,7 @@ impl Scheduler {
     ///
     /// A blocked vCPU becomes runnable at the tail of a queue: its own
     /// CPU's, unless that CPU is busy and another CPU it may run on is idle.
+    /// Its deadline, if it had one, is cancelled.
     /// Returns the CPU to kick when that CPU was idle (or can take a vCPU
     /// now waiting). Waking a runnable or stopped vCPU, or an unknown one,
     /// does nothing and is not counted. Waking a running vCPU is remembered
@@ -494,6 +596,11 @@ impl Scheduler {
             VcpuState::Runnable | VcpuState::Stopped => return None,
         }
         let home = e.stats.cpu.index();
+        if e.stats.deadline.take().is_some() {
+            if let Some(c) = self.cpus.get_mut(home) {
+                c.disarm(slot);
+            }
+        }
         let home_free = self
             .cpus
             .get(home)
@@ -523,6 +630,47 @@ impl Scheduler {
         self.kick_for(target)
     }
 
+    /// Arms (`Some`), moves or clears (`None`) the deadline of a blocked
+    /// `vcpu`, e.g. when a device timer is re-armed while it sleeps; it
+    /// then wakes as if it had blocked with [`StopCause::Blocked`] and
+    /// this deadline. Does nothing to a vCPU that is not blocked (a vCPU
+    /// that halts gives its deadline in `Blocked`) or is unknown.
+    ///
+    /// Returns its CPU when that CPU is idle and its earliest deadline
+    /// became earlier: it must be kicked to pick again and re-arm its
+    /// timer (it counts as busy from then on, as for every kick). A CPU
+    /// running a vCPU is not kicked: it serves the new deadline when that
+    /// run ends, at most a slice late. A later or cleared deadline needs
+    /// no kick: the CPU at worst comes back early and finds nothing due.
+    pub fn set_deadline(&mut self, vcpu: VcpuId, deadline: Option<u64>) -> Option<CpuId> {
+        let slot = self.slot(vcpu)?;
+        let e = self.entries.get_mut(slot)?;
+        if e.stats.state != VcpuState::Blocked {
+            return None;
+        }
+        let home = e.stats.cpu.index();
+        let c = self.cpus.get_mut(home)?;
+        let before = c.earliest();
+        if e.stats.deadline.take().is_some() {
+            c.disarm(slot);
+        }
+        if let Some(due) = deadline {
+            c.arm(due, slot);
+            e.stats.deadline = Some(due);
+        }
+        let earlier = match (c.earliest(), before) {
+            (Some(new), Some(was)) => new < was,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !(earlier && c.idle) {
+            return None;
+        }
+        c.idle = false;
+        self.idle_cpus = self.idle_cpus.saturating_sub(1);
+        Some(CpuId::from_index(home))
+    }
+
     /// `vcpu`'s figures; `None` if unknown.
     pub fn stats(&self, vcpu: VcpuId) -> Option<VcpuStats> {
         self.entry(vcpu).map(|e| e.stats)
@@ -548,7 +696,7 @@ impl Scheduler {
     }
 
     /// `vcpu`'s figures, borrowed: like [`Scheduler::stats`] without
-    /// copying them (the exit table alone is 640 bytes), for a caller that
+    /// copying them (the exit table alone is 256 bytes), for a caller that
     /// reads a field or two under the lock.
     pub fn stats_ref(&self, vcpu: VcpuId) -> Option<&VcpuStats> {
         self.entry(vcpu).map(|e| &e.stats)
@@ -588,6 +736,9 @@ impl Scheduler {
                 VcpuState::Stopped => &mut counts.stopped,
             };
             *n = n.saturating_add(1);
+            if e.stats.deadline.is_some() {
+                counts.timed = counts.timed.saturating_add(1);
+            }
         }
         counts
     }
@@ -612,19 +763,22 @@ impl Scheduler {
         self.entries.get_mut(slot)
     }
 
-    /// [`Scheduler::pick`] in full: a run left unreported, a turn that
-    /// needs debt paid off first, stealing, or nothing to run.
+    /// [`Scheduler::pick`] in full: a run left unreported, deadlines due,
+    /// a turn that needs debt paid off first, stealing, or nothing to run.
     #[inline(never)]
     fn pick_slow(&mut self, ci: usize, now: u64) -> Decision {
         let Some(current) = self.cpus.get(ci).map(|c| c.running) else {
-            return Decision::Idle;
+            return Decision::Idle { until: None };
         };
+        // Due ones first, so they queue ahead of a run ended here (as in
+        // `stopped`).
+        if let Some(c) = self.cpus.get_mut(ci) {
+            wake_due(c, &mut self.entries, now);
+        }
         if let Some(slot) = current {
             if let (Some(c), Some(e)) = (self.cpus.get_mut(ci), self.entries.get_mut(slot)) {
                 stop(c, e, slot, StopCause::SliceEnd, now, self.quantum);
             }
-            // Any kick this asks for is moot: this CPU picks right now.
-            let _ = self.kick_for(ci);
         }
         let mut chosen = self.choose(ci);
         if chosen.is_none() && self.steal(ci) {
@@ -632,17 +786,26 @@ impl Scheduler {
         }
         if let Some(slot) = chosen {
             if let (Some(c), Some(e)) = (self.cpus.get_mut(ci), self.entries.get_mut(slot)) {
-                return start(c, e, slot, ci, now, &mut self.idle_cpus);
+                let mut decision = start(c, e, slot, ci, now, &mut self.idle_cpus);
+                // The stop above or the wake-ups may have left vCPUs
+                // waiting here that an idle CPU can take.
+                if let Decision::Run { kick, .. } = &mut decision {
+                    *kick = self.kick_for(ci);
+                }
+                return decision;
             }
         }
-        if let Some(c) = self.cpus.get_mut(ci) {
-            if !c.idle {
-                c.idle = true;
-                self.idle_cpus = self.idle_cpus.saturating_add(1);
-            }
-            c.idle_picks = c.idle_picks.saturating_add(1);
+        let Some(c) = self.cpus.get_mut(ci) else {
+            return Decision::Idle { until: None };
+        };
+        if !c.idle {
+            c.idle = true;
+            self.idle_cpus = self.idle_cpus.saturating_add(1);
         }
-        Decision::Idle
+        c.idle_picks = c.idle_picks.saturating_add(1);
+        Decision::Idle {
+            until: c.earliest(),
+        }
     }
 
     /// Takes the next vCPU off CPU `ci`'s queue, crediting turns (deficit
@@ -833,10 +996,15 @@ fn start(
         c.idle = false;
         *idle_cpus = idle_cpus.saturating_sub(1);
     }
+    // Back by the earliest deadline here (due ones were woken: it is
+    // later than `now`).
+    let credit = u64::try_from(e.stats.credit).unwrap_or(1);
+    let slice = credit.min(c.next_due.saturating_sub(now)).max(1);
     Decision::Run {
         vcpu: e.id,
-        slice: u64::try_from(e.stats.credit).unwrap_or(1).max(1),
+        slice,
         migrated_from,
+        kick: None,
     }
 }
 
@@ -869,16 +1037,21 @@ fn stop(c: &mut Cpu, e: &mut Entry, slot: usize, cause: StopCause, now: u64, q: 
             e.stats.state = VcpuState::Runnable;
             c.queue.push_back(slot);
         }
-        StopCause::Blocked => {
+        StopCause::Blocked { until } => {
             bump(&mut e.stats.blocks);
             give_up_turn(e);
-            if pending {
-                // The event that would wake it came while it ran.
+            if pending || until.is_some_and(|due| due <= now) {
+                // The event that would wake it came while it ran, or its
+                // deadline has already passed.
                 bump(&mut e.stats.wakeups);
                 e.stats.state = VcpuState::Runnable;
                 c.queue.push_back(slot);
             } else {
                 e.stats.state = VcpuState::Blocked;
+                if let Some(due) = until {
+                    e.stats.deadline = Some(due);
+                    c.arm(due, slot);
+                }
             }
         }
         StopCause::Stopped => {
@@ -887,6 +1060,27 @@ fn stop(c: &mut Cpu, e: &mut Entry, slot: usize, cause: StopCause, now: u64, q: 
             c.assigned = c.assigned.saturating_sub(1);
         }
     }
+}
+
+/// Wakes the blocked vCPUs of CPU `c` whose deadline is `now` or earlier,
+/// earliest first, to the tail of its queue. They stay on this CPU: it is
+/// about to pick (or stopping a vCPU, then picking); an idle CPU may then be
+/// kicked to steal one. Their places in the queue are reserved.
+#[inline(never)]
+fn wake_due(c: &mut Cpu, entries: &mut [Entry], now: u64) {
+    while let Some(&(due, slot)) = c.timers.last() {
+        if due > now {
+            break;
+        }
+        c.timers.pop();
+        if let Some(e) = entries.get_mut(slot) {
+            e.stats.deadline = None;
+            bump(&mut e.stats.wakeups);
+            e.stats.state = VcpuState::Runnable;
+            c.queue.push_back(slot);
+        }
+    }
+    c.next_due = c.earliest().unwrap_or(u64::MAX);
 }
 
 /// `credit` less `ran` ticks, with the debt capped at `max_debt`

@@ -3,11 +3,12 @@
 
 use crate::{CpuId, VcpuId};
 
-/// How many exit reasons get their own counter: the caller reports reasons
-/// `0..EXIT_REASONS` (the VT-x basic exit reasons, SDM Vol. 3 Appendix C,
-/// end below 80); anything larger is counted in
-/// [`VcpuStats::exits_other`].
-pub const EXIT_REASONS: usize = 80;
+/// How many exit kinds get their own counter. The table is indexed by the
+/// kernel's vendor-neutral exit kind (its own numbering of why a vCPU
+/// exited, the same for VT-x and SVM; the scheduler gives the numbers no
+/// meaning): the caller reports kinds `0..EXIT_KINDS`, and anything larger
+/// is counted in [`VcpuStats::exits_other`].
+pub const EXIT_KINDS: usize = 32;
 
 /// Where a vCPU stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,7 +17,8 @@ pub enum VcpuState {
     Runnable,
     /// On its CPU now (between `pick` and `stopped`).
     Running,
-    /// Halted (HLT with nothing pending) until [`wake`](crate::Scheduler::wake).
+    /// Halted (HLT with nothing pending) until [`wake`](crate::Scheduler::wake)
+    /// or, when [`VcpuStats::deadline`] is set, until that deadline.
     Blocked,
     /// Its guest is gone; kept only for its figures until
     /// [`remove`](crate::Scheduler::remove).
@@ -52,9 +54,14 @@ pub struct VcpuStats {
     /// Its credit in the current round: ticks it may still run before its
     /// turn ends (negative: time it overran, still to be charged).
     pub credit: i64,
-    /// VM exits by reason number, as reported by the caller.
-    pub exits: [u64; EXIT_REASONS],
-    /// VM exits whose reason number is `EXIT_REASONS` or more.
+    /// While blocked: the deadline at which the scheduler wakes it (see
+    /// [`StopCause::Blocked`](crate::StopCause::Blocked)); `None` when it
+    /// sleeps until woken, and whenever it is not blocked.
+    pub deadline: Option<u64>,
+    /// VM exits by the kernel's vendor-neutral exit kind, as reported by
+    /// the caller.
+    pub exits: [u64; EXIT_KINDS],
+    /// VM exits whose kind is `EXIT_KINDS` or more.
     pub exits_other: u64,
 }
 
@@ -74,16 +81,17 @@ impl VcpuStats {
             wakeups: 0,
             migrations: 0,
             credit: 0,
-            exits: [0; EXIT_REASONS],
+            deadline: None,
+            exits: [0; EXIT_KINDS],
             exits_other: 0,
         }
     }
 
-    /// Exits with reason number `reason` (those past the table all count
-    /// under [`exits_other`](Self::exits_other)).
-    pub fn exit_count(&self, reason: u16) -> u64 {
+    /// Exits of kind `kind` (those past the table all count under
+    /// [`exits_other`](Self::exits_other)).
+    pub fn exit_count(&self, kind: u16) -> u64 {
         self.exits
-            .get(usize::from(reason))
+            .get(usize::from(kind))
             .copied()
             .unwrap_or(self.exits_other)
     }
@@ -124,6 +132,9 @@ pub struct StateCounts {
     pub blocked: usize,
     /// Guest gone, not yet removed.
     pub stopped: usize,
+    /// Of the blocked, those with a deadline: the scheduler wakes them
+    /// itself, so they will run again without any event.
+    pub timed: usize,
 }
 
 #[cfg(test)]
@@ -134,11 +145,11 @@ mod tests {
     fn exit_counts_split_table_and_overflow() {
         let mut s = VcpuStats::new(CpuId(0), false);
         s.exits[10] = 3;
-        s.exits[79] = 1;
+        s.exits[EXIT_KINDS - 1] = 1;
         s.exits_other = 2;
         assert_eq!(s.exit_count(10), 3);
-        assert_eq!(s.exit_count(79), 1);
-        assert_eq!(s.exit_count(80), 2);
+        assert_eq!(s.exit_count(31), 1);
+        assert_eq!(s.exit_count(32), 2);
         assert_eq!(s.exit_count(u16::MAX), 2);
         assert_eq!(s.exits_total(), 6);
     }

@@ -52,11 +52,12 @@ fn pick(s: &mut Scheduler, clock: &FakeClock, cpu: CpuId) -> (VcpuId, u64, Optio
             vcpu,
             slice,
             migrated_from,
+            ..
         } => {
             check(s);
             (vcpu, slice, migrated_from)
         }
-        Decision::Idle => panic!("{cpu} went idle"),
+        Decision::Idle { .. } => panic!("{cpu} went idle"),
     }
 }
 
@@ -169,6 +170,34 @@ fn check(s: &Scheduler) {
             .filter(|e| e.stats.state != VcpuState::Stopped && e.stats.cpu == here)
             .count();
         assert_eq!(cpu.assigned, assigned, "{here} assigned count");
+        // Deadlines: latest first, the earliest cached, room reserved,
+        // each one a blocked vCPU of this CPU with that deadline.
+        assert!(
+            cpu.timers.windows(2).all(|w| w[0].0 >= w[1].0),
+            "{here} timers not sorted"
+        );
+        assert_eq!(
+            cpu.next_due,
+            cpu.timers.last().map_or(u64::MAX, |t| t.0),
+            "{here} earliest deadline"
+        );
+        assert!(
+            cpu.timers.capacity() >= allowed,
+            "{here} timers not reserved"
+        );
+        for &(due, slot) in &cpu.timers {
+            let e = &s.entries[slot];
+            assert_eq!(e.stats.state, VcpuState::Blocked, "{} timed", e.id);
+            assert_eq!(e.stats.deadline, Some(due), "{} deadline", e.id);
+            assert_eq!(e.stats.cpu, here, "{} timed away from its CPU", e.id);
+        }
+    }
+    for (slot, e) in s.entries.iter().enumerate() {
+        if e.stats.deadline.is_some() {
+            let home = &s.cpus[e.stats.cpu.index()];
+            let armed = home.timers.iter().filter(|t| t.1 == slot).count();
+            assert_eq!(armed, 1, "{} deadline armed {armed} times", e.id);
+        }
     }
     for e in &s.entries {
         let (id, st) = (&e.id, &e.stats);
@@ -227,7 +256,17 @@ fn blocked_vcpu_is_skipped_and_woken_one_rejoins_at_the_tail() {
     for n in 0..3 {
         s.add(v(n), None).unwrap();
     }
-    assert_eq!(run(&mut s, &clock, c(0), 300, StopCause::Blocked).0, v(0));
+    assert_eq!(
+        run(
+            &mut s,
+            &clock,
+            c(0),
+            300,
+            StopCause::Blocked { until: None }
+        )
+        .0,
+        v(0)
+    );
     assert_eq!(state(&s, v(0)), VcpuState::Blocked);
     assert_eq!(full_slices(&mut s, &clock, c(0), 4), [1, 2, 1, 2]);
 
@@ -298,7 +337,7 @@ fn waking_a_running_vcpu_is_not_counted_unless_it_then_halts() {
     assert_eq!(zero, v(0));
     assert_eq!(s.wake(zero), None);
     clock.advance(200);
-    s.stopped(c(0), zero, StopCause::Blocked, clock.now());
+    s.stopped(c(0), zero, StopCause::Blocked { until: None }, clock.now());
     let st = s.stats(zero).unwrap();
     assert_eq!(
         (st.state, st.wakeups, st.blocks),
@@ -312,7 +351,10 @@ fn waking_a_running_vcpu_is_not_counted_unless_it_then_halts() {
     assert_eq!(zero, v(1));
     clock.advance(S);
     s.stopped(c(0), zero, StopCause::SliceEnd, clock.now());
-    assert_eq!(run(&mut s, &clock, c(0), 5, StopCause::Blocked).0, v(0));
+    assert_eq!(
+        run(&mut s, &clock, c(0), 5, StopCause::Blocked { until: None }).0,
+        v(0)
+    );
     assert_eq!(state(&s, v(0)), VcpuState::Blocked);
 }
 
@@ -321,10 +363,10 @@ fn idle_cpu_says_idle_and_wake_names_it_once() {
     let clock = FakeClock::new();
     let mut s = sched(2);
     s.add(v(0), Some(&[c(0)])).unwrap();
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
-    run(&mut s, &clock, c(0), 50, StopCause::Blocked);
-    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
-    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
+    run(&mut s, &clock, c(0), 50, StopCause::Blocked { until: None });
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle { until: None });
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle { until: None });
     let cpu0 = s.cpu_stats(c(0)).unwrap();
     assert_eq!((cpu0.idle, cpu0.idle_picks, cpu0.running), (true, 2, None));
 
@@ -347,7 +389,17 @@ fn halted_forever_costs_nothing_and_holds_nobody_up() {
     for n in 0..3 {
         s.add(v(n), None).unwrap();
     }
-    assert_eq!(run(&mut s, &clock, c(0), 400, StopCause::Blocked).0, v(0));
+    assert_eq!(
+        run(
+            &mut s,
+            &clock,
+            c(0),
+            400,
+            StopCause::Blocked { until: None }
+        )
+        .0,
+        v(0)
+    );
     let start = clock.now();
     let order = full_slices(&mut s, &clock, c(0), 600);
     assert!(!order.contains(&0));
@@ -637,7 +689,7 @@ fn migrated_from_says_where_it_last_ran_and_only_then() {
     assert_eq!((two, from), (v(2), None));
     // 0 waits on CPU 0 behind 2; CPU 1's vCPU halts, so CPU 1 steals 0.
     clock.advance(100);
-    s.stopped(c(1), one, StopCause::Blocked, clock.now());
+    s.stopped(c(1), one, StopCause::Blocked { until: None }, clock.now());
     let (stolen, slice, from) = pick(&mut s, &clock, c(1));
     assert_eq!((stolen, slice, from), (v(0), S, Some(c(0))));
     let st = s.stats(v(0)).unwrap();
@@ -657,7 +709,7 @@ fn lockstep(s: &mut Scheduler, clock: &FakeClock, cpus: u32, rounds: usize) {
         let picked: Vec<(CpuId, VcpuId)> = (0..cpus)
             .filter_map(|i| match s.pick(c(i), clock.now()) {
                 Decision::Run { vcpu, .. } => Some((c(i), vcpu)),
-                Decision::Idle => None,
+                Decision::Idle { .. } => None,
             })
             .collect();
         check(s);
@@ -785,7 +837,7 @@ fn stopped_with_adds_exits_and_says_where_the_vcpu_went() {
         clock.now(),
         |table, other| {
             table[30] += 4;
-            table[52] += 1;
+            table[31] += 1;
             *other += 2;
         },
     );
@@ -799,7 +851,7 @@ fn stopped_with_adds_exits_and_says_where_the_vcpu_went() {
     );
     let st = s.stats(zero).unwrap();
     assert_eq!(
-        (st.exit_count(30), st.exit_count(52), st.exits_other),
+        (st.exit_count(30), st.exit_count(31), st.exits_other),
         (5, 1, 2)
     );
     assert_eq!((st.cpu, st.state), (c(1), VcpuState::Runnable));
@@ -838,7 +890,7 @@ fn pinned_vcpus_are_never_stolen() {
     pick(&mut s, &clock, c(0));
     assert_eq!(
         s.pick(c(1), clock.now()),
-        Decision::Idle,
+        Decision::Idle { until: None },
         "1 waits but is pinned"
     );
     assert_eq!(s.cpu_stats(c(0)).unwrap().queued, 1);
@@ -850,9 +902,9 @@ fn a_cpu_about_to_pick_keeps_one_vcpu() {
     let mut s = sched(2);
     s.add(v(0), None).unwrap(); // CPU 0
     s.add(v(1), None).unwrap(); // CPU 1
-    run(&mut s, &clock, c(1), 10, StopCause::Blocked); // 1 sleeps
-                                                       // CPU 0 has not picked yet: its one vCPU is not waiting for anyone.
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    run(&mut s, &clock, c(1), 10, StopCause::Blocked { until: None }); // 1 sleeps
+                                                                       // CPU 0 has not picked yet: its one vCPU is not waiting for anyone.
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
     // A second one there would wait: CPU 1 is kicked and takes the one
     // at the back, CPU 0 keeps the head.
     assert_eq!(
@@ -873,10 +925,10 @@ fn wake_moves_a_vcpu_to_an_idle_cpu_when_its_own_is_busy() {
     let mut s = sched(3);
     s.add(v(0), None).unwrap(); // CPU 0
     s.add(v(1), Some(&[c(0)])).unwrap();
-    run(&mut s, &clock, c(0), 10, StopCause::Blocked); // 0 sleeps
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None }); // 0 sleeps
     pick(&mut s, &clock, c(0)); // 1 runs
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
-    assert_eq!(s.pick(c(2), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
+    assert_eq!(s.pick(c(2), clock.now()), Decision::Idle { until: None });
     assert_eq!(s.wake(v(0)), Some(c(1)), "lowest idle CPU it may use");
     assert_eq!(s.stats(v(0)).unwrap().cpu, c(1));
     let (zero, _, from) = pick(&mut s, &clock, c(1));
@@ -889,8 +941,8 @@ fn wake_stays_home_when_home_is_free() {
     let clock = FakeClock::new();
     let mut s = sched(2);
     s.add(v(0), None).unwrap();
-    run(&mut s, &clock, c(0), 10, StopCause::Blocked);
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None });
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
     // CPU 0 has not picked yet (not idle, not busy): it will take 0 itself.
     assert_eq!(s.wake(v(0)), None);
     assert_eq!(pick(&mut s, &clock, c(0)), (v(0), S, None));
@@ -905,15 +957,21 @@ fn add_and_stopped_kick_an_idle_cpu_that_can_take_the_waiting_vcpu() {
     s.add(v(2), None).unwrap(); // CPU 0
     s.add(v(3), None).unwrap(); // CPU 1
                                 // CPU 1's two vCPUs halt; it goes idle.
-    run(&mut s, &clock, c(1), 10, StopCause::Blocked);
-    run(&mut s, &clock, c(1), 10, StopCause::Blocked);
+    run(&mut s, &clock, c(1), 10, StopCause::Blocked { until: None });
+    run(&mut s, &clock, c(1), 10, StopCause::Blocked { until: None });
     pick(&mut s, &clock, c(0)); // 0 runs, 2 waits...
     let Decision::Run { vcpu: stolen, .. } = s.pick(c(1), clock.now()) else {
         panic!("CPU 1 should steal 2")
     };
     assert_eq!(stolen, v(2));
-    run_out(&mut s, &clock, c(1), stolen, StopCause::Blocked);
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    run_out(
+        &mut s,
+        &clock,
+        c(1),
+        stolen,
+        StopCause::Blocked { until: None },
+    );
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
     // A new vCPU goes to the less loaded CPU 0 (1 has three, blocked):
     // it waits there, so idle CPU 1 is kicked to take it.
     let placed = s.add(v(4), None).unwrap();
@@ -929,7 +987,7 @@ fn add_and_stopped_kick_an_idle_cpu_that_can_take_the_waiting_vcpu() {
     // Both CPUs busy; 4 stops on CPU 1, which then idles. CPU 0's 0 ends
     // its slice with 5 (new) waiting: kick CPU 1 again.
     run_out(&mut s, &clock, c(1), four, StopCause::Stopped);
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
     assert_eq!(
         s.add(v(5), Some(&[c(0)])).unwrap().kick,
         None,
@@ -946,8 +1004,14 @@ fn add_and_stopped_kick_an_idle_cpu_that_can_take_the_waiting_vcpu() {
     run_out(&mut s, &clock, c(1), v(6), StopCause::Yield);
     // 6 is back on CPU 1 (its own queue) and runs there again.
     assert_eq!(pick(&mut s, &clock, c(1)).0, v(6));
-    run_out(&mut s, &clock, c(1), v(6), StopCause::Blocked);
-    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle);
+    run_out(
+        &mut s,
+        &clock,
+        c(1),
+        v(6),
+        StopCause::Blocked { until: None },
+    );
+    assert_eq!(s.pick(c(1), clock.now()), Decision::Idle { until: None });
     clock.advance(S);
     let kick = s.stopped(c(0), v(0), StopCause::SliceEnd, clock.now());
     assert_eq!(kick, Some(c(1)), "0 now waits while CPU 1 idles");
@@ -969,7 +1033,7 @@ fn figures_count_exits_wakeups_and_time() {
     let mut s = sched(1);
     s.add(v(0), None).unwrap();
     s.add(v(1), None).unwrap();
-    for reason in [10, 10, 30, 0, 79, 80, 500] {
+    for reason in [10, 10, 30, 0, 31, 32, 500] {
         s.record_exit(v(0), reason);
     }
     s.record_exit(v(9), 10); // unknown: ignored
@@ -979,7 +1043,7 @@ fn figures_count_exits_wakeups_and_time() {
             zero.exits[10],
             zero.exits[30],
             zero.exits[0],
-            zero.exits[79]
+            zero.exits[31]
         ),
         (2, 1, 1, 1)
     );
@@ -992,13 +1056,13 @@ fn figures_count_exits_wakeups_and_time() {
     for k in 0..50u64 {
         let (vcpu, slice, _) = pick(&mut s, &clock, c(0));
         let cause = if k % 5 == 0 {
-            StopCause::Blocked
+            StopCause::Blocked { until: None }
         } else {
             StopCause::SliceEnd
         };
         clock.advance(slice / 2 + k);
         s.stopped(c(0), vcpu, cause, clock.now());
-        if cause == StopCause::Blocked {
+        if matches!(cause, StopCause::Blocked { .. }) {
             s.wake(vcpu);
         }
     }
@@ -1019,7 +1083,7 @@ fn counts_by_state() {
     for n in 0..4 {
         s.add(v(n), Some(&[c(0)])).unwrap();
     }
-    run(&mut s, &clock, c(0), 5, StopCause::Blocked);
+    run(&mut s, &clock, c(0), 5, StopCause::Blocked { until: None });
     run(&mut s, &clock, c(0), 5, StopCause::Stopped);
     pick(&mut s, &clock, c(0));
     assert_eq!(
@@ -1028,7 +1092,8 @@ fn counts_by_state() {
             runnable: 1,
             running: 1,
             blocked: 1,
-            stopped: 1
+            stopped: 1,
+            timed: 0,
         }
     );
     assert_eq!(
@@ -1095,16 +1160,31 @@ fn unknown_ids_and_wrong_stops_are_no_ops() {
     let mut s = sched(2);
     s.add(v(0), None).unwrap();
     s.add(v(1), None).unwrap();
-    assert_eq!(s.pick(c(2), clock.now()), Decision::Idle);
-    assert_eq!(s.pick(CpuId(u32::MAX), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(2), clock.now()), Decision::Idle { until: None });
+    assert_eq!(
+        s.pick(CpuId(u32::MAX), clock.now()),
+        Decision::Idle { until: None }
+    );
     assert_eq!(s.cpu_stats(c(2)), None);
     let (zero, _, _) = pick(&mut s, &clock, c(0));
     let before: Vec<_> = s.vcpus().collect();
     clock.advance(S);
-    assert_eq!(s.stopped(c(1), zero, StopCause::Blocked, clock.now()), None);
-    assert_eq!(s.stopped(c(0), v(1), StopCause::Blocked, clock.now()), None);
-    assert_eq!(s.stopped(c(7), zero, StopCause::Blocked, clock.now()), None);
-    assert_eq!(s.stopped(c(0), v(7), StopCause::Blocked, clock.now()), None);
+    assert_eq!(
+        s.stopped(c(1), zero, StopCause::Blocked { until: None }, clock.now()),
+        None
+    );
+    assert_eq!(
+        s.stopped(c(0), v(1), StopCause::Blocked { until: None }, clock.now()),
+        None
+    );
+    assert_eq!(
+        s.stopped(c(7), zero, StopCause::Blocked { until: None }, clock.now()),
+        None
+    );
+    assert_eq!(
+        s.stopped(c(0), v(7), StopCause::Blocked { until: None }, clock.now()),
+        None
+    );
     assert_eq!(s.wake(v(7)), None);
     assert_eq!(s.remove(v(7)), None);
     assert_eq!(s.stats(v(7)), None);
@@ -1135,7 +1215,7 @@ fn removing_a_vcpu_in_any_state_forgets_it() {
     for n in 0..4 {
         s.add(v(n), None).unwrap();
     }
-    run(&mut s, &clock, c(0), 10, StopCause::Blocked); // 0 blocked
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None }); // 0 blocked
     run(&mut s, &clock, c(0), 20, StopCause::Stopped); // 1 stopped
     let (two, _, _) = pick(&mut s, &clock, c(0)); // 2 running, 3 queued
     let gone = s.remove(v(1)).unwrap();
@@ -1147,7 +1227,7 @@ fn removing_a_vcpu_in_any_state_forgets_it() {
     check(&s);
     assert_eq!(s.cpu_stats(c(0)).unwrap().running, None);
     assert_eq!(s.stopped(c(0), two, StopCause::SliceEnd, clock.now()), None);
-    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle { until: None });
     // The id can be used again.
     assert_eq!(
         s.add(two, None).unwrap(),
@@ -1204,10 +1284,10 @@ fn removing_moves_the_last_slot_whether_running_or_queued() {
         assert_eq!((st.slices, st.run_time), (3, 3 * S), "{n} kept its figures");
     }
     // A blocked vCPU in the last slot moves too.
-    run(&mut s, &clock, c(0), 10, StopCause::Blocked); // 2 blocked
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None }); // 2 blocked
     assert_eq!(s.remove(v(3)).unwrap().state, VcpuState::Runnable);
     check(&s);
-    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle { until: None });
     assert_eq!(s.wake(v(2)), Some(c(0)));
     check(&s);
     assert_eq!(full_slices(&mut s, &clock, c(0), 2), [2, 2]);
@@ -1217,7 +1297,7 @@ fn removing_moves_the_last_slot_whether_running_or_queued() {
     check(&s);
     assert_eq!(s.remove(v(2)).unwrap().slices, 6);
     check(&s);
-    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle);
+    assert_eq!(s.pick(c(0), clock.now()), Decision::Idle { until: None });
 }
 
 #[test]
@@ -1253,7 +1333,13 @@ fn ids_in_any_order_are_found_and_reused_after_remove() {
     // add them back: figures follow the ids, never the slots.
     let (first, _, _) = pick(&mut s, &clock, c(0));
     assert_eq!(first, v(5));
-    run_out(&mut s, &clock, c(0), first, StopCause::Blocked);
+    run_out(
+        &mut s,
+        &clock,
+        c(0),
+        first,
+        StopCause::Blocked { until: None },
+    );
     for id in [v(5), v(0)] {
         assert_eq!(s.remove(id).unwrap().exit_count(1), 1);
         check(&s);
@@ -1331,6 +1417,267 @@ fn many_vcpus_keep_round_robin_through_removes_and_re_adds() {
     }
 }
 
+// ---- timed wake-ups ----
+
+fn until(due: u64) -> StopCause {
+    StopCause::Blocked { until: Some(due) }
+}
+
+/// Moves the fake clock to `t`.
+fn at(clock: &FakeClock, t: u64) {
+    assert!(t >= clock.now());
+    clock.advance(t - clock.now());
+}
+
+fn idle(until: Option<u64>) -> Decision {
+    Decision::Idle { until }
+}
+
+#[test]
+fn a_deadline_wakes_at_the_right_pick_and_not_before() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    let due = clock.now() + 10 + 2500;
+    assert_eq!(run(&mut s, &clock, c(0), 10, until(due)).0, v(0));
+    let st = s.stats(v(0)).unwrap();
+    assert_eq!(
+        (st.state, st.deadline, st.blocks),
+        (VcpuState::Blocked, Some(due), 1)
+    );
+    assert_eq!(s.counts().timed, 1);
+    // 1 runs alone; its last slice before the deadline is cut to end on it.
+    let mut slices = Vec::new();
+    while clock.now() < due {
+        let (vcpu, slice, _) = pick(&mut s, &clock, c(0));
+        assert_eq!(vcpu, v(1));
+        assert_eq!(state(&s, v(0)), VcpuState::Blocked, "woken early");
+        slices.push(slice);
+        clock.advance(slice);
+        s.stopped(c(0), vcpu, StopCause::SliceEnd, clock.now());
+        check(&s);
+    }
+    assert_eq!(slices, [S, S, 500]);
+    assert_eq!(clock.now(), due);
+    // The stop at the deadline woke it, to the tail: 1 finishes the turn
+    // the cut interrupted, then 0 runs.
+    let st = s.stats(v(0)).unwrap();
+    assert_eq!(
+        (st.state, st.deadline, st.wakeups),
+        (VcpuState::Runnable, None, 1)
+    );
+    assert_eq!(s.counts().timed, 0);
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(1));
+    clock.advance(500);
+    s.stopped(c(0), v(1), StopCause::SliceEnd, clock.now());
+    assert_eq!(pick(&mut s, &clock, c(0)), (v(0), S, None));
+    check(&s);
+}
+
+#[test]
+fn a_deadline_passed_during_a_run_queues_ahead_of_the_stopped_vcpu() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..2 {
+        s.add(v(n), None).unwrap();
+    }
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None });
+    let (one, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!((one, slice), (v(1), S), "no deadline: a full slice");
+    // Armed while 1 runs: served when its run ends, not cut.
+    assert_eq!(s.set_deadline(v(0), Some(clock.now() + 100)), None);
+    clock.advance(S);
+    s.stopped(c(0), one, StopCause::SliceEnd, clock.now());
+    check(&s);
+    assert_eq!(state(&s, v(0)), VcpuState::Runnable);
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(0), "due first, ahead of 1");
+}
+
+#[test]
+fn idle_reports_the_earliest_deadline_and_wakes_on_it() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    let t0 = clock.now();
+    run(&mut s, &clock, c(0), 10, until(t0 + 5000));
+    run(&mut s, &clock, c(0), 10, until(t0 + 3000));
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None });
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t0 + 3000)));
+    assert_eq!(s.counts().timed, 2);
+    // Back a tick early (a spurious wake-up): nothing due yet.
+    at(&clock, t0 + 2999);
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t0 + 3000)));
+    assert_eq!(state(&s, v(1)), VcpuState::Blocked);
+    at(&clock, t0 + 3000);
+    let (vcpu, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!((vcpu, slice), (v(1), S), "2000 ticks to the next deadline");
+    assert!(!s.cpu_stats(c(0)).unwrap().idle);
+    clock.advance(10);
+    s.stopped(c(0), vcpu, StopCause::Blocked { until: None }, clock.now());
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t0 + 5000)));
+    // Late (the timer fired late): it still wakes, with a full slice.
+    at(&clock, t0 + 6000);
+    assert_eq!(pick(&mut s, &clock, c(0)), (v(0), S, None));
+    clock.advance(10);
+    s.stopped(c(0), v(0), StopCause::Blocked { until: None }, clock.now());
+    assert_eq!(s.pick(c(0), clock.now()), idle(None));
+    assert_eq!(s.counts().blocked, 3);
+    // A deadline already passed wakes it at the next pick.
+    assert_eq!(s.set_deadline(v(2), Some(t0)), Some(c(0)));
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(2));
+    check(&s);
+}
+
+#[test]
+fn a_deadline_cuts_only_its_own_cpus_slices() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), Some(&[c(0)])).unwrap();
+    s.add(v(1), Some(&[c(1)])).unwrap();
+    s.add(v(2), Some(&[c(0)])).unwrap();
+    let due = clock.now() + 10 + 300;
+    run(&mut s, &clock, c(0), 10, until(due));
+    assert_eq!(pick(&mut s, &clock, c(1)), (v(1), S, None));
+    let (two, slice, _) = pick(&mut s, &clock, c(0));
+    assert_eq!((two, slice), (v(2), 300));
+    // Stopped early by the kernel, it is cut again to what is left.
+    clock.advance(100);
+    s.stopped(c(0), two, StopCause::SliceEnd, clock.now());
+    assert_eq!(pick(&mut s, &clock, c(0)), (v(2), 200, None));
+    clock.advance(200);
+    s.stopped(c(0), two, StopCause::SliceEnd, clock.now());
+    // 2 continues its turn (700 left), then 0 has its turn.
+    assert_eq!(pick(&mut s, &clock, c(0)), (v(2), 700, None));
+    clock.advance(700);
+    s.stopped(c(0), two, StopCause::SliceEnd, clock.now());
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(0));
+    check(&s);
+}
+
+#[test]
+fn wake_cancels_the_deadline() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    s.add(v(1), None).unwrap();
+    let due = clock.now() + 10 + 400;
+    run(&mut s, &clock, c(0), 10, until(due));
+    assert_eq!(s.wake(v(0)), None);
+    check(&s);
+    let st = s.stats(v(0)).unwrap();
+    assert_eq!(
+        (st.state, st.deadline, st.wakeups),
+        (VcpuState::Runnable, None, 1)
+    );
+    assert_eq!(s.counts().timed, 0);
+    // Slices are no longer cut by it.
+    assert_eq!(pick(&mut s, &clock, c(0)).1, S);
+    clock.advance(S);
+    s.stopped(c(0), v(1), StopCause::SliceEnd, clock.now());
+    // It blocks again without a deadline, past the old one: nothing wakes it.
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None });
+    assert!(clock.now() > due);
+    full_slices(&mut s, &clock, c(0), 3);
+    assert_eq!(state(&s, v(0)), VcpuState::Blocked);
+    assert_eq!(s.stats(v(0)).unwrap().wakeups, 1);
+}
+
+#[test]
+fn set_deadline_arms_moves_and_clears_and_kicks_an_idle_cpu_only_when_earlier() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None });
+    assert_eq!(s.pick(c(0), clock.now()), idle(None));
+    let t = clock.now();
+    assert_eq!(s.set_deadline(v(0), Some(t + 500)), Some(c(0)));
+    assert!(!s.cpu_stats(c(0)).unwrap().idle, "kicked: busy");
+    check(&s);
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t + 500)));
+    assert_eq!(s.set_deadline(v(0), Some(t + 900)), None, "later: no kick");
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t + 900)));
+    assert_eq!(s.set_deadline(v(0), Some(t + 200)), Some(c(0)));
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t + 200)));
+    assert_eq!(s.set_deadline(v(0), None), None);
+    check(&s);
+    assert_eq!(s.pick(c(0), clock.now()), idle(None));
+    assert_eq!(s.counts().timed, 0);
+    assert_eq!(s.set_deadline(v(0), Some(t + 100)), Some(c(0)));
+    at(&clock, t + 99);
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t + 100)));
+    clock.advance(1);
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(0));
+    assert_eq!(s.stats(v(0)).unwrap().wakeups, 1);
+    // Only a blocked vCPU takes a deadline: running, runnable, unknown.
+    assert_eq!(s.set_deadline(v(0), Some(t + 5000)), None);
+    s.stopped(c(0), v(0), StopCause::SliceEnd, clock.now());
+    assert_eq!(s.set_deadline(v(0), Some(t + 5000)), None);
+    assert_eq!(s.set_deadline(v(9), Some(t + 5000)), None);
+    assert_eq!(s.stats(v(0)).unwrap().deadline, None);
+    check(&s);
+}
+
+#[test]
+fn timed_blocked_vcpus_count_for_load_are_not_stolen_and_due_ones_are_shared() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), None).unwrap(); // CPU 0
+    s.add(v(1), None).unwrap(); // CPU 1
+    s.add(v(2), None).unwrap(); // CPU 0
+    let t = clock.now();
+    run(&mut s, &clock, c(0), 10, until(t + 1000));
+    run(&mut s, &clock, c(0), 10, until(t + 1000));
+    // Both blocked on CPU 0 still count there: a new vCPU goes to CPU 1.
+    assert_eq!(s.cpu_stats(c(0)).unwrap().assigned, 2);
+    assert_eq!(s.add(v(3), None).unwrap().cpu, c(1));
+    // CPU 1 runs 1 and 3 waits; CPU 0, with nothing to run, steals 3 (a
+    // blocked vCPU is never taken), its slice cut by its own deadlines.
+    assert_eq!(pick(&mut s, &clock, c(1)).0, v(1));
+    let (three, slice, from) = pick(&mut s, &clock, c(0));
+    assert_eq!((three, from), (v(3), None));
+    assert_eq!(slice, t + 1000 - clock.now());
+    clock.advance(100);
+    s.stopped(c(0), three, StopCause::Blocked { until: None }, clock.now());
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t + 1000)));
+    // CPU 1's idle carries none of CPU 0's deadlines.
+    s.stopped(c(1), v(1), StopCause::Blocked { until: None }, clock.now());
+    assert_eq!(s.pick(c(1), clock.now()), idle(None));
+    check(&s);
+    // Both due at once on CPU 0: 0 (armed first) runs, 2 waits, and idle
+    // CPU 1 is named to kick; it steals 2.
+    at(&clock, t + 1000);
+    match s.pick(c(0), clock.now()) {
+        Decision::Run { vcpu, kick, .. } => assert_eq!((vcpu, kick), (v(0), Some(c(1)))),
+        other => panic!("{other:?}"),
+    }
+    check(&s);
+    assert!(!s.cpu_stats(c(1)).unwrap().idle);
+    assert_eq!(pick(&mut s, &clock, c(1)), (v(2), S, Some(c(0))));
+    assert_eq!(s.counts().timed, 0);
+}
+
+#[test]
+fn removing_a_timed_vcpu_disarms_it_and_a_moved_slot_keeps_its_deadline() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    let t = clock.now();
+    run(&mut s, &clock, c(0), 10, until(t + 500)); // 0
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None }); // 1
+    run(&mut s, &clock, c(0), 10, until(t + 900)); // 2, in the last slot
+    s.remove(v(0)).unwrap(); // 2 moves into slot 0
+    check(&s);
+    assert_eq!(s.pick(c(0), clock.now()), idle(Some(t + 900)));
+    at(&clock, t + 900);
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(2));
+    assert_eq!(state(&s, v(1)), VcpuState::Blocked);
+}
+
 // ---- any call sequence ----
 
 /// One call of the random call sequences.
@@ -1340,6 +1687,12 @@ enum Op {
     /// Stop what the CPU runs (or, if nothing, a given vCPU) after `dt`.
     Stop(u32, u8, u64, u32),
     Wake(u32),
+    /// Stop what the CPU runs after `dt`, halted until `now + offset`.
+    Halt(u32, u64, i64),
+    /// Arm (`now + offset`) or clear a vCPU's deadline.
+    SetDeadline(u32, Option<i64>),
+    /// Let time pass.
+    Wait(u64),
     Exit(u32, u16),
     Add(u32, u8),
     Remove(u32),
@@ -1350,6 +1703,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u32..4).prop_map(Op::Pick),
         4 => (0u32..4, 0u8..4, 0u64..3 * S, 0u32..8).prop_map(|(c, k, dt, v)| Op::Stop(c, k, dt, v)),
         2 => (0u32..8).prop_map(Op::Wake),
+        2 => (0u32..4, 0u64..3 * S, -500i64..4000).prop_map(|(c, dt, o)| Op::Halt(c, dt, o)),
+        2 => (0u32..8, proptest::option::of(-500i64..4000)).prop_map(|(v, o)| Op::SetDeadline(v, o)),
+        1 => (0u64..3 * S).prop_map(Op::Wait),
         1 => (0u32..8, any::<u16>()).prop_map(|(v, r)| Op::Exit(v, r)),
         1 => (0u32..8, 0u8..5).prop_map(|(v, a)| Op::Add(v, a)),
         1 => (0u32..8).prop_map(Op::Remove),
@@ -1369,7 +1725,7 @@ fn affinity(choice: u8) -> Option<Vec<CpuId>> {
 
 const CAUSES: [StopCause; 4] = [
     StopCause::SliceEnd,
-    StopCause::Blocked,
+    StopCause::Blocked { until: None },
     StopCause::Stopped,
     StopCause::Yield,
 ];
@@ -1381,7 +1737,10 @@ proptest! {
     /// in: no panic, every invariant holds after every call, a vCPU only
     /// runs where its affinity allows, `migrated_from` is exactly the
     /// previous CPU when it differs, and the run time reported equals the
-    /// time handed out.
+    /// time handed out. With deadlines: a blocked vCPU wakes only by
+    /// `wake` or at a pick or stop on its CPU once its deadline has
+    /// passed, and then always; slices end by the CPU's earliest deadline,
+    /// `Idle` reports it, and the state counts match the vCPUs.
     #[test]
     fn any_call_sequence_keeps_the_books(
         initial in proptest::collection::vec(0u8..4, 0..6),
@@ -1401,15 +1760,29 @@ proptest! {
         let mut removed_time = 0u64;
         for op in ops {
             clock.advance(7);
+            let before: Map<VcpuId, VcpuStats> = s.vcpus().collect();
+            let idle_before: Vec<bool> = s.cpus.iter().map(|c| c.idle).collect();
+            // The CPU this op picks or stops on, which serves due deadlines.
+            let mut served: Option<u32> = None;
+            let mut woken: Option<u32> = None;
             match op {
                 Op::Pick(cpu) => {
+                    served = Some(cpu);
                     if let Some((_, started)) = running.remove(&cpu) {
                         given += clock.now() - started;
                     }
                     match s.pick(c(cpu), clock.now()) {
-                        Decision::Run { vcpu, slice, migrated_from } => {
+                        Decision::Run { vcpu, slice, migrated_from, kick } => {
                             prop_assert!(cpu < 3);
-                            prop_assert!((MIN_RUN..S + MIN_RUN).contains(&slice));
+                            // Cut by the earliest deadline left here.
+                            let room = s.cpus[cpu as usize].next_due - clock.now();
+                            prop_assert!((1..S + MIN_RUN).contains(&slice));
+                            prop_assert!(slice <= room, "slice {} past a deadline {} away", slice, room);
+                            prop_assert!(slice >= MIN_RUN.min(room));
+                            if let Some(k) = kick {
+                                prop_assert!(k.0 < 3 && k.0 != cpu && idle_before[k.index()]);
+                                prop_assert!(!s.cpu_stats(k).unwrap().idle);
+                            }
                             if let Some(Some(set)) = allowed.get(&vcpu) {
                                 prop_assert!(set.contains(&c(cpu)), "{} ran on {}", vcpu, cpu);
                             }
@@ -1419,8 +1792,15 @@ proptest! {
                             prop_assert!(running.values().all(|&(r, _)| r != vcpu));
                             running.insert(cpu, (vcpu, clock.now()));
                         }
-                        Decision::Idle => {
+                        Decision::Idle { until } => {
                             prop_assert_eq!(s.cpu_stats(c(cpu)).map(|st| st.idle), (cpu < 3).then_some(true));
+                            let earliest = s
+                                .vcpus()
+                                .filter(|(_, st)| st.cpu == c(cpu))
+                                .filter_map(|(_, st)| st.deadline)
+                                .min();
+                            prop_assert_eq!(until, earliest);
+                            prop_assert!(until.is_none_or(|u| u > clock.now()));
                             // Work-conserving: nothing that waits elsewhere
                             // could have run here.
                             let i = cpu as usize;
@@ -1436,6 +1816,7 @@ proptest! {
                     let cause = CAUSES[usize::from(cause)];
                     match running.remove(&cpu) {
                         Some((vcpu, started)) => {
+                            served = Some(cpu);
                             given += clock.now() - started;
                             s.stopped(c(cpu), vcpu, cause, clock.now());
                             let st = s.stats(vcpu).unwrap();
@@ -1449,6 +1830,7 @@ proptest! {
                     }
                 }
                 Op::Wake(n) => {
+                    woken = Some(n);
                     let before = s.stats(v(n));
                     let kick = s.wake(v(n));
                     if let Some(kicked) = kick {
@@ -1462,6 +1844,37 @@ proptest! {
                         prop_assert_eq!(s.stats(v(n)).unwrap().state, VcpuState::Runnable);
                     }
                 }
+                Op::Halt(cpu, dt, offset) => {
+                    clock.advance(dt);
+                    let due = clock.now().saturating_add_signed(offset);
+                    if let Some((vcpu, started)) = running.remove(&cpu) {
+                        served = Some(cpu);
+                        given += clock.now() - started;
+                        s.stopped(c(cpu), vcpu, StopCause::Blocked { until: Some(due) }, clock.now());
+                        let st = s.stats(vcpu).unwrap();
+                        match st.state {
+                            VcpuState::Blocked => prop_assert_eq!(st.deadline, Some(due)),
+                            _ => prop_assert_eq!(st.deadline, None),
+                        }
+                    }
+                }
+                Op::SetDeadline(n, offset) => {
+                    let due = offset.map(|o| clock.now().saturating_add_signed(o));
+                    let was = s.stats(v(n));
+                    let kick = s.set_deadline(v(n), due);
+                    let st = s.stats(v(n));
+                    if was.map(|w| w.state) == Some(VcpuState::Blocked) {
+                        prop_assert_eq!(st.unwrap().deadline, due);
+                    } else {
+                        prop_assert_eq!(kick, None);
+                        prop_assert_eq!(st, was);
+                    }
+                    if let Some(k) = kick {
+                        prop_assert!(idle_before[k.index()] && !s.cpu_stats(k).unwrap().idle);
+                        prop_assert_eq!(Some(k), was.map(|w| w.cpu));
+                    }
+                }
+                Op::Wait(dt) => clock.advance(dt),
                 Op::Exit(n, reason) => {
                     let before = s.stats(v(n)).map(|st| st.exits_total());
                     s.record_exit(v(n), reason);
@@ -1493,6 +1906,26 @@ proptest! {
                 }
             }
             check(&s);
+            // Wake-ups: only by `wake`, or by a deadline passed on the CPU
+            // that just picked or stopped; and there, every due one.
+            let now = clock.now();
+            for (id, st) in s.vcpus() {
+                let Some(was) = before.get(&id) else { continue };
+                if was.state == VcpuState::Blocked && st.state != VcpuState::Blocked {
+                    let by_wake = woken == Some(id.0);
+                    let by_deadline = served == Some(was.cpu.0) && was.deadline.is_some_and(|d| d <= now);
+                    prop_assert!(by_wake || by_deadline, "{} woke without cause", id);
+                }
+                if served == Some(st.cpu.0) && st.state == VcpuState::Blocked {
+                    prop_assert!(st.deadline.is_none_or(|d| d > now), "{} overslept", id);
+                }
+            }
+            let counts = s.counts();
+            let known = s.vcpus().count();
+            prop_assert_eq!(counts.runnable + counts.running + counts.blocked + counts.stopped, known);
+            prop_assert_eq!(counts.timed, s.vcpus().filter(|(_, st)| st.deadline.is_some()).count());
+            prop_assert!(counts.timed <= counts.blocked);
+            prop_assert_eq!(counts.running, running.len());
         }
         let reported: u64 = s.vcpus().map(|(_, st)| st.run_time).sum::<u64>() + removed_time;
         prop_assert_eq!(reported, given);
