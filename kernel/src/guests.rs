@@ -446,8 +446,9 @@ fn vcpu_id(i: usize) -> VcpuId {
 enum SliceEnd {
     /// Its time was up (preemption timer or TSC).
     TimeUp,
-    /// HLT with interrupts on.
-    Halted,
+    /// HLT with interrupts on, until a device's timer is due at this TSC
+    /// value (or until woken, with none).
+    Halted { until: Option<u64> },
     /// The guest stopped.
     Stopped(StopReason),
 }
@@ -555,8 +556,15 @@ impl Run {
                     self.kick(kick);
                     self.run_vcpu(&mut local, vcpu, slice, migrated_from.is_some())
                 }
-                Decision::Idle { .. } => {
+                Decision::Idle { until } => {
                     if self.nothing_can_run(&mut local) {
+                        continue;
+                    }
+                    // A vCPU on this CPU sleeps until a device timer: the
+                    // APIC timer wakes the CPU then. Without TSC-deadline
+                    // mode the CPU keeps looking instead of halting.
+                    if until.is_some() && !lapic::arm_wakeup(until) {
+                        core::hint::spin_loop();
                         continue;
                     }
                     if let Some(f) = self.figures.get(cpu.0 as usize) {
@@ -566,15 +574,19 @@ impl Run {
                     // the HLT at once (STI's shadow covers the HLT).
                     x86_64::instructions::interrupts::enable_and_hlt();
                     x86_64::instructions::interrupts::disable();
+                    if until.is_some() {
+                        lapic::arm_wakeup(None);
+                    }
                 }
             }
         }
     }
 
     /// This CPU found nothing to run. When no CPU can run anything, the
-    /// guests left are halted with nothing that could wake them (no
-    /// device raises interrupts yet): they are stopped, and once every
-    /// guest is gone, the run ends. True when it did something, so the
+    /// guests halted with no device timer armed have nothing that could
+    /// wake them (no device interrupts without a timer yet): they are
+    /// stopped, and once every guest is gone, the run ends. Guests waiting
+    /// for a timer are left to it. True when it did something, so the
     /// caller looks again rather than halting.
     fn nothing_can_run(&self, local: &mut Local) -> bool {
         let (counts, blocked) = {
@@ -582,7 +594,7 @@ impl Run {
             let counts = queue.counts();
             let blocked: Vec<usize> = queue
                 .vcpus_ref()
-                .filter(|(_, s)| s.state == VcpuState::Blocked)
+                .filter(|(_, s)| s.state == VcpuState::Blocked && s.deadline.is_none())
                 .map(|(v, _)| v.0 as usize)
                 .collect();
             (counts, blocked)
@@ -595,8 +607,12 @@ impl Run {
                 let Some(mut slot) = self.lock_slot(local, i) else {
                     continue;
                 };
-                let state = self.queue.lock().stats_ref(vcpu_id(i)).map(|s| s.state);
-                if state != Some(VcpuState::Blocked) {
+                let state = self
+                    .queue
+                    .lock()
+                    .stats_ref(vcpu_id(i))
+                    .map(|s| (s.state, s.deadline));
+                if state != Some((VcpuState::Blocked, None)) {
                     continue;
                 }
                 let rip = slot.guest.as_ref().map_or(0, |g| g.halt_rip);
@@ -734,7 +750,7 @@ impl Run {
         };
         let cause = match &end {
             SliceEnd::TimeUp => StopCause::SliceEnd,
-            SliceEnd::Halted => StopCause::Blocked { until: None },
+            SliceEnd::Halted { until } => StopCause::Blocked { until: *until },
             SliceEnd::Stopped(_) => StopCause::Stopped,
         };
         let stopped = {
@@ -829,6 +845,13 @@ impl Run {
         }
         let mut last = slice_start;
         let end = loop {
+            // Timers due and interrupts raised since the last exit go in
+            // before the entry (a few compares when nothing is pending).
+            if guest.devices.needs_attention(last) {
+                if let Err(reason) = guest.deliver_interrupt(last) {
+                    break SliceEnd::Stopped(reason);
+                }
+            }
             let exit = guest.enter();
             // One TSC read an exit: the guest is charged from one exit to
             // the next, its exit handling included.
@@ -852,10 +875,16 @@ impl Run {
                     break SliceEnd::TimeUp;
                 }
                 Outcome::Halted => {
+                    // An interrupt already due wakes it at once.
+                    if guest.devices.needs_attention(now) {
+                        continue;
+                    }
                     // The HLT exit already moved RIP past the instruction:
                     // this is where the guest would resume.
                     guest.halt_rip = guest.rip();
-                    break SliceEnd::Halted;
+                    break SliceEnd::Halted {
+                        until: guest.devices.next_deadline(),
+                    };
                 }
                 Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),
             }
@@ -898,9 +927,8 @@ impl Run {
         };
         let name = guest.name.clone();
         guest
-            .model
-            .console
-            .flush(|line| crate::serial::guest_line(&name, line));
+            .devices
+            .flush(&mut |line| crate::serial::guest_line(&name, line));
         info!("guest {name}: stopped: {reason}");
         info!(
             "guest {name}: ran {} TSC ticks in {} slices ({} ended by the timer or the TSC)",

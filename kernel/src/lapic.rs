@@ -115,6 +115,42 @@ pub fn enable_this_cpu() {
     write(REG_SVR, svr | SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
 }
 
+/// LVT timer mode "TSC-deadline" (SDM Vol. 3A, 11.5.4.1), bits 18:17.
+const LVT_TSC_DEADLINE: u32 = 0b10 << 17;
+/// IA32_TSC_DEADLINE.
+const IA32_TSC_DEADLINE: u32 = 0x6E0;
+
+/// Whether this CPU's APIC timer has TSC-deadline mode
+/// (CPUID.01H:ECX[24]).
+pub fn has_tsc_deadline() -> bool {
+    arch::cpuid(1, 0).ecx & (1 << 24) != 0
+}
+
+/// Arms the calling CPU's APIC timer to interrupt it (with the kick
+/// vector, so a halted CPU wakes as if kicked) once the TSC reaches
+/// `deadline`, or disarms it (`None`). False when the CPU has no
+/// TSC-deadline mode: the caller must not halt past `deadline` then.
+pub fn arm_wakeup(deadline: Option<u64>) -> bool {
+    if !has_tsc_deadline() {
+        return false;
+    }
+    match deadline {
+        Some(at) => {
+            write(REG_LVT_TIMER, LVT_TSC_DEADLINE | u32::from(KICK_VECTOR));
+            // SAFETY: the MSR exists with TSC-deadline mode (checked
+            // above); a deadline in the past fires at once, which is what
+            // the caller wants.
+            unsafe { arch::wrmsr(IA32_TSC_DEADLINE, at.max(1)) };
+        }
+        None => {
+            // SAFETY: as above; writing 0 disarms the timer.
+            unsafe { arch::wrmsr(IA32_TSC_DEADLINE, 0) };
+            write(REG_LVT_TIMER, LVT_MASKED);
+        }
+    }
+    true
+}
+
 /// The calling CPU's APIC ID.
 pub fn id() -> u32 {
     match MODE.load(Ordering::Acquire) {

@@ -361,7 +361,7 @@ fn bochs_runs_and_contains_the_test_guests() {
 /// What the test guests print wherever VT-x runs them.
 fn test_guests(c: &Checked<'_>) {
     vtx_ready(c);
-    c.saw("config: loaded 7 guests from disk ");
+    c.saw("config: loaded 8 guests from disk ");
     for name in [
         "real",
         "protected",
@@ -370,6 +370,7 @@ fn test_guests(c: &Checked<'_>) {
         "halt",
         "triple",
         "cpuid",
+        "timer",
     ] {
         c.in_order("cpu0: VT-x ready", &format!("guest {name}: started"));
     }
@@ -397,6 +398,13 @@ fn test_guests(c: &Checked<'_>) {
             l.starts_with("[cpuid] cpuid exit: 1000 round trips, average ") && l.ends_with(" ticks")
         })
         .saw("guest cpuid: stopped: exited with code 0")
+        // Halted with interrupts on, woken by its timer's interrupt twice
+        // (a guest with no timer armed is stopped instead: see the
+        // scheduler test's idle guest).
+        .in_order("[timer] arming the timer", "[timer] woken by the timer interrupt")
+        .in_order("[timer] woken by the timer interrupt", "[timer] two timer interrupts, each after a halt")
+        .in_order("[timer] two timer interrupts, each after a halt", "guest timer: stopped: exited with code 0")
+        .never("[timer] the device's firing count")
         .never("not started");
     frames_all_back(c);
     c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done");

@@ -593,6 +593,7 @@ mod tests {
                     "halt",
                     "triple",
                     "cpuid",
+                    "timer",
                 ][..],
             ),
             ("default", &["real", "protected", "long", "cpuid"][..]),
@@ -699,6 +700,10 @@ mod tests {
         ),
         ("spin", &["progress "]),
         ("idle", &["idling with interrupts on\n", "woken up\n"]),
+        (
+            "timer",
+            &["arming the timer\n", "woken by the timer interrupt\n"],
+        ),
     ];
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {

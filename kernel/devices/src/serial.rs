@@ -79,6 +79,15 @@ impl UartDevice {
         taken
     }
 
+    /// Passes `bytes` to the console line buffer as if the guest had
+    /// written them to the transmitter one by one (the print hypercall's
+    /// text, which must join the same lines as the guest's COM1 output).
+    pub fn print(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&str)) {
+        for &b in bytes {
+            self.console.push(b, &mut *sink);
+        }
+    }
+
     fn update_irq(&self, env: &mut DeviceEnv<'_>) {
         env.set_irq(self.irq, self.uart.interrupt_pending());
     }

@@ -203,6 +203,10 @@ pub trait VcpuAccess {
     fn segment(&self, seg: Segment) -> Result<SegmentState, Self::Error>;
     /// Delivers `event` at the next entry.
     fn inject(&mut self, event: Event) -> Result<(), Self::Error>;
+    /// Whether an event is already set up for delivery at the next entry
+    /// (injected by a handler, or re-injected after an exit cut its
+    /// delivery short).
+    fn event_pending(&self) -> Result<bool, Self::Error>;
     /// Asks for an exit as soon as the guest can take an external interrupt
     /// (`true`), or stops asking.
     fn request_interrupt_window(&mut self, on: bool) -> Result<(), Self::Error>;

@@ -23,7 +23,7 @@ use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext};
 use super::hypercall::{self, Hypercall};
 use super::msr::VirtualMsrs;
 use super::stop::{RegisterDump, StopReason};
-use crate::devices::uart::{LineBuffer, Uart16550, COM1_BASE};
+use super::vm::VmDevices;
 
 /// The direction of a port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -380,6 +380,8 @@ pub trait Platform {
     fn ram_size(&self) -> u64;
     /// Prints one line of guest console output.
     fn guest_line(&mut self, line: &str);
+    /// The guest's clock now, in TSC ticks (device timers run on it).
+    fn now(&self) -> u64;
     /// Drops the guest's cached linear translations (after an emulated
     /// control-register write that changes paging).
     fn flush_guest_tlb(&mut self);
@@ -455,10 +457,6 @@ pub struct VcpuModel {
     pub index: u32,
     /// How many vCPUs the guest has.
     pub vcpus: u32,
-    /// The guest's COM1 (one vCPU per guest so far, so it lives here).
-    pub uart: Uart16550,
-    /// Guest console output waiting for its line end.
-    pub console: LineBuffer,
     /// Emulated MSRs.
     pub msrs: VirtualMsrs,
     /// The guest's XCR0.
@@ -556,8 +554,6 @@ impl VcpuModel {
         Self {
             index,
             vcpus,
-            uart: Uart16550::new(),
-            console: LineBuffer::new(),
             msrs: VirtualMsrs::new(index),
             xcr0: 1,
             cr8: 0,
@@ -566,21 +562,16 @@ impl VcpuModel {
             cpuid_cache: CpuidCache::default(),
         }
     }
-
-    /// Passes bytes the guest transmitted to the console line buffer.
-    fn console_bytes<P: Platform>(&mut self, bytes: &[u8], platform: &mut P) {
-        for &b in bytes {
-            self.console.push(b, |line| platform.guest_line(line));
-        }
-    }
 }
 
-/// Handles `exit`, which the vCPU behind `vcpu` just took.
+/// Handles `exit`, which the vCPU behind `vcpu` just took; `vm` is its
+/// VM's devices.
 #[inline]
 pub fn handle_exit<B: VcpuAccess, P: Platform>(
     exit: &Exit,
     vcpu: &mut B,
     model: &mut VcpuModel,
+    vm: &mut VmDevices,
     platform: &mut P,
 ) -> Outcome {
     model.stats.exits += 1;
@@ -589,7 +580,7 @@ pub fn handle_exit<B: VcpuAccess, P: Platform>(
     // for the general dispatch's stack frame.
     let result = match exit {
         Exit::Cpuid => cpuid(vcpu, model, platform),
-        _ => dispatch(exit, vcpu, model, platform),
+        _ => dispatch(exit, vcpu, model, vm, platform),
     };
     match result {
         Ok(outcome) => outcome,
@@ -603,12 +594,13 @@ fn dispatch<B: VcpuAccess, P: Platform>(
     exit: &Exit,
     vcpu: &mut B,
     model: &mut VcpuModel,
+    vm: &mut VmDevices,
     platform: &mut P,
 ) -> Result<Outcome, B::Error> {
     match exit {
         Exit::Cpuid => cpuid(vcpu, model, platform),
-        Exit::Io(io) => port_io(vcpu, model, platform, io),
-        Exit::Hypercall => vmcall(vcpu, model, platform),
+        Exit::Io(io) => port_io(vcpu, model, vm, platform, io),
+        Exit::Hypercall => vmcall(vcpu, model, vm, platform),
         Exit::Hlt => hlt(vcpu),
         Exit::MsrRead => rdmsr(vcpu, model),
         Exit::MsrWrite => wrmsr(vcpu, model),
@@ -752,9 +744,13 @@ fn cpuid<B: VcpuAccess, P: Platform>(
     skip(vcpu)
 }
 
+/// IN and OUT through the VM's device bus. A port no device claims
+/// reads all ones and drops writes (counted); port 0xCF9 (reset) is one of
+/// those: a guest does not reset the machine.
 fn port_io<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
     model: &mut VcpuModel,
+    vm: &mut VmDevices,
     platform: &mut P,
     io: &IoAccess,
 ) -> Result<Outcome, B::Error> {
@@ -765,42 +761,35 @@ fn port_io<B: VcpuAccess, P: Platform>(
             rip: vcpu.rip()?,
         }));
     }
-    let size = io.size.min(4);
-    let com1 = COM1_BASE..COM1_BASE + 8;
+    let size = io.size;
+    let now = platform.now();
+    let mut sink = |line: &str| platform.guest_line(line);
     match io.direction {
         IoDirection::Out => {
-            let value = vcpu.gpr(Gpr::Rax)?;
-            for i in 0..size {
-                let port = io.port.wrapping_add(u16::from(i));
-                let byte = (value >> (8 * i)) as u8;
-                if com1.contains(&port) {
-                    if let Some(out) = model.uart.write(port - COM1_BASE, byte) {
-                        model.console_bytes(&[out], platform);
-                    }
-                } else {
-                    // Port 0xCF9 (reset) lands here too: a guest does not
-                    // reset the machine.
-                    model.stats.io_writes_ignored += 1;
-                }
+            let value = vcpu.gpr(Gpr::Rax)? as u32;
+            if !vm
+                .bus
+                .port_write(io.port, size, value, now, &mut vm.irqs, &mut sink)
+            {
+                model.stats.io_writes_ignored += 1;
             }
         }
         IoDirection::In => {
-            let mut value = 0u64;
-            for i in 0..size {
-                let port = io.port.wrapping_add(u16::from(i));
-                let byte = if com1.contains(&port) {
-                    model.uart.read(port - COM1_BASE)
-                } else {
+            let value = match vm
+                .bus
+                .port_read(io.port, size, now, &mut vm.irqs, &mut sink)
+            {
+                Some(value) => u64::from(value),
+                None => {
                     model.stats.io_reads_unclaimed += 1;
-                    0xFF
-                };
-                value |= u64::from(byte) << (8 * i);
-            }
+                    0xFFFF_FFFF
+                }
+            };
             // IN AL/AX leaves the rest of RAX; IN EAX zero-extends.
             let rax = vcpu.gpr(Gpr::Rax)?;
             let rax = match size {
-                1 => (rax & !0xFF) | value,
-                2 => (rax & !0xFFFF) | value,
+                1 => (rax & !0xFF) | (value & 0xFF),
+                2 => (rax & !0xFFFF) | (value & 0xFFFF),
                 _ => value,
             };
             vcpu.set_gpr(Gpr::Rax, rax)?;
@@ -812,6 +801,7 @@ fn port_io<B: VcpuAccess, P: Platform>(
 fn vmcall<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
     model: &mut VcpuModel,
+    vm: &mut VmDevices,
     platform: &mut P,
 ) -> Result<Outcome, B::Error> {
     if cpl(vcpu)? != 0 {
@@ -827,22 +817,17 @@ fn vmcall<B: VcpuAccess, P: Platform>(
     );
     let result = match call {
         Hypercall::Exit { code } => {
-            model.console.flush(|line| platform.guest_line(line));
+            vm.flush(&mut |line| platform.guest_line(line));
             return Ok(Outcome::stop(StopReason::Exited { code }));
         }
-        Hypercall::Print { gpa, len } => print(model, platform, gpa, len),
+        Hypercall::Print { gpa, len } => print(vm, platform, gpa, len),
         Hypercall::Unknown { .. } => hypercall::UNKNOWN_CALL,
     };
     vcpu.set_gpr(Gpr::Rax, Hypercall::result(result, long))?;
     skip(vcpu)
 }
 
-fn print<P: Platform>(
-    model: &mut VcpuModel,
-    platform: &mut P,
-    gpa: GuestPhysAddr,
-    len: u64,
-) -> u64 {
+fn print<P: Platform>(vm: &mut VmDevices, platform: &mut P, gpa: GuestPhysAddr, len: u64) -> u64 {
     let in_ram = gpa
         .checked_add(len)
         .is_some_and(|end| end.as_u64() <= platform.ram_size());
@@ -862,7 +847,7 @@ fn print<P: Platform>(
         if !platform.read_guest(at, part) {
             return hypercall::BAD_ARGUMENT;
         }
-        model.console_bytes(part, platform);
+        vm.print(part, &mut |line| platform.guest_line(line));
         done += chunk as u64;
     }
     0

@@ -202,6 +202,11 @@ impl VcpuAccess for FakeVcpu {
         Ok(())
     }
 
+    fn event_pending(&self) -> Result<bool, FakeError> {
+        self.check()?;
+        Ok(false)
+    }
+
     fn request_interrupt_window(&mut self, on: bool) -> Result<(), FakeError> {
         self.check()?;
         self.window = on;
@@ -232,6 +237,8 @@ pub struct FakePlatform {
     pub xcr0: Option<u64>,
     /// TLB flushes asked for.
     pub flushes: u32,
+    /// The guest's clock.
+    pub now: u64,
 }
 
 impl Platform for FakePlatform {
@@ -287,5 +294,9 @@ impl Platform for FakePlatform {
 
     fn flush_guest_tlb(&mut self) {
         self.flushes += 1;
+    }
+
+    fn now(&self) -> u64 {
+        self.now
     }
 }

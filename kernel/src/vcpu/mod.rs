@@ -13,3 +13,4 @@ pub mod fake;
 pub mod hypercall;
 pub mod msr;
 pub mod stop;
+pub mod vm;

@@ -337,6 +337,12 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
         Ok(())
     }
 
+    /// VM exits clear the field's valid bit (SDM Vol. 3C, 28.2.5), so a
+    /// set bit is an event this exit's handling set up.
+    fn event_pending(&self) -> Result<bool, VmcsError> {
+        Ok(self.vmcs.read(Control32::EntryInterruptionInfo)? & (1 << 31) != 0)
+    }
+
     fn request_interrupt_window(&mut self, on: bool) -> Result<(), VmcsError> {
         let controls = self.vmcs.read(Control32::PrimaryProcBasedControls)?;
         let wanted = if on {

@@ -8,10 +8,13 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::vcpu::fake::{FakePlatform, FakeVcpu};
+use crate::vcpu::vm::VmDevices;
 
 const RIP: u64 = 0x10_0000;
 
-fn setup(len: u64) -> (FakeVcpu, VcpuModel, FakePlatform) {
+type Exited = (FakeVcpu, VcpuModel, FakePlatform, VmDevices);
+
+fn setup(len: u64) -> Exited {
     let platform = FakePlatform {
         ram: vec![0; 0x10_0000],
         ..FakePlatform::default()
@@ -20,11 +23,12 @@ fn setup(len: u64) -> (FakeVcpu, VcpuModel, FakePlatform) {
         FakeVcpu::long_mode(RIP, len),
         VcpuModel::new(0, 1),
         platform,
+        VmDevices::new(),
     )
 }
 
-fn run(exit: Exit, v: &mut (FakeVcpu, VcpuModel, FakePlatform)) -> Outcome {
-    handle_exit(&exit, &mut v.0, &mut v.1, &mut v.2)
+fn run(exit: Exit, v: &mut Exited) -> Outcome {
+    handle_exit(&exit, &mut v.0, &mut v.1, &mut v.3, &mut v.2)
 }
 
 #[test]

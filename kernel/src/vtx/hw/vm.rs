@@ -15,6 +15,7 @@ use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use kernel::loader::{GuestMemory, LoadError, LoadedImage};
 use kernel::vcpu::exit::{handle_exit, Exit, Outcome, Platform, VcpuModel};
 use kernel::vcpu::stop::StopReason;
+use kernel::vcpu::vm::{self as vm_devices, VmDevices};
 use kernel::vtx::setup::{self, VmcsLinks};
 use kernel::vtx::{CrPolicy, VmxVcpu};
 use log::debug;
@@ -297,8 +298,10 @@ pub struct Guest {
     pub regs: GuestRegisters,
     /// Whether the VMCS has been launched (VMRESUME next).
     pub launched: bool,
-    /// The vCPU's devices and counters.
+    /// The vCPU's exit-handling state and counters.
     pub model: VcpuModel,
+    /// The VM's devices and interrupt routing.
+    pub devices: VmDevices,
     /// The CPU's fixed CR0/CR4 bits, which the guest's CRs must keep.
     cr: CrPolicy,
     switched: SwitchedState,
@@ -355,6 +358,7 @@ impl Guest {
             regs: GuestRegisters::new(),
             launched: false,
             model: VcpuModel::new(0, 1),
+            devices: VmDevices::new(),
             cr: CrPolicy {
                 cr0_fixed: hw.caps.cr0_fixed,
                 cr4_fixed: hw.caps.cr4_fixed,
@@ -740,7 +744,33 @@ impl Guest {
             vpid: self.vpid,
             hw,
         };
-        handle_exit(exit, &mut vcpu, &mut self.model, &mut platform)
+        handle_exit(
+            exit,
+            &mut vcpu,
+            &mut self.model,
+            &mut self.devices,
+            &mut platform,
+        )
+    }
+
+    /// Before an entry, at TSC `now`: delivers the interrupt the VM's
+    /// controller holds if the vCPU can take it, else asks for an
+    /// interrupt window. Its VMCS must be current on this CPU.
+    pub fn deliver_interrupt(&mut self, now: u64) -> Result<(), StopReason> {
+        // SAFETY: VMX root operation with this guest's VMCS current (the
+        // caller is about to enter it here).
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        let mut vcpu = VmxVcpu {
+            vmcs: &mut vmcs,
+            regs: &mut self.regs,
+            cr: &self.cr,
+        };
+        let name = &self.name;
+        vm_devices::deliver_interrupt(&mut vcpu, &mut self.devices, now, &mut |line| {
+            crate::serial::guest_line(name, line)
+        })
+        .map(|_| ())
+        .map_err(|e| StopReason::Backend(alloc::format!("{e}")))
     }
 
     /// Where the guest resumes (its RIP), read from its VMCS, current on
@@ -778,6 +808,11 @@ impl Platform for GuestPlatform<'_> {
 
     fn guest_line(&mut self, line: &str) {
         crate::serial::guest_line(self.name, line);
+    }
+
+    fn now(&self) -> u64 {
+        // SAFETY: RDTSC only reads the time-stamp counter.
+        unsafe { core::arch::x86_64::_rdtsc() }
     }
 
     fn flush_guest_tlb(&mut self) {
