@@ -5,6 +5,7 @@ pub mod acpi;
 pub mod config;
 pub mod disk;
 pub mod loader;
+pub mod run;
 pub mod vcpu;
 pub mod vtx;
 

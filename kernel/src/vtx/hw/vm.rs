@@ -284,48 +284,44 @@ struct SwitchedState {
 
 const SWITCHED_MSR_COUNT: usize = kernel::vcpu::msr::SWITCHED_MSRS.len();
 
-/// A guest with one vCPU.
-pub struct Guest {
+/// A VM under VT-x: its RAM and EPT, and the I/O and MSR bitmaps its
+/// vCPUs share.
+pub struct VmxVm {
     /// The name from the config.
     pub name: String,
     ram: GuestRam,
     ept: Option<Ept>,
     eptp: u64,
-    vmcs: HostPhysAddr,
     /// Frames holding I/O bitmap A, B and the MSR bitmap.
     bitmaps: [HostPhysAddr; 3],
+}
+
+/// A vCPU under VT-x: its VMCS, registers and switched state.
+pub struct VmxVcpuState {
+    /// Its guest's name, for reports.
+    name: String,
+    vmcs: HostPhysAddr,
     /// The vCPU's registers while it is not running.
-    pub regs: GuestRegisters,
-    /// Whether the VMCS has been launched (VMRESUME next).
-    pub launched: bool,
-    /// The vCPU's exit-handling state and counters.
-    pub model: VcpuModel,
-    /// The VM's devices and interrupt routing.
-    pub devices: VmDevices,
+    regs: GuestRegisters,
+    /// Whether the VMCS has been launched on the CPU it is active on
+    /// (VMRESUME next).
+    launched: bool,
     /// The CPU's fixed CR0/CR4 bits, which the guest's CRs must keep.
     cr: CrPolicy,
     switched: SwitchedState,
     /// The VPID, where enabled.
     vpid: Option<u16>,
-    /// TSC ticks charged to this guest: from one of its exits to the next,
-    /// its exit handling included.
-    pub ticks: u64,
-    /// Slices it was given.
-    pub slices: u64,
-    /// Slices that ended by the VMX-preemption timer.
-    pub preemptions: u64,
-    /// The CPU (by number) on which its VMCS is active and its switched
-    /// state may be held: only that CPU may run it or VMCLEAR it.
-    pub hot_on: Option<usize>,
-    /// Where it will resume after the HLT that blocked it.
-    pub halt_rip: u64,
+    /// Its VM's EPTP, for invalidations.
+    eptp: u64,
 }
 
-// SAFETY: a `Guest` is its frames (by physical address) and plain data;
-// nothing in it is tied to the CPU that made it except the VMCS's active
-// state, which `hot_on` tracks and the scheduler hands over with VMCLEAR
-// before another CPU touches the VMCS.
-unsafe impl Send for Guest {}
+// SAFETY: a `VmxVm` and a `VmxVcpuState` are frames (by physical address)
+// and plain data; nothing in them is tied to the CPU that made them except
+// the VMCS's active state, which the run's `hot_on` tracks and hands over
+// with VMCLEAR before another CPU touches the VMCS.
+unsafe impl Send for VmxVm {}
+// SAFETY: as above.
+unsafe impl Send for VmxVcpuState {}
 
 /// Copies `bytes` into frame `frame`.
 fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
@@ -336,10 +332,18 @@ fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
     }
 }
 
+/// A VM and its vCPU, as [`create`] makes them.
+pub struct Guest {
+    /// The VM.
+    pub vm: VmxVm,
+    /// Its vCPU.
+    pub vcpu: VmxVcpuState,
+}
+
 impl Guest {
     /// Creates a guest named `name` with `ram_size` bytes of RAM, loads its
-    /// image with `load`, and prepares its VMCS (current on this CPU when
-    /// this returns). On failure every frame taken is given back.
+    /// image with `load`, and prepares its vCPU's VMCS (current on this
+    /// CPU when this returns). On failure every frame taken is given back.
     pub fn create(
         hw: &Hardware,
         name: &str,
@@ -349,38 +353,37 @@ impl Guest {
     ) -> Result<Guest, CreateError> {
         let ram = GuestRam::alloc(ram_size).map_err(CreateError::Memory)?;
         let mut guest = Guest {
-            name: String::from(name),
-            ram,
-            ept: None,
-            eptp: 0,
-            vmcs: HostPhysAddr::new(0),
-            bitmaps: [HostPhysAddr::new(0); 3],
-            regs: GuestRegisters::new(),
-            launched: false,
-            model: VcpuModel::new(0, 1),
-            devices: VmDevices::new(),
-            cr: CrPolicy {
-                cr0_fixed: hw.caps.cr0_fixed,
-                cr4_fixed: hw.caps.cr4_fixed,
+            vm: VmxVm {
+                name: String::from(name),
+                ram,
+                ept: None,
+                eptp: 0,
+                bitmaps: [HostPhysAddr::new(0); 3],
             },
-            switched: SwitchedState {
-                area: HostPhysAddr::new(0),
-                area_order: 0,
-                cr2: 0,
-                debug: [0; 5],
-                msrs: [0; SWITCHED_MSR_COUNT],
+            vcpu: VmxVcpuState {
+                name: String::from(name),
+                vmcs: HostPhysAddr::new(0),
+                regs: GuestRegisters::new(),
+                launched: false,
+                cr: CrPolicy {
+                    cr0_fixed: hw.caps.cr0_fixed,
+                    cr4_fixed: hw.caps.cr4_fixed,
+                },
+                switched: SwitchedState {
+                    area: HostPhysAddr::new(0),
+                    area_order: 0,
+                    cr2: 0,
+                    debug: [0; 5],
+                    msrs: [0; SWITCHED_MSR_COUNT],
+                },
+                vpid: hw.controls.vpid.then_some(vpid),
+                eptp: 0,
             },
-            vpid: hw.controls.vpid.then_some(vpid),
-            ticks: 0,
-            slices: 0,
-            preemptions: 0,
-            hot_on: Some(usize::from(crate::cpu::current_index())),
-            halt_rip: 0,
         };
         match guest.build(hw, load) {
             Ok(()) => Ok(guest),
             Err(e) => {
-                guest.destroy();
+                destroy(&mut guest.vm, &mut guest.vcpu);
                 Err(e)
             }
         }
@@ -391,13 +394,14 @@ impl Guest {
         hw: &Hardware,
         load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
     ) -> Result<(), CreateError> {
-        let loaded = load(&mut self.ram).map_err(CreateError::Load)?;
+        let Guest { vm, vcpu } = self;
+        let loaded = load(&mut vm.ram).map_err(CreateError::Load)?;
         for w in loaded.warnings.iter() {
-            log::warn!("guest {}: {w}", self.name);
+            log::warn!("guest {}: {w}", vm.name);
         }
         let ept_caps = hw.caps.ept_caps().unwrap_or(vmx::caps::EptVpidCap::empty());
         let mut ept = Ept::new(&mut KernelFrames, ept_caps).map_err(CreateError::Ept)?;
-        let mapped = self.ram.chunks.iter().try_for_each(|c| {
+        let mapped = vm.ram.chunks.iter().try_for_each(|c| {
             ept.map(
                 &mut KernelFrames,
                 GuestPhysAddr::new(c.gpa),
@@ -408,20 +412,20 @@ impl Guest {
             )
         });
         let eptp = ept.eptp(false);
-        self.ept = Some(ept);
+        vm.ept = Some(ept);
         mapped.map_err(CreateError::Ept)?;
-        self.eptp = eptp.map_err(CreateError::Ept)?;
-        debug!("guest {}: EPT maps {} MiB", self.name, self.ram.size >> 20);
+        vm.eptp = eptp.map_err(CreateError::Ept)?;
+        debug!("guest {}: EPT maps {} MiB", vm.name, vm.ram.size >> 20);
 
-        for slot in &mut self.bitmaps {
+        for slot in &mut vm.bitmaps {
             *slot = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
         }
         let io = IoBitmaps::exit_all();
-        fill_frame(self.bitmaps[0], io.a());
-        fill_frame(self.bitmaps[1], io.b());
+        fill_frame(vm.bitmaps[0], io.a());
+        fill_frame(vm.bitmaps[1], io.b());
         let mut msr = MsrBitmap::exit_all();
         kernel::vtx::fill_msr_bitmap(&mut msr);
-        fill_frame(self.bitmaps[2], msr.as_bytes());
+        fill_frame(vm.bitmaps[2], msr.as_bytes());
 
         let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
         let order = (area_size as u64)
@@ -434,8 +438,8 @@ impl Guest {
         unsafe {
             core::ptr::write_bytes(memory::phys().ptr(area), 0, (PAGE_SIZE << order) as usize)
         };
-        self.switched.area = area;
-        self.switched.area_order = order;
+        vcpu.switched.area = area;
+        vcpu.switched.area_order = order;
         if hw.xsave.is_none() {
             // FXRSTOR has no "initial state" bit: give it a valid image with
             // the power-on FCW (0x37F) and MXCSR (0x1F80).
@@ -447,34 +451,35 @@ impl Guest {
             }
         }
 
-        self.vmcs = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
+        vcpu.vmcs = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
         let revision = hw.caps.basic.revision_id & 0x7FFF_FFFF;
         // SAFETY: the VMCS frame is ours, mapped and zeroed; the revision
         // identifier goes in its first 4 bytes (SDM Vol. 3C, 25.2).
-        unsafe { memory::phys().ptr(self.vmcs).cast::<u32>().write(revision) };
+        unsafe { memory::phys().ptr(vcpu.vmcs).cast::<u32>().write(revision) };
         // SAFETY: VMX root operation (VT-x is on before guests are made);
         // the frame holds the revision identifier and no other use.
         unsafe {
-            hw::vmclear(self.vmcs).map_err(CreateError::Vmcs)?;
-            hw::vmptrld(self.vmcs).map_err(CreateError::Vmcs)?;
+            hw::vmclear(vcpu.vmcs).map_err(CreateError::Vmcs)?;
+            hw::vmptrld(vcpu.vmcs).map_err(CreateError::Vmcs)?;
         }
         // SAFETY: VMX root operation at CPL 0 on this CPU, for as long as
         // this value lives (this function).
         let mut vmcs = unsafe { HardwareVmcs::current() };
         let links = VmcsLinks {
-            io_bitmap_a: self.bitmaps[0],
-            io_bitmap_b: self.bitmaps[1],
-            msr_bitmap: self.bitmaps[2],
-            eptp: self.eptp,
-            vpid: self.vpid,
+            io_bitmap_a: vm.bitmaps[0],
+            io_bitmap_b: vm.bitmaps[1],
+            msr_bitmap: vm.bitmaps[2],
+            eptp: vm.eptp,
+            vpid: vcpu.vpid,
         };
-        setup::write_controls(&mut vmcs, &hw.controls, &links, &self.cr, &loaded.entry)
+        setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, &loaded.entry)
             .map_err(CreateError::Vmcs)?;
-        setup::write_guest_state(&mut vmcs, &self.cr, &loaded.entry).map_err(CreateError::Vmcs)?;
+        setup::write_guest_state(&mut vmcs, &vcpu.cr, &loaded.entry).map_err(CreateError::Vmcs)?;
         write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
         // A guest destroyed earlier may have had this EPTP and VPID, and
         // this CPU may still cache its translations.
-        self.flush_translations();
+        vcpu.eptp = vm.eptp;
+        vcpu.flush_translations();
         let r = &loaded.entry.regs;
         for (reg, value) in [
             (vmx::exit::Gpr::Rax, r.rax),
@@ -485,11 +490,13 @@ impl Guest {
             (vmx::exit::Gpr::Rdi, r.rdi),
             (vmx::exit::Gpr::Rbp, r.rbp),
         ] {
-            self.regs.set(reg, value);
+            vcpu.regs.set(reg, value);
         }
         Ok(())
     }
+}
 
+impl VmxVcpuState {
     /// Makes this guest's VMCS current on this CPU, where it is active
     /// (`hot_on` is this CPU).
     pub fn make_current(&self) -> Result<(), VmFail> {
@@ -498,16 +505,15 @@ impl Guest {
         unsafe { hw::vmptrld(self.vmcs) }
     }
 
-    /// Takes this guest onto the calling CPU, whose number is `cpu`: its
-    /// VMCS must be active nowhere (VMCLEARed by [`Guest::clear`] on the CPU
-    /// it was on). Loads it, points its host state at this CPU's tables,
+    /// Takes this vCPU onto the calling CPU: its VMCS must be active
+    /// nowhere (VMCLEARed by [`VmxVcpuState::clear`] on the CPU it was
+    /// on). Loads it, points its host state at this CPU's tables,
     /// and drops whatever this CPU cached of the guest's translations
     /// from an earlier stay. The next entry is a VMLAUNCH.
-    pub fn arrive(&mut self, cpu: usize) -> Result<(), VmFail> {
+    pub fn arrive(&mut self) -> Result<(), VmFail> {
         // SAFETY: VMX root operation; the VMCS is initialised and, as the
         // caller guarantees, active on no CPU.
         unsafe { hw::vmptrld(self.vmcs)? };
-        self.hot_on = Some(cpu);
         self.launched = false;
         // SAFETY: VMX root operation at CPL 0 with this VMCS current.
         let mut vmcs = unsafe { HardwareVmcs::current() };
@@ -525,7 +531,6 @@ impl Guest {
         if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
             log::error!("guest {}: VMCLEAR failed: {e}", self.name);
         }
-        self.hot_on = None;
         self.launched = false;
     }
 
@@ -587,7 +592,7 @@ impl Guest {
     }
 
     /// Loads this guest's switched state (it is coming onto the CPU).
-    pub fn load_switched(&self, hw: &Hardware) {
+    pub fn load_switched(&self, hw: &Hardware, xcr0: u64) {
         let area = memory::phys().ptr(self.switched.area);
         // SAFETY: as in `save_switched`; the area holds a zeroed or saved
         // image; the guest's XCR0 was validated when it set it.
@@ -595,7 +600,7 @@ impl Guest {
             if hw.xsave.is_some() {
                 arch::xsetbv(hw.xcr0_supported());
                 arch::xrstor(area);
-                arch::xsetbv(self.model.xcr0);
+                arch::xsetbv(xcr0);
             } else {
                 arch::fxrstor(area);
             }
@@ -614,43 +619,45 @@ impl Guest {
             unsafe { arch::wrmsr(msr, value) };
         }
     }
+}
 
-    /// Gives back every frame: RAM, EPT tables, bitmaps, save area, VMCS.
-    pub fn destroy(&mut self) {
-        if self.vmcs.as_u64() != 0 {
-            // SAFETY: VMX root operation; the VMCS is active on this CPU or
-            // on none (the scheduler hands it over before a stop), and
-            // VMCLEAR makes it inactive so its frame can be reused.
-            if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
-                log::error!("guest {}: VMCLEAR failed: {e}", self.name);
-            }
+/// Gives back every frame of a VM and its vCPU: RAM, EPT tables, bitmaps,
+/// save area, VMCS. The VMCS is active on this CPU or on none.
+pub fn destroy(vm: &mut VmxVm, vcpu: &mut VmxVcpuState) {
+    if vcpu.vmcs.as_u64() != 0 {
+        // SAFETY: VMX root operation; the VMCS is active on this CPU or
+        // on none (the run hands it over before a stop), and VMCLEAR makes
+        // it inactive so its frame can be reused.
+        if let Err(e) = unsafe { hw::vmclear(vcpu.vmcs) } {
+            log::error!("guest {}: VMCLEAR failed: {e}", vm.name);
         }
-        if let Some(ept) = self.ept.take() {
-            // SAFETY: VMX root operation; the guest no longer runs, and
-            // INVEPT drops what this CPU cached from its EPT (and, with VPID,
-            // INVVPID its linear mappings) before the frames are reused.
-            unsafe {
-                let _ = hw::invept(InveptType::SingleContext, self.eptp)
-                    .or_else(|_| hw::invept(InveptType::AllContext, 0));
-                if let Some(vpid) = self.vpid {
-                    let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
-                }
-            }
-            ept.destroy(&mut KernelFrames);
-        }
-        for frame in [self.vmcs, self.bitmaps[0], self.bitmaps[1], self.bitmaps[2]] {
-            if frame.as_u64() != 0 {
-                let _ = memory::free_frame(frame);
-            }
-        }
-        self.vmcs = HostPhysAddr::new(0);
-        self.bitmaps = [HostPhysAddr::new(0); 3];
-        if self.switched.area.as_u64() != 0 {
-            let _ = memory::free_block(self.switched.area, self.switched.area_order);
-            self.switched.area = HostPhysAddr::new(0);
-        }
-        self.ram.free();
+        let _ = memory::free_frame(vcpu.vmcs);
+        vcpu.vmcs = HostPhysAddr::new(0);
     }
+    if let Some(ept) = vm.ept.take() {
+        // SAFETY: VMX root operation; the guest no longer runs, and
+        // INVEPT drops what this CPU cached from its EPT (and, with VPID,
+        // INVVPID its linear mappings) before the frames are reused.
+        unsafe {
+            let _ = hw::invept(InveptType::SingleContext, vm.eptp)
+                .or_else(|_| hw::invept(InveptType::AllContext, 0));
+            if let Some(vpid) = vcpu.vpid {
+                let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
+            }
+        }
+        ept.destroy(&mut KernelFrames);
+    }
+    for frame in vm.bitmaps {
+        if frame.as_u64() != 0 {
+            let _ = memory::free_frame(frame);
+        }
+    }
+    vm.bitmaps = [HostPhysAddr::new(0); 3];
+    if vcpu.switched.area.as_u64() != 0 {
+        let _ = memory::free_block(vcpu.switched.area, vcpu.switched.area_order);
+        vcpu.switched.area = HostPhysAddr::new(0);
+    }
+    vm.ram.free();
 }
 
 /// The host-state area: this CPU as it runs now (SDM Vol. 3C, 25.5 and
@@ -702,18 +709,17 @@ struct GuestPlatform<'a> {
     hw: &'a Hardware,
 }
 
-impl Guest {
-    /// Enters the guest (VMLAUNCH the first time on this CPU, VMRESUME
+impl VmxVcpuState {
+    /// Enters the vCPU (VMLAUNCH the first time on this CPU, VMRESUME
     /// after) and returns when it exits, with the exit decoded; `Err` when
     /// the entry itself failed or the exit could not be read.
     ///
     /// The caller runs this on the CPU where the VMCS is active and
-    /// current (`hot_on`, [`Guest::make_current`] or [`Guest::arrive`]),
-    /// with interrupts off.
+    /// current, with interrupts off.
     #[inline]
     pub fn enter(&mut self) -> Result<Exit, StopReason> {
         // SAFETY: VMX root operation at CPL 0 with interrupts off (the
-        // host runs with them off); the current VMCS is this guest's,
+        // host runs with them off); the current VMCS is this vCPU's,
         // active on this CPU, with this CPU's host state and HOST_RIP at
         // the exit path (`create`/`arrive`), and `launched` tracks its
         // launch state.
@@ -722,64 +728,70 @@ impl Guest {
             return Err(StopReason::LaunchFailed(alloc::format!("{e}")));
         }
         self.launched = true;
-        // SAFETY: VMX root operation with this guest's VMCS current.
+        // SAFETY: VMX root operation with this vCPU's VMCS current.
         let mut vmcs = unsafe { HardwareVmcs::current() };
         kernel::vtx::decode_exit(&mut vmcs).map_err(|e| StopReason::Backend(alloc::format!("{e}")))
     }
 
-    /// Handles `exit`, which this guest just took on this CPU.
-    #[inline]
-    pub fn handle(&mut self, hw: &Hardware, exit: &Exit) -> Outcome {
-        // SAFETY: VMX root operation with this guest's VMCS current (it
-        // just exited here).
-        let mut vmcs = unsafe { HardwareVmcs::current() };
-        let mut vcpu = VmxVcpu {
-            vmcs: &mut vmcs,
-            regs: &mut self.regs,
-            cr: &self.cr,
-        };
-        let mut platform = GuestPlatform {
-            name: &self.name,
-            ram: &self.ram,
-            vpid: self.vpid,
-            hw,
-        };
-        handle_exit(
-            exit,
-            &mut vcpu,
-            &mut self.model,
-            &mut self.devices,
-            &mut platform,
-        )
-    }
-
-    /// Before an entry, at TSC `now`: delivers the interrupt the VM's
-    /// controller holds if the vCPU can take it, else asks for an
-    /// interrupt window. Its VMCS must be current on this CPU.
-    pub fn deliver_interrupt(&mut self, now: u64) -> Result<(), StopReason> {
-        // SAFETY: VMX root operation with this guest's VMCS current (the
-        // caller is about to enter it here).
-        let mut vmcs = unsafe { HardwareVmcs::current() };
-        let mut vcpu = VmxVcpu {
-            vmcs: &mut vmcs,
-            regs: &mut self.regs,
-            cr: &self.cr,
-        };
-        let name = &self.name;
-        vm_devices::deliver_interrupt(&mut vcpu, &mut self.devices, now, &mut |line| {
-            crate::serial::guest_line(name, line)
-        })
-        .map(|_| ())
-        .map_err(|e| StopReason::Backend(alloc::format!("{e}")))
-    }
-
-    /// Where the guest resumes (its RIP), read from its VMCS, current on
+    /// Where the vCPU resumes (its RIP), read from its VMCS, current on
     /// this CPU; 0 if it cannot be read.
     pub fn rip(&self) -> u64 {
-        // SAFETY: VMX root operation with this guest's VMCS current.
+        // SAFETY: VMX root operation with this vCPU's VMCS current.
         let vmcs = unsafe { HardwareVmcs::current() };
         vmcs.read(GuestNatural::Rip).unwrap_or(0)
     }
+}
+
+/// Handles `exit`, which the vCPU (current on this CPU) of VM `vm` just
+/// took, with the neutral handlers.
+#[inline]
+pub fn handle(
+    hw: &Hardware,
+    vm: &VmxVm,
+    vcpu: &mut VmxVcpuState,
+    model: &mut VcpuModel,
+    devices: &mut VmDevices,
+    exit: &Exit,
+) -> Outcome {
+    // SAFETY: VMX root operation with this vCPU's VMCS current (it just
+    // exited here).
+    let mut vmcs = unsafe { HardwareVmcs::current() };
+    let mut access = VmxVcpu {
+        vmcs: &mut vmcs,
+        regs: &mut vcpu.regs,
+        cr: &vcpu.cr,
+    };
+    let mut platform = GuestPlatform {
+        name: &vm.name,
+        ram: &vm.ram,
+        vpid: vcpu.vpid,
+        hw,
+    };
+    handle_exit(exit, &mut access, model, devices, &mut platform)
+}
+
+/// Before an entry, at TSC `now`: delivers the interrupt VM `name`'s
+/// controller holds if the vCPU (current on this CPU) can take it, else
+/// asks for an interrupt window.
+pub fn deliver_interrupt(
+    name: &str,
+    vcpu: &mut VmxVcpuState,
+    devices: &mut VmDevices,
+    now: u64,
+) -> Result<(), StopReason> {
+    // SAFETY: VMX root operation with this vCPU's VMCS current (the
+    // caller is about to enter it here).
+    let mut vmcs = unsafe { HardwareVmcs::current() };
+    let mut access = VmxVcpu {
+        vmcs: &mut vmcs,
+        regs: &mut vcpu.regs,
+        cr: &vcpu.cr,
+    };
+    vm_devices::deliver_interrupt(&mut access, devices, now, &mut |line| {
+        crate::serial::guest_line(name, line)
+    })
+    .map(|_| ())
+    .map_err(|e| StopReason::Backend(alloc::format!("{e}")))
 }
 
 impl Platform for GuestPlatform<'_> {
