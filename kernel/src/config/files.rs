@@ -26,6 +26,28 @@ pub trait ConfigFiles<'a> {
     /// error, a damaged file system, a file over `limit` bytes).
     fn read(&mut self, path: &str, limit: u64) -> Result<Option<Cow<'a, [u8]>>, String>;
 
+    /// The size of the file at `path` in bytes; `Ok(None)` when there is
+    /// none. A source may open the file here for the
+    /// [`read_at`](Self::read_at) calls that follow.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read), for a file that cannot be opened.
+    fn size(&mut self, path: &str) -> Result<Option<u64>, String>;
+
+    /// Reads the bytes of the file at `path` from `offset` into `buf` and
+    /// returns how many: `buf.len()`, or fewer where the file ends first
+    /// (0 at or past its end). Reading a file front to back in pieces
+    /// costs about what one whole read does: sources keep the files they
+    /// opened (a FAT source keeps each chain's position) rather than
+    /// finding the file and walking to `offset` on every call.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the file and what went wrong: it is missing, or
+    /// the device or file system failed.
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, String>;
+
     /// Whether `path` names a file.
     fn exists(&mut self, path: &str) -> bool;
 }

@@ -2,7 +2,9 @@
 //! partition: boot sector (BPB) checks, cluster-chain walking that ends
 //! every damaged chain (cycle, free or bad cluster, number out of range)
 //! in an error, directories with VFAT long names, case-insensitive path
-//! lookup, and reading a whole file into memory under a size limit.
+//! lookup, and reading a whole file into memory under a size limit, or in
+//! pieces through an open [`FatFile`] (how guest images larger than the
+//! heap are read).
 //!
 //! Sources: Microsoft, "FAT: General Overview of On-Disk Format" 1.03
 //! (`fatgen103`): section 3 (boot sector and BPB), 3.5 (FAT type from the
@@ -451,6 +453,53 @@ pub struct DirEntry {
     pub attributes: u8,
 }
 
+/// A file opened for reading in pieces ([`FatVolume::open_file`],
+/// [`FatVolume::read_at`]). Its cluster chain is walked and checked once,
+/// at open, and kept as runs of consecutive clusters, so a read at any
+/// offset finds its clusters by a binary search instead of a walk from
+/// the first cluster: reading a file front to back costs one chain walk,
+/// not one per read, and a file stored in one piece is one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FatFile {
+    /// The path as shown in messages.
+    path: String,
+    /// The size in bytes.
+    size: u64,
+    /// The chain as runs, in file order; enough clusters for `size`.
+    runs: Vec<Run>,
+}
+
+impl FatFile {
+    /// The path as opened, without a leading `/`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Consecutive clusters of a file's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    /// The first cluster.
+    first: u32,
+    /// How many.
+    count: u32,
+    /// The file's cluster index of `first` (its byte offset over the
+    /// cluster size).
+    index: u64,
+}
+
+impl Run {
+    /// The file's cluster index just past the run.
+    fn end(&self) -> u64 {
+        self.index + u64::from(self.count)
+    }
+}
+
 /// Where a directory's entries are.
 #[derive(Clone, Copy, Debug)]
 enum Dir {
@@ -491,6 +540,8 @@ pub struct FatVolume<'d> {
     /// The FAT sector last read, so that walking a chain reads each FAT
     /// sector once.
     cache: Option<(u64, Vec<u8>)>,
+    /// One sector, for reads that start or end inside a sector.
+    bounce: Vec<u8>,
 }
 
 impl fmt::Debug for FatVolume<'_> {
@@ -707,6 +758,7 @@ impl<'d> FatVolume<'d> {
             clusters,
             label,
             cache: None,
+            bounce: Vec::new(),
         })
     }
 
@@ -805,6 +857,193 @@ impl<'d> FatVolume<'d> {
         self.read_chain(&chain, &mut data)?;
         data.truncate(size);
         Ok(data)
+    }
+
+    /// Opens the file at `path` for [`FatVolume::read_at`]: looks it up
+    /// and walks and checks its cluster chain once. Only the runs of
+    /// consecutive clusters are kept (one for an unfragmented file).
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::IsADirectory`], [`FsError::Chain`] when the chain is
+    /// shorter than the size or damaged (a cycle among them),
+    /// [`FsError::OutOfMemory`], and the lookup errors of
+    /// [`FatVolume::read_dir`].
+    pub fn open_file(&mut self, path: &str) -> Result<FatFile, FsError> {
+        let (shown, entry) = self.lookup(path)?;
+        let entry = match entry {
+            Some(e) if !e.is_dir => e,
+            _ => return Err(FsError::IsADirectory { path: shown }),
+        };
+        let size = u64::from(entry.size);
+        let runs = if size == 0 {
+            Vec::new()
+        } else {
+            let needed = size.div_ceil(self.cluster_bytes() as u64);
+            self.runs(&shown, entry.first_cluster, needed)?
+        };
+        Ok(FatFile {
+            path: shown,
+            size,
+            runs,
+        })
+    }
+
+    /// Reads `file`'s bytes from `offset` into `buf`; returns how many:
+    /// `buf.len()`, or fewer where the file ends first (0 at or past its
+    /// end). Contiguous clusters go in one device read; only a partial
+    /// first or last sector passes through a sector buffer.
+    ///
+    /// # Errors
+    ///
+    /// [`FsError::Disk`] when the device fails.
+    pub fn read_at(
+        &mut self,
+        file: &FatFile,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, FsError> {
+        let cluster_bytes = self.cluster_bytes() as u64;
+        let len = file.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done as u64;
+            let index = at / cluster_bytes;
+            let Some(run) = file
+                .runs
+                .get(file.runs.partition_point(|r| r.end() <= index))
+            else {
+                break;
+            };
+            // Bytes from the run's start to `at`, and what the run holds
+            // from there.
+            let into_run = (index - run.index) * cluster_bytes + at % cluster_bytes;
+            let left = u64::from(run.count) * cluster_bytes - into_run;
+            let take = (len - done).min(usize::try_from(left).unwrap_or(usize::MAX));
+            let start = self.data_start + u64::from(run.first - 2) * self.sectors_per_cluster;
+            let Some(out) = buf.get_mut(done..done + take) else {
+                break;
+            };
+            self.read_bytes(start, into_run, out)?;
+            done += take;
+        }
+        Ok(done)
+    }
+
+    /// Reads `out.len()` bytes starting `offset` bytes into the data from
+    /// file system sector `sector`.
+    fn read_bytes(&mut self, sector: u64, offset: u64, out: &mut [u8]) -> Result<(), FsError> {
+        let bps = self.bytes_per_sector;
+        let mut sector = sector + offset / bps as u64;
+        let mut skip = (offset % bps as u64) as usize;
+        let mut rest = out;
+        while !rest.is_empty() {
+            if skip == 0 && rest.len() >= bps {
+                let whole = rest.len() - rest.len() % bps;
+                let (now, later) = rest.split_at_mut(whole);
+                self.read_sectors(sector, now)?;
+                sector += (whole / bps) as u64;
+                rest = later;
+                continue;
+            }
+            let mut bounce = core::mem::take(&mut self.bounce);
+            bounce.resize(bps, 0);
+            let read = self.read_sectors(sector, &mut bounce);
+            let take = rest.len().min(bps - skip);
+            let (now, later) = rest.split_at_mut(take);
+            if read.is_ok() {
+                now.copy_from_slice(bounce.get(skip..skip + take).unwrap_or_default());
+            }
+            self.bounce = bounce;
+            read?;
+            sector += 1;
+            skip = 0;
+            rest = later;
+        }
+        Ok(())
+    }
+
+    /// The file chain from `first` as runs of consecutive clusters,
+    /// `needed` clusters long: checked as [`FatVolume::chain`] checks it,
+    /// but holding one entry per run instead of one per cluster.
+    fn runs(&mut self, path: &str, first: u32, needed: u64) -> Result<Vec<Run>, FsError> {
+        let fail = |problem| FsError::Chain {
+            path: String::from(path),
+            problem,
+        };
+        let no_memory = |runs: usize| FsError::OutOfMemory {
+            path: String::from(path),
+            bytes: runs.saturating_mul(2 * size_of::<Run>()),
+        };
+        if !self.is_data_cluster(first) {
+            return Err(fail(ChainProblem::Start(first)));
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        let mut cluster = first;
+        let mut clusters = 0u64;
+        // Every step adds one cluster and stops at `needed`, so a cyclic
+        // chain ends here; the overlap check below finds the cycle.
+        loop {
+            match runs.last_mut() {
+                Some(run) if run.first.checked_add(run.count) == Some(cluster) => run.count += 1,
+                _ => {
+                    runs.try_reserve(1).map_err(|_| no_memory(runs.len()))?;
+                    runs.push(Run {
+                        first: cluster,
+                        count: 1,
+                        index: clusters,
+                    });
+                }
+            }
+            clusters += 1;
+            if clusters >= needed {
+                break;
+            }
+            match self.next_cluster(path, cluster)? {
+                Some(next) => cluster = next,
+                None => return Err(fail(ChainProblem::TooShort { clusters, needed })),
+            }
+        }
+        // A cluster visited twice lies in two runs that overlap (a run
+        // never repeats a cluster). The walk with every cluster names the
+        // cycle as `chain` always has.
+        let mut sorted: Vec<(u32, u32)> = Vec::new();
+        sorted
+            .try_reserve_exact(runs.len())
+            .map_err(|_| no_memory(runs.len()))?;
+        sorted.extend(runs.iter().map(|r| (r.first, r.count)));
+        sorted.sort_unstable();
+        let mut end = 0u64;
+        for &(start, count) in &sorted {
+            if u64::from(start) < end {
+                self.chain(path, first, Some(needed))?;
+                return Err(fail(ChainProblem::Cycle {
+                    cluster: start,
+                    next: start,
+                }));
+            }
+            end = u64::from(start) + u64::from(count);
+        }
+        Ok(runs)
+    }
+
+    /// The cluster after `cluster` in its chain, `None` at the end of the
+    /// chain; a damaged link is an error naming `path`.
+    fn next_cluster(&mut self, path: &str, cluster: u32) -> Result<Option<u32>, FsError> {
+        let fail = |problem| FsError::Chain {
+            path: String::from(path),
+            problem,
+        };
+        match self.fat_entry(cluster)? {
+            0 => Err(fail(ChainProblem::Free(cluster))),
+            1 => Err(fail(ChainProblem::Reserved(cluster))),
+            n if n >= self.fat_type.end_of_chain() => Ok(None),
+            n if n == self.fat_type.bad() => Err(fail(ChainProblem::Bad(cluster))),
+            n if !self.is_data_cluster(n) => {
+                Err(fail(ChainProblem::OutOfRange { cluster, next: n }))
+            }
+            n => Ok(Some(n)),
+        }
     }
 
     /// Splits `path` and walks it from the root. Returns the path as
@@ -915,16 +1154,9 @@ impl<'d> FatVolume<'d> {
             if chain.len() as u64 >= limit {
                 break;
             }
-            let next = self.fat_entry(cluster)?;
-            match next {
-                0 => return Err(fail(ChainProblem::Free(cluster))),
-                1 => return Err(fail(ChainProblem::Reserved(cluster))),
-                n if n >= self.fat_type.end_of_chain() => break,
-                n if n == self.fat_type.bad() => return Err(fail(ChainProblem::Bad(cluster))),
-                n if !self.is_data_cluster(n) => {
-                    return Err(fail(ChainProblem::OutOfRange { cluster, next: n }))
-                }
-                n => cluster = n,
+            match self.next_cluster(path, cluster)? {
+                Some(next) => cluster = next,
+                None => break,
             }
         }
         match find_cycle(&chain) {

@@ -26,7 +26,7 @@ use core::cell::RefCell;
 use crate::config::files::ConfigFiles;
 
 pub use block::{BlockDevice, DiskError, MemDisk};
-pub use fat::{DirEntry, FatType, FatVolume, FsError};
+pub use fat::{DirEntry, FatFile, FatType, FatVolume, FsError};
 pub use gpt::{Gpt, GptError, Guid, Partition};
 
 /// Finds Ferrovisor's config partition on `dev` (see
@@ -65,7 +65,14 @@ pub struct ConfigFs<'d> {
     label: Option<String>,
     /// Where the files are, for the log.
     source: String,
+    /// The files [`ConfigFiles::read_at`] read lately, most recent last,
+    /// at most [`OPEN_FILES`]: a guest's kernel and initrd stay open
+    /// while they load.
+    open: Vec<FatFile>,
 }
+
+/// How many open files a [`ConfigFs`] keeps.
+const OPEN_FILES: usize = 4;
 
 impl<'d> ConfigFs<'d> {
     /// Opens the FAT file system on `partition` of `dev`; its source, for
@@ -89,6 +96,7 @@ impl<'d> ConfigFs<'d> {
             label: volume.label().map(String::from),
             volume: RefCell::new(volume),
             source: String::from("the FAT volume"),
+            open: Vec::new(),
         }
     }
 
@@ -136,6 +144,31 @@ impl<'d> ConfigFs<'d> {
             .read_dir(path)
     }
 
+    /// The open file at `path`, opened now if it is not already, as an
+    /// index into `open`; `Ok(None)` when there is no such file.
+    fn open_file(&mut self, path: &str) -> Result<Option<usize>, String> {
+        let trimmed = path.trim_matches('/');
+        if let Some(i) = self.open.iter().position(|f| f.path() == trimmed) {
+            return Ok(Some(i));
+        }
+        let opened = self
+            .volume
+            .try_borrow_mut()
+            .map_err(|_| FsError::Busy)
+            .and_then(|mut v| v.open_file(path));
+        match opened {
+            Ok(file) => {
+                if self.open.len() >= OPEN_FILES {
+                    self.open.remove(0);
+                }
+                self.open.push(file);
+                Ok(Some(self.open.len() - 1))
+            }
+            Err(FsError::NotFound { .. } | FsError::NotADirectory { .. }) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", self.source)),
+        }
+    }
+
     /// FAT12, FAT16 or FAT32, for the boot log.
     pub fn fat_type(&self) -> FatType {
         self.fat_type
@@ -162,6 +195,31 @@ impl<'a> ConfigFiles<'a> for ConfigFs<'_> {
             Err(FsError::NotFound { .. } | FsError::NotADirectory { .. }) => Ok(None),
             Err(e) => Err(format!("{}: {e}", self.source)),
         }
+    }
+
+    fn size(&mut self, path: &str) -> Result<Option<u64>, String> {
+        let open = self.open_file(path)?;
+        Ok(open.and_then(|i| self.open.get(i)).map(FatFile::size))
+    }
+
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, String> {
+        let file = self
+            .open_file(path)?
+            .and_then(|i| self.open.get(i))
+            .ok_or_else(|| {
+                format!(
+                    "{}: {}",
+                    self.source,
+                    FsError::NotFound {
+                        path: String::from(path.trim_matches('/'))
+                    }
+                )
+            })?;
+        self.volume
+            .try_borrow_mut()
+            .map_err(|_| FsError::Busy)
+            .and_then(|mut v| v.read_at(file, offset, buf))
+            .map_err(|e| format!("{}: {e}", self.source))
     }
 
     fn exists(&mut self, path: &str) -> bool {

@@ -194,6 +194,28 @@ fn the_partition_is_a_config_files_source() {
         Err("partition FERROCFG: FAT: \"guests\" is a directory, not a file".to_string())
     );
 
+    // In pieces: the size, then reads at offsets, the file kept open
+    // across them; a missing file is None, then an error to read.
+    let whole = files.read("guests/kernel.elf", 1 << 20).unwrap().unwrap();
+    assert_eq!(files.size("guests/kernel.elf"), Ok(Some(70_000)));
+    assert_eq!(files.size("/guests/missing.bin"), Ok(None));
+    assert_eq!(files.size("hypervisor.toml"), Ok(Some(CONFIG.len() as u64)));
+    let mut buf = vec![0; 30_000];
+    for at in [0, 29_999, 60_000] {
+        let n = files.read_at("/guests/kernel.elf", at, &mut buf).unwrap();
+        assert_eq!(n, 30_000.min(70_000 - at as usize));
+        assert_eq!(buf[..n], whole[at as usize..at as usize + n]);
+    }
+    assert_eq!(files.read_at("guests/kernel.elf", 70_000, &mut buf), Ok(0));
+    assert_eq!(
+        files.read_at("guests/missing.bin", 0, &mut buf),
+        Err("partition FERROCFG: FAT: \"guests/missing.bin\" does not exist".to_string())
+    );
+    assert_eq!(
+        files.size("guests"),
+        Err("partition FERROCFG: FAT: \"guests\" is a directory, not a file".to_string())
+    );
+
     let mut fs = fs.with_source("disk ata0-master partition FERROCFG".into());
     let files: &mut dyn ConfigFiles<'_> = &mut fs;
     assert_eq!(files.source(), "disk ata0-master partition FERROCFG");

@@ -134,13 +134,39 @@ fn open(dev: &mut dyn BlockDevice) -> Result<FatVolume<'_>, FsError> {
     FatVolume::open(dev, 0, sectors)
 }
 
-/// Every file reads back byte for byte, and every folder lists.
+/// `path` read through [`FatVolume::open_file`] and
+/// [`FatVolume::read_at`], `piece` bytes at a time.
+fn read_in_pieces(v: &mut FatVolume<'_>, path: &str, piece: usize) -> Result<Vec<u8>, FsError> {
+    let file = v.open_file(path)?;
+    let mut data = vec![0; file.size() as usize];
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + piece).min(data.len());
+        let n = v.read_at(&file, at as u64, &mut data[at..end])?;
+        assert_eq!(n, end - at, "{path}: short read at {at}");
+        at = end;
+    }
+    // At and past the end there is nothing more.
+    assert_eq!(v.read_at(&file, file.size(), &mut [0; 4])?, 0);
+    assert_eq!(v.read_at(&file, u64::MAX, &mut [0; 4])?, 0);
+    Ok(data)
+}
+
+/// Every file reads back byte for byte, whole and in pieces of sizes that
+/// cross sector and cluster boundaries, and every folder lists.
 fn check_fixture(v: &mut FatVolume<'_>, fx: &Fixture) {
     for (path, data) in &fx.files {
         let read = v
             .read_file(path, usize::MAX)
             .unwrap_or_else(|e| panic!("{path}: {e}"));
         assert!(read == *data, "{path}: contents differ");
+        for piece in [1, 511, 4096 + 3, 70_000] {
+            let pieces = read_in_pieces(v, path, piece).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(
+                pieces == *data,
+                "{path}: contents differ read {piece} at a time"
+            );
+        }
         let meta = v.metadata(path).unwrap().unwrap();
         assert_eq!(meta.size as usize, data.len(), "{path}");
         assert!(!meta.is_dir);
@@ -464,7 +490,11 @@ fn read_with_entry(path: &str, cluster: u32, value: u32) -> Result<Vec<u8>, FsEr
         bytes: &fx.image,
         patches,
     };
-    open(&mut dev)?.read_file(path, usize::MAX)
+    let mut v = open(&mut dev)?;
+    let whole = v.read_file(path, usize::MAX);
+    // An open file checks its chain as a whole read does.
+    assert_eq!(read_in_pieces(&mut v, path, 3000), whole, "{path}");
+    whole
 }
 
 fn first_cluster(path: &str) -> u32 {
@@ -592,6 +622,23 @@ fn fragmented_files_follow_their_chain() {
     let mut dev = MemDisk::new(&fx.image);
     let mut v = open(&mut dev).unwrap();
     assert_eq!(v.read_file("frag.bin", 6000).unwrap(), pattern(8, 6000));
+    // Open, it is kept as runs of consecutive clusters (the backwards
+    // part is a run per cluster), and reads at any offset land in the
+    // right one.
+    let file = v.open_file("frag.bin").unwrap();
+    assert_eq!(file.runs.len(), 6);
+    let mut buf = [0; 1500];
+    assert_eq!(v.read_at(&file, 1800, &mut buf).unwrap(), 1500);
+    assert_eq!(buf[..], pattern(8, 6000)[1800..3300]);
+    assert_eq!(v.read_at(&file, 5000, &mut buf).unwrap(), 1000);
+    assert_eq!(buf[..1000], pattern(8, 6000)[5000..]);
+    // A directory is not a file to open.
+    assert_eq!(
+        v.open_file("many").unwrap_err(),
+        FsError::IsADirectory {
+            path: "many".into()
+        }
+    );
 }
 
 #[test]
@@ -986,6 +1033,15 @@ fn exercise(dev: &mut dyn BlockDevice, fx: &Fixture) {
     for (path, _) in &fx.files {
         let _ = v.read_file(path, 1 << 20);
         let _ = v.is_file(path);
+        if let Ok(file) = v.open_file(path) {
+            let mut buf = [0; 3000];
+            for at in [0, file.size() / 2, file.size().saturating_sub(1)] {
+                let n = v.read_at(&file, at, &mut buf);
+                assert!(
+                    n.is_err() || n.is_ok_and(|n| n as u64 <= file.size() - at.min(file.size()))
+                );
+            }
+        }
     }
 }
 
