@@ -22,14 +22,14 @@ fuzz_target!(|data: &[u8]| {
                 &mut mem,
                 &LinuxImage {
                     kernel: image,
-                    initrd: Some(b"initrd"),
+                    initrd: Some(&b"initrd"[..]),
                     cmdline: "console=ttyS0",
                 },
             );
         }
         1 => {
             let modules = [Module {
-                data: b"module",
+                data: &b"module"[..],
                 cmdline: "m",
             }];
             let _ = loader::load_multiboot(

@@ -18,13 +18,10 @@
 use alloc::string::String;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use addr::{GuestPhysAddr, PAGE_SIZE};
+use addr::PAGE_SIZE;
 use kernel::config::files::{ConfigFiles, CONFIG_FILE};
 use kernel::config::{self, CpuMode, GuestConfig, ImageFormat, ParseOutcome};
-use kernel::loader::{
-    self, FlatImage, FlatMode, Format, GuestMemory, LinuxImage, LoadError, LoadedImage,
-    MultibootImage,
-};
+use kernel::image::GuestImages;
 use kernel::run::{Backend, Run, Vcpu, Vm};
 use kernel::vcpu::exit::{Exit, Outcome};
 use kernel::vcpu::stop::StopReason;
@@ -190,89 +187,27 @@ fn start(
     vpid: u16,
 ) -> Option<Guest> {
     let name = config.name.as_str();
-    let source = String::from(files.source());
-    // Neither file can be larger than the guest's RAM.
-    let mut read = |what: &str, path: &str| match files.read(path, config.memory) {
-        Ok(Some(data)) => Some(data),
-        Ok(None) => {
-            error!("guest {name}: not started: {what} \"{path}\" is not in {source}");
-            None
-        }
+    // The images stream from the config source into guest RAM.
+    let images = match GuestImages::open(files, config) {
+        Ok(images) => images,
         Err(e) => {
             error!("guest {name}: not started: {e}");
-            None
+            return None;
         }
     };
-    let kernel = read("kernel", &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(read("initrd", path)?),
-        None => None,
-    };
-    let kernel: &[u8] = &kernel;
-    let initrd: Option<&[u8]> = initrd.as_deref();
-    let format = match config.format {
-        Some(f) => f,
-        None => match loader::detect_format(kernel) {
-            Some(Format::Linux) => ImageFormat::Linux,
-            Some(Format::Multiboot) => ImageFormat::Multiboot,
-            _ => {
-                error!(
-                    "guest {name}: not started: kernel \"{}\" is neither a Linux bzImage nor a Multiboot image; \
-                     for a raw image set format = \"flat\" with load_address, entry and mode",
-                    config.kernel
-                );
-                return None;
-            }
-        },
-    };
-    let cmdline = config.cmdline.as_str();
-    let load = |mem: &mut dyn GuestMemory| -> Result<LoadedImage, LoadError> {
-        match format {
-            ImageFormat::Flat(flat) => loader::load_flat(
-                mem,
-                &FlatImage {
-                    data: kernel,
-                    load_address: GuestPhysAddr::new(flat.load_address),
-                    entry: GuestPhysAddr::new(flat.entry),
-                    mode: match flat.mode {
-                        CpuMode::Real => FlatMode::Real,
-                        CpuMode::Protected => FlatMode::Protected,
-                        CpuMode::Long => FlatMode::LONG,
-                    },
-                },
-            ),
-            ImageFormat::Linux => loader::load_linux(
-                mem,
-                &LinuxImage {
-                    kernel,
-                    initrd,
-                    cmdline,
-                },
-            ),
-            ImageFormat::Multiboot => {
-                let module = initrd.map(|data| loader::Module { data, cmdline: "" });
-                let modules = module.as_slice();
-                loader::load_multiboot(
-                    mem,
-                    &MultibootImage {
-                        kernel,
-                        cmdline,
-                        modules,
-                    },
-                )
-            }
-        }
-    };
-    match Guest::create(hw, name, config.memory, vpid, load) {
+    match Guest::create(hw, name, config.memory, vpid, |mem| images.load(mem)) {
         Ok(guest) => {
             info!(
                 "guest {name}: started ({} MiB, {format_name})",
                 config.memory >> 20,
-                format_name = format_name(format)
+                format_name = format_name(images.format())
             );
             Some(guest)
         }
         Err(e) => {
+            if let Some(cause) = images.failure() {
+                error!("guest {name}: {cause}");
+            }
             error!("guest {name}: not started: {e}");
             None
         }

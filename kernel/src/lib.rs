@@ -4,6 +4,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod config;
 pub mod disk;
+pub mod image;
 pub mod loader;
 pub mod run;
 pub mod vcpu;

@@ -140,6 +140,37 @@ pub enum LoadError {
     Multiboot(MultibootError),
     /// The flat image's parameters do not work.
     Flat(FlatError),
+    /// Reading an image failed part way: its file shrank while it loaded,
+    /// or its source reported an error.
+    Read {
+        /// Whose bytes were being read.
+        item: Item,
+        /// Where in its file.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+        /// What went wrong.
+        error: ReadError,
+    },
+    /// The kernel heap could not lend the loader its copy buffer.
+    NoMemory {
+        /// The bytes asked for.
+        bytes: u64,
+    },
+}
+
+/// Why an [`ImageSource`](super::ImageSource) read failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The image ends before the bytes asked for: it is shorter than the
+    /// length it had when the load started.
+    Ended {
+        /// Its length now, as far as the source knows.
+        len: u64,
+    },
+    /// The source could not be read; it keeps the cause (a disk or file
+    /// system error) for its owner to report.
+    Failed,
 }
 
 impl From<BzImageError> for LoadError {
@@ -167,6 +198,30 @@ impl fmt::Display for LoadError {
                 f,
                 "write of {len:#x} bytes at {at} is outside the guest's {} of RAM",
                 Size(ram)
+            ),
+            Self::Read {
+                item,
+                offset,
+                len,
+                error: ReadError::Ended { len: now },
+            } => write!(
+                f,
+                "{item}: the file ended at {now:#x} bytes, before the {len:#x} bytes at offset \
+                 {offset:#x} could be read; it changed while it was loading"
+            ),
+            Self::Read {
+                item,
+                offset,
+                len,
+                error: ReadError::Failed,
+            } => write!(
+                f,
+                "{item}: reading {len:#x} bytes at offset {offset:#x} of its file failed"
+            ),
+            Self::NoMemory { bytes } => write!(
+                f,
+                "no heap left for the loader's {} copy buffer",
+                Size(bytes)
             ),
             Self::GuestTooLarge { ram } => write!(
                 f,

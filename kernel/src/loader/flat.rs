@@ -20,6 +20,7 @@ use addr::GuestPhysAddr;
 use super::entry::{write_gdt, write_identity_map, EntryState};
 use super::error::{FlatError, Item, LoadError};
 use super::layout::{MemoryMap, Placements, HIGH_RAM_START, MAX_IDENTITY_MAP_GIB};
+use super::source::{Chunks, ImageSource};
 use super::{GuestMemory, LoadedImage, Warnings};
 
 /// The mode a flat image starts in.
@@ -45,11 +46,12 @@ impl FlatMode {
     };
 }
 
-/// A flat image and where it goes.
-#[derive(Clone, Copy, Debug)]
-pub struct FlatImage<'a> {
+/// A flat image and where it goes, read through `S` (byte slices by
+/// default).
+#[derive(Debug)]
+pub struct FlatImage<'a, S: ImageSource + ?Sized = [u8]> {
     /// The bytes.
-    pub data: &'a [u8],
+    pub data: &'a S,
     /// Where the first byte goes.
     pub load_address: GuestPhysAddr,
     /// The first instruction's guest-physical address, inside the image.
@@ -57,6 +59,14 @@ pub struct FlatImage<'a> {
     /// The mode to start in.
     pub mode: FlatMode,
 }
+
+impl<S: ImageSource + ?Sized> Clone for FlatImage<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ImageSource + ?Sized> Copy for FlatImage<'_, S> {}
 
 /// Loads a flat image into `mem` and, for protected and long mode, the GDT
 /// and page tables. Returns the entry state.
@@ -66,9 +76,9 @@ pub struct FlatImage<'a> {
 /// A [`LoadError`] where the image is empty, does not fit, overlaps the
 /// loader's GDT or page tables, or the entry point is outside it or not
 /// reachable in the mode asked for.
-pub fn load_flat<M: GuestMemory + ?Sized>(
+pub fn load_flat<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem: &mut M,
-    image: &FlatImage<'_>,
+    image: &FlatImage<'_, S>,
 ) -> Result<LoadedImage, LoadError> {
     if image.data.is_empty() {
         return Err(FlatError::Empty.into());
@@ -77,7 +87,7 @@ pub fn load_flat<M: GuestMemory + ?Sized>(
     let memory_map = MemoryMap::for_ram(ram)?;
     let mut placements = Placements::new(ram);
     let start = image.load_address;
-    let len = image.data.len() as u64;
+    let len = image.data.len();
     let end = start.as_u64().saturating_add(len);
     let entry = image.entry;
     if !(start.as_u64()..end).contains(&entry.as_u64()) {
@@ -123,7 +133,7 @@ pub fn load_flat<M: GuestMemory + ?Sized>(
         }
     };
     placements.claim(Item::Image, start.as_u64(), len)?;
-    mem.write(start, image.data)?;
+    Chunks::new()?.copy(mem, image.data, Item::Image, 0, len, start)?;
     Ok(LoadedImage {
         entry: state,
         memory_map,

@@ -29,6 +29,7 @@ use super::error::{BzImageError, Item, LoadError, ProtocolVersion};
 use super::layout::{
     MemoryMap, Placements, BOOT_INFO_ADDR, BOOT_INFO_END, HIGH_RAM_START, LINUX_CMDLINE_ADDR,
 };
+use super::source::{read, Chunks, ImageSource};
 use super::{GuestMemory, LoadedImage, Warnings};
 
 // Setup header fields: offsets into the image and into `boot_params`,
@@ -130,7 +131,16 @@ impl SetupHeader {
     /// older than 2.06, the header is cut short, or no protected-mode
     /// kernel follows the setup code.
     pub fn parse(image: &[u8]) -> Result<Self, LoadError> {
-        let short = BzImageError::TooShort { len: image.len() };
+        Self::parse_head(image, image.len() as u64)
+    }
+
+    /// As [`parse`](Self::parse), from the image's first bytes (`head`,
+    /// at least `min(len, 0x290)` of them: the whole setup header) and its
+    /// length `len`.
+    fn parse_head(head: &[u8], len: u64) -> Result<Self, LoadError> {
+        let image = head.get(..HEADER_ROOM_END).unwrap_or(head);
+        let file_len = usize::try_from(len).unwrap_or(usize::MAX);
+        let short = BzImageError::TooShort { len: file_len };
         let jump = u8_at(image, JUMP_TARGET).ok_or(short)?;
         if u32_at(image, HEADER_MAGIC).ok_or(short)? != MAGIC {
             return Err(BzImageError::MagicMissing.into());
@@ -148,7 +158,7 @@ impl SetupHeader {
             CMDLINE_SIZE + 4
         };
         let header_end = HEADER_MAGIC + usize::from(jump);
-        let max = image.len().min(HEADER_ROOM_END);
+        let max = file_len.min(HEADER_ROOM_END);
         if header_end < needed || header_end > max {
             return Err(BzImageError::HeaderLength {
                 end: header_end,
@@ -201,7 +211,7 @@ impl SetupHeader {
         if loadflags & LOADED_HIGH == 0 {
             return Err(BzImageError::NotLoadedHigh.into());
         }
-        let kernel_len = image.len().saturating_sub(setup_len);
+        let kernel_len = file_len.saturating_sub(setup_len);
         let needed = if header.has_64bit_entry() {
             ENTRY_64_OFFSET as usize + 1
         } else {
@@ -253,16 +263,25 @@ impl SetupHeader {
     }
 }
 
-/// A Linux kernel with its initrd and command line.
-#[derive(Clone, Copy, Debug)]
-pub struct LinuxImage<'a> {
+/// A Linux kernel with its initrd and command line, read through `S`
+/// (byte slices by default; the kernel's files stream).
+#[derive(Debug)]
+pub struct LinuxImage<'a, S: ImageSource + ?Sized = [u8]> {
     /// The bzImage file.
-    pub kernel: &'a [u8],
+    pub kernel: &'a S,
     /// The initial ramdisk, if any.
-    pub initrd: Option<&'a [u8]>,
+    pub initrd: Option<&'a S>,
     /// The kernel command line.
     pub cmdline: &'a str,
 }
+
+impl<S: ImageSource + ?Sized> Clone for LinuxImage<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ImageSource + ?Sized> Copy for LinuxImage<'_, S> {}
 
 /// Loads a bzImage into `mem`: the protected-mode kernel, the initrd,
 /// the command line, `boot_params`, and for the 64-bit entry the GDT and
@@ -271,20 +290,31 @@ pub struct LinuxImage<'a> {
 /// entry 32-bit protected mode at the load address with ESI =
 /// `boot_params`.
 ///
+/// The header is read into a fixed buffer; the protected-mode kernel and
+/// the initrd are copied in [`CHUNK_LEN`](super::CHUNK_LEN) pieces.
+///
 /// # Errors
 ///
 /// A [`LoadError`] where the image is malformed, the command line is too
 /// long, or the kernel, initrd or the loader's structures do not fit.
-pub fn load_linux<M: GuestMemory + ?Sized>(
+pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem: &mut M,
-    image: &LinuxImage<'_>,
+    image: &LinuxImage<'_, S>,
 ) -> Result<LoadedImage, LoadError> {
-    let header = SetupHeader::parse(image.kernel)?;
+    let file_len = image.kernel.len();
+    let mut head = [0u8; HEADER_ROOM_END];
+    let head = head
+        .get_mut(..file_len.min(HEADER_ROOM_END as u64) as usize)
+        .unwrap_or_default();
+    read(image.kernel, Item::Kernel, 0, head)?;
+    let head: &[u8] = head;
+    let header = SetupHeader::parse_head(head, file_len)?;
     let ram = mem.size();
     let memory_map = MemoryMap::for_ram(ram)?;
     let mut placements = Placements::new(ram);
-    let kernel = image.kernel.get(header.setup_len..).unwrap_or_default();
-    let kernel_len = kernel.len() as u64;
+    // `parse_head` checked a kernel follows the setup code.
+    let kernel_offset = header.setup_len as u64;
+    let kernel_len = file_len.saturating_sub(kernel_offset);
 
     // The kernel first, so that a guest too small says so.
     let (load, runtime) = header.addresses()?;
@@ -322,7 +352,7 @@ pub fn load_linux<M: GuestMemory + ?Sized>(
 
     let initrd = match image.initrd {
         Some(data) if !data.is_empty() => {
-            let len = data.len() as u64;
+            let len = data.len();
             let at = place_initrd(&header, len, ram, kernel_end)?;
             placements.claim(Item::Initrd, at, len)?;
             Some((at, data))
@@ -330,23 +360,38 @@ pub fn load_linux<M: GuestMemory + ?Sized>(
         _ => None,
     };
 
-    mem.write(GuestPhysAddr::new(load), kernel)?;
+    let mut chunks = Chunks::new()?;
+    chunks.copy(
+        mem,
+        image.kernel,
+        Item::Kernel,
+        kernel_offset,
+        kernel_len,
+        GuestPhysAddr::new(load),
+    )?;
     mem.write(LINUX_CMDLINE_ADDR, cmdline)?;
     mem.write(
         GuestPhysAddr::new(LINUX_CMDLINE_ADDR.as_u64() + cmdline.len() as u64),
         &[0],
     )?;
     if let Some((at, data)) = initrd {
-        mem.write(GuestPhysAddr::new(at), data)?;
+        chunks.copy(
+            mem,
+            data,
+            Item::Initrd,
+            0,
+            data.len(),
+            GuestPhysAddr::new(at),
+        )?;
     }
 
     let mut params = [0u8; BOOT_PARAMS_LEN];
     build_boot_params(
         &mut params,
-        image.kernel,
+        head,
         &header,
         load,
-        initrd,
+        initrd.map(|(at, data)| (at, data.len())),
         &memory_map,
     );
     mem.write(BOOT_INFO_ADDR, &params)?;
@@ -395,30 +440,29 @@ fn place_initrd(
         )
 }
 
-/// Fills `boot_params`: the setup header copied from the image
-/// (0x1F1..0x202 + the byte at 0x201, per boot.rst), then what the loader
-/// must write, then the e820 map. Everything else stays zero, as the
-/// protocol asks.
+/// Fills `boot_params`: the setup header copied from the image's first
+/// bytes `head` (0x1F1..0x202 + the byte at 0x201, per boot.rst), then
+/// what the loader must write, then the e820 map. Everything else stays
+/// zero, as the protocol asks.
 fn build_boot_params(
     params: &mut [u8; BOOT_PARAMS_LEN],
-    image: &[u8],
+    head: &[u8],
     header: &SetupHeader,
     load: u64,
-    initrd: Option<(u64, &[u8])>,
+    initrd: Option<(u64, u64)>,
     memory_map: &MemoryMap,
 ) {
     put(
         params,
         HEADER_START,
-        image
-            .get(HEADER_START..header.header_end)
+        head.get(HEADER_START..header.header_end)
             .unwrap_or_default(),
     );
     put_u8(params, TYPE_OF_LOADER, LOADER_TYPE_UNDEFINED);
     // The protected-mode entry of the 32-bit protocol; informational for
     // the 64-bit one. RAM, and so `load`, ends below 3 GiB.
     put_u32(params, CODE32_START, u32::try_from(load).unwrap_or(0));
-    let (ramdisk_image, ramdisk_size) = initrd.map_or((0, 0), |(at, data)| (at, data.len() as u64));
+    let (ramdisk_image, ramdisk_size) = initrd.unwrap_or((0, 0));
     put_u32(
         params,
         RAMDISK_IMAGE,

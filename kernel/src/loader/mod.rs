@@ -6,7 +6,11 @@
 //!
 //! Everything here is pure: guest RAM is reached only through
 //! [`GuestMemory`], which the kernel implements over the guest's frames and
-//! the tests over a byte vector. Images are untrusted input: every field
+//! the tests over a byte vector, and images only through [`ImageSource`],
+//! which the kernel implements over the config partition's files and the
+//! tests over byte slices. Images stream: headers are read into small
+//! fixed buffers and payloads copied through one [`CHUNK_LEN`] buffer, so
+//! an image larger than the kernel heap loads. Images are untrusted input: every field
 //! read from them is bounds checked and every sum overflow checked, and a
 //! malformed image, or one that does not fit the guest, is a [`LoadError`]
 //! whose message names what was wrong, never a panic.
@@ -28,17 +32,21 @@ pub mod flat;
 pub mod layout;
 pub mod linux;
 pub mod multiboot;
+mod source;
 
 use core::fmt;
 
 use addr::GuestPhysAddr;
 
 pub use entry::{CpuMode, EntryState};
-pub use error::{BzImageError, FlatError, Item, LoadError, MultibootError, ProtocolVersion};
+pub use error::{
+    BzImageError, FlatError, Item, LoadError, MultibootError, ProtocolVersion, ReadError,
+};
 pub use flat::{load_flat, FlatImage, FlatMode};
 pub use layout::{MemoryMap, MemoryRegion, Placement, Placements, RegionKind};
 pub use linux::{load_linux, LinuxImage, SetupHeader};
 pub use multiboot::{load_multiboot, Module, MultibootImage};
+pub use source::{ImageSource, CHUNK_LEN};
 
 /// A guest's RAM, as the loaders see it: one range of guest-physical
 /// addresses from 0 to [`size`](Self::size).
@@ -236,7 +244,29 @@ pub fn detect_format(image: &[u8]) -> Option<Format> {
     }
 }
 
+/// How many leading bytes [`detect_format`] looks at: the Multiboot
+/// header search window, which also holds the bzImage setup header.
+pub const DETECT_LEN: usize = multiboot::SEARCH_LEN;
+
+/// [`detect_format`] for an image read through `src`: reads its first
+/// [`DETECT_LEN`] bytes (fewer for a shorter image).
+///
+/// # Errors
+///
+/// [`LoadError::Read`] (as [`Item::Kernel`]) where the bytes cannot be
+/// read, [`LoadError::NoMemory`] where the heap cannot lend
+/// [`DETECT_LEN`] bytes.
+pub fn detect_source_format<S: ImageSource + ?Sized>(src: &S) -> Result<Option<Format>, LoadError> {
+    let len = src.len().min(DETECT_LEN as u64) as usize;
+    let mut head = alloc::vec::Vec::new();
+    head.try_reserve_exact(len)
+        .map_err(|_| LoadError::NoMemory { bytes: len as u64 })?;
+    head.resize(len, 0);
+    source::read(src, Item::Kernel, 0, &mut head)?;
+    Ok(detect_format(&head))
+}
+
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;

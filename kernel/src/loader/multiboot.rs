@@ -33,6 +33,7 @@ use super::error::{Item, LoadError, MultibootError};
 use super::layout::{
     MemoryMap, Placements, BOOT_INFO_ADDR, BOOT_INFO_END, HIGH_RAM_START, LOW_RAM_END,
 };
+use super::source::{Chunks, ImageSource};
 use super::{GuestMemory, LoadWarning, LoadedImage, Warnings};
 
 /// The magic at the start of the header in the image.
@@ -42,7 +43,7 @@ pub const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 /// The most modules one load takes.
 pub const MAX_MODULES: usize = 32;
 /// The header lies within this many bytes from the start of the image.
-const SEARCH_LEN: usize = 8192;
+pub(crate) const SEARCH_LEN: usize = 8192;
 /// magic, flags, checksum.
 const HEADER_LEN: usize = 12;
 /// With the a.out kludge address fields.
@@ -177,25 +178,42 @@ impl Header {
 }
 
 /// A boot module: a file the kernel finds through the information
-/// structure's module list.
-#[derive(Clone, Copy, Debug)]
-pub struct Module<'a> {
+/// structure's module list, read through `S` (byte slices by default).
+#[derive(Debug)]
+pub struct Module<'a, S: ImageSource + ?Sized = [u8]> {
     /// Its contents.
-    pub data: &'a [u8],
+    pub data: &'a S,
     /// Its string (conventionally a name or command line).
     pub cmdline: &'a str,
 }
 
-/// A Multiboot kernel with its command line and modules.
-#[derive(Clone, Copy, Debug)]
-pub struct MultibootImage<'a> {
+impl<S: ImageSource + ?Sized> Clone for Module<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ImageSource + ?Sized> Copy for Module<'_, S> {}
+
+/// A Multiboot kernel with its command line and modules, read through `S`
+/// (byte slices by default).
+#[derive(Debug)]
+pub struct MultibootImage<'a, S: ImageSource + ?Sized = [u8]> {
     /// The kernel image file.
-    pub kernel: &'a [u8],
+    pub kernel: &'a S,
     /// The kernel command line.
     pub cmdline: &'a str,
     /// The modules, at most [`MAX_MODULES`].
-    pub modules: &'a [Module<'a>],
+    pub modules: &'a [Module<'a, S>],
 }
+
+impl<S: ImageSource + ?Sized> Clone for MultibootImage<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ImageSource + ?Sized> Copy for MultibootImage<'_, S> {}
 
 /// Offsets of the parts of the boot information area from
 /// [`BOOT_INFO_ADDR`].
@@ -211,7 +229,7 @@ struct InfoLayout {
 }
 
 impl InfoLayout {
-    fn new(image: &MultibootImage<'_>, map: &MemoryMap) -> Self {
+    fn new<S: ImageSource + ?Sized>(image: &MultibootImage<'_, S>, map: &MemoryMap) -> Self {
         let mmap = INFO_LEN as u64;
         let mmap_len = map.regions().len() as u64 * MMAP_ENTRY_LEN;
         let mods = mmap + mmap_len;
@@ -237,16 +255,22 @@ impl InfoLayout {
 /// information structure. Returns 32-bit protected-mode entry state with
 /// EAX = [`BOOTLOADER_MAGIC`] and EBX = [`BOOT_INFO_ADDR`].
 ///
+/// The header is searched for in the first 8 KiB read into the copy
+/// buffer, ELF headers are read one at a time, and the kernel's bytes and
+/// the modules are copied in [`CHUNK_LEN`](super::CHUNK_LEN) pieces.
+///
 /// # Errors
 ///
 /// A [`LoadError`] where the header is missing or broken, the header asks
 /// for an unsupported feature, the ELF or a.out kludge fields are
 /// malformed, a string holds a NUL, or anything does not fit the guest.
-pub fn load_multiboot<M: GuestMemory + ?Sized>(
+pub fn load_multiboot<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem: &mut M,
-    image: &MultibootImage<'_>,
+    image: &MultibootImage<'_, S>,
 ) -> Result<LoadedImage, LoadError> {
-    let header = Header::find(image.kernel)?;
+    let mut chunks = Chunks::new()?;
+    let search = image.kernel.len().min(SEARCH_LEN as u64) as usize;
+    let header = Header::find(chunks.head(image.kernel, Item::Kernel, search)?)?;
     let mut warnings = Warnings::default();
     let requirements = header.flags & 0xFFFF;
     if requirements & FLAG_VIDEO != 0 {
@@ -297,11 +321,12 @@ pub fn load_multiboot<M: GuestMemory + ?Sized>(
         Some(addresses) => load_aout(
             mem,
             &mut placements,
+            &mut chunks,
             image.kernel,
             header.offset,
             &addresses,
         )?,
-        None => load_elf(mem, &mut placements, image.kernel)?,
+        None => load_elf(mem, &mut placements, &mut chunks, image.kernel)?,
     };
 
     // Modules after the kernel, page aligned.
@@ -314,12 +339,12 @@ pub fn load_multiboot<M: GuestMemory + ?Sized>(
         .enumerate()
     {
         let item = Item::Module(i as u16);
-        let len = module.data.len() as u64;
+        let len = module.data.len();
         let at = GuestPhysAddr::new(next)
             .align_up(MODULE_ALIGN)
             .map_or(u64::MAX, GuestPhysAddr::as_u64);
         placements.claim(item, at, len)?;
-        mem.write(GuestPhysAddr::new(at), module.data)?;
+        chunks.copy(mem, module.data, item, 0, len, GuestPhysAddr::new(at))?;
         *range = (at, at + len);
         next = at + len;
     }
@@ -340,10 +365,11 @@ pub fn load_multiboot<M: GuestMemory + ?Sized>(
 
 /// Loads by the header's address fields. Returns the end of the kernel
 /// (bss included) and the entry point.
-fn load_aout<M: GuestMemory + ?Sized>(
+fn load_aout<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem: &mut M,
     placements: &mut Placements,
-    file: &[u8],
+    chunks: &mut Chunks,
+    file: &S,
     header_offset: usize,
     a: &Addresses,
 ) -> Result<(u64, u64), LoadError> {
@@ -362,7 +388,7 @@ fn load_aout<M: GuestMemory + ?Sized>(
                 offset: header_offset,
             })?;
     // The header lies in the file, so the text offset does too.
-    let available = file.len().saturating_sub(text_offset) as u64;
+    let available = file.len().saturating_sub(text_offset as u64);
     let load_len = if a.load_end_addr == 0 {
         available
     } else {
@@ -394,11 +420,14 @@ fn load_aout<M: GuestMemory + ?Sized>(
         return Err(MultibootError::EntryOutsideImage { entry }.into());
     }
     placements.claim(Item::Kernel, load_addr, end - load_addr)?;
-    let text = file
-        .get(text_offset..)
-        .and_then(|t| t.get(..load_len as usize))
-        .unwrap_or_default();
-    mem.write(GuestPhysAddr::new(load_addr), text)?;
+    chunks.copy(
+        mem,
+        file,
+        Item::Kernel,
+        text_offset as u64,
+        load_len,
+        GuestPhysAddr::new(load_addr),
+    )?;
     mem.zero(GuestPhysAddr::new(load_end), end - load_end)?;
     Ok((end, entry))
 }
@@ -407,12 +436,18 @@ fn load_aout<M: GuestMemory + ?Sized>(
 /// the end of the highest segment and the entry point, translated from
 /// virtual to physical through the segment that holds it (what higher-half
 /// kernels linked with a virtual `e_entry` expect).
-fn load_elf<M: GuestMemory + ?Sized>(
+fn load_elf<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem: &mut M,
     placements: &mut Placements,
-    file: &[u8],
+    chunks: &mut Chunks,
+    file: &S,
 ) -> Result<(u64, u64), LoadError> {
-    if !elf::is_elf(file) {
+    let mut magic = [0u8; 4];
+    let magic = magic
+        .get_mut(..file.len().min(4) as usize)
+        .unwrap_or_default();
+    super::source::read(file, Item::Kernel, 0, magic)?;
+    if !elf::is_elf(magic) {
         return Err(MultibootError::NotElf.into());
     }
     let elf = Elf::parse(file)?;
@@ -449,7 +484,14 @@ fn load_elf<M: GuestMemory + ?Sized>(
             continue;
         };
         let at = GuestPhysAddr::new(segment.paddr);
-        mem.write(at, elf.file_bytes(&segment))?;
+        chunks.copy(
+            mem,
+            elf.file(),
+            Item::Segment(index),
+            segment.offset,
+            segment.filesz,
+            at,
+        )?;
         let bss = GuestPhysAddr::new(segment.paddr + segment.filesz);
         mem.zero(bss, segment.memsz - segment.filesz)?;
     }
@@ -457,9 +499,9 @@ fn load_elf<M: GuestMemory + ?Sized>(
 }
 
 /// Writes the information structure and what it points at.
-fn write_info<M: GuestMemory + ?Sized>(
+fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem: &mut M,
-    image: &MultibootImage<'_>,
+    image: &MultibootImage<'_, S>,
     layout: &InfoLayout,
     memory_map: &MemoryMap,
     modules: &[(u64, u64)],
@@ -619,11 +661,11 @@ mod tests {
         let config = b"key=value".to_vec();
         let modules = [
             Module {
-                data: &initrd,
+                data: &initrd[..],
                 cmdline: "initrd.img rw",
             },
             Module {
-                data: &config,
+                data: &config[..],
                 cmdline: "",
             },
         ];
@@ -1004,7 +1046,7 @@ mod tests {
         let data = [1u8; 16];
         let modules: Vec<Module<'_>> = (0..=MAX_MODULES)
             .map(|_| Module {
-                data: &data,
+                data: &data[..],
                 cmdline: "m",
             })
             .collect();
@@ -1021,11 +1063,11 @@ mod tests {
         assert_eq!(e.to_string(), "the kernel's command line holds a NUL byte");
         let bad = [
             Module {
-                data: &data,
+                data: &data[..],
                 cmdline: "ok",
             },
             Module {
-                data: &data,
+                data: &data[..],
                 cmdline: "\0",
             },
         ];

@@ -265,9 +265,9 @@ proptest! {
             image.truncate(len);
         }
         let datas: Vec<Vec<u8>> = modules.iter().map(|(len, _)| vec![7; *len]).collect();
-        let modules: Vec<Module<'_>> = datas.iter().zip(&modules).map(|(d, (_, s))| Module { data: d, cmdline: s }).collect();
+        let modules: Vec<Module<'_>> = datas.iter().zip(&modules).map(|(d, (_, s))| Module { data: d.as_slice(), cmdline: s }).collect();
         let mut mem = NullMemory::new(ram);
-        no_panic_ok_or_err(load_multiboot(&mut mem, &MultibootImage { kernel: &image, cmdline: "x", modules: &modules }), ram);
+        no_panic_ok_or_err(load_multiboot(&mut mem, &MultibootImage { kernel: &image[..], cmdline: "x", modules: &modules }), ram);
     }
 
     #[test]

@@ -69,10 +69,12 @@ impl<B: Backend> Run<B> {
                 for &c in list {
                     match self.cpus.sched_id(c as usize) {
                         Some(id) => ids.push(id),
-                        None => return Err(StopReason::NotSchedulable(alloc::format!(
+                        None => {
+                            return Err(StopReason::NotSchedulable(alloc::format!(
                             "its cpus list names cpu{c}, which does not run guests (these do: {})",
                             self.cpus.names()
-                        ))),
+                        )))
+                        }
                     }
                 }
                 Some(ids)
