@@ -493,6 +493,13 @@ impl Bus {
         self.mmio.iter().map(|(range, _)| *range)
     }
 
+    /// Whether a device claims the MMIO page holding `gpa`: a binary
+    /// search of the ranges, cheap enough to ask on every nested page
+    /// fault.
+    pub fn is_mmio(&self, gpa: GuestPhysAddr) -> bool {
+        self.mmio_entry(gpa).is_some()
+    }
+
     /// The guest reads `size` (1, 2 or 4) bytes from `port`. `None` when
     /// no device claims any of the bytes, or `size` is not 1, 2 or 4; the
     /// caller then reads all ones.

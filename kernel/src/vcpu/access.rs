@@ -177,6 +177,10 @@ pub trait VcpuAccess {
     /// one-instruction interrupt shadow (STI, MOV SS) it may have set: the
     /// instruction has completed. Outside 64-bit mode RIP wraps at 4 GiB.
     fn skip_instruction(&mut self) -> Result<(), Self::Error>;
+    /// Drops the one-instruction interrupt shadow (STI, MOV SS) after a
+    /// handler completed the instruction itself and moved RIP with
+    /// [`VcpuAccess::set_rip`] (an emulated MMIO access).
+    fn clear_interrupt_shadow(&mut self) -> Result<(), Self::Error>;
     /// CR0 as the guest sees it.
     fn cr0(&self) -> Result<u64, Self::Error>;
     /// CR3.

@@ -21,6 +21,7 @@ use addr::GuestPhysAddr;
 use super::access::{Event, Gpr, Segment, VcpuAccess, SEGMENT_L};
 use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext};
 use super::hypercall::{self, Hypercall};
+use super::mmio::{self, MmioError, MmioOutcome};
 use super::msr::VirtualMsrs;
 use super::stop::{RegisterDump, StopReason};
 use super::vm::VmDevices;
@@ -634,11 +635,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::TripleFault => Ok(Outcome::stop(StopReason::TripleFault(Box::new(dump(
             vcpu,
         )?)))),
-        Exit::NestedPageFault(fault) => Ok(Outcome::stop(StopReason::MemoryFault {
-            fault: *fault,
-            ram: platform.ram_size(),
-            rip: vcpu.rip()?,
-        })),
+        Exit::NestedPageFault(fault) => nested_page_fault(vcpu, vm, platform, fault),
         Exit::NestedPagingMisconfigured { gpa } => {
             Ok(Outcome::stop(StopReason::NestedPagingMisconfigured {
                 gpa: *gpa,
@@ -657,6 +654,34 @@ fn dispatch<B: VcpuAccess, P: Platform>(
             rip: vcpu.rip()?,
         })),
     }
+}
+
+/// A guest-physical access second-level translation refused: a read or
+/// write of a page a device claims is emulated ([`mmio`]); anything else
+/// (and an MMIO access no device takes) stops the guest.
+fn nested_page_fault<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    vm: &mut VmDevices,
+    platform: &mut P,
+    fault: &NestedFault,
+) -> Result<Outcome, B::Error> {
+    if !fault.fetch && vm.is_mmio(fault.gpa) {
+        match mmio::emulate_mmio(vcpu, vm, platform, fault) {
+            Ok(MmioOutcome::Emulated) => return Ok(Outcome::Resume),
+            Ok(MmioOutcome::Unclaimed) => {}
+            Err(MmioError::Backend(e)) => return Err(e),
+            Err(MmioError::NotEmulated(refused)) => {
+                return Ok(Outcome::stop(StopReason::MmioNotEmulated(Box::new(
+                    refused,
+                ))))
+            }
+        }
+    }
+    Ok(Outcome::stop(StopReason::MemoryFault {
+        fault: *fault,
+        ram: platform.ram_size(),
+        rip: vcpu.rip()?,
+    }))
 }
 
 /// Moves RIP past the instruction that exited; the guest resumes.

@@ -141,6 +141,12 @@ impl VcpuAccess for FakeVcpu {
         Ok(())
     }
 
+    fn clear_interrupt_shadow(&mut self) -> Result<(), FakeError> {
+        self.check()?;
+        self.shadow = false;
+        Ok(())
+    }
+
     fn cr0(&self) -> Result<u64, FakeError> {
         self.check()?;
         Ok(self.cr0)

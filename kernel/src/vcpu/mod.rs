@@ -1,7 +1,7 @@
 //! What a virtual CPU sees and does, decided without touching hardware and
 //! without naming a virtualization extension: the vendor-neutral exit and
-//! vCPU access layer (`exit`, `access`), the CPUID values, the MSR
-//! allow-list, the hypercall ABI and the stop reasons. A backend (VT-x in
+//! vCPU access layer (`exit`, `access`), MMIO instruction emulation
+//! (`mmio`), the CPUID values, the MSR allow-list, the hypercall ABI and the stop reasons. A backend (VT-x in
 //! `crate::vtx`) decodes its exits into [`exit::Exit`] and implements
 //! [`access::VcpuAccess`]; the kernel binary carries the decisions out;
 //! the host tests check them.
@@ -11,6 +11,7 @@ pub mod cpuid;
 pub mod exit;
 pub mod fake;
 pub mod hypercall;
+pub mod mmio;
 pub mod msr;
 pub mod stop;
 pub mod vm;

@@ -7,6 +7,7 @@ use alloc::string::String;
 use core::fmt;
 
 use super::exit::{IoAccess, NestedFault};
+use super::mmio::NotEmulated;
 
 /// The guest state printed with a triple fault.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,6 +80,9 @@ pub enum StopReason {
         /// The RIP of the access.
         rip: u64,
     },
+    /// An access to a device's MMIO page by an instruction that could not
+    /// be read or is not one Ferrovisor emulates.
+    MmioNotEmulated(Box<NotEmulated>),
     /// A triple fault (the guest's exception handling failed completely).
     TripleFault(Box<RegisterDump>),
     /// VM entry failed while loading guest state (the backend's words).
@@ -146,6 +150,7 @@ impl fmt::Display for StopReason {
                     fault.gpa
                 )
             }
+            Self::MmioNotEmulated(refused) => refused.fmt(f),
             Self::TripleFault(dump) => write!(f, "triple fault: {dump}"),
             Self::EntryFailed(failure) => write!(f, "{failure}"),
             Self::LaunchFailed(e) => write!(f, "VM entry failed: {e}"),

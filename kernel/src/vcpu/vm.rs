@@ -5,6 +5,8 @@
 
 use alloc::boxed::Box;
 
+use addr::GuestPhysAddr;
+
 use devices::bus::{Bus, DeviceId};
 use devices::irq::{InterruptController, IrqLines, SimpleIrqChip};
 use devices::serial::UartDevice;
@@ -73,6 +75,12 @@ impl VmDevices {
     /// Emits every device's partial console line (the guest stops).
     pub fn flush(&mut self, sink: &mut dyn FnMut(&str)) {
         self.bus.flush(sink);
+    }
+
+    /// Whether a device claims the MMIO page holding `gpa`.
+    #[inline]
+    pub fn is_mmio(&self, gpa: GuestPhysAddr) -> bool {
+        self.bus.is_mmio(gpa)
     }
 
     /// The earliest TSC value at which a device wants its timer run.

@@ -234,6 +234,12 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
             next &= 0xFFFF_FFFF;
         }
         self.vmcs.write(GuestNatural::Rip, next)?;
+        self.clear_interrupt_shadow()
+    }
+
+    /// SDM Vol. 3C, 27.3.1.5, as for [`VcpuAccess::skip_instruction`].
+    #[inline]
+    fn clear_interrupt_shadow(&mut self) -> Result<(), VmcsError> {
         let interruptibility = self.vmcs.read(Guest32::InterruptibilityState)?;
         if interruptibility & SHADOW != 0 {
             self.vmcs
