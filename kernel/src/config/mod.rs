@@ -22,7 +22,7 @@
 //! initrd = "linux/initramfs.cpio"
 //! cmdline = "console=ttyS0,115200 nolapic"
 //! memory = "128M"
-//! vcpus = 2
+//! vcpus = 1
 //! cpus = [0, 1]
 //! format = "linux"
 //!
@@ -55,7 +55,7 @@
 //! | `initrd` | path of an initial ramdisk in the partition | none |
 //! | `cmdline` | kernel command line, at most 2048 bytes, no NUL | `""` |
 //! | `memory` | required; guest RAM: a size string or an integer number of bytes; a multiple of 4K and at least 1M | — |
-//! | `vcpus` | number of virtual CPUs, 1 to 64 | `1` |
+//! | `vcpus` | number of virtual CPUs; the schema takes 1 to 64, but only 1 is supported yet and more is refused | `1` |
 //! | `cpus` | affinity: array of physical CPU indices (as numbered at boot) the vCPUs may run on, no repeats | any CPU |
 //! | `format` | `"linux"` (x86 boot protocol), `"multiboot"` (v1) or `"flat"` (raw image) | detected from the image |
 //! | `load_address` | flat images only: guest-physical address the image is copied to | — |
@@ -132,6 +132,10 @@ use values::Size;
 
 /// The most vCPUs one guest may have.
 pub const MAX_VCPUS: u32 = 64;
+/// The most vCPUs a guest may have today: guests with several vCPUs (virtual
+/// IPIs, INIT/SIPI, the firmware tables that list them) are not built yet,
+/// so a larger `vcpus` is refused rather than silently given one vCPU.
+pub const SUPPORTED_VCPUS: u32 = 1;
 /// The longest kernel command line, in bytes.
 pub const MAX_CMDLINE_LEN: usize = 2048;
 /// The least memory a guest may have.

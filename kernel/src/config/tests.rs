@@ -24,7 +24,7 @@ kernel = "linux/bzImage"
 initrd = "/linux/initramfs.cpio"   # a leading '/' means the same
 cmdline = "console=ttyS0,115200 nolapic"
 memory = "128M"
-vcpus = 2
+vcpus = 1
 cpus = [0, 1]
 format = "linux"
 
@@ -113,7 +113,7 @@ fn full_example_parses_to_the_expected_config() {
             initrd: Some("linux/initramfs.cpio".into()),
             cmdline: "console=ttyS0,115200 nolapic".into(),
             memory: 128 * MIB,
-            vcpus: 2,
+            vcpus: 1,
             cpus: Some(vec![0, 1]),
             format: Some(ImageFormat::Linux),
             source: GuestSource {
@@ -457,7 +457,7 @@ fn flat_addresses_must_be_reachable_and_inside_memory() {
 fn duplicate_name_is_rejected_naming_the_first_line() {
     let text = format!(
         "# two guests\n\n{}\n{}",
-        guest("web", "vcpus = 2\n"),
+        guest("web", "cmdline = \"first\"\n"),
         guest("web", "")
     );
     let outcome = parsed(&text);
@@ -466,7 +466,25 @@ fn duplicate_name_is_rejected_naming_the_first_line() {
         ["config: error: hypervisor.toml:10:1: duplicate guest name 'web' (first defined at line 4)"]
     );
     assert_eq!(outcome.config.guests.len(), 1);
-    assert_eq!(outcome.config.guests[0].vcpus, 2, "the first one is kept");
+    assert_eq!(
+        outcome.config.guests[0].cmdline, "first",
+        "the first one is kept"
+    );
+}
+
+#[test]
+fn several_vcpus_are_refused_until_they_are_supported() {
+    let text = format!(
+        "{}\n{}",
+        guest("smp", "vcpus = 4\n"),
+        guest("up", "vcpus = 1\n")
+    );
+    let outcome = parsed(&text);
+    assert_eq!(names(&outcome), ["up"]);
+    assert_eq!(
+        lines(&outcome),
+        ["config: error: hypervisor.toml:5:1: guest 'smp': vcpus 4: guests with several vCPUs are not supported yet; use vcpus = 1"]
+    );
 }
 
 #[test]
