@@ -9,7 +9,7 @@ use sched::{Decision, StopCause, VcpuId, VcpuState};
 
 use super::handover::Local;
 use super::{vcpu_id, Backend, Run, Slot};
-use crate::vcpu::exit::Outcome;
+use crate::vcpu::exit::{Exit, Outcome};
 use crate::vcpu::stop::StopReason;
 
 /// How a slice ended.
@@ -308,11 +308,18 @@ impl<B: Backend> Run<B> {
             }
             local.current = Some(i);
         }
-        if let Err(e) = backend.set_slice(&mut vm.vcpu.hw, slice) {
-            return SliceEnd::Stopped(StopReason::Backend(e));
-        }
         vm.vcpu.slices += 1;
         let slice_start = backend.now();
+        let slice_end = slice_start.saturating_add(slice);
+        // The slice's timer also ends the guest's run when one of its own
+        // device timers is due, so the interrupt goes in on time even if
+        // the guest does not exit by itself meanwhile.
+        let mut timer_at = timer_deadline(slice_end, vm.devices.next_deadline());
+        if let Err(e) =
+            backend.set_slice(&mut vm.vcpu.hw, timer_at.saturating_sub(slice_start).max(1))
+        {
+            return SliceEnd::Stopped(StopReason::Backend(e));
+        }
         // By scheduler index, the order of `cpus.numbers`.
         let figures = self.figures.get(local.cpu.0 as usize);
         if let (Some(from), Some(f)) = (switch_from, figures) {
@@ -337,13 +344,37 @@ impl<B: Backend> Run<B> {
                 Ok(exit) => exit,
                 Err(reason) => break SliceEnd::Stopped(reason),
             };
-            match backend.handle(vm, &exit) {
+            let outcome = backend.handle(vm, &exit);
+            // Only a device access can arm or move a device timer.
+            if matches!(exit, Exit::Io(_) | Exit::NestedPageFault(_)) {
+                let wanted = timer_deadline(slice_end, vm.devices.next_deadline());
+                if wanted != timer_at {
+                    timer_at = wanted;
+                    if let Err(e) =
+                        backend.set_slice(&mut vm.vcpu.hw, timer_at.saturating_sub(now).max(1))
+                    {
+                        break SliceEnd::Stopped(StopReason::Backend(e));
+                    }
+                }
+            }
+            match outcome {
                 Outcome::Resume => {}
                 Outcome::HostInterrupt => {
                     // A kick: end it and do what it asks; a request never
                     // concerns the guest running here.
                     backend.end_host_interrupt();
                     self.service(local);
+                }
+                Outcome::Preempted if now < slice_end => {
+                    // A device timer of the guest's is due: its interrupt
+                    // goes in before the next entry; the slice goes on.
+                    timer_at =
+                        timer_deadline(slice_end, vm.devices.next_deadline().filter(|&d| d > now));
+                    if let Err(e) =
+                        backend.set_slice(&mut vm.vcpu.hw, timer_at.saturating_sub(now).max(1))
+                    {
+                        break SliceEnd::Stopped(StopReason::Backend(e));
+                    }
                 }
                 Outcome::Preempted => {
                     vm.vcpu.preemptions += 1;
@@ -378,4 +409,10 @@ impl<B: Backend> Run<B> {
         }
         end
     }
+}
+
+/// When the slice's timer should end the guest's run: at the slice's end,
+/// or earlier at the guest's own next device deadline.
+fn timer_deadline(slice_end: u64, device: Option<u64>) -> u64 {
+    device.map_or(slice_end, |d| d.min(slice_end))
 }

@@ -42,6 +42,9 @@ enum Program {
     /// pinned to a CPU, it keeps that CPU from ever going idle (and
     /// stealing) while the others run.
     Holder { others: usize },
+    /// Arms the test timer for `units`, then CPUID exits (no HLT) until
+    /// its interrupt arrives, then FV_EXIT 0.
+    TimerSpin { units: u32 },
 }
 
 struct FakeVmHw {
@@ -76,6 +79,8 @@ struct FakeBackend {
     lines: StdMutex<Vec<String>>,
     /// The CPU each guest id last entered on, to see vCPUs move.
     entered_on: StdMutex<HashMap<usize, Vec<usize>>>,
+    /// Every slice timer set, in ticks.
+    timers: StdMutex<Vec<u64>>,
 }
 
 /// Ticks the clock advances per exit.
@@ -99,6 +104,7 @@ impl FakeBackend {
             stops: StdMutex::new(Vec::new()),
             lines: StdMutex::new(Vec::new()),
             entered_on: StdMutex::new(HashMap::new()),
+            timers: StdMutex::new(Vec::new()),
         }
     }
 
@@ -237,6 +243,7 @@ impl Backend for FakeBackend {
 
     fn set_slice(&self, vcpu: &mut FakeVcpuHw, ticks: u64) -> Result<(), String> {
         vcpu.slice_end = self.now().saturating_add(ticks);
+        self.timers.lock().unwrap().push(ticks);
         Ok(())
     }
 
@@ -277,6 +284,28 @@ impl Backend for FakeBackend {
                 }
             }
             Program::Idle => Exit::Hlt,
+            Program::TimerSpin { units } => {
+                if vcpu.step == 1 {
+                    v.gprs[0] = u64::from(units);
+                    Exit::Io(IoAccess {
+                        port: 0xE0,
+                        size: 4,
+                        direction: IoDirection::Out,
+                        string: false,
+                        rep: false,
+                    })
+                } else if v
+                    .injected
+                    .contains(&Event::ExternalInterrupt { vector: 0x25 })
+                {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = 0;
+                    Exit::Hypercall
+                } else {
+                    v.gprs[0] = 0;
+                    Exit::Cpuid
+                }
+            }
             Program::Holder { others } => {
                 if self.stops.lock().unwrap().len() >= others {
                     v.gprs[0] = hypercall::EXIT;
@@ -547,5 +576,26 @@ fn a_guest_pinned_to_a_cpu_that_runs_no_guests_is_stopped_and_the_rest_run() {
             ),
             ("g1".into(), "exited with code 2".into()),
         ]
+    );
+}
+
+#[test]
+fn a_running_guests_own_timer_shortens_its_slice() {
+    // The slice is long; the guest's timer (10 * 1024 ticks) is due well
+    // before its end, so the slice timer is set for the device deadline.
+    let slice = 1_000_000;
+    let b = run_on(
+        1,
+        vec![Program::TimerSpin { units: 10 }],
+        vec![None],
+        GuestStopAction::Stop,
+        1,
+        slice,
+    );
+    assert_eq!(b.stops(), [("g0".into(), "exited with code 0".into())]);
+    let timers = b.timers.lock().unwrap();
+    assert!(
+        timers.iter().any(|&t| t <= 10 * 1024),
+        "the slice timer followed the device deadline: {timers:?}"
     );
 }
