@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut outcome = kernel::config::parse_bytes("hypervisor.toml", data);
-    kernel::config::check_images(&mut outcome, |path| path.len() % 2 == 0);
-    kernel::config::check_memory(&mut outcome, 64 << 20);
+    let mut outcome = config::parse_bytes("hypervisor.toml", data);
+    config::check_images(&mut outcome, |path| path.len() % 2 == 0);
+    config::check_memory(&mut outcome, 64 << 20);
     let lines = data.split(|&b| b == b'\n').count();
     for e in &outcome.errors {
         let text = e.to_string();

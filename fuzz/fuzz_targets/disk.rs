@@ -3,9 +3,9 @@
 //! does) never panic or hang, and reads stay within their size limit.
 #![no_main]
 
-use kernel::disk::block::{BlockDevice, MemDisk};
-use kernel::disk::fat::FatVolume;
-use kernel::disk::find_config_partition;
+use disk::block::{BlockDevice, MemDisk};
+use disk::fat::FatVolume;
+use disk::find_config_partition;
 use libfuzzer_sys::fuzz_target;
 
 /// The largest file the target asks for.

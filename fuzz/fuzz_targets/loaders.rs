@@ -5,8 +5,8 @@
 #![no_main]
 
 use addr::GuestPhysAddr;
-use kernel::loader::{self, FlatImage, FlatMode, LinuxImage, Module, MultibootImage, SliceMemory};
 use libfuzzer_sys::fuzz_target;
+use loader::{FlatImage, FlatMode, LinuxImage, Module, MultibootImage, SliceMemory};
 
 /// Guest RAM for each run: small, so an iteration stays fast.
 const RAM: usize = 4 << 20;

@@ -89,9 +89,9 @@ pub fn mask_legacy_pic() {
 }
 
 /// CPUID.(leaf, subleaf) on this CPU.
-pub fn cpuid(leaf: u32, subleaf: u32) -> kernel::vcpu::cpuid::CpuidResult {
+pub fn cpuid(leaf: u32, subleaf: u32) -> vcpu::cpuid::CpuidResult {
     let r = raw_cpuid::cpuid!(leaf, subleaf);
-    kernel::vcpu::cpuid::CpuidResult {
+    vcpu::cpuid::CpuidResult {
         eax: r.eax,
         ebx: r.ebx,
         ecx: r.ecx,

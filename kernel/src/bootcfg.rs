@@ -7,10 +7,10 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 
-use kernel::config::files::ConfigFiles;
-use kernel::disk::block::{BlockDevice, MemDisk};
-use kernel::disk::fat::FatVolume;
-use kernel::disk::{find_config_partition, ConfigFs};
+use config::files::ConfigFiles;
+use disk::block::{BlockDevice, MemDisk};
+use disk::fat::FatVolume;
+use disk::{find_config_partition, ConfigFs};
 use log::{error, info, warn};
 
 use crate::drivers::Disk;
@@ -52,13 +52,13 @@ pub fn open<'d>(
     let Some(bytes) = ramdisk else {
         error!(
             "config: error: no disk holds a {} partition and there is no boot ramdisk: no guests to run",
-            kernel::disk::gpt::CONFIG_PARTITION_NAME
+            disk::gpt::CONFIG_PARTITION_NAME
         );
         return None;
     };
     info!(
         "config: no disk holds a {} partition; using the boot ramdisk",
-        kernel::disk::gpt::CONFIG_PARTITION_NAME
+        disk::gpt::CONFIG_PARTITION_NAME
     );
     ramdisk_files(bytes)
 }

@@ -7,7 +7,7 @@
 //! frame back.
 //!
 //! The run itself (the per-CPU loop, the stop and restart policy, the
-//! hand-over of a vCPU between CPUs) is the library's `kernel::run`; this
+//! hand-over of a vCPU between CPUs) is the `run` crate; this
 //! module gives it its backend: VT-x for the guests (`crate::vtx::vm`), the
 //! local APIC for kicks and timed wake-ups, the TSC for the clock, and the
 //! config partition for (re)starting guests. On the same CPU a switch is
@@ -19,14 +19,14 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use addr::PAGE_SIZE;
-use kernel::config::files::{ConfigFiles, CONFIG_FILE};
-use kernel::config::{self, CpuMode, GuestConfig, ImageFormat, ParseOutcome};
-use kernel::image::GuestImages;
-use kernel::run::{Backend, Run, Vcpu, Vm};
-use kernel::vcpu::exit::{Exit, Outcome};
-use kernel::vcpu::stop::StopReason;
+use config::files::{ConfigFiles, CONFIG_FILE};
+use config::{self, CpuMode, GuestConfig, ImageFormat, ParseOutcome};
+use image::GuestImages;
 use log::{debug, error, info, warn};
+use run::{Backend, Run, Vcpu, Vm};
 use spin::Mutex;
+use vcpu::exit::{Exit, Outcome};
+use vcpu::stop::StopReason;
 
 use crate::vtx::vm::{Guest, Hardware, VmxVcpuState, VmxVm};
 use crate::vtx::Capabilities;

@@ -1,18 +1,10 @@
-//! Host-testable parts of the Ferrovisor kernel.
+//! The host tests of the Ferrovisor binary's own code. Everything that can
+//! be decided without hardware is a crate of its own under `kernel/`
+//! (`acpi`, `config`, `disk`, `loader`, `image`, `devices`, `vcpu`, `vtx`,
+//! `run`); what is left here is the binary's hardware glue, and only its
+//! disk drivers have unit tests, which this library runs.
 #![cfg_attr(not(test), no_std)]
 extern crate alloc;
-pub mod acpi;
-pub mod config;
-pub mod disk;
-pub mod image;
-pub mod loader;
-pub mod run;
-pub mod vcpu;
-pub mod vtx;
-
-// The guest device models are a crate of their own (`kernel/devices`);
-// re-exported so `crate::devices::...` and `kernel::devices::...` paths stay.
-pub use ::devices;
 
 // The binary's disk drivers also run their unit tests here: they reach
 // hardware only through traits the tests fake, and `arch`/`memory` are

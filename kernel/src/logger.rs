@@ -57,8 +57,8 @@ pub fn init() {
 /// verbose of it and the level the kernel was built with (`--log`), so a
 /// debug build stays verbose and a config can turn detail on without a
 /// rebuild.
-pub fn apply_config(level: kernel::config::LogLevel) {
-    use kernel::config::LogLevel;
+pub fn apply_config(level: config::LogLevel) {
+    use config::LogLevel;
     let wanted = match level {
         LogLevel::Error => LevelFilter::Error,
         LogLevel::Warn => LevelFilter::Warn,

@@ -26,9 +26,8 @@ mod selftest;
 mod serial;
 mod smp;
 mod tsc;
-// The VT-x backend's hardware half; its pure half is the library's
-// `kernel::vtx`, in the same folder.
-#[path = "vtx/hw/mod.rs"]
+// The VT-x backend's hardware half; its pure half is the `vtx` crate
+// (`kernel/vtx`), which this module names as `::vtx`.
 mod vtx;
 
 use bootloader_api::config::Mapping;

@@ -7,7 +7,7 @@
 //! (SCI_EN clear), it is switched to ACPI mode first by writing ACPI_ENABLE
 //! to SMI_CMD.
 
-use kernel::acpi::{self, PhysMemory, PowerOff};
+use acpi::{self, PhysMemory, PowerOff};
 use log::{info, warn};
 use spin::Once;
 

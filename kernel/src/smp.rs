@@ -27,7 +27,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use alloc::vec::Vec;
 
 use crate::vtx::Capabilities as VmxCapabilities;
-use kernel::acpi::Madt;
+use acpi::Madt;
 use log::{info, warn};
 use mm::addr::{HostPhysAddr, PAGE_SIZE};
 

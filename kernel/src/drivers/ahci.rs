@@ -23,7 +23,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 
-use kernel::disk::block::{check_read, BlockDevice, DiskError};
+use disk::block::{check_read, BlockDevice, DiskError};
 use log::{debug, info, warn};
 use mm::addr::{HostPhysAddr, PAGE_SIZE};
 

@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use kernel::disk::block::{check_read, valid_sector_size, BlockDevice, DiskError};
+use disk::block::{check_read, valid_sector_size, BlockDevice, DiskError};
 use log::{debug, info, warn};
 
 use super::pci::{self, Command, ConfigSpace, PciDevice};

@@ -17,7 +17,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use kernel::disk::block::BlockDevice;
+use disk::block::BlockDevice;
 use log::{info, warn};
 
 use pci::PciAddress;

@@ -1,593 +1,190 @@
-//! The VT-x backend's decisions, host-tested: exits decoded from the VMCS
-//! into the vendor-neutral [`Exit`], the vCPU's state behind
-//! [`VcpuAccess`] over a VMCS and the saved GPRs, the initial VMCS
-//! contents (`setup`) and the MSR bitmap. Together with the kernel binary's
-//! `vtx::hw` (VMXON, frames, the VMX instructions), this is the only code
-//! that names VT-x: everything above it sees [`Exit`] and [`VcpuAccess`].
+//! The VT-x backend's hardware half, in the kernel binary: detecting VT-x
+//! and turning it on and off on the calling CPU (IA32_FEATURE_CONTROL, the
+//! CR0/CR4 bits VMX operation fixes, the VMXON region, VMXON and VMXOFF;
+//! SDM Vol. 3C, "Enabling and Entering VMX Operation"), and in [`vm`] a
+//! guest's frames, EPT and VMCS and the VMX instructions that run it.
 //!
-//! An AMD SVM backend will sit beside it with the same two jobs: decode
-//! its exits into [`Exit`] and implement [`VcpuAccess`] over its VMCB.
+//! The decisions (which bits, which value) come from `vmx` and from the
+//! `vtx` crate (`kernel/vtx`), and are tested there; this module only carries
+//! them out. With that crate it is the only code that names VT-x.
 
-use alloc::string::ToString;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use addr::GuestPhysAddr;
-use vmx::bitmaps::{MsrAccess, MsrBitmap};
-use vmx::caps::FixedBits;
+use alloc::string::String;
+
+use log::info;
 use vmx::error::VmFail;
-use vmx::exit::{
-    CrAccess as VmxCrAccess, CrAccessType, EntryFailure, EptViolation, ExitInfo, ExitReason,
-    InterruptionInfo, IoDirection as VmxIoDirection, IoQualification,
-};
-use vmx::regs::GuestRegisters;
-use vmx::vmcs::{
-    Control32, Control64, ControlNatural, Guest16, Guest32, Guest64, GuestNatural, ReadOnly32,
-    ReadOnly64, ReadOnlyNatural, VmcsAccess,
-};
+use vmx::execution::GuestControls;
+use vmx::feature_control::{enable_and_lock, FeatureControlState};
+use vmx::instructions as hw;
+use vmx::msr::IA32_FEATURE_CONTROL;
 
-use crate::vcpu::access::{Event, Gpr, Segment, SegmentState, VcpuAccess};
-use crate::vcpu::exit::{CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault};
-use crate::vcpu::msr::{IA32_TIME_STAMP_COUNTER, SWITCHED_MSRS, VMCS_MSRS};
+use crate::{cpu, memory};
 
-pub mod setup;
+pub mod vm;
 
-/// CR0.PE and CR0.PG, which unrestricted guest leaves to the guest.
-const CR0_PE: u64 = 1 << 0;
-const CR0_PG: u64 = 1 << 31;
-/// CR4.VMXE: VT-x is hidden from guests.
-const CR4_VMXE: u64 = 1 << 13;
-/// IA32_EFER.LMA.
-const EFER_LMA: u64 = 1 << 10;
-/// "IA-32e mode guest" in the VM-entry controls.
-const ENTRY_IA32E: u32 = 1 << 9;
-/// "Interrupt-window exiting" in the primary processor-based controls.
-const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
-/// Interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
-const SHADOW: u32 = 0b11;
+/// What this CPU's VT-x offers; opaque to the rest of the kernel, which
+/// only passes it back here.
+pub use vmx::caps::VmxCapabilities as Capabilities;
 
-/// The CR0 and CR4 bits VMX operation fixes on this CPU, and what follows
-/// from them for a guest: which bits the host owns (guest/host masks) and
-/// what the hardware runs with for a guest value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CrPolicy {
-    /// CR0 bits VMX operation fixes.
-    pub cr0_fixed: FixedBits,
-    /// CR4 bits VMX operation fixes.
-    pub cr4_fixed: FixedBits,
+/// Marks "this CPU is not in VMX operation" in [`VMXON_REGION`].
+const OFF: u64 = 0;
+
+/// Each CPU's VMXON region while it is in VMX operation, by CPU number.
+static VMXON_REGION: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(OFF) }; cpu::MAX_CPUS];
+
+/// The calling CPU's slot in [`VMXON_REGION`].
+fn region_slot() -> &'static AtomicU64 {
+    &VMXON_REGION[usize::from(cpu::current_index()) % cpu::MAX_CPUS]
 }
 
-impl CrPolicy {
-    /// The CR0 bits the host owns: those VMX fixes, except PE and PG, which
-    /// unrestricted guest leaves to the guest.
-    pub fn cr0_host_mask(&self) -> u64 {
-        (self.cr0_fixed.must_be_one() | self.cr0_fixed.must_be_zero())
-            & !(CR0_PE | CR0_PG)
-            & 0xFFFF_FFFF
-    }
-
-    /// The CR4 bits the host owns: those VMX fixes (VMXE among them).
-    pub fn cr4_host_mask(&self) -> u64 {
-        (self.cr4_fixed.must_be_one() | self.cr4_fixed.must_be_zero()) & 0xFFFF_FFFF
-    }
-
-    /// The CR0 value the hardware runs with for a guest value `guest`.
-    pub fn cr0_for_hardware(&self, guest: u64) -> u64 {
-        guest | (self.cr0_fixed.must_be_one() & !(CR0_PE | CR0_PG))
-    }
-
-    /// The CR4 value the hardware runs with for a guest value `guest`.
-    pub fn cr4_for_hardware(&self, guest: u64) -> u64 {
-        guest | self.cr4_fixed.must_be_one()
-    }
+/// Why VT-x could not be turned on.
+pub enum EnableError {
+    /// No frame for the VMXON region.
+    NoMemory(mm::MmError),
+    /// VMXON itself failed.
+    VmxOn(VmFail),
 }
 
-/// A VMREAD or VMWRITE that failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VmcsError(pub VmFail);
-
-impl fmt::Display for VmcsError {
+impl fmt::Display for EnableError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VMCS access failed: {}", self.0)
-    }
-}
-
-impl From<VmFail> for VmcsError {
-    fn from(e: VmFail) -> Self {
-        Self(e)
-    }
-}
-
-/// A vCPU that has exited, seen through its VMCS (current on this CPU)
-/// and the GPRs the exit path saved.
-pub struct VmxVcpu<'a, V: VmcsAccess> {
-    /// The current VMCS.
-    pub vmcs: &'a mut V,
-    /// Every GPR but RSP (which the VMCS holds).
-    pub regs: &'a mut GuestRegisters,
-    /// The CPU's fixed CR bits.
-    pub cr: &'a CrPolicy,
-}
-
-/// The VMCS fields of one segment register.
-fn segment_fields(seg: Segment) -> (Guest16, GuestNatural, Guest32, Guest32) {
-    match seg {
-        Segment::Es => (
-            Guest16::EsSelector,
-            GuestNatural::EsBase,
-            Guest32::EsLimit,
-            Guest32::EsAccessRights,
-        ),
-        Segment::Cs => (
-            Guest16::CsSelector,
-            GuestNatural::CsBase,
-            Guest32::CsLimit,
-            Guest32::CsAccessRights,
-        ),
-        Segment::Ss => (
-            Guest16::SsSelector,
-            GuestNatural::SsBase,
-            Guest32::SsLimit,
-            Guest32::SsAccessRights,
-        ),
-        Segment::Ds => (
-            Guest16::DsSelector,
-            GuestNatural::DsBase,
-            Guest32::DsLimit,
-            Guest32::DsAccessRights,
-        ),
-        Segment::Fs => (
-            Guest16::FsSelector,
-            GuestNatural::FsBase,
-            Guest32::FsLimit,
-            Guest32::FsAccessRights,
-        ),
-        Segment::Gs => (
-            Guest16::GsSelector,
-            GuestNatural::GsBase,
-            Guest32::GsLimit,
-            Guest32::GsAccessRights,
-        ),
-        Segment::Ldtr => (
-            Guest16::LdtrSelector,
-            GuestNatural::LdtrBase,
-            Guest32::LdtrLimit,
-            Guest32::LdtrAccessRights,
-        ),
-        Segment::Tr => (
-            Guest16::TrSelector,
-            GuestNatural::TrBase,
-            Guest32::TrLimit,
-            Guest32::TrAccessRights,
-        ),
-    }
-}
-
-/// The VMX numbering of a neutral GPR (the same numbers).
-#[inline(always)]
-fn vmx_gpr(reg: Gpr) -> vmx::exit::Gpr {
-    match reg {
-        Gpr::Rax => vmx::exit::Gpr::Rax,
-        Gpr::Rcx => vmx::exit::Gpr::Rcx,
-        Gpr::Rdx => vmx::exit::Gpr::Rdx,
-        Gpr::Rbx => vmx::exit::Gpr::Rbx,
-        Gpr::Rsp => vmx::exit::Gpr::Rsp,
-        Gpr::Rbp => vmx::exit::Gpr::Rbp,
-        Gpr::Rsi => vmx::exit::Gpr::Rsi,
-        Gpr::Rdi => vmx::exit::Gpr::Rdi,
-        Gpr::R8 => vmx::exit::Gpr::R8,
-        Gpr::R9 => vmx::exit::Gpr::R9,
-        Gpr::R10 => vmx::exit::Gpr::R10,
-        Gpr::R11 => vmx::exit::Gpr::R11,
-        Gpr::R12 => vmx::exit::Gpr::R12,
-        Gpr::R13 => vmx::exit::Gpr::R13,
-        Gpr::R14 => vmx::exit::Gpr::R14,
-        Gpr::R15 => vmx::exit::Gpr::R15,
-    }
-}
-
-/// The neutral name of a VMX-numbered GPR.
-fn neutral_gpr(reg: vmx::exit::Gpr) -> Gpr {
-    Gpr::from_number(reg.number()).unwrap_or(Gpr::Rax)
-}
-
-impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
-    type Error = VmcsError;
-
-    #[inline(always)]
-    fn gpr(&self, reg: Gpr) -> Result<u64, VmcsError> {
-        match self.regs.get(vmx_gpr(reg)) {
-            Some(value) => Ok(value),
-            None => Ok(self.vmcs.read(GuestNatural::Rsp)?),
+        match self {
+            EnableError::NoMemory(e) => write!(f, "no frame for the VMXON region: {e}"),
+            EnableError::VmxOn(e) => write!(f, "VMXON failed: {e}"),
         }
     }
+}
 
-    #[inline(always)]
-    fn set_gpr(&mut self, reg: Gpr, value: u64) -> Result<(), VmcsError> {
-        if !self.regs.set(vmx_gpr(reg), value) {
-            self.vmcs.write(GuestNatural::Rsp, value)?;
-        }
-        Ok(())
-    }
-
-    fn rip(&self) -> Result<u64, VmcsError> {
-        Ok(self.vmcs.read(GuestNatural::Rip)?)
-    }
-
-    fn set_rip(&mut self, value: u64) -> Result<(), VmcsError> {
-        Ok(self.vmcs.write(GuestNatural::Rip, value)?)
-    }
-
-    fn rflags(&self) -> Result<u64, VmcsError> {
-        Ok(self.vmcs.read(GuestNatural::Rflags)?)
-    }
-
-    /// SDM Vol. 3C, 27.3.1.5: "blocking by STI" and "by MOV SS" must be
-    /// clear when the instruction is skipped.
-    #[inline]
-    fn skip_instruction(&mut self) -> Result<(), VmcsError> {
-        let len = self.vmcs.read(ReadOnly32::ExitInstructionLength)?;
-        let rip = self.vmcs.read(GuestNatural::Rip)?;
-        let mut next = rip.wrapping_add(u64::from(len));
-        // Outside 64-bit mode EIP wraps at 4 GiB; asking the mode only when
-        // that can matter keeps the common path to three VMCS accesses.
-        if next > u64::from(u32::MAX) && !self.long_mode()? {
-            next &= 0xFFFF_FFFF;
-        }
-        self.vmcs.write(GuestNatural::Rip, next)?;
-        self.clear_interrupt_shadow()
-    }
-
-    /// SDM Vol. 3C, 27.3.1.5, as for [`VcpuAccess::skip_instruction`].
-    #[inline]
-    fn clear_interrupt_shadow(&mut self) -> Result<(), VmcsError> {
-        let interruptibility = self.vmcs.read(Guest32::InterruptibilityState)?;
-        if interruptibility & SHADOW != 0 {
-            self.vmcs
-                .write(Guest32::InterruptibilityState, interruptibility & !SHADOW)?;
-        }
-        Ok(())
-    }
-
-    fn cr0(&self) -> Result<u64, VmcsError> {
-        let mask = self.cr.cr0_host_mask();
-        let real = self.vmcs.read(GuestNatural::Cr0)?;
-        let shadow = self.vmcs.read(ControlNatural::Cr0ReadShadow)?;
-        Ok((real & !mask) | (shadow & mask))
-    }
-
-    fn cr3(&self) -> Result<u64, VmcsError> {
-        Ok(self.vmcs.read(GuestNatural::Cr3)?)
-    }
-
-    #[inline]
-    fn cr4(&self) -> Result<u64, VmcsError> {
-        let mask = self.cr.cr4_host_mask();
-        let real = self.vmcs.read(GuestNatural::Cr4)?;
-        let shadow = self.vmcs.read(ControlNatural::Cr4ReadShadow)?;
-        Ok((real & !mask) | (shadow & mask))
-    }
-
-    fn efer(&self) -> Result<u64, VmcsError> {
-        Ok(self.vmcs.read(Guest64::Efer)?)
-    }
-
-    fn set_cr0(&mut self, value: u64) -> Result<(), VmcsError> {
-        self.vmcs.write(ControlNatural::Cr0ReadShadow, value)?;
-        self.vmcs
-            .write(GuestNatural::Cr0, self.cr.cr0_for_hardware(value))?;
-        Ok(())
-    }
-
-    fn set_cr4(&mut self, value: u64) -> Result<(), VmcsError> {
-        self.vmcs.write(ControlNatural::Cr4ReadShadow, value)?;
-        self.vmcs
-            .write(GuestNatural::Cr4, self.cr.cr4_for_hardware(value))?;
-        Ok(())
-    }
-
-    /// VM entry's "IA-32e mode guest" must equal EFER.LMA (SDM Vol. 3C,
-    /// 26.3.1.1), so it follows.
-    fn set_efer(&mut self, value: u64) -> Result<(), VmcsError> {
-        let entry = self.vmcs.read(Control32::EntryControls)?;
-        let wanted = if value & EFER_LMA != 0 {
-            entry | ENTRY_IA32E
-        } else {
-            entry & !ENTRY_IA32E
+/// Enters VMX operation on the calling CPU, whose capabilities are `caps`
+/// and whose IA32_FEATURE_CONTROL is in state `feature_control` (checked
+/// usable by `vmx::availability::assess`).
+pub fn enable(
+    caps: &Capabilities,
+    feature_control: FeatureControlState,
+) -> Result<(), EnableError> {
+    let k = cpu::current_index();
+    if feature_control == FeatureControlState::Unlocked {
+        // SAFETY: the MSR exists (CPUID reported VMX) and is unlocked, so the
+        // write is allowed; setting the lock with VMX-outside-SMX enabled is
+        // what firmware normally does at boot, and nothing else depends on
+        // the other bits, which are kept.
+        unsafe {
+            hw::wrmsr(
+                IA32_FEATURE_CONTROL,
+                enable_and_lock(hw::rdmsr(IA32_FEATURE_CONTROL)),
+            )
         };
-        if wanted != entry {
-            self.vmcs.write(Control32::EntryControls, wanted)?;
-        }
-        self.vmcs.write(Guest64::Efer, value)?;
-        Ok(())
+        info!("cpu{k}: vmx: feature control locked with VMX outside SMX enabled");
     }
-
-    fn cr4_forbidden(&self) -> u64 {
-        CR4_VMXE | self.cr.cr4_fixed.must_be_zero()
-    }
-
-    fn segment_attributes(&self, seg: Segment) -> Result<u32, VmcsError> {
-        let (_, _, _, access) = segment_fields(seg);
-        Ok(self.vmcs.read(access)?)
-    }
-
-    fn segment(&self, seg: Segment) -> Result<SegmentState, VmcsError> {
-        let (selector, base, limit, access) = segment_fields(seg);
-        Ok(SegmentState {
-            selector: self.vmcs.read(selector)?,
-            base: self.vmcs.read(base)?,
-            limit: self.vmcs.read(limit)?,
-            attributes: self.vmcs.read(access)?,
-        })
-    }
-
-    /// SDM Vol. 3C, 25.8.3 "VM-Entry Controls for Event Injection".
-    fn inject(&mut self, event: Event) -> Result<(), VmcsError> {
-        const VALID: u32 = 1 << 31;
-        const DELIVER_ERROR_CODE: u32 = 1 << 11;
-        const EXTERNAL: u32 = 0 << 8;
-        const NMI: u32 = 2 << 8;
-        const HARDWARE_EXCEPTION: u32 = 3 << 8;
-        let info = match event {
-            Event::Exception { vector, error_code } => {
-                let mut info = VALID | HARDWARE_EXCEPTION | u32::from(vector);
-                if let Some(code) = error_code {
-                    info |= DELIVER_ERROR_CODE;
-                    self.vmcs.write(Control32::EntryExceptionErrorCode, code)?;
-                }
-                info
-            }
-            Event::ExternalInterrupt { vector } => VALID | EXTERNAL | u32::from(vector),
-            Event::Nmi => VALID | NMI | 2,
-        };
-        self.vmcs.write(Control32::EntryInterruptionInfo, info)?;
-        Ok(())
-    }
-
-    /// VM exits clear the field's valid bit (SDM Vol. 3C, 28.2.5), so a
-    /// set bit is an event this exit's handling set up.
-    fn event_pending(&self) -> Result<bool, VmcsError> {
-        Ok(self.vmcs.read(Control32::EntryInterruptionInfo)? & (1 << 31) != 0)
-    }
-
-    fn request_interrupt_window(&mut self, on: bool) -> Result<(), VmcsError> {
-        let controls = self.vmcs.read(Control32::PrimaryProcBasedControls)?;
-        let wanted = if on {
-            controls | INTERRUPT_WINDOW_EXITING
-        } else {
-            controls & !INTERRUPT_WINDOW_EXITING
-        };
-        if wanted != controls {
-            self.vmcs
-                .write(Control32::PrimaryProcBasedControls, wanted)?;
-        }
-        Ok(())
-    }
-
-    fn interrupt_shadow(&self) -> Result<bool, VmcsError> {
-        Ok(self.vmcs.read(Guest32::InterruptibilityState)? & SHADOW != 0)
-    }
-
-    fn set_tsc_offset(&mut self, offset: u64) -> Result<(), VmcsError> {
-        Ok(self.vmcs.write(Control64::TscOffset, offset)?)
-    }
-}
-
-impl<V: VmcsAccess> VmxVcpu<'_, V> {
-    /// Whether the guest runs 64-bit code (IA32_EFER.LMA and CS.L).
-    fn long_mode(&self) -> Result<bool, VmcsError> {
-        Ok(self.vmcs.read(Guest64::Efer)? & EFER_LMA != 0
-            && self.vmcs.read(Guest32::CsAccessRights)? & (1 << 13) != 0)
-    }
-}
-
-/// Reads why the guest on the current VMCS exited and decodes it.
-///
-/// An event whose delivery the exit cut short (IDT-vectoring information,
-/// SDM Vol. 3C, 28.2.4) is set up again for the next entry here, so every
-/// handler sees a vCPU whose pending event is not lost (SDM Vol. 3C,
-/// 28.2.4 and 27.6.1.1: the hypervisor re-injects it).
-#[inline]
-pub fn decode_exit<V: VmcsAccess>(vmcs: &mut V) -> Result<Exit, VmcsError> {
-    // CPUID, the most frequent exit, needs nothing else decoded (basic
-    // reason 10, no flag bits) and cannot happen during event delivery.
-    const CPUID: u32 = ExitReason::Cpuid.number() as u32;
-    match vmcs.read(ReadOnly32::ExitReason)? {
-        CPUID => Ok(Exit::Cpuid),
-        raw => decode_other(vmcs, raw),
-    }
-}
-
-/// Every exit but CPUID.
-#[inline(never)]
-fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError> {
-    let info = ExitInfo::from_exit_reason(raw);
-    let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
-    let unknown = |reason: ExitReason| Exit::Unknown {
-        reason: u32::from(reason.number()),
-        name: reason.name(),
-        qualification,
+    let region = memory::alloc_zeroed_frame().map_err(EnableError::NoMemory)?;
+    // The region starts with the VMCS revision identifier, bit 31 clear
+    // (SDM Vol. 3C, "VMXON Region").
+    let revision = caps.basic.revision_id & 0x7fff_ffff;
+    // SAFETY: the frame is ours (just allocated) and mapped writable.
+    unsafe {
+        memory::phys()
+            .ptr(region)
+            .cast::<u32>()
+            .write_volatile(revision)
     };
-    if info.entry_failure {
-        return Ok(match EntryFailure::decode(info.reason, qualification) {
-            Some(failure) => Exit::EntryFailed(failure.to_string()),
-            None => unknown(info.reason),
-        });
-    }
-    reinject_cut_short(vmcs)?;
-    Ok(match info.reason {
-        ExitReason::Cpuid => Exit::Cpuid,
-        ExitReason::IoInstruction => match IoQualification::from_qualification(qualification) {
-            Ok(io) => Exit::Io(IoAccess {
-                port: io.port,
-                size: io.size.bytes(),
-                direction: match io.direction {
-                    VmxIoDirection::In => IoDirection::In,
-                    VmxIoDirection::Out => IoDirection::Out,
-                },
-                string: io.string,
-                rep: io.rep,
-            }),
-            Err(_) => unknown(info.reason),
-        },
-        ExitReason::Vmcall => Exit::Hypercall,
-        ExitReason::Hlt => Exit::Hlt,
-        ExitReason::Rdmsr => Exit::MsrRead,
-        ExitReason::Wrmsr => Exit::MsrWrite,
-        ExitReason::ControlRegisterAccess => {
-            let access = VmxCrAccess::from_qualification(qualification);
-            let kind = match access.access {
-                CrAccessType::MovTo { gpr } => CrAccessKind::MovTo(neutral_gpr(gpr)),
-                CrAccessType::MovFrom { gpr } => CrAccessKind::MovFrom(neutral_gpr(gpr)),
-                CrAccessType::Lmsw { source, .. } => CrAccessKind::Lmsw(source),
-                CrAccessType::Clts => CrAccessKind::Clts,
-            };
-            Exit::ControlRegister(CrAccess {
-                cr: access.cr,
-                kind,
-            })
+
+    // SAFETY: reading CR0/CR4 has no side effects.
+    let (cr0, cr4) = unsafe { (hw::read_cr0(), hw::read_cr4()) };
+    let (want_cr0, want_cr4) = vmx::vmxon::vmxon_prerequisites(cr0, cr4, caps);
+    // SAFETY: the new values differ from the running ones only in bits VMX
+    // operation requires (the fixed-1 bits, which long mode already has, and
+    // CR4.VMXE), so paging, protection and the kernel's mappings stay as
+    // they are.
+    unsafe {
+        if want_cr0 != cr0 {
+            hw::write_cr0(want_cr0);
         }
-        ExitReason::Xsetbv => Exit::Xsetbv,
-        ExitReason::PreemptionTimerExpired => Exit::SliceEnd,
-        ExitReason::ExternalInterrupt => Exit::ExternalInterrupt,
-        // No exception is intercepted (the exception bitmap is 0): an NMI.
-        ExitReason::ExceptionOrNmi => Exit::Nmi,
-        ExitReason::InterruptWindow => Exit::InterruptWindow,
-        ExitReason::Invd | ExitReason::Wbinvd => Exit::CacheFlush,
-        ExitReason::Vmclear
-        | ExitReason::Vmlaunch
-        | ExitReason::Vmptrld
-        | ExitReason::Vmptrst
-        | ExitReason::Vmread
-        | ExitReason::Vmresume
-        | ExitReason::Vmwrite
-        | ExitReason::Vmxoff
-        | ExitReason::Vmxon
-        | ExitReason::Invept
-        | ExitReason::Invvpid
-        | ExitReason::Vmfunc
-        | ExitReason::Getsec
-        | ExitReason::Monitor
-        | ExitReason::Mwait => Exit::VirtualizationInstruction,
-        ExitReason::Rdpmc => Exit::Rdpmc,
-        ExitReason::TripleFault => Exit::TripleFault,
-        ExitReason::EptViolation => {
-            let gpa = GuestPhysAddr::new(vmcs.read(ReadOnly64::GuestPhysicalAddress)?);
-            let v = EptViolation::from_qualification(qualification, gpa);
-            Exit::NestedPageFault(NestedFault {
-                gpa,
-                read: v.read,
-                write: v.write,
-                fetch: v.fetch,
-                allowed: Some([v.readable, v.writable, v.executable]),
-            })
+        if want_cr4 != cr4 {
+            hw::write_cr4(want_cr4);
         }
-        ExitReason::EptMisconfiguration => Exit::NestedPagingMisconfigured {
-            gpa: vmcs.read(ReadOnly64::GuestPhysicalAddress)?,
-        },
-        ExitReason::TaskSwitch => Exit::TaskSwitch,
-        reason => unknown(reason),
-    })
+    }
+    // SAFETY: CR0/CR4 satisfy the fixed bits and CR4.VMXE is set, feature
+    // control allows VMXON outside SMX, and the region is a 4 KiB-aligned
+    // frame holding the revision identifier, used for nothing else.
+    match unsafe { hw::vmxon(region) } {
+        Ok(()) => {
+            region_slot().store(region.as_u64(), Ordering::Release);
+            info!("cpu{k}: vmx: VMXON done, region at {region}");
+            Ok(())
+        }
+        Err(e) => {
+            // SAFETY: VMXON failed, so the CPU is not in VMX operation and
+            // CR4.VMXE may go back to what it was.
+            unsafe { hw::write_cr4(cr4) };
+            let _ = memory::free_frame(region);
+            Err(EnableError::VmxOn(e))
+        }
+    }
 }
 
-/// Sets up for the next entry the event whose delivery this exit
-/// interrupted, if any (the IDT-vectoring information).
-fn reinject_cut_short<V: VmcsAccess>(vmcs: &mut V) -> Result<(), VmcsError> {
-    let Some(info) = InterruptionInfo::decode(vmcs.read(ReadOnly32::IdtVectoringInfo)?) else {
-        return Ok(());
-    };
-    if info.error_code {
-        let code = vmcs.read(ReadOnly32::IdtVectoringErrorCode)?;
-        vmcs.write(Control32::EntryExceptionErrorCode, code)?;
+/// Leaves VMX operation on the calling CPU if it is in it; called on the way
+/// to power off. Safe to call on any path, the fatal one included.
+pub fn disable() {
+    let region = region_slot().swap(OFF, Ordering::AcqRel);
+    if region == OFF {
+        return;
     }
-    // Software interrupts and exceptions need their instruction length.
-    let len = vmcs.read(ReadOnly32::ExitInstructionLength)?;
-    vmcs.write(Control32::EntryInstructionLength, len)?;
-    vmcs.write(Control32::EntryInterruptionInfo, info.to_entry_field())?;
-    Ok(())
+    // SAFETY: the CPU entered VMX operation (the region was recorded after a
+    // successful VMXON) and has not left it; no VMCS is in use once the
+    // machine is on its way down.
+    match unsafe { hw::vmxoff() } {
+        // The region is not given back: the machine is powering off, and on
+        // the fatal path the frame allocator's lock may be held by the CPU
+        // that failed.
+        Ok(()) => info!("cpu{}: vmx: VMXOFF done", cpu::current_index()),
+        Err(e) => log::warn!("cpu{}: vmx: VMXOFF failed: {e}", cpu::current_index()),
+    }
 }
 
-/// Fills the MSR bitmap: every MSR exits except those whose guest value
-/// lives in the VMCS or is switched with the vCPU ([`VMCS_MSRS`],
-/// [`SWITCHED_MSRS`]), and reads of the TSC.
-pub fn fill_msr_bitmap(bitmap: &mut MsrBitmap) {
-    bitmap.set_all(true);
-    for &msr in VMCS_MSRS.iter().chain(SWITCHED_MSRS) {
-        // Cannot fail: every entry is covered (the assertions below).
-        let _ = bitmap.set(msr, MsrAccess::ReadWrite, false);
-    }
-    let _ = bitmap.set(IA32_TIME_STAMP_COUNTER, MsrAccess::Read, false);
-}
-
-const _: () = {
-    let mut i = 0;
-    while i < VMCS_MSRS.len() {
-        assert!(MsrBitmap::covers(VMCS_MSRS[i]));
-        i += 1;
-    }
-    let mut i = 0;
-    while i < SWITCHED_MSRS.len() {
-        assert!(MsrBitmap::covers(SWITCHED_MSRS[i]));
-        i += 1;
-    }
-    assert!(MsrBitmap::covers(IA32_TIME_STAMP_COUNTER));
-};
-
-#[cfg(test)]
-mod msr_bitmap_tests {
-    use super::*;
-    use crate::vcpu::msr::{rule, MsrRule};
-
-    /// Every MSR the bitmap covers, then a sample of those it does not.
-    fn all_covered() -> impl Iterator<Item = u32> {
-        (0..=0x1FFF).chain(0xC000_0000..=0xC000_1FFF)
-    }
-
-    fn uncovered_sample() -> impl Iterator<Item = u32> {
-        (0x2000..=0x1_0000).chain(0xC000_2000..=0xC001_1000).chain([
-            0x4000_0000,
-            0x4000_0070,
-            0xBFFF_FFFF,
-            u32::MAX,
-        ])
-    }
-
-    #[test]
-    fn bitmap_agrees_with_rule_for_every_covered_msr() {
-        let mut bitmap = MsrBitmap::pass_all();
-        fill_msr_bitmap(&mut bitmap);
-        let mut passed = 0;
-        for msr in all_covered() {
-            for write in [false, true] {
-                let passes = rule(msr, write) == MsrRule::PassThrough;
-                assert_eq!(bitmap.exits(msr, write), !passes, "{msr:#x} write={write}");
-                passed += u32::from(passes);
+/// Reports CPU `k`'s VT-x capability lines (when `verbose`) and turns
+/// VT-x on if it can; `Err` says in words why it cannot be used. `vendor`
+/// is the CPUID vendor string, `has_vmx` CPUID.1:ECX.VMX.
+pub fn detect_and_enable(
+    k: u16,
+    vendor: &str,
+    has_vmx: bool,
+    verbose: bool,
+) -> Result<Capabilities, String> {
+    // IA32_FEATURE_CONTROL exists on CPUs that report VMX (SDM Vol. 4, 2.1).
+    let feature_control = has_vmx.then(|| {
+        // SAFETY: CPUID.1:ECX.VMX = 1, so the MSR exists.
+        unsafe { vmx::instructions::rdmsr(vmx::msr::IA32_FEATURE_CONTROL) }
+    });
+    let verdict = vmx::availability::assess(has_vmx, vendor, feature_control).and_then(|fc| {
+        // SAFETY: `assess` succeeded, so the CPU has VMX and its capability
+        // MSRs; `read_vmx_msrs` reads only those its own bits say exist.
+        let raw = unsafe { vmx::instructions::read_vmx_msrs() };
+        let caps = vmx::caps::VmxCapabilities::decode(&raw);
+        if verbose {
+            for line in caps.report_lines() {
+                info!("cpu{k}: {line}");
             }
+            info!("cpu{k}: {fc}");
         }
-        // 13 MSRs both ways, plus IA32_TIME_STAMP_COUNTER reads.
-        assert_eq!(passed, 27);
-    }
-
-    #[test]
-    fn nothing_outside_the_bitmap_is_passed_through() {
-        let mut bitmap = MsrBitmap::exit_all();
-        fill_msr_bitmap(&mut bitmap);
-        for msr in uncovered_sample() {
-            for write in [false, true] {
-                assert_ne!(rule(msr, write), MsrRule::PassThrough, "{msr:#x}");
-                assert!(bitmap.exits(msr, write));
-            }
-        }
-    }
-
-    #[test]
-    fn fill_bitmap_overwrites_whatever_was_there() {
-        let mut from_pass = MsrBitmap::pass_all();
-        let mut from_exit = MsrBitmap::exit_all();
-        fill_msr_bitmap(&mut from_pass);
-        fill_msr_bitmap(&mut from_exit);
-        assert_eq!(from_pass, from_exit);
+        caps.check_required()
+            .map_err(vmx::availability::Unavailable::MissingFeature)?;
+        Ok((caps, fc))
+    });
+    match verdict {
+        Ok((caps, fc)) => enable(&caps, fc)
+            .map(|()| caps)
+            .map_err(|e| alloc::format!("{e}")),
+        Err(reason) => Err(alloc::format!("{reason}")),
     }
 }
 
-#[cfg(test)]
-mod tests;
+/// Whether an application processor with capabilities `ap` runs guests
+/// with the same VMCS controls, preemption-timer rate and VMCS revision
+/// as the boot CPU with `boot`, so a VMCS can move between them.
+pub fn same_guest_controls(ap: &Capabilities, boot: &Capabilities) -> bool {
+    ap == boot
+        || (GuestControls::compute(ap).ok() == GuestControls::compute(boot).ok()
+            && ap.misc.preemption_timer_rate == boot.misc.preemption_timer_rate
+            && ap.basic.revision_id == boot.basic.revision_id)
+}

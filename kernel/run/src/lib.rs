@@ -1,0 +1,340 @@
+//! The guests' run, on every CPU that runs guests, whatever the
+//! virtualization backend: each CPU asks `sched` what to run, runs that
+//! vCPU for the slice it gives, handles its exits with the vendor-neutral
+//! handlers, reports how the slice ended, and halts when there is nothing
+//! to run; a guest that stops is reported, destroyed and, where the
+//! configuration says so, started again.
+//!
+//! The run reaches hardware only through [`Backend`]: the kernel binary
+//! implements it over VT-x and the local APIC, and the host tests over a
+//! fake backend whose CPUs are threads, so the loop, the stop and restart
+//! policy and the hand-over of a vCPU between CPUs run on the host.
+//!
+//! # Hand-over between CPUs
+//!
+//! A vCPU's hardware state (a VMCS) is *active* on at most one CPU at a
+//! time, and that CPU may also hold the vCPU's lazily switched state
+//! (extended state, CR2, debug registers, SYSCALL MSRs) in its registers:
+//! [`Vcpu::hot_on`] names it. A vCPU that runs again where it ran last
+//! costs [`Backend::make_current`] at most, and its switched state moves
+//! only if another vCPU ran there in between. When `sched` moves a vCPU at
+//! the end of its turn, the CPU it ran on gives it up at once, while it
+//! still holds the guest's slot lock. A vCPU still active elsewhere when a
+//! CPU needs it (stolen by an idle CPU, or stopped) is taken over through
+//! that CPU's [`handover::Mailbox`] and a kick. Every wait (a mailbox, a
+//! slot lock) serves the waiting CPU's own mailbox, so two CPUs that wait
+//! on each other both make progress; the scheduler lock is never held
+//! across a wait.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize};
+
+use sched::CpuId;
+use spin::Mutex;
+
+use config::{GuestConfig, GuestStopAction};
+use vcpu::exit::{Exit, ExitStats, Outcome, VcpuModel};
+use vcpu::stop::StopReason;
+use vcpu::vm::VmDevices;
+
+mod cpu_loop;
+mod figures;
+mod handover;
+mod lifecycle;
+#[cfg(test)]
+mod tests;
+
+pub use figures::CpuFigures;
+use handover::Mailbox;
+
+/// What the run needs from the machine and the virtualization extension.
+///
+/// The host half (clock, kicks, halting) is per CPU: each method acts on
+/// the CPU that calls it. The guest half acts on one guest's hardware
+/// state; the run calls it with that guest's slot locked, on a CPU where
+/// the rules of [`Vcpu::hot_on`] allow it.
+pub trait Backend: Sync {
+    /// A VM's hardware half: its RAM and second-level page tables.
+    type Vm: Send;
+    /// A vCPU's hardware half: its VMCS (or VMCB), registers and switched
+    /// state.
+    type Vcpu: Send;
+
+    /// The calling CPU's clock (TSC ticks); the scheduler's clock.
+    fn now(&self) -> u64;
+    /// The calling CPU's number.
+    fn this_cpu(&self) -> usize;
+    /// Readies the calling CPU to run guests (once per CPU per run).
+    fn prepare_this_cpu(&self);
+    /// Interrupts CPU `cpu` (a kick): it leaves its guest or its halt and
+    /// looks at its mailbox and run queue.
+    fn kick(&self, cpu: usize);
+    /// Ends the host interrupt that made the guest exit
+    /// ([`Outcome::HostInterrupt`]).
+    fn end_host_interrupt(&self);
+    /// Halts the calling CPU with interrupts on until a kick, or until
+    /// `until` (TSC) when given. False when it cannot wait for `until`
+    /// without polling: the caller looks again instead.
+    fn idle(&self, until: Option<u64>) -> bool;
+
+    /// Creates guest number `index` (0-based, as configured) from its
+    /// configuration: memory, image, first vCPU, current on this CPU.
+    /// `None` when it cannot start; the backend has said why.
+    fn create(&self, index: usize, config: &GuestConfig) -> Option<(Self::Vm, Self::Vcpu)>;
+    /// Gives back everything the guest holds. Its vCPU is active on this
+    /// CPU or on none.
+    fn destroy(&self, vm: &mut Self::Vm, vcpu: &mut Self::Vcpu);
+    /// Takes the vCPU, active on no CPU, onto this CPU (`cpu`): loads it
+    /// and points its host state at this CPU; the next entry launches it.
+    fn arrive(&self, vm: &Self::Vm, vcpu: &mut Self::Vcpu, cpu: usize) -> Result<(), String>;
+    /// Makes the vCPU, active on this CPU, current here.
+    fn make_current(&self, vcpu: &mut Self::Vcpu) -> Result<(), String>;
+    /// Makes the vCPU, active on this CPU, inactive, so another CPU may
+    /// take it.
+    fn clear(&self, vcpu: &mut Self::Vcpu);
+    /// Saves the vCPU's switched state from this CPU's registers.
+    fn save_switched(&self, vcpu: &mut Vcpu<Self>)
+    where
+        Self: Sized;
+    /// Loads the vCPU's switched state (its XCR0 among it) into this
+    /// CPU's registers.
+    fn load_switched(&self, vcpu: &mut Vcpu<Self>)
+    where
+        Self: Sized;
+    /// Sets the timer that ends the vCPU's slice `ticks` from its entry.
+    fn set_slice(&self, vcpu: &mut Self::Vcpu, ticks: u64) -> Result<(), String>;
+    /// Enters the vCPU (current on this CPU) and returns its decoded exit.
+    fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, StopReason>;
+    /// Handles `exit` with the neutral handlers.
+    fn handle(&self, vm: &mut Vm<Self>, exit: &Exit) -> Outcome
+    where
+        Self: Sized;
+    /// Delivers the interrupt the VM's controller holds, or asks for an
+    /// interrupt window (before an entry, the vCPU current here).
+    fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason>
+    where
+        Self: Sized;
+    /// Where the vCPU resumes (RIP), for reports.
+    fn rip(&self, vcpu: &Self::Vcpu) -> u64;
+    /// Prints one line of guest `name`'s console.
+    fn guest_line(&self, name: &str, line: &str);
+    /// Guest number `index`, named `name`, stopped for `reason` (after the
+    /// run has printed it): for a backend that keeps its own record.
+    fn stopped(&self, index: usize, name: &str, reason: &StopReason) {
+        let _ = (index, name, reason);
+    }
+}
+
+/// A guest's one vCPU (guests with several vCPUs come with their own
+/// issue; the configuration refuses them until then).
+pub struct Vcpu<B: Backend> {
+    /// The backend's half.
+    pub hw: B::Vcpu,
+    /// The exit handlers' state and counters.
+    pub model: VcpuModel,
+    /// The CPU (by number) on which its hardware state is active and its
+    /// switched state may be held: only that CPU may run it or clear it.
+    pub hot_on: Option<usize>,
+    /// TSC ticks charged to it: from one of its exits to the next, its
+    /// exit handling included.
+    pub ticks: u64,
+    /// Slices it was given.
+    pub slices: u64,
+    /// Slices that ended by its timer or the TSC.
+    pub preemptions: u64,
+    /// Where it will resume after the HLT that blocked it.
+    pub halt_rip: u64,
+}
+
+/// A running guest: what its vCPUs share, and its vCPU.
+pub struct Vm<B: Backend> {
+    /// The name from the configuration.
+    pub name: String,
+    /// The backend's half: RAM and second-level tables.
+    pub hw: B::Vm,
+    /// Devices and interrupt routing.
+    pub devices: VmDevices,
+    /// Its vCPU.
+    pub vcpu: Vcpu<B>,
+}
+
+impl<B: Backend> Vm<B> {
+    /// A guest the backend created: one vCPU, the standard devices.
+    pub fn new(name: &str, hw: B::Vm, vcpu: B::Vcpu, cpu: usize) -> Self {
+        Self {
+            name: String::from(name),
+            hw,
+            devices: VmDevices::new(),
+            vcpu: Vcpu {
+                hw: vcpu,
+                model: VcpuModel::new(0, 1),
+                hot_on: Some(cpu),
+                ticks: 0,
+                slices: 0,
+                preemptions: 0,
+                halt_rip: 0,
+            },
+        }
+    }
+
+    /// The vCPU's exit counters.
+    pub fn stats(&self) -> ExitStats {
+        self.vcpu.model.stats
+    }
+}
+
+/// One configured guest and, while it exists, the guest.
+pub struct Slot<B: Backend> {
+    /// Its configuration.
+    pub config: GuestConfig,
+    /// The guest, while it exists.
+    pub vm: Option<Vm<B>>,
+}
+
+/// The CPUs guests run on, by scheduler index: `numbers[j]` is the CPU
+/// number of `sched::CpuId(j)`.
+pub struct CpuSet {
+    /// CPU numbers, the boot CPU first.
+    pub numbers: Vec<usize>,
+}
+
+impl CpuSet {
+    /// The scheduler index of CPU number `cpu`.
+    pub fn sched_id(&self, cpu: usize) -> Option<CpuId> {
+        self.numbers
+            .iter()
+            .position(|&c| c == cpu)
+            .map(|j| CpuId(j as u32))
+    }
+
+    /// The CPU number behind scheduler index `id`.
+    pub fn number(&self, id: CpuId) -> Option<usize> {
+        self.numbers.get(id.0 as usize).copied()
+    }
+
+    /// `cpu0, cpu1`, for messages.
+    pub fn names(&self) -> String {
+        let names: Vec<String> = self
+            .numbers
+            .iter()
+            .map(|c| alloc::format!("cpu{c}"))
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// The guests' shared state while they run: every CPU that runs guests
+/// works on one `Run` ([`Run::cpu_loop`]).
+pub struct Run<B: Backend> {
+    backend: B,
+    slots: Vec<Mutex<Slot<B>>>,
+    /// The run queues: `sched` decides which vCPU runs where next and for
+    /// how long; a slot's index is its vCPU id.
+    queue: Mutex<sched::Scheduler>,
+    on_stop: GuestStopAction,
+    cpus: CpuSet,
+    /// By CPU number.
+    mailboxes: Vec<Mailbox<B>>,
+    /// By scheduler index.
+    figures: Vec<CpuFigures>,
+    /// Every guest has stopped: the CPUs leave the loop.
+    finished: AtomicBool,
+    /// CPUs other than the first that have left the loop.
+    left: AtomicUsize,
+    /// Each slot's guest name, for reports that must not lock slots.
+    names: Vec<String>,
+    /// The first stop has reported how the guests shared the CPUs.
+    shares_reported: AtomicBool,
+}
+
+/// Why a run could not be set up.
+#[derive(Debug)]
+pub struct RunError(pub sched::SchedError);
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<B: Backend> Run<B> {
+    /// A run of the guests `configs` on the CPUs `cpus` (numbers, the
+    /// calling CPU first) with slices of `slice` ticks. Creates every
+    /// guest (one that cannot start is left out, reported by the
+    /// backend); `Err` when the scheduler refuses the CPUs or the slice,
+    /// with every guest destroyed again.
+    pub fn new(
+        backend: B,
+        configs: Vec<GuestConfig>,
+        cpus: Vec<usize>,
+        slice: u64,
+        on_stop: GuestStopAction,
+        max_cpu_number: usize,
+    ) -> Result<Self, RunError> {
+        let cpu = backend.this_cpu();
+        let mut slots = Vec::new();
+        for (k, config) in configs.into_iter().enumerate() {
+            let vm = backend
+                .create(k, &config)
+                .map(|(hw, vcpu)| Vm::new(&config.name, hw, vcpu, cpu));
+            slots.push(Slot { config, vm });
+        }
+        let queue = match sched::Scheduler::new(cpus.len() as u32, slice.max(1)) {
+            Ok(queue) => queue,
+            Err(e) => {
+                for mut vm in slots.into_iter().filter_map(|s| s.vm) {
+                    backend.destroy(&mut vm.hw, &mut vm.vcpu.hw);
+                }
+                return Err(RunError(e));
+            }
+        };
+        let figures = cpus.iter().map(|_| CpuFigures::default()).collect();
+        let mailboxes = (0..max_cpu_number.max(cpus.iter().max().map_or(0, |&c| c + 1)))
+            .map(|_| Mailbox::new())
+            .collect();
+        let names = slots.iter().map(|s| s.config.name.clone()).collect();
+        Ok(Self {
+            backend,
+            slots: slots.into_iter().map(Mutex::new).collect(),
+            queue: Mutex::new(queue),
+            on_stop,
+            cpus: CpuSet { numbers: cpus },
+            mailboxes,
+            figures,
+            finished: AtomicBool::new(false),
+            left: AtomicUsize::new(0),
+            names,
+            shares_reported: AtomicBool::new(false),
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The CPUs the run uses.
+    pub fn cpus(&self) -> &CpuSet {
+        &self.cpus
+    }
+
+    /// Marks that one CPU other than the first has left
+    /// [`Run::cpu_loop`] for good.
+    pub fn leave(&self) {
+        self.left.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// How many CPUs other than the first have left.
+    pub fn left(&self) -> usize {
+        self.left.load(core::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The vCPU id of slot `i`.
+fn vcpu_id(i: usize) -> sched::VcpuId {
+    sched::VcpuId(u32::try_from(i).unwrap_or(u32::MAX))
+}

@@ -1,0 +1,601 @@
+//! The run on a fake backend whose CPUs are threads: guests are small
+//! programs of exits handled by the real neutral handlers, and the fake
+//! checks the hand-over rules on every step (a vCPU is active on one CPU
+//! at a time, entered only where it is current, its switched state loaded
+//! on one CPU at a time), so a broken hand-over fails the test.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::string::{String, ToString};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex as StdMutex;
+use std::vec::Vec;
+
+use super::*;
+use config::GuestStopAction;
+use vcpu::access::Event;
+use vcpu::exit::{handle_exit, IoAccess, IoDirection};
+use vcpu::fake::{FakePlatform, FakeVcpu};
+use vcpu::hypercall;
+
+std::thread_local! {
+    /// The CPU number of the calling thread.
+    static CPU: Cell<usize> = const { Cell::new(0) };
+    /// The vCPU (by guest id) current on this CPU.
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn this_cpu() -> usize {
+    CPU.with(Cell::get)
+}
+
+/// What a fake guest does.
+#[derive(Clone, Copy, Debug)]
+enum Program {
+    /// `exits` CPUID exits, then FV_EXIT with `code`.
+    Spin { exits: u64, code: u32 },
+    /// HLT with interrupts on, forever.
+    Idle,
+    /// Arms the test timer for `units`, halts until its interrupt, exits 0.
+    Timer { units: u32 },
+    /// CPUID exits until `others` guests have stopped, then FV_EXIT 0:
+    /// pinned to a CPU, it keeps that CPU from ever going idle (and
+    /// stealing) while the others run.
+    Holder { others: usize },
+    /// Arms the test timer for `units`, then CPUID exits (no HLT) until
+    /// its interrupt arrives, then FV_EXIT 0.
+    TimerSpin { units: u32 },
+}
+
+struct FakeVmHw {
+    id: usize,
+}
+
+struct FakeVcpuHw {
+    id: usize,
+    program: Program,
+    step: u64,
+    vcpu: FakeVcpu,
+    platform: FakePlatform,
+    /// Where the "VMCS" is active, and the slice's end.
+    active_on: Option<usize>,
+    switched_on: Option<usize>,
+    slice_end: u64,
+}
+
+/// A machine of `cpus` threads with a shared fake clock.
+struct FakeBackend {
+    clock: AtomicU64,
+    kicks: Vec<AtomicBool>,
+    programs: Vec<Program>,
+    /// How often each guest may still be created.
+    creations_left: Vec<AtomicUsize>,
+    next_id: AtomicUsize,
+    live: AtomicUsize,
+    created: AtomicUsize,
+    destroyed: AtomicUsize,
+    arrivals: AtomicUsize,
+    stops: StdMutex<Vec<(String, String)>>,
+    lines: StdMutex<Vec<String>>,
+    /// The CPU each guest id last entered on, to see vCPUs move.
+    entered_on: StdMutex<HashMap<usize, Vec<usize>>>,
+    /// Every slice timer set, in ticks.
+    timers: StdMutex<Vec<u64>>,
+}
+
+/// Ticks the clock advances per exit.
+const TICKS_PER_EXIT: u64 = 50;
+
+impl FakeBackend {
+    fn new(cpus: usize, programs: Vec<Program>, creations: usize) -> Self {
+        Self {
+            clock: AtomicU64::new(1),
+            kicks: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
+            creations_left: programs
+                .iter()
+                .map(|_| AtomicUsize::new(creations))
+                .collect(),
+            programs,
+            next_id: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            created: AtomicUsize::new(0),
+            destroyed: AtomicUsize::new(0),
+            arrivals: AtomicUsize::new(0),
+            stops: StdMutex::new(Vec::new()),
+            lines: StdMutex::new(Vec::new()),
+            entered_on: StdMutex::new(HashMap::new()),
+            timers: StdMutex::new(Vec::new()),
+        }
+    }
+
+    fn stops(&self) -> Vec<(String, String)> {
+        let mut stops = self.stops.lock().unwrap().clone();
+        stops.sort();
+        stops
+    }
+}
+
+impl Backend for FakeBackend {
+    type Vm = FakeVmHw;
+    type Vcpu = FakeVcpuHw;
+
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    fn this_cpu(&self) -> usize {
+        this_cpu()
+    }
+
+    fn prepare_this_cpu(&self) {}
+
+    fn kick(&self, cpu: usize) {
+        self.kicks[cpu].store(true, Ordering::SeqCst);
+    }
+
+    fn end_host_interrupt(&self) {}
+
+    fn idle(&self, until: Option<u64>) -> bool {
+        // Time passes while a CPU idles: a deadline comes at once.
+        if let Some(until) = until {
+            self.clock.fetch_max(until, Ordering::SeqCst);
+            return true;
+        }
+        let kick = &self.kicks[this_cpu()];
+        while !kick.swap(false, Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    fn create(&self, index: usize, config: &GuestConfig) -> Option<(FakeVmHw, FakeVcpuHw)> {
+        let left = &self.creations_left[index];
+        if left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return None;
+        }
+        assert_eq!(config.name, format!("g{index}"));
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.created.fetch_add(1, Ordering::SeqCst);
+        self.live.fetch_add(1, Ordering::SeqCst);
+        CURRENT.with(|c| c.set(Some(id)));
+        let mut vcpu = FakeVcpu::long_mode(0x1000, 2);
+        vcpu.rflags = 0x202;
+        Some((
+            FakeVmHw { id },
+            FakeVcpuHw {
+                id,
+                program: self.programs[index],
+                step: 0,
+                vcpu,
+                platform: FakePlatform::default(),
+                active_on: Some(this_cpu()),
+                switched_on: None,
+                slice_end: 0,
+            },
+        ))
+    }
+
+    fn destroy(&self, vm: &mut FakeVmHw, vcpu: &mut FakeVcpuHw) {
+        assert_eq!(vm.id, vcpu.id);
+        assert!(
+            vcpu.active_on.is_none() || vcpu.active_on == Some(this_cpu()),
+            "destroyed on cpu{} while active on {:?}",
+            this_cpu(),
+            vcpu.active_on
+        );
+        // Its switched state may still be in this CPU's registers (it is
+        // dropped, not saved), never in another CPU's.
+        assert!(
+            vcpu.switched_on.is_none() || vcpu.switched_on == Some(this_cpu()),
+            "destroyed with its state loaded on cpu{:?}",
+            vcpu.switched_on
+        );
+        self.destroyed.fetch_add(1, Ordering::SeqCst);
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn arrive(&self, vm: &FakeVmHw, vcpu: &mut FakeVcpuHw, cpu: usize) -> Result<(), String> {
+        assert_eq!(vm.id, vcpu.id);
+        assert_eq!(cpu, this_cpu());
+        assert_eq!(vcpu.active_on, None, "arrived while active elsewhere");
+        vcpu.active_on = Some(cpu);
+        CURRENT.with(|c| c.set(Some(vcpu.id)));
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn make_current(&self, vcpu: &mut FakeVcpuHw) -> Result<(), String> {
+        assert_eq!(
+            vcpu.active_on,
+            Some(this_cpu()),
+            "made current where not active"
+        );
+        CURRENT.with(|c| c.set(Some(vcpu.id)));
+        Ok(())
+    }
+
+    fn clear(&self, vcpu: &mut FakeVcpuHw) {
+        assert_eq!(vcpu.active_on, Some(this_cpu()), "cleared where not active");
+        vcpu.active_on = None;
+        CURRENT.with(|c| {
+            if c.get() == Some(vcpu.id) {
+                c.set(None);
+            }
+        });
+    }
+
+    fn save_switched(&self, vcpu: &mut Vcpu<Self>) {
+        assert_eq!(
+            vcpu.hw.switched_on,
+            Some(this_cpu()),
+            "saved from the wrong CPU"
+        );
+        vcpu.hw.switched_on = None;
+    }
+
+    fn load_switched(&self, vcpu: &mut Vcpu<Self>) {
+        assert_eq!(vcpu.hw.switched_on, None, "loaded while loaded elsewhere");
+        vcpu.hw.switched_on = Some(this_cpu());
+    }
+
+    fn set_slice(&self, vcpu: &mut FakeVcpuHw, ticks: u64) -> Result<(), String> {
+        vcpu.slice_end = self.now().saturating_add(ticks);
+        self.timers.lock().unwrap().push(ticks);
+        Ok(())
+    }
+
+    fn enter(&self, vcpu: &mut FakeVcpuHw) -> Result<Exit, StopReason> {
+        let cpu = this_cpu();
+        assert_eq!(vcpu.active_on, Some(cpu), "entered where not active");
+        assert_eq!(
+            CURRENT.with(Cell::get),
+            Some(vcpu.id),
+            "entered while not current"
+        );
+        assert_eq!(vcpu.switched_on, Some(cpu), "entered without its state");
+        {
+            let mut seen = self.entered_on.lock().unwrap();
+            let cpus = seen.entry(vcpu.id).or_default();
+            if cpus.last() != Some(&cpu) {
+                cpus.push(cpu);
+            }
+        }
+        let now = self.clock.fetch_add(TICKS_PER_EXIT, Ordering::SeqCst) + TICKS_PER_EXIT;
+        if self.kicks[cpu].swap(false, Ordering::SeqCst) {
+            return Ok(Exit::ExternalInterrupt);
+        }
+        if now >= vcpu.slice_end {
+            return Ok(Exit::SliceEnd);
+        }
+        vcpu.step += 1;
+        let v = &mut vcpu.vcpu;
+        Ok(match vcpu.program {
+            Program::Spin { exits, code } => {
+                if vcpu.step <= exits {
+                    v.gprs[0] = 0;
+                    Exit::Cpuid
+                } else {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = u64::from(code);
+                    Exit::Hypercall
+                }
+            }
+            Program::Idle => Exit::Hlt,
+            Program::TimerSpin { units } => {
+                if vcpu.step == 1 {
+                    v.gprs[0] = u64::from(units);
+                    Exit::Io(IoAccess {
+                        port: 0xE0,
+                        size: 4,
+                        direction: IoDirection::Out,
+                        string: false,
+                        rep: false,
+                    })
+                } else if v
+                    .injected
+                    .contains(&Event::ExternalInterrupt { vector: 0x25 })
+                {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = 0;
+                    Exit::Hypercall
+                } else {
+                    v.gprs[0] = 0;
+                    Exit::Cpuid
+                }
+            }
+            Program::Holder { others } => {
+                if self.stops.lock().unwrap().len() >= others {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = 0;
+                    Exit::Hypercall
+                } else {
+                    v.gprs[0] = 0;
+                    Exit::Cpuid
+                }
+            }
+            Program::Timer { units } => match vcpu.step {
+                1 => {
+                    v.gprs[0] = u64::from(units);
+                    Exit::Io(IoAccess {
+                        port: 0xE0,
+                        size: 4,
+                        direction: IoDirection::Out,
+                        string: false,
+                        rep: false,
+                    })
+                }
+                _ if v
+                    .injected
+                    .contains(&Event::ExternalInterrupt { vector: 0x25 }) =>
+                {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = 0;
+                    Exit::Hypercall
+                }
+                _ => Exit::Hlt,
+            },
+        })
+    }
+
+    fn handle(&self, vm: &mut Vm<Self>, exit: &Exit) -> Outcome {
+        let hw = &mut vm.vcpu.hw;
+        hw.platform.now = self.now();
+        handle_exit(
+            exit,
+            &mut hw.vcpu,
+            &mut vm.vcpu.model,
+            &mut vm.devices,
+            &mut hw.platform,
+        )
+    }
+
+    fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason> {
+        let lines = &self.lines;
+        vcpu::vm::deliver_interrupt(&mut vm.vcpu.hw.vcpu, &mut vm.devices, now, &mut |l| {
+            lines.lock().unwrap().push(l.to_string())
+        })
+        .map(|_| ())
+        .map_err(|e| StopReason::Backend(e.to_string()))
+    }
+
+    fn rip(&self, vcpu: &FakeVcpuHw) -> u64 {
+        vcpu.vcpu.rip
+    }
+
+    fn guest_line(&self, name: &str, line: &str) {
+        self.lines.lock().unwrap().push(format!("[{name}] {line}"));
+    }
+
+    fn stopped(&self, _index: usize, name: &str, reason: &StopReason) {
+        self.stops
+            .lock()
+            .unwrap()
+            .push((name.to_string(), reason.to_string()));
+    }
+}
+
+fn config(index: usize, cpus: Option<Vec<u32>>) -> GuestConfig {
+    let mut text = format!("[[guest]]\nname = \"g{index}\"\nkernel = \"k\"\nmemory = \"1M\"\n");
+    if let Some(cpus) = &cpus {
+        text.push_str(&format!("cpus = {cpus:?}\n"));
+    }
+    let outcome = config::parse_bytes("hypervisor.toml", text.as_bytes());
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+    outcome.config.guests.into_iter().next().unwrap()
+}
+
+/// Runs `programs` on `cpus` threads until every guest has stopped; each
+/// guest may be created `creations` times.
+fn run_on(
+    cpus: usize,
+    programs: Vec<Program>,
+    affinity: Vec<Option<Vec<u32>>>,
+    on_stop: GuestStopAction,
+    creations: usize,
+    slice: u64,
+) -> FakeBackend {
+    let configs = affinity
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| config(i, a))
+        .collect();
+    let backend = FakeBackend::new(cpus, programs, creations);
+    CPU.with(|c| c.set(0));
+    let run = Run::new(backend, configs, (0..cpus).collect(), slice, on_stop, cpus)
+        .expect("the run starts");
+    run.enqueue_all();
+    std::thread::scope(|scope| {
+        for cpu in 1..cpus {
+            let run = &run;
+            scope.spawn(move || {
+                CPU.with(|c| c.set(cpu));
+                run.cpu_loop(cpu);
+                run.leave();
+            });
+        }
+        run.cpu_loop(0);
+    });
+    assert_eq!(run.left(), cpus - 1);
+    assert!(run.finished());
+    let Run { backend, .. } = run;
+    assert_eq!(
+        backend.created.load(Ordering::SeqCst),
+        backend.destroyed.load(Ordering::SeqCst),
+        "every guest created was destroyed"
+    );
+    assert_eq!(backend.live.load(Ordering::SeqCst), 0);
+    backend
+}
+
+fn spin(exits: u64, code: u32) -> Program {
+    Program::Spin { exits, code }
+}
+
+#[test]
+fn guests_on_one_cpu_run_to_their_exit_codes() {
+    let programs = vec![spin(200, 1), spin(300, 2), spin(100, 3)];
+    let b = run_on(1, programs, vec![None; 3], GuestStopAction::Stop, 1, 1000);
+    assert_eq!(
+        b.stops(),
+        [
+            ("g0".into(), "exited with code 1".into()),
+            ("g1".into(), "exited with code 2".into()),
+            ("g2".into(), "exited with code 3".into()),
+        ]
+    );
+}
+
+#[test]
+fn vcpus_move_between_cpus_by_the_hand_over_rules() {
+    // g0 is pinned to cpu0 and runs until the others have stopped, so
+    // cpu0 never idles and never steals. g1..g4 are placed 2 on cpu0, 2 on
+    // cpu1; `sched` rotates a vCPU whose turn ends on the busier CPU to
+    // the other, and with cpu0 never taking it back, the other CPU must
+    // take it over: vCPUs move whatever the threads' timing, and the fake
+    // fails the test on any hand-over step out of order.
+    let mut programs = vec![Program::Holder { others: 4 }];
+    programs.extend((1..5).map(|k| spin(2000 + 100 * k, k as u32)));
+    let mut affinity = vec![Some(vec![0])];
+    affinity.extend([None, None, None, None]);
+    let b = run_on(2, programs, affinity, GuestStopAction::Stop, 1, 500);
+    let stops = b.stops();
+    assert_eq!(stops.len(), 5);
+    for (k, (name, reason)) in stops.iter().enumerate() {
+        assert_eq!(name, &format!("g{k}"));
+        assert_eq!(reason, &format!("exited with code {k}"));
+    }
+    let entered = b.entered_on.lock().unwrap();
+    assert_eq!(entered[&0], [0], "the pinned guest stayed on cpu0");
+    let moved = entered.values().filter(|cpus| cpus.len() > 1).count();
+    assert!(moved >= 1, "a vCPU ran on both CPUs: {entered:?}");
+    assert!(b.arrivals.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn four_cpus_with_pinned_and_free_guests_hand_over_under_contention() {
+    let programs: Vec<Program> = (0..9).map(|k| spin(1500 + 37 * k, 10 + k as u32)).collect();
+    let affinity = (0..9)
+        .map(|k| match k % 3 {
+            0 => Some(vec![0, 1]),
+            1 => Some(vec![2, 3, 1]),
+            _ => None,
+        })
+        .collect();
+    let b = run_on(4, programs, affinity, GuestStopAction::Stop, 1, 300);
+    let stops = b.stops();
+    assert_eq!(stops.len(), 9);
+    for (k, (_, reason)) in stops.iter().enumerate() {
+        assert_eq!(reason, &format!("exited with code {}", 10 + k));
+    }
+    // Pinned guests never ran outside their CPUs.
+    let entered = b.entered_on.lock().unwrap();
+    for k in (0..9).step_by(3) {
+        assert!(
+            entered[&k].iter().all(|c| [0, 1].contains(c)),
+            "{:?}",
+            entered[&k]
+        );
+    }
+}
+
+#[test]
+fn a_halted_guest_with_nothing_to_wake_it_is_stopped_once_the_rest_are_done() {
+    let programs = vec![spin(300, 0), Program::Idle, spin(400, 0)];
+    let b = run_on(2, programs, vec![None; 3], GuestStopAction::Stop, 1, 1000);
+    let stops = b.stops();
+    assert!(
+        stops[1].1.starts_with("halted forever (HLT at RIP "),
+        "{stops:?}"
+    );
+    assert!(
+        stops[1].1.ends_with("no device can interrupt it)"),
+        "{stops:?}"
+    );
+}
+
+#[test]
+fn a_halted_guest_is_woken_by_its_timer_while_others_run() {
+    let programs = vec![Program::Timer { units: 20 }, spin(3000, 7)];
+    let b = run_on(1, programs, vec![None; 2], GuestStopAction::Stop, 1, 1000);
+    assert_eq!(
+        b.stops(),
+        [
+            ("g0".into(), "exited with code 0".into()),
+            ("g1".into(), "exited with code 7".into())
+        ]
+    );
+}
+
+#[test]
+fn a_timer_wakes_a_guest_alone_on_an_idle_cpu() {
+    let programs = vec![Program::Timer { units: 50 }];
+    let b = run_on(2, programs, vec![None], GuestStopAction::Stop, 1, 1000);
+    assert_eq!(b.stops(), [("g0".into(), "exited with code 0".into())]);
+}
+
+#[test]
+fn restart_starts_a_stopped_guest_again_until_it_cannot_be_created() {
+    let programs = vec![spin(50, 4), spin(400, 5)];
+    let b = run_on(
+        2,
+        programs,
+        vec![None; 2],
+        GuestStopAction::Restart,
+        3,
+        1000,
+    );
+    // Three creations each: every exit but the last restarts the guest.
+    assert_eq!(b.created.load(Ordering::SeqCst), 6);
+    let stops = b.stops();
+    assert_eq!(stops.len(), 6);
+    assert!(stops
+        .iter()
+        .all(|(_, r)| r.starts_with("exited with code ")));
+}
+
+#[test]
+fn a_guest_pinned_to_a_cpu_that_runs_no_guests_is_stopped_and_the_rest_run() {
+    let programs = vec![spin(100, 1), spin(100, 2)];
+    let b = run_on(
+        2,
+        programs,
+        vec![Some(vec![7]), None],
+        GuestStopAction::Stop,
+        1,
+        1000,
+    );
+    assert_eq!(
+        b.stops(),
+        [
+            (
+                "g0".into(),
+                "cannot be scheduled: its cpus list names cpu7, which does not run guests (these do: cpu0, cpu1)".into()
+            ),
+            ("g1".into(), "exited with code 2".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_running_guests_own_timer_shortens_its_slice() {
+    // The slice is long; the guest's timer (10 * 1024 ticks) is due well
+    // before its end, so the slice timer is set for the device deadline.
+    let slice = 1_000_000;
+    let b = run_on(
+        1,
+        vec![Program::TimerSpin { units: 10 }],
+        vec![None],
+        GuestStopAction::Stop,
+        1,
+        slice,
+    );
+    assert_eq!(b.stops(), [("g0".into(), "exited with code 0".into())]);
+    let timers = b.timers.lock().unwrap();
+    assert!(
+        timers.iter().any(|&t| t <= 10 * 1024),
+        "the slice timer followed the device deadline: {timers:?}"
+    );
+}

@@ -1,0 +1,828 @@
+//! A guest under VT-x: its RAM and EPT from the frame allocator, its
+//! bitmaps and VMCS, its one vCPU with the state a vCPU switch moves, entry
+//! and exit (decoded into the neutral `Exit` and handled by the neutral
+//! handlers), and its destruction, which gives every frame back.
+//!
+//! The decisions (controls, guest state, exit decoding) come from
+//! the `vtx` crate and `vmx`, the exit handling from `vcpu`; this
+//! module owns the frames and runs the VMX instructions.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use ::vtx::setup::{self, VmcsLinks};
+use ::vtx::{CrPolicy, VmxVcpu};
+use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use loader::{GuestMemory, LoadError, LoadedImage};
+use log::debug;
+use mm::MmError;
+use vcpu::exit::{handle_exit, Exit, Outcome, Platform, VcpuModel};
+use vcpu::stop::StopReason;
+use vcpu::vm::{self as vm_devices, VmDevices};
+use vmx::bitmaps::{IoBitmaps, MsrBitmap};
+use vmx::caps::VmxCapabilities;
+use vmx::ept::{Ept, EptError, EptMemoryType, EptPerms, EptTable, TableFrames};
+use vmx::error::VmFail;
+use vmx::execution::GuestControls;
+use vmx::instructions::{self as hw, HardwareVmcs, InveptType, InvvpidType};
+use vmx::regs::GuestRegisters;
+use vmx::vmcs::{Guest32, GuestNatural, Host16, Host32, Host64, HostNatural, VmcsAccess};
+
+use crate::{arch, gdt, memory};
+
+/// The largest block guest RAM is taken in: 2^18 frames (1 GiB).
+const MAX_RAM_ORDER: u8 = 18;
+
+/// What every guest shares on every CPU: the capabilities, the computed
+/// controls, the XSAVE layout and the preemption-timer rate.
+pub struct Hardware {
+    /// The VT-x capabilities.
+    pub caps: VmxCapabilities,
+    /// The controls every VMCS gets.
+    pub controls: GuestControls,
+    /// The extended-state save area size, and the XCR0 bits supported;
+    /// `None` without XSAVE (FXSAVE is used).
+    pub xsave: Option<(usize, u64)>,
+    /// The VMX-preemption timer counts once every 2^this TSC ticks.
+    pub timer_shift: u8,
+}
+
+impl Hardware {
+    /// Computes the shared settings and turns on CR4.OSXSAVE/OSFXSR, so the
+    /// host can switch guests' extended state.
+    pub fn new(caps: VmxCapabilities) -> Result<Self, vmx::execution::ControlError> {
+        let controls = GuestControls::compute(&caps)?;
+        let leaf1 = arch::cpuid(1, 0);
+        let has_xsave = leaf1.ecx & (1 << 26) != 0;
+        let xsave = has_xsave.then(|| {
+            let d = arch::cpuid(0xD, 0);
+            (d.ecx as usize, u64::from(d.eax) | (u64::from(d.edx) << 32))
+        });
+        let hw = Self {
+            caps,
+            controls,
+            xsave,
+            timer_shift: caps.misc.preemption_timer_rate,
+        };
+        hw.prepare_this_cpu();
+        Ok(hw)
+    }
+
+    /// Turns on CR4.OSXSAVE/OSFXSR on the calling CPU, so it can switch
+    /// guests' extended state. Every CPU that runs guests calls it once.
+    pub fn prepare_this_cpu(&self) {
+        // SAFETY: OSFXSR (bit 9) and, with XSAVE, OSXSAVE (bit 18) only
+        // allow FXSAVE/XSAVE and the vector instructions; the host never
+        // executes vector code (soft-float target), and VMX permits both
+        // bits.
+        unsafe {
+            let cr4 = hw::read_cr4();
+            let bits = (1 << 9) | if self.xsave.is_some() { 1 << 18 } else { 0 };
+            hw::write_cr4(cr4 | bits);
+        }
+    }
+
+    /// The XCR0 bits guests may set.
+    pub fn xcr0_supported(&self) -> u64 {
+        self.xsave.map_or(0, |(_, bits)| bits)
+    }
+}
+
+/// Why a guest could not be created.
+pub enum CreateError {
+    /// Not enough free frames.
+    Memory(MmError),
+    /// The EPT could not be built.
+    Ept(EptError),
+    /// The image did not load.
+    Load(LoadError),
+    /// A VMX instruction failed while setting up the VMCS.
+    Vmcs(VmFail),
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory(e) => write!(f, "out of memory: {e}"),
+            Self::Ept(e) => write!(f, "EPT: {e}"),
+            Self::Load(e) => write!(f, "{e}"),
+            Self::Vmcs(e) => write!(f, "VMCS setup: {e}"),
+        }
+    }
+}
+
+/// The kernel's frames as EPT table frames.
+struct KernelFrames;
+
+impl TableFrames for KernelFrames {
+    fn alloc_table(&mut self) -> Option<HostPhysAddr> {
+        memory::alloc_zeroed_frame().ok()
+    }
+
+    fn free_table(&mut self, at: HostPhysAddr) {
+        if let Err(e) = memory::free_frame(at) {
+            log::error!("EPT: giving back table frame {at} failed: {e}");
+        }
+    }
+
+    fn table(&mut self, at: HostPhysAddr) -> &mut EptTable {
+        // SAFETY: `at` is a frame `alloc_table` handed out and `Ept` has not
+        // given back (the trait's contract), mapped at `phys().ptr`, 4 KiB
+        // aligned and 4 KiB long like an `EptTable`, and only the one `Ept`
+        // that owns it reaches it, through this `&mut self`.
+        unsafe { &mut *memory::phys().ptr(at).cast::<EptTable>() }
+    }
+}
+
+/// One naturally aligned block of guest RAM.
+#[derive(Clone, Copy)]
+struct Chunk {
+    gpa: u64,
+    hpa: HostPhysAddr,
+    order: u8,
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        PAGE_SIZE << self.order
+    }
+}
+
+/// A guest's RAM: guest-physical `0..size` in naturally aligned blocks, the
+/// largest the allocator has, so EPT can use large pages.
+struct GuestRam {
+    chunks: Vec<Chunk>,
+    size: u64,
+}
+
+impl GuestRam {
+    fn alloc(size: u64) -> Result<Self, MmError> {
+        let mut ram = GuestRam {
+            chunks: Vec::new(),
+            size: 0,
+        };
+        let mut gpa = 0u64;
+        while gpa < size {
+            let remaining = size - gpa;
+            // The largest block that fits the rest and keeps guest and host
+            // addresses equally aligned.
+            let mut order = MAX_RAM_ORDER;
+            while order > 0
+                && ((PAGE_SIZE << order) > remaining || !gpa.is_multiple_of(PAGE_SIZE << order))
+            {
+                order -= 1;
+            }
+            let hpa = loop {
+                match memory::alloc_block(order) {
+                    Ok(hpa) => break hpa,
+                    Err(_) if order > 0 => order -= 1,
+                    Err(e) => {
+                        ram.free();
+                        return Err(e);
+                    }
+                }
+            };
+            let chunk = Chunk { gpa, hpa, order };
+            // SAFETY: the block was just taken from the allocator, is mapped
+            // at `phys().ptr` and is `chunk.len()` bytes long.
+            unsafe { core::ptr::write_bytes(memory::phys().ptr(hpa), 0, chunk.len() as usize) };
+            ram.chunks.push(chunk);
+            gpa += chunk.len();
+        }
+        ram.size = size;
+        Ok(ram)
+    }
+
+    /// The chunk holding `gpa` and the offset in it.
+    fn find(&self, gpa: u64) -> Option<(&Chunk, u64)> {
+        self.chunks
+            .iter()
+            .find(|c| (c.gpa..c.gpa + c.len()).contains(&gpa))
+            .map(|c| (c, gpa - c.gpa))
+    }
+
+    /// Copies between guest RAM at `gpa` and the host, `len` bytes, calling
+    /// `f(host pointer, offset in the copy, length)` per piece; false if any
+    /// byte is outside RAM.
+    fn pieces(&self, gpa: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        if end > self.size {
+            return false;
+        }
+        let mut at = gpa;
+        while at < end {
+            let Some((chunk, offset)) = self.find(at) else {
+                return false;
+            };
+            let n = (chunk.len() - offset).min(end - at);
+            let ptr = memory::phys().ptr(chunk.hpa).wrapping_add(offset as usize);
+            f(ptr, (at - gpa) as usize, n as usize);
+            at += n;
+        }
+        true
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let dst = buf.as_mut_ptr();
+        let len = buf.len();
+        self.pieces(gpa, len as u64, |src, off, n| {
+            // SAFETY: `src..src+n` is guest RAM inside one block this guest
+            // owns, mapped at `phys().ptr`; `off + n <= len`, so the
+            // destination is inside `buf`. Guest RAM may change under a
+            // running guest, but this CPU runs it, and it is not running.
+            unsafe { core::ptr::copy_nonoverlapping(src, dst.add(off), n) }
+        })
+    }
+
+    fn free(&mut self) {
+        for chunk in self.chunks.drain(..) {
+            if let Err(e) = memory::free_block(chunk.hpa, chunk.order) {
+                log::error!("guest RAM: giving back {} failed: {e}", chunk.hpa);
+            }
+        }
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> Result<(), LoadError> {
+        let src = bytes.as_ptr();
+        let ok = self.pieces(gpa.as_u64(), bytes.len() as u64, |dst, off, n| {
+            // SAFETY: as in `read`, the other way round.
+            unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(LoadError::OutsideRam {
+                at: gpa,
+                len: bytes.len() as u64,
+                ram: self.size,
+            })
+        }
+    }
+}
+
+/// Guest state that is neither in the VMCS nor the GPR file, and that the
+/// host never uses: it stays in the CPU across exits and is moved only
+/// when another vCPU is switched in.
+struct SwitchedState {
+    /// The XSAVE (or FXSAVE) area: a zeroed block at first, which XRSTOR
+    /// turns into the power-on state.
+    area: HostPhysAddr,
+    area_order: u8,
+    cr2: u64,
+    debug: [u64; 5],
+    msrs: [u64; SWITCHED_MSR_COUNT],
+}
+
+const SWITCHED_MSR_COUNT: usize = vcpu::msr::SWITCHED_MSRS.len();
+
+/// A VM under VT-x: its RAM and EPT, and the I/O and MSR bitmaps its
+/// vCPUs share.
+pub struct VmxVm {
+    /// The name from the config.
+    pub name: String,
+    ram: GuestRam,
+    ept: Option<Ept>,
+    eptp: u64,
+    /// Frames holding I/O bitmap A, B and the MSR bitmap.
+    bitmaps: [HostPhysAddr; 3],
+}
+
+/// A vCPU under VT-x: its VMCS, registers and switched state.
+pub struct VmxVcpuState {
+    /// Its guest's name, for reports.
+    name: String,
+    vmcs: HostPhysAddr,
+    /// The vCPU's registers while it is not running.
+    regs: GuestRegisters,
+    /// Whether the VMCS has been launched on the CPU it is active on
+    /// (VMRESUME next).
+    launched: bool,
+    /// The CPU's fixed CR0/CR4 bits, which the guest's CRs must keep.
+    cr: CrPolicy,
+    switched: SwitchedState,
+    /// The VPID, where enabled.
+    vpid: Option<u16>,
+    /// Its VM's EPTP, for invalidations.
+    eptp: u64,
+}
+
+// SAFETY: a `VmxVm` and a `VmxVcpuState` are frames (by physical address)
+// and plain data; nothing in them is tied to the CPU that made them except
+// the VMCS's active state, which the run's `hot_on` tracks and hands over
+// with VMCLEAR before another CPU touches the VMCS.
+unsafe impl Send for VmxVm {}
+// SAFETY: as above.
+unsafe impl Send for VmxVcpuState {}
+
+/// Copies `bytes` into frame `frame`.
+fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
+    // SAFETY: the frame is one this module allocated and owns, mapped
+    // writable at `phys().ptr`, 4096 bytes long.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), memory::phys().ptr(frame), bytes.len())
+    }
+}
+
+/// A VM and its vCPU, as [`create`] makes them.
+pub struct Guest {
+    /// The VM.
+    pub vm: VmxVm,
+    /// Its vCPU.
+    pub vcpu: VmxVcpuState,
+}
+
+impl Guest {
+    /// Creates a guest named `name` with `ram_size` bytes of RAM, loads its
+    /// image with `load`, and prepares its vCPU's VMCS (current on this
+    /// CPU when this returns). On failure every frame taken is given back.
+    pub fn create(
+        hw: &Hardware,
+        name: &str,
+        ram_size: u64,
+        vpid: u16,
+        load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
+    ) -> Result<Guest, CreateError> {
+        let ram = GuestRam::alloc(ram_size).map_err(CreateError::Memory)?;
+        let mut guest = Guest {
+            vm: VmxVm {
+                name: String::from(name),
+                ram,
+                ept: None,
+                eptp: 0,
+                bitmaps: [HostPhysAddr::new(0); 3],
+            },
+            vcpu: VmxVcpuState {
+                name: String::from(name),
+                vmcs: HostPhysAddr::new(0),
+                regs: GuestRegisters::new(),
+                launched: false,
+                cr: CrPolicy {
+                    cr0_fixed: hw.caps.cr0_fixed,
+                    cr4_fixed: hw.caps.cr4_fixed,
+                },
+                switched: SwitchedState {
+                    area: HostPhysAddr::new(0),
+                    area_order: 0,
+                    cr2: 0,
+                    debug: [0; 5],
+                    msrs: [0; SWITCHED_MSR_COUNT],
+                },
+                vpid: hw.controls.vpid.then_some(vpid),
+                eptp: 0,
+            },
+        };
+        match guest.build(hw, load) {
+            Ok(()) => Ok(guest),
+            Err(e) => {
+                destroy(&mut guest.vm, &mut guest.vcpu);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        hw: &Hardware,
+        load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
+    ) -> Result<(), CreateError> {
+        let Guest { vm, vcpu } = self;
+        let loaded = load(&mut vm.ram).map_err(CreateError::Load)?;
+        for w in loaded.warnings.iter() {
+            log::warn!("guest {}: {w}", vm.name);
+        }
+        let ept_caps = hw.caps.ept_caps().unwrap_or(vmx::caps::EptVpidCap::empty());
+        let mut ept = Ept::new(&mut KernelFrames, ept_caps).map_err(CreateError::Ept)?;
+        let mapped = vm.ram.chunks.iter().try_for_each(|c| {
+            ept.map(
+                &mut KernelFrames,
+                GuestPhysAddr::new(c.gpa),
+                c.hpa,
+                c.len(),
+                EptPerms::all(),
+                EptMemoryType::WriteBack,
+            )
+        });
+        let eptp = ept.eptp(false);
+        vm.ept = Some(ept);
+        mapped.map_err(CreateError::Ept)?;
+        vm.eptp = eptp.map_err(CreateError::Ept)?;
+        debug!("guest {}: EPT maps {} MiB", vm.name, vm.ram.size >> 20);
+
+        for slot in &mut vm.bitmaps {
+            *slot = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
+        }
+        let io = IoBitmaps::exit_all();
+        fill_frame(vm.bitmaps[0], io.a());
+        fill_frame(vm.bitmaps[1], io.b());
+        let mut msr = MsrBitmap::exit_all();
+        ::vtx::fill_msr_bitmap(&mut msr);
+        fill_frame(vm.bitmaps[2], msr.as_bytes());
+
+        let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
+        let order = (area_size as u64)
+            .div_ceil(PAGE_SIZE)
+            .next_power_of_two()
+            .trailing_zeros() as u8;
+        let area = memory::alloc_block(order).map_err(CreateError::Memory)?;
+        // SAFETY: the block was just allocated, is mapped and 2^order frames
+        // long.
+        unsafe {
+            core::ptr::write_bytes(memory::phys().ptr(area), 0, (PAGE_SIZE << order) as usize)
+        };
+        vcpu.switched.area = area;
+        vcpu.switched.area_order = order;
+        if hw.xsave.is_none() {
+            // FXRSTOR has no "initial state" bit: give it a valid image with
+            // the power-on FCW (0x37F) and MXCSR (0x1F80).
+            let p = memory::phys().ptr(area);
+            // SAFETY: inside the zeroed block just allocated.
+            unsafe {
+                p.cast::<u16>().write(0x37F);
+                p.add(24).cast::<u32>().write(0x1F80);
+            }
+        }
+
+        vcpu.vmcs = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
+        let revision = hw.caps.basic.revision_id & 0x7FFF_FFFF;
+        // SAFETY: the VMCS frame is ours, mapped and zeroed; the revision
+        // identifier goes in its first 4 bytes (SDM Vol. 3C, 25.2).
+        unsafe { memory::phys().ptr(vcpu.vmcs).cast::<u32>().write(revision) };
+        // SAFETY: VMX root operation (VT-x is on before guests are made);
+        // the frame holds the revision identifier and no other use.
+        unsafe {
+            hw::vmclear(vcpu.vmcs).map_err(CreateError::Vmcs)?;
+            hw::vmptrld(vcpu.vmcs).map_err(CreateError::Vmcs)?;
+        }
+        // SAFETY: VMX root operation at CPL 0 on this CPU, for as long as
+        // this value lives (this function).
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        let links = VmcsLinks {
+            io_bitmap_a: vm.bitmaps[0],
+            io_bitmap_b: vm.bitmaps[1],
+            msr_bitmap: vm.bitmaps[2],
+            eptp: vm.eptp,
+            vpid: vcpu.vpid,
+        };
+        setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, &loaded.entry)
+            .map_err(CreateError::Vmcs)?;
+        setup::write_guest_state(&mut vmcs, &vcpu.cr, &loaded.entry).map_err(CreateError::Vmcs)?;
+        write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
+        // A guest destroyed earlier may have had this EPTP and VPID, and
+        // this CPU may still cache its translations.
+        vcpu.eptp = vm.eptp;
+        vcpu.flush_translations();
+        let r = &loaded.entry.regs;
+        for (reg, value) in [
+            (vmx::exit::Gpr::Rax, r.rax),
+            (vmx::exit::Gpr::Rbx, r.rbx),
+            (vmx::exit::Gpr::Rcx, r.rcx),
+            (vmx::exit::Gpr::Rdx, r.rdx),
+            (vmx::exit::Gpr::Rsi, r.rsi),
+            (vmx::exit::Gpr::Rdi, r.rdi),
+            (vmx::exit::Gpr::Rbp, r.rbp),
+        ] {
+            vcpu.regs.set(reg, value);
+        }
+        Ok(())
+    }
+}
+
+impl VmxVcpuState {
+    /// Makes this guest's VMCS current on this CPU, where it is active
+    /// (`hot_on` is this CPU).
+    pub fn make_current(&self) -> Result<(), VmFail> {
+        // SAFETY: VMX root operation; the VMCS was initialised by `create`
+        // and is active on this CPU only (the caller checked `hot_on`).
+        unsafe { hw::vmptrld(self.vmcs) }
+    }
+
+    /// Takes this vCPU onto the calling CPU: its VMCS must be active
+    /// nowhere (VMCLEARed by [`VmxVcpuState::clear`] on the CPU it was
+    /// on). Loads it, points its host state at this CPU's tables,
+    /// and drops whatever this CPU cached of the guest's translations
+    /// from an earlier stay. The next entry is a VMLAUNCH.
+    pub fn arrive(&mut self) -> Result<(), VmFail> {
+        // SAFETY: VMX root operation; the VMCS is initialised and, as the
+        // caller guarantees, active on no CPU.
+        unsafe { hw::vmptrld(self.vmcs)? };
+        self.launched = false;
+        // SAFETY: VMX root operation at CPL 0 with this VMCS current.
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        write_host_state(&mut vmcs)?;
+        self.flush_translations();
+        Ok(())
+    }
+
+    /// Makes the VMCS inactive on the calling CPU (where it is active), so
+    /// that another CPU may take it: VMCLEAR writes its state to memory and
+    /// clears its launch state.
+    pub fn clear(&mut self) {
+        // SAFETY: VMX root operation; the VMCS is active on this CPU (the
+        // caller checked `hot_on`) and not running.
+        if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
+            log::error!("guest {}: VMCLEAR failed: {e}", self.name);
+        }
+        self.launched = false;
+    }
+
+    /// Drops this CPU's cached guest-physical (EPT) and, with VPID, linear
+    /// translations of this guest.
+    fn flush_translations(&self) {
+        // SAFETY: VMX root operation; invalidation only drops cached
+        // translations.
+        unsafe {
+            let _ = hw::invept(InveptType::SingleContext, self.eptp)
+                .or_else(|_| hw::invept(InveptType::AllContext, 0));
+            if let Some(vpid) = self.vpid {
+                let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
+            }
+        }
+    }
+
+    /// Sets the VMX-preemption timer for the next slice of `ticks` TSC ticks.
+    pub fn set_slice(&self, hw: &Hardware, ticks: u64) -> Result<(), VmFail> {
+        let count = u32::try_from(ticks >> hw.timer_shift).unwrap_or(u32::MAX);
+        // SAFETY: VMX root operation with this guest's VMCS current.
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        vmcs.write(Guest32::PreemptionTimerValue, count)
+    }
+
+    /// Saves this guest's switched state (it is leaving the CPU).
+    ///
+    /// XSAVE saves only the components enabled in XCR0, but a guest uses
+    /// SSE with XCR0 = 1 (legacy SSE needs only CR4.OSFXSR), so the save and
+    /// the restore run with every supported component enabled and the
+    /// incoming guest's XCR0 is loaded afterwards.
+    pub fn save_switched(&mut self, hw: &Hardware) {
+        let area = memory::phys().ptr(self.switched.area);
+        // SAFETY: CR4.OSXSAVE/OSFXSR were set by `Hardware::new`; the area
+        // is this guest's block, large enough for every supported
+        // component (CPUID.(EAX=0DH,ECX=0):ECX) and page aligned; XCR0 gets
+        // only supported bits.
+        unsafe {
+            if hw.xsave.is_some() {
+                arch::xsetbv(hw.xcr0_supported());
+                arch::xsave(area);
+            } else {
+                arch::fxsave(area);
+            }
+        }
+        self.switched.cr2 = arch::read_cr2();
+        self.switched.debug = arch::read_debug_registers();
+        for (slot, &msr) in self.switched.msrs.iter_mut().zip(vcpu::msr::SWITCHED_MSRS) {
+            // SAFETY: the switched MSRs exist on every CPU with long mode
+            // and VMX (TSC_AUX with RDTSCP, which Bochs and real CPUs with
+            // unrestricted guest have).
+            *slot = unsafe { arch::rdmsr(msr) };
+        }
+    }
+
+    /// Loads this guest's switched state (it is coming onto the CPU).
+    pub fn load_switched(&self, hw: &Hardware, xcr0: u64) {
+        let area = memory::phys().ptr(self.switched.area);
+        // SAFETY: as in `save_switched`; the area holds a zeroed or saved
+        // image; the guest's XCR0 was validated when it set it.
+        unsafe {
+            if hw.xsave.is_some() {
+                arch::xsetbv(hw.xcr0_supported());
+                arch::xrstor(area);
+                arch::xsetbv(xcr0);
+            } else {
+                arch::fxrstor(area);
+            }
+            arch::write_cr2(self.switched.cr2);
+            arch::write_debug_registers(self.switched.debug);
+        }
+        for (&value, &msr) in self.switched.msrs.iter().zip(vcpu::msr::SWITCHED_MSRS) {
+            // SAFETY: as in `save_switched`; the host uses none of these
+            // (no SYSCALL, SWAPGS or RDTSCP in the hypervisor). A value the
+            // guest could write is one the CPU accepted from it.
+            unsafe { arch::wrmsr(msr, value) };
+        }
+    }
+}
+
+/// Gives back every frame of a VM and its vCPU: RAM, EPT tables, bitmaps,
+/// save area, VMCS. The VMCS is active on this CPU or on none.
+pub fn destroy(vm: &mut VmxVm, vcpu: &mut VmxVcpuState) {
+    if vcpu.vmcs.as_u64() != 0 {
+        // SAFETY: VMX root operation; the VMCS is active on this CPU or
+        // on none (the run hands it over before a stop), and VMCLEAR makes
+        // it inactive so its frame can be reused.
+        if let Err(e) = unsafe { hw::vmclear(vcpu.vmcs) } {
+            log::error!("guest {}: VMCLEAR failed: {e}", vm.name);
+        }
+        let _ = memory::free_frame(vcpu.vmcs);
+        vcpu.vmcs = HostPhysAddr::new(0);
+    }
+    if let Some(ept) = vm.ept.take() {
+        // SAFETY: VMX root operation; the guest no longer runs, and
+        // INVEPT drops what this CPU cached from its EPT (and, with VPID,
+        // INVVPID its linear mappings) before the frames are reused.
+        unsafe {
+            let _ = hw::invept(InveptType::SingleContext, vm.eptp)
+                .or_else(|_| hw::invept(InveptType::AllContext, 0));
+            if let Some(vpid) = vcpu.vpid {
+                let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
+            }
+        }
+        ept.destroy(&mut KernelFrames);
+    }
+    for frame in vm.bitmaps {
+        if frame.as_u64() != 0 {
+            let _ = memory::free_frame(frame);
+        }
+    }
+    vm.bitmaps = [HostPhysAddr::new(0); 3];
+    if vcpu.switched.area.as_u64() != 0 {
+        let _ = memory::free_block(vcpu.switched.area, vcpu.switched.area_order);
+        vcpu.switched.area = HostPhysAddr::new(0);
+    }
+    vm.ram.free();
+}
+
+/// The host-state area: this CPU as it runs now (SDM Vol. 3C, 25.5 and
+/// 27.2.2-27.2.4 for what VM entry checks).
+fn write_host_state(vmcs: &mut HardwareVmcs) -> Result<(), VmFail> {
+    use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
+    use x86_64::instructions::tables::{sgdt, sidt};
+    // SAFETY: reading control registers has no side effects.
+    let (cr0, cr4) = unsafe { (hw::read_cr0(), hw::read_cr4()) };
+    let (cr3, _) = x86_64::registers::control::Cr3::read_raw();
+    vmcs.write(HostNatural::Cr0, cr0)?;
+    vmcs.write(HostNatural::Cr3, cr3.start_address().as_u64())?;
+    vmcs.write(HostNatural::Cr4, cr4)?;
+    vmcs.write(Host16::CsSelector, CS::get_reg().0)?;
+    vmcs.write(Host16::SsSelector, SS::get_reg().0)?;
+    vmcs.write(Host16::DsSelector, DS::get_reg().0)?;
+    vmcs.write(Host16::EsSelector, ES::get_reg().0)?;
+    vmcs.write(Host16::FsSelector, FS::get_reg().0)?;
+    vmcs.write(Host16::GsSelector, GS::get_reg().0)?;
+    vmcs.write(Host16::TrSelector, gdt::tss_selector())?;
+    // SAFETY: FS_BASE, GS_BASE, EFER and PAT exist on every x86-64 CPU.
+    let (fs, gs, efer, pat) = unsafe {
+        (
+            arch::rdmsr(0xC000_0100),
+            arch::rdmsr(0xC000_0101),
+            arch::rdmsr(0xC000_0080),
+            arch::rdmsr(0x277),
+        )
+    };
+    vmcs.write(HostNatural::FsBase, fs)?;
+    vmcs.write(HostNatural::GsBase, gs)?;
+    vmcs.write(HostNatural::TrBase, gdt::tss_base())?;
+    vmcs.write(HostNatural::GdtrBase, sgdt().base.as_u64())?;
+    vmcs.write(HostNatural::IdtrBase, sidt().base.as_u64())?;
+    vmcs.write(Host32::SysenterCs, 0)?;
+    vmcs.write(HostNatural::SysenterEsp, 0)?;
+    vmcs.write(HostNatural::SysenterEip, 0)?;
+    vmcs.write(Host64::Efer, efer)?;
+    vmcs.write(Host64::Pat, pat)?;
+    vmcs.write(HostNatural::Rip, hw::vm_exit_address())?;
+    Ok(())
+}
+
+/// What the exit handlers reach of the machine, for one guest.
+struct GuestPlatform<'a> {
+    name: &'a str,
+    ram: &'a GuestRam,
+    vpid: Option<u16>,
+    hw: &'a Hardware,
+}
+
+impl VmxVcpuState {
+    /// Enters the vCPU (VMLAUNCH the first time on this CPU, VMRESUME
+    /// after) and returns when it exits, with the exit decoded; `Err` when
+    /// the entry itself failed or the exit could not be read.
+    ///
+    /// The caller runs this on the CPU where the VMCS is active and
+    /// current, with interrupts off.
+    #[inline]
+    pub fn enter(&mut self) -> Result<Exit, StopReason> {
+        // SAFETY: VMX root operation at CPL 0 with interrupts off (the
+        // host runs with them off); the current VMCS is this vCPU's,
+        // active on this CPU, with this CPU's host state and HOST_RIP at
+        // the exit path (`create`/`arrive`), and `launched` tracks its
+        // launch state.
+        let result = unsafe { hw::vm_run(&mut self.regs, self.launched) };
+        if let Err(e) = result {
+            return Err(StopReason::LaunchFailed(alloc::format!("{e}")));
+        }
+        self.launched = true;
+        // SAFETY: VMX root operation with this vCPU's VMCS current.
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        ::vtx::decode_exit(&mut vmcs).map_err(|e| StopReason::Backend(alloc::format!("{e}")))
+    }
+
+    /// Where the vCPU resumes (its RIP), read from its VMCS, current on
+    /// this CPU; 0 if it cannot be read.
+    pub fn rip(&self) -> u64 {
+        // SAFETY: VMX root operation with this vCPU's VMCS current.
+        let vmcs = unsafe { HardwareVmcs::current() };
+        vmcs.read(GuestNatural::Rip).unwrap_or(0)
+    }
+}
+
+/// Handles `exit`, which the vCPU (current on this CPU) of VM `vm` just
+/// took, with the neutral handlers.
+#[inline]
+pub fn handle(
+    hw: &Hardware,
+    vm: &VmxVm,
+    vcpu: &mut VmxVcpuState,
+    model: &mut VcpuModel,
+    devices: &mut VmDevices,
+    exit: &Exit,
+) -> Outcome {
+    // SAFETY: VMX root operation with this vCPU's VMCS current (it just
+    // exited here).
+    let mut vmcs = unsafe { HardwareVmcs::current() };
+    let mut access = VmxVcpu {
+        vmcs: &mut vmcs,
+        regs: &mut vcpu.regs,
+        cr: &vcpu.cr,
+    };
+    let mut platform = GuestPlatform {
+        name: &vm.name,
+        ram: &vm.ram,
+        vpid: vcpu.vpid,
+        hw,
+    };
+    handle_exit(exit, &mut access, model, devices, &mut platform)
+}
+
+/// Before an entry, at TSC `now`: delivers the interrupt VM `name`'s
+/// controller holds if the vCPU (current on this CPU) can take it, else
+/// asks for an interrupt window.
+pub fn deliver_interrupt(
+    name: &str,
+    vcpu: &mut VmxVcpuState,
+    devices: &mut VmDevices,
+    now: u64,
+) -> Result<(), StopReason> {
+    // SAFETY: VMX root operation with this vCPU's VMCS current (the
+    // caller is about to enter it here).
+    let mut vmcs = unsafe { HardwareVmcs::current() };
+    let mut access = VmxVcpu {
+        vmcs: &mut vmcs,
+        regs: &mut vcpu.regs,
+        cr: &vcpu.cr,
+    };
+    vm_devices::deliver_interrupt(&mut access, devices, now, &mut |line| {
+        crate::serial::guest_line(name, line)
+    })
+    .map(|_| ())
+    .map_err(|e| StopReason::Backend(alloc::format!("{e}")))
+}
+
+impl Platform for GuestPlatform<'_> {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> vcpu::cpuid::CpuidResult {
+        arch::cpuid(leaf, subleaf)
+    }
+
+    fn xcr0_supported(&self) -> u64 {
+        self.hw.xcr0_supported()
+    }
+
+    fn load_xcr0(&mut self, value: u64) {
+        // SAFETY: the exit handler checked `value` against the supported
+        // bits and the architectural rules; OSXSAVE is on where XSAVE is
+        // (and without XSAVE nothing is supported, so nothing gets here).
+        unsafe { arch::xsetbv(value) }
+    }
+
+    fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
+        self.ram.read(gpa.as_u64(), buf)
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram.size
+    }
+
+    fn guest_line(&mut self, line: &str) {
+        crate::serial::guest_line(self.name, line);
+    }
+
+    fn now(&self) -> u64 {
+        // SAFETY: RDTSC only reads the time-stamp counter.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    fn flush_guest_tlb(&mut self) {
+        if let Some(vpid) = self.vpid {
+            // SAFETY: VMX root operation. Without VPID every VM entry
+            // flushes already; with it, INVVPID single-context drops this
+            // vCPU's cached translations.
+            let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The neutral handlers on the fake backend: what the guest sees, whatever
+//! backend delivers the exit. (The VT-x backend's decoding and VMCS
+//! effects are tested end to end in the `vtx` crate.)
+
+use std::vec;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::fake::{FakePlatform, FakeVcpu};
+use crate::vm::VmDevices;
+
+const RIP: u64 = 0x10_0000;
+
+type Exited = (FakeVcpu, VcpuModel, FakePlatform, VmDevices);
+
+fn setup(len: u64) -> Exited {
+    let platform = FakePlatform {
+        ram: vec![0; 0x10_0000],
+        ..FakePlatform::default()
+    };
+    (
+        FakeVcpu::long_mode(RIP, len),
+        VcpuModel::new(0, 1),
+        platform,
+        VmDevices::new(),
+    )
+}
+
+fn run(exit: Exit, v: &mut Exited) -> Outcome {
+    handle_exit(&exit, &mut v.0, &mut v.1, &mut v.3, &mut v.2)
+}
+
+#[test]
+fn cpuid_answers_from_the_policy_and_skips() {
+    let mut v = setup(2);
+    v.0.gprs[0] = 0x4000_0000;
+    assert_eq!(run(Exit::Cpuid, &mut v), Outcome::Resume);
+    let sig: Vec<u8> = [v.0.gprs[3], v.0.gprs[1], v.0.gprs[2]]
+        .iter()
+        .flat_map(|r| (*r as u32).to_le_bytes())
+        .collect();
+    assert_eq!(sig, b"FerrovisorVM");
+    assert_eq!(v.0.rip, RIP + 2);
+    assert_eq!(v.1.tally, {
+        let mut t = ExitTally::default();
+        t.count(ExitKind::Cpuid);
+        t
+    });
+}
+
+#[test]
+fn osxsave_follows_the_guests_cr4() {
+    let mut v = setup(2);
+    v.0.gprs[0] = 1;
+    run(Exit::Cpuid, &mut v);
+    assert_eq!(v.0.gprs[1] & (1 << 27), 0);
+    v.0.cr4 = 1 << 18;
+    v.0.gprs[0] = 1;
+    run(Exit::Cpuid, &mut v);
+    assert_ne!(
+        v.0.gprs[1] & (1 << 27),
+        0,
+        "CPUID.1:ECX.OSXSAVE = CR4.OSXSAVE"
+    );
+}
+
+#[test]
+fn paging_on_with_lme_sets_lma_and_paging_off_clears_it() {
+    let mut v = setup(3);
+    v.0.cr0 = 0x11;
+    v.0.efer = 1 << 8;
+    v.0.segments[1].attributes = 0xC09B;
+    v.0.gprs[0] = 0x8000_0011;
+    let mov_to_cr0 = Exit::ControlRegister(CrAccess {
+        cr: 0,
+        kind: CrAccessKind::MovTo(Gpr::Rax),
+    });
+    assert_eq!(run(mov_to_cr0.clone(), &mut v), Outcome::Resume);
+    assert_eq!(v.0.efer, (1 << 8) | (1 << 10));
+    assert_eq!(v.0.cr0, 0x8000_0011);
+    v.0.gprs[0] = 0x11;
+    run(mov_to_cr0, &mut v);
+    assert_eq!(v.0.efer, 1 << 8);
+}
+
+#[test]
+fn refused_cr4_bits_and_msrs_inject_gp_with_an_error_code() {
+    let mut v = setup(3);
+    v.0.cr4_forbidden = 1 << 13;
+    v.0.gprs[0] = 1 << 13;
+    let exit = Exit::ControlRegister(CrAccess {
+        cr: 4,
+        kind: CrAccessKind::MovTo(Gpr::Rax),
+    });
+    assert_eq!(run(exit, &mut v), Outcome::Resume);
+    assert_eq!(
+        v.0.injected,
+        [Event::Exception {
+            vector: 13,
+            error_code: Some(0)
+        }]
+    );
+    assert_eq!(v.0.rip, RIP, "a fault does not skip");
+    // In real mode no error code is pushed.
+    let mut v = setup(2);
+    v.0.cr0 = 0;
+    v.0.gprs[1] = 0x3A;
+    run(Exit::MsrRead, &mut v);
+    assert_eq!(
+        v.0.injected,
+        [Event::Exception {
+            vector: 13,
+            error_code: None
+        }]
+    );
+}
+
+#[test]
+fn hlt_blocks_with_interrupts_on_and_stops_without() {
+    let mut v = setup(1);
+    v.0.rflags = 0x202;
+    assert_eq!(run(Exit::Hlt, &mut v), Outcome::Halted);
+    assert_eq!(v.0.rip, RIP + 1);
+    let mut v = setup(1);
+    assert_eq!(
+        run(Exit::Hlt, &mut v),
+        Outcome::stop(StopReason::HaltedWithInterruptsOff { rip: RIP })
+    );
+}
+
+#[test]
+fn an_interrupt_window_exit_stops_asking_for_it() {
+    let mut v = setup(0);
+    v.0.window = true;
+    assert_eq!(run(Exit::InterruptWindow, &mut v), Outcome::Resume);
+    assert!(!v.0.window);
+    assert_eq!(v.0.rip, RIP);
+}
+
+#[test]
+fn a_backend_failure_stops_the_guest_with_its_words() {
+    let mut v = setup(2);
+    v.0.fail = true;
+    match run(Exit::Cpuid, &mut v) {
+        Outcome::Stop(reason) => assert_eq!(
+            reason.to_string(),
+            "hypervisor error: the fake backend was told to fail"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn nested_page_faults_and_unknown_exits_stop_with_their_details() {
+    let mut v = setup(0);
+    let fault = NestedFault {
+        gpa: GuestPhysAddr::new(0x1000_0000),
+        read: false,
+        write: true,
+        fetch: false,
+        allowed: Some([false, false, false]),
+    };
+    let text = match run(Exit::NestedPageFault(fault), &mut v) {
+        Outcome::Stop(reason) => reason.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text,
+        "write at guest-physical 0x10000000 outside its RAM (0x100000 bytes) at RIP 0x100000 \
+         (nested page fault at guest-physical 0x10000000: write, allowed ---)"
+    );
+    let exit = Exit::Unknown {
+        reason: 77,
+        name: "frobnicate",
+        qualification: 5,
+    };
+    let text = match run(exit, &mut v) {
+        Outcome::Stop(reason) => reason.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text,
+        "unhandled VM exit 77 (frobnicate), qualification 0x5, at RIP 0x100000"
+    );
+}
+
+/// One arbitrary exit of every kind the handlers see.
+fn any_exit() -> impl Strategy<Value = Exit> {
+    let gpr = (0u8..16).prop_map(|n| Gpr::from_number(n).unwrap_or(Gpr::Rax));
+    prop_oneof![
+        Just(Exit::Cpuid),
+        (
+            any::<u16>(),
+            prop::sample::select(vec![1u8, 2, 4]),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(port, size, out, string, rep)| Exit::Io(IoAccess {
+                port,
+                size,
+                direction: if out {
+                    IoDirection::Out
+                } else {
+                    IoDirection::In
+                },
+                string,
+                rep,
+            })),
+        Just(Exit::MsrRead),
+        Just(Exit::MsrWrite),
+        Just(Exit::Hypercall),
+        Just(Exit::Hlt),
+        Just(Exit::InterruptWindow),
+        Just(Exit::ExternalInterrupt),
+        Just(Exit::Nmi),
+        Just(Exit::SliceEnd),
+        Just(Exit::TripleFault),
+        Just(Exit::Xsetbv),
+        Just(Exit::CacheFlush),
+        Just(Exit::VirtualizationInstruction),
+        Just(Exit::Rdpmc),
+        Just(Exit::TaskSwitch),
+        (any::<u8>(), gpr.clone(), 0u8..4, any::<u16>()).prop_map(|(cr, gpr, k, src)| {
+            Exit::ControlRegister(CrAccess {
+                cr: cr % 10,
+                kind: match k {
+                    0 => CrAccessKind::MovTo(gpr),
+                    1 => CrAccessKind::MovFrom(gpr),
+                    2 => CrAccessKind::Lmsw(src),
+                    _ => CrAccessKind::Clts,
+                },
+            })
+        }),
+        (any::<u64>(), any::<[bool; 3]>()).prop_map(|(gpa, [r, w, x])| {
+            Exit::NestedPageFault(NestedFault {
+                gpa: GuestPhysAddr::new(gpa),
+                read: r,
+                write: w,
+                fetch: x,
+                allowed: None,
+            })
+        }),
+        any::<u32>().prop_map(|reason| Exit::Unknown {
+            reason,
+            name: "x",
+            qualification: 0
+        }),
+    ]
+}
+
+proptest! {
+    /// Whatever the exit and whatever the guest's registers, the handlers
+    /// end in an outcome (no panic), and a stop comes with a reason that
+    /// prints.
+    #[test]
+    fn every_exit_with_any_registers_ends_in_an_outcome(
+        exit in any_exit(),
+        gprs in any::<[u64; 16]>(),
+        rip in any::<u64>(),
+        rflags in any::<u64>(),
+        cr0 in any::<u64>(),
+        cr4 in any::<u64>(),
+        efer in any::<u64>(),
+        cs in any::<u32>(),
+        ss in any::<u32>(),
+        len in 0u64..16,
+    ) {
+        let mut v = setup(len);
+        v.0.gprs = gprs;
+        v.0.rip = rip;
+        v.0.rflags = rflags;
+        v.0.cr0 = cr0;
+        v.0.cr4 = cr4;
+        v.0.efer = efer;
+        v.0.segments[1].attributes = cs;
+        v.0.segments[2].attributes = ss;
+        if let Outcome::Stop(reason) = run(exit, &mut v) {
+            prop_assert!(!reason.to_string().is_empty());
+        }
+        prop_assert_eq!(v.1.stats.exits, 1);
+    }
+}

@@ -1,0 +1,20 @@
+//! What a virtual CPU sees and does, decided without touching hardware and
+//! without naming a virtualization extension: the vendor-neutral exit and
+//! vCPU access layer (`exit`, `access`), MMIO instruction emulation
+//! (`mmio`), the CPUID values, the MSR allow-list, the hypercall ABI and the stop reasons. A backend (VT-x in
+//! the `vtx` crate) decodes its exits into [`exit::Exit`] and implements
+//! [`access::VcpuAccess`]; the kernel binary carries the decisions out;
+//! the host tests check them.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod access;
+pub mod cpuid;
+pub mod exit;
+pub mod fake;
+pub mod hypercall;
+pub mod mmio;
+pub mod msr;
+pub mod stop;
+pub mod vm;

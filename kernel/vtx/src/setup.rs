@@ -1,0 +1,190 @@
+//! A new vCPU's VMCS: the control fields and the guest-state area, written
+//! from the computed controls, the frames of its bitmaps and EPT, and the
+//! entry state an image loader produced. Pure: it writes through
+//! [`VmcsAccess`], so the host tests check every field on a fake VMCS. The
+//! host-state area depends on the running CPU and is the kernel's.
+
+use addr::HostPhysAddr;
+use vmx::error::VmFail;
+use vmx::execution::GuestControls;
+use vmx::vmcs::{
+    Control16, Control32, Control64, ControlNatural, Guest16, Guest32, Guest64, GuestNatural,
+    VmcsAccess,
+};
+
+use super::CrPolicy;
+use loader::entry::{EntryState, Segment};
+
+/// IA32_EFER.LMA.
+const EFER_LMA: u64 = 1 << 10;
+/// IA32_PAT's power-on value (SDM Vol. 3A, 13.12.4: WB, WT, UC-, UC, twice).
+pub const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
+/// DR7's power-on value.
+const DR7_INIT: u64 = 0x400;
+
+/// Where a vCPU's VMCS points: frames the kernel allocated for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmcsLinks {
+    /// I/O bitmap A (ports 0..=0x7FFF).
+    pub io_bitmap_a: HostPhysAddr,
+    /// I/O bitmap B (ports 0x8000..=0xFFFF).
+    pub io_bitmap_b: HostPhysAddr,
+    /// The MSR bitmap.
+    pub msr_bitmap: HostPhysAddr,
+    /// The EPTP of the guest's EPT.
+    pub eptp: u64,
+    /// The vCPU's VPID (non-zero) where VPID is enabled.
+    pub vpid: Option<u16>,
+}
+
+/// Writes the VM-execution, VM-exit and VM-entry control fields.
+pub fn write_controls<V: VmcsAccess>(
+    vmcs: &mut V,
+    controls: &GuestControls,
+    links: &VmcsLinks,
+    cr: &CrPolicy,
+    entry: &EntryState,
+) -> Result<(), VmFail> {
+    let long_mode = entry.control.efer & EFER_LMA != 0;
+    vmcs.write(Control32::PinBasedControls, controls.pin.bits())?;
+    vmcs.write(Control32::PrimaryProcBasedControls, controls.primary.bits())?;
+    vmcs.write(
+        Control32::SecondaryProcBasedControls,
+        controls.secondary.bits(),
+    )?;
+    vmcs.write(Control32::ExitControls, controls.exit.bits())?;
+    vmcs.write(
+        Control32::EntryControls,
+        controls.entry_for(long_mode).bits(),
+    )?;
+    vmcs.write(Control32::ExceptionBitmap, 0)?;
+    vmcs.write(Control32::PageFaultErrorCodeMask, 0)?;
+    vmcs.write(Control32::PageFaultErrorCodeMatch, 0)?;
+    vmcs.write(Control32::Cr3TargetCount, 0)?;
+    vmcs.write(Control32::ExitMsrStoreCount, 0)?;
+    vmcs.write(Control32::ExitMsrLoadCount, 0)?;
+    vmcs.write(Control32::EntryMsrLoadCount, 0)?;
+    vmcs.write(Control32::EntryInterruptionInfo, 0)?;
+    vmcs.write(Control64::IoBitmapA, links.io_bitmap_a.as_u64())?;
+    vmcs.write(Control64::IoBitmapB, links.io_bitmap_b.as_u64())?;
+    vmcs.write(Control64::MsrBitmaps, links.msr_bitmap.as_u64())?;
+    vmcs.write(Control64::Eptp, links.eptp)?;
+    vmcs.write(Control64::TscOffset, 0)?;
+    if let (true, Some(vpid)) = (controls.vpid, links.vpid) {
+        vmcs.write(Control16::Vpid, vpid)?;
+    }
+    vmcs.write(ControlNatural::Cr0GuestHostMask, cr.cr0_host_mask())?;
+    vmcs.write(ControlNatural::Cr4GuestHostMask, cr.cr4_host_mask())?;
+    vmcs.write(ControlNatural::Cr0ReadShadow, entry.control.cr0)?;
+    vmcs.write(ControlNatural::Cr4ReadShadow, entry.control.cr4)?;
+    Ok(())
+}
+
+/// Writes the guest-state area for the vCPU's first instruction.
+pub fn write_guest_state<V: VmcsAccess>(
+    vmcs: &mut V,
+    cr: &CrPolicy,
+    entry: &EntryState,
+) -> Result<(), VmFail> {
+    vmcs.write(GuestNatural::Cr0, cr.cr0_for_hardware(entry.control.cr0))?;
+    vmcs.write(GuestNatural::Cr3, entry.control.cr3)?;
+    vmcs.write(GuestNatural::Cr4, cr.cr4_for_hardware(entry.control.cr4))?;
+    vmcs.write(GuestNatural::Dr7, DR7_INIT)?;
+    vmcs.write(GuestNatural::Rsp, entry.regs.rsp)?;
+    vmcs.write(GuestNatural::Rip, entry.rip)?;
+    vmcs.write(GuestNatural::Rflags, entry.rflags)?;
+    let s = &entry.segments;
+    segment(
+        vmcs,
+        &s.es,
+        Guest16::EsSelector,
+        GuestNatural::EsBase,
+        Guest32::EsLimit,
+        Guest32::EsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.cs,
+        Guest16::CsSelector,
+        GuestNatural::CsBase,
+        Guest32::CsLimit,
+        Guest32::CsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.ss,
+        Guest16::SsSelector,
+        GuestNatural::SsBase,
+        Guest32::SsLimit,
+        Guest32::SsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.ds,
+        Guest16::DsSelector,
+        GuestNatural::DsBase,
+        Guest32::DsLimit,
+        Guest32::DsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.fs,
+        Guest16::FsSelector,
+        GuestNatural::FsBase,
+        Guest32::FsLimit,
+        Guest32::FsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.gs,
+        Guest16::GsSelector,
+        GuestNatural::GsBase,
+        Guest32::GsLimit,
+        Guest32::GsAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.ldtr,
+        Guest16::LdtrSelector,
+        GuestNatural::LdtrBase,
+        Guest32::LdtrLimit,
+        Guest32::LdtrAccessRights,
+    )?;
+    segment(
+        vmcs,
+        &s.tr,
+        Guest16::TrSelector,
+        GuestNatural::TrBase,
+        Guest32::TrLimit,
+        Guest32::TrAccessRights,
+    )?;
+    vmcs.write(GuestNatural::GdtrBase, entry.gdtr.base.as_u64())?;
+    vmcs.write(Guest32::GdtrLimit, u32::from(entry.gdtr.limit))?;
+    vmcs.write(GuestNatural::IdtrBase, entry.idtr.base.as_u64())?;
+    vmcs.write(Guest32::IdtrLimit, u32::from(entry.idtr.limit))?;
+    vmcs.write(Guest64::Efer, entry.control.efer)?;
+    vmcs.write(Guest64::Pat, PAT_POWER_ON)?;
+    vmcs.write(Guest64::Debugctl, 0)?;
+    vmcs.write(Guest64::VmcsLinkPointer, u64::MAX)?;
+    vmcs.write(Guest32::SysenterCs, 0)?;
+    vmcs.write(GuestNatural::SysenterEsp, 0)?;
+    vmcs.write(GuestNatural::SysenterEip, 0)?;
+    vmcs.write(Guest32::InterruptibilityState, 0)?;
+    vmcs.write(Guest32::ActivityState, 0)?;
+    vmcs.write(GuestNatural::PendingDebugExceptions, 0)?;
+    Ok(())
+}
+
+fn segment<V: VmcsAccess>(
+    vmcs: &mut V,
+    seg: &Segment,
+    selector: Guest16,
+    base: GuestNatural,
+    limit: Guest32,
+    access: Guest32,
+) -> Result<(), VmFail> {
+    vmcs.write(selector, seg.selector)?;
+    vmcs.write(base, seg.base)?;
+    vmcs.write(limit, seg.limit)?;
+    vmcs.write(access, seg.access.bits())
+}

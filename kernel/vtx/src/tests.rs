@@ -1,0 +1,468 @@
+//! Every exit path through the VT-x backend, end to end: a fake VMCS
+//! decoded into the neutral exit, handled by the neutral handlers through
+//! [`VmxVcpu`], with a fake platform.
+
+use std::collections::HashMap;
+use std::string::ToString;
+use std::vec::Vec;
+
+use vmx::vmcs::{FieldEncoding, FieldType};
+
+use super::*;
+use vcpu::exit::{handle_exit, xcr0_valid, ExitKind, Outcome, VcpuModel, RESET_CONTROL_PORT};
+use vcpu::fake::FakePlatform;
+use vcpu::hypercall;
+use vcpu::stop::StopReason;
+use vcpu::vm::VmDevices;
+
+const CR0_PE: u64 = 1;
+const EFER_LME: u64 = 1 << 8;
+
+/// A VMCS in a hash map (fields never written read as 0).
+#[derive(Default)]
+struct FakeVmcs {
+    values: HashMap<u32, u64>,
+}
+
+impl VmcsAccess for FakeVmcs {
+    fn vmread(&self, field: FieldEncoding) -> Result<u64, VmFail> {
+        Ok(self.values.get(&field.bits()).copied().unwrap_or(0))
+    }
+
+    fn vmwrite(&mut self, field: FieldEncoding, value: u64) -> Result<(), VmFail> {
+        assert_ne!(
+            field.field_type(),
+            FieldType::ReadOnly,
+            "{field} is read-only"
+        );
+        self.values.insert(field.bits(), value);
+        Ok(())
+    }
+}
+
+impl FakeVmcs {
+    fn set(&mut self, field: FieldEncoding, value: u64) {
+        self.values.insert(field.bits(), value);
+    }
+
+    fn get(&self, field: FieldEncoding) -> u64 {
+        self.values.get(&field.bits()).copied().unwrap_or(0)
+    }
+}
+
+const RIP: u64 = 0x10_0000;
+const CR0_PE_NE_ET: u64 = 0x31;
+
+/// A vCPU that exited: VMCS, GPRs, model, platform, fixed CR bits, and
+/// its VM's devices.
+type Exited = (
+    FakeVmcs,
+    GuestRegisters,
+    VcpuModel,
+    FakePlatform,
+    CrPolicy,
+    VmDevices,
+);
+
+/// A 64-bit guest at CPL 0 about to exit with `reason`.
+fn setup(reason: u32, qualification: u64, len: u32) -> Exited {
+    let mut vmcs = FakeVmcs::default();
+    vmcs.set(ReadOnly32::ExitReason.encoding(), u64::from(reason));
+    vmcs.set(ReadOnlyNatural::ExitQualification.encoding(), qualification);
+    vmcs.set(ReadOnly32::ExitInstructionLength.encoding(), u64::from(len));
+    vmcs.set(GuestNatural::Rip.encoding(), RIP);
+    vmcs.set(GuestNatural::Cr0.encoding(), CR0_PE_NE_ET | CR0_PG);
+    vmcs.set(Guest64::Efer.encoding(), EFER_LME | EFER_LMA);
+    vmcs.set(Guest32::CsAccessRights.encoding(), 0xA09B);
+    vmcs.set(Guest32::SsAccessRights.encoding(), 0xC093);
+    vmcs.set(GuestNatural::Rflags.encoding(), 0x2);
+    let fixed0 = FixedBits {
+        fixed0: 0x8000_0021,
+        fixed1: 0xFFFF_FFFF,
+    };
+    let fixed4 = FixedBits {
+        fixed0: 0x2000,
+        fixed1: 0x0037_27FF,
+    };
+    let cr = CrPolicy {
+        cr0_fixed: fixed0,
+        cr4_fixed: fixed4,
+    };
+    // The guest's view starts as the hardware's.
+    vmcs.set(
+        ControlNatural::Cr0ReadShadow.encoding(),
+        CR0_PE_NE_ET | CR0_PG,
+    );
+    vmcs.set(
+        ControlNatural::Cr0GuestHostMask.encoding(),
+        cr.cr0_host_mask(),
+    );
+    let platform = FakePlatform {
+        ram: vec![0; 0x20_0000],
+        ..FakePlatform::default()
+    };
+    (
+        vmcs,
+        GuestRegisters::new(),
+        VcpuModel::new(0, 1),
+        platform,
+        cr,
+        VmDevices::new(),
+    )
+}
+
+/// Decodes the exit on the fake VMCS and handles it, as the run loop does.
+fn run(v: &mut Exited) -> Outcome {
+    let exit = match decode_exit(&mut v.0) {
+        Ok(exit) => exit,
+        Err(e) => return Outcome::stop(StopReason::Backend(e.to_string())),
+    };
+    let mut vcpu = VmxVcpu {
+        vmcs: &mut v.0,
+        regs: &mut v.1,
+        cr: &v.4,
+    };
+    handle_exit(&exit, &mut vcpu, &mut v.2, &mut v.5, &mut v.3)
+}
+
+/// The reason of a stop outcome (any other outcome fails the test).
+fn stop_reason(outcome: Outcome) -> StopReason {
+    match outcome {
+        Outcome::Stop(reason) => *reason,
+        other => panic!("expected a stop, got {other:?}"),
+    }
+}
+
+fn injected(vmcs: &FakeVmcs) -> (u64, Option<u64>) {
+    let info = vmcs.get(Control32::EntryInterruptionInfo.encoding());
+    let code =
+        (info & (1 << 11) != 0).then(|| vmcs.get(Control32::EntryExceptionErrorCode.encoding()));
+    (info, code)
+}
+
+#[test]
+fn cpuid_gives_the_guest_view_and_skips_the_instruction() {
+    let mut v = setup(10, 0, 2);
+    v.1.set_rax(0x4000_0000);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    let sig: Vec<u8> = [v.1.rbx(), v.1.rcx(), v.1.rdx()]
+        .iter()
+        .flat_map(|r| (*r as u32).to_le_bytes())
+        .collect();
+    assert_eq!(sig, b"FerrovisorVM");
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 2);
+
+    let mut v = setup(10, 0, 2);
+    v.1.set_rax(1);
+    run(&mut v);
+    assert_eq!(v.1.rcx() & (1 << 5), 0, "VMX must be hidden");
+    assert_ne!(v.1.rcx() & (1 << 31), 0, "the hypervisor bit must be set");
+    assert_eq!(v.2.stats.cpuid, 1);
+}
+
+#[test]
+fn skipping_clears_the_sti_shadow() {
+    let mut v = setup(10, 0, 2);
+    v.0.set(Guest32::InterruptibilityState.encoding(), 0b1001);
+    run(&mut v);
+    assert_eq!(v.0.get(Guest32::InterruptibilityState.encoding()), 0b1000);
+}
+
+/// OUT of `value` to `port`, `size` bytes (qualification per SDM Table 28-5).
+fn out(port: u16, size: u64, value: u64) -> Exited {
+    let size_code = match size {
+        1 => 0,
+        2 => 1,
+        _ => 3,
+    };
+    let mut v = setup(30, (u64::from(port) << 16) | size_code, 1);
+    v.1.set_rax(value);
+    v
+}
+
+#[test]
+fn com1_output_becomes_guest_lines() {
+    let mut v = out(0x3F8, 1, u64::from(b'h'));
+    run(&mut v);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 1);
+    assert!(v.3.lines.is_empty(), "no line before its end");
+    v.1.set_rax(u64::from(b'i'));
+    v.0.set(GuestNatural::Rip.encoding(), RIP);
+    run(&mut v);
+    v.1.set_rax(u64::from(b'\n'));
+    run(&mut v);
+    assert_eq!(v.3.lines, ["hi"]);
+}
+
+#[test]
+fn com1_reads_come_from_the_model_and_other_ports_read_all_ones() {
+    // IN AL, DX from LSR: transmitter empty.
+    let mut v = setup(30, (0x3FDu64 << 16) | (1 << 3), 1);
+    v.1.set_rax(0xAAAA_0000);
+    run(&mut v);
+    assert_eq!(v.1.rax() & 0xFF, 0x60);
+    assert_eq!(
+        v.1.rax() & !0xFF,
+        0xAAAA_0000,
+        "IN AL keeps the rest of RAX"
+    );
+    // IN EAX from a port with no device.
+    let mut v = setup(30, (0x1234u64 << 16) | (1 << 3) | 3, 1);
+    v.1.set_rax(0xDEAD_BEEF_0000_0000);
+    run(&mut v);
+    assert_eq!(v.1.rax(), 0xFFFF_FFFF);
+    assert_eq!(v.2.stats.io_reads_unclaimed, 1);
+}
+
+#[test]
+fn the_reset_port_is_ignored_and_counted() {
+    let mut v = out(RESET_CONTROL_PORT, 1, 0x06);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(v.2.stats.io_writes_ignored, 1);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 1);
+}
+
+#[test]
+fn string_io_stops_the_guest() {
+    let mut v = setup(30, (0x3F8u64 << 16) | (1 << 4) | (1 << 5), 2);
+    match stop_reason(run(&mut v)) {
+        StopReason::StringIo { io, rip } => {
+            assert_eq!(io.port, 0x3F8);
+            assert_eq!(rip, RIP);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hypercalls() {
+    // exit(3)
+    let mut v = setup(18, 0, 3);
+    v.1.set_rbx(3);
+    assert_eq!(run(&mut v), Outcome::stop(StopReason::Exited { code: 3 }));
+    // print from RAM
+    let mut v = setup(18, 0, 3);
+    v.3.ram[0x1000..0x1006].copy_from_slice(b"hello\n");
+    v.1.set_rax(hypercall::PRINT);
+    v.1.set_rbx(0x1000);
+    v.1.set_rcx(6);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(v.3.lines, ["hello"]);
+    assert_eq!(v.1.rax(), 0);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 3);
+    // print past RAM
+    let mut v = setup(18, 0, 3);
+    v.1.set_rax(hypercall::PRINT);
+    v.1.set_rbx(0x1F_FFF0);
+    v.1.set_rcx(0x20);
+    run(&mut v);
+    assert_eq!(v.1.rax(), hypercall::BAD_ARGUMENT);
+    // unknown call
+    let mut v = setup(18, 0, 3);
+    v.1.set_rax(77);
+    run(&mut v);
+    assert_eq!(v.1.rax(), hypercall::UNKNOWN_CALL);
+}
+
+#[test]
+fn a_hypercall_from_user_mode_is_ud() {
+    let mut v = setup(18, 0, 3);
+    v.0.set(Guest32::SsAccessRights.encoding(), 0xC0F3); // DPL 3
+    v.1.set_rbx(0);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(injected(&v.0), ((1 << 31) | (3 << 8) | 6, None));
+    assert_eq!(
+        v.0.get(GuestNatural::Rip.encoding()),
+        RIP,
+        "a fault does not skip"
+    );
+}
+
+#[test]
+fn hlt_blocks_or_stops() {
+    let mut v = setup(12, 0, 1);
+    v.0.set(GuestNatural::Rflags.encoding(), 0x202);
+    assert_eq!(run(&mut v), Outcome::Halted);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 1);
+    let mut v = setup(12, 0, 1);
+    assert_eq!(
+        run(&mut v),
+        Outcome::stop(StopReason::HaltedWithInterruptsOff { rip: RIP })
+    );
+}
+
+#[test]
+fn host_msrs_are_gp_with_an_error_code_in_protected_mode_only() {
+    let mut v = setup(31, 0, 2);
+    v.1.set_rcx(0x3A);
+    run(&mut v);
+    assert_eq!(
+        injected(&v.0),
+        ((1 << 31) | (1 << 11) | (3 << 8) | 13, Some(0))
+    );
+    // Real mode: no error code may be delivered.
+    let mut v = setup(31, 0, 2);
+    v.0.set(GuestNatural::Cr0.encoding(), 0x30);
+    v.1.set_rcx(0x480);
+    run(&mut v);
+    assert_eq!(injected(&v.0), ((1 << 31) | (3 << 8) | 13, None));
+    // An emulated MSR reads through.
+    let mut v = setup(31, 0, 2);
+    v.1.set_rcx(0x1B);
+    run(&mut v);
+    assert_eq!(v.1.rax(), 0xFEE0_0900);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 2);
+}
+
+#[test]
+fn vmx_instructions_are_ud() {
+    for reason in [19u32, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53, 59] {
+        let mut v = setup(reason, 0, 4);
+        assert_eq!(run(&mut v), Outcome::Resume);
+        assert_eq!(
+            injected(&v.0).0,
+            (1 << 31) | (3 << 8) | 6,
+            "reason {reason}"
+        );
+    }
+}
+
+#[test]
+fn xsetbv_is_checked() {
+    let mut v = setup(55, 0, 3);
+    v.1.set_rax(0b111);
+    run(&mut v);
+    assert_eq!(v.3.xcr0, Some(0b111));
+    assert_eq!(v.2.xcr0, 0b111);
+    let mut v = setup(55, 0, 3);
+    v.1.set_rax(0b101); // AVX without SSE
+    run(&mut v);
+    assert_eq!(v.3.xcr0, None);
+    assert_eq!(injected(&v.0).0 & 0xFF, 13);
+    assert!(xcr0_valid(1, 1));
+    assert!(!xcr0_valid(0, 7));
+    assert!(!xcr0_valid(0b1001, 0xFF)); // half of MPX
+    assert!(!xcr0_valid(0b1110_0011, 0xFF)); // AVX-512 without AVX
+    assert!(!xcr0_valid(0b1_0000_0011, 0b11)); // unsupported bit
+}
+
+#[test]
+fn cr4_vmxe_is_gp_and_other_writes_keep_the_fixed_bits() {
+    // MOV to CR4 from RAX (qualification: CR 4, type 0, register 0).
+    let mut v = setup(28, 4, 3);
+    v.1.set_rax(1 << 13);
+    run(&mut v);
+    assert_eq!(injected(&v.0).0 & 0xFF, 13);
+    let mut v = setup(28, 4, 3);
+    v.1.set_rax(0x20 | (1 << 7)); // PAE | PGE
+    run(&mut v);
+    assert_eq!(v.0.get(ControlNatural::Cr4ReadShadow.encoding()), 0xA0);
+    assert_eq!(v.0.get(GuestNatural::Cr4.encoding()), 0xA0 | 0x2000);
+    assert_eq!(v.3.flushes, 1);
+}
+
+#[test]
+fn cr0_writes_keep_ne_and_switch_long_mode() {
+    // Paging off to on with EFER.LME: LMA and the entry control follow.
+    let mut v = setup(28, 0, 3);
+    v.0.set(GuestNatural::Cr0.encoding(), CR0_PE_NE_ET);
+    v.0.set(Guest64::Efer.encoding(), EFER_LME);
+    v.0.set(Guest32::CsAccessRights.encoding(), 0xC09B);
+    v.1.set_rax(CR0_PE | CR0_PG);
+    run(&mut v);
+    assert_eq!(
+        v.0.get(ControlNatural::Cr0ReadShadow.encoding()),
+        CR0_PE | CR0_PG
+    );
+    assert_eq!(
+        v.0.get(GuestNatural::Cr0.encoding()),
+        CR0_PE | CR0_PG | 0x20
+    );
+    assert_ne!(v.0.get(Guest64::Efer.encoding()) & EFER_LMA, 0);
+    assert_ne!(
+        v.0.get(Control32::EntryControls.encoding()) & u64::from(ENTRY_IA32E),
+        0
+    );
+    // PG without PE is #GP.
+    let mut v = setup(28, 0, 3);
+    v.1.set_rax(CR0_PG);
+    run(&mut v);
+    assert_eq!(injected(&v.0).0 & 0xFF, 13);
+}
+
+#[test]
+fn ept_violation_outside_ram_stops_with_address_access_and_rip() {
+    let mut v = setup(48, 0b1010_0010, 0);
+    v.0.set(ReadOnly64::GuestPhysicalAddress.encoding(), 0x1000_0000);
+    match stop_reason(run(&mut v)) {
+        reason @ StopReason::MemoryFault { .. } => {
+            let text = reason.to_string();
+            assert!(
+                text.starts_with("write at guest-physical 0x10000000 outside its RAM (0x200000 bytes) at RIP 0x100000"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn triple_fault_entry_failure_and_unknown_exits_stop_the_guest() {
+    let mut v = setup(2, 0, 0);
+    v.1.set_rax(0x1234);
+    match stop_reason(run(&mut v)) {
+        reason @ StopReason::TripleFault(_) => {
+            let text = reason.to_string();
+            assert!(text.starts_with("triple fault: RIP 0x100000"), "{text}");
+            assert!(text.contains("RAX 0x1234"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut v = setup(0x8000_0021, 0, 0);
+    assert!(matches!(
+        stop_reason(run(&mut v)),
+        StopReason::EntryFailed(_)
+    ));
+    let mut v = setup(0xFFFF, 0x55, 0);
+    assert_eq!(
+        run(&mut v),
+        Outcome::stop(StopReason::UnhandledExit {
+            reason: 0xFFFF,
+            name: ExitReason::Unknown(0xFFFF).name(),
+            qualification: 0x55,
+            rip: RIP
+        })
+    );
+    let mut v = setup(52, 0, 0);
+    assert_eq!(run(&mut v), Outcome::Preempted);
+    // An external interrupt is the host's: the caller handles it.
+    let mut v = setup(1, 0, 0);
+    assert_eq!(run(&mut v), Outcome::HostInterrupt);
+    assert_eq!(v.2.stats.host_events, 1);
+}
+
+#[test]
+fn exits_are_tallied_by_kind_and_drained_once() {
+    let mut v = setup(1, 0, 0);
+    run(&mut v);
+    run(&mut v);
+    let mut v2 = setup(52, 0, 0);
+    run(&mut v2);
+    v.2.tally.count(ExitKind::SliceEnd);
+    let external = ExitKind::ExternalInterrupt.index();
+    let slice = ExitKind::SliceEnd.index();
+    // A table shorter than the kinds: the ones past its end go to `other`.
+    let mut table = [0u64; 10];
+    assert!(slice >= table.len() && external < table.len());
+    let mut other = 5;
+    v.2.tally.drain_into(&mut table, &mut other);
+    assert_eq!((table[external], other), (2, 6));
+    assert_eq!(table.iter().sum::<u64>(), 2);
+    // Drained: nothing is added twice.
+    v.2.tally.drain_into(&mut table, &mut other);
+    assert_eq!((table[external], other), (2, 6));
+    let mut full = [0u64; ExitKind::COUNT];
+    v2.2.tally.drain_into(&mut full, &mut other);
+    assert_eq!(full[slice], 1);
+    assert_eq!(ExitKind::from_index(slice), Some(ExitKind::SliceEnd));
+}
