@@ -44,9 +44,12 @@
 //! in its log): without the padding the backup GPT at the last LBA would be
 //! out of reach there.
 //!
-//! FAT work is done by mtools (`mformat`, `mmd`, `mcopy`); GPT, CRC32 and
-//! the MBR are written here, so xtask stays free of crates.
+//! FAT work is done by mtools (`mformat`, `mmd`, `mcopy`); the MBR is
+//! written here and the GPT with the `gpt` crate (`kernel/gpt`, no
+//! dependencies), the same layout, GUIDs and CRC32 the kernel reads it
+//! with, so xtask stays free of crates.io crates.
 
+use gpt::{Guid, Header, Partition};
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -57,29 +60,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// GPT partition type GUID of Ferrovisor's config partition, `FERROCFG`.
-///
-/// Generated once, at random (`/proc/sys/kernel/random/uuid`), for this
-/// project alone; the kernel's config reader looks for a GPT entry with
-/// this type. On disk it is stored as [`CONFIG_PARTITION_TYPE_BYTES`].
-pub const CONFIG_PARTITION_TYPE: &str = "43512ee0-5019-4c06-ace2-4e748860ee00";
-
-/// [`CONFIG_PARTITION_TYPE`] as the 16 bytes of a GPT entry's type field:
-/// the first three groups little-endian, the last two as written (UEFI
-/// Specification 2.10, appendix A, "EFI_GUID").
-pub const CONFIG_PARTITION_TYPE_BYTES: [u8; 16] = [
-    0xe0, 0x2e, 0x51, 0x43, 0x19, 0x50, 0x06, 0x4c, 0xac, 0xe2, 0x4e, 0x74, 0x88, 0x60, 0xee, 0x00,
-];
-
-/// The config partition's GPT partition name and its FAT volume label.
-pub const CONFIG_PARTITION_NAME: &str = "FERROCFG";
-
-// The string and the bytes above are copied by hand into the kernel's
-// reader; the build fails if they ever disagree.
-const _: () = assert!(same_bytes(
-    &guid(CONFIG_PARTITION_TYPE),
-    &CONFIG_PARTITION_TYPE_BYTES
-));
+/// GPT partition type GUID of Ferrovisor's config partition, `FERROCFG`,
+/// and its GPT name and FAT label: the kernel's config reader looks for
+/// them, through the same crate.
+pub use gpt::{CONFIG_PARTITION_NAME, CONFIG_PARTITION_TYPE};
 
 /// Bytes per logical block: the bootloader's images and every firmware
 /// Ferrovisor boots with use 512.
@@ -91,15 +75,9 @@ const ALIGN: u64 = 2048;
 /// reserve room for (16 KiB).
 const GPT_ENTRY_COUNT: u32 = 128;
 /// Size of one GPT entry.
-const GPT_ENTRY_SIZE: u32 = 128;
+const GPT_ENTRY_SIZE: u32 = gpt::ENTRY_SIZE;
 /// Sectors the entry array fills.
 const GPT_ENTRY_SECTORS: u64 = GPT_ENTRY_COUNT as u64 * GPT_ENTRY_SIZE as u64 / SECTOR;
-/// The GPT header's size field: the bytes its CRC covers.
-const GPT_HEADER_SIZE: u32 = 92;
-/// "EFI PART".
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// GPT revision 1.0.
-const GPT_REVISION: u32 = 0x0001_0000;
 /// The largest entry array this reader accepts from an input image, so a
 /// corrupt header cannot make it allocate gigabytes.
 const MAX_GPT_ARRAY: u64 = 1 << 20;
@@ -135,12 +113,12 @@ const MBR_FAT_TYPES: [u8; 6] = [0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E];
 const MBR_TABLE: usize = 446;
 
 /// "BIOS boot partition" (GRUB's type for a boot loader's own sectors).
-const BIOS_BOOT_TYPE: [u8; 16] = guid("21686148-6449-6e6f-744e-656564454649");
+const BIOS_BOOT_TYPE: Guid = gpt::BIOS_BOOT_PARTITION;
 /// "Microsoft basic data": a FAT that any system may mount.
-const BASIC_DATA_TYPE: [u8; 16] = guid("ebd0a0a2-b9e5-4433-87c0-68b6b72699c7");
+const BASIC_DATA_TYPE: Guid = gpt::BASIC_DATA_PARTITION;
 /// "EFI System Partition" (UEFI Specification 2.10, section 5.3.3, table
 /// "Defined GPT Partition Entry - Partition Type GUIDs").
-const ESP_TYPE: [u8; 16] = guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+const ESP_TYPE: Guid = gpt::EFI_SYSTEM_PARTITION;
 
 /// Writes `out`: a hybrid-MBR GPT disk that boots by BIOS (MBR boot code +
 /// stage 2 + the BIOS FAT boot partition) and by UEFI (the ESP), plus a
@@ -256,7 +234,7 @@ pub fn config_partition(image: &Path) -> Result<Range<u64>, String> {
     let entry = gpt
         .entries
         .iter()
-        .find(|e| e.type_guid == CONFIG_PARTITION_TYPE_BYTES)
+        .find(|e| e.type_guid == CONFIG_PARTITION_TYPE)
         .ok_or_else(|| {
             format!(
                 "hybrid image: {} has no {CONFIG_PARTITION_NAME} partition (GPT type {CONFIG_PARTITION_TYPE})",
@@ -280,76 +258,14 @@ pub fn config_partition(image: &Path) -> Result<Range<u64>, String> {
 }
 
 // ---------------------------------------------------------------------------
-// GUIDs and CRC32
-
-/// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` into the 16 on-disk bytes
-/// (first three groups little-endian, UEFI Specification 2.10, appendix A).
-const fn parse_guid(text: &str) -> Option<[u8; 16]> {
-    let s = text.as_bytes();
-    if s.len() != 36 || s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
-        return None;
-    }
-    // Where each on-disk byte's two hex digits start in the text.
-    const AT: [usize; 16] = [6, 4, 2, 0, 11, 9, 16, 14, 19, 21, 24, 26, 28, 30, 32, 34];
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        let (hi, lo) = match (hex_digit(s[AT[i]]), hex_digit(s[AT[i] + 1])) {
-            (Some(hi), Some(lo)) => (hi, lo),
-            _ => return None,
-        };
-        out[i] = hi << 4 | lo;
-        i += 1;
-    }
-    Some(out)
-}
-
-/// One hexadecimal digit's value.
-const fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// A GUID literal's on-disk bytes; only used for constants, so a malformed
-/// literal stops the build instead of reaching a disk.
-const fn guid(text: &str) -> [u8; 16] {
-    match parse_guid(text) {
-        Some(bytes) => bytes,
-        None => panic!("malformed GUID literal"),
-    }
-}
-
-/// Byte-wise equality usable in constants.
-const fn same_bytes(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// The text form of on-disk GUID bytes, for messages.
-fn guid_text(b: &[u8; 16]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-        b[14], b[15]
-    )
-}
+// GUIDs
 
 /// A random version 4 GUID (RFC 9562 section 5.4) in on-disk byte order.
 ///
 /// `RandomState`'s SipHash keys come from the operating system's random
 /// source (once per thread, then a different key for each new one), so
 /// hashing with fresh ones gives unpredictable bits without a crate.
-fn random_guid() -> [u8; 16] {
+fn random_guid() -> Guid {
     let mut out = [0u8; 16];
     let mut filled = 0;
     while filled < out.len() {
@@ -369,41 +285,7 @@ fn random_guid() -> [u8; 16] {
     // byte 7); variant 10 in the top bits of byte 8.
     out[7] = (out[7] & 0x0F) | 0x40;
     out[8] = (out[8] & 0x3F) | 0x80;
-    out
-}
-
-/// CRC-32 (IEEE 802.3: polynomial 0x04C11DB7, reflected as 0xEDB88320,
-/// initial value and final XOR 0xFFFFFFFF), the CRC the GPT header and
-/// entry array carry (UEFI Specification 2.10, section 5.3.2, "GPT Header").
-fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = crc32_table();
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in data {
-        let index = usize::from((crc as u8) ^ byte);
-        crc = (crc >> 8) ^ TABLE.get(index).copied().unwrap_or(0);
-    }
-    !crc
-}
-
-/// The byte-at-a-time lookup table for [`crc32`].
-const fn crc32_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut n = 0;
-    while n < 256 {
-        let mut c = n as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            bit += 1;
-        }
-        table[n] = c;
-        n += 1;
-    }
-    table
+    Guid::from_bytes(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -422,10 +304,6 @@ fn le_u32(buf: &[u8], at: usize) -> Option<u32> {
     field(buf, at).map(u32::from_le_bytes)
 }
 
-fn le_u64(buf: &[u8], at: usize) -> Option<u64> {
-    field(buf, at).map(u64::from_le_bytes)
-}
-
 /// Writes `value` into `buf` at `at`; every caller writes a field that lies
 /// inside a buffer of fixed size.
 fn put(buf: &mut [u8], at: usize, value: &[u8]) {
@@ -440,133 +318,21 @@ fn put(buf: &mut [u8], at: usize, value: &[u8]) {
 // ---------------------------------------------------------------------------
 // GPT
 
-/// A GPT header (UEFI Specification 2.10, section 5.3.2, "GPT Header").
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct GptHeader {
-    /// The LBA this header is at.
-    my_lba: u64,
-    /// The LBA of the other copy.
-    alternate_lba: u64,
-    first_usable_lba: u64,
-    last_usable_lba: u64,
-    disk_guid: [u8; 16],
-    /// Where this copy's entry array starts.
-    entries_lba: u64,
-    entry_count: u32,
-    entry_size: u32,
-    entries_crc: u32,
-}
-
-impl GptHeader {
-    /// The header's sector, with its CRC filled in.
-    fn encode(&self) -> [u8; SECTOR as usize] {
-        let mut s = [0u8; SECTOR as usize];
-        put(&mut s, 0, GPT_SIGNATURE);
-        put(&mut s, 8, &GPT_REVISION.to_le_bytes());
-        put(&mut s, 12, &GPT_HEADER_SIZE.to_le_bytes());
-        // 16: header CRC, computed with the field zero; 20: reserved, zero.
-        put(&mut s, 24, &self.my_lba.to_le_bytes());
-        put(&mut s, 32, &self.alternate_lba.to_le_bytes());
-        put(&mut s, 40, &self.first_usable_lba.to_le_bytes());
-        put(&mut s, 48, &self.last_usable_lba.to_le_bytes());
-        put(&mut s, 56, &self.disk_guid);
-        put(&mut s, 72, &self.entries_lba.to_le_bytes());
-        put(&mut s, 80, &self.entry_count.to_le_bytes());
-        put(&mut s, 84, &self.entry_size.to_le_bytes());
-        put(&mut s, 88, &self.entries_crc.to_le_bytes());
-        let crc = crc32(s.get(..GPT_HEADER_SIZE as usize).unwrap_or_default());
-        put(&mut s, 16, &crc.to_le_bytes());
-        s
+/// A header's sector: the header, then zeros.
+fn header_sector(header: &Header) -> [u8; SECTOR as usize] {
+    let mut sector = [0u8; SECTOR as usize];
+    let encoded = header.encode();
+    if let Some(to) = sector.get_mut(..encoded.len()) {
+        to.copy_from_slice(&encoded);
     }
-
-    /// Reads and checks a header sector (signature, size, CRC), as the
-    /// UEFI spec's header validity rules say (section 5.3.2, "GPT Header").
-    fn decode(s: &[u8]) -> Result<GptHeader, String> {
-        if s.get(..8) != Some(&GPT_SIGNATURE[..]) {
-            return Err("no \"EFI PART\" signature".into());
-        }
-        let short = || "the header sector is cut short".to_string();
-        let size = le_u32(s, 12).ok_or_else(short)?;
-        let stored_crc = le_u32(s, 16).ok_or_else(short)?;
-        if !(GPT_HEADER_SIZE..=SECTOR as u32).contains(&size) {
-            return Err(format!("header size {size} is outside 92..=512"));
-        }
-        let mut copy = s.get(..size as usize).ok_or_else(short)?.to_vec();
-        put(&mut copy, 16, &[0; 4]);
-        let crc = crc32(&copy);
-        if crc != stored_crc {
-            return Err(format!(
-                "header CRC32 is {stored_crc:#010x}, the header's bytes give {crc:#010x}"
-            ));
-        }
-        Ok(GptHeader {
-            my_lba: le_u64(s, 24).ok_or_else(short)?,
-            alternate_lba: le_u64(s, 32).ok_or_else(short)?,
-            first_usable_lba: le_u64(s, 40).ok_or_else(short)?,
-            last_usable_lba: le_u64(s, 48).ok_or_else(short)?,
-            disk_guid: field(s, 56).ok_or_else(short)?,
-            entries_lba: le_u64(s, 72).ok_or_else(short)?,
-            entry_count: le_u32(s, 80).ok_or_else(short)?,
-            entry_size: le_u32(s, 84).ok_or_else(short)?,
-            entries_crc: le_u32(s, 88).ok_or_else(short)?,
-        })
-    }
-}
-
-/// One GPT partition entry (UEFI Specification 2.10, section 5.3.3, "GPT
-/// Partition Entry Array").
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct GptEntry {
-    type_guid: [u8; 16],
-    unique_guid: [u8; 16],
-    first_lba: u64,
-    /// Inclusive.
-    last_lba: u64,
-    attributes: u64,
-    name: String,
-}
-
-impl GptEntry {
-    /// The 128-byte entry; the name is UTF-16LE, cut at 36 units.
-    fn encode(&self) -> [u8; GPT_ENTRY_SIZE as usize] {
-        let mut e = [0u8; GPT_ENTRY_SIZE as usize];
-        put(&mut e, 0, &self.type_guid);
-        put(&mut e, 16, &self.unique_guid);
-        put(&mut e, 32, &self.first_lba.to_le_bytes());
-        put(&mut e, 40, &self.last_lba.to_le_bytes());
-        put(&mut e, 48, &self.attributes.to_le_bytes());
-        for (i, unit) in self.name.encode_utf16().take(36).enumerate() {
-            put(&mut e, 56 + 2 * i, &unit.to_le_bytes());
-        }
-        e
-    }
-
-    /// Reads an entry; `None` for an unused one (type all zero).
-    fn decode(e: &[u8]) -> Option<GptEntry> {
-        let type_guid: [u8; 16] = field(e, 0)?;
-        if type_guid == [0; 16] {
-            return None;
-        }
-        let units: Vec<u16> = (0..36)
-            .map_while(|i| le_u16(e, 56 + 2 * i))
-            .take_while(|&u| u != 0)
-            .collect();
-        Some(GptEntry {
-            type_guid,
-            unique_guid: field(e, 16)?,
-            first_lba: le_u64(e, 32)?,
-            last_lba: le_u64(e, 40)?,
-            attributes: le_u64(e, 48)?,
-            name: String::from_utf16_lossy(&units),
-        })
-    }
+    sector
 }
 
 /// A GPT as read back: the header and its used entries.
 #[derive(Debug)]
 struct Gpt {
-    header: GptHeader,
-    entries: Vec<GptEntry>,
+    header: Header,
+    entries: Vec<Partition>,
 }
 
 /// Reads the GPT whose header is at `lba` of `file` (named `path` in
@@ -582,7 +348,7 @@ fn read_gpt(file: &mut File, path: &Path, lba: u64) -> Result<Gpt, String> {
         .checked_mul(SECTOR)
         .ok_or_else(|| bad("LBA too large".into()))?;
     let sector = read_at(file, path, offset, SECTOR)?;
-    let header = GptHeader::decode(&sector).map_err(bad)?;
+    let header = Header::decode(&sector).map_err(|problem| bad(problem.to_string()))?;
     if header.my_lba != lba {
         return Err(bad(format!("says it is at LBA {}", header.my_lba)));
     }
@@ -604,7 +370,7 @@ fn read_gpt(file: &mut File, path: &Path, lba: u64) -> Result<Gpt, String> {
         .checked_mul(SECTOR)
         .ok_or_else(|| bad(format!("entry array LBA {} too large", header.entries_lba)))?;
     let bytes = read_at(file, path, array_at, array)?;
-    let crc = crc32(&bytes);
+    let crc = gpt::crc32(&bytes);
     if crc != header.entries_crc {
         return Err(bad(format!(
             "entry array CRC32 is {:#010x}, the array's bytes give {crc:#010x}",
@@ -613,7 +379,8 @@ fn read_gpt(file: &mut File, path: &Path, lba: u64) -> Result<Gpt, String> {
     }
     let entries = bytes
         .chunks(header.entry_size as usize)
-        .filter_map(GptEntry::decode)
+        .zip(0..)
+        .filter_map(|(entry, index)| Partition::decode(index, entry))
         .collect();
     Ok(Gpt { header, entries })
 }
@@ -622,8 +389,8 @@ fn read_gpt(file: &mut File, path: &Path, lba: u64) -> Result<Gpt, String> {
 /// `entries`: (primary header sector, backup header sector, entry array).
 fn gpt_sectors(
     total_sectors: u64,
-    disk_guid: [u8; 16],
-    entries: &[GptEntry],
+    disk_guid: Guid,
+    entries: &[Partition],
 ) -> ([u8; SECTOR as usize], [u8; SECTOR as usize], Vec<u8>) {
     let mut array = vec![0u8; (GPT_ENTRY_COUNT * GPT_ENTRY_SIZE) as usize];
     for (slot, entry) in array
@@ -633,7 +400,7 @@ fn gpt_sectors(
         slot.copy_from_slice(&entry.encode());
     }
     let last = total_sectors.saturating_sub(1);
-    let primary = GptHeader {
+    let primary = Header {
         my_lba: 1,
         alternate_lba: last,
         first_usable_lba: 2 + GPT_ENTRY_SECTORS,
@@ -642,15 +409,15 @@ fn gpt_sectors(
         entries_lba: 2,
         entry_count: GPT_ENTRY_COUNT,
         entry_size: GPT_ENTRY_SIZE,
-        entries_crc: crc32(&array),
+        entries_crc: gpt::crc32(&array),
     };
-    let backup = GptHeader {
+    let backup = Header {
         my_lba: last,
         alternate_lba: 1,
         entries_lba: last.saturating_sub(GPT_ENTRY_SECTORS),
         ..primary.clone()
     };
-    (primary.encode(), backup.encode(), array)
+    (header_sector(&primary), header_sector(&backup), array)
 }
 
 // ---------------------------------------------------------------------------
@@ -834,7 +601,7 @@ fn read_esp(path: &Path) -> Result<Extent, String> {
             format!(
                 "hybrid image: {}: the GPT has no EFI system partition (type {})",
                 path.display(),
-                guid_text(&ESP_TYPE)
+                ESP_TYPE
             )
         })?;
     let extent = esp
@@ -1150,8 +917,9 @@ impl Layout {
     }
 
     /// The GPT entries, in disk order.
-    fn gpt_entries(&self, guids: &Guids) -> [GptEntry; 4] {
-        let entry = |type_guid, unique_guid, extent: Extent, name: &str| GptEntry {
+    fn gpt_entries(&self, guids: &Guids) -> [Partition; 4] {
+        let entry = |index, type_guid, unique_guid, extent: Extent, name: &str| Partition {
+            index,
             type_guid,
             unique_guid,
             first_lba: extent.first_lba,
@@ -1160,11 +928,24 @@ impl Layout {
             name: name.to_string(),
         };
         [
-            entry(BIOS_BOOT_TYPE, guids.stage_2, self.stage_2, "bios-stage-2"),
-            entry(BASIC_DATA_TYPE, guids.bios_fat, self.bios_fat, "bios-boot"),
-            entry(ESP_TYPE, guids.esp, self.esp, "efi-system"),
             entry(
-                CONFIG_PARTITION_TYPE_BYTES,
+                0,
+                BIOS_BOOT_TYPE,
+                guids.stage_2,
+                self.stage_2,
+                "bios-stage-2",
+            ),
+            entry(
+                1,
+                BASIC_DATA_TYPE,
+                guids.bios_fat,
+                self.bios_fat,
+                "bios-boot",
+            ),
+            entry(2, ESP_TYPE, guids.esp, self.esp, "efi-system"),
+            entry(
+                3,
+                CONFIG_PARTITION_TYPE,
                 guids.config,
                 self.config,
                 CONFIG_PARTITION_NAME,
@@ -1176,11 +957,11 @@ impl Layout {
 /// The disk's and each partition's unique GUID.
 #[derive(Clone, Copy, Debug)]
 struct Guids {
-    disk: [u8; 16],
-    stage_2: [u8; 16],
-    bios_fat: [u8; 16],
-    esp: [u8; 16],
-    config: [u8; 16],
+    disk: Guid,
+    stage_2: Guid,
+    bios_fat: Guid,
+    esp: Guid,
+    config: Guid,
 }
 
 impl Guids {
@@ -1255,18 +1036,14 @@ fn write_image(out: &Path, plan: &Plan) -> Result<(), String> {
 }
 
 /// Formats FERROCFG inside `out` and copies the config tree into it.
-fn fill_config(
-    out: &Path,
-    extent: Extent,
-    guid: &[u8; 16],
-    tree: &ConfigTree,
-) -> Result<(), String> {
+fn fill_config(out: &Path, extent: Extent, guid: &Guid, tree: &ConfigTree) -> Result<(), String> {
     let offset = extent.first_lba * SECTOR;
     let image = {
         let mut s = out.as_os_str().to_os_string();
         s.push(format!("@@{offset}"));
         s
     };
+    let guid = guid.to_bytes();
     let serial = u32::from_le_bytes([guid[0], guid[1], guid[2], guid[3]]);
     // FAT32 (-F) with one-sector clusters (-c 1) over exactly the partition
     // (-T); hidden sectors (-H) = the partition's LBA, as a BPB on a
@@ -1458,6 +1235,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpt::crc32;
 
     /// A fresh, empty scratch folder for one test.
     fn scratch(name: &str) -> PathBuf {
@@ -1569,9 +1347,9 @@ mod tests {
 
     /// A UEFI disk like the bootloader's: a GPT whose one entry is the ESP
     /// at LBA 34. The header is written field by field here, apart from
-    /// `GptHeader::encode`, so the reader is checked against an independent
+    /// `gpt::Header::encode`, so the reader is checked against an independent
     /// writer.
-    fn fake_uefi(dir: &Path, esp_type: [u8; 16]) -> PathBuf {
+    fn fake_uefi(dir: &Path, esp_type: Guid) -> PathBuf {
         let fat = fat_image(
             dir,
             "esp-fat",
@@ -1585,7 +1363,7 @@ mod tests {
         disk.extend_from_slice(&fat);
         disk.resize(disk.len() + 64 * 1024, 0);
         let mut entries = vec![0u8; 128 * 128];
-        entries[..16].copy_from_slice(&esp_type);
+        entries[..16].copy_from_slice(&esp_type.to_bytes());
         entries[16..32].copy_from_slice(&[7; 16]);
         entries[32..40].copy_from_slice(&FAKE_ESP_LBA.to_le_bytes());
         entries[40..48].copy_from_slice(&(FAKE_ESP_LBA + 4095).to_le_bytes());
@@ -1655,27 +1433,29 @@ mod tests {
     fn guids_are_stored_mixed_endian() {
         // The ESP type as the bootloader's real UEFI image stores it.
         assert_eq!(
-            ESP_TYPE,
+            ESP_TYPE.to_bytes(),
             [
                 0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
                 0xc9, 0x3b
             ]
         );
+        let config_text = "43512ee0-5019-4c06-ace2-4e748860ee00";
+        assert_eq!(Guid::parse(config_text), Some(CONFIG_PARTITION_TYPE));
+        assert_eq!(CONFIG_PARTITION_TYPE.to_string(), config_text);
         assert_eq!(
-            parse_guid(CONFIG_PARTITION_TYPE),
-            Some(CONFIG_PARTITION_TYPE_BYTES)
+            CONFIG_PARTITION_TYPE.to_bytes(),
+            [
+                0xe0, 0x2e, 0x51, 0x43, 0x19, 0x50, 0x06, 0x4c, 0xac, 0xe2, 0x4e, 0x74, 0x88, 0x60,
+                0xee, 0x00
+            ]
         );
         assert_eq!(
-            guid_text(&CONFIG_PARTITION_TYPE_BYTES),
-            CONFIG_PARTITION_TYPE
-        );
-        assert_eq!(
-            guid_text(&BIOS_BOOT_TYPE),
+            BIOS_BOOT_TYPE.to_string(),
             "21686148-6449-6e6f-744e-656564454649"
         );
-        assert_eq!(parse_guid("43512ee0-5019-4c06-ace2-4e748860ee0"), None);
-        assert_eq!(parse_guid("43512ee0-5019-4c06-ace2_4e748860ee00"), None);
-        assert_eq!(parse_guid("43512ee0-5019-4c06-ace2-4e748860ee0g"), None);
+        assert_eq!(Guid::parse("43512ee0-5019-4c06-ace2-4e748860ee0"), None);
+        assert_eq!(Guid::parse("43512ee0-5019-4c06-ace2_4e748860ee00"), None);
+        assert_eq!(Guid::parse("43512ee0-5019-4c06-ace2-4e748860ee0g"), None);
     }
 
     #[test]
@@ -1684,7 +1464,7 @@ mod tests {
         let b = random_guid();
         assert_ne!(a, b);
         for g in [a, b] {
-            let text = guid_text(&g);
+            let text = g.to_string();
             assert_eq!(&text[14..15], "4", "{text}");
             assert!("89ab".contains(&text[19..20]), "{text}");
         }
@@ -1703,17 +1483,18 @@ mod tests {
 
     #[test]
     fn gpt_headers_and_entries_read_back_as_written() {
-        let entries = [GptEntry {
-            type_guid: CONFIG_PARTITION_TYPE_BYTES,
-            unique_guid: [3; 16],
+        let entries = [Partition {
+            index: 0,
+            type_guid: CONFIG_PARTITION_TYPE,
+            unique_guid: Guid::from_bytes([3; 16]),
             first_lba: 2048,
             last_lba: 4095,
             attributes: 1 << 60,
             name: "FERROCFG".into(),
         }];
-        let (primary, backup, array) = gpt_sectors(10_000, [5; 16], &entries);
-        let p = GptHeader::decode(&primary).unwrap();
-        let b = GptHeader::decode(&backup).unwrap();
+        let (primary, backup, array) = gpt_sectors(10_000, Guid::from_bytes([5; 16]), &entries);
+        let p = Header::decode(&primary).unwrap();
+        let b = Header::decode(&backup).unwrap();
         assert_eq!((p.my_lba, p.alternate_lba, p.entries_lba), (1, 9999, 2));
         assert_eq!(
             (b.my_lba, b.alternate_lba, b.entries_lba),
@@ -1724,32 +1505,37 @@ mod tests {
         assert_eq!(p.last_usable_lba, b.last_usable_lba);
         assert_eq!((p.entry_count, p.entry_size), (128, 128));
         assert_eq!(p.entries_crc, crc32(&array));
-        assert_eq!(p.disk_guid, [5; 16]);
+        assert_eq!(p.disk_guid, Guid::from_bytes([5; 16]));
         assert_eq!(array.len(), 128 * 128);
         // Name as UTF-16LE at byte 56 of the entry.
         assert_eq!(&array[56..60], &[b'F', 0, b'E', 0]);
-        assert_eq!(GptEntry::decode(&array[..128]), Some(entries[0].clone()));
-        assert_eq!(GptEntry::decode(&array[128..256]), None);
+        assert_eq!(
+            Partition::decode(0, &array[..128]),
+            Some(entries[0].clone())
+        );
+        assert_eq!(Partition::decode(1, &array[128..256]), None);
     }
 
     #[test]
     fn gpt_headers_with_a_bad_crc_or_signature_are_refused() {
-        let (primary, _, _) = gpt_sectors(10_000, [5; 16], &[]);
+        let (primary, _, _) = gpt_sectors(10_000, Guid::from_bytes([5; 16]), &[]);
         let mut flipped = primary;
         flipped[40] ^= 1;
-        let err = GptHeader::decode(&flipped).unwrap_err();
+        let err = Header::decode(&flipped).unwrap_err().to_string();
         assert!(err.contains("header CRC32"), "{err}");
         let mut unsigned = primary;
         unsigned[0] = b'X';
-        assert!(GptHeader::decode(&unsigned)
+        assert!(Header::decode(&unsigned)
             .unwrap_err()
+            .to_string()
             .contains("EFI PART"));
         let mut huge = primary;
         huge[12..16].copy_from_slice(&600u32.to_le_bytes());
-        assert!(GptHeader::decode(&huge)
+        assert!(Header::decode(&huge)
             .unwrap_err()
+            .to_string()
             .contains("header size 600"));
-        assert!(GptHeader::decode(&primary[..50]).is_err());
+        assert!(Header::decode(&primary[..50]).is_err());
     }
 
     #[test]
@@ -1896,7 +1682,7 @@ mod tests {
         assert_eq!(backup.header.entries_lba, last - 32);
         assert_eq!(primary.entries, backup.entries);
         assert_eq!(primary.header.disk_guid, backup.header.disk_guid);
-        let summary: Vec<(String, [u8; 16], u64)> = primary
+        let summary: Vec<(String, Guid, u64)> = primary
             .entries
             .iter()
             .map(|e| (e.name.clone(), e.type_guid, e.first_lba))
@@ -1906,7 +1692,7 @@ mod tests {
         assert_eq!(summary[2], ("efi-system".into(), ESP_TYPE, 8192));
         assert_eq!(
             summary[3],
-            ("FERROCFG".into(), CONFIG_PARTITION_TYPE_BYTES, 12288)
+            ("FERROCFG".into(), CONFIG_PARTITION_TYPE, 12288)
         );
         let mut seen = HashSet::new();
         let mut end = 0;

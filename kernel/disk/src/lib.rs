@@ -28,9 +28,9 @@ use core::cell::RefCell;
 
 use config::files::ConfigFiles;
 
+pub use self::gpt::{Gpt, GptError, Guid, Partition};
 pub use block::{BlockDevice, DiskError, MemDisk};
 pub use fat::{DirEntry, FatFile, FatType, FatVolume, FsError};
-pub use gpt::{Gpt, GptError, Guid, Partition};
 
 /// Finds Ferrovisor's config partition on `dev` (see
 /// [`Gpt::config_partition`]). A disk without any GPT gives `Ok(None)`;

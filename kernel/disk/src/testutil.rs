@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::block::{check_read, BlockDevice, DiskError};
-use super::gpt::{Guid, CRC32};
+use super::gpt::{crc32, Guid};
 
 /// One partition for [`write_gpt`].
 #[derive(Clone, Debug)]
@@ -122,7 +122,7 @@ pub fn write_gpt(layout: &Layout) -> Vec<u8> {
         put(&mut array, at + 56, &name[..name.len().min(72)]);
     }
     let array_len = layout.entries as usize * layout.entry_size as usize;
-    let array_crc = CRC32.checksum(&array[..array_len]);
+    let array_crc = crc32(&array[..array_len]);
 
     let last = layout.sectors - 1;
     let backup_array = last - layout.array_sectors();
@@ -159,7 +159,7 @@ pub fn seal_header(disk: &mut [u8], ss: usize, lba: u64) {
     let h = lba as usize * ss;
     let size = (field_u32(disk, h + 12) as usize).clamp(20, ss);
     put(disk, h + 16, &[0; 4]);
-    let crc = CRC32.checksum(&disk[h..h + size]);
+    let crc = crc32(&disk[h..h + size]);
     put(disk, h + 16, &crc.to_le_bytes());
 }
 
@@ -174,7 +174,7 @@ pub fn seal_array(disk: &mut [u8], ss: usize, lba: u64) {
         .checked_mul(ss)
         .and_then(|start| disk.get(start..start.checked_add(len)?));
     if let Some(array) = array {
-        let crc = CRC32.checksum(array);
+        let crc = crc32(array);
         put(disk, h + 88, &crc.to_le_bytes());
     }
     seal_header(disk, ss, lba);

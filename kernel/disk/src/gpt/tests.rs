@@ -37,7 +37,7 @@ fn put(disk: &mut [u8], at: usize, bytes: &[u8]) {
 #[test]
 fn crc32_is_the_zlib_one() {
     // The check value of CRC-32/ISO-HDLC, the CRC UEFI and zlib use.
-    assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
 }
 
 #[test]
@@ -61,8 +61,8 @@ fn guids_are_mixed_endian_on_disk_and_print_in_registry_form() {
         CONFIG_PARTITION_TYPE.to_string(),
         "43512ee0-5019-4c06-ace2-4e748860ee00"
     );
-    // The bytes xtask::disk writes in the shipped disk's entry
-    // (CONFIG_PARTITION_TYPE_BYTES there).
+    // The bytes in the shipped disk's entry (xtask::disk writes it with
+    // the same `gpt` crate).
     assert_eq!(
         CONFIG_PARTITION_TYPE.to_bytes(),
         [
@@ -206,7 +206,7 @@ fn damages() -> Vec<(&'static str, Damage)> {
             copy[16..20].fill(0);
             TableProblem::HeaderCrc {
                 stored,
-                computed: CRC32.checksum(&copy),
+                computed: crc32(&copy),
             }
         }),
         ("own LBA", |d, lba| {
@@ -281,7 +281,7 @@ fn damages() -> Vec<(&'static str, Damage)> {
             let start = entry_offset(d, 512, lba, 0);
             TableProblem::EntryArrayCrc {
                 stored,
-                computed: CRC32.checksum(&d[start..start + 128 * 128]),
+                computed: crc32(&d[start..start + 128 * 128]),
             }
         }),
         ("partition ends before it starts", |d, lba| {
