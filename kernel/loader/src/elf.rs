@@ -121,7 +121,7 @@ impl<'a, S: ImageSource + ?Sized> Elf<'a, S> {
             phnum,
             phentsize,
         };
-        let table_len = u64::from(phnum) * u64::from(phentsize);
+        let table_len = u64::from(phnum).saturating_mul(u64::from(phentsize));
         let fits = phoff
             .checked_add(table_len)
             .is_some_and(|end| end <= image.len());

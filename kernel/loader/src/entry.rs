@@ -322,7 +322,7 @@ impl EntryState {
         );
         state.gdtr = DescriptorTable {
             base: GDT_ADDR,
-            limit: GDT_LEN as u16 - 1,
+            limit: const { GDT_LEN as u16 - 1 },
         };
         state.idtr = DescriptorTable {
             base: GuestPhysAddr::new(0),
@@ -386,7 +386,10 @@ pub(crate) fn write_identity_map<M: GuestMemory + ?Sized>(
 ) -> Result<(), LoadError> {
     debug_assert!((1..=MAX_IDENTITY_MAP_GIB).contains(&gib));
     let gib = gib.clamp(1, MAX_IDENTITY_MAP_GIB);
-    let len = PD_ADDR.as_u64() + gib * PAGE as u64 - PML4_ADDR.as_u64();
+    let len = PD_ADDR
+        .as_u64()
+        .saturating_add(gib.saturating_mul(PAGE as u64))
+        .saturating_sub(PML4_ADDR.as_u64());
     placements.claim(Item::PageTables, PML4_ADDR.as_u64(), len)?;
 
     let mut table = [0u8; PAGE];
@@ -399,22 +402,34 @@ pub(crate) fn write_identity_map<M: GuestMemory + ?Sized>(
 
     table = [0u8; PAGE];
     for i in 0..gib {
-        let pd = PD_ADDR.as_u64() + i * PAGE as u64;
-        put_u64(&mut table, i as usize * 8, pd | PTE_PRESENT | PTE_WRITABLE);
+        let pd = PD_ADDR
+            .as_u64()
+            .saturating_add(i.saturating_mul(PAGE as u64));
+        put_u64(
+            &mut table,
+            (i as usize).saturating_mul(8),
+            pd | PTE_PRESENT | PTE_WRITABLE,
+        );
     }
     mem.write(PDPT_ADDR, &table)?;
 
     for i in 0..gib {
         for j in 0..512u64 {
-            let frame = i * SIZE_1G + j * SIZE_2M;
+            let frame = i
+                .saturating_mul(SIZE_1G)
+                .saturating_add(j.saturating_mul(SIZE_2M));
             put_u64(
                 &mut table,
-                j as usize * 8,
+                (j as usize).saturating_mul(8),
                 frame | PTE_PRESENT | PTE_WRITABLE | PTE_HUGE,
             );
         }
         mem.write(
-            GuestPhysAddr::new(PD_ADDR.as_u64() + i * PAGE as u64),
+            GuestPhysAddr::new(
+                PD_ADDR
+                    .as_u64()
+                    .saturating_add(i.saturating_mul(PAGE as u64)),
+            ),
             &table,
         )?;
     }
@@ -422,6 +437,13 @@ pub(crate) fn write_identity_map<M: GuestMemory + ?Sized>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

@@ -143,6 +143,13 @@ pub fn load_flat<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::super::entry::{AccessRights, CR0_PE, CR0_PG, CR4_PAE};
     use super::super::fixtures::Ram;

@@ -150,7 +150,11 @@ impl MemoryMap {
             RegionKind::Reserved,
         );
         if ram > HIGH_RAM_START {
-            map.push(HIGH_RAM_START, ram - HIGH_RAM_START, RegionKind::Ram);
+            map.push(
+                HIGH_RAM_START,
+                ram.saturating_sub(HIGH_RAM_START),
+                RegionKind::Ram,
+            );
         }
         Ok(map)
     }
@@ -162,7 +166,7 @@ impl MemoryMap {
                 len,
                 kind,
             };
-            self.len += 1;
+            self.len = self.len.saturating_add(1);
         }
     }
 
@@ -286,7 +290,7 @@ impl Placements {
         match self.items.get_mut(self.len) {
             Some(slot) => {
                 *slot = new;
-                self.len += 1;
+                self.len = self.len.saturating_add(1);
             }
             // The module count is capped below the capacity, so every load
             // fits; were it not, the placement is still checked, only not
@@ -298,6 +302,13 @@ impl Placements {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

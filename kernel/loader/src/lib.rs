@@ -24,6 +24,15 @@
 //! Multiboot Specification version 0.6.96; the System V ABI (ELF) for the
 //! program headers.
 #![cfg_attr(not(test), no_std)]
+// Guests (and their images) are untrusted: nothing here may panic on what
+// they control, so the panicking forms are refused outright.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 extern crate alloc;
 
@@ -86,10 +95,10 @@ pub trait GuestMemory {
         }
         let mut done = 0;
         while done < len {
-            let chunk = (len - done).min(ZEROS.len() as u64);
+            let chunk = len.saturating_sub(done).min(ZEROS.len() as u64);
             let at = gpa.checked_add(done).ok_or(outside)?;
             self.write(at, ZEROS.get(..chunk as usize).unwrap_or_default())?;
-            done += chunk;
+            done = done.saturating_add(chunk);
         }
         Ok(())
     }
@@ -272,7 +281,21 @@ pub fn detect_source_format<S: ImageSource + ?Sized>(src: &S) -> Result<Option<F
 // Synthetic images and guest RAMs for tests, here and in the crates above
 // (`image`), which enable the `fixtures` feature as a dev-dependency.
 #[cfg(any(test, feature = "fixtures"))]
-#[allow(missing_docs)]
+#[allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 pub mod fixtures;
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests;

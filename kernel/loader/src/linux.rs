@@ -175,7 +175,7 @@ impl SetupHeader {
             0 => 4,
             n => usize::from(n),
         };
-        let setup_len = (setup_sects + 1) * 512;
+        let setup_len = setup_sects.saturating_add(1).saturating_mul(512);
         let loadflags = u8_at(image, LOADFLAGS).ok_or(short)?;
         let new_fields = raw_version >= VERSION_2_10;
         let header = Self {
@@ -213,7 +213,7 @@ impl SetupHeader {
         }
         let kernel_len = file_len.saturating_sub(setup_len);
         let needed = if header.has_64bit_entry() {
-            ENTRY_64_OFFSET as usize + 1
+            const { ENTRY_64_OFFSET as usize + 1 }
         } else {
             1
         };
@@ -325,10 +325,14 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         (Some(a), Some(b)) => a.max(b),
         _ => u64::MAX,
     };
-    placements.claim(Item::Kernel, kernel_start, kernel_end - kernel_start)?;
+    placements.claim(
+        Item::Kernel,
+        kernel_start,
+        kernel_end.saturating_sub(kernel_start),
+    )?;
 
     let cmdline = image.cmdline.as_bytes();
-    let area = BOOT_INFO_END.as_u64() - LINUX_CMDLINE_ADDR.as_u64() - 1;
+    let area = const { BOOT_INFO_END.as_u64() - LINUX_CMDLINE_ADDR.as_u64() - 1 };
     let max = u64::from(header.cmdline_size).min(area);
     if cmdline.len() as u64 > max {
         return Err(LoadError::CommandLineTooLong {
@@ -342,7 +346,7 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     placements.claim(
         Item::CommandLine,
         LINUX_CMDLINE_ADDR.as_u64(),
-        cmdline.len() as u64 + 1,
+        (cmdline.len() as u64).saturating_add(1),
     )?;
     placements.claim(
         Item::BootParams,
@@ -371,7 +375,11 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     )?;
     mem.write(LINUX_CMDLINE_ADDR, cmdline)?;
     mem.write(
-        GuestPhysAddr::new(LINUX_CMDLINE_ADDR.as_u64() + cmdline.len() as u64),
+        GuestPhysAddr::new(
+            LINUX_CMDLINE_ADDR
+                .as_u64()
+                .saturating_add(cmdline.len() as u64),
+        ),
         &[0],
     )?;
     if let Some((at, data)) = initrd {
@@ -398,7 +406,7 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
 
     let mut entry = if header.has_64bit_entry() {
         write_identity_map(mem, &mut placements, IDENTITY_MAP_GIB)?;
-        EntryState::long64(load + ENTRY_64_OFFSET)
+        EntryState::long64(load.saturating_add(ENTRY_64_OFFSET))
     } else {
         // A 32-bit entry needs a 32-bit address; RAM ends below 3 GiB.
         EntryState::protected32(u32::try_from(load).unwrap_or(u32::MAX))
@@ -484,11 +492,22 @@ fn build_boot_params(
     let count = regions.len().min(E820_MAX_ENTRIES);
     put_u8(params, E820_ENTRIES, count as u8);
     for (i, region) in regions.iter().take(count).enumerate() {
-        put(params, E820_TABLE + i * 20, &region.e820_entry());
+        put(
+            params,
+            E820_TABLE.saturating_add(i.saturating_mul(20)),
+            &region.e820_entry(),
+        );
     }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::super::fixtures::{BzImage, Ram};
     use super::super::layout::{GDT_ADDR, PML4_ADDR};

@@ -127,8 +127,8 @@ impl Header {
             if u32_at(window, offset) != Some(HEADER_MAGIC) {
                 continue;
             }
-            let flags = u32_at(window, offset + 4);
-            let checksum = u32_at(window, offset + 8);
+            let flags = u32_at(window, offset.saturating_add(4));
+            let checksum = u32_at(window, offset.saturating_add(8));
             let (Some(flags), Some(checksum)) = (flags, checksum) else {
                 first_broken.get_or_insert(MultibootError::HeaderCutOff {
                     offset,
@@ -141,7 +141,14 @@ impl Header {
                 continue;
             }
             let addresses = if flags & FLAG_ADDRESSES != 0 {
-                let field = |i: usize| u32_at(window, offset + HEADER_LEN + 4 * i);
+                let field = |i: usize| {
+                    u32_at(
+                        window,
+                        offset
+                            .saturating_add(HEADER_LEN)
+                            .saturating_add(i.saturating_mul(4)),
+                    )
+                };
                 match (field(0), field(1), field(2), field(3), field(4)) {
                     (
                         Some(header_addr),
@@ -231,13 +238,14 @@ struct InfoLayout {
 impl InfoLayout {
     fn new<S: ImageSource + ?Sized>(image: &MultibootImage<'_, S>, map: &MemoryMap) -> Self {
         let mmap = INFO_LEN as u64;
-        let mmap_len = map.regions().len() as u64 * MMAP_ENTRY_LEN;
-        let mods = mmap + mmap_len;
-        let loader_name = mods + image.modules.len() as u64 * MODULE_ENTRY_LEN;
-        let cmdline = loader_name + LOADER_NAME.len() as u64 + 1;
-        let module_strings = cmdline + image.cmdline.len() as u64 + 1;
+        let mmap_len = (map.regions().len() as u64).saturating_mul(MMAP_ENTRY_LEN);
+        let mods = mmap.saturating_add(mmap_len);
+        let loader_name =
+            mods.saturating_add((image.modules.len() as u64).saturating_mul(MODULE_ENTRY_LEN));
+        let cmdline = loader_name.saturating_add(const { LOADER_NAME.len() as u64 + 1 });
+        let module_strings = cmdline.saturating_add((image.cmdline.len() as u64).saturating_add(1));
         let len = image.modules.iter().fold(module_strings, |at, m| {
-            at.saturating_add(m.cmdline.len() as u64 + 1)
+            at.saturating_add((m.cmdline.len() as u64).saturating_add(1))
         });
         Self {
             mmap,
@@ -306,7 +314,7 @@ pub fn load_multiboot<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     let mut placements = Placements::new(ram);
 
     let layout = InfoLayout::new(image, &memory_map);
-    let area = BOOT_INFO_END.as_u64() - BOOT_INFO_ADDR.as_u64();
+    let area = const { BOOT_INFO_END.as_u64() - BOOT_INFO_ADDR.as_u64() };
     if layout.len > area {
         return Err(MultibootError::InfoTooLarge {
             len: layout.len,
@@ -345,8 +353,8 @@ pub fn load_multiboot<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
             .map_or(u64::MAX, GuestPhysAddr::as_u64);
         placements.claim(item, at, len)?;
         chunks.copy(mem, module.data, item, 0, len, GuestPhysAddr::new(at))?;
-        *range = (at, at + len);
-        next = at + len;
+        *range = (at, at.saturating_add(len));
+        next = at.saturating_add(len);
     }
 
     write_info(mem, image, &layout, &memory_map, &module_ranges)?;
@@ -403,7 +411,7 @@ fn load_aout<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
             })?
     };
     let load_addr = u64::from(a.load_addr);
-    let load_end = load_addr + load_len;
+    let load_end = load_addr.saturating_add(load_len);
     let end = match a.bss_end_addr {
         0 => load_end,
         bss_end if u64::from(bss_end) < load_end => {
@@ -419,7 +427,7 @@ fn load_aout<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     if !(load_addr..end).contains(&entry) {
         return Err(MultibootError::EntryOutsideImage { entry }.into());
     }
-    placements.claim(Item::Kernel, load_addr, end - load_addr)?;
+    placements.claim(Item::Kernel, load_addr, end.saturating_sub(load_addr))?;
     chunks.copy(
         mem,
         file,
@@ -428,7 +436,7 @@ fn load_aout<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         load_len,
         GuestPhysAddr::new(load_addr),
     )?;
-    mem.zero(GuestPhysAddr::new(load_end), end - load_end)?;
+    mem.zero(GuestPhysAddr::new(load_end), end.saturating_sub(load_end))?;
     Ok((end, entry))
 }
 
@@ -472,12 +480,12 @@ fn load_elf<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         span = Some((lo.min(placed.start.as_u64()), hi.max(placed.end())));
         let offset = elf.entry.wrapping_sub(segment.vaddr);
         if entry.is_none() && elf.entry >= segment.vaddr && offset < segment.memsz {
-            entry = Some(segment.paddr + offset);
+            entry = Some(segment.paddr.saturating_add(offset));
         }
     }
     let (lo, hi) = span.ok_or(MultibootError::NoLoadableSegment)?;
     let entry = entry.ok_or(MultibootError::EntryOutsideImage { entry: elf.entry })?;
-    placements.claim(Item::Kernel, lo, hi - lo)?;
+    placements.claim(Item::Kernel, lo, hi.saturating_sub(lo))?;
 
     for index in 0..elf.phnum {
         let Some(segment) = elf.load_segment(index)? else {
@@ -492,8 +500,8 @@ fn load_elf<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
             segment.filesz,
             at,
         )?;
-        let bss = GuestPhysAddr::new(segment.paddr + segment.filesz);
-        mem.zero(bss, segment.memsz - segment.filesz)?;
+        let bss = GuestPhysAddr::new(segment.paddr.saturating_add(segment.filesz));
+        mem.zero(bss, segment.memsz.saturating_sub(segment.filesz))?;
     }
     Ok((hi, entry))
 }
@@ -508,7 +516,7 @@ fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
 ) -> Result<(), LoadError> {
     let base = BOOT_INFO_ADDR.as_u64();
     // Everything lies below BOOT_INFO_END, so the addresses fit 32 bits.
-    let addr = |offset: u64| (base + offset) as u32;
+    let addr = |offset: u64| base.saturating_add(offset) as u32;
     let ram = mem.size();
 
     let mut info = [0u8; INFO_LEN];
@@ -542,13 +550,20 @@ fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         put_u32(&mut entry, 0, (MMAP_ENTRY_LEN - 4) as u32);
         put(&mut entry, 4, &region.e820_entry());
         mem.write(
-            GuestPhysAddr::new(base + layout.mmap + i as u64 * MMAP_ENTRY_LEN),
+            GuestPhysAddr::new(
+                base.saturating_add(layout.mmap)
+                    .saturating_add((i as u64).saturating_mul(MMAP_ENTRY_LEN)),
+            ),
             &entry,
         )?;
     }
 
-    write_string(mem, base + layout.loader_name, LOADER_NAME)?;
-    write_string(mem, base + layout.cmdline, image.cmdline.as_bytes())?;
+    write_string(mem, base.saturating_add(layout.loader_name), LOADER_NAME)?;
+    write_string(
+        mem,
+        base.saturating_add(layout.cmdline),
+        image.cmdline.as_bytes(),
+    )?;
     let mut string_at = layout.module_strings;
     for (i, (module, &(start, end))) in image.modules.iter().zip(modules).enumerate() {
         let mut entry = [0u8; MODULE_ENTRY_LEN as usize];
@@ -557,11 +572,18 @@ fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         put_u32(&mut entry, 4, end as u32);
         put_u32(&mut entry, 8, addr(string_at));
         mem.write(
-            GuestPhysAddr::new(base + layout.mods + i as u64 * MODULE_ENTRY_LEN),
+            GuestPhysAddr::new(
+                base.saturating_add(layout.mods)
+                    .saturating_add((i as u64).saturating_mul(MODULE_ENTRY_LEN)),
+            ),
             &entry,
         )?;
-        write_string(mem, base + string_at, module.cmdline.as_bytes())?;
-        string_at += module.cmdline.len() as u64 + 1;
+        write_string(
+            mem,
+            base.saturating_add(string_at),
+            module.cmdline.as_bytes(),
+        )?;
+        string_at = string_at.saturating_add((module.cmdline.len() as u64).saturating_add(1));
     }
     Ok(())
 }
@@ -569,10 +591,17 @@ fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
 /// Writes `s` and a terminating NUL at `at`.
 fn write_string<M: GuestMemory + ?Sized>(mem: &mut M, at: u64, s: &[u8]) -> Result<(), LoadError> {
     mem.write(GuestPhysAddr::new(at), s)?;
-    mem.write(GuestPhysAddr::new(at + s.len() as u64), &[0])
+    mem.write(GuestPhysAddr::new(at.saturating_add(s.len() as u64)), &[0])
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::super::entry::{CR0_PE, CR0_PG};
     use super::super::fixtures::{

@@ -129,7 +129,7 @@ impl Chunks {
     ) -> Result<(), LoadError> {
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(self.buf.len() as u64);
+            let n = len.saturating_sub(done).min(self.buf.len() as u64);
             let chunk = self.buf.get_mut(..n as usize).unwrap_or_default();
             if chunk.is_empty() {
                 // Only a zero-length buffer gets here; nothing would move.
@@ -150,7 +150,7 @@ impl Chunks {
                 ram: mem.size(),
             })?;
             mem.write(dest, chunk)?;
-            done += n;
+            done = done.saturating_add(n);
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ impl Gpr {
     }
 
     /// `RAX`, `R8`, ...
+    // The 16 names match the 16 variants, numbered 0..=15 by their
+    // encodings: the index cannot be out of range.
+    #[allow(clippy::indexing_slicing)]
     pub fn name(self) -> &'static str {
         [
             "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11",

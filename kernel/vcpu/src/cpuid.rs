@@ -355,6 +355,9 @@ const ZERO_BASIC_LEAVES: &[u32] = &[
 const EXT_SVM_LEAF: u32 = 0x8000_000A;
 
 /// One 4-byte word of [`SIGNATURE`], little-endian.
+// Only ever evaluated at compile time (`const { .. }` at the callers), so a
+// word past the 12-byte signature fails the build instead of panicking.
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 const fn signature_word(word: usize) -> u32 {
     let s = SIGNATURE;
     u32::from_le_bytes([
@@ -477,7 +480,7 @@ fn leaf_4(raw: CpuidResult, vcpus: u32) -> CpuidResult {
     // EAX[31:26]: addressable core IDs in the package, minus 1 (6 bits);
     // EAX[25:14]: addressable logical processor IDs sharing this cache,
     // minus 1: 0, one thread per cache.
-    let cores_minus_one = (vcpus - 1).min(0x3F);
+    let cores_minus_one = vcpus.saturating_sub(1).min(0x3F);
     CpuidResult {
         eax: (raw.eax & 0x3FFF) | (cores_minus_one << 26),
         ..raw
@@ -527,7 +530,9 @@ fn id_bits(n: u32) -> u32 {
     if n <= 1 {
         0
     } else {
-        (u32::BITS - (n - 1).leading_zeros()).min(0x1F)
+        u32::BITS
+            .saturating_sub(n.saturating_sub(1).leading_zeros())
+            .min(0x1F)
     }
 }
 
@@ -537,9 +542,9 @@ fn hypervisor_leaf(leaf: u32) -> CpuidResult {
     match leaf {
         HYPERVISOR_LEAF => CpuidResult {
             eax: HYPERVISOR_LEAF_MAX,
-            ebx: signature_word(0),
-            ecx: signature_word(1),
-            edx: signature_word(2),
+            ebx: const { signature_word(0) },
+            ecx: const { signature_word(1) },
+            edx: const { signature_word(2) },
         },
         HYPERVISOR_LEAF_MAX => CpuidResult {
             eax: HYPERCALL_ABI_VERSION,
@@ -567,6 +572,13 @@ fn extended_leaf(leaf: u32, subleaf: u32, host: &impl Fn(u32, u32) -> CpuidResul
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -417,7 +417,7 @@ impl ExitTally {
         let mut seen = core::mem::take(&mut self.seen);
         while seen != 0 {
             let k = seen.trailing_zeros() as usize;
-            seen &= seen - 1;
+            seen &= seen.wrapping_sub(1);
             let n = self.counts.get_mut(k).map_or(0, core::mem::take);
             let slot = match table.get_mut(k) {
                 Some(t) => t,
@@ -575,7 +575,7 @@ pub fn handle_exit<B: VcpuAccess, P: Platform>(
     vm: &mut VmDevices,
     platform: &mut P,
 ) -> Outcome {
-    model.stats.exits += 1;
+    model.stats.exits = model.stats.exits.saturating_add(1);
     model.tally.count(exit.kind());
     // CPUID, the most frequent exit, is handled here, so it does not pay
     // for the general dispatch's stack frame.
@@ -611,12 +611,12 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::ExternalInterrupt => {
             // The host's (a kick); the guest goes on once the caller has
             // handled it.
-            model.stats.host_events += 1;
+            model.stats.host_events = model.stats.host_events.saturating_add(1);
             Ok(Outcome::HostInterrupt)
         }
         Exit::Nmi => {
             // The host has no use for NMIs yet; the guest just goes on.
-            model.stats.host_events += 1;
+            model.stats.host_events = model.stats.host_events.saturating_add(1);
             Ok(Outcome::Resume)
         }
         // Nothing is pending for the guest yet when the window opens: the
@@ -703,7 +703,7 @@ fn inject<B: VcpuAccess>(
     let protected = vcpu.cr0()? & CR0_PE != 0;
     let error_code = error_code.filter(|_| protected);
     vcpu.inject(Event::Exception { vector, error_code })?;
-    model.stats.injected += 1;
+    model.stats.injected = model.stats.injected.saturating_add(1);
     Ok(Outcome::Resume)
 }
 
@@ -749,7 +749,7 @@ fn cpuid<B: VcpuAccess, P: Platform>(
     model: &mut VcpuModel,
     platform: &P,
 ) -> Result<Outcome, B::Error> {
-    model.stats.cpuid += 1;
+    model.stats.cpuid = model.stats.cpuid.saturating_add(1);
     let cr4 = vcpu.cr4()?;
     let ctx = GuestCpuidContext {
         vcpu_index: model.index,
@@ -779,7 +779,7 @@ fn port_io<B: VcpuAccess, P: Platform>(
     platform: &mut P,
     io: &IoAccess,
 ) -> Result<Outcome, B::Error> {
-    model.stats.io += 1;
+    model.stats.io = model.stats.io.saturating_add(1);
     if io.string {
         return Ok(Outcome::stop(StopReason::StringIo {
             io: *io,
@@ -796,7 +796,7 @@ fn port_io<B: VcpuAccess, P: Platform>(
                 .bus
                 .port_write(io.port, size, value, now, &mut vm.irqs, &mut sink)
             {
-                model.stats.io_writes_ignored += 1;
+                model.stats.io_writes_ignored = model.stats.io_writes_ignored.saturating_add(1);
             }
         }
         IoDirection::In => {
@@ -806,7 +806,8 @@ fn port_io<B: VcpuAccess, P: Platform>(
             {
                 Some(value) => u64::from(value),
                 None => {
-                    model.stats.io_reads_unclaimed += 1;
+                    model.stats.io_reads_unclaimed =
+                        model.stats.io_reads_unclaimed.saturating_add(1);
                     0xFFFF_FFFF
                 }
             };
@@ -832,7 +833,7 @@ fn vmcall<B: VcpuAccess, P: Platform>(
     if cpl(vcpu)? != 0 {
         return inject(vcpu, model, UD, None);
     }
-    model.stats.hypercalls += 1;
+    model.stats.hypercalls = model.stats.hypercalls.saturating_add(1);
     let long = is_long_mode(vcpu)?;
     let call = Hypercall::decode(
         vcpu.gpr(Gpr::Rax)?,
@@ -862,7 +863,7 @@ fn print<P: Platform>(vm: &mut VmDevices, platform: &mut P, gpa: GuestPhysAddr, 
     let mut buf = [0u8; 256];
     let mut done = 0u64;
     while done < len {
-        let chunk = (len - done).min(buf.len() as u64) as usize;
+        let chunk = len.saturating_sub(done).min(buf.len() as u64) as usize;
         let Some(part) = buf.get_mut(..chunk) else {
             return hypercall::BAD_ARGUMENT;
         };
@@ -873,7 +874,7 @@ fn print<P: Platform>(vm: &mut VmDevices, platform: &mut P, gpa: GuestPhysAddr, 
             return hypercall::BAD_ARGUMENT;
         }
         vm.print(part, &mut |line| platform.guest_line(line));
-        done += chunk as u64;
+        done = done.saturating_add(chunk as u64);
     }
     0
 }
@@ -888,7 +889,7 @@ fn hlt<B: VcpuAccess>(vcpu: &mut B) -> Result<Outcome, B::Error> {
 }
 
 fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
-    model.stats.msr += 1;
+    model.stats.msr = model.stats.msr.saturating_add(1);
     match model.msrs.read(vcpu.gpr(Gpr::Rcx)? as u32) {
         Ok(value) => {
             vcpu.set_gpr(Gpr::Rax, value & 0xFFFF_FFFF)?;
@@ -900,7 +901,7 @@ fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, 
 }
 
 fn wrmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
-    model.stats.msr += 1;
+    model.stats.msr = model.stats.msr.saturating_add(1);
     let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
     match model.msrs.write(vcpu.gpr(Gpr::Rcx)? as u32, value) {
         Ok(()) => skip(vcpu),
@@ -1045,4 +1046,11 @@ fn write_cr4<B: VcpuAccess, P: Platform>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests;

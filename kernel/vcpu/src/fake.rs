@@ -299,7 +299,7 @@ impl Platform for FakePlatform {
     }
 
     fn flush_guest_tlb(&mut self) {
-        self.flushes += 1;
+        self.flushes = self.flushes.saturating_add(1);
     }
 
     fn now(&self) -> u64 {

@@ -6,6 +6,15 @@
 //! [`access::VcpuAccess`]; the kernel binary carries the decisions out;
 //! the host tests check them.
 #![cfg_attr(not(test), no_std)]
+// Guests (and their images) are untrusted: nothing here may panic on what
+// they control, so the panicking forms are refused outright.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 extern crate alloc;
 

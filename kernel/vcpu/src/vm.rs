@@ -136,6 +136,13 @@ pub fn deliver_interrupt<B: VcpuAccess>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use std::string::String;
     use std::vec::Vec;
