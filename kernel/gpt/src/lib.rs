@@ -315,10 +315,12 @@ impl Partition {
         put(&mut e, entry::ATTRIBUTES, &self.attributes.to_le_bytes());
         if let Some(name) = e.get_mut(entry::NAME) {
             for (to, unit) in name
-                .chunks_exact_mut(2)
+                .as_chunks_mut::<2>()
+                .0
+                .iter_mut()
                 .zip(self.name.encode_utf16().take(NAME_UNITS))
             {
-                to.copy_from_slice(&unit.to_le_bytes());
+                *to = unit.to_le_bytes();
             }
         }
         e
