@@ -15,6 +15,7 @@
 //! up by its old CPU on request (a mailbox and a kick IPI: save the
 //! switched state, VMCLEAR) and VMLAUNCHed on the new one.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -322,7 +323,7 @@ impl Backend for VtxBackend {
     }
 
     #[inline]
-    fn enter(&self, vcpu: &mut VmxVcpuState) -> Result<Exit, StopReason> {
+    fn enter(&self, vcpu: &mut VmxVcpuState) -> Result<Exit, Box<StopReason>> {
         vcpu.enter()
     }
 

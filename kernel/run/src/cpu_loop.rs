@@ -342,11 +342,11 @@ impl<B: Backend> Run<B> {
             last = now;
             let exit = match exit {
                 Ok(exit) => exit,
-                Err(reason) => break SliceEnd::Stopped(reason),
+                Err(reason) => break SliceEnd::Stopped(*reason),
             };
             let outcome = backend.handle(vm, &exit);
             // Only a device access can arm or move a device timer.
-            if matches!(exit, Exit::Io(_) | Exit::NestedPageFault(_)) {
+            if matches!(exit, Exit::Io(_) | Exit::NestedPageFault { .. }) {
                 let wanted = timer_deadline(slice_end, vm.devices.next_deadline());
                 if wanted != timer_at {
                     timer_at = wanted;

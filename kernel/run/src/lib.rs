@@ -29,6 +29,7 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize};
@@ -107,8 +108,9 @@ pub trait Backend: Sync {
         Self: Sized;
     /// Sets the timer that ends the vCPU's slice `ticks` from its entry.
     fn set_slice(&self, vcpu: &mut Self::Vcpu, ticks: u64) -> Result<(), String>;
-    /// Enters the vCPU (current on this CPU) and returns its decoded exit.
-    fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, StopReason>;
+    /// Enters the vCPU (current on this CPU) and returns its decoded exit
+    /// (boxed error: the result travels in two registers on every exit).
+    fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, Box<StopReason>>;
     /// Handles `exit` with the neutral handlers.
     fn handle(&self, vm: &mut Vm<Self>, exit: &Exit) -> Outcome
     where

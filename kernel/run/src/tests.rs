@@ -4,6 +4,7 @@
 //! at a time, entered only where it is current, its switched state loaded
 //! on one CPU at a time), so a broken hand-over fails the test.
 
+use std::boxed::Box;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::string::{String, ToString};
@@ -247,7 +248,7 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    fn enter(&self, vcpu: &mut FakeVcpuHw) -> Result<Exit, StopReason> {
+    fn enter(&self, vcpu: &mut FakeVcpuHw) -> Result<Exit, Box<StopReason>> {
         let cpu = this_cpu();
         assert_eq!(vcpu.active_on, Some(cpu), "entered where not active");
         assert_eq!(

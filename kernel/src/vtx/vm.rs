@@ -7,6 +7,7 @@
 //! the `vtx` crate and `vmx`, the exit handling from `vcpu`; this
 //! module owns the frames and runs the VMX instructions.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -17,7 +18,7 @@ use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use loader::{GuestMemory, LoadError, LoadedImage};
 use log::debug;
 use mm::MmError;
-use vcpu::exit::{handle_exit, Exit, Outcome, Platform, VcpuModel};
+use vcpu::exit::{handle_cpuid, handle_exit, Exit, Outcome, Platform, VcpuModel};
 use vcpu::stop::StopReason;
 use vcpu::vm::{self as vm_devices, VmDevices};
 use vmx::bitmaps::{IoBitmaps, MsrBitmap};
@@ -707,7 +708,7 @@ impl VmxVcpuState {
     /// The caller runs this on the CPU where the VMCS is active and
     /// current, with interrupts off.
     #[inline]
-    pub fn enter(&mut self) -> Result<Exit, StopReason> {
+    pub fn enter(&mut self) -> Result<Exit, Box<StopReason>> {
         // SAFETY: VMX root operation at CPL 0 with interrupts off (the
         // host runs with them off); the current VMCS is this vCPU's,
         // active on this CPU, with this CPU's host state and HOST_RIP at
@@ -715,12 +716,13 @@ impl VmxVcpuState {
         // launch state.
         let result = unsafe { hw::vm_run(&mut self.regs, self.launched) };
         if let Err(e) = result {
-            return Err(StopReason::LaunchFailed(alloc::format!("{e}")));
+            return Err(Box::new(StopReason::LaunchFailed(alloc::format!("{e}"))));
         }
         self.launched = true;
         // SAFETY: VMX root operation with this vCPU's VMCS current.
         let mut vmcs = unsafe { HardwareVmcs::current() };
-        ::vtx::decode_exit(&mut vmcs).map_err(|e| StopReason::Backend(alloc::format!("{e}")))
+        ::vtx::decode_exit(&mut vmcs)
+            .map_err(|e| Box::new(StopReason::Backend(alloc::format!("{e}"))))
     }
 
     /// Where the vCPU resumes (its RIP), read from its VMCS, current on
@@ -751,6 +753,10 @@ pub fn handle(
         regs: &mut vcpu.regs,
         cr: &vcpu.cr,
     };
+    // The hottest exit needs no more of the machine than host CPUID.
+    if let Exit::Cpuid = exit {
+        return handle_cpuid(&mut access, model, arch::cpuid);
+    }
     let mut platform = GuestPlatform {
         name: &vm.name,
         ram: &vm.ram,

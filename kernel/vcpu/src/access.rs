@@ -190,6 +190,13 @@ pub trait VcpuAccess {
     fn cr3(&self) -> Result<u64, Self::Error>;
     /// CR4 as the guest sees it.
     fn cr4(&self) -> Result<u64, Self::Error>;
+    /// The guest's view of just the CR4 bits in `bits`: what CPUID's
+    /// answer depends on, on the hottest exit, so a backend that can read
+    /// guest-owned bits in one access overrides it.
+    #[inline]
+    fn cr4_bits(&self, bits: u64) -> Result<u64, Self::Error> {
+        Ok(self.cr4()? & bits)
+    }
     /// IA32_EFER.
     fn efer(&self) -> Result<u64, Self::Error>;
     /// Installs CR0 `value` (already checked by the caller): the guest
@@ -220,6 +227,17 @@ pub trait VcpuAccess {
     /// Whether the guest blocks external interrupts for one instruction
     /// (STI or MOV SS shadow) right now.
     fn interrupt_shadow(&self) -> Result<bool, Self::Error>;
+    /// The backend's name for raw exit reason `reason`
+    /// ([`super::exit::Exit::Unknown`]).
+    fn exit_name(&self, reason: u32) -> &'static str {
+        let _ = reason;
+        "unknown"
+    }
+    /// Why VM entry failed, in words, for an
+    /// [`super::exit::Exit::EntryFailed`] with these raw values.
+    fn entry_failure(&self, reason: u32, qualification: u64) -> alloc::string::String {
+        alloc::format!("VM entry failed: exit reason {reason:#x}, qualification {qualification:#x}")
+    }
     /// Sets the offset the hardware adds to the host TSC for the guest's
     /// RDTSC (two's complement).
     fn set_tsc_offset(&mut self, offset: u64) -> Result<(), Self::Error>;

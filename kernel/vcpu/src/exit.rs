@@ -13,7 +13,7 @@
 //! Nothing here names VT-x or SVM: a second backend reuses every handler.
 
 use alloc::boxed::Box;
-use alloc::string::{String, ToString};
+use alloc::string::ToString;
 use core::fmt;
 
 use addr::GuestPhysAddr;
@@ -141,8 +141,10 @@ pub struct CrAccess {
     pub kind: CrAccessKind,
 }
 
-/// Why a vCPU came back to the hypervisor, whatever the backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a vCPU came back to the hypervisor, whatever the backend. Small
+/// and `Copy` (16 bytes, two registers): it is made and matched on every
+/// exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// CPUID (leaf in EAX, subleaf in ECX).
     Cpuid,
@@ -156,8 +158,23 @@ pub enum Exit {
     Hypercall,
     /// HLT.
     Hlt,
-    /// A guest-physical access second-level translation refused.
-    NestedPageFault(NestedFault),
+    /// A guest-physical access second-level translation refused (the
+    /// fields of a [`NestedFault`], laid out flat so that `Exit` stays 16
+    /// bytes and travels in registers; [`Exit::nested_fault`] gives the
+    /// struct).
+    NestedPageFault {
+        /// The guest-physical address.
+        gpa: GuestPhysAddr,
+        /// The access was a read.
+        read: bool,
+        /// The access was a write.
+        write: bool,
+        /// The access was an instruction fetch.
+        fetch: bool,
+        /// What the translation allowed (read, write, execute), where the
+        /// backend reports it.
+        allowed: Option<[bool; 3]>,
+    },
     /// Second-level tables the hardware cannot walk (a hypervisor bug).
     NestedPagingMisconfigured {
         /// The guest-physical address whose walk found it.
@@ -187,14 +204,19 @@ pub enum Exit {
     Rdpmc,
     /// A hardware task switch.
     TaskSwitch,
-    /// VM entry failed on the guest's state; the backend's words for why.
-    EntryFailed(String),
-    /// An exit the backend does not decode into any of the above.
+    /// VM entry failed on the guest's state
+    /// ([`VcpuAccess::entry_failure`] says why in words).
+    EntryFailed {
+        /// The backend's raw exit reason.
+        reason: u32,
+        /// The backend's qualification or exit information.
+        qualification: u64,
+    },
+    /// An exit the backend does not decode into any of the above
+    /// ([`VcpuAccess::exit_name`] names it).
     Unknown {
         /// The backend's raw reason number.
         reason: u32,
-        /// The backend's name for it.
-        name: &'static str,
         /// The backend's qualification or exit information.
         qualification: u64,
     },
@@ -310,6 +332,37 @@ impl ExitKind {
 const _: () = assert!(ExitKind::Unknown as usize + 1 == ExitKind::COUNT);
 
 impl Exit {
+    /// A nested page fault with the fields of `fault`.
+    pub fn nested(fault: NestedFault) -> Exit {
+        Exit::NestedPageFault {
+            gpa: fault.gpa,
+            read: fault.read,
+            write: fault.write,
+            fetch: fault.fetch,
+            allowed: fault.allowed,
+        }
+    }
+
+    /// The fault, for an [`Exit::NestedPageFault`].
+    pub fn nested_fault(&self) -> Option<NestedFault> {
+        match *self {
+            Exit::NestedPageFault {
+                gpa,
+                read,
+                write,
+                fetch,
+                allowed,
+            } => Some(NestedFault {
+                gpa,
+                read,
+                write,
+                fetch,
+                allowed,
+            }),
+            _ => None,
+        }
+    }
+
     /// The exit's kind, for counting.
     pub fn kind(&self) -> ExitKind {
         match self {
@@ -319,7 +372,7 @@ impl Exit {
             Exit::MsrWrite => ExitKind::MsrWrite,
             Exit::Hypercall => ExitKind::Hypercall,
             Exit::Hlt => ExitKind::Hlt,
-            Exit::NestedPageFault(_) | Exit::NestedPagingMisconfigured { .. } => {
+            Exit::NestedPageFault { .. } | Exit::NestedPagingMisconfigured { .. } => {
                 ExitKind::NestedPageFault
             }
             Exit::InterruptWindow => ExitKind::InterruptWindow,
@@ -332,7 +385,7 @@ impl Exit {
             Exit::CacheFlush => ExitKind::CacheFlush,
             Exit::VirtualizationInstruction | Exit::Rdpmc => ExitKind::RefusedInstruction,
             Exit::TaskSwitch => ExitKind::TaskSwitch,
-            Exit::EntryFailed(_) => ExitKind::EntryFailed,
+            Exit::EntryFailed { .. } => ExitKind::EntryFailed,
             Exit::Unknown { .. } => ExitKind::Unknown,
         }
     }
@@ -393,6 +446,8 @@ pub trait Platform {
 /// the hand-over visits only the kinds seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitTally {
+    /// CPUID exits, counted apart so the hottest exit pays one add.
+    cpuid: u32,
     counts: [u32; ExitKind::COUNT],
     /// Bit k: `counts[k]` is not zero.
     seen: u32,
@@ -411,9 +466,23 @@ impl ExitTally {
         }
     }
 
+    /// Counts one CPUID exit.
+    #[inline(always)]
+    pub fn count_cpuid(&mut self) {
+        self.cpuid = self.cpuid.wrapping_add(1);
+    }
+
     /// Adds every non-zero count to `table` (by kind index; a kind past
     /// the table's end goes to `other`) and starts over.
     pub fn drain_into(&mut self, table: &mut [u64], other: &mut u64) {
+        let cpuid = core::mem::take(&mut self.cpuid);
+        if cpuid != 0 {
+            let slot = match table.get_mut(ExitKind::Cpuid.index()) {
+                Some(t) => t,
+                None => &mut *other,
+            };
+            *slot = slot.saturating_add(u64::from(cpuid));
+        }
         let mut seen = core::mem::take(&mut self.seen);
         while seen != 0 {
             let k = seen.trailing_zeros() as usize;
@@ -575,15 +644,32 @@ pub fn handle_exit<B: VcpuAccess, P: Platform>(
     vm: &mut VmDevices,
     platform: &mut P,
 ) -> Outcome {
-    model.stats.exits = model.stats.exits.saturating_add(1);
-    model.tally.count(exit.kind());
     // CPUID, the most frequent exit, is handled here, so it does not pay
     // for the general dispatch's stack frame.
-    let result = match exit {
-        Exit::Cpuid => cpuid(vcpu, model, platform),
-        _ => dispatch(exit, vcpu, model, vm, platform),
-    };
-    match result {
+    if let Exit::Cpuid = exit {
+        return handle_cpuid(vcpu, model, |l, s| platform.host_cpuid(l, s));
+    }
+    model.stats.exits = model.stats.exits.wrapping_add(1);
+    model.tally.count(exit.kind());
+    match dispatch(exit, vcpu, model, vm, platform) {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::stop(StopReason::Backend(e.to_string())),
+    }
+}
+
+/// Handles a CPUID exit, the one exit a guest takes most: what
+/// [`handle_exit`] does for [`Exit::Cpuid`], for a backend whose hot path
+/// wants to skip building the rest of the [`Platform`]. `host` is CPUID
+/// on the host CPU.
+#[inline(always)]
+pub fn handle_cpuid<B: VcpuAccess>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    host: impl Fn(u32, u32) -> CpuidResult,
+) -> Outcome {
+    model.stats.exits = model.stats.exits.wrapping_add(1);
+    model.tally.count_cpuid();
+    match cpuid(vcpu, model, host) {
         Ok(outcome) => outcome,
         Err(e) => Outcome::stop(StopReason::Backend(e.to_string())),
     }
@@ -599,7 +685,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
     platform: &mut P,
 ) -> Result<Outcome, B::Error> {
     match exit {
-        Exit::Cpuid => cpuid(vcpu, model, platform),
+        Exit::Cpuid => cpuid(vcpu, model, |l, s| platform.host_cpuid(l, s)),
         Exit::Io(io) => port_io(vcpu, model, vm, platform, io),
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
         Exit::Hlt => hlt(vcpu),
@@ -635,21 +721,28 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::TripleFault => Ok(Outcome::stop(StopReason::TripleFault(Box::new(dump(
             vcpu,
         )?)))),
-        Exit::NestedPageFault(fault) => nested_page_fault(vcpu, vm, platform, fault),
+        Exit::NestedPageFault { .. } => match exit.nested_fault() {
+            Some(fault) => nested_page_fault(vcpu, vm, platform, &fault),
+            None => Ok(Outcome::Resume),
+        },
         Exit::NestedPagingMisconfigured { gpa } => {
             Ok(Outcome::stop(StopReason::NestedPagingMisconfigured {
                 gpa: *gpa,
             }))
         }
         Exit::TaskSwitch => Ok(Outcome::stop(StopReason::TaskSwitch { rip: vcpu.rip()? })),
-        Exit::EntryFailed(why) => Ok(Outcome::stop(StopReason::EntryFailed(why.clone()))),
+        Exit::EntryFailed {
+            reason,
+            qualification,
+        } => Ok(Outcome::stop(StopReason::EntryFailed(
+            vcpu.entry_failure(*reason, *qualification),
+        ))),
         Exit::Unknown {
             reason,
-            name,
             qualification,
         } => Ok(Outcome::stop(StopReason::UnhandledExit {
             reason: *reason,
-            name,
+            name: vcpu.exit_name(*reason),
             qualification: *qualification,
             rip: vcpu.rip()?,
         })),
@@ -744,13 +837,13 @@ fn dump<B: VcpuAccess>(vcpu: &B) -> Result<RegisterDump, B::Error> {
 }
 
 #[inline(always)]
-fn cpuid<B: VcpuAccess, P: Platform>(
+fn cpuid<B: VcpuAccess>(
     vcpu: &mut B,
     model: &mut VcpuModel,
-    platform: &P,
+    host: impl Fn(u32, u32) -> CpuidResult,
 ) -> Result<Outcome, B::Error> {
-    model.stats.cpuid = model.stats.cpuid.saturating_add(1);
-    let cr4 = vcpu.cr4()?;
+    model.stats.cpuid = model.stats.cpuid.wrapping_add(1);
+    let cr4 = vcpu.cr4_bits(CR4_OSXSAVE | CR4_PKE)?;
     let ctx = GuestCpuidContext {
         vcpu_index: model.index,
         vcpus: model.vcpus,
@@ -758,9 +851,7 @@ fn cpuid<B: VcpuAccess, P: Platform>(
         cr4_pke: cr4 & CR4_PKE != 0,
     };
     let (leaf, subleaf) = (vcpu.gpr(Gpr::Rax)? as u32, vcpu.gpr(Gpr::Rcx)? as u32);
-    let r = model
-        .cpuid_cache
-        .lookup(leaf, subleaf, &ctx, |l, s| platform.host_cpuid(l, s));
+    let r = model.cpuid_cache.lookup(leaf, subleaf, &ctx, host);
     // CPUID writes all four registers zero-extended, in every mode.
     vcpu.set_gpr(Gpr::Rax, u64::from(r.eax))?;
     vcpu.set_gpr(Gpr::Rbx, u64::from(r.ebx))?;
@@ -792,18 +883,12 @@ fn port_io<B: VcpuAccess, P: Platform>(
     match io.direction {
         IoDirection::Out => {
             let value = vcpu.gpr(Gpr::Rax)? as u32;
-            if !vm
-                .bus
-                .port_write(io.port, size, value, now, &mut vm.irqs, &mut sink)
-            {
+            if !vm.port_write(io.port, size, value, now, &mut sink) {
                 model.stats.io_writes_ignored = model.stats.io_writes_ignored.saturating_add(1);
             }
         }
         IoDirection::In => {
-            let value = match vm
-                .bus
-                .port_read(io.port, size, now, &mut vm.irqs, &mut sink)
-            {
+            let value = match vm.port_read(io.port, size, now, &mut sink) {
                 Some(value) => u64::from(value),
                 None => {
                     model.stats.io_reads_unclaimed =
@@ -1054,3 +1139,5 @@ fn write_cr4<B: VcpuAccess, P: Platform>(
     clippy::arithmetic_side_effects
 )]
 mod tests;
+
+const _: () = assert!(core::mem::size_of::<Exit>() <= 16);

@@ -304,17 +304,16 @@ pub fn emulate_mmio<B: VcpuAccess, P: Platform>(
     }
     let now = platform.now();
     let mut sink = |line: &str| platform.guest_line(line);
-    let (bus, irqs) = (&mut vm.bus, &mut vm.irqs);
     match insn.operation {
         Operation::Store(src) => {
             let value = vcpu.gpr(src.gpr)?;
             let value = if src.high_byte { value >> 8 } else { value };
-            if !bus.mmio_write(fault.gpa, insn.size, value, now, irqs, &mut sink) {
+            if !vm.mmio_write(fault.gpa, insn.size, value, now, &mut sink) {
                 return Ok(MmioOutcome::Unclaimed);
             }
         }
         Operation::StoreImmediate(value) => {
-            if !bus.mmio_write(fault.gpa, insn.size, value, now, irqs, &mut sink) {
+            if !vm.mmio_write(fault.gpa, insn.size, value, now, &mut sink) {
                 return Ok(MmioOutcome::Unclaimed);
             }
         }
@@ -323,7 +322,7 @@ pub fn emulate_mmio<B: VcpuAccess, P: Platform>(
             width,
             extension,
         } => {
-            let Some(value) = bus.mmio_read(fault.gpa, insn.size, now, irqs, &mut sink) else {
+            let Some(value) = vm.mmio_read(fault.gpa, insn.size, now, &mut sink) else {
                 return Ok(MmioOutcome::Unclaimed);
             };
             let value = match extension {

@@ -6,7 +6,6 @@
 use alloc::boxed::Box;
 
 use addr::GuestPhysAddr;
-
 use devices::bus::{Bus, DeviceId};
 use devices::irq::{InterruptController, IrqLines, SimpleIrqChip};
 use devices::serial::UartDevice;
@@ -19,15 +18,21 @@ const RFLAGS_IF: u64 = 1 << 9;
 
 /// A VM's devices and interrupt routing.
 pub struct VmDevices {
-    /// Port and MMIO ranges to device models.
+    /// Port and MMIO ranges to device models. Whoever changes a device
+    /// through it directly calls [`VmDevices::refresh`] after.
     pub bus: Bus,
     /// The VM's interrupt lines.
-    pub irqs: IrqLines,
+    irqs: IrqLines,
     /// Where the lines go: the trivial controller until the PC's 8259,
     /// I/O APIC and local APICs exist.
-    pub chip: SimpleIrqChip,
+    chip: SimpleIrqChip,
     /// COM1, whose console the print hypercall writes to.
     com1: Option<DeviceId>,
+    /// The earliest device deadline (`u64::MAX`: none), and whether a line
+    /// changed or the controller holds an interrupt, as of the last
+    /// access: what [`VmDevices::needs_attention`] reads on every entry.
+    deadline: u64,
+    pending: bool,
 }
 
 impl core::fmt::Debug for VmDevices {
@@ -62,7 +67,76 @@ impl VmDevices {
             irqs: IrqLines::new(),
             chip: SimpleIrqChip::new(),
             com1,
+            deadline: u64::MAX,
+            pending: false,
         }
+    }
+
+    /// Brings the state [`VmDevices::needs_attention`] reads up to date
+    /// after a device may have changed (a timer armed, a line moved).
+    pub fn refresh(&mut self) {
+        self.deadline = self.bus.next_deadline().unwrap_or(u64::MAX);
+        self.pending = self.irqs.has_changes() || self.chip.pending_vector().is_some();
+    }
+
+    /// The guest reads `size` bytes from `port` at TSC `now`: `None` when
+    /// no device claims it.
+    pub fn port_read(
+        &mut self,
+        port: u16,
+        size: u8,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> Option<u32> {
+        let value = self.bus.port_read(port, size, now, &mut self.irqs, sink);
+        self.refresh();
+        value
+    }
+
+    /// The guest writes `value` to `port`: false when no device claims it.
+    pub fn port_write(
+        &mut self,
+        port: u16,
+        size: u8,
+        value: u32,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> bool {
+        let claimed = self
+            .bus
+            .port_write(port, size, value, now, &mut self.irqs, sink);
+        self.refresh();
+        claimed
+    }
+
+    /// The guest reads `size` bytes at `gpa`: `None` when no device claims
+    /// it.
+    pub fn mmio_read(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> Option<u64> {
+        let value = self.bus.mmio_read(gpa, size, now, &mut self.irqs, sink);
+        self.refresh();
+        value
+    }
+
+    /// The guest writes `value` at `gpa`: false when no device claims it.
+    pub fn mmio_write(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        value: u64,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> bool {
+        let claimed = self
+            .bus
+            .mmio_write(gpa, size, value, now, &mut self.irqs, sink);
+        self.refresh();
+        claimed
     }
 
     /// Bytes the guest printed by hypercall join its COM1 console lines.
@@ -93,9 +167,7 @@ impl VmDevices {
     /// so the run loop asks before every entry.
     #[inline]
     pub fn needs_attention(&self, now: u64) -> bool {
-        self.irqs.has_changes()
-            || self.chip.pending_vector().is_some()
-            || self.bus.next_deadline().is_some_and(|d| d <= now)
+        self.pending || self.deadline <= now
     }
 
     /// Runs the timers due at `now` and forwards changed lines to the
@@ -103,7 +175,16 @@ impl VmDevices {
     pub fn poll(&mut self, now: u64, sink: &mut dyn FnMut(&str)) -> Option<u8> {
         self.bus.run_timers(now, &mut self.irqs, sink);
         self.irqs.forward_to(&mut self.chip);
+        self.refresh();
         self.chip.pending_vector()
+    }
+
+    /// Takes the interrupt the controller would deliver next, for
+    /// injection.
+    pub fn acknowledge(&mut self) -> Option<u8> {
+        let vector = self.chip.acknowledge();
+        self.refresh();
+        vector
     }
 }
 
@@ -126,7 +207,7 @@ pub fn deliver_interrupt<B: VcpuAccess>(
         vcpu.request_interrupt_window(true)?;
         return Ok(false);
     }
-    match vm.chip.acknowledge() {
+    match vm.acknowledge() {
         Some(vector) => {
             vcpu.inject(Event::ExternalInterrupt { vector })?;
             Ok(true)
@@ -159,9 +240,7 @@ mod tests {
         let mut vm = VmDevices::new();
         let mut lines = Vec::new();
         // Arm in 2 units (2 * 1024 ticks) at t = 1000.
-        assert!(vm
-            .bus
-            .port_write(0xE0, 4, 2, 1000, &mut vm.irqs, &mut sink(&mut lines)));
+        assert!(vm.port_write(0xE0, 4, 2, 1000, &mut sink(&mut lines)));
         assert_eq!(vm.next_deadline(), Some(1000 + 2048));
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x202;
@@ -177,8 +256,7 @@ mod tests {
     fn a_guest_with_interrupts_masked_gets_a_window_request_instead() {
         let mut vm = VmDevices::new();
         let mut lines = Vec::new();
-        vm.bus
-            .port_write(0xE0, 4, 1, 0, &mut vm.irqs, &mut sink(&mut lines));
+        vm.port_write(0xE0, 4, 1, 0, &mut sink(&mut lines));
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x2;
         assert!(!deliver_interrupt(&mut vcpu, &mut vm, 5000, &mut sink(&mut lines)).unwrap());
@@ -199,14 +277,7 @@ mod tests {
     fn print_and_com1_output_share_one_line() {
         let mut vm = VmDevices::new();
         let mut lines = Vec::new();
-        vm.bus.port_write(
-            0x3F8,
-            1,
-            u32::from(b'a'),
-            0,
-            &mut vm.irqs,
-            &mut sink(&mut lines),
-        );
+        vm.port_write(0x3F8, 1, u32::from(b'a'), 0, &mut sink(&mut lines));
         vm.print(b"bc\n", &mut sink(&mut lines));
         assert_eq!(lines, ["abc"]);
         vm.print(b"partial", &mut sink(&mut lines));

@@ -270,6 +270,20 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
         Ok((real & !mask) | (shadow & mask))
     }
 
+    /// Bits the host does not own are in the hardware CR4 as the guest
+    /// set them: one VMREAD.
+    #[inline]
+    fn cr4_bits(&self, bits: u64) -> Result<u64, VmcsError> {
+        // Bits the guest may never set read 0 whatever the hardware runs
+        // with; the rest, where the host does not own them, are in CR4.
+        let bits = bits & !self.cr4_forbidden();
+        if bits & self.cr.cr4_host_mask() == 0 {
+            Ok(self.vmcs.read(GuestNatural::Cr4)? & bits)
+        } else {
+            Ok(self.cr4()? & bits)
+        }
+    }
+
     fn efer(&self) -> Result<u64, VmcsError> {
         Ok(self.vmcs.read(Guest64::Efer)?)
     }
@@ -370,6 +384,22 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
         Ok(self.vmcs.read(Guest32::InterruptibilityState)? & SHADOW != 0)
     }
 
+    fn exit_name(&self, reason: u32) -> &'static str {
+        ExitReason::from_basic((reason & 0xFFFF) as u16).name()
+    }
+
+    /// SDM Vol. 3C, 27.8 "VM-Entry Failures During or After Loading Guest
+    /// State", in words.
+    fn entry_failure(&self, reason: u32, qualification: u64) -> alloc::string::String {
+        let info = ExitInfo::from_exit_reason(reason);
+        match EntryFailure::decode(info.reason, qualification) {
+            Some(failure) => failure.to_string(),
+            None => alloc::format!(
+                "VM entry failed: exit reason {reason:#x}, qualification {qualification:#x}"
+            ),
+        }
+    }
+
     fn set_tsc_offset(&mut self, offset: u64) -> Result<(), VmcsError> {
         Ok(self.vmcs.write(Control64::TscOffset, offset)?)
     }
@@ -407,12 +437,14 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
     let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
     let unknown = |reason: ExitReason| Exit::Unknown {
         reason: u32::from(reason.number()),
-        name: reason.name(),
         qualification,
     };
     if info.entry_failure {
         return Ok(match EntryFailure::decode(info.reason, qualification) {
-            Some(failure) => Exit::EntryFailed(failure.to_string()),
+            Some(_) => Exit::EntryFailed {
+                reason: raw,
+                qualification,
+            },
             None => unknown(info.reason),
         });
     }
@@ -476,7 +508,7 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
         ExitReason::EptViolation => {
             let gpa = GuestPhysAddr::new(vmcs.read(ReadOnly64::GuestPhysicalAddress)?);
             let v = EptViolation::from_qualification(qualification, gpa);
-            Exit::NestedPageFault(NestedFault {
+            Exit::nested(NestedFault {
                 gpa,
                 read: v.read,
                 write: v.write,

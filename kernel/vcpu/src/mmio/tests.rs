@@ -648,7 +648,7 @@ impl Machine {
 
     fn exit(&mut self, fault: NestedFault) -> Outcome {
         handle_exit(
-            &Exit::NestedPageFault(fault),
+            &Exit::nested(fault),
             &mut self.vcpu,
             &mut self.model,
             &mut self.vm,
