@@ -270,14 +270,15 @@ fn document(table: &str, sched_table: &str) -> String {
          same on every run. A round trip is therefore the number of host instructions on the exit path, plus \
          the guest's CPUID or OUT itself: the trampoline that saves and restores every GPR, the exit \
          decoding and the handler.\n\n\
-         What dominates the CPUID figure (a Bochs trace of one CPUID exit, `vmexitbp` then `trace on`): \
-         the trampoline out of and back into the guest, which saves and loads 15 GPRs, about 55 \
-         instructions; the scheduler loop around the exit (TSC read and time accounting, the slice \
-         check) about 45; `handle_exit` about 65; the guest CPUID policy's cache lookup about 45; \
-         advancing RIP (instruction length, RIP read and write, interruptibility) about 45; the guest's \
-         own loop the rest. The COM1 figure adds the 16550 model, the console line \
-         buffer and, once every 160 characters, printing a line on the physical serial port, which Bochs \
-         times.\n\n\
+         What dominates the CPUID figure (a Bochs trace of one CPUID exit, `vmexitbp` then `trace on`, \
+         226 host instructions): the trampoline out of and back into the guest, which saves and loads \
+         15 GPRs, about 55; seven VMCS accesses (exit reason, CR4, instruction length, RIP read and \
+         write, interruptibility) with their success checks, about 50; the vendor-neutral handler and \
+         the guest CPUID policy's cache lookup, about 55; the VT-x backend's decoding and glue around \
+         them, about 35; the run loop around the exit (the device-interrupt check before entry, the TSC \
+         read and time accounting, the slice check), about 30. The COM1 figure adds the device bus, \
+         the 16550 model, the console line buffer and, once every 160 characters, printing a line on \
+         the physical serial port, which Bochs times.\n\n\
          ## Scheduling\n\n\
          `guest-images/sched` runs three CPU-bound guests (20 rounds of a register loop with no exits \
          but the progress lines, so only the VMX-preemption timer takes the CPU away) and one halted with \
