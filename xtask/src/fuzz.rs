@@ -14,7 +14,7 @@ use std::process::Command;
 use xtask::workspace_root;
 
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["config", "loaders", "disk"];
+pub const TARGETS: &[&str] = &["config", "loaders", "disk", "exits"];
 
 /// The host triple the targets build for; naming it keeps the coverage
 /// flags off build scripts and proc macros, as cargo-fuzz does.
