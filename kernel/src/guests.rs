@@ -24,12 +24,12 @@ use config::files::{ConfigFiles, CONFIG_FILE};
 use config::{self, CpuMode, GuestConfig, ImageFormat, ParseOutcome};
 use image::GuestImages;
 use log::{debug, error, info, warn};
-use run::{Backend, Run, Vcpu, Vm};
+use run::{Backend, GuestRun, Vcpu, Vm};
 use spin::Mutex;
 use vcpu::exit::{Exit, Outcome};
 use vcpu::stop::StopReason;
 
-use crate::vtx::vm::{Guest, Hardware, VmxVcpuState, VmxVm};
+use crate::vtx::vm::{Guest, VmxSettings, VmxVcpuState, VmxVm};
 use crate::vtx::Capabilities;
 use crate::{cpu, lapic, memory};
 
@@ -100,7 +100,7 @@ pub fn run_all(
     outcome: ParseOutcome,
 ) -> AllStopped {
     let settings = outcome.config.hypervisor;
-    let hw = match Hardware::new(caps) {
+    let hw = match VmxSettings::new(caps) {
         Ok(hw) => hw,
         Err(e) => {
             error!("vmx: cannot run guests: {e}");
@@ -124,7 +124,7 @@ pub fn run_all(
         files: Mutex::new(FilesPtr(files)),
     };
     let cpus = crate::smp::ready_cpus();
-    let run = match Run::new(
+    let run = match GuestRun::new(
         backend,
         outcome.config.guests,
         cpus,
@@ -165,7 +165,7 @@ pub fn run_all(
 
 /// Runs the guests on this CPU and on every application processor of the
 /// run, until all have stopped.
-fn run_everywhere(run: &VtxRun) {
+fn run_everywhere(run: &VtxGuestRun) {
     let aps = run.cpus().numbers.len().saturating_sub(1);
     run.enqueue_all();
     RUN.store(core::ptr::from_ref(run).cast_mut(), Ordering::Release);
@@ -182,7 +182,7 @@ fn run_everywhere(run: &VtxRun) {
 
 /// Creates and loads one guest; `None` (reported) when it cannot start.
 fn start(
-    hw: &Hardware,
+    hw: &VmxSettings,
     files: &mut dyn ConfigFiles<'_>,
     config: &GuestConfig,
     vpid: u16,
@@ -228,7 +228,7 @@ fn format_name(format: ImageFormat) -> &'static str {
 }
 
 /// The run under VT-x.
-type VtxRun = Run<VtxBackend>;
+type VtxGuestRun = GuestRun<VtxBackend>;
 
 /// The configuration partition, reached from every CPU (one at a time,
 /// under `VtxBackend::files`).
@@ -241,7 +241,7 @@ unsafe impl Send for FilesPtr {}
 
 /// VT-x and the local APIC as the run's backend.
 struct VtxBackend {
-    hw: Hardware,
+    hw: VmxSettings,
     files: Mutex<FilesPtr>,
 }
 
@@ -353,7 +353,7 @@ impl Backend for VtxBackend {
 }
 
 /// The run the application processors join, while one is in progress.
-static RUN: AtomicPtr<VtxRun> = AtomicPtr::new(core::ptr::null_mut());
+static RUN: AtomicPtr<VtxGuestRun> = AtomicPtr::new(core::ptr::null_mut());
 /// Bumped for each run, so an AP joins each run once.
 static RUN_GENERATION: AtomicUsize = AtomicUsize::new(0);
 

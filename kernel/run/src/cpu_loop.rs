@@ -7,8 +7,8 @@ use core::sync::atomic::Ordering;
 
 use sched::{Decision, StopCause, VcpuId, VcpuState};
 
-use super::handover::Local;
-use super::{vcpu_id, Backend, Run, Slot};
+use super::handover::ThisCpu;
+use super::{vcpu_id, Backend, ConfiguredGuest, GuestRun};
 use vcpu::exit::{Exit, Outcome};
 use vcpu::stop::StopReason;
 
@@ -23,14 +23,14 @@ pub(super) enum SliceEnd {
     Stopped(StopReason),
 }
 
-impl<B: Backend> Run<B> {
+impl<B: Backend> GuestRun<B> {
     /// Puts every guest on a run queue (the CPU calling it is the first of
     /// the run's CPUs): before the other CPUs join.
     pub fn enqueue_all(&self) {
         let Some(first) = self.cpus.numbers.first().copied() else {
             return;
         };
-        let mut local = Local::new(sched::CpuId(0), first);
+        let mut local = ThisCpu::new(sched::CpuId(0), first);
         // Every guest that can be placed is queued before any that cannot
         // is retired: a retirement that leaves the queues empty ends the
         // run.
@@ -59,7 +59,7 @@ impl<B: Backend> Run<B> {
     pub(super) fn enqueue(
         &self,
         queue: &mut sched::Scheduler,
-        slot: &Slot<B>,
+        slot: &ConfiguredGuest<B>,
         i: usize,
     ) -> Result<(), StopReason> {
         let affinity: Option<Vec<sched::CpuId>> = match &slot.config.cpus {
@@ -116,7 +116,7 @@ impl<B: Backend> Run<B> {
             return;
         };
         self.backend.prepare_this_cpu();
-        let mut local = Local::new(cpu, index);
+        let mut local = ThisCpu::new(cpu, index);
         loop {
             self.service(&mut local);
             if self.finished.load(Ordering::Acquire) {
@@ -157,7 +157,7 @@ impl<B: Backend> Run<B> {
     /// stopped, and once every guest is gone, the run ends. Guests waiting
     /// for a timer are left to it. True when it did something, so the
     /// caller looks again rather than halting.
-    fn nothing_can_run(&self, local: &mut Local) -> bool {
+    fn nothing_can_run(&self, local: &mut ThisCpu) -> bool {
         let (counts, blocked) = {
             let queue = self.queue.lock();
             let counts = queue.counts();
@@ -216,7 +216,7 @@ impl<B: Backend> Run<B> {
 
     /// Runs `vcpu` for one slice of `slice` ticks on this CPU and reports
     /// how it ended.
-    fn run_vcpu(&self, local: &mut Local, vcpu: VcpuId, slice: u64, migrated: bool) {
+    fn run_vcpu(&self, local: &mut ThisCpu, vcpu: VcpuId, slice: u64, migrated: bool) {
         let i = vcpu.0 as usize;
         let Some(mut slot) = self.lock_slot(local, i) else {
             return;
@@ -261,8 +261,8 @@ impl<B: Backend> Run<B> {
     /// halts, or until it stops. `migrated`: it last ran on another CPU.
     fn run_slice(
         &self,
-        local: &mut Local,
-        slot: &mut Slot<B>,
+        local: &mut ThisCpu,
+        slot: &mut ConfiguredGuest<B>,
         i: usize,
         slice: u64,
         migrated: bool,
@@ -277,12 +277,12 @@ impl<B: Backend> Run<B> {
                 "the scheduler picked a guest that no longer exists",
             )));
         };
-        if vm.vcpu.hot_on != Some(local.index) {
+        if vm.vcpu.active_on != Some(local.index) {
             self.take_over(local, i, vm);
             if let Err(e) = backend.arrive(&vm.hw, &mut vm.vcpu.hw, local.index) {
                 return SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
-            vm.vcpu.hot_on = Some(local.index);
+            vm.vcpu.active_on = Some(local.index);
             local.current = Some(i);
         }
         if local.owner != Some(i) {

@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use log::{debug, info};
 
-use super::{Backend, Run};
+use super::{Backend, GuestRun};
 use vcpu::exit::ExitKind;
 
 /// The table `sched` keeps exit counts in must hold every kind.
@@ -50,7 +50,7 @@ impl CpuFigures {
     }
 }
 
-impl<B: Backend> Run<B> {
+impl<B: Backend> GuestRun<B> {
     /// Each guest's time on a CPU so far, by slot, the first time a stop
     /// asks after guests have run (later calls give `None`): how the guests
     /// shared the CPUs while every one still competed.
@@ -73,7 +73,7 @@ impl<B: Backend> Run<B> {
 
     /// `sched: shares until the first stop: a 33.33%, b 33.33%, ...`: each
     /// guest's part of all guest time in `times` (from
-    /// [`Run::shares_until_now`]).
+    /// [`GuestRun::shares_until_now`]).
     pub(super) fn report_shares(&self, times: &[(usize, u64)]) {
         let total: u64 = times.iter().map(|&(_, t)| t).sum();
         let parts: Vec<String> = times

@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use sched::CpuId;
 use spin::MutexGuard;
 
-use super::{Backend, Run, Slot, Vm};
+use super::{Backend, ConfiguredGuest, GuestRun, Vm};
 
 /// A request from one CPU to another: "make this guest's vCPU inactive,
 /// and save its switched state if you hold it, so I can run it". The
@@ -34,7 +34,7 @@ impl<B: Backend> Mailbox<B> {
 }
 
 /// What one CPU keeps while it runs guests.
-pub struct Local {
+pub struct ThisCpu {
     /// Its scheduler index.
     pub cpu: CpuId,
     /// Its CPU number.
@@ -48,11 +48,11 @@ pub struct Local {
     pub last_exit: Option<(usize, u64)>,
 }
 
-impl Local {
+impl ThisCpu {
     /// A CPU that holds no guest's state yet: scheduler index `cpu`, CPU
     /// number `index`.
     pub fn new(cpu: CpuId, index: usize) -> Self {
-        Local {
+        ThisCpu {
             cpu,
             index,
             owner: None,
@@ -62,10 +62,14 @@ impl Local {
     }
 }
 
-impl<B: Backend> Run<B> {
+impl<B: Backend> GuestRun<B> {
     /// Locks slot `i`, doing what other CPUs ask of this one meanwhile (a
     /// CPU that holds the lock may be waiting for this one).
-    pub(super) fn lock_slot(&self, local: &mut Local, i: usize) -> Option<MutexGuard<'_, Slot<B>>> {
+    pub(super) fn lock_slot(
+        &self,
+        local: &mut ThisCpu,
+        i: usize,
+    ) -> Option<MutexGuard<'_, ConfiguredGuest<B>>> {
         let slot = self.slots.get(i)?;
         loop {
             if let Some(guard) = slot.try_lock() {
@@ -78,7 +82,7 @@ impl<B: Backend> Run<B> {
 
     /// Does what another CPU asked of this one: gives up a vCPU active
     /// here (whose switched state may be here).
-    pub(super) fn service(&self, local: &mut Local) {
+    pub(super) fn service(&self, local: &mut ThisCpu) {
         let Some(mailbox) = self.mailboxes.get(local.index) else {
             return;
         };
@@ -98,9 +102,9 @@ impl<B: Backend> Run<B> {
 
     /// Gives up guest `i` (its slot locked here) if its vCPU is active on
     /// this CPU, so any CPU may take it without asking.
-    pub(super) fn release(&self, local: &mut Local, slot: &mut Slot<B>, i: usize) {
+    pub(super) fn release(&self, local: &mut ThisCpu, slot: &mut ConfiguredGuest<B>, i: usize) {
         if let Some(vm) = slot.vm.as_mut() {
-            if vm.vcpu.hot_on == Some(local.index) {
+            if vm.vcpu.active_on == Some(local.index) {
                 self.give_up(local, vm, i);
             }
         }
@@ -109,7 +113,7 @@ impl<B: Backend> Run<B> {
     /// What giving up guest `i`'s vCPU, active on this CPU, takes: its
     /// switched state back to its save area if this CPU holds it, and
     /// making it inactive.
-    pub(super) fn give_up(&self, local: &mut Local, vm: &mut Vm<B>, i: usize) {
+    pub(super) fn give_up(&self, local: &mut ThisCpu, vm: &mut Vm<B>, i: usize) {
         if local.owner == Some(i) {
             self.backend.save_switched(&mut vm.vcpu);
             local.owner = None;
@@ -118,13 +122,13 @@ impl<B: Backend> Run<B> {
             local.current = None;
         }
         self.backend.clear(&mut vm.vcpu.hw);
-        vm.vcpu.hot_on = None;
+        vm.vcpu.active_on = None;
     }
 
     /// Makes sure guest `i`'s vCPU is active on no CPU but this one: asks
     /// the CPU it is on to give it up and waits until it has.
-    pub(super) fn take_over(&self, local: &mut Local, i: usize, vm: &mut Vm<B>) {
-        let Some(other) = vm.vcpu.hot_on.filter(|&c| c != local.index) else {
+    pub(super) fn take_over(&self, local: &mut ThisCpu, i: usize, vm: &mut Vm<B>) {
+        let Some(other) = vm.vcpu.active_on.filter(|&c| c != local.index) else {
             return;
         };
         let Some(mailbox) = self.mailboxes.get(other) else {

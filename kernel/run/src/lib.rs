@@ -15,7 +15,7 @@
 //! A vCPU's hardware state (a VMCS) is *active* on at most one CPU at a
 //! time, and that CPU may also hold the vCPU's lazily switched state
 //! (extended state, CR2, debug registers, SYSCALL MSRs) in its registers:
-//! [`Vcpu::hot_on`] names it. A vCPU that runs again where it ran last
+//! [`Vcpu::active_on`] names it. A vCPU that runs again where it ran last
 //! costs [`Backend::make_current`] at most, and its switched state moves
 //! only if another vCPU ran there in between. When `sched` moves a vCPU at
 //! the end of its turn, the CPU it ran on gives it up at once, while it
@@ -57,7 +57,7 @@ use handover::Mailbox;
 /// The host half (clock, kicks, halting) is per CPU: each method acts on
 /// the CPU that calls it. The guest half acts on one guest's hardware
 /// state; the run calls it with that guest's slot locked, on a CPU where
-/// the rules of [`Vcpu::hot_on`] allow it.
+/// the rules of [`Vcpu::active_on`] allow it.
 pub trait Backend: Sync {
     /// A VM's hardware half: its RAM and second-level page tables.
     type Vm: Send;
@@ -140,7 +140,7 @@ pub struct Vcpu<B: Backend> {
     pub model: VcpuModel,
     /// The CPU (by number) on which its hardware state is active and its
     /// switched state may be held: only that CPU may run it or clear it.
-    pub hot_on: Option<usize>,
+    pub active_on: Option<usize>,
     /// TSC ticks charged to it: from one of its exits to the next, its
     /// exit handling included.
     pub ticks: u64,
@@ -174,7 +174,7 @@ impl<B: Backend> Vm<B> {
             vcpu: Vcpu {
                 hw: vcpu,
                 model: VcpuModel::new(0, 1),
-                hot_on: Some(cpu),
+                active_on: Some(cpu),
                 ticks: 0,
                 slices: 0,
                 preemptions: 0,
@@ -190,7 +190,7 @@ impl<B: Backend> Vm<B> {
 }
 
 /// One configured guest and, while it exists, the guest.
-pub struct Slot<B: Backend> {
+pub struct ConfiguredGuest<B: Backend> {
     /// Its configuration.
     pub config: GuestConfig,
     /// The guest, while it exists.
@@ -230,10 +230,10 @@ impl CpuSet {
 }
 
 /// The guests' shared state while they run: every CPU that runs guests
-/// works on one `Run` ([`Run::cpu_loop`]).
-pub struct Run<B: Backend> {
+/// works on one `GuestRun` ([`GuestRun::cpu_loop`]).
+pub struct GuestRun<B: Backend> {
     backend: B,
-    slots: Vec<Mutex<Slot<B>>>,
+    slots: Vec<Mutex<ConfiguredGuest<B>>>,
     /// The run queues: `sched` decides which vCPU runs where next and for
     /// how long; a slot's index is its vCPU id.
     queue: Mutex<sched::Scheduler>,
@@ -263,7 +263,7 @@ impl core::fmt::Display for RunError {
     }
 }
 
-impl<B: Backend> Run<B> {
+impl<B: Backend> GuestRun<B> {
     /// A run of the guests `configs` on the CPUs `cpus` (numbers, the
     /// calling CPU first) with slices of `slice` ticks. Creates every
     /// guest (one that cannot start is left out, reported by the
@@ -283,7 +283,7 @@ impl<B: Backend> Run<B> {
             let vm = backend
                 .create(k, &config)
                 .map(|(hw, vcpu)| Vm::new(&config.name, hw, vcpu, cpu));
-            slots.push(Slot { config, vm });
+            slots.push(ConfiguredGuest { config, vm });
         }
         let queue = match sched::Scheduler::new(cpus.len() as u32, slice.max(1)) {
             Ok(queue) => queue,
@@ -325,7 +325,7 @@ impl<B: Backend> Run<B> {
     }
 
     /// Marks that one CPU other than the first has left
-    /// [`Run::cpu_loop`] for good.
+    /// [`GuestRun::cpu_loop`] for good.
     pub fn leave(&self) {
         self.left.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
     }

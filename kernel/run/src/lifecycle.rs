@@ -4,24 +4,30 @@
 use log::{debug, info};
 
 use super::figures::report_vcpu;
-use super::handover::Local;
-use super::{vcpu_id, Backend, Run, Slot, Vm};
+use super::handover::ThisCpu;
+use super::{vcpu_id, Backend, ConfiguredGuest, GuestRun, Vm};
 use config::GuestStopAction;
 use vcpu::stop::StopReason;
 
-impl<B: Backend> Run<B> {
+impl<B: Backend> GuestRun<B> {
     /// Reports the stop of guest `i` (its slot locked by this CPU),
     /// destroys it, and restarts it if the configuration says so.
-    pub(super) fn stop(&self, local: &mut Local, slot: &mut Slot<B>, i: usize, reason: StopReason) {
+    pub(super) fn stop(
+        &self,
+        local: &mut ThisCpu,
+        slot: &mut ConfiguredGuest<B>,
+        i: usize,
+        reason: StopReason,
+    ) {
         self.retire(local, slot, i, reason, true);
     }
 
-    /// [`Run::stop`], restarting only when `may_restart` (a guest whose
+    /// [`GuestRun::stop`], restarting only when `may_restart` (a guest whose
     /// restart cannot be scheduled is not restarted again).
     pub(super) fn retire(
         &self,
-        local: &mut Local,
-        slot: &mut Slot<B>,
+        local: &mut ThisCpu,
+        slot: &mut ConfiguredGuest<B>,
         i: usize,
         reason: StopReason,
         may_restart: bool,

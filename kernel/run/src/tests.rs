@@ -405,7 +405,7 @@ fn run_on(
         .collect();
     let backend = FakeBackend::new(cpus, programs, creations);
     CPU.with(|c| c.set(0));
-    let run = Run::new(backend, configs, (0..cpus).collect(), slice, on_stop, cpus)
+    let run = GuestRun::new(backend, configs, (0..cpus).collect(), slice, on_stop, cpus)
         .expect("the run starts");
     run.enqueue_all();
     std::thread::scope(|scope| {
@@ -421,7 +421,7 @@ fn run_on(
     });
     assert_eq!(run.left(), cpus - 1);
     assert!(run.finished());
-    let Run { backend, .. } = run;
+    let GuestRun { backend, .. } = run;
     assert_eq!(
         backend.created.load(Ordering::SeqCst),
         backend.destroyed.load(Ordering::SeqCst),

@@ -37,7 +37,7 @@ const MAX_RAM_ORDER: u8 = 18;
 
 /// What every guest shares on every CPU: the capabilities, the computed
 /// controls, the XSAVE layout and the preemption-timer rate.
-pub struct Hardware {
+pub struct VmxSettings {
     /// The VT-x capabilities.
     pub caps: VmxCapabilities,
     /// The controls every VMCS gets.
@@ -49,7 +49,7 @@ pub struct Hardware {
     pub timer_shift: u8,
 }
 
-impl Hardware {
+impl VmxSettings {
     /// Computes the shared settings and turns on CR4.OSXSAVE/OSFXSR, so the
     /// host can switch guests' extended state.
     pub fn new(caps: VmxCapabilities) -> Result<Self, vmx::execution::ControlError> {
@@ -318,7 +318,7 @@ pub struct VmxVcpuState {
 
 // SAFETY: a `VmxVm` and a `VmxVcpuState` are frames (by physical address)
 // and plain data; nothing in them is tied to the CPU that made them except
-// the VMCS's active state, which the run's `hot_on` tracks and hands over
+// the VMCS's active state, which the run's `active_on` tracks and hands over
 // with VMCLEAR before another CPU touches the VMCS.
 unsafe impl Send for VmxVm {}
 // SAFETY: as above.
@@ -346,7 +346,7 @@ impl Guest {
     /// image with `load`, and prepares its vCPU's VMCS (current on this
     /// CPU when this returns). On failure every frame taken is given back.
     pub fn create(
-        hw: &Hardware,
+        hw: &VmxSettings,
         name: &str,
         ram_size: u64,
         vpid: u16,
@@ -392,7 +392,7 @@ impl Guest {
 
     fn build(
         &mut self,
-        hw: &Hardware,
+        hw: &VmxSettings,
         load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
     ) -> Result<(), CreateError> {
         let Guest { vm, vcpu } = self;
@@ -499,10 +499,10 @@ impl Guest {
 
 impl VmxVcpuState {
     /// Makes this guest's VMCS current on this CPU, where it is active
-    /// (`hot_on` is this CPU).
+    /// (`active_on` is this CPU).
     pub fn make_current(&self) -> Result<(), VmFail> {
         // SAFETY: VMX root operation; the VMCS was initialised by `create`
-        // and is active on this CPU only (the caller checked `hot_on`).
+        // and is active on this CPU only (the caller checked `active_on`).
         unsafe { hw::vmptrld(self.vmcs) }
     }
 
@@ -528,7 +528,7 @@ impl VmxVcpuState {
     /// clears its launch state.
     pub fn clear(&mut self) {
         // SAFETY: VMX root operation; the VMCS is active on this CPU (the
-        // caller checked `hot_on`) and not running.
+        // caller checked `active_on`) and not running.
         if let Err(e) = unsafe { hw::vmclear(self.vmcs) } {
             log::error!("guest {}: VMCLEAR failed: {e}", self.name);
         }
@@ -550,7 +550,7 @@ impl VmxVcpuState {
     }
 
     /// Sets the VMX-preemption timer for the next slice of `ticks` TSC ticks.
-    pub fn set_slice(&self, hw: &Hardware, ticks: u64) -> Result<(), VmFail> {
+    pub fn set_slice(&self, hw: &VmxSettings, ticks: u64) -> Result<(), VmFail> {
         let count = u32::try_from(ticks >> hw.timer_shift).unwrap_or(u32::MAX);
         // SAFETY: VMX root operation with this guest's VMCS current.
         let mut vmcs = unsafe { HardwareVmcs::current() };
@@ -563,9 +563,9 @@ impl VmxVcpuState {
     /// SSE with XCR0 = 1 (legacy SSE needs only CR4.OSFXSR), so the save and
     /// the restore run with every supported component enabled and the
     /// incoming guest's XCR0 is loaded afterwards.
-    pub fn save_switched(&mut self, hw: &Hardware) {
+    pub fn save_switched(&mut self, hw: &VmxSettings) {
         let area = memory::phys().ptr(self.switched.area);
-        // SAFETY: CR4.OSXSAVE/OSFXSR were set by `Hardware::new`; the area
+        // SAFETY: CR4.OSXSAVE/OSFXSR were set by `VmxSettings::new`; the area
         // is this guest's block, large enough for every supported
         // component (CPUID.(EAX=0DH,ECX=0):ECX) and page aligned; XCR0 gets
         // only supported bits.
@@ -588,7 +588,7 @@ impl VmxVcpuState {
     }
 
     /// Loads this guest's switched state (it is coming onto the CPU).
-    pub fn load_switched(&self, hw: &Hardware, xcr0: u64) {
+    pub fn load_switched(&self, hw: &VmxSettings, xcr0: u64) {
         let area = memory::phys().ptr(self.switched.area);
         // SAFETY: as in `save_switched`; the area holds a zeroed or saved
         // image; the guest's XCR0 was validated when it set it.
@@ -697,7 +697,7 @@ struct GuestPlatform<'a> {
     name: &'a str,
     ram: &'a GuestRam,
     vpid: Option<u16>,
-    hw: &'a Hardware,
+    hw: &'a VmxSettings,
 }
 
 impl VmxVcpuState {
@@ -738,7 +738,7 @@ impl VmxVcpuState {
 /// took, with the neutral handlers.
 #[inline]
 pub fn handle(
-    hw: &Hardware,
+    hw: &VmxSettings,
     vm: &VmxVm,
     vcpu: &mut VmxVcpuState,
     model: &mut VcpuModel,
