@@ -479,6 +479,21 @@ impl Bus {
         Some(f(device, &mut env))
     }
 
+    /// Calls `f` with the device in slot `slot` and an environment for one
+    /// access at `now`; `None` if there is no such slot.
+    fn access<R>(
+        &mut self,
+        slot: usize,
+        now: u64,
+        irqs: &mut IrqLines,
+        sink: &mut dyn FnMut(&str),
+        f: impl FnOnce(&mut dyn Device, &mut DeviceEnv<'_>) -> R,
+    ) -> Option<R> {
+        let Slot { device, deadline } = self.slots.get_mut(slot)?;
+        let mut env = DeviceEnv::new(now, irqs, deadline, sink);
+        Some(f(device.as_mut(), &mut env))
+    }
+
     /// The claimed port ranges, lowest first, with the name of the device
     /// that owns each.
     pub fn port_ranges(&self) -> impl Iterator<Item = (RangeInclusive<u16>, &'static str)> + '_ {
@@ -515,9 +530,8 @@ impl Bus {
             return None;
         }
         if let Some(slot) = self.port_owner_of_all(port, size) {
-            let Slot { device, deadline } = self.slots.get_mut(slot)?;
-            let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-            let value = device.port_read(port, size, &mut env);
+            let value =
+                self.access(slot, now, irqs, sink, |d, env| d.port_read(port, size, env))?;
             // Cut to `size` bytes: `all_ones` of at most 4 fits in a u32.
             return Some(value & all_ones(size) as u32);
         }
@@ -526,9 +540,10 @@ impl Bus {
         for (i, byte) in bytes.iter_mut().take(usize::from(size)).enumerate() {
             let port = port.wrapping_add(i as u16);
             if let Some(slot) = self.port_owner(port) {
-                if let Some(Slot { device, deadline }) = self.slots.get_mut(slot) {
-                    let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-                    *byte = device.port_read(port, 1, &mut env) as u8;
+                if let Some(value) =
+                    self.access(slot, now, irqs, sink, |d, env| d.port_read(port, 1, env))
+                {
+                    *byte = value as u8;
                     claimed = true;
                 }
             }
@@ -553,9 +568,9 @@ impl Bus {
         }
         let value = value & all_ones(size) as u32;
         if let Some(slot) = self.port_owner_of_all(port, size) {
-            if let Some(Slot { device, deadline }) = self.slots.get_mut(slot) {
-                let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-                device.port_write(port, size, value, &mut env);
+            if let Some(()) = self.access(slot, now, irqs, sink, |d, env| {
+                d.port_write(port, size, value, env)
+            }) {
                 return true;
             }
         }
@@ -568,11 +583,10 @@ impl Bus {
         {
             let port = port.wrapping_add(i as u16);
             if let Some(slot) = self.port_owner(port) {
-                if let Some(Slot { device, deadline }) = self.slots.get_mut(slot) {
-                    let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-                    device.port_write(port, 1, u32::from(byte), &mut env);
-                    claimed = true;
-                }
+                let written = self.access(slot, now, irqs, sink, |d, env| {
+                    d.port_write(port, 1, u32::from(byte), env)
+                });
+                claimed |= written.is_some();
             }
         }
         claimed
@@ -592,9 +606,8 @@ impl Bus {
             return None;
         }
         if let Some(slot) = self.mmio_owner_of_all(gpa, size) {
-            let Slot { device, deadline } = self.slots.get_mut(slot)?;
-            let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-            return Some(device.mmio_read(gpa, size, &mut env) & all_ones(size));
+            let value = self.access(slot, now, irqs, sink, |d, env| d.mmio_read(gpa, size, env))?;
+            return Some(value & all_ones(size));
         }
         let mut bytes = [0xFF; 8];
         let mut claimed = false;
@@ -603,9 +616,10 @@ impl Bus {
                 break;
             };
             if let Some(slot) = self.mmio_owner(gpa) {
-                if let Some(Slot { device, deadline }) = self.slots.get_mut(slot) {
-                    let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-                    *byte = device.mmio_read(gpa, 1, &mut env) as u8;
+                if let Some(value) =
+                    self.access(slot, now, irqs, sink, |d, env| d.mmio_read(gpa, 1, env))
+                {
+                    *byte = value as u8;
                     claimed = true;
                 }
             }
@@ -630,9 +644,9 @@ impl Bus {
         }
         let value = value & all_ones(size);
         if let Some(slot) = self.mmio_owner_of_all(gpa, size) {
-            if let Some(Slot { device, deadline }) = self.slots.get_mut(slot) {
-                let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-                device.mmio_write(gpa, size, value, &mut env);
+            if let Some(()) = self.access(slot, now, irqs, sink, |d, env| {
+                d.mmio_write(gpa, size, value, env)
+            }) {
                 return true;
             }
         }
@@ -647,11 +661,10 @@ impl Bus {
                 break;
             };
             if let Some(slot) = self.mmio_owner(gpa) {
-                if let Some(Slot { device, deadline }) = self.slots.get_mut(slot) {
-                    let mut env = DeviceEnv::new(now, irqs, deadline, sink);
-                    device.mmio_write(gpa, 1, u64::from(byte), &mut env);
-                    claimed = true;
-                }
+                let written = self.access(slot, now, irqs, sink, |d, env| {
+                    d.mmio_write(gpa, 1, u64::from(byte), env)
+                });
+                claimed |= written.is_some();
             }
         }
         claimed
