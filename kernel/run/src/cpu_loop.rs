@@ -315,10 +315,8 @@ impl<B: Backend> GuestRun<B> {
         // device timers is due, so the interrupt goes in on time even if
         // the guest does not exit by itself meanwhile.
         let mut timer_at = timer_deadline(slice_end, vm.devices.next_deadline());
-        if let Err(e) =
-            backend.set_slice(&mut vm.vcpu.hw, timer_at.saturating_sub(slice_start).max(1))
-        {
-            return SliceEnd::Stopped(StopReason::Backend(e));
+        if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, slice_start) {
+            return SliceEnd::Stopped(reason);
         }
         // By scheduler index, the order of `cpus.numbers`.
         let figures = self.figures.get(local.cpu.0 as usize);
@@ -350,10 +348,8 @@ impl<B: Backend> GuestRun<B> {
                 let wanted = timer_deadline(slice_end, vm.devices.next_deadline());
                 if wanted != timer_at {
                     timer_at = wanted;
-                    if let Err(e) =
-                        backend.set_slice(&mut vm.vcpu.hw, timer_at.saturating_sub(now).max(1))
-                    {
-                        break SliceEnd::Stopped(StopReason::Backend(e));
+                    if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, now) {
+                        break SliceEnd::Stopped(reason);
                     }
                 }
             }
@@ -370,10 +366,8 @@ impl<B: Backend> GuestRun<B> {
                     // goes in before the next entry; the slice goes on.
                     timer_at =
                         timer_deadline(slice_end, vm.devices.next_deadline().filter(|&d| d > now));
-                    if let Err(e) =
-                        backend.set_slice(&mut vm.vcpu.hw, timer_at.saturating_sub(now).max(1))
-                    {
-                        break SliceEnd::Stopped(StopReason::Backend(e));
+                    if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, now) {
+                        break SliceEnd::Stopped(reason);
                     }
                 }
                 Outcome::Preempted => {
@@ -415,4 +409,17 @@ impl<B: Backend> GuestRun<B> {
 /// or earlier at the guest's own next device deadline.
 fn timer_deadline(slice_end: u64, device: Option<u64>) -> u64 {
     device.map_or(slice_end, |d| d.min(slice_end))
+}
+
+/// Sets `vcpu`'s slice timer to end its run at clock value `at`, counted
+/// from `now` (at least one tick, so a past `at` ends the run at once).
+fn arm_timer<B: Backend>(
+    backend: &B,
+    vcpu: &mut B::Vcpu,
+    at: u64,
+    now: u64,
+) -> Result<(), StopReason> {
+    backend
+        .set_slice(vcpu, at.saturating_sub(now).max(1))
+        .map_err(StopReason::Backend)
 }
