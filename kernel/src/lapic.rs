@@ -9,7 +9,7 @@
 //! one is in use is read from IA32_APIC_BASE on the boot CPU; every CPU
 //! uses the same.
 
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
 use log::info;
 use mm::addr::HostPhysAddr;
@@ -60,6 +60,12 @@ static MODE: AtomicU8 = AtomicU8::new(MODE_NONE);
 /// The xAPIC register page, mapped uncached (null in x2APIC mode).
 static XAPIC: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
+/// Whether the APIC timer has TSC-deadline mode (CPUID.01H:ECX[24]), read
+/// once by [`init_boot_cpu`] (the CPUs of one machine are one model), so
+/// the idle path does not pay a CPUID (an exit of its own under nested
+/// virtualization) each time it halts.
+static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
+
 /// Why the local APIC cannot be used.
 #[derive(Debug)]
 pub struct ApicError(pub &'static str);
@@ -85,6 +91,7 @@ pub fn init_boot_cpu() -> Result<(), ApicError> {
             "the firmware left the local APIC globally disabled",
         ));
     }
+    TSC_DEADLINE.store(arch::cpuid(1, 0).ecx & (1 << 24) != 0, Ordering::Release);
     if base & BASE_X2APIC != 0 {
         MODE.store(MODE_X2APIC, Ordering::Release);
         info!("apic: x2APIC mode, this CPU's APIC ID {}", id());
@@ -120,10 +127,10 @@ const LVT_TSC_DEADLINE: u32 = 0b10 << 17;
 /// IA32_TSC_DEADLINE.
 const IA32_TSC_DEADLINE: u32 = 0x6E0;
 
-/// Whether this CPU's APIC timer has TSC-deadline mode
-/// (CPUID.01H:ECX[24]).
+/// Whether the APIC timer has TSC-deadline mode (as the boot CPU
+/// reported it).
 pub fn has_tsc_deadline() -> bool {
-    arch::cpuid(1, 0).ecx & (1 << 24) != 0
+    TSC_DEADLINE.load(Ordering::Acquire)
 }
 
 /// Arms the calling CPU's APIC timer to interrupt it (with the kick
