@@ -413,6 +413,7 @@ fn timer_deadline(slice_end: u64, device: Option<u64>) -> u64 {
 
 /// Sets `vcpu`'s slice timer to end its run at clock value `at`, counted
 /// from `now` (at least one tick, so a past `at` ends the run at once).
+#[inline]
 fn arm_timer<B: Backend>(
     backend: &B,
     vcpu: &mut B::Vcpu,
