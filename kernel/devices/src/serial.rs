@@ -8,7 +8,15 @@
 //! After every access, and after console input, the interrupt line is set
 //! to [`Uart16550::interrupt_pending`], which already holds the PC's
 //! gating: the interrupt reaches the line only while MCR.OUT2 is set and
-//! the UART is not in loopback.
+//! the UART is not in loopback. The line is a level: it drops when the
+//! guest clears the last source (reading IIR for THRE, RBR, LSR or MSR)
+//! and rises again with the next one (a THR write, console input), which
+//! gives an edge-triggered controller a fresh edge for every new event,
+//! as Linux's 8250 interrupt handler expects.
+//!
+//! Console input goes in with [`UartDevice::receive`], paced by
+//! [`UartDevice::rx_space`]: the console keeps what the receiver cannot
+//! take yet, so no input is lost while the guest is slow to read.
 
 use core::ops::RangeInclusive;
 
@@ -70,13 +78,70 @@ impl UartDevice {
         &self.uart
     }
 
-    /// Queues `byte` as console input for the guest and updates the
-    /// interrupt line. False when the byte was dropped (see
-    /// [`Uart16550::receive`]).
-    pub fn receive(&mut self, byte: u8, env: &mut DeviceEnv<'_>) -> bool {
-        let taken = self.uart.receive(byte);
+    /// Queues console input for the guest, paced to what the guest reads,
+    /// and updates the interrupt line: takes bytes from the front of
+    /// `bytes` while the receiver has room (see [`rx_space`](Self::rx_space))
+    /// and returns how many it took. A full receiver takes no more and
+    /// nothing overruns: the caller keeps the rest and offers them again
+    /// after the guest has read (after a port access, or before the next
+    /// entry). In loopback mode nothing is taken. See
+    /// [`Uart16550::receive`].
+    ///
+    /// The bus owns the device, so the console reaches it with
+    /// [`Bus::with_device`](crate::bus::Bus::with_device):
+    ///
+    /// ```
+    /// use devices::bus::Bus;
+    /// use devices::irq::IrqLines;
+    /// use devices::serial::{UartDevice, COM1_IRQ};
+    ///
+    /// let mut bus = Bus::new();
+    /// let com1 = UartDevice::com1();
+    /// let ports = com1.ports();
+    /// let com1 = bus.add(Box::new(com1), &[ports], &[]).unwrap();
+    /// let mut irqs = IrqLines::new();
+    /// let mut sink = |line: &str| println!("[guest] {line}");
+    ///
+    /// // The console's pending input; what COM1 takes is removed.
+    /// let mut input: Vec<u8> = b"root\n".to_vec();
+    /// let now = 0;
+    /// let taken = bus
+    ///     .with_device(com1, now, &mut irqs, &mut sink, |uart: &mut UartDevice, env| {
+    ///         uart.receive(&input, env)
+    ///     })
+    ///     .unwrap_or(0);
+    /// input.drain(..taken);
+    /// assert_eq!(taken, 1, "FIFOs off: the holding register takes one byte");
+    /// assert!(!irqs.level(COM1_IRQ), "the guest enabled no interrupt yet");
+    /// ```
+    pub fn receive(&mut self, bytes: &[u8], env: &mut DeviceEnv<'_>) -> usize {
+        let taken = self.uart.receive(bytes);
         self.update_irq(env);
         taken
+    }
+
+    /// Queues `bytes` from a source that cannot wait, and updates the
+    /// interrupt line: every byte arrives, and those that find the
+    /// receiver full are lost to an overrun as on the chip (LSR.OE, the
+    /// line-status interrupt). Returns how many were lost (in loopback
+    /// mode, all of them: the serial input is cut off). Prefer
+    /// [`receive`](Self::receive), which loses nothing; this is for a
+    /// console that has given up keeping input for a guest that does not
+    /// read, so that the guest still learns input was lost.
+    pub fn receive_lossy(&mut self, bytes: &[u8], env: &mut DeviceEnv<'_>) -> usize {
+        let lost = bytes
+            .iter()
+            .filter(|&&byte| !self.uart.receive_lossy(byte))
+            .count();
+        self.update_irq(env);
+        lost
+    }
+
+    /// How many bytes [`receive`](Self::receive) would take now (0 while
+    /// the receiver is full or in loopback mode). A console can feed
+    /// exactly this much, so that it drops nothing.
+    pub const fn rx_space(&self) -> usize {
+        self.uart.rx_space()
     }
 
     /// Passes `bytes` to the console line buffer as if the guest had
@@ -142,6 +207,7 @@ mod tests {
     use super::*;
     use crate::bus::Bus;
     use crate::irq::{InterruptController, IrqLines, SimpleIrqChip};
+    use crate::uart::RX_FIFO_DEPTH;
     use alloc::boxed::Box;
     use alloc::string::{String, ToString};
     use alloc::vec::Vec;
@@ -189,7 +255,7 @@ mod tests {
                 .port_read(port, 1, 0, &mut self.irqs, &mut sink)
                 .unwrap() as u8
         }
-        fn receive(&mut self, byte: u8) -> bool {
+        fn receive(&mut self, bytes: &[u8]) -> usize {
             let lines = &mut self.lines;
             let mut sink = |line: &str| lines.push(line.to_string());
             self.bus
@@ -198,9 +264,25 @@ mod tests {
                     0,
                     &mut self.irqs,
                     &mut sink,
-                    |uart: &mut UartDevice, env| uart.receive(byte, env),
+                    |uart: &mut UartDevice, env| uart.receive(bytes, env),
                 )
                 .unwrap()
+        }
+        fn receive_lossy(&mut self, bytes: &[u8]) -> usize {
+            let lines = &mut self.lines;
+            let mut sink = |line: &str| lines.push(line.to_string());
+            self.bus
+                .with_device(
+                    self.uart,
+                    0,
+                    &mut self.irqs,
+                    &mut sink,
+                    |uart: &mut UartDevice, env| uart.receive_lossy(bytes, env),
+                )
+                .unwrap()
+        }
+        fn device(&mut self) -> &mut UartDevice {
+            self.bus.get_mut::<UartDevice>(self.uart).unwrap()
         }
         fn flush(&mut self) {
             let lines = &mut self.lines;
@@ -238,7 +320,7 @@ mod tests {
     fn the_line_follows_the_uart_interrupt_gated_by_out2() {
         let mut vm = Vm::new();
         vm.out(IER, 1, 0x01); // received-data interrupt
-        assert!(vm.receive(b'k'));
+        assert_eq!(vm.receive(b"k"), 1);
         assert!(!vm.irqs.level(COM1_IRQ), "OUT2 clear: the line stays low");
         vm.out(MCR, 1, 0x08);
         assert!(vm.irqs.level(COM1_IRQ), "OUT2 set: the line is up");
@@ -258,9 +340,15 @@ mod tests {
         vm.out(MCR, 1, 0x08);
         vm.out(IER, 1, 0x01);
         assert!(!vm.irqs.level(COM1_IRQ));
-        assert!(vm.receive(b'x'));
+        assert_eq!(vm.receive(b"xy"), 1, "the holding register takes one");
         assert!(vm.irqs.level(COM1_IRQ));
-        assert!(!vm.receive(b'y'), "holding register full: overrun");
+        assert_eq!(vm.device().rx_space(), 0);
+        assert_eq!(vm.receive(b"y"), 0, "full: taken later, not overrun");
+        assert_eq!(vm.inb(LSR), 0x61);
+        assert_eq!(vm.inb(THR), b'x');
+        assert!(!vm.irqs.level(COM1_IRQ));
+        assert_eq!(vm.receive(b"y"), 1);
+        assert!(vm.irqs.level(COM1_IRQ), "a fresh rise for the next byte");
     }
 
     #[test]
@@ -283,6 +371,151 @@ mod tests {
         );
     }
 
+    const FCR: u16 = 0x3FA;
+    const MSR: u16 = 0x3FE;
+
+    /// What Linux's 8250 interrupt handler does for one port: read IIR
+    /// until it reports nothing; for each interrupt read LSR, take bytes
+    /// while LSR.DR, read MSR, and while LSR.THRE with ETBEI set send up to
+    /// 16 bytes of `tx`, clearing ETBEI once `tx` is empty. Returns the
+    /// bytes received.
+    fn linux_handler(vm: &mut Vm, tx: &mut Vec<u8>) -> Vec<u8> {
+        let mut rx = Vec::new();
+        for _ in 0..512 {
+            if vm.inb(IIR) & 0x01 != 0 {
+                return rx;
+            }
+            let mut lsr = vm.inb(LSR);
+            while lsr & 0x01 != 0 {
+                rx.push(vm.inb(THR));
+                lsr = vm.inb(LSR);
+            }
+            vm.inb(MSR);
+            let ier = vm.inb(IER);
+            if lsr & 0x20 != 0 && ier & 0x02 != 0 {
+                for byte in tx.drain(..tx.len().min(16)) {
+                    vm.out(THR, 1, u32::from(byte));
+                }
+                if tx.is_empty() {
+                    vm.out(IER, 1, u32::from(ier & !0x02));
+                }
+            }
+        }
+        unreachable!("the interrupt never went away");
+    }
+
+    /// The port as Linux leaves it after start-up and set_termios: 8N1,
+    /// DTR | RTS | OUT2, FIFOs on with trigger 8, RLSI | RDI enabled.
+    fn linux_port() -> Vm {
+        let mut vm = Vm::new();
+        vm.out(0x3FB, 1, 0x03);
+        vm.out(MCR, 1, 0x0B);
+        vm.out(FCR, 1, 0x01);
+        vm.out(FCR, 1, 0x81);
+        vm.out(IER, 1, 0x05);
+        vm
+    }
+
+    #[test]
+    fn console_input_is_fed_paced_through_linux_style_interrupts() {
+        let mut vm = linux_port();
+        let mut chip = SimpleIrqChip::new();
+        let input: Vec<u8> = (0..40).collect();
+        let mut pending = &input[..];
+        let mut got = Vec::new();
+        let mut interrupts = 0;
+        while !pending.is_empty() {
+            let taken = vm.receive(pending);
+            assert_eq!(taken, pending.len().min(RX_FIFO_DEPTH), "a FIFO at a time");
+            pending = &pending[taken..];
+            assert!(vm.irqs.level(COM1_IRQ));
+            vm.irqs.forward_to(&mut chip);
+            assert_eq!(chip.acknowledge(), Some(0x20 + COM1_IRQ), "a fresh edge");
+            interrupts += 1;
+            got.extend(linux_handler(&mut vm, &mut Vec::new()));
+            assert!(!vm.irqs.level(COM1_IRQ), "the handler cleared it all");
+        }
+        assert_eq!(got, input, "nothing lost, in order");
+        assert_eq!(interrupts, 3);
+        assert_eq!(vm.inb(LSR), 0x60, "never an overrun");
+    }
+
+    #[test]
+    fn a_few_bytes_below_the_trigger_level_interrupt_at_once() {
+        let mut vm = linux_port();
+        assert_eq!(vm.receive(b"ls\r"), 3);
+        assert!(
+            vm.irqs.level(COM1_IRQ),
+            "no waiting for a character timeout"
+        );
+        assert_eq!(vm.inb(IIR), 0xCC, "reported as the timeout");
+        assert_eq!(linux_handler(&mut vm, &mut Vec::new()), b"ls\r");
+        assert!(!vm.irqs.level(COM1_IRQ));
+    }
+
+    #[test]
+    fn linux_style_transmit_runs_on_thre_interrupts() {
+        let mut vm = linux_port();
+        let mut chip = SimpleIrqChip::new();
+        vm.irqs.forward_to(&mut chip);
+        let mut tx = b"Welcome to Ferrovisor\r\nlogin: ".to_vec();
+        // start_tx: set ETBEI; the interrupt comes at once.
+        vm.out(IER, 1, 0x07);
+        assert!(vm.irqs.level(COM1_IRQ));
+        vm.irqs.forward_to(&mut chip);
+        assert_eq!(chip.acknowledge(), Some(0x20 + COM1_IRQ));
+        linux_handler(&mut vm, &mut tx);
+        assert!(tx.is_empty());
+        assert_eq!(vm.inb(IER), 0x05, "ETBEI cleared when done");
+        assert!(!vm.irqs.level(COM1_IRQ));
+        vm.flush();
+        assert_eq!(vm.lines, ["Welcome to Ferrovisor", "login: "]);
+    }
+
+    #[test]
+    fn thre_drops_on_the_iir_read_and_rises_on_the_thr_write() {
+        let mut vm = linux_port();
+        vm.out(IER, 1, 0x02);
+        let mut chip = SimpleIrqChip::new();
+        vm.irqs.forward_to(&mut chip);
+        assert_eq!(chip.acknowledge(), Some(0x20 + COM1_IRQ));
+        assert_eq!(vm.inb(IIR), 0xC2);
+        assert!(!vm.irqs.level(COM1_IRQ), "acknowledged by the IIR read");
+        vm.out(THR, 1, u32::from(b'a'));
+        assert!(vm.irqs.level(COM1_IRQ), "transmitted at once: THRE again");
+        vm.irqs.forward_to(&mut chip);
+        assert_eq!(chip.acknowledge(), Some(0x20 + COM1_IRQ), "a new edge");
+    }
+
+    #[test]
+    fn loopback_keeps_the_line_low_and_the_console_out() {
+        let mut vm = linux_port();
+        vm.out(MCR, 1, 0x1B);
+        assert_eq!(vm.device().rx_space(), 0);
+        assert_eq!(vm.receive(b"abc"), 0, "the serial input is cut off");
+        vm.out(THR, 1, u32::from(b'L'));
+        assert_eq!(vm.inb(IIR), 0xCC, "the looped byte is reported in IIR");
+        assert!(!vm.irqs.level(COM1_IRQ), "but OUT2 is forced off");
+        assert_eq!(vm.inb(THR), b'L');
+        vm.out(MCR, 1, 0x0B);
+        assert_eq!(vm.receive(b"abc"), 3, "back in normal mode");
+        assert!(vm.irqs.level(COM1_IRQ));
+        vm.flush();
+        assert!(vm.lines.is_empty(), "nothing looped left the UART");
+    }
+
+    #[test]
+    fn lossy_input_overruns_a_full_fifo_and_tells_the_guest() {
+        let mut vm = linux_port();
+        let input: Vec<u8> = (0..20).collect();
+        assert_eq!(vm.receive_lossy(&input), 4);
+        assert!(vm.irqs.level(COM1_IRQ));
+        assert_eq!(vm.inb(IIR), 0xC6, "line status");
+        assert_eq!(vm.inb(LSR), 0x63, "DR and OE");
+        assert_eq!(vm.inb(IIR), 0xC4, "then the 16 bytes kept");
+        assert_eq!(linux_handler(&mut vm, &mut Vec::new()), &input[..16]);
+    }
+
     proptest! {
         /// Random port accesses of any size around COM1, and console
         /// input, never panic; the line always agrees with the model and
@@ -290,7 +523,7 @@ mod tests {
         #[test]
         fn random_accesses_never_panic(
             ops in prop::collection::vec(
-                (0u8..3, 0x3F0u16..0x408, prop::sample::select(vec![1u8, 2, 4]), any::<u32>()),
+                (0u8..4, 0x3F0u16..0x408, prop::sample::select(vec![1u8, 2, 4]), any::<u32>()),
                 0..300,
             )
         ) {
@@ -305,12 +538,20 @@ mod tests {
                     1 => {
                         vm.bus.port_write(port, size, value, 0, &mut vm.irqs, &mut sink);
                     }
+                    2 => {
+                        let space = vm.device().rx_space();
+                        let bytes = value.to_le_bytes();
+                        let bytes = &bytes[..usize::from(size)];
+                        prop_assert_eq!(vm.receive(bytes), bytes.len().min(space));
+                    }
                     _ => {
-                        let _ = vm.receive(value as u8);
+                        vm.receive_lossy(&[value as u8]);
                     }
                 }
-                let pending = vm.bus.get_mut::<UartDevice>(vm.uart).unwrap().uart().interrupt_pending();
-                prop_assert_eq!(vm.irqs.level(COM1_IRQ), pending);
+                let level = vm.irqs.level(COM1_IRQ);
+                let uart = vm.device().uart();
+                prop_assert_eq!(level, uart.interrupt_pending());
+                prop_assert_eq!(uart.line_status() & 1 != 0, uart.rx_pending() > 0);
             }
             vm.flush();
             prop_assert!(vm.lines.iter().all(|line| line.len() <= crate::console::LINE_MAX));
