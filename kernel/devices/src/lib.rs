@@ -63,6 +63,13 @@
 //! - [`timer`]: [`TestTimer`](timer::TestTimer), a one-shot timer for test
 //!   guests at ports 0x0E0..=0x0E7 on line 5 (its module documents the
 //!   guest ABI).
+//! - [`apic`]: the [`InterruptMessage`](apic::InterruptMessage) an I/O APIC
+//!   entry or an IPI sends, and its delivery mode, trigger mode and
+//!   destination.
+//! - [`lapic`]: [`LocalApic`](lapic::LocalApic), one vCPU's xAPIC (registers
+//!   at 0xFEE00000, priorities, IRR/ISR/EOI, the timer, IPIs as
+//!   [`ApicEffect`](lapic::ApicEffect)s for the caller to route); not a bus
+//!   device: the exit handler calls its vCPU's own.
 //!
 //! Guests are untrusted: no guest-controlled value (port, address, size,
 //! data, timing) can make this crate panic, which the lints below and the
@@ -78,9 +85,11 @@
 
 extern crate alloc;
 
+pub mod apic;
 pub mod bus;
 pub mod console;
 pub mod irq;
+pub mod lapic;
 pub mod serial;
 pub mod timer;
 pub mod uart;
