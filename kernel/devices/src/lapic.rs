@@ -43,9 +43,14 @@
 //! processors: 11.4.6), EOI-broadcast suppression and focus checking
 //! (SVR bits 12 and 9 read 0), the remote read register (reads 0),
 //! spurious-interrupt delivery, the thermal, performance-counter and CMCI
-//! sources (their LVT entries are storage only) and the LINT1 pin (its LVT
-//! entry is storage only; NMIs come in through
-//! [`accept_nmi`](LocalApic::accept_nmi)).
+//! sources (their LVT entries are storage only; the version's max LVT
+//! entry of 5 tells a guest CMCI is absent, so one that checks never
+//! touches 0x2F0) and the LINT1 pin (its LVT entry is storage only; NMIs
+//! come in through [`accept_nmi`](LocalApic::accept_nmi)).
+//!
+//! Accesses are 32-bit (SDM Vol. 3A, 11.4.1: narrower ones are model
+//! specific): the exit handler passes only 4-byte accesses at 16-byte
+//! aligned offsets on; for others it reads 0 and drops the write.
 
 use crate::apic::{DeliveryMode, InterruptMessage};
 

@@ -70,6 +70,9 @@
 //!   at 0xFEE00000, priorities, IRR/ISR/EOI, the timer, IPIs as
 //!   [`ApicEffect`](lapic::ApicEffect)s for the caller to route); not a bus
 //!   device: the exit handler calls its vCPU's own.
+//! - [`ioapic`]: [`IoApic`](ioapic::IoApic), the VM's 82093AA I/O APIC on
+//!   the bus at 0xFEC00000: 24 redirection entries that turn line
+//!   assertions into queued interrupt messages for the caller to route.
 //!
 //! Guests are untrusted: no guest-controlled value (port, address, size,
 //! data, timing) can make this crate panic, which the lints below and the
@@ -88,6 +91,7 @@ extern crate alloc;
 pub mod apic;
 pub mod bus;
 pub mod console;
+pub mod ioapic;
 pub mod irq;
 pub mod lapic;
 pub mod serial;
