@@ -629,6 +629,54 @@ mod tests {
         assert_eq!(vm.messages(), [fixed(0x50, 0, true)]);
     }
 
+    #[test]
+    fn a_level_interrupt_goes_round_trip_through_a_local_apic() {
+        use crate::lapic::{ApicEffect, LocalApic};
+
+        let mut vm = Vm::new();
+        let mut cpus = [0, 1].map(|id| {
+            let mut apic = LocalApic::new(id, 1_000_000_000, 25_000_000);
+            apic.firmware_state();
+            apic
+        });
+        // What the VM's interrupt path does with a message.
+        let route = |msg: InterruptMessage, cpus: &mut [LocalApic; 2]| {
+            for apic in cpus.iter_mut() {
+                if apic.matches(msg.dest, msg.logical) {
+                    apic.accept(msg.vector, msg.level_triggered);
+                }
+            }
+        };
+        vm.program(9, LEVEL | 0x39, 1);
+        vm.ioapic().set_line(9, true);
+        let msg = vm.ioapic().take_message().unwrap();
+        route(msg, &mut cpus);
+        assert_eq!(cpus[0].pending_vector(), None, "not for CPU 0");
+        assert_eq!(cpus[1].acknowledge(), Some(0x39));
+
+        // The guest's handler has not quietened the device yet: the EOI
+        // goes back to the I/O APIC, which sends again.
+        let eoi = cpus[1].write(0xB0, 0, 0);
+        assert_eq!(
+            eoi,
+            ApicEffect::Eoi {
+                vector: 0x39,
+                level_triggered: true
+            }
+        );
+        vm.ioapic().eoi(0x39);
+        let msg = vm.ioapic().take_message().unwrap();
+        route(msg, &mut cpus);
+        assert_eq!(cpus[1].acknowledge(), Some(0x39));
+
+        // This time the device lowers its line before the EOI.
+        vm.ioapic().set_line(9, false);
+        cpus[1].write(0xB0, 0, 0);
+        vm.ioapic().eoi(0x39);
+        assert!(!vm.ioapic().has_messages());
+        assert_eq!(vm.reg(0x22) & (1 << 14), 0, "remote IRR clear");
+    }
+
     proptest! {
         /// Random accesses of any size anywhere in the page, line changes
         /// and EOIs never panic; every message taken names a pin whose
