@@ -89,29 +89,47 @@ pub trait Device: Any + Send {
     }
 }
 
+/// What a device asks of the VM as a whole, beyond its own state: the
+/// platform's reset and power controls (the keyboard controller's reset
+/// line, the reset control register at 0xCF9, ACPI's sleep-to-S5) end in
+/// one of these. The owner of the [`Bus`] takes it with
+/// [`Bus::take_request`] after an exit and acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VmRequest {
+    /// Reset the machine: every vCPU back to its power-on state, the
+    /// devices too (what the guest sees as a reboot).
+    Reset,
+    /// Turn the machine off: the guest stops.
+    PowerOff,
+}
+
 /// What a device may do during an access or a timer call.
 pub struct DeviceEnv<'a> {
     now: u64,
     irqs: &'a mut IrqLines,
     wake: &'a mut Option<u64>,
+    request: &'a mut Option<VmRequest>,
     sink: &'a mut dyn FnMut(&str),
 }
 
 impl<'a> DeviceEnv<'a> {
     /// An environment at time `now` that drives `irqs`, keeps the device's
-    /// wake-up deadline in `wake` and sends console lines to `sink`. The
-    /// bus makes these; it is public so a device can be driven alone (in
-    /// tests, or by a caller that owns it outside a bus).
+    /// wake-up deadline in `wake`, the VM request in `request` and sends
+    /// console lines to `sink`. The bus makes these; it is public so a
+    /// device can be driven alone (in tests, or by a caller that owns it
+    /// outside a bus).
     pub fn new(
         now: u64,
         irqs: &'a mut IrqLines,
         wake: &'a mut Option<u64>,
+        request: &'a mut Option<VmRequest>,
         sink: &'a mut dyn FnMut(&str),
     ) -> Self {
         Self {
             now,
             irqs,
             wake,
+            request,
             sink,
         }
     }
@@ -146,6 +164,21 @@ impl<'a> DeviceEnv<'a> {
     /// The wake-up deadline asked for, if any.
     pub const fn wake(&self) -> Option<u64> {
         *self.wake
+    }
+
+    /// Asks the VM to reset or power off. The first request stands until
+    /// the owner takes it ([`Bus::take_request`]): a later one is dropped,
+    /// so a guest that writes "reset" and then "power off" before the exit
+    /// is handled gets the reset it asked for first.
+    pub fn request(&mut self, request: VmRequest) {
+        if self.request.is_none() {
+            *self.request = Some(request);
+        }
+    }
+
+    /// The VM request made and not yet taken, if any.
+    pub const fn pending_request(&self) -> Option<VmRequest> {
+        *self.request
     }
 
     /// Sends one line of guest console output (without its line end).
@@ -333,6 +366,8 @@ pub struct Bus {
     ports: Vec<(RangeInclusive<u16>, usize)>,
     /// MMIO ranges sorted by start, disjoint, each with its slot index.
     mmio: Vec<(MmioRange, usize)>,
+    /// The first reset or power-off request a device made, not yet taken.
+    request: Option<VmRequest>,
 }
 
 impl fmt::Debug for Bus {
@@ -348,6 +383,7 @@ impl fmt::Debug for Bus {
             )
             .field("ports", &self.ports)
             .field("mmio", &self.mmio)
+            .field("request", &self.request)
             .finish()
     }
 }
@@ -359,6 +395,7 @@ impl Bus {
             slots: Vec::new(),
             ports: Vec::new(),
             mmio: Vec::new(),
+            request: None,
         }
     }
 
@@ -475,7 +512,7 @@ impl Bus {
         let slot = self.slots.get_mut(id.0)?;
         let device: &mut dyn Any = slot.device.as_mut();
         let device = device.downcast_mut::<T>()?;
-        let mut env = DeviceEnv::new(now, irqs, &mut slot.deadline, sink);
+        let mut env = DeviceEnv::new(now, irqs, &mut slot.deadline, &mut self.request, sink);
         Some(f(device, &mut env))
     }
 
@@ -490,7 +527,7 @@ impl Bus {
         f: impl FnOnce(&mut dyn Device, &mut DeviceEnv<'_>) -> R,
     ) -> Option<R> {
         let Slot { device, deadline } = self.slots.get_mut(slot)?;
-        let mut env = DeviceEnv::new(now, irqs, deadline, sink);
+        let mut env = DeviceEnv::new(now, irqs, deadline, &mut self.request, sink);
         Some(f(device.as_mut(), &mut env))
     }
 
@@ -690,12 +727,19 @@ impl Bus {
         for Slot { device, deadline } in &mut self.slots {
             if deadline.is_some_and(|due| due <= now) {
                 *deadline = None;
-                let mut env = DeviceEnv::new(now, irqs, deadline, sink);
+                let mut env = DeviceEnv::new(now, irqs, deadline, &mut self.request, sink);
                 device.timer(now, &mut env);
                 called = called.saturating_add(1);
             }
         }
         called
+    }
+
+    /// Takes the reset or power-off request a device made, if any: the
+    /// caller checks after every exit that reached the bus and acts on it.
+    /// Requests after the first one, until it is taken, were dropped.
+    pub fn take_request(&mut self) -> Option<VmRequest> {
+        self.request.take()
     }
 
     /// Calls [`Device::flush`] on every device, in the order they were
@@ -1235,9 +1279,10 @@ mod tests {
     fn env_keeps_the_earliest_wake_and_can_cancel() {
         let mut irqs = IrqLines::new();
         let mut wake = None;
+        let mut request = None;
         let mut lines = Vec::new();
         let mut sink = |l: &str| lines.push(l.to_string());
-        let mut env = DeviceEnv::new(7, &mut irqs, &mut wake, &mut sink);
+        let mut env = DeviceEnv::new(7, &mut irqs, &mut wake, &mut request, &mut sink);
         assert_eq!(env.now(), 7);
         env.wake_at(50);
         env.wake_at(60);
@@ -1248,8 +1293,59 @@ mod tests {
         assert!(!env.set_irq(24, true), "no such line");
         (env.sink())("via sink");
         env.console_line("direct");
+        assert_eq!(env.pending_request(), None);
+        env.request(VmRequest::PowerOff);
+        env.request(VmRequest::Reset);
+        assert_eq!(env.pending_request(), Some(VmRequest::PowerOff));
         assert_eq!(wake, Some(60));
+        assert_eq!(request, Some(VmRequest::PowerOff), "the first one stands");
         assert_eq!(lines, ["via sink", "direct"]);
+    }
+
+    /// A device that asks the VM to reset on a write of 1, to power off
+    /// on a write of 2, and to power off from its timer.
+    struct Requester;
+    impl Device for Requester {
+        fn name(&self) -> &'static str {
+            "requester"
+        }
+        fn port_write(&mut self, _port: u16, _size: u8, value: u32, env: &mut DeviceEnv<'_>) {
+            match value {
+                1 => env.request(VmRequest::Reset),
+                2 => env.request(VmRequest::PowerOff),
+                _ => env.wake_at(u64::from(value)),
+            }
+        }
+        fn timer(&mut self, _now: u64, env: &mut DeviceEnv<'_>) {
+            env.request(VmRequest::PowerOff);
+        }
+    }
+
+    #[test]
+    fn the_first_vm_request_stands_until_taken() {
+        let mut bus = Bus::new();
+        let id = bus.add(Box::new(Requester), &[0x92..=0x92], &[]).unwrap();
+        let mut vm = Vm::new(bus);
+        assert_eq!(vm.bus.take_request(), None);
+        assert!(vm.out(0x92, 1, 1));
+        assert!(vm.out(0x92, 1, 2));
+        assert_eq!(vm.bus.take_request(), Some(VmRequest::Reset));
+        assert_eq!(vm.bus.take_request(), None, "taken once");
+        assert!(vm.out(0x92, 1, 2));
+        assert_eq!(vm.bus.take_request(), Some(VmRequest::PowerOff));
+
+        // From a timer, and from the owner reaching the device directly.
+        assert!(vm.out(0x92, 1, 100));
+        assert_eq!(vm.run(100), 1);
+        assert_eq!(vm.bus.take_request(), Some(VmRequest::PowerOff));
+        let mut irqs = IrqLines::new();
+        vm.bus
+            .with_device(id, 0, &mut irqs, &mut |_| {}, |_: &mut Requester, env| {
+                env.request(VmRequest::Reset);
+            })
+            .unwrap();
+        assert_eq!(vm.bus.take_request(), Some(VmRequest::Reset));
+        assert!(format!("{:?}", vm.bus).contains("request"));
     }
 
     proptest! {

@@ -49,7 +49,8 @@
 //!   writes with absolute port or guest-physical address, a timer callback,
 //!   a name, a flush), the [`DeviceEnv`] a device acts
 //!   through (the clock, interrupt lines, wake-up deadlines, the console
-//!   line sink), and the [`Bus`] itself: ranges refused on overlap with a
+//!   line sink, a reset or power-off [`VmRequest`] for the VM), and the
+//!   [`Bus`] itself: ranges refused on overlap with a
 //!   [`BusError`](bus::BusError), binary-search dispatch with no allocation
 //!   per access, accesses that cross a device's range split per byte,
 //!   [`Bus::mmio_ranges`] for the EPT builder to leave unmapped, and
@@ -98,5 +99,5 @@ pub mod serial;
 pub mod timer;
 pub mod uart;
 
-pub use bus::{Bus, Device, DeviceEnv};
+pub use bus::{Bus, Device, DeviceEnv, VmRequest};
 pub use irq::{InterruptController, IrqLines, SimpleIrqChip};

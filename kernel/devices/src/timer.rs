@@ -320,8 +320,9 @@ mod tests {
         let mut timer = TestTimer::new();
         let mut irqs = IrqLines::new();
         let mut wake = None;
+        let mut request = None;
         let mut sink = |_: &str| {};
-        let mut env = DeviceEnv::new(0, &mut irqs, &mut wake, &mut sink);
+        let mut env = DeviceEnv::new(0, &mut irqs, &mut wake, &mut request, &mut sink);
         timer.port_write(0xE0, 4, 2, &mut env);
         env.cancel_wake();
         timer.timer(100, &mut env);
