@@ -58,6 +58,9 @@
 //! - [`irq`]: [`IrqLines`] (lines 0..24, levels and changes, pulses kept),
 //!   the [`InterruptController`] trait and [`SimpleIrqChip`] (vector
 //!   base + line, edge-latched, lowest line first, auto-EOI, maskable).
+//! - [`pic`]: [`DualPic`](pic::DualPic), the cascaded 8259A pair at
+//!   0x20/0xA0 with the ELCR at 0x4D0, an [`InterruptController`] and a
+//!   bus device at once.
 //! - [`uart`]: the 16550A register model; [`console`]: the line buffer that
 //!   makes guest output safe to print; [`serial`]: the two as a bus device
 //!   ([`UartDevice`](serial::UartDevice), COM1 at 0x3F8 on line 4).
@@ -95,6 +98,7 @@ pub mod console;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;
+pub mod pic;
 pub mod serial;
 pub mod timer;
 pub mod uart;
