@@ -61,6 +61,8 @@
 //! - [`pic`]: [`DualPic`](pic::DualPic), the cascaded 8259A pair at
 //!   0x20/0xA0 with the ELCR at 0x4D0, an [`InterruptController`] and a
 //!   bus device at once.
+//! - [`pit`]: [`Pit`](pit::Pit), the 8254 at 0x40-0x43 and port 0x61,
+//!   counting from the TSC lazily, channel 0's edges on line 0.
 //! - [`uart`]: the 16550A register model; [`console`]: the line buffer that
 //!   makes guest output safe to print; [`serial`]: the two as a bus device
 //!   ([`UartDevice`](serial::UartDevice), COM1 at 0x3F8 on line 4).
@@ -99,6 +101,7 @@ pub mod ioapic;
 pub mod irq;
 pub mod lapic;
 pub mod pic;
+pub mod pit;
 pub mod serial;
 pub mod timer;
 pub mod uart;
