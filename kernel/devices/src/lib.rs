@@ -63,6 +63,9 @@
 //!   bus device at once.
 //! - [`pit`]: [`Pit`](pit::Pit), the 8254 at 0x40-0x43 and port 0x61,
 //!   counting from the TSC lazily, channel 0's edges on line 0.
+//! - [`rtc`]: [`Rtc`](rtc::Rtc), the MC146818 clock and CMOS RAM at
+//!   0x70-0x71, its time from a wall-clock base plus the TSC, and the
+//!   civil-date conversions.
 //! - [`uart`]: the 16550A register model; [`console`]: the line buffer that
 //!   makes guest output safe to print; [`serial`]: the two as a bus device
 //!   ([`UartDevice`](serial::UartDevice), COM1 at 0x3F8 on line 4).
@@ -102,6 +105,7 @@ pub mod irq;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod serial;
 pub mod timer;
 pub mod uart;
