@@ -58,6 +58,9 @@
 //! - [`irq`]: [`IrqLines`] (lines 0..24, levels and changes, pulses kept),
 //!   the [`InterruptController`] trait and [`SimpleIrqChip`] (vector
 //!   base + line, edge-latched, lowest line first, auto-EOI, maskable).
+//! - [`pci_host`]: [`PciHost`](pci_host::PciHost), ports 0xCF8-0xCFF:
+//!   CONFIG_ADDRESS, a configuration space with no devices, and the reset
+//!   control register at 0xCF9.
 //! - [`pic`]: [`DualPic`](pic::DualPic), the cascaded 8259A pair at
 //!   0x20/0xA0 with the ELCR at 0x4D0, an [`InterruptController`] and a
 //!   bus device at once.
@@ -103,6 +106,7 @@ pub mod console;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;
+pub mod pci_host;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
