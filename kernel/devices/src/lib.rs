@@ -58,6 +58,9 @@
 //! - [`irq`]: [`IrqLines`] (lines 0..24, levels and changes, pulses kept),
 //!   the [`InterruptController`] trait and [`SimpleIrqChip`] (vector
 //!   base + line, edge-latched, lowest line first, auto-EOI, maskable).
+//! - [`i8042`]: [`I8042`](i8042::I8042), the keyboard controller at 0x60
+//!   and 0x64 with no keyboard behind it: self test, command byte, output
+//!   port, and the reset line (0xFE) as a VM reset.
 //! - [`pci_host`]: [`PciHost`](pci_host::PciHost), ports 0xCF8-0xCFF:
 //!   CONFIG_ADDRESS, a configuration space with no devices, and the reset
 //!   control register at 0xCF9.
@@ -103,6 +106,7 @@ extern crate alloc;
 pub mod apic;
 pub mod bus;
 pub mod console;
+pub mod i8042;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;
