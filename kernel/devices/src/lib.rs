@@ -58,6 +58,9 @@
 //! - [`irq`]: [`IrqLines`] (lines 0..24, levels and changes, pulses kept),
 //!   the [`InterruptController`] trait and [`SimpleIrqChip`] (vector
 //!   base + line, edge-latched, lowest line first, auto-EOI, maskable).
+//! - [`acpi_pm`]: [`AcpiPm`](acpi_pm::AcpiPm), the ACPI PM1 event and
+//!   control blocks and the PM timer at 0x600-0x60B (the FADT's addresses
+//!   as constants); SLP_EN with S5 powers the VM off.
 //! - [`i8042`]: [`I8042`](i8042::I8042), the keyboard controller at 0x60
 //!   and 0x64 with no keyboard behind it: self test, command byte, output
 //!   port, and the reset line (0xFE) as a VM reset.
@@ -103,6 +106,7 @@
 
 extern crate alloc;
 
+pub mod acpi_pm;
 pub mod apic;
 pub mod bus;
 pub mod console;
@@ -120,3 +124,51 @@ pub mod uart;
 
 pub use bus::{Bus, Device, DeviceEnv, VmRequest};
 pub use irq::{InterruptController, IrqLines, SimpleIrqChip};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use alloc::boxed::Box;
+
+    use crate::bus::{Bus, VmRequest};
+    use crate::irq::IrqLines;
+
+    /// The legacy PC devices claim disjoint ports, so a VM can have all of
+    /// them (and COM1) on one bus, and their reset and power-off requests
+    /// reach the bus owner.
+    #[test]
+    fn the_pc_platform_fits_on_one_bus() {
+        let tsc_hz = 3_000_000_000;
+        let mut bus = Bus::new();
+        let pic = crate::pic::DualPic::new();
+        bus.add(Box::new(pic), &crate::pic::PIC_PORTS, &[]).unwrap();
+        let pit = crate::pit::Pit::new(tsc_hz);
+        bus.add(Box::new(pit), &crate::pit::PIT_PORTS, &[]).unwrap();
+        let rtc = crate::rtc::Rtc::new(tsc_hz, 1_700_000_000, 0);
+        bus.add(Box::new(rtc), &[crate::rtc::RTC_PORTS], &[])
+            .unwrap();
+        let host = crate::pci_host::PciHost::new();
+        bus.add(Box::new(host), &[crate::pci_host::PCI_HOST_PORTS], &[])
+            .unwrap();
+        let kbc = crate::i8042::I8042::new();
+        bus.add(Box::new(kbc), &crate::i8042::I8042_PORTS, &[])
+            .unwrap();
+        let pm = crate::acpi_pm::AcpiPm::new(tsc_hz);
+        bus.add(Box::new(pm), &crate::acpi_pm::ACPI_PM_PORTS, &[])
+            .unwrap();
+        let com1 = crate::serial::UartDevice::com1();
+        let com1_ports = com1.ports();
+        bus.add(Box::new(com1), &[com1_ports], &[]).unwrap();
+
+        let mut irqs = IrqLines::new();
+        let mut out = |bus: &mut Bus, port: u16, size: u8, value: u32| {
+            assert!(bus.port_write(port, size, value, 0, &mut irqs, &mut |_| {}));
+        };
+        out(&mut bus, 0x64, 1, 0xFE);
+        assert_eq!(bus.take_request(), Some(VmRequest::Reset));
+        out(&mut bus, 0x604, 2, (5 << 10) | (1 << 13));
+        assert_eq!(bus.take_request(), Some(VmRequest::PowerOff));
+        out(&mut bus, 0xCF9, 1, 0x06);
+        assert_eq!(bus.take_request(), Some(VmRequest::Reset));
+    }
+}
