@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
                     kernel: image,
                     initrd: Some(&b"initrd"[..]),
                     cmdline: "console=ttyS0",
+                    platform: None,
                 },
             );
         }

@@ -23,6 +23,7 @@ use addr::PAGE_SIZE;
 use config::files::{ConfigFiles, CONFIG_FILE};
 use config::{self, CpuMode, GuestConfig, ImageFormat, ParseOutcome};
 use image::GuestImages;
+use loader::PcPlatform;
 use log::{debug, error, info, warn};
 use run::{Backend, GuestRun, Vcpu, Vm};
 use spin::Mutex;
@@ -196,7 +197,10 @@ fn start(
             return None;
         }
     };
-    match Guest::create(hw, name, config.memory, vpid, |mem| images.load(mem)) {
+    let platform = pc_platform(config.vcpus);
+    match Guest::create(hw, name, config.memory, vpid, |mem| {
+        images.load(mem, &platform)
+    }) {
         Ok(guest) => {
             info!(
                 "guest {name}: started ({} MiB, {format_name})",
@@ -212,6 +216,24 @@ fn start(
             error!("guest {name}: not started: {e}");
             None
         }
+    }
+}
+
+/// The platform every VM's devices make, as the firmware tables describe
+/// it to the guest.
+fn pc_platform(vcpus: u32) -> PcPlatform {
+    PcPlatform {
+        cpus: vcpus,
+        lapic_addr: 0xFEE0_0000,
+        ioapic_id: 0,
+        ioapic_addr: 0xFEC0_0000,
+        pm1a_evt: 0x600,
+        pm1a_cnt: 0x604,
+        pm_tmr: 0x608,
+        reset_port: 0xCF9,
+        reset_value: 6,
+        sci_irq: 9,
+        s5_sleep_type: 5,
     }
 }
 

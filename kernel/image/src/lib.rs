@@ -18,7 +18,7 @@ use config::files::ConfigFiles;
 use config::{CpuMode, GuestConfig, ImageFormat};
 use loader::{
     self, FlatImage, FlatMode, Format, GuestMemory, ImageSource, LinuxImage, LoadError,
-    LoadedImage, Module, MultibootImage, ReadError,
+    LoadedImage, Module, MultibootImage, PcPlatform, ReadError,
 };
 
 /// A guest's kernel and initrd, sized and their format known, ready to be
@@ -145,13 +145,18 @@ impl<'c, 'f, 'a> GuestImages<'c, 'f, 'a> {
 
     /// Loads the images into `mem` with the guest's command line: the
     /// `load` step of the kernel's `Guest::create`, run again on each
-    /// restart.
+    /// restart. A Linux kernel also gets ACPI tables describing `platform`
+    /// (other formats start without firmware tables).
     ///
     /// # Errors
     ///
     /// As the loaders, and [`LoadError::Read`] where a file shrank or its
     /// source failed while loading ([`failure`](Self::failure) says why).
-    pub fn load(&self, mem: &mut dyn GuestMemory) -> Result<LoadedImage, LoadError> {
+    pub fn load(
+        &self,
+        mem: &mut dyn GuestMemory,
+        platform: &PcPlatform,
+    ) -> Result<LoadedImage, LoadError> {
         let kernel = self.kernel();
         let initrd = self.initrd();
         let cmdline = self.config.cmdline.as_str();
@@ -175,6 +180,7 @@ impl<'c, 'f, 'a> GuestImages<'c, 'f, 'a> {
                     kernel: &kernel,
                     initrd: initrd.as_ref(),
                     cmdline,
+                    platform: Some(platform),
                 },
             ),
             ImageFormat::Multiboot => {

@@ -231,7 +231,7 @@ fn a_kernel_and_a_64_mib_initrd_stream_into_guest_ram_with_bounded_heap() {
     let (loaded, peak) = peak_heap_of(|| {
         let images = GuestImages::open(&mut files, &config).unwrap();
         assert_eq!(images.format(), ImageFormat::Linux);
-        images.load(&mut mem)
+        images.load(&mut mem, &PLATFORM)
     });
     let loaded = loaded.unwrap();
 
@@ -265,7 +265,7 @@ fn load_error(files: &mut Files) -> (LoadError, Option<String>) {
         checked: 0,
         largest_write: 0,
     };
-    let e = images.load(&mut mem).unwrap_err();
+    let e = images.load(&mut mem, &PLATFORM).unwrap_err();
     (e, images.failure())
 }
 
@@ -330,3 +330,18 @@ fn missing_too_large_and_unknown_images_are_refused_before_loading() {
     );
     assert_eq!(files.reads, 1, "detection reads the first bytes once");
 }
+
+/// The platform the tests describe to Linux guests.
+const PLATFORM: loader::PcPlatform = loader::PcPlatform {
+    cpus: 1,
+    lapic_addr: 0xFEE0_0000,
+    ioapic_id: 0,
+    ioapic_addr: 0xFEC0_0000,
+    pm1a_evt: 0x600,
+    pm1a_cnt: 0x604,
+    pm_tmr: 0x608,
+    reset_port: 0xCF9,
+    reset_value: 6,
+    sci_irq: 9,
+    s5_sleep_type: 5,
+};

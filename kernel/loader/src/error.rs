@@ -36,6 +36,8 @@ pub enum Item {
     Module(u16),
     /// A flat image.
     Image,
+    /// The ACPI tables that describe the guest's platform.
+    FirmwareTables,
 }
 
 impl fmt::Display for Item {
@@ -51,6 +53,7 @@ impl fmt::Display for Item {
             Self::MultibootInfo => f.write_str("multiboot information"),
             Self::Module(i) => write!(f, "module {i}"),
             Self::Image => f.write_str("image"),
+            Self::FirmwareTables => f.write_str("ACPI tables"),
         }
     }
 }
@@ -152,6 +155,13 @@ pub enum LoadError {
         /// What went wrong.
         error: ReadError,
     },
+    /// The firmware tables cannot describe this many vCPUs.
+    TooManyCpus {
+        /// The guest's vCPUs.
+        cpus: u32,
+        /// The most the tables list.
+        max: u32,
+    },
     /// The kernel heap could not lend the loader its copy buffer.
     NoMemory {
         /// The bytes asked for.
@@ -217,6 +227,10 @@ impl fmt::Display for LoadError {
             } => write!(
                 f,
                 "{item}: reading {len:#x} bytes at offset {offset:#x} of its file failed"
+            ),
+            Self::TooManyCpus { cpus, max } => write!(
+                f,
+                "the ACPI tables describe 1 to {max} vCPUs, not {cpus}"
             ),
             Self::NoMemory { bytes } => write!(
                 f,

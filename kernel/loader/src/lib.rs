@@ -36,6 +36,7 @@
 
 extern crate alloc;
 
+pub mod acpi_tables;
 mod bytes;
 mod elf;
 pub mod entry;
@@ -50,6 +51,7 @@ use core::fmt;
 
 use addr::GuestPhysAddr;
 
+pub use acpi_tables::{write_acpi_tables, PcPlatform};
 pub use entry::{CpuMode, EntryState};
 pub use error::{
     BzImageError, FlatError, Item, LoadError, MultibootError, ProtocolVersion, ReadError,

@@ -23,6 +23,7 @@
 
 use addr::GuestPhysAddr;
 
+use super::acpi_tables::{write_acpi_tables, PcPlatform};
 use super::bytes::{put, put_u32, put_u64, put_u8, u16_at, u32_at, u64_at, u8_at};
 use super::entry::{write_gdt, write_identity_map, EntryState};
 use super::error::{BzImageError, Item, LoadError, ProtocolVersion};
@@ -59,6 +60,9 @@ const INIT_SIZE: usize = 0x260;
 
 // `boot_params` fields outside the setup header (zero-page.rst).
 const BOOT_PARAMS_LEN: usize = 4096;
+/// `acpi_rsdp_addr` (protocol 2.14): where the RSDP is, so the kernel
+/// need not scan for it.
+const ACPI_RSDP_ADDR: usize = 0x070;
 const E820_ENTRIES: usize = 0x1E8;
 const E820_TABLE: usize = 0x2D0;
 const E820_MAX_ENTRIES: usize = 128;
@@ -273,6 +277,10 @@ pub struct LinuxImage<'a, S: ImageSource + ?Sized = [u8]> {
     pub initrd: Option<&'a S>,
     /// The kernel command line.
     pub cmdline: &'a str,
+    /// The platform to describe in ACPI tables (at
+    /// [`ACPI_TABLES_ADDR`](super::acpi_tables::ACPI_TABLES_ADDR), also
+    /// handed over in `boot_params.acpi_rsdp_addr`); `None` writes none.
+    pub platform: Option<&'a PcPlatform>,
 }
 
 impl<S: ImageSource + ?Sized> Clone for LinuxImage<'_, S> {
@@ -402,6 +410,10 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         initrd.map(|(at, data)| (at, data.len())),
         &memory_map,
     );
+    if let Some(platform) = image.platform {
+        let rsdp = write_acpi_tables(mem, platform)?;
+        put_u64(&mut params, ACPI_RSDP_ADDR, rsdp.as_u64());
+    }
     mem.write(BOOT_INFO_ADDR, &params)?;
 
     let mut entry = if header.has_64bit_entry() {
@@ -528,6 +540,7 @@ mod tests {
                 kernel,
                 initrd,
                 cmdline,
+                platform: None,
             },
         )
     }
@@ -892,6 +905,7 @@ mod tests {
                 kernel: &image,
                 initrd: None,
                 cmdline: "",
+                platform: None,
             },
         )
         .unwrap_err();

@@ -89,6 +89,7 @@ fn every_loader_works_through_a_trait_object() {
             kernel: &image,
             initrd: None,
             cmdline: "",
+            platform: None,
         },
     )
     .unwrap();
@@ -175,7 +176,7 @@ proptest! {
         mode in 0u8..4,
     ) {
         let mut mem = NullMemory::new(ram);
-        no_panic_ok_or_err(load_linux(&mut mem, &LinuxImage { kernel: &bytes, initrd: Some(&bytes), cmdline: &cmdline }), ram);
+        no_panic_ok_or_err(load_linux(&mut mem, &LinuxImage { kernel: &bytes, initrd: Some(&bytes), cmdline: &cmdline, platform: None }), ram);
         let module = [Module { data: &bytes, cmdline: &cmdline }];
         no_panic_ok_or_err(load_multiboot(&mut mem, &MultibootImage { kernel: &bytes, cmdline: &cmdline, modules: &module }), ram);
         let mode = match mode {
@@ -213,7 +214,7 @@ proptest! {
         }
         let initrd = vec![0x5A; initrd_len];
         let mut mem = NullMemory::new(ram);
-        no_panic_ok_or_err(load_linux(&mut mem, &LinuxImage { kernel: &image, initrd: Some(&initrd), cmdline: &cmdline }), ram);
+        no_panic_ok_or_err(load_linux(&mut mem, &LinuxImage { kernel: &image, initrd: Some(&initrd), cmdline: &cmdline, platform: None }), ram);
     }
 
     #[test]
@@ -239,7 +240,7 @@ proptest! {
         }.build();
         let initrd = vec![0x5A; initrd_len];
         let mut mem = NullMemory::new(ram);
-        no_panic_ok_or_err(load_linux(&mut mem, &LinuxImage { kernel: &image, initrd: Some(&initrd), cmdline: "console=ttyS0" }), ram);
+        no_panic_ok_or_err(load_linux(&mut mem, &LinuxImage { kernel: &image, initrd: Some(&initrd), cmdline: "console=ttyS0", platform: None }), ram);
     }
 
     #[test]
