@@ -7,6 +7,7 @@
 //! rest of the build needs.
 
 pub mod build;
+pub mod cpio;
 pub mod disk;
 pub mod guests;
 pub mod host;
