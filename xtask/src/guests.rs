@@ -16,7 +16,10 @@
 //!
 //! [`stage`] gathers a config folder's files and every built guest into
 //! one folder, from which `xtask::disk` writes the FERROCFG partition and
-//! the FAT image the bootloader loads as its ramdisk.
+//! the FAT image the bootloader loads as its ramdisk. A config that names
+//! one of the Linux images (`linux-small.bzImage`, `linux-stock.vmlinuz`,
+//! `initramfs.cpio`; see `xtask::linux`) as a string value gets it added,
+//! fetched or built first; other configs do not wait for a kernel build.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -51,14 +54,16 @@ pub fn build_guests(out_dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// Fills `staging` (emptied first) with the config partition's contents:
 /// every file of `config_dir` (folders kept, names starting with `.` left
-/// out) and the test guests built from `guest-images/asm` (built in a
-/// `guests` folder beside `staging`).
+/// out), the test guests built from `guest-images/asm` (built in a
+/// `guests` folder beside `staging`) and the Linux images that its
+/// `hypervisor.toml` names (from `xtask::linux`'s cache).
 ///
 /// # Errors
 ///
 /// A message when `config_dir` has no `hypervisor.toml`, holds something
-/// other than files and folders or a file named like a built guest, the
-/// guests do not build, or a file cannot be read or written.
+/// other than files and folders or a file named like a built guest or a
+/// Linux image it names, the guests or a Linux image do not build, or a
+/// file cannot be read or written.
 pub fn stage(config_dir: &Path, staging: &Path) -> Result<(), String> {
     // The guests are built beside the staging folder, not in it (it is
     // emptied below).
@@ -119,6 +124,21 @@ fn config_files(
             ));
         }
         files.push((name, bin.clone()));
+    }
+    // The Linux images only when the config names them: building the small
+    // kernel takes minutes.
+    let text = fs::read_to_string(&config)
+        .map_err(|e| format!("{what}: cannot read {}: {e}", config.display()))?;
+    for artifact in crate::linux::referenced(&text) {
+        let name = artifact.file_name();
+        if files.iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "{what}: {} has a file named {name}, which the Linux image of the same \
+                 name that its {CONFIG_FILE} names would replace; rename or remove it",
+                config_dir.display()
+            ));
+        }
+        files.push((name.to_string(), crate::linux::artifact(artifact)?));
     }
     files.sort();
     fs::create_dir_all(&parent)
@@ -758,6 +778,23 @@ mod tests {
         assert!(e.contains("has a file named real.bin"), "{e}");
         let e = stage(&dir.join("nowhere"), &staging).unwrap_err();
         assert!(e.contains("hypervisor.toml not found"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_named_like_a_linux_image_the_config_names_is_refused() {
+        let dir = scratch("linux-clash");
+        let config = dir.join("config");
+        fs::create_dir_all(&config).unwrap();
+        fs::write(
+            config.join(CONFIG_FILE),
+            "[[guest]]\nname = \"l\"\nkernel = \"x\"\ninitrd = \"initramfs.cpio\"\n",
+        )
+        .unwrap();
+        fs::write(config.join("initramfs.cpio"), "mine").unwrap();
+        // Refused before anything is fetched or built.
+        let e = stage(&config, &dir.join("out").join("config")).unwrap_err();
+        assert!(e.contains("has a file named initramfs.cpio"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -11,6 +11,7 @@ pub mod cpio;
 pub mod disk;
 pub mod guests;
 pub mod host;
+pub mod linux;
 pub mod runner;
 pub mod setup;
 

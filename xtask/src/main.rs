@@ -36,6 +36,10 @@ commands:
                             test guests built from guest-images/asm (default
                             guest-images/default)
              --machine q35|pc   QEMU's machine: AHCI (default) or IDE disk
+  linux    fetch or build the Linux guests' images (cached under target/ferrovisor/linux):
+           Debian's stock kernel, a small kernel from guest-images/linux/small.config
+           and a busybox initramfs; prints their paths (a stock kernel of your own:
+           FERROVISOR_STOCK_VMLINUZ=FILE)
   test     every test: the lint checks, host unit tests, then boot tests under
            QEMU (BIOS, UEFI) and Bochs, and under QEMU+KVM when this host offers
            nested VT-x
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             println!("xtask: the disk image is {}", variant.disk().display());
             Ok(())
         }),
+        "linux" => xtask::linux::main(rest),
         "run" => run::main(rest),
         "test" => test::main(rest),
         "lint" => lint::main(rest),

@@ -30,7 +30,29 @@ pub enum Tool {
     /// mtools (`mformat`, `mcopy`): writing the FERROCFG config partition
     /// of every image, and the boot tests that edit it.
     Mtools,
+    /// What building a Linux kernel needs (`xtask::linux`'s small kernel):
+    /// make and a C compiler, flex and bison for Kconfig, bc, libelf for
+    /// objtool, lz4 for the LZ4-compressed image, xz for the source
+    /// tarball, perl for the build scripts, dpkg-deb to unpack it.
+    LinuxBuild,
 }
+
+/// The programs [`Tool::LinuxBuild`] needs on `PATH`, each with its Debian
+/// package.
+const LINUX_BUILD_PROGRAMS: &[(&str, &str)] = &[
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+    ("lz4", "lz4"),
+    ("xz", "xz-utils"),
+    ("perl", "perl"),
+    ("dpkg-deb", "dpkg"),
+];
+
+/// libelf's header, which objtool includes.
+const LIBELF_HEADER: &str = "/usr/include/gelf.h";
 
 /// The host tools `engine` needs to build and boot an image made for
 /// `firmware` (every image has a config partition, which mtools writes).
@@ -284,6 +306,16 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
                 Some(path) => found.mcopy = Some(path),
                 None => lack("mcopy (mtools) on PATH".into(), "mtools"),
             },
+            Tool::LinuxBuild => {
+                for (program, package) in LINUX_BUILD_PROGRAMS {
+                    if (sys.which)(program).is_none() {
+                        lack(format!("{program} on PATH"), package);
+                    }
+                }
+                if !(sys.exists)(Path::new(LIBELF_HEADER)) {
+                    lack(format!("libelf's {LIBELF_HEADER}"), "libelf-dev");
+                }
+            }
         }
     }
     (found, missing)
@@ -312,7 +344,8 @@ pub fn effective_uid(status: &str) -> Option<u32> {
     ids.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (and so may run apt-get).
+pub fn is_root() -> bool {
     let from_proc = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| effective_uid(&s));
@@ -1046,6 +1079,23 @@ rustfmt-x86_64-unknown-linux-gnu
         assert_eq!(found.ovmf, None);
         let (_, missing) = lookup(&[Tool::Mtools], &[], &[], vec![]);
         assert_eq!(packages(&missing), ["mtools"]);
+    }
+
+    #[test]
+    fn a_kernel_build_names_each_missing_package() {
+        let (_, missing) = lookup(
+            &[Tool::LinuxBuild],
+            &["make", "gcc", "perl", "xz"],
+            &[],
+            vec![],
+        );
+        assert_eq!(
+            packages(&missing),
+            ["flex", "bison", "bc", "lz4", "dpkg", "libelf-dev"]
+        );
+        let programs: Vec<&str> = LINUX_BUILD_PROGRAMS.iter().map(|(p, _)| *p).collect();
+        let (_, missing) = lookup(&[Tool::LinuxBuild], &programs, &[LIBELF_HEADER], vec![]);
+        assert!(missing.is_empty(), "{missing:?}");
     }
 
     #[test]
