@@ -1,0 +1,604 @@
+//! Host tests of the console as the operator sees it: what reaches the
+//! screen, where typed bytes go, what the monitor answers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use proptest::prelude::*;
+
+use crate::*;
+
+const PAUSE: u64 = 1_000;
+
+/// Drains everything ready at `now`, `budget` bytes a call.
+fn drain(mux: &mut Mux, now: u64, budget: usize) -> String {
+    let mut out = Vec::new();
+    let mut calls = 0;
+    loop {
+        let sent = mux.next_chunk(now, budget, &mut |b| out.extend_from_slice(b));
+        assert!(sent <= budget);
+        if sent == 0 {
+            break;
+        }
+        calls += 1;
+        assert!(calls < 1_000_000, "the mux never runs dry");
+    }
+    // Raw output of a focused guest may be any bytes.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn guest_mux(names: &[&str]) -> (Mux, Vec<SourceId>) {
+    let mut mux = Mux::new(PAUSE);
+    let ids = names
+        .iter()
+        .map(|n| mux.add_source(n, SourceKind::Guest, OutputRing::new(4096, 1024)))
+        .collect();
+    (mux, ids)
+}
+
+/// Feeds `bytes` to `router`; returns what it routed, in order, owned.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Guest(SourceId, Vec<u8>),
+    Monitor(Vec<u8>),
+    Focus(Focus, String),
+}
+
+fn route(router: &mut InputRouter, bytes: &[u8]) -> Vec<Got> {
+    let mut got: Vec<Got> = Vec::new();
+    router.feed(bytes, &mut |r| {
+        // Merge runs to the same place, as a caller would see them.
+        match (r, got.last_mut()) {
+            (Routed::Guest(id, b), Some(Got::Guest(last, v))) if *last == id => {
+                v.extend_from_slice(b)
+            }
+            (Routed::Guest(id, b), _) => got.push(Got::Guest(id, b.to_vec())),
+            (Routed::Monitor(b), Some(Got::Monitor(v))) => v.extend_from_slice(b),
+            (Routed::Monitor(b), _) => got.push(Got::Monitor(b.to_vec())),
+            (
+                Routed::FocusChanged {
+                    focus,
+                    announcement,
+                },
+                _,
+            ) => got.push(Got::Focus(focus, announcement.to_string())),
+        }
+    });
+    got
+}
+
+mod router {
+    use super::*;
+
+    fn router_with(names: &[&str]) -> (InputRouter, Vec<SourceId>) {
+        let (_, ids) = guest_mux(names);
+        let mut router = InputRouter::new(0x01);
+        for (id, name) in ids.iter().zip(names) {
+            router.add_guest(*id, name);
+        }
+        (router, ids)
+    }
+
+    #[test]
+    fn three_presses_cycle_through_every_guest_and_back_to_the_monitor() {
+        let (mut router, ids) = router_with(&["a", "b", "c"]);
+        assert_eq!(router.focus(), Focus::Monitor);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let got = route(&mut router, b"\x01\x01\x01");
+            assert_eq!(got.len(), 1, "{got:?}");
+            let Got::Focus(focus, line) = &got[0] else {
+                panic!("{got:?}")
+            };
+            assert!(!line.contains('\n'));
+            seen.push((*focus, line.clone()));
+        }
+        let focuses: Vec<Focus> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(
+            focuses,
+            [
+                Focus::Guest(ids[0]),
+                Focus::Guest(ids[1]),
+                Focus::Guest(ids[2]),
+                Focus::Monitor
+            ]
+        );
+        assert_eq!(
+            seen[1].1,
+            "console: input goes to b (ctrl-a 3 times switches)"
+        );
+        assert_eq!(
+            seen[3].1,
+            "console: input goes to the monitor; type help (ctrl-a 3 times switches)"
+        );
+    }
+
+    #[test]
+    fn input_goes_to_the_focus() {
+        let (mut router, ids) = router_with(&["a", "b"]);
+        assert_eq!(
+            route(&mut router, b"ls\r"),
+            [Got::Monitor(b"ls\r".to_vec())]
+        );
+        let got = route(&mut router, b"\x01\x01\x01uname\r");
+        assert_eq!(got[1], Got::Guest(ids[0], b"uname\r".to_vec()));
+    }
+
+    #[test]
+    fn one_press_then_a_key_passes_both_through() {
+        let (mut router, ids) = router_with(&["a"]);
+        route(&mut router, b"\x01\x01\x01");
+        assert_eq!(
+            route(&mut router, b"x\x01ay"),
+            [Got::Guest(ids[0], b"x\x01ay".to_vec())]
+        );
+        // Two presses then a key: both presses and the key pass.
+        assert_eq!(
+            route(&mut router, b"\x01\x01z"),
+            [Got::Guest(ids[0], b"\x01\x01z".to_vec())]
+        );
+        // Four presses: the first three switch, the fourth is held and
+        // passes with the next key, to the new focus.
+        let got = route(&mut router, b"\x01\x01\x01\x01q");
+        assert_eq!(got[0], Got::Focus(Focus::Monitor, got_line(&got[0])));
+        assert_eq!(got[1], Got::Monitor(b"\x01q".to_vec()));
+    }
+
+    fn got_line(got: &Got) -> String {
+        match got {
+            Got::Focus(_, line) => line.clone(),
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn held_presses_wait_for_the_next_byte() {
+        let (mut router, ids) = router_with(&["a"]);
+        route(&mut router, b"\x01\x01\x01");
+        assert_eq!(route(&mut router, b"\x01"), []);
+        assert_eq!(
+            route(&mut router, b"b"),
+            [Got::Guest(ids[0], b"\x01b".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_hot_key_sequence_split_across_feeds_switches() {
+        let (mut router, ids) = router_with(&["a", "b"]);
+        assert_eq!(route(&mut router, b"\x01"), []);
+        assert_eq!(route(&mut router, b"\x01"), []);
+        let got = route(&mut router, b"\x01hi");
+        assert_eq!(got.len(), 2);
+        assert!(matches!(got[0], Got::Focus(Focus::Guest(id), _) if id == ids[0]));
+        assert_eq!(got[1], Got::Guest(ids[0], b"hi".to_vec()));
+        // Byte by byte.
+        let mut all = Vec::new();
+        for &b in b"\x01\x01\x01" {
+            all.extend(route(&mut router, &[b]));
+        }
+        assert!(matches!(all[..], [Got::Focus(Focus::Guest(id), _)] if id == ids[1]));
+    }
+
+    #[test]
+    fn another_hot_key_is_honoured_and_ctrl_a_passes() {
+        let mut router = InputRouter::new(0x02);
+        assert_eq!(router.hotkey_name(), "ctrl-b");
+        let (_, ids) = guest_mux(&["g"]);
+        router.add_guest(ids[0], "g");
+        assert_eq!(
+            route(&mut router, b"\x01\x01\x01"),
+            [Got::Monitor(b"\x01\x01\x01".to_vec())]
+        );
+        let got = route(&mut router, b"\x02\x02\x02");
+        assert!(matches!(&got[..], [Got::Focus(_, line)] if line.contains("ctrl-b 3 times")));
+    }
+
+    #[test]
+    fn focus_list_follows_guests_coming_and_going() {
+        let (mut router, ids) = router_with(&["a", "b", "c"]);
+        route(&mut router, b"\x01\x01\x01\x01\x01\x01");
+        assert_eq!(router.focus(), Focus::Guest(ids[1]));
+        // b stops while in focus: the monitor gets it, announced.
+        let mut got = Vec::new();
+        router.remove_guest(ids[1], &mut |r| {
+            if let Routed::FocusChanged { focus, .. } = r {
+                got.push(focus)
+            }
+        });
+        assert_eq!(got, [Focus::Monitor]);
+        assert_eq!(router.guests().count(), 2);
+        // Removing one not in focus says nothing.
+        router.remove_guest(ids[2], &mut |_| panic!("no announcement"));
+        // b is restarted: it comes back at the end of the list.
+        router.add_guest(ids[1], "b");
+        let names: Vec<&str> = router.guests().map(|g| g.1).collect();
+        assert_eq!(names, ["a", "b"]);
+        let mut cycle = Vec::new();
+        for _ in 0..3 {
+            for got in route(&mut router, b"\x01\x01\x01") {
+                if let Got::Focus(f, _) = got {
+                    cycle.push(f)
+                }
+            }
+        }
+        assert_eq!(
+            cycle,
+            [Focus::Guest(ids[0]), Focus::Guest(ids[1]), Focus::Monitor]
+        );
+    }
+
+    #[test]
+    fn with_no_guests_the_hot_key_stays_on_the_monitor() {
+        let mut router = InputRouter::new(0x01);
+        let got = route(&mut router, b"\x01\x01\x01");
+        assert!(matches!(got[..], [Got::Focus(Focus::Monitor, _)]));
+    }
+
+    #[test]
+    fn input_buffer_is_bounded_and_counts_drops() {
+        let mut buffer = InputBuffer::new();
+        for i in 0..INPUT_CAPACITY + 10 {
+            buffer.push(i as u8);
+        }
+        assert_eq!(buffer.len(), INPUT_CAPACITY);
+        assert_eq!(buffer.dropped(), 10);
+        let mut out = [0u8; 100];
+        assert_eq!(buffer.drain(&mut out), 100);
+        assert_eq!(out[0], 0);
+        assert_eq!(out[99], 99);
+        // Wraps around.
+        for i in 0..100u8 {
+            assert!(buffer.push(i));
+        }
+        let mut rest = vec![0u8; 1000];
+        let n = buffer.drain(&mut rest);
+        assert_eq!(n, INPUT_CAPACITY);
+        assert_eq!(rest[INPUT_CAPACITY - 100 - 1], (INPUT_CAPACITY - 1) as u8);
+        assert_eq!(
+            &rest[INPUT_CAPACITY - 100..n],
+            (0..100u8).collect::<Vec<_>>()
+        );
+        assert!(buffer.is_empty());
+    }
+
+    proptest! {
+        /// Random bytes (the hot key frequent among them): no panic, no
+        /// byte lost or invented other than the hot key presses that
+        /// switched, and the focus is always the monitor or a listed guest.
+        #[test]
+        fn random_input_is_routed_consistently(
+            chunks in prop::collection::vec(
+                prop::collection::vec(prop_oneof![Just(1u8), any::<u8>()], 0..40),
+                0..20,
+            ),
+            removals in prop::collection::vec(0usize..4, 0..3),
+        ) {
+            let (mut router, ids) = router_with(&["a", "b", "c"]);
+            let mut delivered = 0usize;
+            let mut switches = 0usize;
+            let mut fed = 0usize;
+            for (i, chunk) in chunks.iter().enumerate() {
+                fed += chunk.len();
+                let mut last_focus = None;
+                for got in route(&mut router, chunk) {
+                    match got {
+                        Got::Guest(id, bytes) => {
+                            prop_assert!(ids.contains(&id));
+                            delivered += bytes.len();
+                        }
+                        Got::Monitor(bytes) => delivered += bytes.len(),
+                        Got::Focus(f, line) => {
+                            switches += 1;
+                            prop_assert!(!line.contains('\n'));
+                            last_focus = Some(f);
+                        }
+                    }
+                }
+                if let Some(f) = last_focus {
+                    prop_assert_eq!(f, router.focus());
+                }
+                if let Some(&r) = removals.get(i) {
+                    if let Some(&id) = ids.get(r) {
+                        router.remove_guest(id, &mut |_| {});
+                    }
+                }
+                match router.focus() {
+                    Focus::Monitor => {}
+                    Focus::Guest(id) => prop_assert!(router.guests().any(|g| g.0 == id)),
+                }
+            }
+            // At most two presses are held back at the end.
+            prop_assert!(fed >= delivered + 3 * switches);
+            prop_assert!(fed - delivered - 3 * switches <= 2);
+        }
+    }
+}
+
+mod output {
+    use super::*;
+
+    #[test]
+    fn monitor_view_prefixes_guest_lines_and_uses_crlf() {
+        let (mut mux, ids) = guest_mux(&["linux", "bare"]);
+        mux.write(ids[0], b"Booting\r\n", 0);
+        mux.write(ids[1], b"hello\n", 0);
+        assert_eq!(
+            drain(&mut mux, 0, 16),
+            "[linux] Booting\r\n[bare] hello\r\n"
+        );
+    }
+
+    #[test]
+    fn concurrent_long_lines_come_out_whole() {
+        let (mut mux, ids) = guest_mux(&["a", "b"]);
+        let a_line = "A".repeat(120);
+        let b_line = "b".repeat(150);
+        // Both print byte by byte, interleaved, while the port drains a
+        // little at a time.
+        let mut screen = String::new();
+        for i in 0..150 {
+            if i < 120 {
+                mux.write(ids[0], &a_line.as_bytes()[i..=i], 0);
+            }
+            mux.write(ids[1], &b_line.as_bytes()[i..=i], 0);
+            if i == 119 {
+                mux.write(ids[0], b"\n", 0);
+            }
+            screen += &drain(&mut mux, 0, 7);
+        }
+        mux.write(ids[1], b"\n", 0);
+        screen += &drain(&mut mux, 0, 7);
+        assert_eq!(screen, format!("[a] {a_line}\r\n[b] {b_line}\r\n"));
+    }
+
+    #[test]
+    fn a_flooding_guest_delays_another_by_at_most_one_line_per_round() {
+        let (mut mux, ids) = guest_mux(&["flood", "quiet"]);
+        for i in 0..50 {
+            mux.write(ids[0], format!("flood line {i}\n").as_bytes(), 0);
+        }
+        mux.write(ids[1], b"one\ntwo\n", 0);
+        let screen = drain(&mut mux, 0, 16);
+        let lines: Vec<&str> = screen.split("\r\n").collect();
+        assert_eq!(
+            &lines[..5],
+            [
+                "[flood] flood line 0",
+                "[quiet] one",
+                "[flood] flood line 1",
+                "[quiet] two",
+                "[flood] flood line 2"
+            ]
+        );
+        // The flooder keeps its ring full between drains: once the quiet
+        // guest writes, at most one flood line (the one in progress) goes
+        // out before its line.
+        let (mut mux, ids) = guest_mux(&["flood", "quiet"]);
+        let mut screen = String::new();
+        let mut written_at = None;
+        for round in 0..30 {
+            for i in 0..10 {
+                mux.write(ids[0], format!("f{round}.{i}\n").as_bytes(), 0);
+            }
+            if round == 10 {
+                mux.write(ids[1], b"late\n", 0);
+                written_at = Some(screen.len());
+            }
+            let mut out = Vec::new();
+            mux.next_chunk(0, 5, &mut |b| out.extend_from_slice(b));
+            screen += &String::from_utf8(out).unwrap();
+        }
+        let from = written_at.unwrap();
+        let late = screen.find("[quiet] late").unwrap();
+        assert!(late > from);
+        assert!(
+            screen[from..late].matches("[flood]").count() <= 1,
+            "{screen}"
+        );
+    }
+
+    #[test]
+    fn round_robin_interleaves_one_line_each() {
+        let (mut mux, ids) = guest_mux(&["x", "y", "z"]);
+        for id in &ids {
+            mux.write(*id, b"1\n2\n3\n", 0);
+        }
+        let screen = drain(&mut mux, 0, 5);
+        assert_eq!(
+            screen,
+            "[x] 1\r\n[y] 1\r\n[z] 1\r\n[x] 2\r\n[y] 2\r\n[z] 2\r\n[x] 3\r\n[y] 3\r\n[z] 3\r\n"
+        );
+    }
+
+    #[test]
+    fn a_partial_line_appears_after_the_pause() {
+        let (mut mux, ids) = guest_mux(&["sh"]);
+        mux.write(ids[0], b"login: ", 100);
+        assert_eq!(drain(&mut mux, 100 + PAUSE - 1, 16), "");
+        assert_eq!(drain(&mut mux, 100 + PAUSE, 16), "[sh] login: \r\n");
+        // What follows is a new line.
+        mux.write(ids[0], b"root\n", 5000);
+        assert_eq!(drain(&mut mux, 5000, 16), "[sh] root\r\n");
+    }
+
+    #[test]
+    fn a_trailing_cr_waits_to_see_if_a_newline_follows() {
+        let (mut mux, ids) = guest_mux(&["g"]);
+        mux.write(ids[0], b"abc\r", 0);
+        assert_eq!(drain(&mut mux, 0, 16), "");
+        mux.write(ids[0], b"\n10%\r20%\r\r\n\rx\n\n", 1);
+        assert_eq!(
+            drain(&mut mux, 1, 16),
+            "[g] abc\r\n[g] 10%\r\n[g] 20%\r\n[g] x\r\n[g] \r\n"
+        );
+        mux.write(ids[0], b"end\r", 2);
+        assert_eq!(drain(&mut mux, 2 + PAUSE, 16), "[g] end\r\n");
+    }
+
+    #[test]
+    fn long_lines_split_and_controls_are_escaped() {
+        let (mut mux, ids) = guest_mux(&["g"]);
+        let long = vec![b'x'; LINE_MAX + 3];
+        mux.write(ids[0], &long, 0);
+        mux.write(ids[0], b"\n\x1b[31mred\x07\n", 0);
+        let screen = drain(&mut mux, 0, 16);
+        assert_eq!(
+            screen,
+            format!(
+                "[g] {}\r\n[g] xxx\r\n[g] \\x1b[31mred\\x07\r\n",
+                "x".repeat(LINE_MAX)
+            )
+        );
+    }
+
+    #[test]
+    fn a_full_ring_drops_and_counts_without_blocking() {
+        let mut mux = Mux::new(PAUSE);
+        let g = mux.add_source("g", SourceKind::Guest, OutputRing::new(10, 100));
+        assert_eq!(mux.write(g, b"0123456789abcdef", 0), 10);
+        assert_eq!(mux.ring(g).unwrap().dropped(), 6);
+        assert_eq!(mux.dropped(), 6);
+        assert_eq!(drain(&mut mux, PAUSE, 64), "[g] 0123456789\r\n");
+        // The tail kept all of it for replay.
+        assert_eq!(mux.ring(g).unwrap().history(), b"0123456789abcdef");
+    }
+
+    #[test]
+    fn the_focused_guest_is_raw_and_others_are_kept_for_replay() {
+        let (mut mux, ids) = guest_mux(&["a", "b"]);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        mux.set_focus(Focus::Guest(ids[0]));
+        mux.write(ids[0], b"\x1b[1m$ ", 10);
+        mux.write(ids[1], b"hidden line\n", 10);
+        // Raw, unprefixed, no wait for a line end.
+        assert_eq!(drain(&mut mux, 10, 4), "\x1b[1m$ ");
+        // A log line waits while the guest is mid-line and talking...
+        mux.write(log, b"[cpu0] WARN x: y\n", 20);
+        mux.write(ids[0], b"l", 20);
+        assert_eq!(drain(&mut mux, 20, 16), "l");
+        // ... and goes out on a fresh line once it is quiet.
+        assert_eq!(drain(&mut mux, 20 + PAUSE, 16), "\r\n[cpu0] WARN x: y\r\n");
+        // b's output was not shown but is in its replay tail, and its
+        // queue did not fill.
+        assert_eq!(mux.ring(ids[1]).unwrap().history(), b"hidden line\n");
+        assert!(mux.ring(ids[1]).unwrap().is_empty());
+        assert_eq!(mux.ring(ids[1]).unwrap().dropped(), 0);
+        // Back to the monitor: everyone by lines again.
+        mux.set_focus(Focus::Monitor);
+        mux.write(ids[1], b"shown\n", 30);
+        assert_eq!(drain(&mut mux, 30, 16), "[b] shown\r\n");
+    }
+
+    #[test]
+    fn log_lines_go_out_at_the_focused_guests_line_boundary() {
+        let (mut mux, ids) = guest_mux(&["a"]);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        mux.set_focus(Focus::Guest(ids[0]));
+        mux.write(ids[0], b"done\n", 0);
+        mux.write(log, b"note\n", 0);
+        assert_eq!(drain(&mut mux, 0, 16), "done\nnote\r\n");
+    }
+
+    #[test]
+    fn the_prompt_stays_on_the_last_line() {
+        let (mut mux, ids) = guest_mux(&["g"]);
+        mux.set_prompt(b"(ferrovisor) ");
+        assert_eq!(drain(&mut mux, 0, 16), "\r\x1b[K(ferrovisor) ");
+        // Typing adds only what is new.
+        mux.set_prompt(b"(ferrovisor) li");
+        assert_eq!(drain(&mut mux, 0, 16), "li");
+        // A guest line erases the prompt, then it is drawn again.
+        mux.write(ids[0], b"hi\n", 0);
+        assert_eq!(
+            drain(&mut mux, 0, 16),
+            "\r\x1b[K[g] hi\r\n\r\x1b[K(ferrovisor) li"
+        );
+        // Backspace redraws.
+        mux.set_prompt(b"(ferrovisor) l");
+        assert_eq!(drain(&mut mux, 0, 16), "\r\x1b[K(ferrovisor) l");
+        // Switching to a guest erases it; no prompt while a guest is in focus.
+        mux.set_focus(Focus::Guest(ids[0]));
+        assert_eq!(drain(&mut mux, 0, 16), "\r\x1b[K");
+        mux.set_prompt(b"(ferrovisor) x");
+        assert!(!mux.has_output());
+    }
+
+    #[test]
+    fn removing_the_focused_source_returns_to_the_monitor() {
+        let (mut mux, ids) = guest_mux(&["a", "b"]);
+        mux.set_focus(Focus::Guest(ids[1]));
+        let ring = mux.remove_source(ids[1]).unwrap();
+        assert!(ring.is_empty());
+        assert_eq!(mux.focus(), Focus::Monitor);
+        assert!(mux.remove_source(ids[1]).is_none());
+        assert_eq!(mux.write(ids[1], b"x", 0), 0);
+        // Focus on an unknown or host source is the monitor.
+        let host = mux.add_source("log", SourceKind::Host, OutputRing::new(8, 0));
+        mux.set_focus(Focus::Guest(host));
+        assert_eq!(mux.focus(), Focus::Monitor);
+        mux.write(ids[0], b"still\n", 0);
+        assert_eq!(drain(&mut mux, 0, 16), "[a] still\r\n");
+    }
+
+    proptest! {
+        /// Any guest bytes, any budget, any focus changes: no panic, the
+        /// budget is kept, the mux runs dry, memory stays bounded, and in
+        /// the monitor view every line on the screen is a whole,
+        /// prefixed, printable line.
+        #[test]
+        fn any_output_gives_whole_safe_lines(
+            writes in prop::collection::vec((0usize..3, prop::collection::vec(any::<u8>(), 0..80)), 0..40),
+            budget in 1usize..40,
+        ) {
+            let (mut mux, ids) = guest_mux(&["a", "b", "c"]);
+            let mut screen = String::new();
+            for (t, (who, bytes)) in writes.iter().enumerate() {
+                mux.write(ids[*who], bytes, t as u64);
+                screen += &drain(&mut mux, t as u64, budget);
+                for id in &ids {
+                    prop_assert!(mux.ring(*id).unwrap().pending_len() <= 4096);
+                }
+            }
+            screen += &drain(&mut mux, u64::MAX, budget);
+            prop_assert!(!mux.has_output());
+            prop_assert!(screen.is_empty() || screen.ends_with("\r\n"));
+            for line in screen.split("\r\n").filter(|l| !l.is_empty()) {
+                prop_assert!(line.starts_with("[a] ") || line.starts_with("[b] ") || line.starts_with("[c] "), "{:?}", line);
+                prop_assert!(line.bytes().all(|b| b == b'\t' || (0x20..=0x7E).contains(&b)));
+                prop_assert!(line.len() <= 4 + 4 * LINE_MAX);
+            }
+        }
+
+        /// With random focus changes and raw output too, the mux never
+        /// panics, keeps the budget and always runs dry.
+        #[test]
+        fn random_focus_and_output_never_stall(
+            steps in prop::collection::vec((0usize..5, prop::collection::vec(any::<u8>(), 0..50), 0u64..3000), 0..40),
+            budget in 1usize..20,
+        ) {
+            let (mut mux, ids) = guest_mux(&["a", "b"]);
+            let log = mux.add_source("log", SourceKind::Host, OutputRing::new(512, 0));
+            let mut now = 0u64;
+            for (op, bytes, dt) in steps {
+                now += dt;
+                match op {
+                    0 | 1 => { mux.write(ids[op], &bytes, now); }
+                    2 => { mux.write(log, &bytes, now); }
+                    3 => mux.set_focus(match bytes.first().map(|b| b % 3) {
+                        Some(0) => Focus::Guest(ids[0]),
+                        Some(1) => Focus::Guest(ids[1]),
+                        _ => Focus::Monitor,
+                    }),
+                    _ => mux.set_prompt(&bytes),
+                }
+                drain(&mut mux, now, budget);
+            }
+            drain(&mut mux, u64::MAX, budget);
+            prop_assert!(!mux.has_output());
+        }
+    }
+}
