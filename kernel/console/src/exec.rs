@@ -64,7 +64,7 @@ pub fn execute<T: MonitorTarget + ?Sized>(command: &Command, target: &mut T) -> 
                 let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
                 for (reason, count) in rows {
                     lines.push(format!(
-                        "  {reason:<width$}  {count:>12}  {}",
+                        "  {reason:<width$}  {count:>12}  {:>6}",
                         percent(count, exits.total)
                     ));
                 }

@@ -602,3 +602,655 @@ mod output {
         }
     }
 }
+
+mod monitor {
+    use super::*;
+
+    /// A fake hypervisor: two guests, `a` with 64 KiB of RAM holding its
+    /// own offsets, `b` stopped.
+    struct Fake {
+        ram: Vec<u8>,
+        paused: bool,
+        poweroff: bool,
+        level: Option<LogLevel>,
+        calls: Vec<String>,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            Self {
+                ram: (0..0x10000u32).map(|i| i as u8).collect(),
+                paused: false,
+                poweroff: false,
+                level: None,
+                calls: Vec::new(),
+            }
+        }
+    }
+
+    fn summary(name: &str) -> GuestSummary {
+        match name {
+            "a" => GuestSummary {
+                name: "a".into(),
+                state: GuestState::Running,
+                vcpus: 1,
+                cpus: vec![],
+                memory: 0x10000,
+                uptime_ms: 3_723_000,
+                exits: 12345,
+            },
+            _ => GuestSummary {
+                name: "linux-2".into(),
+                state: GuestState::Stopped,
+                vcpus: 1,
+                cpus: vec![1, 3],
+                memory: 512 << 20,
+                uptime_ms: 59_999,
+                exits: 7,
+            },
+        }
+    }
+
+    impl MonitorTarget for Fake {
+        fn guests(&self) -> Vec<GuestSummary> {
+            vec![summary("a"), summary("linux-2")]
+        }
+        fn info(&self, guest: &str) -> Option<GuestInfo> {
+            Some(GuestInfo {
+                summary: summary(guest),
+                format: "linux".into(),
+                kernel: "linux/bzImage".into(),
+                initrd: Some("linux/initrd".into()),
+                cmdline: "console=ttyS0\x1b".into(),
+                last_stop: None,
+                restarts: 2,
+                console_dropped: 5,
+            })
+        }
+        fn regs(&mut self, guest: &str, vcpu: u32) -> Result<RegisterSnapshot, String> {
+            if guest != "a" || vcpu != 0 {
+                return Err(format!("no vcpu {vcpu}; the guest has 1"));
+            }
+            let mut gprs = [0u64; 16];
+            for (i, g) in gprs.iter_mut().enumerate() {
+                *g = 0x1111_1111_1111_1111 * i as u64;
+            }
+            Ok(RegisterSnapshot {
+                gprs,
+                rip: 0xffff_ffff_8100_0000,
+                rflags: 0x202,
+                cr0: 0x8005_0033,
+                cr2: 0,
+                cr3: 0x1000,
+                cr4: 0x20,
+                efer: 0xd01,
+                cs: Segment {
+                    selector: 0x10,
+                    base: 0,
+                    limit: 0xffff_ffff,
+                    access: 0xa09b,
+                },
+                gdtr: (0x5000, 0x27),
+                idtr: (0x6000, 0xfff),
+                ..RegisterSnapshot::default()
+            })
+        }
+        fn read_memory(&mut self, guest: &str, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+            if guest != "a" {
+                return Err(MemError::NoMemory);
+            }
+            let end = gpa.checked_add(buf.len() as u64);
+            match end {
+                Some(end) if end <= self.ram.len() as u64 => {
+                    buf.copy_from_slice(&self.ram[gpa as usize..end as usize]);
+                    Ok(())
+                }
+                _ => Err(MemError::OutOfRange {
+                    ram_end: self.ram.len() as u64,
+                }),
+            }
+        }
+        fn exits(&self, _: &str) -> Option<ExitCounts> {
+            Some(ExitCounts {
+                total: 1000,
+                by_reason: vec![("hlt".into(), 1), ("io".into(), 900), ("cpuid".into(), 99)],
+            })
+        }
+        fn log(&self, guest: &str) -> Option<Vec<u8>> {
+            Some(if guest == "a" {
+                b"one\r\ntwo\x07\r\n$ ".to_vec()
+            } else {
+                Vec::new()
+            })
+        }
+        fn pause(&mut self, guest: &str) -> Result<(), String> {
+            self.calls.push(format!("pause {guest}"));
+            if self.paused {
+                return Err("already paused".into());
+            }
+            self.paused = true;
+            Ok(())
+        }
+        fn resume(&mut self, guest: &str) -> Result<(), String> {
+            self.calls.push(format!("resume {guest}"));
+            Ok(())
+        }
+        fn stop(&mut self, guest: &str) -> Result<(), String> {
+            self.calls.push(format!("stop {guest}"));
+            Ok(())
+        }
+        fn restart(&mut self, guest: &str) -> Result<(), String> {
+            self.calls.push(format!("restart {guest}"));
+            Ok(())
+        }
+        fn stats(&self) -> HostStats {
+            HostStats {
+                uptime_ms: 61_000,
+                cpus: vec![CpuStats {
+                    cpu: 0,
+                    guest_permille: 935,
+                    switches: 42,
+                }],
+                free_memory: 100 << 20,
+                total_memory: 1 << 30,
+                console_dropped: 3,
+                input_dropped: 0,
+            }
+        }
+        fn set_log_level(&mut self, level: LogLevel) -> Result<(), String> {
+            self.level = Some(level);
+            Ok(())
+        }
+        fn poweroff(&mut self) {
+            self.poweroff = true;
+        }
+    }
+
+    fn run(line: &str) -> Vec<String> {
+        run_on(&mut Fake::new(), line)
+    }
+
+    fn run_on(fake: &mut Fake, line: &str) -> Vec<String> {
+        match parse(line) {
+            Ok(Some(command)) => execute(&command, fake),
+            Ok(None) => vec![],
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn parser_table() {
+        let g = String::from;
+        let ok: &[(&str, Command)] = &[
+            ("help", Command::Help),
+            ("  HELP  ", Command::Help),
+            ("?", Command::Help),
+            ("list", Command::List),
+            ("info a", Command::Info(g("a"))),
+            (
+                "regs a",
+                Command::Regs {
+                    guest: g("a"),
+                    vcpu: 0,
+                },
+            ),
+            (
+                "regs a 0x3f",
+                Command::Regs {
+                    guest: g("a"),
+                    vcpu: 63,
+                },
+            ),
+            (
+                "mem a 0x1000",
+                Command::Mem {
+                    guest: g("a"),
+                    gpa: 0x1000,
+                    len: MEM_DEFAULT_LEN,
+                },
+            ),
+            (
+                "mem\ta\t4096\t16",
+                Command::Mem {
+                    guest: g("a"),
+                    gpa: 4096,
+                    len: 16,
+                },
+            ),
+            (
+                "mem a 0xffff_ffff_ffff_fff0 0x10",
+                Command::Mem {
+                    guest: g("a"),
+                    gpa: 0xffff_ffff_ffff_fff0,
+                    len: 16,
+                },
+            ),
+            (
+                "mem a 0 0x1000",
+                Command::Mem {
+                    guest: g("a"),
+                    gpa: 0,
+                    len: MEM_MAX_LEN,
+                },
+            ),
+            ("exits a", Command::Exits(g("a"))),
+            ("log a", Command::Log(g("a"))),
+            ("pause a", Command::Pause(g("a"))),
+            ("resume a", Command::Resume(g("a"))),
+            ("stop a", Command::Stop(g("a"))),
+            ("restart Linux-2", Command::Restart(g("Linux-2"))),
+            ("stats", Command::Stats),
+            ("loglevel DEBUG", Command::LogLevel(LogLevel::Debug)),
+            ("loglevel trace", Command::LogLevel(LogLevel::Trace)),
+            ("poweroff", Command::Poweroff),
+        ];
+        for (line, want) in ok {
+            assert_eq!(parse(line), Ok(Some(want.clone())), "{line:?}");
+        }
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("   \t "), Ok(None));
+        let bad: &[(&str, &str)] = &[
+            (
+                "frobnicate",
+                "unknown command \"frobnicate\"; type help for the list",
+            ),
+            ("list all", "list takes no arguments"),
+            ("poweroff now", "poweroff takes no arguments"),
+            ("info", "usage: info <guest>"),
+            ("info a b", "usage: info <guest>"),
+            ("stop", "usage: stop <guest>"),
+            (
+                "regs a 64",
+                "regs: vcpu 64 is out of range; use 0 to 63 (0x3f)",
+            ),
+            (
+                "regs a -1",
+                "regs: vcpu \"-1\" is not a number; write decimal or 0x-hex",
+            ),
+            ("regs a 1 2", "usage: regs <guest> [vcpu]"),
+            ("mem a", "usage: mem <guest> <gpa> [len]"),
+            (
+                "mem a 0x",
+                "mem: gpa \"0x\" is not a number; write decimal or 0x-hex",
+            ),
+            (
+                "mem a 0xg",
+                "mem: gpa \"0xg\" is not a number; write decimal or 0x-hex",
+            ),
+            (
+                "mem a 12ab",
+                "mem: gpa \"12ab\" is not a number; write decimal or 0x-hex",
+            ),
+            (
+                "mem a 0 0",
+                "mem: len 0 is out of range; use 1 to 4096 (0x1000)",
+            ),
+            (
+                "mem a 0 4097",
+                "mem: len 4097 is out of range; use 1 to 4096 (0x1000)",
+            ),
+            (
+                "mem a 0x1_0000_0000_0000_0000",
+                "mem: gpa 0x1_0000_0000_0000_0000 is too large; use 0 to 0xffffffffffffffff",
+            ),
+            (
+                "mem a 0xffffffffffffffff 2",
+                "mem: gpa 0xffffffffffffffff + len 0x2 runs past the end of the address space",
+            ),
+            ("mem a 0 1 2", "usage: mem <guest> <gpa> [len]"),
+            ("loglevel", "usage: loglevel <error|warn|info|debug|trace>"),
+            (
+                "loglevel verbose",
+                "loglevel: \"verbose\" is not one of error, warn, info, debug or trace",
+            ),
+        ];
+        for (line, want) in bad {
+            assert_eq!(parse(line), Err(ParseError(want.to_string())), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = run("help").join("\n");
+        for word in [
+            "list", "info", "regs", "mem", "exits", "log", "pause", "resume", "stop", "restart",
+            "stats", "loglevel", "poweroff",
+        ] {
+            assert!(help.contains(&format!("  {word}")), "{word}");
+        }
+    }
+
+    #[test]
+    fn unknown_guest_names_the_known_ones() {
+        for cmd in [
+            "info", "regs", "mem", "exits", "log", "pause", "resume", "stop", "restart",
+        ] {
+            let line = if cmd == "mem" {
+                format!("{cmd} zz 0")
+            } else {
+                format!("{cmd} zz")
+            };
+            assert_eq!(
+                run(&line),
+                ["no guest named \"zz\"; the guests are a, linux-2"],
+                "{cmd}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_is_a_table() {
+        assert_eq!(
+            run("list"),
+            [
+                "NAME     STATE     VCPUS  CPUS  MEMORY     UPTIME         EXITS",
+                "a        running       1  any      64K    1:02:03         12345",
+                "linux-2  stopped       1  1,3     512M    0:00:59             7",
+            ]
+        );
+    }
+
+    #[test]
+    fn info_shows_the_configuration_escaped() {
+        let lines = run("info a");
+        assert_eq!(lines[0], "a: running, up 1:02:03, 2 restarts");
+        assert!(lines.contains(&"  kernel linux/bzImage (linux)".to_string()));
+        assert!(lines.contains(&"  cmdline \"console=ttyS0\\x1b\"".to_string()));
+        assert!(lines.contains(&"  console output dropped: 5 bytes".to_string()));
+    }
+
+    #[test]
+    fn regs_layout() {
+        let lines = run("regs a");
+        assert_eq!(
+            lines[..8],
+            [
+                "a vcpu 0:",
+                "rax 0000000000000000  rcx 1111111111111111  rdx 2222222222222222  rbx 3333333333333333",
+                "rsp 4444444444444444  rbp 5555555555555555  rsi 6666666666666666  rdi 7777777777777777",
+                "r8  8888888888888888  r9  9999999999999999  r10 aaaaaaaaaaaaaaaa  r11 bbbbbbbbbbbbbbbb",
+                "r12 cccccccccccccccc  r13 dddddddddddddddd  r14 eeeeeeeeeeeeeeee  r15 ffffffffffffffff",
+                "rip ffffffff81000000  rflags 0000000000000202",
+                "cr0 0000000080050033  cr2 0000000000000000  cr3 0000000000001000  cr4 0000000000000020",
+                "efer 0000000000000d01",
+            ]
+        );
+        assert_eq!(
+            lines[8],
+            "cs   0010  base 0000000000000000  limit ffffffff  access 0a09b"
+        );
+        assert!(lines[15].starts_with("ldtr 0000"));
+        assert_eq!(
+            lines[16],
+            "gdtr base 0000000000005000  limit 0027   idtr base 0000000000006000  limit 0fff"
+        );
+        assert_eq!(lines.len(), 17);
+        assert_eq!(run("regs a 1"), ["regs a: no vcpu 1; the guest has 1"]);
+    }
+
+    #[test]
+    fn mem_dumps_and_checks_bounds() {
+        assert_eq!(
+            run("mem a 0x41 20"),
+            [
+                "0000000000000041  41 42 43 44 45 46 47 48  49 4a 4b 4c 4d 4e 4f 50  |ABCDEFGHIJKLMNOP|",
+                "0000000000000051  51 52 53 54                                       |QRST|",
+            ]
+        );
+        assert_eq!(run("mem a 0").len(), 16, "256 bytes by default");
+        assert_eq!(run("mem a 0 4096").len(), 256);
+        // The last bytes of RAM read; one past does not.
+        assert_eq!(run("mem a 0xfff0 16").len(), 1);
+        assert_eq!(
+            run("mem a 0xfff0 17"),
+            ["mem a: 0xfff0..=0x10000 is past the guest's RAM, which ends at 0x10000"]
+        );
+        assert_eq!(
+            run("mem a 0xffffffffffffff00"),
+            ["mem a: 0xffffffffffffff00..=0xffffffffffffffff is past the guest's RAM, which ends at 0x10000"]
+        );
+        assert_eq!(
+            run("mem linux-2 0"),
+            ["mem linux-2: the guest has no memory now"]
+        );
+    }
+
+    #[test]
+    fn exits_are_sorted_by_count() {
+        assert_eq!(
+            run("exits a"),
+            [
+                "a: 1000 exits",
+                "  io              900   90.0%",
+                "  cpuid            99    9.9%",
+                "  hlt               1    0.1%",
+            ]
+        );
+    }
+
+    #[test]
+    fn log_replays_the_tail_as_safe_lines() {
+        assert_eq!(
+            run("log a"),
+            [
+                "--- a: the last 13 bytes of output ---",
+                "[a] one",
+                "[a] two\\x07",
+                "[a] $ ",
+                "--- a: end of output ---",
+            ]
+        );
+        assert_eq!(run("log linux-2"), ["linux-2 has printed nothing yet"]);
+    }
+
+    #[test]
+    fn actions_reach_the_target_and_report() {
+        let mut fake = Fake::new();
+        assert_eq!(run_on(&mut fake, "pause a"), ["a: paused"]);
+        assert_eq!(run_on(&mut fake, "pause a"), ["pause a: already paused"]);
+        assert_eq!(run_on(&mut fake, "resume a"), ["a: resumed"]);
+        assert_eq!(run_on(&mut fake, "stop linux-2"), ["linux-2: stopped"]);
+        assert_eq!(run_on(&mut fake, "restart a"), ["a: restarting"]);
+        assert_eq!(
+            fake.calls,
+            [
+                "pause a",
+                "pause a",
+                "resume a",
+                "stop linux-2",
+                "restart a"
+            ]
+        );
+        assert_eq!(
+            run_on(&mut fake, "loglevel warn"),
+            ["log level is now warn"]
+        );
+        assert_eq!(fake.level, Some(LogLevel::Warn));
+        assert!(!fake.poweroff);
+        assert_eq!(run_on(&mut fake, "poweroff"), ["powering off"]);
+        assert!(fake.poweroff);
+        // A bad command changes nothing.
+        let mut fake = Fake::new();
+        run_on(&mut fake, "stop");
+        run_on(&mut fake, "poweroff please");
+        assert!(fake.calls.is_empty() && !fake.poweroff);
+    }
+
+    #[test]
+    fn stats_lines() {
+        assert_eq!(
+            run("stats"),
+            [
+                "up 0:01:01, memory 100M free of 1G",
+                "console: 3 output bytes dropped, 0 input bytes dropped",
+                "cpu0   in guests  93.5%  switches 42",
+            ]
+        );
+    }
+
+    fn type_into(monitor: &mut Monitor, fake: &mut Fake, bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        monitor.feed(bytes, fake, &mut |l| lines.push(l.to_string()));
+        lines
+    }
+
+    #[test]
+    fn the_editor_handles_backspace_escapes_and_controls() {
+        let mut monitor = Monitor::new();
+        let mut fake = Fake::new();
+        // Typos fixed with DEL and backspace; an arrow key (CSI A), an SS3
+        // key, Alt-x and stray controls are swallowed; CRLF is one Enter.
+        let lines = type_into(
+            &mut monitor,
+            &mut fake,
+            b"lsx\x7f\x08\x1b[Ais\x1bOP\x1bx\x07\x00t\xff\r\n",
+        );
+        assert_eq!(lines[0], "(ferrovisor) list");
+        assert_eq!(lines.len(), 4);
+        assert_eq!(monitor.prompt(), PROMPT);
+        // Ctrl-U empties the line.
+        type_into(&mut monitor, &mut fake, b"stats\x15");
+        assert_eq!(monitor.prompt(), PROMPT);
+        // A long CSI with parameters.
+        let lines = type_into(&mut monitor, &mut fake, b"\x1b[1;5;200~help\r");
+        assert_eq!(lines[0], "(ferrovisor) help");
+        // An empty line prints only the prompt line.
+        assert_eq!(type_into(&mut monitor, &mut fake, b"\r"), ["(ferrovisor) "]);
+    }
+
+    #[test]
+    fn an_over_long_line_is_refused_once_and_discarded() {
+        let mut monitor = Monitor::new();
+        let mut fake = Fake::new();
+        let mut input = b"poweroff".to_vec();
+        input.extend(std::iter::repeat_n(b' ', MONITOR_LINE_MAX));
+        input.extend_from_slice(b"more text\r");
+        let lines = type_into(&mut monitor, &mut fake, &input);
+        assert_eq!(
+            lines,
+            ["monitor: line longer than 120 characters discarded; press Enter"]
+        );
+        assert!(!fake.poweroff);
+        // The next line works.
+        let lines = type_into(&mut monitor, &mut fake, b"stats\r");
+        assert_eq!(lines[0], "(ferrovisor) stats");
+    }
+
+    proptest! {
+        /// Random bytes into the monitor: no panic, the line stays within
+        /// its limit, and every answer is one printable line.
+        #[test]
+        fn random_bytes_into_the_monitor(
+            chunks in prop::collection::vec(
+                prop::collection::vec(
+                    prop_oneof![any::<u8>(), Just(b'\r'), Just(0x1b), Just(b'['), 0x20u8..0x7f],
+                    0..200,
+                ),
+                0..10,
+            ),
+        ) {
+            let mut monitor = Monitor::new();
+            let mut fake = Fake::new();
+            for chunk in &chunks {
+                let lines = type_into(&mut monitor, &mut fake, chunk);
+                for line in &lines {
+                    prop_assert!(line.bytes().all(|b| b == b'\t' || (0x20..=0x7E).contains(&b)), "{:?}", line);
+                }
+                prop_assert!(monitor.prompt().len() <= PROMPT.len() + MONITOR_LINE_MAX);
+            }
+        }
+
+        /// Random words into the parser: no panic, errors are one line.
+        #[test]
+        fn random_command_lines_parse_or_say_why(line in "[a-z0-9x_ \\t-]{0,60}") {
+            if let Err(e) = parse(&line) {
+                prop_assert!(!e.0.contains('\n') && !e.0.is_empty());
+            }
+        }
+    }
+}
+
+/// The whole path: typed bytes through the router to the monitor, its
+/// answers and the guests' output through the mux to the screen.
+#[test]
+fn end_to_end_switching_and_monitor() {
+    let mut mux = Mux::new(PAUSE);
+    let lines = mux.add_source("console", SourceKind::Host, OutputRing::new(1 << 16, 0));
+    let g = mux.add_source("g", SourceKind::Guest, OutputRing::new(4096, 4096));
+    let mut router = InputRouter::new(0x01);
+    router.add_guest(g, "g");
+    let mut monitor = Monitor::new();
+    let mut to_guest = Vec::new();
+    let mut to_monitor = Vec::new();
+    let mut type_bytes = |mux: &mut Mux, bytes: &[u8], to_monitor: &mut Vec<u8>| {
+        router.feed(bytes, &mut |r| match r {
+            Routed::Guest(_, b) => to_guest.extend_from_slice(b),
+            Routed::Monitor(b) => to_monitor.extend_from_slice(b),
+            Routed::FocusChanged {
+                focus,
+                announcement,
+            } => {
+                mux.set_focus(focus);
+                mux.write(lines, announcement.as_bytes(), 0);
+                mux.write(lines, b"\n", 0);
+            }
+        });
+    };
+    type_bytes(&mut mux, b"\x01\x01\x01ls\r\x01\x01\x01", &mut to_monitor);
+    struct None_;
+    impl MonitorTarget for None_ {
+        fn guests(&self) -> Vec<GuestSummary> {
+            Vec::new()
+        }
+        fn info(&self, _: &str) -> Option<GuestInfo> {
+            None
+        }
+        fn regs(&mut self, _: &str, _: u32) -> Result<RegisterSnapshot, String> {
+            Err("x".into())
+        }
+        fn read_memory(&mut self, _: &str, _: u64, _: &mut [u8]) -> Result<(), MemError> {
+            Err(MemError::NoMemory)
+        }
+        fn exits(&self, _: &str) -> Option<ExitCounts> {
+            None
+        }
+        fn log(&self, _: &str) -> Option<Vec<u8>> {
+            None
+        }
+        fn pause(&mut self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn resume(&mut self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn stop(&mut self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn restart(&mut self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn stats(&self) -> HostStats {
+            HostStats::default()
+        }
+        fn set_log_level(&mut self, _: LogLevel) -> Result<(), String> {
+            Ok(())
+        }
+        fn poweroff(&mut self) {}
+    }
+    type_bytes(&mut mux, b"info x\r", &mut to_monitor);
+    monitor.feed(&to_monitor, &mut None_, &mut |l| {
+        mux.write(lines, l.as_bytes(), 0);
+        mux.write(lines, b"\n", 0);
+    });
+    mux.set_prompt(monitor.prompt().as_bytes());
+    let screen = drain(&mut mux, 0, 16);
+    assert_eq!(to_guest, b"ls\r");
+    assert_eq!(
+        screen,
+        "console: input goes to g (ctrl-a 3 times switches)\r\n\
+         console: input goes to the monitor; type help (ctrl-a 3 times switches)\r\n\
+         (ferrovisor) info x\r\n\
+         no guest named \"x\"; there are no guests\r\n\
+         \r\x1b[K(ferrovisor) "
+    );
+}
