@@ -756,3 +756,29 @@ fn corrupt_input_gives_errors_never_a_panic() {
     let _ = parse_bytes(FILE, &[0xff; 3]);
     let _ = parse_bytes(FILE, b"a = \"\xe2\x82");
 }
+
+#[test]
+fn console_hotkey_takes_every_safe_letter_and_refuses_the_rest_at_the_key() {
+    // The console (crate `console`, `InputRouter::new(hotkey.byte())`)
+    // matches the byte; letters whose byte a terminal sends for another
+    // key or for flow control are refused where they are written.
+    for letter in b'a'..=b'z' {
+        let letter = char::from(letter);
+        let text = format!("[hypervisor]\n\nconsole_hotkey = \"Ctrl-{letter}\"\n");
+        let outcome = parsed(&text);
+        if "hijmqs".contains(letter) {
+            let line = only_error(&text);
+            assert!(
+                line.starts_with("config: error: hypervisor.toml:3:1: hypervisor: console_hotkey"),
+                "{line}"
+            );
+            assert_eq!(outcome.config.hypervisor.console_hotkey.byte(), 0x01);
+        } else {
+            assert!(outcome.errors.is_empty(), "{letter}");
+            let key = outcome.config.hypervisor.console_hotkey;
+            assert_eq!(key.to_string(), format!("ctrl-{letter}"));
+            assert_eq!(u32::from(key.byte()), u32::from(letter) - 0x60);
+        }
+    }
+    assert!(only_error("[hypervisor]\nconsole_hotkey = 1\n").contains("console_hotkey"));
+}
