@@ -24,9 +24,6 @@
 # MSRs the hypervisor keeps to itself (SDM Vol. 4, Table 2-2).
 .equ MSR_FEATURE_CONTROL, 0x3A
 .equ MSR_VMX_BASIC, 0x480
-# The reset control register of the PCI host bridge (and of the ICH/PCH):
-# bit 1 selects a hard reset, bit 2 starts it, bit 3 a full power cycle.
-.equ RESET_PORT, 0xCF9
 # 256 MiB: inside the loader's 4 GiB identity map, far past this guest's
 # 2 MiB of RAM, so EPT has no mapping for it.
 .equ PAST_RAM, 0x10000000
@@ -90,16 +87,6 @@ _start:
     and rax, ~CR4_VMXE
     mov cr4, rax
     END_TRY .Lvmxe_done
-
-    PRINT "trying reset port 0xcf9\n"
-    TRY "reset port 0xcf9", .Lreset_done
-    mov dx, RESET_PORT
-    mov al, 0x06            # hard reset, start
-    out dx, al
-    mov al, 0x0E            # full power cycle, hard reset, start
-    out dx, al
-    END_TRY .Lreset_done
-    PRINT "still running after reset port write\n"
 
     PRINT "writing past RAM at 0x10000000\n"
     TRY "write past RAM", .Lpast_ram_done

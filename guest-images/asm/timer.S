@@ -1,5 +1,6 @@
-# timer: arms the test timer device (ports 0xE0-0xE7, interrupt line 5,
-# delivered as vector 0x25 by the trivial interrupt controller), halts with
+# timer: arms the test timer device (ports 0xE0-0xE7, interrupt line 5:
+# ISA IRQ 5, which it routes through the 8259 pair it programs as a PC BIOS
+# would, master vectors from 0x20, so vector 0x25), halts with
 # interrupts on, and must be woken by the injected interrupt: the halted
 # vCPU waits blocked in the scheduler, its CPU free for others, until the
 # timer's deadline. It checks that the handler ran once, that the device
@@ -11,7 +12,7 @@
 
 .equ TIMER_ARM, 0xE0        # OUT: fire N * 1024 TSC ticks from now; IN: times fired
 .equ TIMER_ACK, 0xE4        # OUT: lower the interrupt line
-.equ TIMER_VECTOR, 0x25     # line 5 + the controller's base 0x20
+.equ TIMER_VECTOR, 0x25     # IRQ 5 + the master 8259's base 0x20
 .equ TIMER_UNITS, 200       # 204800 TSC ticks
 
     .text
@@ -23,6 +24,27 @@ _start:
     mov word ptr [TIMER_VECTOR * 4], offset on_timer
     mov word ptr [TIMER_VECTOR * 4 + 2], 0
     mov byte ptr [rounds], 0
+    # The 8259 pair: ICW1 (edge, cascade, ICW4 follows), ICW2 (vector
+    # base), ICW3 (slave on IR2 / slave ID 2), ICW4 (8086 mode); then
+    # every input masked but IRQ 5.
+    mov al, 0x11
+    out 0x20, al
+    out 0xA0, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x28
+    out 0xA1, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x02
+    out 0xA1, al
+    mov al, 0x01
+    out 0x21, al
+    out 0xA1, al
+    mov al, 0xDF
+    out 0x21, al
+    mov al, 0xFF
+    out 0xA1, al
 round:
     mov byte ptr [fired], 0
     PRINT "arming the timer\n"
@@ -48,11 +70,14 @@ miscount:
     PRINT "the device's firing count does not match the rounds\n"
     EXIT 1
 
-# The interrupt handler: acknowledge the device, note it.
+# The interrupt handler: acknowledge the device, end the interrupt at the
+# 8259 (non-specific EOI), note it.
 on_timer:
     push eax
     xor eax, eax
     out TIMER_ACK, eax
+    mov al, 0x20
+    out 0x20, al
     inc byte ptr [fired]
     pop eax
     iret

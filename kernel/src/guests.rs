@@ -123,6 +123,8 @@ pub fn run_all(
     let backend = VtxBackend {
         hw,
         files: Mutex::new(FilesPtr(files)),
+        tsc_hz,
+        clock: crate::rtc::wall_clock(),
     };
     let cpus = crate::smp::ready_cpus();
     let run = match GuestRun::new(
@@ -222,18 +224,21 @@ fn start(
 /// The platform every VM's devices make, as the firmware tables describe
 /// it to the guest.
 fn pc_platform(vcpus: u32) -> PcPlatform {
+    use devices::acpi_pm::{PM1A_CNT_BLK, PM1A_EVT_BLK, PM_TMR_BLK, SLP_TYP_S5};
+    // The addresses fit 32 bits: both are in the device window below 4 GiB.
     PcPlatform {
         cpus: vcpus,
-        lapic_addr: 0xFEE0_0000,
+        lapic_addr: devices::lapic::LAPIC_BASE as u32,
         ioapic_id: 0,
-        ioapic_addr: 0xFEC0_0000,
-        pm1a_evt: 0x600,
-        pm1a_cnt: 0x604,
-        pm_tmr: 0x608,
-        reset_port: 0xCF9,
-        reset_value: 6,
+        ioapic_addr: devices::ioapic::IOAPIC_BASE as u32,
+        pm1a_evt: PM1A_EVT_BLK,
+        pm1a_cnt: PM1A_CNT_BLK,
+        pm_tmr: PM_TMR_BLK,
+        reset_port: devices::pci_host::RESET_CONTROL,
+        // RST_CPU with a hard reset (bits 2 and 1).
+        reset_value: 0x06,
         sci_irq: 9,
-        s5_sleep_type: 5,
+        s5_sleep_type: SLP_TYP_S5,
     }
 }
 
@@ -265,6 +270,10 @@ unsafe impl Send for FilesPtr {}
 struct VtxBackend {
     hw: VmxSettings,
     files: Mutex<FilesPtr>,
+    /// The TSC rate measured at boot.
+    tsc_hz: u64,
+    /// The machine's time of day when the run began.
+    clock: vcpu::vm::WallClock,
 }
 
 impl Backend for VtxBackend {
@@ -273,6 +282,14 @@ impl Backend for VtxBackend {
 
     fn now(&self) -> u64 {
         rdtsc()
+    }
+
+    fn tsc_hz(&self) -> u64 {
+        self.tsc_hz
+    }
+
+    fn wall_clock(&self) -> vcpu::vm::WallClock {
+        self.clock
     }
 
     fn this_cpu(&self) -> usize {
@@ -362,7 +379,13 @@ impl Backend for VtxBackend {
     }
 
     fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason> {
-        crate::vtx::vm::deliver_interrupt(&vm.name, &mut vm.vcpu.hw, &mut vm.devices, now)
+        crate::vtx::vm::deliver_interrupt(
+            &vm.name,
+            &mut vm.vcpu.hw,
+            &mut vm.vcpu.model,
+            &mut vm.devices,
+            now,
+        )
     }
 
     fn rip(&self, vcpu: &VmxVcpuState) -> u64 {
@@ -409,7 +432,7 @@ pub fn ap_main(index: usize) -> ! {
     }
 }
 
-fn rdtsc() -> u64 {
+pub(crate) fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter (CR4.TSD is clear
     // at CPL 0 anyway).
     unsafe { core::arch::x86_64::_rdtsc() }

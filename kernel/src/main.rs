@@ -22,6 +22,7 @@ mod logger;
 mod memory;
 mod panic;
 mod power;
+mod rtc;
 mod selftest;
 mod serial;
 mod smp;

@@ -203,6 +203,7 @@ impl GuestControls {
                 | PrimaryControls::CR8_STORE_EXITING
                 | PrimaryControls::USE_IO_BITMAPS
                 | PrimaryControls::USE_MSR_BITMAPS
+                | PrimaryControls::USE_TSC_OFFSETTING
                 | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS,
             PrimaryControls::empty(),
             PrimaryControls::CR3_LOAD_EXITING

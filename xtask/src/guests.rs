@@ -611,6 +611,7 @@ mod tests {
                     "long",
                     "escape",
                     "halt",
+                    "reset",
                     "triple",
                     "cpuid",
                     "timer",
@@ -704,8 +705,6 @@ mod tests {
                 ": #UD\n",
                 ": #GP\n",
                 ": no fault\n",
-                "trying reset port 0xcf9\n",
-                "still running after reset port write\n",
                 "writing past RAM at 0x10000000\n",
                 "ESCAPED: write past RAM returned\n",
             ],
@@ -713,6 +712,13 @@ mod tests {
         (
             "halt",
             &["halting with interrupts off\n", "ESCAPED: hlt returned\n"],
+        ),
+        (
+            "reset",
+            &[
+                "resetting through port 0xcf9\n",
+                "ESCAPED: still running after the reset\n",
+            ],
         ),
         (
             "triple",

@@ -33,6 +33,11 @@
 //! Layout: everything within one page at [`ACPI_TABLES_ADDR`], which the
 //! memory map already reports as reserved (the legacy ROM hole).
 
+// Offsets here are sums of constants within one page, the largest (the
+// MADT's end) bounded by `MAX_ACPI_CPUS`; nothing a guest or an image
+// controls enters them, and `put` checks every write against the buffer.
+#![allow(clippy::arithmetic_side_effects)]
+
 use addr::GuestPhysAddr;
 
 use super::bytes::{put, put_u32, put_u64, put_u8};
@@ -316,7 +321,11 @@ mod tests {
     }
 
     fn page(cpus: u32) -> Page {
-        Page(build(&pc(cpus), ACPI_TABLES_ADDR.as_u64()).unwrap().to_vec())
+        Page(
+            build(&pc(cpus), ACPI_TABLES_ADDR.as_u64())
+                .unwrap()
+                .to_vec(),
+        )
     }
 
     #[test]
@@ -361,7 +370,11 @@ mod tests {
         assert_eq!(sum(RSDP_OFF, 20), 0);
         assert_eq!(sum(RSDP_OFF, RSDP_LEN), 0);
         for off in [RSDT_OFF, XSDT_OFF, FADT_OFF, DSDT_OFF, MADT_OFF] {
-            let len = u32::from_le_bytes(mem.0[off as usize + 4..off as usize + 8].try_into().unwrap());
+            let len = u32::from_le_bytes(
+                mem.0[off as usize + 4..off as usize + 8]
+                    .try_into()
+                    .unwrap(),
+            );
             assert_eq!(sum(off, len as usize), 0, "table at {off:#x}");
         }
     }

@@ -228,10 +228,9 @@ impl fmt::Display for LoadError {
                 f,
                 "{item}: reading {len:#x} bytes at offset {offset:#x} of its file failed"
             ),
-            Self::TooManyCpus { cpus, max } => write!(
-                f,
-                "the ACPI tables describe 1 to {max} vCPUs, not {cpus}"
-            ),
+            Self::TooManyCpus { cpus, max } => {
+                write!(f, "the ACPI tables describe 1 to {max} vCPUs, not {cpus}")
+            }
             Self::NoMemory { bytes } => write!(
                 f,
                 "no heap left for the loader's {} copy buffer",

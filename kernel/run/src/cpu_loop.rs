@@ -314,7 +314,7 @@ impl<B: Backend> GuestRun<B> {
         // The slice's timer also ends the guest's run when one of its own
         // device timers is due, so the interrupt goes in on time even if
         // the guest does not exit by itself meanwhile.
-        let mut timer_at = timer_deadline(slice_end, vm.devices.next_deadline());
+        let mut timer_at = timer_deadline(slice_end, vm.next_deadline());
         if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, slice_start) {
             return SliceEnd::Stopped(reason);
         }
@@ -327,7 +327,7 @@ impl<B: Backend> GuestRun<B> {
         let end = loop {
             // Timers due and interrupts raised since the last exit go in
             // before the entry (a few compares when nothing is pending).
-            if vm.devices.needs_attention(last) {
+            if vm.needs_attention(last) {
                 if let Err(reason) = backend.deliver_interrupt(vm, last) {
                     break SliceEnd::Stopped(reason);
                 }
@@ -344,8 +344,11 @@ impl<B: Backend> GuestRun<B> {
             };
             let outcome = backend.handle(vm, &exit);
             // Only a device access can arm or move a device timer.
-            if matches!(exit, Exit::Io(_) | Exit::NestedPageFault { .. }) {
-                let wanted = timer_deadline(slice_end, vm.devices.next_deadline());
+            if matches!(
+                exit,
+                Exit::Io(_) | Exit::NestedPageFault { .. } | Exit::MsrWrite
+            ) {
+                let wanted = timer_deadline(slice_end, vm.next_deadline());
                 if wanted != timer_at {
                     timer_at = wanted;
                     if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, now) {
@@ -364,8 +367,7 @@ impl<B: Backend> GuestRun<B> {
                 Outcome::Preempted if now < slice_end => {
                     // A device timer of the guest's is due: its interrupt
                     // goes in before the next entry; the slice goes on.
-                    timer_at =
-                        timer_deadline(slice_end, vm.devices.next_deadline().filter(|&d| d > now));
+                    timer_at = timer_deadline(slice_end, vm.next_deadline().filter(|&d| d > now));
                     if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, now) {
                         break SliceEnd::Stopped(reason);
                     }
@@ -376,14 +378,14 @@ impl<B: Backend> GuestRun<B> {
                 }
                 Outcome::Halted => {
                     // An interrupt already due wakes it at once.
-                    if vm.devices.needs_attention(now) {
+                    if vm.needs_attention(now) {
                         continue;
                     }
                     // The HLT exit already moved RIP past the instruction:
                     // this is where the guest would resume.
                     vm.vcpu.halt_rip = backend.rip(&vm.vcpu.hw);
                     break SliceEnd::Halted {
-                        until: vm.devices.next_deadline(),
+                        until: vm.next_deadline(),
                     };
                 }
                 Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),

@@ -40,7 +40,7 @@ use spin::Mutex;
 use config::{GuestConfig, GuestStopAction};
 use vcpu::exit::{Exit, ExitStats, Outcome, VcpuModel};
 use vcpu::stop::StopReason;
-use vcpu::vm::VmDevices;
+use vcpu::vm::{VmDevices, WallClock};
 
 mod cpu_loop;
 mod figures;
@@ -67,6 +67,11 @@ pub trait Backend: Sync {
 
     /// The calling CPU's clock (TSC ticks); the scheduler's clock.
     fn now(&self) -> u64;
+    /// The TSC's rate in Hz (every CPU's: they agree), which guests are
+    /// told and their device timers run on.
+    fn tsc_hz(&self) -> u64;
+    /// The time of day now, for a new guest's RTC.
+    fn wall_clock(&self) -> WallClock;
     /// The calling CPU's number.
     fn this_cpu(&self) -> usize;
     /// Readies the calling CPU to run guests (once per CPU per run).
@@ -166,14 +171,15 @@ pub struct Vm<B: Backend> {
 
 impl<B: Backend> Vm<B> {
     /// A guest the backend created: one vCPU, the standard devices.
-    pub fn new(name: &str, hw: B::Vm, vcpu: B::Vcpu, cpu: usize) -> Self {
+    pub fn new(name: &str, hw: B::Vm, vcpu: B::Vcpu, cpu: usize, backend: &B) -> Self {
+        let tsc_hz = backend.tsc_hz();
         Self {
             name: String::from(name),
             hw,
-            devices: VmDevices::new(),
+            devices: VmDevices::new(tsc_hz, backend.wall_clock()),
             vcpu: Vcpu {
                 hw: vcpu,
-                model: VcpuModel::new(0, 1),
+                model: VcpuModel::new(0, 1, tsc_hz),
                 active_on: Some(cpu),
                 ticks: 0,
                 slices: 0,
@@ -186,6 +192,24 @@ impl<B: Backend> Vm<B> {
     /// The vCPU's exit counters.
     pub fn stats(&self) -> ExitStats {
         self.vcpu.model.stats
+    }
+
+    /// Whether the interrupt path has something to do for the vCPU at
+    /// `now`: a device timer or line of the VM, or the vCPU's own
+    /// deliverable interrupt or APIC timer. Asked before every entry.
+    #[inline]
+    pub fn needs_attention(&self, now: u64) -> bool {
+        self.devices.needs_attention(now) || self.vcpu.model.attention_at <= now
+    }
+
+    /// The earliest TSC at which a device of the VM or the vCPU's APIC
+    /// timer wants the vCPU back.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let own = Some(self.vcpu.model.attention_at).filter(|&t| t != u64::MAX);
+        match (self.devices.next_deadline(), own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -282,7 +306,7 @@ impl<B: Backend> GuestRun<B> {
         for (k, config) in configs.into_iter().enumerate() {
             let vm = backend
                 .create(k, &config)
-                .map(|(hw, vcpu)| Vm::new(&config.name, hw, vcpu, cpu));
+                .map(|(hw, vcpu)| Vm::new(&config.name, hw, vcpu, cpu, &backend));
             slots.push(ConfiguredGuest { config, vm });
         }
         let queue = match sched::Scheduler::new(cpus.len() as u32, slice.max(1)) {

@@ -52,13 +52,17 @@ impl<B: Backend> GuestRun<B> {
             local.current = None;
         }
         backend.destroy(&mut vm.hw, &mut vm.vcpu.hw);
-        let restarted = if may_restart && self.on_stop == GuestStopAction::Restart {
+        // A guest that powered itself off stays off whatever the policy.
+        let restart = may_restart
+            && self.on_stop == GuestStopAction::Restart
+            && reason != StopReason::PoweredOff;
+        let restarted = if restart {
             info!("guest {name}: restarting");
             let created = backend.create(i, &slot.config);
             // `create` left the new vCPU current here.
             created.map(|(hw, vcpu)| {
                 local.current = Some(i);
-                Vm::new(&slot.config.name, hw, vcpu, local.index)
+                Vm::new(&slot.config.name, hw, vcpu, local.index, backend)
             })
         } else {
             None

@@ -116,12 +116,59 @@ impl FakeBackend {
     }
 }
 
+/// The 8259 pair set up as a PC BIOS does (master vectors from 0x20),
+/// every input masked but IRQ 5 (the test timer's line).
+const PIC_SETUP: [(u16, u8); 10] = [
+    (0x20, 0x11),
+    (0xA0, 0x11),
+    (0x21, 0x20),
+    (0xA1, 0x28),
+    (0x21, 0x04),
+    (0xA1, 0x02),
+    (0x21, 0x01),
+    (0xA1, 0x01),
+    (0x21, 0xDF),
+    (0xA1, 0xFF),
+];
+
+/// A timer program's first exits: the 8259 set-up, then arming the test
+/// timer for `units`; `None` once both are done.
+fn timer_setup(v: &mut FakeVcpu, step: u64, units: u32) -> Option<Exit> {
+    let out = |port, size| {
+        Exit::Io(IoAccess {
+            port,
+            size,
+            direction: IoDirection::Out,
+            string: false,
+            rep: false,
+        })
+    };
+    let step = step as usize;
+    if let Some(&(port, value)) = PIC_SETUP.get(step.wrapping_sub(1)) {
+        v.gprs[0] = u64::from(value);
+        return Some(out(port, 1));
+    }
+    if step == PIC_SETUP.len() + 1 {
+        v.gprs[0] = u64::from(units);
+        return Some(out(0xE0, 4));
+    }
+    None
+}
+
 impl Backend for FakeBackend {
     type Vm = FakeVmHw;
     type Vcpu = FakeVcpuHw;
 
     fn now(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)
+    }
+
+    fn tsc_hz(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn wall_clock(&self) -> vcpu::vm::WallClock {
+        vcpu::vm::WallClock::default()
     }
 
     fn this_cpu(&self) -> usize {
@@ -286,15 +333,8 @@ impl Backend for FakeBackend {
             }
             Program::Idle => Exit::Hlt,
             Program::TimerSpin { units } => {
-                if vcpu.step == 1 {
-                    v.gprs[0] = u64::from(units);
-                    Exit::Io(IoAccess {
-                        port: 0xE0,
-                        size: 4,
-                        direction: IoDirection::Out,
-                        string: false,
-                        rep: false,
-                    })
+                if let Some(exit) = timer_setup(v, vcpu.step, units) {
+                    exit
                 } else if v
                     .injected
                     .contains(&Event::ExternalInterrupt { vector: 0x25 })
@@ -317,27 +357,20 @@ impl Backend for FakeBackend {
                     Exit::Cpuid
                 }
             }
-            Program::Timer { units } => match vcpu.step {
-                1 => {
-                    v.gprs[0] = u64::from(units);
-                    Exit::Io(IoAccess {
-                        port: 0xE0,
-                        size: 4,
-                        direction: IoDirection::Out,
-                        string: false,
-                        rep: false,
-                    })
-                }
-                _ if v
+            Program::Timer { units } => {
+                if let Some(exit) = timer_setup(v, vcpu.step, units) {
+                    exit
+                } else if v
                     .injected
-                    .contains(&Event::ExternalInterrupt { vector: 0x25 }) =>
+                    .contains(&Event::ExternalInterrupt { vector: 0x25 })
                 {
                     v.gprs[0] = hypercall::EXIT;
                     v.gprs[3] = 0;
                     Exit::Hypercall
+                } else {
+                    Exit::Hlt
                 }
-                _ => Exit::Hlt,
-            },
+            }
         })
     }
 
@@ -355,11 +388,17 @@ impl Backend for FakeBackend {
 
     fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason> {
         let lines = &self.lines;
-        vcpu::vm::deliver_interrupt(&mut vm.vcpu.hw.vcpu, &mut vm.devices, now, &mut |l| {
-            lines.lock().unwrap().push(l.to_string())
-        })
+        let delivered = vcpu::vm::deliver_interrupt(
+            &mut vm.vcpu.hw.vcpu,
+            &mut vm.vcpu.model.lapic,
+            &mut vm.devices,
+            now,
+            &mut |l| lines.lock().unwrap().push(l.to_string()),
+        )
         .map(|_| ())
-        .map_err(|e| StopReason::Backend(e.to_string()))
+        .map_err(|e| StopReason::Backend(e.to_string()));
+        vm.vcpu.model.attention_at = vcpu::vm::attention_at(&vm.vcpu.model.lapic, &mut vm.devices);
+        delivered
     }
 
     fn rip(&self, vcpu: &FakeVcpuHw) -> u64 {

@@ -472,6 +472,7 @@ impl Guest {
             msr_bitmap: vm.bitmaps[2],
             eptp: vm.eptp,
             vpid: vcpu.vpid,
+            tsc_offset: 0u64.wrapping_sub(crate::guests::rdtsc()),
         };
         setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, &loaded.entry)
             .map_err(CreateError::Vmcs)?;
@@ -772,6 +773,7 @@ pub fn handle(
 pub fn deliver_interrupt(
     name: &str,
     vcpu: &mut VmxVcpuState,
+    model: &mut VcpuModel,
     devices: &mut VmDevices,
     now: u64,
 ) -> Result<(), StopReason> {
@@ -783,11 +785,14 @@ pub fn deliver_interrupt(
         regs: &mut vcpu.regs,
         cr: &vcpu.cr,
     };
-    vm_devices::deliver_interrupt(&mut access, devices, now, &mut |line| {
-        crate::serial::guest_line(name, line)
-    })
-    .map(|_| ())
-    .map_err(|e| StopReason::Backend(alloc::format!("{e}")))
+    let delivered =
+        vm_devices::deliver_interrupt(&mut access, &mut model.lapic, devices, now, &mut |line| {
+            crate::serial::guest_line(name, line)
+        })
+        .map(|_| ())
+        .map_err(|e| StopReason::Backend(alloc::format!("{e}")));
+    model.attention_at = vm_devices::attention_at(&model.lapic, devices);
+    delivered
 }
 
 impl Platform for GuestPlatform<'_> {

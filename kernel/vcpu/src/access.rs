@@ -241,4 +241,7 @@ pub trait VcpuAccess {
     /// Sets the offset the hardware adds to the host TSC for the guest's
     /// RDTSC (two's complement).
     fn set_tsc_offset(&mut self, offset: u64) -> Result<(), Self::Error>;
+    /// The offset the hardware adds to the host TSC: guest TSC values (a
+    /// TSC-deadline write) minus it are host TSC values.
+    fn tsc_offset(&self) -> Result<u64, Self::Error>;
 }

@@ -40,7 +40,16 @@ pub struct GuestCpuidContext {
     pub cr4_osxsave: bool,
     /// The guest's CR4.PKE (bit 22): CPUID.(7,0):ECX.OSPKE mirrors it.
     pub cr4_pke: bool,
+    /// The guest's TSC rate in Hz (the host's: the guest TSC is offset,
+    /// never scaled), which leaves 15H and 16H report; 0 where unknown.
+    pub tsc_hz: u64,
 }
+
+/// The crystal clock leaf 15H reports, in Hz: also the input clock of the
+/// virtual local APIC timer, as on the processors whose leaf 15H lists a
+/// crystal (Linux then takes the APIC timer's rate from it instead of
+/// calibrating).
+pub const CRYSTAL_HZ: u32 = 25_000_000;
 
 /// The first hypervisor leaf: the highest hypervisor leaf and the signature.
 /// Leaves 4000_0000H..=4FFF_FFFFH are reserved by Intel for hypervisors and
@@ -97,10 +106,13 @@ mod leaf1_ecx {
     pub const PDCM: u32 = bit(15);
     /// Bit 18, DCA: direct cache access, IA32_PLATFORM_DCA_CAP (denied).
     pub const DCA: u32 = bit(18);
-    /// Bit 21, x2APIC: no virtual APIC yet, and the x2APIC MSRs are denied.
+    /// Bit 21, x2APIC: the virtual local APIC is an xAPIC only (MMIO),
+    /// which every kernel drives; the x2APIC MSRs are denied.
     pub const X2APIC: u32 = bit(21);
-    /// Bit 24, TSC-deadline: IA32_TSC_DEADLINE (denied; no virtual APIC
-    /// timer yet).
+    /// Bit 24, TSC-deadline: offered, the virtual local APIC's timer has
+    /// the TSC-deadline mode (IA32_TSC_DEADLINE is emulated). Named for
+    /// the tests that check it stays offered.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub const TSC_DEADLINE: u32 = bit(24);
     /// Bit 26, XSAVE: passed through; OSXSAVE depends on it.
     pub const XSAVE: u32 = bit(26);
@@ -111,19 +123,8 @@ mod leaf1_ecx {
     pub const HYPERVISOR: u32 = bit(31);
 
     /// Everything hidden outright.
-    pub const HIDDEN: u32 = DTES64
-        | MONITOR
-        | DS_CPL
-        | VMX
-        | SMX
-        | EST
-        | TM2
-        | SDBG
-        | XTPR
-        | PDCM
-        | DCA
-        | X2APIC
-        | TSC_DEADLINE;
+    pub const HIDDEN: u32 =
+        DTES64 | MONITOR | DS_CPL | VMX | SMX | EST | TM2 | SDBG | XTPR | PDCM | DCA | X2APIC;
 }
 
 /// Leaf 1 EDX (SDM Vol. 2A, Table 3-11).
@@ -421,6 +422,8 @@ fn basic_leaf(
         4 => leaf_4(host(4, subleaf), vcpus),
         7 if subleaf == 0 => leaf_7_0(host(7, 0), ctx),
         0x0B | 0x1F => extended_topology(subleaf, ctx, vcpus),
+        0x15 => tsc_leaf(ctx.tsc_hz),
+        0x16 => frequency_leaf(ctx.tsc_hz),
         0x0D if subleaf == 1 => {
             // IA32_XSS is denied, so no supervisor state component is
             // offered: ECX:EDX (the IA32_XSS bits supported) are 0.
@@ -472,6 +475,39 @@ fn leaf_1(raw: CpuidResult, ctx: &GuestCpuidContext, vcpus: u32) -> CpuidResult 
 
 /// Leaf 4, deterministic cache parameters: the host's cache descriptions,
 /// each private to one logical processor in a package of `vcpus` cores.
+/// Leaf 15H, "Time Stamp Counter and Nominal Core Crystal Clock": the TSC
+/// runs at ECX * EBX / EAX Hz. ECX is [`CRYSTAL_HZ`]; EBX/EAX is the TSC
+/// rate in kHz over the crystal's, which fits 32 bits for any TSC below
+/// 4 THz. All zero (not enumerated) where the rate is unknown.
+fn tsc_leaf(tsc_hz: u64) -> CpuidResult {
+    let tsc_khz = u32::try_from(tsc_hz / 1000).unwrap_or(0);
+    if tsc_khz == 0 {
+        return CpuidResult::default();
+    }
+    CpuidResult {
+        eax: CRYSTAL_HZ / 1000,
+        ebx: tsc_khz,
+        ecx: CRYSTAL_HZ,
+        edx: 0,
+    }
+}
+
+/// Leaf 16H, "Processor Frequency Information": base and maximum frequency
+/// in MHz (the TSC's: what a guest would measure) and the bus (reference)
+/// frequency, which is the crystal's.
+fn frequency_leaf(tsc_hz: u64) -> CpuidResult {
+    let mhz = u32::try_from(tsc_hz / 1_000_000).unwrap_or(0) & 0xFFFF;
+    if mhz == 0 {
+        return CpuidResult::default();
+    }
+    CpuidResult {
+        eax: mhz,
+        ebx: mhz,
+        ecx: CRYSTAL_HZ / 1_000_000,
+        edx: 0,
+    }
+}
+
 fn leaf_4(raw: CpuidResult, vcpus: u32) -> CpuidResult {
     // Cache type 0 in EAX[4:0]: no more caches, and the rest is not defined.
     if raw.eax & 0x1F == 0 {
@@ -629,16 +665,41 @@ mod tests {
             vcpus,
             cr4_osxsave: false,
             cr4_pke: false,
+            tsc_hz: 0,
         }
+    }
+
+    #[test]
+    fn the_tsc_rate_is_offered_through_leaves_15h_and_16h() {
+        let mut c = ctx(0, 1);
+        c.tsc_hz = 3_500_000_000;
+        let l15 = guest_cpuid(0x15, 0, &c, patterned);
+        assert_eq!(l15.ecx, CRYSTAL_HZ);
+        // Linux: tsc_khz = crystal_khz * EBX / EAX.
+        let khz = u64::from(l15.ecx / 1000) * u64::from(l15.ebx) / u64::from(l15.eax);
+        assert_eq!(khz, 3_500_000);
+        let l16 = guest_cpuid(0x16, 0, &c, patterned);
+        assert_eq!((l16.eax, l16.ebx, l16.ecx), (3500, 3500, 25));
+        // Unknown rate: not enumerated.
+        c.tsc_hz = 0;
+        assert_eq!(guest_cpuid(0x15, 0, &c, patterned), CpuidResult::default());
+        assert_eq!(guest_cpuid(0x16, 0, &c, patterned), CpuidResult::default());
+    }
+
+    #[test]
+    fn the_tsc_deadline_timer_is_offered_and_the_x2apic_is_not() {
+        let l1 = guest_cpuid(1, 0, &ctx(0, 1), all_ones);
+        assert_ne!(l1.ecx & leaf1_ecx::TSC_DEADLINE, 0);
+        assert_eq!(l1.ecx & leaf1_ecx::X2APIC, 0);
     }
 
     #[test]
     fn leaf_1_with_an_all_ones_host() {
         let one = guest_cpuid(1, 0, &ctx(0, 1), all_ones);
         assert_eq!(one.eax, u32::MAX);
-        // Hidden ECX bits 2-8, 11, 14, 15, 18, 21, 24, 27 (OSXSAVE, CR4 off);
-        // bit 31 set.
-        assert_eq!(one.ecx, 0xF6DB_3603);
+        // Hidden ECX bits 2-8, 11, 14, 15, 18, 21, 27 (OSXSAVE, CR4 off);
+        // bit 24 (TSC-deadline) kept, bit 31 set.
+        assert_eq!(one.ecx, 0xF7DB_3603);
         // Hidden EDX bits 7, 12, 14, 21, 22, 28 (one vCPU), 29, 31.
         assert_eq!(one.edx, 0x4F9F_AF7F);
         // APIC ID 0, one logical processor, low 16 bits kept.
@@ -653,7 +714,7 @@ mod tests {
     #[test]
     fn leaf_1_hides_each_named_bit() {
         let r = guest_cpuid(1, 0, &ctx(0, 2), all_ones);
-        for bit in [2, 3, 4, 5, 6, 7, 8, 14, 15, 21, 24] {
+        for bit in [2, 3, 4, 5, 6, 7, 8, 14, 15, 21] {
             assert_eq!(r.ecx & (1 << bit), 0, "ECX bit {bit}");
         }
         for bit in [7, 12, 14, 21, 22, 29, 31] {
@@ -910,6 +971,7 @@ mod tests {
                         vcpus,
                         cr4_osxsave: osxsave,
                         cr4_pke: pke,
+                        tsc_hz: 0,
                     };
                     let r = guest_cpuid(1, 0, &c, host);
                     assert_eq!(r.ecx & leaf1_ecx::VMX, 0);
@@ -949,7 +1011,8 @@ mod tests {
 
     #[test]
     fn leaf_0_and_other_basic_leaves_pass_through() {
-        for leaf in [0, 2, 3, 0x15, 0x16, 0x20] {
+        // (15H and 16H report the guest's TSC rate instead.)
+        for leaf in [0, 2, 3, 0x17, 0x20] {
             for subleaf in [0, 1] {
                 assert_eq!(
                     guest_cpuid(leaf, subleaf, &ctx(0, 2), patterned),
@@ -1034,7 +1097,7 @@ mod tests {
         ) {
             let host = |l: u32, _| if l == 0 { CpuidResult { eax: max, ..CpuidResult::default() } }
                 else { CpuidResult { eax: regs[0], ebx: regs[1], ecx: regs[2], edx: regs[3] } };
-            let c = GuestCpuidContext { vcpu_index, vcpus, cr4_osxsave: true, cr4_pke: true };
+            let c = GuestCpuidContext { vcpu_index, vcpus, cr4_osxsave: true, cr4_pke: true, tsc_hz: 3_500_000_000 };
             let _ = guest_cpuid(leaf, subleaf, &c, host);
             let l1 = guest_cpuid(1, subleaf, &c, host);
             if max >= 1 {

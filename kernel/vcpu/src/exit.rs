@@ -19,12 +19,14 @@ use core::fmt;
 use addr::GuestPhysAddr;
 
 use super::access::{Event, Gpr, Segment, VcpuAccess, SEGMENT_L};
-use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext};
+use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext, CRYSTAL_HZ};
 use super::hypercall::{self, Hypercall};
 use super::mmio::{self, MmioError, MmioOutcome};
 use super::msr::VirtualMsrs;
 use super::stop::{RegisterDump, StopReason};
-use super::vm::VmDevices;
+use super::vm::{attention_at, is_lapic_page, VcpuMmio, VmDevices};
+use devices::bus::VmRequest;
+use devices::lapic::{LocalApic, IA32_TSC_DEADLINE_MSR};
 
 /// The direction of a port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -531,15 +533,19 @@ pub struct VcpuModel {
     pub msrs: VirtualMsrs,
     /// The guest's XCR0.
     pub xcr0: u64,
-    /// The guest's CR8 (task priority), kept here until a virtual LAPIC
-    /// exists.
-    pub cr8: u64,
+    /// The vCPU's local APIC (CR8 is its task priority).
+    pub lapic: LocalApic,
+    /// When the vCPU next needs the interrupt path
+    /// ([`attention_at`](super::vm::attention_at)), as of its last exit.
+    pub attention_at: u64,
     /// What the vCPU did.
     pub stats: ExitStats,
     /// Its exits by kind, not yet handed to the scheduler.
     pub tally: ExitTally,
     /// The guest's CPUID answers already worked out.
     pub cpuid_cache: CpuidCache,
+    /// The TSC rate (Hz) the guest is told through CPUID; 0 where unknown.
+    pub tsc_hz: u64,
 }
 
 /// The answers [`guest_cpuid`] gave this vCPU, so a guest that asks the
@@ -619,17 +625,26 @@ const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_IF: u64 = 1 << 9;
 
 impl VcpuModel {
-    /// vCPU `index` of a guest with `vcpus`.
-    pub fn new(index: u32, vcpus: u32) -> Self {
+    /// vCPU `index` of a guest with `vcpus`, on a host whose TSC runs at
+    /// `tsc_hz`.
+    pub fn new(index: u32, vcpus: u32, tsc_hz: u64) -> Self {
         Self {
             index,
             vcpus,
             msrs: VirtualMsrs::new(index),
             xcr0: 1,
-            cr8: 0,
+            lapic: {
+                let id = u8::try_from(index).unwrap_or(u8::MAX);
+                let mut lapic = LocalApic::new(id, tsc_hz, u64::from(CRYSTAL_HZ));
+                // Kernels start where firmware would leave them.
+                lapic.firmware_state();
+                lapic
+            },
+            attention_at: u64::MAX,
             stats: ExitStats::default(),
             tally: ExitTally::default(),
             cpuid_cache: CpuidCache::default(),
+            tsc_hz,
         }
     }
 }
@@ -651,10 +666,14 @@ pub fn handle_exit<B: VcpuAccess, P: Platform>(
     }
     model.stats.exits = model.stats.exits.wrapping_add(1);
     model.tally.count(exit.kind());
-    match dispatch(exit, vcpu, model, vm, platform) {
+    let outcome = match dispatch(exit, vcpu, model, vm, platform) {
         Ok(outcome) => outcome,
         Err(e) => Outcome::stop(StopReason::Backend(e.to_string())),
-    }
+    };
+    // The exit may have changed what the vCPU can be given (an EOI, a
+    // TPR, an unmasked 8259 input, an armed APIC timer).
+    model.attention_at = attention_at(&model.lapic, vm);
+    outcome
 }
 
 /// Handles a CPUID exit, the one exit a guest takes most: what
@@ -690,7 +709,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
         Exit::Hlt => hlt(vcpu),
         Exit::MsrRead => rdmsr(vcpu, model),
-        Exit::MsrWrite => wrmsr(vcpu, model),
+        Exit::MsrWrite => wrmsr(vcpu, model, platform.now()),
         Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
         Exit::Xsetbv => xsetbv(vcpu, model, platform),
         Exit::SliceEnd => Ok(Outcome::Preempted),
@@ -722,7 +741,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
             vcpu,
         )?)))),
         Exit::NestedPageFault { .. } => match exit.nested_fault() {
-            Some(fault) => nested_page_fault(vcpu, vm, platform, &fault),
+            Some(fault) => nested_page_fault(vcpu, model, vm, platform, &fault),
             None => Ok(Outcome::Resume),
         },
         Exit::NestedPagingMisconfigured { gpa } => {
@@ -754,12 +773,17 @@ fn dispatch<B: VcpuAccess, P: Platform>(
 /// (and an MMIO access no device takes) stops the guest.
 fn nested_page_fault<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
+    model: &mut VcpuModel,
     vm: &mut VmDevices,
     platform: &mut P,
     fault: &NestedFault,
 ) -> Result<Outcome, B::Error> {
-    if !fault.fetch && vm.is_mmio(fault.gpa) {
-        match mmio::emulate_mmio(vcpu, vm, platform, fault) {
+    if !fault.fetch && (is_lapic_page(fault.gpa) || vm.is_mmio(fault.gpa)) {
+        let mut space = VcpuMmio {
+            lapic: &mut model.lapic,
+            devices: vm,
+        };
+        match mmio::emulate_mmio(vcpu, &mut space, platform, fault) {
             Ok(MmioOutcome::Emulated) => return Ok(Outcome::Resume),
             Ok(MmioOutcome::Unclaimed) => {}
             Err(MmioError::Backend(e)) => return Err(e),
@@ -849,6 +873,7 @@ fn cpuid<B: VcpuAccess>(
         vcpus: model.vcpus,
         cr4_osxsave: cr4 & CR4_OSXSAVE != 0,
         cr4_pke: cr4 & CR4_PKE != 0,
+        tsc_hz: model.tsc_hz,
     };
     let (leaf, subleaf) = (vcpu.gpr(Gpr::Rax)? as u32, vcpu.gpr(Gpr::Rcx)? as u32);
     let r = model.cpuid_cache.lookup(leaf, subleaf, &ctx, host);
@@ -885,6 +910,14 @@ fn port_io<B: VcpuAccess, P: Platform>(
             let value = vcpu.gpr(Gpr::Rax)? as u32;
             if !vm.port_write(io.port, size, value, now, &mut sink) {
                 model.stats.io_writes_ignored = model.stats.io_writes_ignored.saturating_add(1);
+            }
+            // The reset control register, the keyboard controller's reset
+            // line or the ACPI sleep control: the guest's own reset or
+            // power-off, which ends this guest only.
+            match vm.take_request() {
+                Some(VmRequest::PowerOff) => return Ok(Outcome::stop(StopReason::PoweredOff)),
+                Some(VmRequest::Reset) => return Ok(Outcome::stop(StopReason::Reset)),
+                None => {}
             }
         }
         IoDirection::In => {
@@ -975,7 +1008,17 @@ fn hlt<B: VcpuAccess>(vcpu: &mut B) -> Result<Outcome, B::Error> {
 
 fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
     model.stats.msr = model.stats.msr.saturating_add(1);
-    match model.msrs.read(vcpu.gpr(Gpr::Rcx)? as u32) {
+    let msr = vcpu.gpr(Gpr::Rcx)? as u32;
+    let value = if msr == IA32_TSC_DEADLINE_MSR {
+        // The APIC keeps host TSC values; the guest's TSC is offset.
+        match model.lapic.tsc_deadline() {
+            0 => Ok(0),
+            host => Ok(host.wrapping_add(vcpu.tsc_offset()?)),
+        }
+    } else {
+        model.msrs.read(msr)
+    };
+    match value {
         Ok(value) => {
             vcpu.set_gpr(Gpr::Rax, value & 0xFFFF_FFFF)?;
             vcpu.set_gpr(Gpr::Rdx, value >> 32)?;
@@ -985,10 +1028,24 @@ fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, 
     }
 }
 
-fn wrmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
+fn wrmsr<B: VcpuAccess>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    now: u64,
+) -> Result<Outcome, B::Error> {
     model.stats.msr = model.stats.msr.saturating_add(1);
     let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
-    match model.msrs.write(vcpu.gpr(Gpr::Rcx)? as u32, value) {
+    let msr = vcpu.gpr(Gpr::Rcx)? as u32;
+    if msr == IA32_TSC_DEADLINE_MSR {
+        // 0 disarms; anything else is a guest TSC value, made a host one.
+        let host = match value {
+            0 => 0,
+            guest => guest.wrapping_sub(vcpu.tsc_offset()?).max(1),
+        };
+        model.lapic.set_tsc_deadline(host, now);
+        return skip(vcpu);
+    }
+    match model.msrs.write(msr, value) {
         Ok(()) => skip(vcpu),
         Err(_) => inject(vcpu, model, GP, Some(0)),
     }
@@ -1053,11 +1110,11 @@ fn cr_access<B: VcpuAccess, P: Platform>(
             if value > 15 {
                 return inject(vcpu, model, GP, Some(0));
             }
-            model.cr8 = value;
+            model.lapic.set_cr8(value);
             skip(vcpu)
         }
         (8, CrAccessKind::MovFrom(gpr)) => {
-            vcpu.set_gpr(gpr, model.cr8)?;
+            vcpu.set_gpr(gpr, model.lapic.cr8())?;
             skip(vcpu)
         }
         (0, CrAccessKind::Lmsw(source)) => {

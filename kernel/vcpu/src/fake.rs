@@ -229,6 +229,11 @@ impl VcpuAccess for FakeVcpu {
         self.tsc_offset = offset;
         Ok(())
     }
+
+    fn tsc_offset(&self) -> Result<u64, FakeError> {
+        self.check()?;
+        Ok(self.tsc_offset)
+    }
 }
 
 /// A machine with a small RAM, a fixed host CPUID and XSAVE for x87, SSE

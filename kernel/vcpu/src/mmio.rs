@@ -264,17 +264,63 @@ fn merge(old: u64, value: u64, dst: Register, width: u8) -> u64 {
     }
 }
 
+/// Where an emulated MMIO access goes: a VM's device bus, or a vCPU's view
+/// of it (its own local APIC page in front of the bus).
+pub trait MmioSpace {
+    /// The guest reads `size` bytes at `gpa` at TSC `now`: `None` when
+    /// nothing claims it.
+    fn mmio_read(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> Option<u64>;
+    /// The guest writes `value` at `gpa`: false when nothing claims it.
+    fn mmio_write(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        value: u64,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> bool;
+}
+
+impl MmioSpace for VmDevices {
+    fn mmio_read(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> Option<u64> {
+        VmDevices::mmio_read(self, gpa, size, now, sink)
+    }
+
+    fn mmio_write(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        value: u64,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> bool {
+        VmDevices::mmio_write(self, gpa, size, value, now, sink)
+    }
+}
+
 /// Emulates the instruction at RIP that made the MMIO access `fault`: the
-/// access goes to `vm`'s bus, a load's register is written, and RIP moves
+/// access goes to `vm` (the bus, or the vCPU's local APIC), a load's register is written, and RIP moves
 /// past the instruction (an STI or MOV SS shadow it was in ends with it).
 /// Outside 64-bit mode RIP wraps at 4 GiB.
 ///
 /// `Ok(Unclaimed)` when no device claims the access (nothing changed);
 /// [`MmioError::NotEmulated`] when the instruction cannot be read or is not
 /// one that is emulated (nothing changed either).
-pub fn emulate_mmio<B: VcpuAccess, P: Platform>(
+pub fn emulate_mmio<B: VcpuAccess, P: Platform, S: MmioSpace + ?Sized>(
     vcpu: &mut B,
-    vm: &mut VmDevices,
+    vm: &mut S,
     platform: &mut P,
     fault: &NestedFault,
 ) -> Result<MmioOutcome, MmioError<B::Error>> {

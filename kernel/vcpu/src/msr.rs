@@ -90,8 +90,14 @@ pub const SWITCHED_MSRS: &[u32] = &[
     IA32_TSC_AUX,
 ];
 
-/// MSRs answered by [`VirtualMsrs`] for reads and writes.
+/// IA32_TSC_DEADLINE: emulated by the vCPU's local APIC (the exit handler
+/// answers it before [`VirtualMsrs`], which refuses it).
+pub const IA32_TSC_DEADLINE: u32 = 0x6E0;
+
+/// MSRs that exit to be answered: by [`VirtualMsrs`], or for
+/// IA32_TSC_DEADLINE by the local APIC.
 const EMULATED_MSRS: &[u32] = &[
+    IA32_TSC_DEADLINE,
     IA32_PLATFORM_ID,
     IA32_APIC_BASE,
     IA32_BIOS_SIGN_ID,
@@ -340,7 +346,6 @@ mod tests {
             0x400,       // IA32_MC0_CTL
             0x600,       // IA32_DS_AREA
             0x6A2,       // IA32_S_CET
-            0x6E0,       // IA32_TSC_DEADLINE
             0x802,       // x2APIC ID
             0x830,       // x2APIC ICR
             0xC80,       // IA32_DEBUG_INTERFACE

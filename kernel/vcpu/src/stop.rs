@@ -55,6 +55,13 @@ impl fmt::Display for RegisterDump {
 /// [`super::exit::Outcome`], which the hot path returns in registers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
+    /// The guest powered itself off (ACPI S5 through its PM1 control
+    /// register). Never restarted: it asked to be off.
+    PoweredOff,
+    /// The guest reset itself (port 0xCF9, the keyboard controller's reset
+    /// line, the ACPI reset register): restarted where the configuration
+    /// says `on_guest_stop = "restart"`, stopped otherwise.
+    Reset,
     /// The guest asked to stop (hypercall `FV_EXIT`).
     Exited {
         /// Its exit code.
@@ -129,6 +136,8 @@ pub enum StopReason {
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::PoweredOff => f.write_str("powered off"),
+            Self::Reset => f.write_str("reset (the guest rebooted)"),
             Self::Exited { code } => write!(f, "exited with code {code}"),
             Self::HaltedWithInterruptsOff { rip } => {
                 write!(f, "halted forever (HLT with interrupts off at RIP {rip:#x})")

@@ -1,20 +1,60 @@
 //! What a VM's vCPUs share besides RAM and its second-level tables: the
-//! device bus, the interrupt lines and the interrupt controller, and the
-//! interrupt path from a raised line to an event injected into a vCPU.
+//! PC platform's devices on one bus, the interrupt lines, and the interrupt
+//! path from a raised line to an event injected into a vCPU.
 //! Vendor-neutral: it reaches a vCPU only through [`VcpuAccess`].
+//!
+//! # The platform
+//!
+//! Every VM gets the devices a PC kernel expects (and the firmware tables
+//! describe): COM1 (a 16550A on line 4), the 8259A pair, the 8254 PIT with
+//! port 0x61 (line 0), the CMOS/RTC, the keyboard controller's reset line,
+//! the PCI host bridge's configuration ports (no devices) with the reset
+//! control register at 0xCF9, the ACPI PM1 and PM-timer registers, the
+//! I/O APIC at `0xFEC0_0000`, and Ferrovisor's test timer (line 5). Each
+//! vCPU has its own local APIC (in its [`VcpuModel`](crate::exit::VcpuModel)),
+//! reached through MMIO at `0xFEE0_0000` from that vCPU only.
+//!
+//! # Interrupt routing
+//!
+//! Line `n` goes to 8259 input `n` (ISA IRQ `n`) and to I/O APIC pin `n`
+//! (the MADT has no interrupt source overrides). The I/O APIC's messages go
+//! to the local APICs they name; the 8259's output reaches a vCPU whose
+//! local APIC passes ExtINT (LINT0 in virtual-wire mode, or the APIC
+//! disabled), as on a PC. Before each entry [`deliver_interrupt`] injects
+//! what the vCPU can take: the 8259's vector by an INTA cycle, or the
+//! local APIC's highest pending vector.
 
 use alloc::boxed::Box;
 
 use addr::GuestPhysAddr;
-use devices::bus::{Bus, DeviceId};
-use devices::irq::{InterruptController, IrqLines, SimpleIrqChip};
+use devices::acpi_pm::{AcpiPm, ACPI_PM_PORTS};
+use devices::apic::DeliveryMode;
+use devices::bus::{Bus, DeviceId, VmRequest};
+use devices::i8042::{I8042, I8042_PORTS};
+use devices::ioapic::{IoApic, IOAPIC_BASE};
+use devices::irq::{InterruptController, IrqLines};
+use devices::lapic::{ApicEffect, IpiShorthand, LocalApic, LAPIC_BASE};
+use devices::pci_host::{PciHost, PCI_HOST_PORTS};
+use devices::pic::{DualPic, PIC_PORTS};
+use devices::pit::{Pit, PIT_PORTS};
+use devices::rtc::{Rtc, RTC_PORTS};
 use devices::serial::UartDevice;
 use devices::timer::{TestTimer, TEST_TIMER_PORTS};
 
 use super::access::{Event, VcpuAccess};
+use super::mmio::MmioSpace;
 
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
+
+/// The wall-clock time at one TSC value: what a VM's RTC starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WallClock {
+    /// Seconds since 1970-01-01 00:00 UTC.
+    pub unix_seconds: u64,
+    /// The TSC when it was that time.
+    pub tsc: u64,
+}
 
 /// A VM's devices and interrupt routing.
 pub struct VmDevices {
@@ -23,14 +63,14 @@ pub struct VmDevices {
     pub bus: Bus,
     /// The VM's interrupt lines.
     irqs: IrqLines,
-    /// Where the lines go: the trivial controller until the PC's 8259,
-    /// I/O APIC and local APICs exist.
-    chip: SimpleIrqChip,
+    /// The 8259 pair and the I/O APIC, on the bus.
+    pic: Option<DeviceId>,
+    ioapic: Option<DeviceId>,
     /// COM1, whose console the print hypercall writes to.
     com1: Option<DeviceId>,
     /// The earliest device deadline (`u64::MAX`: none), and whether a line
-    /// changed or the controller holds an interrupt, as of the last
-    /// access: what [`VmDevices::needs_attention`] reads on every entry.
+    /// changed or the I/O APIC holds a message, as of the last access:
+    /// what [`VmDevices::needs_attention`] reads on every entry.
     deadline: u64,
     pending: bool,
 }
@@ -44,28 +84,54 @@ impl core::fmt::Debug for VmDevices {
     }
 }
 
-impl Default for VmDevices {
-    fn default() -> Self {
-        Self::new()
+/// The I/O APIC's input pins as an [`InterruptController`] that
+/// [`IrqLines::forward_to`] can drive: only `set_line` means anything, the
+/// vectors come out as messages ([`IoApic::take_message`]).
+struct IoApicPins<'a>(&'a mut IoApic);
+
+impl InterruptController for IoApicPins<'_> {
+    fn set_line(&mut self, line: u8, level: bool) {
+        self.0.set_line(line, level);
+    }
+
+    fn pending_vector(&self) -> Option<u8> {
+        None
+    }
+
+    fn acknowledge(&mut self) -> Option<u8> {
+        None
     }
 }
 
 impl VmDevices {
-    /// The devices every guest gets today: a 16550 as COM1 (ports
-    /// 0x3F8..=0x3FF, line 4) and the test timer (ports 0xE0..=0xE7, line
-    /// 5), with the trivial interrupt controller (line L is vector
-    /// 0x20 + L).
-    pub fn new() -> Self {
+    /// The PC platform (see the module documentation) on a host whose TSC
+    /// runs at `tsc_hz`, its RTC showing `clock`.
+    pub fn new(tsc_hz: u64, clock: WallClock) -> Self {
         let mut bus = Bus::new();
         let com1 = UartDevice::com1();
         let com1_ports = com1.ports();
-        // Neither can fail: the ranges are fixed and do not overlap.
+        // None of these can fail: the ranges are fixed and do not overlap
+        // (a test adds them all).
         let com1 = bus.add(Box::new(com1), &[com1_ports], &[]).ok();
         let _ = bus.add(Box::new(TestTimer::new()), &[TEST_TIMER_PORTS], &[]);
+        let pic = bus.add(Box::new(DualPic::new()), &PIC_PORTS, &[]).ok();
+        let _ = bus.add(Box::new(Pit::new(tsc_hz)), &PIT_PORTS, &[]);
+        let _ = bus.add(
+            Box::new(Rtc::new(tsc_hz, clock.unix_seconds, clock.tsc)),
+            &[RTC_PORTS],
+            &[],
+        );
+        let _ = bus.add(Box::new(I8042::new()), &I8042_PORTS, &[]);
+        let _ = bus.add(Box::new(PciHost::new()), &[PCI_HOST_PORTS], &[]);
+        let _ = bus.add(Box::new(AcpiPm::new(tsc_hz)), &ACPI_PM_PORTS, &[]);
+        let ioapic = devices::bus::MmioRange::new(GuestPhysAddr::new(IOAPIC_BASE), 1)
+            .ok()
+            .and_then(|range| bus.add(Box::new(IoApic::new(0)), &[], &[range]).ok());
         Self {
             bus,
             irqs: IrqLines::new(),
-            chip: SimpleIrqChip::new(),
+            pic,
+            ioapic,
             com1,
             deadline: u64::MAX,
             pending: false,
@@ -76,7 +142,26 @@ impl VmDevices {
     /// after a device may have changed (a timer armed, a line moved).
     pub fn refresh(&mut self) {
         self.deadline = self.bus.next_deadline().unwrap_or(u64::MAX);
-        self.pending = self.irqs.has_changes() || self.chip.pending_vector().is_some();
+        self.pending =
+            self.irqs.has_changes() || self.ioapic_mut().is_some_and(|io| io.has_messages());
+    }
+
+    fn ioapic_mut(&mut self) -> Option<&mut IoApic> {
+        self.ioapic.and_then(|id| self.bus.get_mut::<IoApic>(id))
+    }
+
+    fn pic_mut(&mut self) -> Option<&mut DualPic> {
+        self.pic.and_then(|id| self.bus.get_mut::<DualPic>(id))
+    }
+
+    /// Whether the 8259 pair asserts its output to the CPU.
+    pub fn pic_output(&mut self) -> bool {
+        self.pic_mut().is_some_and(|pic| pic.output())
+    }
+
+    /// A reset or power-off a device asked for since the last call.
+    pub fn take_request(&mut self) -> Option<VmRequest> {
+        self.bus.take_request()
     }
 
     /// The guest reads `size` bytes from `port` at TSC `now`: `None` when
@@ -146,6 +231,26 @@ impl VmDevices {
         }
     }
 
+    /// Console input for the guest's COM1: how many of `bytes` its receive
+    /// FIFO took (the rest are the caller's to offer again).
+    pub fn feed_com1(&mut self, bytes: &[u8], now: u64, sink: &mut dyn FnMut(&str)) -> usize {
+        let taken = match self.com1 {
+            Some(id) => self
+                .bus
+                .with_device(
+                    id,
+                    now,
+                    &mut self.irqs,
+                    sink,
+                    |uart: &mut UartDevice, env| uart.receive(bytes, env),
+                )
+                .unwrap_or(0),
+            None => 0,
+        };
+        self.refresh();
+        taken
+    }
+
     /// Emits every device's partial console line (the guest stops).
     pub fn flush(&mut self, sink: &mut dyn FnMut(&str)) {
         self.bus.flush(sink);
@@ -162,43 +267,197 @@ impl VmDevices {
         self.bus.next_deadline()
     }
 
-    /// Whether anything may be due for the guest at `now`: a device timer,
-    /// a line that changed, or an interrupt the controller holds. Cheap,
-    /// so the run loop asks before every entry.
+    /// Whether anything may be due for the VM's vCPUs at `now`: a device
+    /// timer, a line that changed, or an I/O APIC message to route. Cheap,
+    /// so the run loop asks before every entry (together with the vCPU's
+    /// own [`attention_at`]).
     #[inline]
     pub fn needs_attention(&self, now: u64) -> bool {
         self.pending || self.deadline <= now
     }
 
-    /// Runs the timers due at `now` and forwards changed lines to the
-    /// controller; the vector it would deliver next, if any.
-    pub fn poll(&mut self, now: u64, sink: &mut dyn FnMut(&str)) -> Option<u8> {
+    /// Runs the timers due at `now` and hands changed lines to the 8259
+    /// pair and the I/O APIC.
+    pub fn poll(&mut self, now: u64, sink: &mut dyn FnMut(&str)) {
         self.bus.run_timers(now, &mut self.irqs, sink);
-        self.irqs.forward_to(&mut self.chip);
+        if self.irqs.has_changes() {
+            let mut copy = self.irqs;
+            match self.pic.and_then(|id| self.bus.get_mut::<DualPic>(id)) {
+                Some(pic) => self.irqs.forward_to(pic),
+                // (Never: every VM has the pair.) The changes are seen.
+                None => self
+                    .irqs
+                    .forward_to(&mut devices::irq::SimpleIrqChip::new()),
+            }
+            if let Some(io) = self.ioapic.and_then(|id| self.bus.get_mut::<IoApic>(id)) {
+                copy.forward_to(&mut IoApicPins(io));
+            }
+        }
         self.refresh();
-        self.chip.pending_vector()
     }
 
-    /// Takes the interrupt the controller would deliver next, for
-    /// injection.
-    pub fn acknowledge(&mut self) -> Option<u8> {
-        let vector = self.chip.acknowledge();
+    /// Takes the I/O APIC's messages to `lapic` (the VM's only local APIC
+    /// while guests have one vCPU; a message for another destination finds
+    /// no APIC and is dropped, as on a bus with nobody listening).
+    pub fn route_messages(&mut self, lapic: &mut LocalApic) {
+        let Some(io) = self.ioapic_mut() else {
+            return;
+        };
+        while let Some(msg) = io.take_message() {
+            if !lapic.matches(msg.dest, msg.logical) {
+                continue;
+            }
+            accept(lapic, msg.mode, msg.vector, msg.level_triggered);
+        }
+        self.refresh();
+    }
+
+    /// A level-triggered interrupt's EOI at a local APIC reaches the I/O
+    /// APIC (SDM Vol. 3A, 11.8.5).
+    pub fn ioapic_eoi(&mut self, vector: u8) {
+        if let Some(io) = self.ioapic_mut() {
+            io.eoi(vector);
+        }
+        self.refresh();
+    }
+
+    /// The INTA cycle: the 8259's vector.
+    pub fn pic_acknowledge(&mut self) -> Option<u8> {
+        let vector = self.pic_mut().map(|pic| pic.inta());
         self.refresh();
         vector
     }
 }
 
-/// Before an entry: injects the interrupt the controller holds if the
-/// vCPU can take it now (RFLAGS.IF set, no STI or MOV SS shadow, no other
-/// event already being delivered); otherwise, with one held, asks for an
-/// exit when it can (interrupt window). True when it injected one.
+/// Hands an interrupt of `mode` to `lapic`.
+fn accept(lapic: &mut LocalApic, mode: DeliveryMode, vector: u8, level: bool) {
+    match mode {
+        DeliveryMode::Fixed | DeliveryMode::LowestPriority => lapic.accept(vector, level),
+        DeliveryMode::Nmi => lapic.accept_nmi(),
+        DeliveryMode::Init => lapic.accept_init(),
+        DeliveryMode::StartUp => lapic.accept_sipi(vector),
+        // SMIs have no meaning in a guest; ExtINT comes from the 8259
+        // through LINT0, not as a message.
+        DeliveryMode::Smi | DeliveryMode::ExtInt => {}
+    }
+}
+
+/// One vCPU's view of guest-physical MMIO: its own local APIC's page in
+/// front of the VM's bus.
+pub struct VcpuMmio<'a> {
+    /// The vCPU's local APIC.
+    pub lapic: &'a mut LocalApic,
+    /// The VM's devices.
+    pub devices: &'a mut VmDevices,
+}
+
+/// Whether `gpa` is on the local APIC's page.
+#[inline]
+pub fn is_lapic_page(gpa: GuestPhysAddr) -> bool {
+    gpa.as_u64() & !0xFFF == LAPIC_BASE
+}
+
+impl MmioSpace for VcpuMmio<'_> {
+    fn mmio_read(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> Option<u64> {
+        if !is_lapic_page(gpa) {
+            return self.devices.mmio_read(gpa, size, now, sink);
+        }
+        // 32-bit registers on 16-byte boundaries (SDM Vol. 3A, 11.4.1): a
+        // narrower read takes its bytes of the aligned dword.
+        let offset = (gpa.as_u64() & 0xFFF) as u32;
+        let value = u64::from(self.lapic.read(offset & !3, now));
+        let shift = (offset & 3).saturating_mul(8);
+        Some(value.checked_shr(shift).unwrap_or(0))
+    }
+
+    fn mmio_write(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: u8,
+        value: u64,
+        now: u64,
+        sink: &mut dyn FnMut(&str),
+    ) -> bool {
+        if !is_lapic_page(gpa) {
+            return self.devices.mmio_write(gpa, size, value, now, sink);
+        }
+        // Only whole aligned dwords write a register (narrower writes are
+        // undefined on hardware and dropped here).
+        let offset = (gpa.as_u64() & 0xFFF) as u32;
+        if size < 4 || offset & 3 != 0 {
+            return true;
+        }
+        match self.lapic.write(offset, value as u32, now) {
+            ApicEffect::None => {}
+            ApicEffect::Eoi {
+                vector,
+                level_triggered,
+            } => {
+                if level_triggered {
+                    self.devices.ioapic_eoi(vector);
+                }
+            }
+            ApicEffect::Ipi(ipi) => {
+                // One vCPU: an IPI reaches this APIC or nobody.
+                let msg = ipi.message;
+                let to_self = match ipi.shorthand {
+                    IpiShorthand::SelfOnly | IpiShorthand::AllIncludingSelf => true,
+                    IpiShorthand::AllExcludingSelf => false,
+                    IpiShorthand::Destination => self.lapic.matches(msg.dest, msg.logical),
+                };
+                if to_self {
+                    accept(self.lapic, msg.mode, msg.vector, msg.level_triggered);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// When the vCPU with `lapic` next needs the interrupt path: 0 when it
+/// has an interrupt it could be given now (its local APIC's, or the
+/// 8259's through LINT0), else its APIC timer's deadline, else
+/// `u64::MAX`. The run loop compares it with the clock before each entry
+/// and when the vCPU halts.
+pub fn attention_at(lapic: &LocalApic, vm: &mut VmDevices) -> u64 {
+    if lapic.pending_vector().is_some() || (lapic.wants_extint() && vm.pic_output()) {
+        return 0;
+    }
+    lapic.timer_deadline().unwrap_or(u64::MAX)
+}
+
+/// Before an entry: routes what the devices raised to the vCPU's local
+/// APIC, runs its timer, and injects the interrupt the vCPU can take now
+/// (RFLAGS.IF set, no STI or MOV SS shadow, no other event already being
+/// delivered): the 8259's through an INTA cycle where LINT0 passes ExtINT,
+/// else the local APIC's highest. With one held but the vCPU closed, asks
+/// for an exit when it opens (interrupt window). True when it injected.
 pub fn deliver_interrupt<B: VcpuAccess>(
     vcpu: &mut B,
+    lapic: &mut LocalApic,
     vm: &mut VmDevices,
     now: u64,
     sink: &mut dyn FnMut(&str),
 ) -> Result<bool, B::Error> {
-    if vm.poll(now, sink).is_none() {
+    vm.poll(now, sink);
+    vm.route_messages(lapic);
+    lapic.run_timer(now);
+    if lapic.take_nmi() {
+        if !vcpu.event_pending()? {
+            vcpu.inject(Event::Nmi)?;
+            return Ok(true);
+        }
+        // Delivered at the next chance.
+        lapic.accept_nmi();
+    }
+    let extint = lapic.wants_extint() && vm.pic_output();
+    if !extint && lapic.pending_vector().is_none() {
         return Ok(false);
     }
     let open =
@@ -207,7 +466,12 @@ pub fn deliver_interrupt<B: VcpuAccess>(
         vcpu.request_interrupt_window(true)?;
         return Ok(false);
     }
-    match vm.acknowledge() {
+    let vector = if extint {
+        vm.pic_acknowledge()
+    } else {
+        lapic.acknowledge()
+    };
+    match vector {
         Some(vector) => {
             vcpu.inject(Event::ExternalInterrupt { vector })?;
             Ok(true)
@@ -235,9 +499,44 @@ mod tests {
         |line| lines.push(line.into())
     }
 
+    const TSC_HZ: u64 = 1_000_000_000;
+
+    fn pc() -> VmDevices {
+        VmDevices::new(TSC_HZ, WallClock::default())
+    }
+
+    /// A local APIC as a vCPU starts with it: firmware's virtual wire.
+    fn lapic() -> LocalApic {
+        let mut lapic = LocalApic::new(0, TSC_HZ, 25_000_000);
+        lapic.firmware_state();
+        lapic
+    }
+
+    /// The 8259 pair set up as a PC BIOS does (vectors 0x20 and 0x28),
+    /// every input masked but `unmasked`.
+    fn program_pic(vm: &mut VmDevices, unmasked: u8) {
+        let mut lines = Vec::new();
+        for (port, value) in [
+            (0x20, 0x11),
+            (0xA0, 0x11),
+            (0x21, 0x20),
+            (0xA1, 0x28),
+            (0x21, 0x04),
+            (0xA1, 0x02),
+            (0x21, 0x01),
+            (0xA1, 0x01),
+            (0x21, u32::from(!(1u8 << unmasked))),
+            (0xA1, 0xFF),
+        ] {
+            assert!(vm.port_write(port, 1, value, 0, &mut sink(&mut lines)));
+        }
+    }
+
     #[test]
-    fn the_test_timer_wakes_a_guest_with_its_vector() {
-        let mut vm = VmDevices::new();
+    fn the_test_timer_wakes_a_guest_through_the_8259_and_lint0() {
+        let mut vm = pc();
+        let mut apic = lapic();
+        program_pic(&mut vm, 5);
         let mut lines = Vec::new();
         // Arm in 2 units (2 * 1024 ticks) at t = 1000.
         assert!(vm.port_write(0xE0, 4, 2, 1000, &mut sink(&mut lines)));
@@ -245,37 +544,175 @@ mod tests {
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x202;
         assert!(!vm.needs_attention(2000));
-        assert!(!deliver_interrupt(&mut vcpu, &mut vm, 2000, &mut sink(&mut lines)).unwrap());
+        assert!(
+            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 2000, &mut sink(&mut lines)).unwrap()
+        );
         assert!(vm.needs_attention(3048));
-        assert!(deliver_interrupt(&mut vcpu, &mut vm, 3048, &mut sink(&mut lines)).unwrap());
+        assert!(
+            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 3048, &mut sink(&mut lines)).unwrap()
+        );
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x25 }]);
-        assert!(!vm.needs_attention(3048), "delivered once");
+        // In service at the 8259 until the guest's EOI: nothing more now.
+        assert_eq!(attention_at(&apic, &mut vm), u64::MAX);
+        assert!(
+            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 3049, &mut sink(&mut lines)).unwrap()
+        );
+        assert!(vm.port_write(0x20, 1, 0x20, 3050, &mut sink(&mut lines)));
+        assert_eq!(vcpu.injected.len(), 1, "delivered once");
     }
 
     #[test]
     fn a_guest_with_interrupts_masked_gets_a_window_request_instead() {
-        let mut vm = VmDevices::new();
+        let mut vm = pc();
+        let mut apic = lapic();
+        program_pic(&mut vm, 5);
         let mut lines = Vec::new();
         vm.port_write(0xE0, 4, 1, 0, &mut sink(&mut lines));
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x2;
-        assert!(!deliver_interrupt(&mut vcpu, &mut vm, 5000, &mut sink(&mut lines)).unwrap());
+        assert!(
+            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5000, &mut sink(&mut lines)).unwrap()
+        );
         assert!(vcpu.window && vcpu.injected.is_empty());
+        assert_eq!(attention_at(&apic, &mut vm), 0, "held for the vCPU");
         // IF set but in an STI shadow: still the window.
         vcpu.rflags = 0x202;
         vcpu.shadow = true;
         vcpu.window = false;
-        assert!(!deliver_interrupt(&mut vcpu, &mut vm, 5000, &mut sink(&mut lines)).unwrap());
+        assert!(
+            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5000, &mut sink(&mut lines)).unwrap()
+        );
         assert!(vcpu.window);
         // The window opens: delivered.
         vcpu.shadow = false;
-        assert!(deliver_interrupt(&mut vcpu, &mut vm, 5001, &mut sink(&mut lines)).unwrap());
+        assert!(
+            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5001, &mut sink(&mut lines)).unwrap()
+        );
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x25 }]);
+    }
+
+    /// Writes the I/O APIC register `index` through its MMIO window.
+    fn ioapic_write(vm: &mut VmDevices, index: u32, value: u32) {
+        let mut lines = Vec::new();
+        let base = GuestPhysAddr::new(IOAPIC_BASE);
+        assert!(vm.mmio_write(base, 4, u64::from(index), 0, &mut sink(&mut lines)));
+        let window = GuestPhysAddr::new(IOAPIC_BASE + 0x10);
+        assert!(vm.mmio_write(window, 4, u64::from(value), 0, &mut sink(&mut lines)));
+    }
+
+    #[test]
+    fn the_pit_reaches_the_local_apic_through_the_io_apic_and_eoi_ends_it() {
+        let mut vm = pc();
+        let mut apic = lapic();
+        let mut lines = Vec::new();
+        // Pin 0: vector 0x30, fixed, physical destination APIC 0, edge.
+        ioapic_write(&mut vm, 0x10, 0x30);
+        ioapic_write(&mut vm, 0x11, 0);
+        // PIT channel 0, mode 2, 1193 counts (about 1 ms).
+        assert!(vm.port_write(0x43, 1, 0x34, 0, &mut sink(&mut lines)));
+        assert!(vm.port_write(0x40, 1, 1193 & 0xFF, 0, &mut sink(&mut lines)));
+        assert!(vm.port_write(0x40, 1, 1193 >> 8, 0, &mut sink(&mut lines)));
+        let period = vm.next_deadline().unwrap();
+        assert!((999_000..=1_001_000).contains(&period), "{period}");
+        let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
+        vcpu.rflags = 0x202;
+        assert!(
+            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, period, &mut sink(&mut lines))
+                .unwrap()
+        );
+        assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x30 }]);
+        // The guest's EOI at its local APIC, through the vCPU's MMIO view.
+        let mut space = VcpuMmio {
+            lapic: &mut apic,
+            devices: &mut vm,
+        };
+        let eoi = GuestPhysAddr::new(LAPIC_BASE + 0xB0);
+        assert!(MmioSpace::mmio_write(
+            &mut space,
+            eoi,
+            4,
+            0,
+            period + 1,
+            &mut sink(&mut lines)
+        ));
+        assert_eq!(attention_at(&apic, &mut vm), u64::MAX);
+        // The next period brings the next one.
+        let next = vm.next_deadline().unwrap();
+        assert!(next > period);
+        assert!(
+            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, next, &mut sink(&mut lines)).unwrap()
+        );
+        assert_eq!(vcpu.injected.len(), 2);
+    }
+
+    #[test]
+    fn the_local_apic_page_belongs_to_the_vcpu_and_reads_its_id_and_version() {
+        let mut vm = pc();
+        let mut apic = LocalApic::new(3, TSC_HZ, 25_000_000);
+        let mut lines = Vec::new();
+        let mut space = VcpuMmio {
+            lapic: &mut apic,
+            devices: &mut vm,
+        };
+        let at = |off: u64| GuestPhysAddr::new(LAPIC_BASE + off);
+        assert_eq!(
+            MmioSpace::mmio_read(&mut space, at(0x20), 4, 0, &mut sink(&mut lines)),
+            Some(3 << 24)
+        );
+        assert_eq!(
+            MmioSpace::mmio_read(&mut space, at(0x30), 4, 0, &mut sink(&mut lines)),
+            Some(0x0005_0014)
+        );
+        // A byte of the version register.
+        assert_eq!(
+            MmioSpace::mmio_read(&mut space, at(0x32), 1, 0, &mut sink(&mut lines))
+                .map(|v| v & 0xFF),
+            Some(5)
+        );
+        // The bus is not asked for the APIC page.
+        assert!(!vm.is_mmio(at(0)));
+        assert!(vm.is_mmio(GuestPhysAddr::new(IOAPIC_BASE)));
+    }
+
+    #[test]
+    fn the_apic_timer_sets_when_the_vcpu_needs_attention() {
+        let mut vm = pc();
+        let mut apic = lapic();
+        // LVT timer: TSC-deadline mode (bits 18:17 = 10), vector 0xEC.
+        let _ = apic.write(0x320, (2 << 17) | 0xEC, 0);
+        apic.set_tsc_deadline(50_000, 0);
+        assert_eq!(attention_at(&apic, &mut vm), 50_000);
+        let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
+        vcpu.rflags = 0x202;
+        let mut lines = Vec::new();
+        assert!(
+            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 49_999, &mut sink(&mut lines))
+                .unwrap()
+        );
+        assert!(
+            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 50_000, &mut sink(&mut lines))
+                .unwrap()
+        );
+        assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0xEC }]);
+    }
+
+    #[test]
+    fn resets_and_power_off_reach_the_vm_owner() {
+        let mut lines = Vec::new();
+        let mut vm = pc();
+        assert!(vm.port_write(0xCF9, 1, 0x06, 0, &mut sink(&mut lines)));
+        assert_eq!(vm.take_request(), Some(VmRequest::Reset));
+        assert_eq!(vm.take_request(), None);
+        assert!(vm.port_write(0x64, 1, 0xFE, 0, &mut sink(&mut lines)));
+        assert_eq!(vm.take_request(), Some(VmRequest::Reset));
+        // ACPI S5: SLP_TYP 5 with SLP_EN.
+        assert!(vm.port_write(0x604, 2, (5 << 10) | (1 << 13), 0, &mut sink(&mut lines)));
+        assert_eq!(vm.take_request(), Some(VmRequest::PowerOff));
     }
 
     #[test]
     fn print_and_com1_output_share_one_line() {
-        let mut vm = VmDevices::new();
+        let mut vm = pc();
         let mut lines = Vec::new();
         vm.port_write(0x3F8, 1, u32::from(b'a'), 0, &mut sink(&mut lines));
         vm.print(b"bc\n", &mut sink(&mut lines));

@@ -403,6 +403,10 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
     fn set_tsc_offset(&mut self, offset: u64) -> Result<(), VmcsError> {
         Ok(self.vmcs.write(Control64::TscOffset, offset)?)
     }
+
+    fn tsc_offset(&self) -> Result<u64, VmcsError> {
+        Ok(self.vmcs.read(Control64::TscOffset)?)
+    }
 }
 
 impl<V: VmcsAccess> VmxVcpu<'_, V> {

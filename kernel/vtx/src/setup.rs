@@ -35,6 +35,11 @@ pub struct VmcsLinks {
     pub eptp: u64,
     /// The vCPU's VPID (non-zero) where VPID is enabled.
     pub vpid: Option<u16>,
+    /// What the guest's TSC adds to the host's (SDM Vol. 3C, 26.6.5):
+    /// minus the host TSC when its VM was made, so the guest's TSC starts
+    /// near zero; the same on every CPU, whose TSCs agree, so it never runs
+    /// backwards when the vCPU moves.
+    pub tsc_offset: u64,
 }
 
 /// Writes the VM-execution, VM-exit and VM-entry control fields.
@@ -69,7 +74,7 @@ pub fn write_controls<V: VmcsAccess>(
     vmcs.write(Control64::IoBitmapB, links.io_bitmap_b.as_u64())?;
     vmcs.write(Control64::MsrBitmaps, links.msr_bitmap.as_u64())?;
     vmcs.write(Control64::Eptp, links.eptp)?;
-    vmcs.write(Control64::TscOffset, 0)?;
+    vmcs.write(Control64::TscOffset, links.tsc_offset)?;
     if let (true, Some(vpid)) = (controls.vpid, links.vpid) {
         vmcs.write(Control16::Vpid, vpid)?;
     }

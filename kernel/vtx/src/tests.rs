@@ -104,10 +104,10 @@ fn setup(reason: u32, qualification: u64, len: u32) -> Exited {
     (
         vmcs,
         GuestRegisters::new(),
-        VcpuModel::new(0, 1),
+        VcpuModel::new(0, 1, 0),
         platform,
         cr,
-        VmDevices::new(),
+        VmDevices::new(1_000_000_000, vcpu::vm::WallClock::default()),
     )
 }
 

@@ -21,9 +21,9 @@ fn setup(len: u64) -> Exited {
     };
     (
         FakeVcpu::long_mode(RIP, len),
-        VcpuModel::new(0, 1),
+        VcpuModel::new(0, 1, 0),
         platform,
-        VmDevices::new(),
+        VmDevices::new(1_000_000_000, crate::vm::WallClock::default()),
     )
 }
 

@@ -615,7 +615,7 @@ impl Machine {
         let mut vcpu = FakeVcpu::long_mode(CODE, 0);
         vcpu.cr3 = 0x1000;
         vcpu.cr4 = CR4_PAE;
-        let mut vm = VmDevices::new();
+        let mut vm = VmDevices::new(1_000_000_000, crate::vm::WallClock::default());
         let device = vm
             .bus
             .add(
@@ -629,7 +629,7 @@ impl Machine {
             .unwrap();
         Self {
             vcpu,
-            model: VcpuModel::new(0, 1),
+            model: VcpuModel::new(0, 1, 0),
             vm,
             platform,
             device,
@@ -861,7 +861,7 @@ fn the_bus_tells_mmio_pages_apart() {
     assert!(m.vm.is_mmio(gpa(APIC + 0xFFF)));
     assert!(!m.vm.is_mmio(gpa(APIC + 0x1000)));
     assert!(!m.vm.is_mmio(gpa(APIC - 1)));
-    assert!(!VmDevices::new().is_mmio(gpa(APIC)));
+    assert!(!VmDevices::new(1_000_000_000, crate::vm::WallClock::default()).is_mmio(gpa(APIC)));
 }
 
 #[test]
