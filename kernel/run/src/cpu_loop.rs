@@ -331,6 +331,18 @@ impl<B: Backend> GuestRun<B> {
                 if let Err(reason) = backend.deliver_interrupt(vm, last) {
                     break SliceEnd::Stopped(reason);
                 }
+                // Running the due timers re-armed the periodic ones (the
+                // PIT, the APIC timer): the slice timer must end this run
+                // at their next deadline, or their ticks wait for the
+                // slice's end and are lost. One already due is the
+                // interrupt window's to deliver, not the timer's.
+                let wanted = timer_deadline(slice_end, vm.next_deadline().filter(|&d| d > last));
+                if wanted != timer_at {
+                    timer_at = wanted;
+                    if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, last) {
+                        break SliceEnd::Stopped(reason);
+                    }
+                }
             }
             let exit = backend.enter(&mut vm.vcpu.hw);
             // One clock read an exit: the guest is charged from one exit

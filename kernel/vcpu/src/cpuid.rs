@@ -159,7 +159,12 @@ mod leaf1_edx {
 mod leaf7_ebx {
     use super::bit;
 
-    /// Bit 1: IA32_TSC_ADJUST (denied; the guest TSC is the host's).
+    /// Bit 1: IA32_TSC_ADJUST, offered: emulated per vCPU on top of the
+    /// guest's TSC offset. With an invariant TSC it tells Linux the TSC
+    /// needs no clocksource watchdog (which, against jiffies that lost
+    /// ticks while the guest had interrupts off, would wrongly call it
+    /// unstable). Named for the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub const TSC_ADJUST: u32 = bit(1);
     /// Bit 2: SGX; ENCLS exits and leaf 12H is zero.
     pub const SGX: u32 = bit(2);
@@ -175,7 +180,7 @@ mod leaf7_ebx {
     pub const PT: u32 = bit(25);
 
     /// Everything hidden.
-    pub const HIDDEN: u32 = TSC_ADJUST | SGX | RDT_M | MPX | RDT_A | PT;
+    pub const HIDDEN: u32 = SGX | RDT_M | MPX | RDT_A | PT;
 }
 
 /// Leaf 7 subleaf 0 ECX (SDM Vol. 2A, Table 3-8, leaf 07H).
@@ -832,9 +837,14 @@ mod tests {
     fn leaf_7_subleaf_0_masks() {
         let r = guest_cpuid(7, 0, &ctx(0, 1), all_ones);
         assert_eq!(r.eax, u32::MAX, "highest subleaf passed through");
-        for bit in [1, 2, 12, 14, 15, 25] {
+        for bit in [2, 12, 14, 15, 25] {
             assert_eq!(r.ebx & (1 << bit), 0, "EBX bit {bit}");
         }
+        assert_ne!(
+            r.ebx & leaf7_ebx::TSC_ADJUST,
+            0,
+            "IA32_TSC_ADJUST is emulated"
+        );
         assert_eq!(r.ebx, !leaf7_ebx::HIDDEN);
         for bit in [4, 5, 7, 13, 23, 24, 29, 30, 31] {
             assert_eq!(r.ecx & (1 << bit), 0, "ECX bit {bit}");

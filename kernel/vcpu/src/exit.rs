@@ -23,6 +23,7 @@ use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext, CRYSTAL_HZ};
 use super::hypercall::{self, Hypercall};
 use super::mmio::{self, MmioError, MmioOutcome};
 use super::msr::VirtualMsrs;
+use super::msr::IA32_TSC_ADJUST;
 use super::stop::{RegisterDump, StopReason};
 use super::vm::{attention_at, is_lapic_page, VcpuMmio, VmDevices};
 use devices::bus::VmRequest;
@@ -535,6 +536,8 @@ pub struct VcpuModel {
     pub xcr0: u64,
     /// The vCPU's local APIC (CR8 is its task priority).
     pub lapic: LocalApic,
+    /// The guest's IA32_TSC_ADJUST: what its writes added to its TSC.
+    pub tsc_adjust: u64,
     /// When the vCPU next needs the interrupt path
     /// ([`attention_at`](super::vm::attention_at)), as of its last exit.
     pub attention_at: u64,
@@ -641,6 +644,7 @@ impl VcpuModel {
                 lapic
             },
             attention_at: u64::MAX,
+            tsc_adjust: 0,
             stats: ExitStats::default(),
             tally: ExitTally::default(),
             cpuid_cache: CpuidCache::default(),
@@ -1015,6 +1019,8 @@ fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, 
             0 => Ok(0),
             host => Ok(host.wrapping_add(vcpu.tsc_offset()?)),
         }
+    } else if msr == IA32_TSC_ADJUST {
+        Ok(model.tsc_adjust)
     } else {
         model.msrs.read(msr)
     };
@@ -1043,6 +1049,15 @@ fn wrmsr<B: VcpuAccess>(
             guest => guest.wrapping_sub(vcpu.tsc_offset()?).max(1),
         };
         model.lapic.set_tsc_deadline(host, now);
+        return skip(vcpu);
+    }
+    if msr == IA32_TSC_ADJUST {
+        // The TSC moves by what the adjustment changes (SDM Vol. 3B,
+        // 17.17.3): the offset takes the difference.
+        let delta = value.wrapping_sub(model.tsc_adjust);
+        let offset = vcpu.tsc_offset()?.wrapping_add(delta);
+        vcpu.set_tsc_offset(offset)?;
+        model.tsc_adjust = value;
         return skip(vcpu);
     }
     match model.msrs.write(msr, value) {

@@ -93,11 +93,20 @@ pub const SWITCHED_MSRS: &[u32] = &[
 /// IA32_TSC_DEADLINE: emulated by the vCPU's local APIC (the exit handler
 /// answers it before [`VirtualMsrs`], which refuses it).
 pub const IA32_TSC_DEADLINE: u32 = 0x6E0;
+/// IA32_TSC_ADJUST: emulated by the exit handler on top of the guest's TSC
+/// offset (a write moves the guest's TSC by the change, SDM Vol. 3B,
+/// 17.17.3); [`VirtualMsrs`] refuses it.
+pub const IA32_TSC_ADJUST: u32 = 0x3B;
 
 /// MSRs that exit to be answered: by [`VirtualMsrs`], or for
 /// IA32_TSC_DEADLINE by the local APIC.
+/// The emulated MSRs the exit handler answers itself (from the local APIC
+/// and the TSC offset) rather than [`VirtualMsrs`].
+pub const EXIT_HANDLER_MSRS: &[u32] = &[IA32_TSC_DEADLINE, IA32_TSC_ADJUST];
+
 const EMULATED_MSRS: &[u32] = &[
     IA32_TSC_DEADLINE,
+    IA32_TSC_ADJUST,
     IA32_PLATFORM_ID,
     IA32_APIC_BASE,
     IA32_BIOS_SIGN_ID,
@@ -325,7 +334,6 @@ mod tests {
     fn host_only_msrs_are_denied() {
         let host_only = [
             0x3A,        // IA32_FEATURE_CONTROL
-            0x3B,        // IA32_TSC_ADJUST
             0x48,        // IA32_SPEC_CTRL
             0x49,        // IA32_PRED_CMD
             0x9E,        // IA32_SMBASE
@@ -390,6 +398,11 @@ mod tests {
     fn virtual_msrs_agree_with_rule() {
         let mut msrs = VirtualMsrs::new(1);
         for msr in all_covered().chain(uncovered_sample()) {
+            if EXIT_HANDLER_MSRS.contains(&msr) {
+                assert_eq!(rule(msr, false), MsrRule::Emulated, "{msr:#x}");
+                assert_eq!(rule(msr, true), MsrRule::Emulated, "{msr:#x}");
+                continue;
+            }
             let emulated_read = rule(msr, false) == MsrRule::Emulated;
             assert_eq!(msrs.read(msr).is_ok(), emulated_read, "{msr:#x}");
             if rule(msr, true) != MsrRule::Emulated {

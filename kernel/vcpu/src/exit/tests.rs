@@ -280,3 +280,54 @@ proptest! {
         prop_assert_eq!(v.1.stats.exits, 1);
     }
 }
+
+/// Runs WRMSR `msr` with `value` (EDX:EAX).
+fn wrmsr_exit(v: &mut Exited, msr: u32, value: u64) -> Outcome {
+    v.0.gprs[Gpr::Rcx as usize] = u64::from(msr);
+    v.0.gprs[Gpr::Rax as usize] = value & 0xFFFF_FFFF;
+    v.0.gprs[Gpr::Rdx as usize] = value >> 32;
+    run(Exit::MsrWrite, v)
+}
+
+/// Runs RDMSR `msr`: EDX:EAX.
+fn rdmsr_exit(v: &mut Exited, msr: u32) -> u64 {
+    v.0.gprs[Gpr::Rcx as usize] = u64::from(msr);
+    assert_eq!(run(Exit::MsrRead, v), Outcome::Resume);
+    (v.0.gprs[Gpr::Rdx as usize] << 32) | v.0.gprs[Gpr::Rax as usize]
+}
+
+#[test]
+fn tsc_adjust_moves_the_guests_tsc_by_the_change() {
+    let mut v = setup(2);
+    v.0.tsc_offset = 0u64.wrapping_sub(5_000);
+    assert_eq!(rdmsr_exit(&mut v, 0x3B), 0);
+    assert_eq!(wrmsr_exit(&mut v, 0x3B, 700), Outcome::Resume);
+    assert_eq!(v.0.tsc_offset, 0u64.wrapping_sub(4_300));
+    assert_eq!(rdmsr_exit(&mut v, 0x3B), 700);
+    assert_eq!(wrmsr_exit(&mut v, 0x3B, 0), Outcome::Resume);
+    assert_eq!(
+        v.0.tsc_offset,
+        0u64.wrapping_sub(5_000),
+        "back where it was"
+    );
+}
+
+#[test]
+fn tsc_deadline_is_kept_in_host_time_and_read_back_in_guest_time() {
+    let mut v = setup(2);
+    // Guest TSC = host TSC - 1_000_000.
+    v.0.tsc_offset = 0u64.wrapping_sub(1_000_000);
+    // LVT timer in TSC-deadline mode, vector 0xEC.
+    let _ = v.1.lapic.write(0x320, (2 << 17) | 0xEC, 0);
+    assert_eq!(wrmsr_exit(&mut v, 0x6E0, 50_000), Outcome::Resume);
+    assert_eq!(v.1.lapic.tsc_deadline(), 1_050_000, "host time");
+    assert_eq!(
+        v.1.attention_at, 1_050_000,
+        "the run loop wakes the vCPU then"
+    );
+    assert_eq!(rdmsr_exit(&mut v, 0x6E0), 50_000, "guest time");
+    // 0 disarms.
+    assert_eq!(wrmsr_exit(&mut v, 0x6E0, 0), Outcome::Resume);
+    assert_eq!(rdmsr_exit(&mut v, 0x6E0), 0);
+    assert_eq!(v.1.attention_at, u64::MAX);
+}

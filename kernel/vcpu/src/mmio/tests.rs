@@ -567,7 +567,7 @@ struct RegisterFile {
     log: Vec<(bool, u64, u8, u64)>,
 }
 
-const APIC: u64 = 0xFEE0_0000;
+const APIC: u64 = 0xFED0_0000;
 
 impl Device for RegisterFile {
     fn name(&self) -> &'static str {
@@ -703,13 +703,13 @@ fn narrow_loads_keep_the_rest_of_the_register_and_movsx_extends() {
     ];
     let mut m = Machine::long(&code);
     m.device().bytes[0x10..0x12].copy_from_slice(&[0x85, 0x97]);
-    m.vcpu.gprs[Gpr::Rax as usize] = 0x1111_2222_FEE0_0000;
+    m.vcpu.gprs[Gpr::Rax as usize] = 0x1111_2222_FED0_0000;
     m.vcpu.gprs[Gpr::Rcx as usize] = 0x3333_4444_5555_6666;
     m.vcpu.gprs[Gpr::Rsi as usize] = u64::MAX;
     for _ in 0..4 {
         assert_eq!(m.access(APIC + 0x10, false), Outcome::Resume);
     }
-    assert_eq!(m.vcpu.gprs[Gpr::Rax as usize], 0x1111_2222_FEE0_8500);
+    assert_eq!(m.vcpu.gprs[Gpr::Rax as usize], 0x1111_2222_FED0_8500);
     assert_eq!(m.vcpu.gprs[Gpr::Rcx as usize], 0x3333_4444_5555_9785);
     assert_eq!(m.vcpu.gprs[Gpr::Rdx as usize], 0xFFFF_FFFF_FFFF_FF85);
     assert_eq!(m.vcpu.gprs[Gpr::Rsi as usize], 0x9785);
@@ -783,7 +783,7 @@ fn an_instruction_not_emulated_stops_the_guest_with_its_bytes() {
     );
     assert!(
         text.starts_with(
-            "MMIO write at guest-physical 0xfee00300 by an instruction Ferrovisor does not \
+            "MMIO write at guest-physical 0xfed00300 by an instruction Ferrovisor does not \
              emulate, at RIP 0x100000: 0f 11 07 90 00"
         ),
         "{text}"
@@ -817,7 +817,7 @@ fn code_that_cannot_be_fetched_stops_the_guest_with_the_reason() {
     let (_, text) = Machine::stop_text(m.access(APIC, false));
     assert_eq!(
         text,
-        "MMIO read at guest-physical 0xfee00000 at RIP 0x400000: cannot read the instruction: \
+        "MMIO read at guest-physical 0xfed00000 at RIP 0x400000: cannot read the instruction: \
          linear 0x400000 is not mapped (its level-2 paging entry is not present)"
     );
     // An instruction cut off by a page that is not mapped reports the page.
@@ -834,7 +834,7 @@ fn code_that_cannot_be_fetched_stops_the_guest_with_the_reason() {
 #[test]
 fn faults_outside_mmio_pages_and_fetches_keep_the_memory_fault_report() {
     let mut m = Machine::long(&[0x89, 0x18]);
-    let (reason, _) = Machine::stop_text(m.access(0xFEC0_0000, true));
+    let (reason, _) = Machine::stop_text(m.access(0xFEB0_0000, true));
     assert!(
         matches!(reason, StopReason::MemoryFault { .. }),
         "{reason:?}"
