@@ -119,8 +119,8 @@ fuzz_target!(|data: &[u8]| {
     for slot in platform.ram.iter_mut().take(ram_bytes) {
         *slot = b.u8();
     }
-    let mut model = VcpuModel::new(0, 1);
-    let mut devices = VmDevices::new();
+    let mut model = VcpuModel::new(0, 1, 1_000_000_000);
+    let mut devices = VmDevices::new(1_000_000_000, vcpu::vm::WallClock::default());
     // Several exits in a row, as a vCPU takes them.
     for _ in 0..4 {
         let exit = exit(&mut b);

@@ -368,6 +368,10 @@ pub struct Bus {
     mmio: Vec<(MmioRange, usize)>,
     /// The first reset or power-off request a device made, not yet taken.
     request: Option<VmRequest>,
+    /// The earliest deadline of any slot, kept up to date as deadlines
+    /// change so that [`Bus::next_deadline`], asked after every exit, does
+    /// not walk every device.
+    earliest: Option<u64>,
 }
 
 impl fmt::Debug for Bus {
@@ -396,6 +400,29 @@ impl Bus {
             ports: Vec::new(),
             mmio: Vec::new(),
             request: None,
+            earliest: None,
+        }
+    }
+
+    /// Works out [`Bus::next_deadline`] again from every slot.
+    fn recompute_earliest(&mut self) {
+        self.earliest = self.slots.iter().filter_map(|slot| slot.deadline).min();
+    }
+
+    /// A slot's deadline went from `before` to `after`: keeps the
+    /// earliest one right, walking the slots only when the earliest may
+    /// have moved later.
+    fn deadline_changed(&mut self, before: Option<u64>, after: Option<u64>) {
+        if before == after {
+            return;
+        }
+        match after {
+            Some(new) if self.earliest.map_or(true, |earliest| new < earliest) => {
+                self.earliest = Some(new);
+            }
+            // The earliest one moved later or went: find the next.
+            _ if before.is_some() && before == self.earliest => self.recompute_earliest(),
+            _ => {}
         }
     }
 
@@ -510,10 +537,14 @@ impl Bus {
         f: impl FnOnce(&mut T, &mut DeviceEnv<'_>) -> R,
     ) -> Option<R> {
         let slot = self.slots.get_mut(id.0)?;
+        let before = slot.deadline;
         let device: &mut dyn Any = slot.device.as_mut();
         let device = device.downcast_mut::<T>()?;
         let mut env = DeviceEnv::new(now, irqs, &mut slot.deadline, &mut self.request, sink);
-        Some(f(device, &mut env))
+        let result = f(device, &mut env);
+        let after = slot.deadline;
+        self.deadline_changed(before, after);
+        Some(result)
     }
 
     /// Calls `f` with the device in slot `slot` and an environment for one
@@ -527,8 +558,12 @@ impl Bus {
         f: impl FnOnce(&mut dyn Device, &mut DeviceEnv<'_>) -> R,
     ) -> Option<R> {
         let Slot { device, deadline } = self.slots.get_mut(slot)?;
+        let before = *deadline;
         let mut env = DeviceEnv::new(now, irqs, deadline, &mut self.request, sink);
-        Some(f(device.as_mut(), &mut env))
+        let result = f(device.as_mut(), &mut env);
+        let after = *deadline;
+        self.deadline_changed(before, after);
+        Some(result)
     }
 
     /// The claimed port ranges, lowest first, with the name of the device
@@ -711,7 +746,7 @@ impl Bus {
     /// next call [`run_timers`](Self::run_timers) (arm a preemption timer
     /// for it, or run a halted vCPU again).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.slots.iter().filter_map(|slot| slot.deadline).min()
+        self.earliest
     }
 
     /// Calls [`Device::timer`] on every device whose deadline is at or
@@ -731,6 +766,9 @@ impl Bus {
                 device.timer(now, &mut env);
                 called = called.saturating_add(1);
             }
+        }
+        if called != 0 {
+            self.recompute_earliest();
         }
         called
     }

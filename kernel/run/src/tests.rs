@@ -397,7 +397,7 @@ impl Backend for FakeBackend {
         )
         .map(|_| ())
         .map_err(|e| StopReason::Backend(e.to_string()));
-        vm.vcpu.model.attention_at = vcpu::vm::attention_at(&vm.vcpu.model.lapic, &mut vm.devices);
+        vm.vcpu.model.attention_at = vcpu::vm::attention_at(&vm.vcpu.model.lapic, &vm.devices);
         delivered
     }
 

@@ -556,9 +556,11 @@ pub struct VcpuModel {
 /// lookup instead of the policy and two host CPUIDs.
 ///
 /// The guest's answer is a pure function of the leaf, the subleaf, the
-/// vCPU's place in its guest and CR4.OSXSAVE/PKE, given the host's answers,
-/// which do not change while Ferrovisor runs, with one exception: leaf 0DH
-/// describes the XSAVE area for the current XCR0, so it is never cached.
+/// vCPU's place in its guest, the TSC rate and CR4.OSXSAVE/PKE, given the
+/// host's answers, which do not change while Ferrovisor runs. A cache
+/// belongs to one vCPU, so only the CR4 bits are kept with an answer;
+/// leaf 0DH describes the XSAVE area for the current XCR0, so it is never
+/// cached.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuidCache {
     slots: [Option<CachedCpuid>; CPUID_CACHE_SLOTS],
@@ -569,7 +571,9 @@ pub struct CpuidCache {
 struct CachedCpuid {
     leaf: u32,
     subleaf: u32,
-    ctx: GuestCpuidContext,
+    /// CR4.OSXSAVE and CR4.PKE when it was answered: the only parts of the
+    /// context that change while the vCPU lives (the cache is the vCPU's).
+    cr4: u64,
     result: CpuidResult,
 }
 
@@ -587,8 +591,9 @@ impl CpuidCache {
         host: impl Fn(u32, u32) -> CpuidResult,
     ) -> CpuidResult {
         let index = ((leaf as usize) ^ ((leaf >> 27) as usize)) % CPUID_CACHE_SLOTS;
+        let cr4 = u64::from(ctx.cr4_osxsave) | (u64::from(ctx.cr4_pke) << 1);
         if let Some(Some(hit)) = self.slots.get(index) {
-            if hit.leaf == leaf && hit.subleaf == subleaf && hit.ctx == *ctx {
+            if hit.leaf == leaf && hit.subleaf == subleaf && hit.cr4 == cr4 {
                 return hit.result;
             }
         }
@@ -598,7 +603,7 @@ impl CpuidCache {
                 *slot = Some(CachedCpuid {
                     leaf,
                     subleaf,
-                    ctx: *ctx,
+                    cr4,
                     result,
                 });
             }

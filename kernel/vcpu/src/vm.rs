@@ -68,6 +68,11 @@ pub struct VmDevices {
     ioapic: Option<DeviceId>,
     /// COM1, whose console the print hypercall writes to.
     com1: Option<DeviceId>,
+    /// Whether the 8259 pair asserts its output, and whether the I/O APIC
+    /// holds a message, as of the last change that could move them (kept
+    /// so that the exit path asks neither device on every exit).
+    pic_out: bool,
+    ioapic_pending: bool,
     /// The earliest device deadline (`u64::MAX`: none), and whether a line
     /// changed or the I/O APIC holds a message, as of the last access:
     /// what [`VmDevices::needs_attention`] reads on every entry.
@@ -133,17 +138,28 @@ impl VmDevices {
             pic,
             ioapic,
             com1,
+            pic_out: false,
+            ioapic_pending: false,
             deadline: u64::MAX,
             pending: false,
         }
+    }
+
+    /// Reads the 8259 pair's output again (its registers or inputs moved).
+    fn sync_pic(&mut self) {
+        self.pic_out = self.pic_mut().is_some_and(|pic| pic.output());
+    }
+
+    /// Reads whether the I/O APIC holds a message again.
+    fn sync_ioapic(&mut self) {
+        self.ioapic_pending = self.ioapic_mut().is_some_and(|io| io.has_messages());
     }
 
     /// Brings the state [`VmDevices::needs_attention`] reads up to date
     /// after a device may have changed (a timer armed, a line moved).
     pub fn refresh(&mut self) {
         self.deadline = self.bus.next_deadline().unwrap_or(u64::MAX);
-        self.pending =
-            self.irqs.has_changes() || self.ioapic_mut().is_some_and(|io| io.has_messages());
+        self.pending = self.irqs.has_changes() || self.ioapic_pending;
     }
 
     fn ioapic_mut(&mut self) -> Option<&mut IoApic> {
@@ -155,8 +171,8 @@ impl VmDevices {
     }
 
     /// Whether the 8259 pair asserts its output to the CPU.
-    pub fn pic_output(&mut self) -> bool {
-        self.pic_mut().is_some_and(|pic| pic.output())
+    pub fn pic_output(&self) -> bool {
+        self.pic_out
     }
 
     /// A reset or power-off a device asked for since the last call.
@@ -174,6 +190,10 @@ impl VmDevices {
         sink: &mut dyn FnMut(&str),
     ) -> Option<u32> {
         let value = self.bus.port_read(port, size, now, &mut self.irqs, sink);
+        if is_pic_port(port) {
+            // Poll mode and reading ISR/IRR can move the pair's state.
+            self.sync_pic();
+        }
         self.refresh();
         value
     }
@@ -190,6 +210,9 @@ impl VmDevices {
         let claimed = self
             .bus
             .port_write(port, size, value, now, &mut self.irqs, sink);
+        if is_pic_port(port) {
+            self.sync_pic();
+        }
         self.refresh();
         claimed
     }
@@ -204,6 +227,7 @@ impl VmDevices {
         sink: &mut dyn FnMut(&str),
     ) -> Option<u64> {
         let value = self.bus.mmio_read(gpa, size, now, &mut self.irqs, sink);
+        self.sync_ioapic();
         self.refresh();
         value
     }
@@ -220,6 +244,7 @@ impl VmDevices {
         let claimed = self
             .bus
             .mmio_write(gpa, size, value, now, &mut self.irqs, sink);
+        self.sync_ioapic();
         self.refresh();
         claimed
     }
@@ -292,6 +317,8 @@ impl VmDevices {
             if let Some(io) = self.ioapic.and_then(|id| self.bus.get_mut::<IoApic>(id)) {
                 copy.forward_to(&mut IoApicPins(io));
             }
+            self.sync_pic();
+            self.sync_ioapic();
         }
         self.refresh();
     }
@@ -309,6 +336,7 @@ impl VmDevices {
             }
             accept(lapic, msg.mode, msg.vector, msg.level_triggered);
         }
+        self.ioapic_pending = false;
         self.refresh();
     }
 
@@ -318,15 +346,23 @@ impl VmDevices {
         if let Some(io) = self.ioapic_mut() {
             io.eoi(vector);
         }
+        self.sync_ioapic();
         self.refresh();
     }
 
     /// The INTA cycle: the 8259's vector.
     pub fn pic_acknowledge(&mut self) -> Option<u8> {
         let vector = self.pic_mut().map(|pic| pic.inta());
+        self.sync_pic();
         self.refresh();
         vector
     }
+}
+
+/// Whether `port` is one of the 8259 pair's (with the ELCR).
+#[inline]
+fn is_pic_port(port: u16) -> bool {
+    matches!(port, 0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1)
 }
 
 /// Hands an interrupt of `mode` to `lapic`.
@@ -425,7 +461,7 @@ impl MmioSpace for VcpuMmio<'_> {
 /// 8259's through LINT0), else its APIC timer's deadline, else
 /// `u64::MAX`. The run loop compares it with the clock before each entry
 /// and when the vCPU halts.
-pub fn attention_at(lapic: &LocalApic, vm: &mut VmDevices) -> u64 {
+pub fn attention_at(lapic: &LocalApic, vm: &VmDevices) -> u64 {
     if lapic.pending_vector().is_some() || (lapic.wants_extint() && vm.pic_output()) {
         return 0;
     }
@@ -553,7 +589,7 @@ mod tests {
         );
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x25 }]);
         // In service at the 8259 until the guest's EOI: nothing more now.
-        assert_eq!(attention_at(&apic, &mut vm), u64::MAX);
+        assert_eq!(attention_at(&apic, &vm), u64::MAX);
         assert!(
             !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 3049, &mut sink(&mut lines)).unwrap()
         );
@@ -574,7 +610,7 @@ mod tests {
             !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5000, &mut sink(&mut lines)).unwrap()
         );
         assert!(vcpu.window && vcpu.injected.is_empty());
-        assert_eq!(attention_at(&apic, &mut vm), 0, "held for the vCPU");
+        assert_eq!(attention_at(&apic, &vm), 0, "held for the vCPU");
         // IF set but in an STI shadow: still the window.
         vcpu.rflags = 0x202;
         vcpu.shadow = true;
@@ -635,7 +671,7 @@ mod tests {
             period + 1,
             &mut sink(&mut lines)
         ));
-        assert_eq!(attention_at(&apic, &mut vm), u64::MAX);
+        assert_eq!(attention_at(&apic, &vm), u64::MAX);
         // The next period brings the next one.
         let next = vm.next_deadline().unwrap();
         assert!(next > period);
@@ -681,7 +717,7 @@ mod tests {
         // LVT timer: TSC-deadline mode (bits 18:17 = 10), vector 0xEC.
         let _ = apic.write(0x320, (2 << 17) | 0xEC, 0);
         apic.set_tsc_deadline(50_000, 0);
-        assert_eq!(attention_at(&apic, &mut vm), 50_000);
+        assert_eq!(attention_at(&apic, &vm), 50_000);
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x202;
         let mut lines = Vec::new();
