@@ -417,7 +417,7 @@ impl Bus {
             return;
         }
         match after {
-            Some(new) if self.earliest.map_or(true, |earliest| new < earliest) => {
+            Some(new) if self.earliest.is_none_or(|earliest| new < earliest) => {
                 self.earliest = Some(new);
             }
             // The earliest one moved later or went: find the next.

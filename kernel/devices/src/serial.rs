@@ -144,6 +144,12 @@ impl UartDevice {
         self.uart.rx_space()
     }
 
+    /// Whether received data would interrupt the guest (it waits for
+    /// console input that way).
+    pub const fn receive_interrupt_enabled(&self) -> bool {
+        self.uart.receive_interrupt_enabled()
+    }
+
     /// Passes `bytes` to the console line buffer as if the guest had
     /// written them to the transmitter one by one (the print hypercall's
     /// text, which must join the same lines as the guest's COM1 output).

@@ -365,6 +365,13 @@ impl Uart16550 {
         }
     }
 
+    /// Whether received data would interrupt the guest: the received-data
+    /// interrupt enabled (IER bit 0), OUT2 set, not in loopback. A guest
+    /// waiting like this waits for console input.
+    pub const fn receive_interrupt_enabled(&self) -> bool {
+        self.ier & IER_RDA != 0 && self.mcr & MCR_OUT2 != 0 && !self.loopback()
+    }
+
     /// Whether the UART drives its interrupt line now: some interrupt source is
     /// pending and enabled in IER, and MCR.OUT2 is set. On PC hardware OUT2
     /// gates the UART's interrupt onto the IRQ line, and in loopback mode OUT2

@@ -172,6 +172,7 @@ impl<B: Backend> GuestRun<B> {
             return false;
         }
         if !blocked.is_empty() {
+            let mut stopped = false;
             for i in blocked {
                 let Some(mut slot) = self.lock_slot(local, i) else {
                     continue;
@@ -184,6 +185,15 @@ impl<B: Backend> GuestRun<B> {
                 if state != Some((VcpuState::Blocked, None)) {
                     continue;
                 }
+                // A guest whose console input would wake it (a shell
+                // reading its serial line) waits for that.
+                if slot
+                    .vm
+                    .as_mut()
+                    .is_some_and(|vm| vm.devices.waits_for_console())
+                {
+                    continue;
+                }
                 let rip = slot.vm.as_ref().map_or(0, |vm| vm.vcpu.halt_rip);
                 self.stop(
                     local,
@@ -191,8 +201,11 @@ impl<B: Backend> GuestRun<B> {
                     i,
                     StopReason::HaltedWithNoWakeSource { rip },
                 );
+                stopped = true;
             }
-            return true;
+            if stopped {
+                return true;
+            }
         }
         // Guests asleep until a timer are still there.
         if counts.stopped == 0 && counts.blocked == 0 {
@@ -396,6 +409,11 @@ impl<B: Backend> GuestRun<B> {
                     // The HLT exit already moved RIP past the instruction:
                     // this is where the guest would resume.
                     vm.vcpu.halt_rip = backend.rip(&vm.vcpu.hw);
+                    // A guest that idles has said what it had to say: a
+                    // partial line (a shell's prompt) is shown now rather
+                    // than when a line end comes.
+                    let name = &vm.name;
+                    vm.devices.flush(&mut |line| backend.guest_line(name, line));
                     break SliceEnd::Halted {
                         until: vm.next_deadline(),
                     };

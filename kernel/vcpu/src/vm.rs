@@ -276,6 +276,15 @@ impl VmDevices {
         taken
     }
 
+    /// Whether console input would wake the guest: its COM1 interrupts on
+    /// received data. Such a guest, halted with no timer armed, waits for
+    /// its console rather than forever.
+    pub fn waits_for_console(&mut self) -> bool {
+        self.com1
+            .and_then(|id| self.bus.get_mut::<UartDevice>(id))
+            .is_some_and(|uart| uart.receive_interrupt_enabled())
+    }
+
     /// Emits every device's partial console line (the guest stops).
     pub fn flush(&mut self, sink: &mut dyn FnMut(&str)) {
         self.bus.flush(sink);
