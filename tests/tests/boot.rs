@@ -641,6 +641,148 @@ fn busy_shares_are_equal(out: &xtask::runner::BootOutcome) {
     }
 }
 
+/// The number after `prefix` on the first line of guest `guest`'s console
+/// that has it (`[linux] selfcheck: cpus 1` → 1).
+fn selfcheck(out: &xtask::runner::BootOutcome, guest: &str, what: &str) -> Option<u64> {
+    let prefix = format!("[{guest}] selfcheck: {what} ");
+    out.serial
+        .lines()
+        .find_map(|l| l.split(&prefix).nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// What every Linux guest `guest` must show: the ready marker, its
+/// self-check (42, one CPU, a `sleep 1` within 5% of a second of the
+/// guest's own time, timer and serial interrupts that arrived), and how it
+/// ended.
+fn linux_selfcheck(c: &Checked<'_>, out: &xtask::runner::BootOutcome, guest: &str, end: &str) {
+    c.in_order(
+        &format!("guest {guest}: started"),
+        &format!("[{guest}] ferrovisor-linux: ready"),
+    )
+    .in_order(
+        &format!("[{guest}] ferrovisor-linux: ready"),
+        &format!("[{guest}] selfcheck: arith 42"),
+    )
+    .saw(&format!("[{guest}] selfcheck: cpus 1"))
+    .in_order(
+        &format!("[{guest}] selfcheck: done"),
+        &format!("guest {guest}: stopped: {end}"),
+    )
+    .never(&format!("[{guest}] ferrovisor-linux: still running"));
+    let fail = |what: &str| -> ! {
+        panic!("guest {guest}: {what}\n--- serial ---\n{}", out.serial);
+    };
+    match selfcheck(out, guest, "sleep1") {
+        Some(ms) if (950..=1050).contains(&ms) => {}
+        Some(ms) => fail(&format!(
+            "sleep 1 took {ms} ms of guest time, not 1000 +/- 5%"
+        )),
+        None => fail("no `selfcheck: sleep1 <n> ms` line"),
+    }
+    for what in ["irq timer", "irq serial"] {
+        match selfcheck(out, guest, what) {
+            Some(n) if n > 0 => {}
+            _ => fail(&format!("no {what} interrupts counted")),
+        }
+    }
+}
+
+/// The small Linux kernel (tinyconfig plus guest-images/linux/small.config)
+/// with the busybox initramfs boots under Bochs on the platform Ferrovisor
+/// gives it (ACPI tables, local APIC with TSC-deadline timer, I/O APIC,
+/// 8259, PIT, 16550 on interrupts), passes its self-check and powers off
+/// through ACPI S5, which stops that guest with "powered off".
+#[test]
+fn bochs_boots_the_small_linux_kernel_to_its_self_check() {
+    let out = boot(
+        &Variant::with_guests("linux"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot of the small Linux kernel");
+    vtx_ready(&c);
+    // (Kernel messages carry their printk time after the guest's prefix.)
+    c.saw("] ACPI: RSDP 0x00000000000E0000")
+        .saw("] TSC deadline timer available")
+        .saw("] ACPI: Using IOAPIC for interrupt routing")
+        .saw("] serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A")
+        .never("Marking clocksource 'tsc' as unstable")
+        .never("Kernel panic");
+    linux_selfcheck(&c, &out, "linux", "powered off");
+    c.in_order(
+        "] ACPI: PM: Preparing to enter system sleep state S5",
+        "guest linux: stopped: powered off",
+    );
+    frames_all_back(&c);
+    c.exited();
+}
+
+/// Debian 12's own kernel, unmodified and given only `console=ttyS0`,
+/// boots to the same self-check and powers off. The slowest boot test
+/// (about two minutes of Bochs, most of it the kernel's XZ decompressor).
+#[test]
+fn bochs_boots_the_stock_debian_kernel_to_its_self_check() {
+    let out = boot(
+        &Variant::with_guests("linux-stock"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot of the stock Debian kernel");
+    vtx_ready(&c);
+    c.saw("] Command line: console=ttyS0 fv.after=poweroff")
+        .saw("[debian] selfcheck: kernel 6.1.0-")
+        .never("Kernel panic");
+    linux_selfcheck(&c, &out, "debian", "powered off");
+    frames_all_back(&c);
+    c.exited();
+}
+
+/// Two small-kernel Linux guests and a test guest at once, on one CPU and
+/// on two: each Linux passes its self-check; one powers off, the other
+/// reboots, which stops it (on_guest_stop is "stop"); the test guest's
+/// timer still wakes it twice; every frame comes back.
+fn linux_beside_others(cpus: u32) {
+    let out = boot_smp(
+        &Variant::with_guests("linux-multi"),
+        Engine::Bochs,
+        Firmware::Bios,
+        cpus,
+        BOCHS_LIMIT,
+    );
+    let what = format!("Bochs boot of two Linux guests and a test guest on {cpus} CPU(s)");
+    let c = Checked::new(&out, &what);
+    vtx_ready(&c);
+    c.saw("config: loaded 3 guests from disk ");
+    linux_selfcheck(&c, &out, "linux-a", "powered off");
+    linux_selfcheck(&c, &out, "linux-b", "reset (the guest rebooted)");
+    c.in_order(
+        "[linux-b] ferrovisor-linux: rebooting",
+        "guest linux-b: stopped: reset (the guest rebooted)",
+    )
+    .in_order(
+        "[timer] two timer interrupts, each after a halt",
+        "guest timer: stopped: exited with code 0",
+    )
+    .never("not started")
+    .never("Kernel panic");
+    frames_all_back(&c);
+    c.exited();
+}
+
+#[test]
+fn bochs_runs_two_linux_guests_and_a_test_guest_on_one_cpu() {
+    linux_beside_others(1);
+}
+
+#[test]
+fn bochs_runs_two_linux_guests_and_a_test_guest_on_two_cpus() {
+    linux_beside_others(2);
+}
+
 /// The share of the run `cpu` spent in guests, from `sched: <cpu>: <n>
 /// slices, guests ran <t> TSC ticks (<p>% of the run), ...`.
 fn cpu_share(out: &xtask::runner::BootOutcome, cpu: &str) -> Option<u64> {

@@ -40,7 +40,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let config = match (o.get("--config"), o.get("--selftest")) {
         (Some(dir), _) => Some(std::path::PathBuf::from(dir)),
         (None, Some(_)) => None,
-        (None, None) => Some(xtask::guests::config_dir("default")),
+        (None, None) => Some(xtask::guests::config_dir("demo")),
     };
     if let Some(dir) = &config {
         if !dir.join("hypervisor.toml").is_file() {

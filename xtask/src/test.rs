@@ -4,7 +4,9 @@
 //! 2. formatting and clippy, warnings as errors (`cargo xtask lint`);
 //! 3. host unit tests of every library crate, and a few seconds of fuzzing
 //!    for each parser of untrusted input;
-//! 4. the kernel and images the boot tests boot (normal and self-test builds);
+//! 4. the Linux guests' kernels and initramfs (`cargo xtask linux`), then
+//!    the kernel and images the boot tests boot (normal and self-test
+//!    builds);
 //! 5. the boot tests in `tests/` (QEMU BIOS and UEFI, Bochs);
 //! 6. when this host offers nested VT-x, the boot tests that need QEMU+KVM.
 
@@ -24,6 +26,9 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("test"),
         Variant::with_guests("broken"),
         Variant::with_guests("sched"),
+        Variant::with_guests("linux"),
+        Variant::with_guests("linux-stock"),
+        Variant::with_guests("linux-multi"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("ghost-cpu"),
@@ -74,6 +79,10 @@ pub fn main(args: &[String]) -> Result<(), String> {
         crate::fuzz::run(target, FUZZ_SECONDS)?;
     }
 
+    // The Linux guests' kernels and initramfs: fetched or built once,
+    // then cached (building the small kernel takes minutes the first
+    // time), before the images that carry them.
+    xtask::linux::all()?;
     for variant in variants() {
         build::all(&variant).map_err(|e| e.to_string())?;
     }
