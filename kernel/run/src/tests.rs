@@ -46,6 +46,15 @@ enum Program {
     /// Arms the test timer for `units`, then CPUID exits (no HLT) until
     /// its interrupt arrives, then FV_EXIT 0.
     TimerSpin { units: u32 },
+    /// `exits` CPUID exits, then a byte `value` to port `port` (0xCF9 with
+    /// 6 resets, 0x604 with 0x3400 is ACPI S5), then FV_EXIT 9 if that did
+    /// not end it.
+    Out {
+        exits: u64,
+        port: u16,
+        size: u8,
+        value: u32,
+    },
 }
 
 struct FakeVmHw {
@@ -347,6 +356,30 @@ impl Backend for FakeBackend {
                     Exit::Cpuid
                 }
             }
+            Program::Out {
+                exits,
+                port,
+                size,
+                value,
+            } => {
+                if vcpu.step <= exits {
+                    v.gprs[0] = 0;
+                    Exit::Cpuid
+                } else if vcpu.step == exits + 1 {
+                    v.gprs[0] = u64::from(value);
+                    Exit::Io(IoAccess {
+                        port,
+                        size,
+                        direction: IoDirection::Out,
+                        string: false,
+                        rep: false,
+                    })
+                } else {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = 9;
+                    Exit::Hypercall
+                }
+            }
             Program::Holder { others } => {
                 if self.stops.lock().unwrap().len() >= others {
                     v.gprs[0] = hypercall::EXIT;
@@ -638,4 +671,41 @@ fn a_running_guests_own_timer_shortens_its_slice() {
         timers.iter().any(|&t| t <= 10 * 1024),
         "the slice timer followed the device deadline: {timers:?}"
     );
+}
+
+#[test]
+fn a_guest_that_resets_itself_is_restarted_and_one_that_powers_off_is_not() {
+    let reset = Program::Out {
+        exits: 20,
+        port: 0xCF9,
+        size: 1,
+        value: 0x06,
+    };
+    let poweroff = Program::Out {
+        exits: 30,
+        port: 0x604,
+        size: 2,
+        value: (5 << 10) | (1 << 13),
+    };
+    let b = run_on(
+        1,
+        vec![reset, poweroff],
+        vec![None; 2],
+        GuestStopAction::Restart,
+        3,
+        1000,
+    );
+    let stops = b.stops();
+    // The resetting guest ends three times (created three times, the last
+    // creation refused by the fake backend), the other once.
+    let resets = stops.iter().filter(|(g, _)| g == "g0").count();
+    let offs: Vec<_> = stops.iter().filter(|(g, _)| g == "g1").collect();
+    assert_eq!(resets, 3, "{stops:?}");
+    assert!(stops
+        .iter()
+        .filter(|(g, _)| g == "g0")
+        .all(|(_, r)| r == "reset (the guest rebooted)"));
+    assert_eq!(offs, [&("g1".to_string(), "powered off".to_string())]);
+    // Nothing past the write ran.
+    assert!(!stops.iter().any(|(_, r)| r.contains("code 9")));
 }
