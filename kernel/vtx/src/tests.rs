@@ -215,8 +215,17 @@ fn com1_reads_come_from_the_model_and_other_ports_read_all_ones() {
 }
 
 #[test]
-fn the_reset_port_is_ignored_and_counted() {
+fn the_reset_port_resets_the_guest_and_an_unclaimed_port_is_ignored_and_counted() {
+    // RST_CPU at 0xCF9: the guest's own reset, nothing else's.
     let mut v = out(RESET_CONTROL_PORT, 1, 0x06);
+    assert_eq!(run(&mut v), Outcome::stop(StopReason::Reset));
+    assert_eq!(v.2.stats.io_writes_ignored, 0);
+    // Without RST_CPU the register only keeps the bits.
+    let mut v = out(RESET_CONTROL_PORT, 1, 0x02);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 1);
+    // A port nobody decodes.
+    let mut v = out(0x2E8, 1, 0x55);
     assert_eq!(run(&mut v), Outcome::Resume);
     assert_eq!(v.2.stats.io_writes_ignored, 1);
     assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 1);
