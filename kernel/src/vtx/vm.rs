@@ -466,13 +466,19 @@ impl Guest {
         // SAFETY: VMX root operation at CPL 0 on this CPU, for as long as
         // this value lives (this function).
         let mut vmcs = unsafe { HardwareVmcs::current() };
+        // The guest's TSC counts from 0 here: guest = host + offset. The
+        // host value is logged so that a guest's TSC readings can be put
+        // on the host's time line (`cargo xtask bench` adds it to the
+        // guest's reading at its ready marker to get ticks since power-on).
+        let created = crate::guests::rdtsc();
+        log::debug!("guest {}: guest TSC 0 at host TSC {created}", vm.name);
         let links = VmcsLinks {
             io_bitmap_a: vm.bitmaps[0],
             io_bitmap_b: vm.bitmaps[1],
             msr_bitmap: vm.bitmaps[2],
             eptp: vm.eptp,
             vpid: vcpu.vpid,
-            tsc_offset: 0u64.wrapping_sub(crate::guests::rdtsc()),
+            tsc_offset: 0u64.wrapping_sub(created),
         };
         setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, &loaded.entry)
             .map_err(CreateError::Vmcs)?;
