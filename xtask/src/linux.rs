@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | `linux-stock.vmlinuz` | `linux-image-amd64`'s kernel package | `apt-get download`, its `boot/vmlinuz-*` |
 //! | `linux-small.bzImage` | `linux-source-6.1` and `small.config` | `make tinyconfig`, the fragment merged with every other option off, `make bzImage` |
-//! | `initramfs.cpio` | `busybox-static` and `init` | an uncompressed `newc` archive written here ([`crate::cpio`]) |
+//! | `initramfs.cpio` | `busybox-static`, `init` and `rdtsc.S` | an uncompressed `newc` archive written here ([`crate::cpio`]), `rdtsc.S` assembled and linked with binutils |
 //!
 //! Everything lives under `target/ferrovisor/linux/`: each artifact beside
 //! a `<artifact>.stamp` holding what it was made from (the package and its
@@ -56,7 +56,8 @@ pub enum Artifact {
     SmallKernel,
     /// Debian's stock kernel.
     StockKernel,
-    /// The busybox initramfs with `guest-images/linux/init`.
+    /// The busybox initramfs with `guest-images/linux/init` and
+    /// `/bin/rdtsc` from `guest-images/linux/rdtsc.S`.
     Initramfs,
 }
 
@@ -582,8 +583,9 @@ const INITRAMFS_DIRS: &[(&str, u32)] = &[
 /// The initramfs's bytes: the folders above, `/dev/console` (character
 /// device 5,1, so the kernel can give init a console before devtmpfs is
 /// mounted), `/bin/busybox`, `/bin/sh` linked to it (the interpreter `init`
-/// names; `init` installs the other applets' links itself) and `/init`.
-pub fn initramfs_bytes(init: &[u8], busybox: &[u8]) -> Result<Vec<u8>, String> {
+/// names; `init` installs the other applets' links itself), `/bin/rdtsc`
+/// (prints the TSC for the ready marker) and `/init`.
+pub fn initramfs_bytes(init: &[u8], busybox: &[u8], rdtsc: &[u8]) -> Result<Vec<u8>, String> {
     let mut archive = Archive::new();
     for (dir, permissions) in INITRAMFS_DIRS {
         archive.dir(dir, *permissions)?;
@@ -591,6 +593,7 @@ pub fn initramfs_bytes(init: &[u8], busybox: &[u8]) -> Result<Vec<u8>, String> {
     archive.char_device("dev/console", 0o600, 5, 1)?;
     archive.file("bin/busybox", 0o755, busybox)?;
     archive.symlink("bin/sh", "busybox")?;
+    archive.file("bin/rdtsc", 0o755, rdtsc)?;
     archive.file("init", 0o755, init)?;
     Ok(archive.finish())
 }
@@ -599,12 +602,13 @@ fn initramfs(cache: &Path) -> Result<PathBuf, String> {
     let which = Artifact::Initramfs;
     let out = cache.join(which.file_name());
     let (_, init) = recipe(which, "init")?;
+    let (rdtsc_source, rdtsc_text) = recipe(which, "rdtsc.S")?;
     let Some(version) = version_or_cached(which, BUSYBOX_PACKAGE, &out)? else {
         return Ok(out);
     };
     let stamp = stamp(
         &[("package", &format!("{BUSYBOX_PACKAGE} {version}"))],
-        &[("init", &init)],
+        &[("init", &init), ("rdtsc.S", &rdtsc_text)],
     );
     if up_to_date(&out, &stamp) {
         step(
@@ -632,8 +636,10 @@ fn initramfs(cache: &Path) -> Result<PathBuf, String> {
     let busybox_path = unpacked.join("bin").join("busybox");
     let busybox = fs::read(&busybox_path)
         .map_err(|e| format!("initramfs: cannot read {}: {e}", busybox_path.display()))?;
+    step(which, "assembling /bin/rdtsc from rdtsc.S");
+    let rdtsc = assemble_program(&rdtsc_source, &work)?;
     step(which, &format!("writing {}", out.display()));
-    let bytes = initramfs_bytes(init.as_bytes(), &busybox)?;
+    let bytes = initramfs_bytes(init.as_bytes(), &busybox, &rdtsc)?;
     install(which, &bytes, &out, &stamp)?;
     let _ = fs::remove_dir_all(&work);
     step(
@@ -641,6 +647,33 @@ fn initramfs(cache: &Path) -> Result<PathBuf, String> {
         &format!("{} ({} KiB)", out.display(), bytes.len() / 1024),
     );
     Ok(out)
+}
+
+/// Assembles and links `source`, a static x86-64 Linux program with no
+/// libc whose entry is `_start`, in `work`; returns the stripped ELF.
+fn assemble_program(source: &Path, work: &Path) -> Result<Vec<u8>, String> {
+    let which = Artifact::Initramfs;
+    let object = work.join("program.o");
+    let program = work.join("program");
+    tool(
+        which,
+        Command::new("as")
+            .args(["--64", "--fatal-warnings", "-o"])
+            .arg(&object)
+            .arg(source),
+        "binutils",
+    )?;
+    tool(
+        which,
+        Command::new("ld")
+            .args(["-m", "elf_x86_64", "--fatal-warnings", "-nostdlib", "-static"])
+            .args(["--build-id=none", "-z", "noexecstack", "-s", "-e", "_start"])
+            .arg("-o")
+            .arg(&program)
+            .arg(&object),
+        "binutils",
+    )?;
+    fs::read(&program).map_err(|e| format!("initramfs: cannot read {}: {e}", program.display()))
 }
 
 // ---------------------------------------------------------------- small kernel
@@ -1001,13 +1034,15 @@ mod tests {
 
     #[test]
     fn the_initramfs_has_init_busybox_and_a_console() {
-        let bytes = initramfs_bytes(b"#!/bin/sh\necho hi\n", b"\x7fELF busybox").unwrap();
+        let bytes =
+            initramfs_bytes(b"#!/bin/sh\necho hi\n", b"\x7fELF busybox", b"\x7fELF rdtsc").unwrap();
         let text = String::from_utf8_lossy(&bytes);
         // Each member's header is followed by its NUL-terminated name.
         for name in [
             "init",
             "bin/busybox",
             "bin/sh",
+            "bin/rdtsc",
             "dev/console",
             "proc",
             "sys",
@@ -1024,6 +1059,33 @@ mod tests {
         assert_eq!(field(1), 0o020_600);
         assert_eq!((field(9), field(10)), (5, 1));
         assert!(text.contains("#!/bin/sh\necho hi\n"));
+        assert!(text.contains("\x7fELF rdtsc"));
+    }
+
+    #[test]
+    fn rdtsc_prints_the_time_stamp_counter_in_decimal() {
+        if std::env::consts::ARCH != "x86_64" {
+            return;
+        }
+        let work = std::env::temp_dir().join(format!("xtask-rdtsc-{}", std::process::id()));
+        fs::create_dir_all(&work).unwrap();
+        let (source, _) = recipe(Artifact::Initramfs, "rdtsc.S").unwrap();
+        let elf = assemble_program(&source, &work).unwrap();
+        let program = work.join("rdtsc");
+        fs::write(&program, &elf).unwrap();
+        fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let read = || {
+            let out = Command::new(&program).output().unwrap();
+            assert!(out.status.success());
+            let text = String::from_utf8(out.stdout).unwrap();
+            let digits = text.strip_suffix('\n').unwrap();
+            assert!(digits.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
+            digits.parse::<u64>().unwrap()
+        };
+        let (first, second) = (read(), read());
+        let _ = fs::remove_dir_all(&work);
+        assert!(first > 0 && second > first, "{first} then {second}");
     }
 
     #[test]
