@@ -67,10 +67,10 @@ pub use gpt::{CONFIG_PARTITION_NAME, CONFIG_PARTITION_TYPE};
 
 /// Bytes per logical block: the bootloader's images and every firmware
 /// Ferrovisor boots with use 512.
-const SECTOR: u64 = 512;
+pub(crate) const SECTOR: u64 = 512;
 /// Partitions start on 1 MiB boundaries (the alignment partitioning tools
 /// use, good for any physical block size up to 1 MiB).
-const ALIGN: u64 = 2048;
+pub(crate) const ALIGN: u64 = 2048;
 /// Number of GPT entries: the minimum the UEFI spec asks the array to
 /// reserve room for (16 KiB).
 const GPT_ENTRY_COUNT: u32 = 128;
@@ -83,7 +83,7 @@ const GPT_ENTRY_SECTORS: u64 = GPT_ENTRY_COUNT as u64 * GPT_ENTRY_SIZE as u64 / 
 const MAX_GPT_ARRAY: u64 = 1 << 20;
 
 /// Bochs's guessed geometry for a flat image: 16 heads of 63 sectors.
-const BOCHS_CYLINDER: u64 = 16 * 63;
+pub(crate) const BOCHS_CYLINDER: u64 = 16 * 63;
 
 /// FERROCFG is never smaller: 64 MiB of 512-byte clusters is about 129000
 /// clusters, safely above FAT32's floor.
@@ -426,11 +426,11 @@ fn gpt_sectors(
 /// One MBR partition entry (UEFI Specification 2.10, section 5.2.1, table
 /// "Legacy MBR Partition Record").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MbrEntry {
-    boot: u8,
-    kind: u8,
-    first_lba: u32,
-    sectors: u32,
+pub(crate) struct MbrEntry {
+    pub(crate) boot: u8,
+    pub(crate) kind: u8,
+    pub(crate) first_lba: u32,
+    pub(crate) sectors: u32,
 }
 
 impl MbrEntry {
@@ -480,9 +480,9 @@ fn chs(lba: u32) -> [u8; 3] {
     ]
 }
 
-/// The hybrid MBR sector: `boot_code` (the BIOS image's first 446 bytes),
-/// four entries, 0x55 0xAA.
-fn mbr_sector(boot_code: &[u8], entries: &[MbrEntry; 4]) -> [u8; SECTOR as usize] {
+/// An MBR sector: `boot_code` (up to 446 bytes: the BIOS image's, or
+/// SYSLINUX's MBR for `xtask::native`), four entries, 0x55 0xAA.
+pub(crate) fn mbr_sector(boot_code: &[u8], entries: &[MbrEntry; 4]) -> [u8; SECTOR as usize] {
     let mut s = [0u8; SECTOR as usize];
     put(&mut s, 0, boot_code.get(..MBR_TABLE).unwrap_or(boot_code));
     for (i, entry) in entries.iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod disk;
 pub mod guests;
 pub mod host;
 pub mod linux;
+pub mod native;
 pub mod runner;
 pub mod setup;
 

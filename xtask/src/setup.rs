@@ -35,6 +35,9 @@ pub enum Tool {
     /// objtool, lz4 for the LZ4-compressed image, xz for the source
     /// tarball, perl for the build scripts, dpkg-deb to unpack it.
     LinuxBuild,
+    /// SYSLINUX (its installer and MBR): the disk that boots a Linux guest's
+    /// kernel natively, for `cargo xtask bench` (`xtask::native`).
+    Syslinux,
 }
 
 /// The programs [`Tool::LinuxBuild`] needs on `PATH`, each with its Debian
@@ -114,7 +117,26 @@ pub struct Found {
     pub bochs: Option<Bochs>,
     /// `mcopy` from mtools.
     pub mcopy: Option<PathBuf>,
+    /// SYSLINUX's installer and MBR.
+    pub syslinux: Option<Syslinux>,
 }
+
+/// What writing a SYSLINUX boot disk takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Syslinux {
+    /// The `syslinux` installer (it installs onto a FAT image through
+    /// mtools).
+    pub binary: PathBuf,
+    /// The MBR boot code that starts the active partition's boot sector.
+    pub mbr: PathBuf,
+}
+
+/// SYSLINUX's MBR: Debian's `syslinux-common`, then other distributions'.
+const SYSLINUX_MBR: &[&str] = &[
+    "/usr/lib/syslinux/mbr/mbr.bin",
+    "/usr/share/syslinux/mbr.bin",
+    "/usr/lib/syslinux/bios/mbr.bin",
+];
 
 /// One missing piece and the Debian package that provides it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,6 +336,22 @@ fn find_in(needs: &[Tool], sys: &System) -> (Found, Vec<Missing>) {
                 }
                 if !(sys.exists)(Path::new(LIBELF_HEADER)) {
                     lack(format!("libelf's {LIBELF_HEADER}"), "libelf-dev");
+                }
+            }
+            Tool::Syslinux => {
+                let binary = (sys.which)("syslinux");
+                let mbr = sys.first(SYSLINUX_MBR);
+                if binary.is_none() {
+                    lack("syslinux on PATH".into(), "syslinux");
+                }
+                if mbr.is_none() {
+                    lack(
+                        format!("SYSLINUX's MBR {}", SYSLINUX_MBR[0]),
+                        "syslinux-common",
+                    );
+                }
+                if let (Some(binary), Some(mbr)) = (binary, mbr) {
+                    found.syslinux = Some(Syslinux { binary, mbr });
                 }
             }
         }
@@ -1096,6 +1134,27 @@ rustfmt-x86_64-unknown-linux-gnu
         let programs: Vec<&str> = LINUX_BUILD_PROGRAMS.iter().map(|(p, _)| *p).collect();
         let (_, missing) = lookup(&[Tool::LinuxBuild], &programs, &[LIBELF_HEADER], vec![]);
         assert!(missing.is_empty(), "{missing:?}");
+    }
+
+    #[test]
+    fn syslinux_needs_its_installer_and_its_mbr() {
+        let (found, missing) = lookup(&[Tool::Syslinux], &[], &[], vec![]);
+        assert_eq!(found.syslinux, None);
+        assert_eq!(packages(&missing), ["syslinux", "syslinux-common"]);
+        let (found, missing) = lookup(
+            &[Tool::Syslinux],
+            &["syslinux"],
+            &["/usr/lib/syslinux/mbr/mbr.bin"],
+            vec![],
+        );
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(
+            found.syslinux,
+            Some(Syslinux {
+                binary: "/usr/bin/syslinux".into(),
+                mbr: "/usr/lib/syslinux/mbr/mbr.bin".into(),
+            })
+        );
     }
 
     #[test]
