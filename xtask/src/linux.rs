@@ -666,7 +666,13 @@ fn assemble_program(source: &Path, work: &Path) -> Result<Vec<u8>, String> {
     tool(
         which,
         Command::new("ld")
-            .args(["-m", "elf_x86_64", "--fatal-warnings", "-nostdlib", "-static"])
+            .args([
+                "-m",
+                "elf_x86_64",
+                "--fatal-warnings",
+                "-nostdlib",
+                "-static",
+            ])
             .args(["--build-id=none", "-z", "noexecstack", "-s", "-e", "_start"])
             .arg("-o")
             .arg(&program)
@@ -1034,8 +1040,12 @@ mod tests {
 
     #[test]
     fn the_initramfs_has_init_busybox_and_a_console() {
-        let bytes =
-            initramfs_bytes(b"#!/bin/sh\necho hi\n", b"\x7fELF busybox", b"\x7fELF rdtsc").unwrap();
+        let bytes = initramfs_bytes(
+            b"#!/bin/sh\necho hi\n",
+            b"\x7fELF busybox",
+            b"\x7fELF rdtsc",
+        )
+        .unwrap();
         let text = String::from_utf8_lossy(&bytes);
         // Each member's header is followed by its NUL-terminated name.
         for name in [
@@ -1073,8 +1083,11 @@ mod tests {
         let elf = assemble_program(&source, &work).unwrap();
         let program = work.join("rdtsc");
         fs::write(&program, &elf).unwrap();
-        fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let read = || {
             let out = Command::new(&program).output().unwrap();
             assert!(out.status.success());
