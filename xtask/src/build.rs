@@ -5,7 +5,7 @@
 //! `target/ferrovisor/` holding its kernel ELF and its BIOS and UEFI images.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{out_dir, workspace_root};
@@ -293,7 +293,9 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
         );
         crate::guests::stage(config, &variant.staging()).map_err(BuildError)?;
         let ramdisk = variant.dir().join("ramdisk.fat");
-        crate::disk::ramdisk_image(&variant.staging(), &ramdisk).map_err(BuildError)?;
+        let ramdisk_files = variant.dir().join("ramdisk-files");
+        ramdisk_tree(&variant.staging(), &ramdisk_files)?;
+        crate::disk::ramdisk_image(&ramdisk_files, &ramdisk).map_err(BuildError)?;
         cmd.arg("--ramdisk").arg(ramdisk);
     }
     run(cmd, "building the disk images")?;
@@ -312,6 +314,48 @@ pub fn images(variant: &Variant) -> Result<(), BuildError> {
         .map_err(BuildError)?;
     }
     Ok(())
+}
+
+/// Copies the config files in `staging` to `out` for the boot ramdisk, all
+/// but the Linux guests' kernels and initramfs: the bootloader reads its
+/// ramdisk at every boot through the firmware, and those megabytes would
+/// double what it reads for a copy of the config partition that the kernel
+/// uses only where no disk driver finds the partition. A Linux guest booted
+/// from the ramdisk is reported with its missing kernel.
+fn ramdisk_tree(staging: &Path, out: &Path) -> Result<(), BuildError> {
+    let fail = |what: &str, path: &Path, e: std::io::Error| {
+        BuildError(format!("ramdisk: cannot {what} {}: {e}", path.display()))
+    };
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).map_err(|e| fail("create", out, e))?;
+    let skipped: Vec<&str> = crate::linux::Artifact::ALL
+        .iter()
+        .map(|a| a.file_name())
+        .collect();
+    let entries = std::fs::read_dir(staging).map_err(|e| fail("read", staging, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| fail("read", staging, e))?;
+        let name = entry.file_name();
+        if skipped.iter().any(|s| name.to_str() == Some(*s)) {
+            continue;
+        }
+        copy_tree(&entry.path(), &out.join(&name)).map_err(|e| fail("copy", &entry.path(), e))?;
+    }
+    Ok(())
+}
+
+/// Copies the file or folder `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
 }
 
 /// Kernel and images for `variant`.
