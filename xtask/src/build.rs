@@ -257,7 +257,10 @@ pub fn kernel(variant: &Variant) -> Result<PathBuf, BuildError> {
         .arg("--strip-debug")
         .arg(variant.kernel())
         .arg(variant.boot_kernel());
-    run(strip, "stripping the kernel's debug sections (objcopy, binutils)")?;
+    run(
+        strip,
+        "stripping the kernel's debug sections (objcopy, binutils)",
+    )?;
     Ok(variant.kernel())
 }
 
