@@ -273,7 +273,7 @@ vgaromimage: file=\"{vgabios}\"
 vga: extension=cirrus
 pci: enabled=1, chipset=i440fx, slot1=cirrus
 display_library: term
-ata0-master: type=disk, path=\"{image}\", mode=flat
+ata0-master: type=disk, path=\"{image}\", mode=volatile
 boot: disk
 clock: sync=none, time0=local
 com1: enabled=1, mode=file, dev=\"{serial}\"
