@@ -741,10 +741,12 @@ fn bochs_boots_the_stock_debian_kernel_to_its_self_check() {
     c.exited();
 }
 
-/// Two small-kernel Linux guests and a test guest at once, on one CPU and
-/// on two: each Linux passes its self-check; one powers off, the other
-/// reboots, which stops it (on_guest_stop is "stop"); the test guest's
-/// timer still wakes it twice; every frame comes back.
+/// Three small-kernel Linux guests and a test guest at once, on one CPU
+/// and on two: each Linux passes its self-check; one powers off, one
+/// reboots and one panics (with `panic=-1` the kernel resets at once), each
+/// of which stops that guest only (on_guest_stop is "stop") after its last
+/// console lines; the test guest's timer still wakes it twice; every frame
+/// comes back.
 fn linux_beside_others(cpus: u32) {
     let out = boot_smp(
         &Variant::with_guests("linux-multi"),
@@ -753,33 +755,43 @@ fn linux_beside_others(cpus: u32) {
         cpus,
         BOCHS_LIMIT,
     );
-    let what = format!("Bochs boot of two Linux guests and a test guest on {cpus} CPU(s)");
+    let what = format!("Bochs boot of three Linux guests and a test guest on {cpus} CPU(s)");
     let c = Checked::new(&out, &what);
     vtx_ready(&c);
-    c.saw("config: loaded 3 guests from disk ");
+    c.saw("config: loaded 4 guests from disk ");
     linux_selfcheck(&c, &out, "linux-a", "powered off");
     linux_selfcheck(&c, &out, "linux-b", "reset (the guest rebooted)");
+    linux_selfcheck(&c, &out, "linux-c", "reset (the guest rebooted)");
     c.in_order(
         "[linux-b] ferrovisor-linux: rebooting",
         "guest linux-b: stopped: reset (the guest rebooted)",
+    )
+    .in_order(
+        "[linux-c] ferrovisor-linux: panicking",
+        "Kernel panic - not syncing",
+    )
+    .in_order(
+        "Kernel panic - not syncing",
+        "guest linux-c: stopped: reset (the guest rebooted)",
     )
     .in_order(
         "[timer] two timer interrupts, each after a halt",
         "guest timer: stopped: exited with code 0",
     )
     .never("not started")
-    .never("Kernel panic");
+    .never("[linux-a] Kernel panic")
+    .never("[linux-b] Kernel panic");
     frames_all_back(&c);
     c.exited();
 }
 
 #[test]
-fn bochs_runs_two_linux_guests_and_a_test_guest_on_one_cpu() {
+fn bochs_runs_three_linux_guests_and_a_test_guest_on_one_cpu() {
     linux_beside_others(1);
 }
 
 #[test]
-fn bochs_runs_two_linux_guests_and_a_test_guest_on_two_cpus() {
+fn bochs_runs_three_linux_guests_and_a_test_guest_on_two_cpus() {
     linux_beside_others(2);
 }
 
