@@ -370,29 +370,24 @@ fn document(table: &str, sched_table: &str, boot_table: &str, exits: &str) -> St
 /// Where the Linux boots' ticks go, from the figures of the last full run
 /// (BENCHMARKS.md) and the traces and experiments named in it.
 const LINUX_ANALYSIS: &str = "\
-Both kernels miss the target, and most of the difference is spent before the guest exists. \
-Before the guest's start (the first figure under Ferrovisor) the small kernel's boot spends about \
-285 M ticks in the BIOS and the bootloader until Ferrovisor's entry and about 26 M in Ferrovisor \
-(measured with TSC lines added at each step of `kernel_main` for one run): its start, the PIT \
-calibration, the disks, the config and the other CPUs about 4.8 M, opening the images 2.5 M, allocating and clearing the \
-guest's RAM 8.4 M, streaming the kernel and initramfs from FERROCFG 9.8 M. The bootloader's share \
-is large because it reads, through BIOS disk calls in real mode, the kernel ELF with its debug \
-information (14.2 MB; 0.7 MB stripped) and the boot ramdisk, which holds every guest image again \
-(4.1 MB with the small kernel, 10.8 MB with the stock one). Booting the bootloader's own image \
-(ramdisk only) with a stripped kernel ELF started the small guest at 127.0 M ticks instead of \
-299.2 M: stripping the kernel the image carries would save about 172 M ticks on every boot, and \
-leaving the Linux images out of the ramdisk when FERROCFG holds them would save most of the \
-rest of the bootloader's reading (SYSLINUX reads only the 3.2 MB it boots, within the native \
-figure). The guest itself is close to native: the small kernel reaches its marker in 130 M guest \
-ticks against 162 M natively (which includes the BIOS and SYSLINUX), the stock kernel in 6852 M \
-against 6221 M. The stock kernel's extra 0.6-0.7 G ticks are its 525,000 exits at about 1,300 \
-ticks each: roughly 276,000 port exits, each between a CPUID-like round trip (about 240) and a \
-COM1 write (about 1,900, above), 0.3-0.5 G, and 144,000 slice ends, 53,000 nested page faults and \
-50,000 WRMSRs most of the rest. The \
-two boots do not run quite the same code: natively Linux takes a 3.5 GHz TSC from the CPU model \
-and finds Bochs's HPET; under Ferrovisor it is told the TSC's measured 10 MHz, has no HPET, and \
-after its clocksource watchdog marks the TSC unstable (jiffies advance at half the TSC's rate, \
-a timer-delivery fault worth chasing) it reads the ACPI PM timer, a port exit per clock read.";
+The stock kernel meets the target and the small kernel misses it; what separates the two boots \
+is mostly spent before the guest exists. Under Ferrovisor the machine first runs the BIOS, the \
+bootloader (which reads the kernel ELF, stripped of its debug sections by the image builder, and \
+a boot ramdisk with a copy of the config partition's small files: the Linux images stay on \
+FERROCFG only) and Ferrovisor's own start (the PIT calibration, the disks, the config, \
+allocating and clearing the guest's RAM and streaming the kernel and initramfs from FERROCFG: \
+about 26 M ticks for the small kernel, measured once with TSC lines added to `kernel_main`); \
+natively SYSLINUX reads only the files it boots. That fixed cost, the first figure under \
+Ferrovisor, is large against the small kernel's short boot and small against the stock one's. \
+The guests themselves run close to native: the small kernel reaches its marker in fewer guest \
+ticks than the whole native boot (which includes the BIOS and SYSLINUX), and the stock kernel's \
+extra ticks over native are about what its exits cost (the table below; a CPUID-like round trip \
+is about 230 ticks and a COM1 write about 1,700, above). Before the timer fixes and the stripped \
+kernel the ratios were 2.71x and 1.17x. The two boots do not run quite the same code: natively \
+Linux takes a 3.5 GHz TSC from the CPU model and uses Bochs's HPET; under Ferrovisor CPUID 15H \
+tells it the measured 10 MHz and there is no HPET. Where the rest can go: a vCPU alone on its \
+CPU still ends every 10 ms slice with an exit (most of the stock boot's slice ends), and each \
+port, MMIO and MSR exit costs several times a CPUID round trip.";
 
 #[cfg(test)]
 mod tests {

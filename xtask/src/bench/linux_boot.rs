@@ -264,10 +264,8 @@ pub fn why(kind: &str) -> &'static str {
         "I/O" => {
             "Port I/O: the 8250 driver writes the console byte by byte to the emulated 16550 at \
              0x3F8, reading its line status register around each byte; the kernel programs and \
-             reads the PIT, the 8259s and the RTC while it calibrates and sets up its clocks; and \
-             under Ferrovisor the clocksource watchdog marks the TSC unstable (the guest's jiffies \
-             advance at about half the TSC's rate) and the kernel moves to the ACPI PM timer, so \
-             from then on every clock read is a port read that exits."
+             reads the PIT, the 8259s and the RTC while it sets up its clocks, and probes PCI \
+             configuration space (ports 0xCF8/0xCFC), which has no devices."
         }
         "slice end" => {
             "Slice ends: VMX-preemption-timer exits. Every 10 ms slice (100,000 ticks) ends with \
