@@ -132,7 +132,40 @@ handlers_with_code! {
 }
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
-    exception(14, "page fault", &frame, Some(code.bits()))
+    let cr2 = Cr2::read_raw();
+    let rip = frame.instruction_pointer.as_u64();
+    let rsp = frame.stack_pointer.as_u64();
+    panic::fatal(format_args!(
+        "exception 14 (page fault) error code {:#x} at RIP {rip:#018x} RSP {rsp:#018x} CR2 {cr2:#018x}: {}",
+        code.bits(),
+        page_fault_cause(code)
+    ))
+}
+
+/// What a page-fault error code says happened, in words (SDM Vol. 3A
+/// 4.7, "Page-Fault Exceptions": P is clear for a not-present page and
+/// set for a protection violation; W/R and I/D say what the access was).
+fn page_fault_cause(code: PageFaultErrorCode) -> &'static str {
+    let present = code.contains(PageFaultErrorCode::PROTECTION_VIOLATION);
+    if code.contains(PageFaultErrorCode::MALFORMED_TABLE) {
+        "reserved bit set in a paging entry"
+    } else if code.contains(PageFaultErrorCode::INSTRUCTION_FETCH) {
+        if present {
+            "protection violation: instruction fetch from a no-execute page"
+        } else {
+            "instruction fetch from a page that is not present"
+        }
+    } else if code.contains(PageFaultErrorCode::CAUSED_BY_WRITE) {
+        if present {
+            "protection violation: write to a read-only page"
+        } else {
+            "write to a page that is not present"
+        }
+    } else if present {
+        "protection violation on a read"
+    } else {
+        "read of a page that is not present"
+    }
 }
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {

@@ -30,6 +30,7 @@ mod tsc;
 // The VT-x backend's hardware half; its pure half is the `vtx` crate
 // (`kernel/vtx`), which this module names as `::vtx`.
 mod vtx;
+mod wx;
 
 use bootloader_api::config::Mapping;
 use bootloader_api::{entry_point, BootInfo, BootloaderConfig};
@@ -63,6 +64,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     };
     let phys = memory::PhysMap::new(phys_offset, &boot_info.memory_regions);
     memory::init(&boot_info.memory_regions, phys);
+    wx::enforce(boot_info);
     power::init(boot_info.rsdp_addr.into_option(), phys);
 
     let vtx = cpu::report();

@@ -41,6 +41,33 @@ pub fn run() {
             // debug assertion before reaching the hardware.
             unsafe { core::arch::asm!("mov {tmp}, qword ptr [0]", tmp = out(reg) _) };
         }
+        Some("write-code") => {
+            let target = run as fn() as usize as *mut u8;
+            warn!("selftest: writing to the kernel's code at {target:p} on purpose");
+            // SAFETY: not safe at all, and that is the point: W^X maps the
+            // kernel's code read-only, so this store takes #PF (a
+            // protection violation on a write), whose handler reports it
+            // and powers off. Were W^X missing, the byte written back is
+            // the one already there, so the check fails without
+            // corrupting the code.
+            unsafe { target.write_volatile(target.read_volatile()) };
+            warn!("selftest: the write to the kernel's code did not fault");
+        }
+        Some("exec-heap") => {
+            // `ret`: harmless if it ran.
+            let code = alloc::boxed::Box::new([0xC3u8; 16]);
+            let target = code.as_ptr();
+            warn!("selftest: executing the heap at {target:p} on purpose");
+            // SAFETY: not safe at all, and that is the point: the heap lies
+            // in the physical-memory window, which W^X maps no-execute, so
+            // the fetch takes #PF, whose handler reports it and powers off.
+            // Were W^X missing, the bytes are a lone `ret`.
+            unsafe {
+                let f = core::mem::transmute::<*const u8, extern "C" fn()>(target);
+                f();
+            }
+            warn!("selftest: executing the heap did not fault");
+        }
         Some("ghost-cpu") => {} // see `ghost_cpu`
         Some(other) => warn!("selftest: unknown self-test {other:?}, ignored"),
     }

@@ -20,7 +20,11 @@
 //! words at the routine's end (GDT base, far-jump targets, CR3, stack,
 //! argument, entry) before each start. CR3 must lie below 4 GiB (it is
 //! loaded in 32-bit mode), and page P is identity-mapped while the APs
-//! start, since the 64-bit code runs there until its jump.
+//! start, since the 64-bit code runs there until its jump: read-only and
+//! executable (W^X, see `wx`), and taken down once they have started. The
+//! routine never writes its page once paging is on: its descriptors come
+//! with the accessed bit already set, so loading CS = 0x18 does not write
+//! the GDT (SDM Vol. 3A 3.4.5.1: the processor sets it only when clear).
 
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -92,9 +96,9 @@ ferrovisor_ap_long:
     .global ferrovisor_ap_gdt
 ferrovisor_ap_gdt:
     .quad 0
-    .quad 0x00CF9A000000FFFF
-    .quad 0x00CF92000000FFFF
-    .quad 0x00AF9A000000FFFF
+    .quad 0x00CF9B000000FFFF
+    .quad 0x00CF93000000FFFF
+    .quad 0x00AF9B000000FFFF
 ferrovisor_ap_gdt_end:
     .global ferrovisor_ap_gdtr
 ferrovisor_ap_gdtr:
@@ -356,6 +360,7 @@ extern "C" fn ap_entry(index: u64) -> ! {
         arch::halt_forever();
     }
     interrupts::init();
+    crate::wx::check_this_cpu(index);
     lapic::enable_this_cpu();
     match cpu::report_ap() {
         Ok(_) if BOOT_CAPS.get().is_none() => {

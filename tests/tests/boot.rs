@@ -287,11 +287,70 @@ fn page_fault_reports_vector_error_code_rip_cr2() {
         QEMU_LIMIT,
     );
     Checked::new(&out, "QEMU boot with a deliberate page fault")
-        .line("`FATAL exception 14 (page fault) error code 0x0 at RIP 0xffff... CR2 0x0000000000000000`", |l| {
+        .line("`FATAL exception 14 (page fault) error code 0x0 at RIP 0xffff... CR2 0x0000000000000000: read of a page that is not present`", |l| {
             l.contains("] FATAL exception 14 (page fault) error code 0x0 at RIP 0x")
                 && l.contains(" CR2 0x0000000000000000")
+                && l.ends_with("read of a page that is not present")
                 && !l.contains("RIP 0x0000000000000000")
         })
+        .in_order("FATAL", "powering off after a failure")
+        .exit_code(0);
+}
+
+/// W^X: the kernel's code is mapped read-only, so a write to it (the
+/// `write-code` self-test) faults, and the report names the protection
+/// violation; by UEFI too, whose firmware leaves other page tables behind.
+#[test]
+fn qemu_a_write_to_the_kernels_code_faults_as_a_protection_violation() {
+    for firmware in [Firmware::Bios, Firmware::Uefi] {
+        let out = boot(
+            &Variant::selftest("write-code"),
+            Engine::Qemu,
+            firmware,
+            QEMU_LIMIT,
+        );
+        Checked::new(&out, "QEMU boot writing to the kernel's code")
+            .line(
+                "`memory: W^X: code read-only, <N> mappings no-execute (...)`",
+                |l| l.contains("memory: W^X: code read-only, ") && l.contains(" mappings no-execute"),
+            )
+            .saw("selftest: writing to the kernel's code at 0x")
+            .line(
+                "`FATAL exception 14 (page fault) error code 0x3 ...: protection violation: write to a read-only page`",
+                |l| {
+                    l.contains("] FATAL exception 14 (page fault) error code 0x3 at RIP 0x")
+                        && l.ends_with("protection violation: write to a read-only page")
+                },
+            )
+            .in_order("memory: W^X", "selftest: writing")
+            .in_order("selftest: writing", "FATAL")
+            .never("did not fault")
+            .in_order("FATAL", "powering off after a failure")
+            .exit_code(0);
+    }
+}
+
+/// W^X: the heap (in the physical-memory window) is no-execute, so a jump
+/// into it (the `exec-heap` self-test) faults on the instruction fetch.
+#[test]
+fn qemu_executing_the_heap_faults_as_a_protection_violation() {
+    let out = boot(
+        &Variant::selftest("exec-heap"),
+        Engine::Qemu,
+        Firmware::Bios,
+        QEMU_LIMIT,
+    );
+    Checked::new(&out, "QEMU boot executing the heap")
+        .saw("selftest: executing the heap at 0x")
+        .line(
+            "`FATAL exception 14 (page fault) error code 0x11 ...: protection violation: instruction fetch from a no-execute page`",
+            |l| {
+                l.contains("] FATAL exception 14 (page fault) error code 0x11 at RIP 0x")
+                    && l.ends_with("protection violation: instruction fetch from a no-execute page")
+            },
+        )
+        .in_order("selftest: executing", "FATAL")
+        .never("did not fault")
         .in_order("FATAL", "powering off after a failure")
         .exit_code(0);
 }

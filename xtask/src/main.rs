@@ -22,6 +22,7 @@ commands:
   build    build the kernel                          [--log LEVEL]
   image    build the kernel and the disk image (GPT, boots by BIOS and UEFI, with
            the FERROCFG config partition)   [--log LEVEL] [--config DIR]
+                                            [--selftest NAME]
   run      build, then boot the image with the serial console on this terminal
              --engine auto|qemu|kvm|bochs   (default auto: QEMU+KVM when this host
                                              offers nested VT-x, else Bochs)
@@ -30,8 +31,9 @@ commands:
              --timeout SECS  (default 60 for QEMU, 900 for Bochs)
              --serial-log FILE              also write the console to FILE
              --log error|warn|info|debug|trace   kernel log level (default info)
-             --selftest panic|page-fault    build in a deliberate failure (the boot
-                                            tests use these to check the fatal path)
+             --selftest NAME    build in a deliberate failure (the boot tests use
+                                these to check the fatal paths): panic,
+                                page-fault, write-code, exec-heap, ghost-cpu
              --config DIR   boot the guests of DIR/hypervisor.toml, with the
                             test guests built from guest-images/asm (default
                             guest-images/default)
@@ -68,12 +70,19 @@ fn main() -> ExitCode {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
-        "image" => cli::Options::parse(rest, &["--log", "--config"]).and_then(|o| {
+        "image" => cli::Options::parse(rest, &["--log", "--config", "--selftest"]).and_then(|o| {
             xtask::setup::ensure_toolchain().map_err(|e| e.to_string())?;
             xtask::setup::ensure_tools(&[xtask::setup::Tool::Mtools]).map_err(|e| e.to_string())?;
             let mut variant = Variant::with_log_level(&o.log_level()?);
             if let Some(dir) = o.get("--config") {
                 variant.config = Some(dir.into());
+            }
+            // The build a self-test boot test uses (`Variant::selftest`).
+            if let Some(test) = o.get("--selftest") {
+                variant = Variant {
+                    log_level: variant.log_level,
+                    ..Variant::selftest(test)
+                };
             }
             build::all(&variant).map_err(|e| e.to_string())?;
             println!("xtask: the disk image is {}", variant.disk().display());

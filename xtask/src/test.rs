@@ -31,6 +31,8 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("linux-multi"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
+        Variant::selftest("write-code"),
+        Variant::selftest("exec-heap"),
         Variant::selftest("ghost-cpu"),
     ]
 }

@@ -160,7 +160,8 @@ pub fn map_uncached(phys: HostPhysAddr, len: u64) -> Result<*mut u8, DriverError
 }
 
 /// Maps the 4 KiB page at physical `page` at the same virtual address,
-/// executable, for the application processors' start-up code, which runs
+/// read-only and executable (the boot CPU writes the routine through the
+/// physical-memory window), for the application processors' start-up code, which runs
 /// there between turning paging on and jumping into the kernel. Returns
 /// whether the mapping is new (and so should be taken down afterwards);
 /// an identity mapping already there is kept.
@@ -179,17 +180,27 @@ pub fn identity_map(page: HostPhysAddr) -> Result<bool, DriverError> {
             frame: MappedFrame::Size4KiB(f),
             flags,
             ..
-        } if f == frame && !flags.contains(PageTableFlags::NO_EXECUTE) => Ok(false),
+        } if f == frame
+            && !flags.contains(PageTableFlags::NO_EXECUTE)
+            && !flags.contains(PageTableFlags::WRITABLE) =>
+        {
+            Ok(false)
+        }
         TranslateResult::NotMapped => {
-            let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+            // Read-only and executable: W^X. Tables created on the way are
+            // writable, as the bootloader's are, so they restrict nothing
+            // mapped under them later.
+            let flags = PageTableFlags::PRESENT;
+            let table_flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
             // SAFETY: the address is unmapped in the kernel's tables, so no
             // reference to it exists; it maps the page to itself, a page of
             // RAM below 1 MiB reserved for this use.
             let flush = unsafe {
-                mapper.map_to(
+                mapper.map_to_with_table_flags(
                     Page::<Size4KiB>::containing_address(virt),
                     frame,
                     flags,
+                    table_flags,
                     &mut KernelFrames,
                 )
             }
