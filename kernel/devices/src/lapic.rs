@@ -36,9 +36,12 @@
 //! LVT entries), TPR/PPR/APR, IRR/ISR/TMR, EOI, the error status register,
 //! logical destinations (flat and cluster), the timer in one-shot,
 //! periodic and TSC-deadline modes, ICR IPIs with shorthands, hardware
-//! enable through IA32_APIC_BASE, NMI/INIT/SIPI latches.
+//! enable and the page's base through IA32_APIC_BASE
+//! ([`write_apic_base_msr`](LocalApic::write_apic_base_msr)), NMI/INIT/SIPI
+//! latches.
 //!
-//! Left out: x2APIC, moving the APIC page (IA32_APIC_BASE's base field),
+//! Left out: x2APIC (CPUID does not offer it, so IA32_APIC_BASE refuses
+//! its enable bit),
 //! writable APIC IDs (the ID register is read-only here, as it is on many
 //! processors: 11.4.6), EOI-broadcast suppression and focus checking
 //! (SVR bits 12 and 9 read 0), the remote read register (reads 0),
@@ -66,6 +69,20 @@ pub const APIC_BASE_BSP: u64 = 1 << 8;
 
 /// IA32_APIC_BASE bit 11: the APIC is hardware-enabled (11.4.3).
 pub const APIC_BASE_ENABLE: u64 = 1 << 11;
+
+/// IA32_APIC_BASE bit 10: x2APIC mode (11.12.1).
+pub const APIC_BASE_EXTD: u64 = 1 << 10;
+
+/// A write of IA32_APIC_BASE the processor refuses with #GP(0) (SDM Vol.
+/// 3A, 11.4.4 and 11.12.5: reserved bits, and x2APIC mode, which this
+/// APIC does not offer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicBaseError {
+    /// A reserved bit (0-7, 9, or at or above MAXPHYADDR) is set.
+    Reserved,
+    /// The x2APIC enable bit is set; CPUID.1:ECX.x2APIC is 0.
+    X2ApicUnsupported,
+}
 
 /// The IA32_TSC_DEADLINE MSR (SDM Vol. 3A, 11.5.4.1).
 pub const IA32_TSC_DEADLINE_MSR: u32 = 0x6E0;
@@ -112,6 +129,8 @@ mod reg {
 
 /// The size of the APIC register page.
 const PAGE_SIZE: u32 = 0x1000;
+/// The offset bits of an address in the APIC register page.
+const PAGE_OFFSET: u64 = 0xFFF;
 
 /// LVT bits (SDM Vol. 3A, 11.5.1, Figure 11-8).
 const LVT_VECTOR: u32 = 0xFF;
@@ -337,6 +356,9 @@ pub struct LocalApic {
     timer_hz: u64,
     /// IA32_APIC_BASE bit 11.
     hardware_enabled: bool,
+    /// IA32_APIC_BASE's base field: the guest-physical address of the
+    /// register page.
+    base: u64,
     tpr: u8,
     ldr: u32,
     dfr: u32,
@@ -378,6 +400,7 @@ impl LocalApic {
             tsc_hz,
             timer_hz,
             hardware_enabled: true,
+            base: LAPIC_BASE,
             tpr: 0,
             ldr: 0,
             dfr: DFR_RESET,
@@ -484,8 +507,8 @@ impl LocalApic {
         self.hardware_enabled && self.svr & SVR_ENABLE != 0
     }
 
-    /// What RDMSR IA32_APIC_BASE reads: the fixed base, the enable bit,
-    /// and the BSP bit when `bsp`.
+    /// What RDMSR IA32_APIC_BASE reads: the base, the enable bit, and the
+    /// BSP bit when `bsp`.
     pub const fn apic_base_msr(&self, bsp: bool) -> u64 {
         let enable = if self.hardware_enabled {
             APIC_BASE_ENABLE
@@ -493,7 +516,56 @@ impl LocalApic {
             0
         };
         let bsp = if bsp { APIC_BASE_BSP } else { 0 };
-        LAPIC_BASE | enable | bsp
+        self.base | enable | bsp
+    }
+
+    /// WRMSR IA32_APIC_BASE (SDM Vol. 3A, 11.4.4, Figure 11-5, and the
+    /// state transitions of 11.12.5): the base field (bits 12 up to
+    /// `phys_bits`, the guest's MAXPHYADDR) moves the register page;
+    /// clearing the enable bit disables the APIC and resets it (see
+    /// [`set_hardware_enabled`](Self::set_hardware_enabled)), setting it
+    /// again brings it back in its reset state. The BSP bit is read-only:
+    /// what is written there is ignored. Reserved bits, and the x2APIC
+    /// enable bit (no x2APIC is offered, so that mode cannot be entered),
+    /// refuse the whole write and change nothing: the caller injects
+    /// #GP(0).
+    ///
+    /// # Errors
+    ///
+    /// [`ApicBaseError`] as its variants say.
+    pub fn write_apic_base_msr(&mut self, value: u64, phys_bits: u8) -> Result<(), ApicBaseError> {
+        let phys_bits = u32::from(phys_bits.clamp(32, 52));
+        let addressable = u64::MAX
+            .checked_shr(64u32.saturating_sub(phys_bits))
+            .unwrap_or(0);
+        let base_mask = addressable & !PAGE_OFFSET;
+        let allowed = base_mask | APIC_BASE_ENABLE | APIC_BASE_EXTD | APIC_BASE_BSP;
+        if value & !allowed != 0 {
+            return Err(ApicBaseError::Reserved);
+        }
+        if value & APIC_BASE_EXTD != 0 {
+            return Err(ApicBaseError::X2ApicUnsupported);
+        }
+        self.base = value & base_mask;
+        let on = value & APIC_BASE_ENABLE != 0;
+        if on != self.hardware_enabled {
+            self.set_hardware_enabled(on);
+        }
+        Ok(())
+    }
+
+    /// The guest-physical address of the register page (IA32_APIC_BASE's
+    /// base field), whether or not the APIC is enabled.
+    pub const fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Whether an access to guest-physical `gpa` reaches this APIC's
+    /// registers: it is on the page at [`base`](Self::base) and the APIC
+    /// is hardware-enabled. A disabled APIC decodes nothing; its page is
+    /// then whatever else the platform has there.
+    pub const fn decodes(&self, gpa: u64) -> bool {
+        self.hardware_enabled && gpa & !PAGE_OFFSET == self.base
     }
 
     /// The APIC ID.
@@ -1212,6 +1284,71 @@ mod tests {
         // Only SVR bits 8:0 are implemented.
         apic.write(reg::SVR, 0xFFFF_FFFF, 0);
         assert_eq!(apic.read(reg::SVR, 0), 0x1FF);
+    }
+
+    #[test]
+    fn apic_base_writes_disable_enable_and_move_the_page() {
+        let mut apic = apic();
+        apic.firmware_state();
+        apic.write(reg::TPR, 0x20, 0);
+        assert!(apic.decodes(LAPIC_BASE + 0x20));
+        // Rewriting the reset value (the BSP bit included) changes nothing.
+        assert_eq!(apic.write_apic_base_msr(0xFEE0_0900, 36), Ok(()));
+        assert_eq!(apic.read(reg::TPR, 0), 0x20);
+        // The BSP bit is read-only: the model keeps none, the caller
+        // says which vCPU is the BSP.
+        assert_eq!(apic.write_apic_base_msr(0xFEE0_0800, 36), Ok(()));
+        assert_eq!(apic.apic_base_msr(true), 0xFEE0_0900);
+        assert_eq!(apic.apic_base_msr(false), 0xFEE0_0800);
+        // Disable: reset, and the page no longer decodes.
+        assert_eq!(apic.write_apic_base_msr(0xFEE0_0100, 36), Ok(()));
+        assert_eq!(apic.apic_base_msr(true), 0xFEE0_0100);
+        assert!(!apic.decodes(LAPIC_BASE + 0x20));
+        // Enable at a new base: the reset state, decoded there only.
+        assert_eq!(apic.write_apic_base_msr(0xFEA0_0900, 36), Ok(()));
+        assert_eq!(apic.apic_base_msr(true), 0xFEA0_0900);
+        assert!(apic.decodes(0xFEA0_0020) && !apic.decodes(LAPIC_BASE + 0x20));
+        assert_eq!(apic.read(reg::TPR, 0), 0);
+        assert_eq!(apic.read(reg::SVR, 0), 0xFF, "software-disabled again");
+        assert_eq!(apic.read(reg::ID, 0), 2 << 24);
+        // Moving an enabled APIC keeps its state.
+        apic.write(reg::TPR, 0x30, 0);
+        assert_eq!(apic.write_apic_base_msr(0xFEE0_0800, 36), Ok(()));
+        assert_eq!(apic.read(reg::TPR, 0), 0x30);
+        assert!(apic.decodes(LAPIC_BASE));
+        // A base above 4 GiB, inside MAXPHYADDR.
+        assert_eq!(apic.write_apic_base_msr(0xF_FEE0_0800, 36), Ok(()));
+        assert_eq!(apic.base(), 0xF_FEE0_0000);
+    }
+
+    #[test]
+    fn apic_base_writes_with_reserved_bits_or_x2apic_are_refused() {
+        let mut apic = apic();
+        let before = apic.clone();
+        for value in [
+            0xFEE0_0801,    // bit 0
+            0xFEE0_0880,    // bit 7
+            0xFEE0_0A00,    // bit 9
+            0x10_FEE0_0800, // bit 36, MAXPHYADDR 36
+            1 << 63,
+        ] {
+            assert_eq!(
+                apic.write_apic_base_msr(value, 36),
+                Err(ApicBaseError::Reserved),
+                "{value:#x}"
+            );
+        }
+        // x2APIC, enabled or not: not offered.
+        for value in [0xFEE0_0C00, 0xFEE0_0400] {
+            assert_eq!(
+                apic.write_apic_base_msr(value, 36),
+                Err(ApicBaseError::X2ApicUnsupported),
+                "{value:#x}"
+            );
+        }
+        assert_eq!(apic, before, "a refused write changes nothing");
+        // With a wider MAXPHYADDR bit 36 is an address bit.
+        assert_eq!(apic.write_apic_base_msr(0x10_FEE0_0800, 40), Ok(()));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext, CRYSTAL_HZ};
 use super::hypercall::{self, Hypercall};
 use super::mmio::{self, MmioError, MmioOutcome};
 use super::msr::VirtualMsrs;
-use super::msr::IA32_TSC_ADJUST;
+use super::msr::{IA32_APIC_BASE, IA32_TSC_ADJUST};
 use super::stop::{RegisterDump, StopReason};
 use super::vm::{attention_at, is_lapic_page, VcpuMmio, VmDevices};
 use devices::bus::VmRequest;
@@ -718,7 +718,10 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
         Exit::Hlt => hlt(vcpu),
         Exit::MsrRead => rdmsr(vcpu, model),
-        Exit::MsrWrite => wrmsr(vcpu, model, platform.now()),
+        Exit::MsrWrite => {
+            let phys_bits = guest_phys_bits(|l, s| platform.host_cpuid(l, s));
+            wrmsr(vcpu, model, platform.now(), phys_bits)
+        }
         Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
         Exit::Xsetbv => xsetbv(vcpu, model, platform),
         Exit::SliceEnd => Ok(Outcome::Preempted),
@@ -787,7 +790,7 @@ fn nested_page_fault<B: VcpuAccess, P: Platform>(
     platform: &mut P,
     fault: &NestedFault,
 ) -> Result<Outcome, B::Error> {
-    if !fault.fetch && (is_lapic_page(fault.gpa) || vm.is_mmio(fault.gpa)) {
+    if !fault.fetch && (is_lapic_page(&model.lapic, fault.gpa) || vm.is_mmio(fault.gpa)) {
         let mut space = VcpuMmio {
             lapic: &mut model.lapic,
             devices: vm,
@@ -1026,6 +1029,9 @@ fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, 
         }
     } else if msr == IA32_TSC_ADJUST {
         Ok(model.tsc_adjust)
+    } else if msr == IA32_APIC_BASE {
+        // vCPU 0 is the bootstrap processor.
+        Ok(model.lapic.apic_base_msr(model.index == 0))
     } else {
         model.msrs.read(msr)
     };
@@ -1039,10 +1045,27 @@ fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, 
     }
 }
 
+/// The guest's MAXPHYADDR: CPUID.80000008H:EAX[7:0], which the guest sees
+/// as the host has it, or 36 where that leaf is missing (SDM Vol. 3A,
+/// 4.1.4 "Enumeration of Paging Features by CPUID").
+fn guest_phys_bits(host: impl Fn(u32, u32) -> CpuidResult) -> u8 {
+    if host(0x8000_0000, 0).eax < 0x8000_0008 {
+        return 36;
+    }
+    match host(0x8000_0008, 0).eax as u8 {
+        0 => 36,
+        bits => bits,
+    }
+}
+
+/// WRMSR. IA32_APIC_BASE goes to the local APIC (SDM Vol. 3A, 11.4.4):
+/// disable, enable and moving its page take effect; reserved bits and
+/// x2APIC mode are #GP(0). `phys_bits` is the guest's MAXPHYADDR.
 fn wrmsr<B: VcpuAccess>(
     vcpu: &mut B,
     model: &mut VcpuModel,
     now: u64,
+    phys_bits: u8,
 ) -> Result<Outcome, B::Error> {
     model.stats.msr = model.stats.msr.saturating_add(1);
     let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
@@ -1064,6 +1087,12 @@ fn wrmsr<B: VcpuAccess>(
         vcpu.set_tsc_offset(offset)?;
         model.tsc_adjust = value;
         return skip(vcpu);
+    }
+    if msr == IA32_APIC_BASE {
+        return match model.lapic.write_apic_base_msr(value, phys_bits) {
+            Ok(()) => skip(vcpu),
+            Err(_) => inject(vcpu, model, GP, Some(0)),
+        };
     }
     match model.msrs.write(msr, value) {
         Ok(()) => skip(vcpu),

@@ -19,8 +19,9 @@ use core::fmt;
 pub const IA32_TIME_STAMP_COUNTER: u32 = 0x10;
 /// IA32_PLATFORM_ID: read-only; emulated as 0.
 pub const IA32_PLATFORM_ID: u32 = 0x17;
-/// IA32_APIC_BASE: emulated (SDM Vol. 3A, 11.4.4 "Local APIC Status and
-/// Location").
+/// IA32_APIC_BASE: emulated by the vCPU's local APIC (SDM Vol. 3A, 11.4.4
+/// "Local APIC Status and Location"); the exit handler answers it before
+/// [`VirtualMsrs`], which refuses it.
 pub const IA32_APIC_BASE: u32 = 0x1B;
 /// IA32_BIOS_SIGN_ID: the microcode revision; emulated as 0.
 pub const IA32_BIOS_SIGN_ID: u32 = 0x8B;
@@ -102,7 +103,7 @@ pub const IA32_TSC_ADJUST: u32 = 0x3B;
 /// IA32_TSC_DEADLINE by the local APIC.
 /// The emulated MSRs the exit handler answers itself (from the local APIC
 /// and the TSC offset) rather than [`VirtualMsrs`].
-pub const EXIT_HANDLER_MSRS: &[u32] = &[IA32_TSC_DEADLINE, IA32_TSC_ADJUST];
+pub const EXIT_HANDLER_MSRS: &[u32] = &[IA32_TSC_DEADLINE, IA32_TSC_ADJUST, IA32_APIC_BASE];
 
 const EMULATED_MSRS: &[u32] = &[
     IA32_TSC_DEADLINE,
@@ -161,13 +162,6 @@ impl fmt::Display for InjectGp {
     }
 }
 
-/// IA32_APIC_BASE bit 8: this processor is the bootstrap processor.
-const APIC_BASE_BSP: u64 = 1 << 8;
-/// IA32_APIC_BASE bit 11: the local APIC is enabled (xAPIC mode).
-const APIC_BASE_ENABLE: u64 = 1 << 11;
-/// The architectural default local APIC base address.
-const APIC_BASE_DEFAULT: u64 = 0xFEE0_0000;
-
 /// IA32_MISC_ENABLE bit 0: fast-strings enable, the one writable bit.
 const MISC_FAST_STRINGS: u64 = 1 << 0;
 /// IA32_MISC_ENABLE bit 11: branch trace storage unavailable (read-only).
@@ -213,17 +207,6 @@ impl VirtualMsrs {
         }
     }
 
-    /// IA32_APIC_BASE: the default base, enabled in xAPIC mode, BSP bit on
-    /// vCPU 0 only (SDM Vol. 3A, 11.4.4).
-    fn apic_base(&self) -> u64 {
-        let bsp = if self.vcpu_index == 0 {
-            APIC_BASE_BSP
-        } else {
-            0
-        };
-        APIC_BASE_DEFAULT | APIC_BASE_ENABLE | bsp
-    }
-
     /// The guest's RDMSR of `msr`, for an access that exited. Emulated MSRs
     /// answer; denied and unknown ones are `Err`, and so is a pass-through
     /// one, which exits only if the backend's MSR bitmap does not agree
@@ -231,7 +214,6 @@ impl VirtualMsrs {
     /// here).
     pub fn read(&self, msr: u32) -> Result<u64, InjectGp> {
         match msr {
-            IA32_APIC_BASE => Ok(self.apic_base()),
             // No microcode update was loaded, no platform ID, no MTRRs and
             // no machine-check banks: CPUID agrees (MTRR, MCE, MCA hidden).
             IA32_BIOS_SIGN_ID | IA32_PLATFORM_ID | IA32_MTRRCAP | IA32_MCG_CAP
@@ -248,8 +230,6 @@ impl VirtualMsrs {
     ///   processor would move the TSC the hypervisor and every other guest
     ///   read; a per-guest TSC through the VMCS TSC offset is not done yet,
     ///   and current OSes do not write the TSC.
-    /// - IA32_APIC_BASE: accepted only if equal to the current value; the
-    ///   APIC can be neither moved, disabled nor put in x2APIC mode yet.
     /// - IA32_BIOS_SIGN_ID: dropped (OSes write 0 before reading the
     ///   microcode revision, which stays 0).
     /// - IA32_MISC_ENABLE: only bit 0 (fast strings) may change; the guest
@@ -263,7 +243,6 @@ impl VirtualMsrs {
     pub fn write(&mut self, msr: u32, value: u64) -> Result<(), InjectGp> {
         match msr {
             IA32_TIME_STAMP_COUNTER | IA32_BIOS_SIGN_ID => Ok(()),
-            IA32_APIC_BASE if value == self.apic_base() => Ok(()),
             IA32_MISC_ENABLE if value & !MISC_FAST_STRINGS == MISC_FIXED => {
                 self.misc_enable = value;
                 Ok(())
@@ -411,30 +390,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn apic_base() {
-        let mut bsp = VirtualMsrs::new(0);
-        let mut ap = VirtualMsrs::new(3);
-        assert_eq!(bsp.read(IA32_APIC_BASE), Ok(0xFEE0_0900));
-        assert_eq!(ap.read(IA32_APIC_BASE), Ok(0xFEE0_0800));
-        // Rewriting the value is fine; moving, disabling or x2APIC is not.
-        assert_eq!(bsp.write(IA32_APIC_BASE, 0xFEE0_0900), Ok(()));
-        assert_eq!(ap.write(IA32_APIC_BASE, 0xFEE0_0800), Ok(()));
-        for value in [0xFEE0_0800, 0xFEE0_0100, 0xFEE0_0D00, 0xFEC0_0900, 0] {
-            assert_eq!(
-                bsp.write(IA32_APIC_BASE, value),
-                Err(InjectGp),
-                "{value:#x}"
-            );
-        }
-        assert_eq!(
-            ap.write(IA32_APIC_BASE, 0xFEE0_0900),
-            Err(InjectGp),
-            "AP claims BSP"
-        );
-        assert_eq!(bsp.read(IA32_APIC_BASE), Ok(0xFEE0_0900));
     }
 
     #[test]

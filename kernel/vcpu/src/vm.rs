@@ -33,7 +33,7 @@ use devices::bus::{Bus, DeviceId, VmRequest};
 use devices::i8042::{I8042, I8042_PORTS};
 use devices::ioapic::{IoApic, IOAPIC_BASE};
 use devices::irq::{InterruptController, IrqLines};
-use devices::lapic::{ApicEffect, IpiShorthand, LocalApic, LAPIC_BASE};
+use devices::lapic::{ApicEffect, IpiShorthand, LocalApic};
 use devices::pci_host::{PciHost, PCI_HOST_PORTS};
 use devices::pic::{DualPic, PIC_PORTS};
 use devices::pit::{Pit, PIT_PORTS};
@@ -396,10 +396,17 @@ pub struct VcpuMmio<'a> {
     pub devices: &'a mut VmDevices,
 }
 
-/// Whether `gpa` is on the local APIC's page.
+/// Whether `gpa` is on the page of `lapic`'s registers: at its
+/// IA32_APIC_BASE base, while it is enabled. Each vCPU has its own (a
+/// guest may move or disable one APIC and not the others). The page is not
+/// guest RAM, so EPT maps nothing there and every access exits; a
+/// disabled APIC's page, or the page an APIC left, is then whatever the
+/// VM's bus has there, usually nothing (the guest is stopped with a
+/// memory-fault report, as for any access nothing claims). An APIC moved
+/// onto guest RAM is not reachable: the RAM is mapped and answers.
 #[inline]
-pub fn is_lapic_page(gpa: GuestPhysAddr) -> bool {
-    gpa.as_u64() & !0xFFF == LAPIC_BASE
+pub fn is_lapic_page(lapic: &LocalApic, gpa: GuestPhysAddr) -> bool {
+    lapic.decodes(gpa.as_u64())
 }
 
 impl MmioSpace for VcpuMmio<'_> {
@@ -410,7 +417,7 @@ impl MmioSpace for VcpuMmio<'_> {
         now: u64,
         sink: &mut dyn FnMut(&str),
     ) -> Option<u64> {
-        if !is_lapic_page(gpa) {
+        if !is_lapic_page(self.lapic, gpa) {
             return self.devices.mmio_read(gpa, size, now, sink);
         }
         // 32-bit registers on 16-byte boundaries (SDM Vol. 3A, 11.4.1): a
@@ -429,7 +436,7 @@ impl MmioSpace for VcpuMmio<'_> {
         now: u64,
         sink: &mut dyn FnMut(&str),
     ) -> bool {
-        if !is_lapic_page(gpa) {
+        if !is_lapic_page(self.lapic, gpa) {
             return self.devices.mmio_write(gpa, size, value, now, sink);
         }
         // Only whole aligned dwords write a register (narrower writes are
@@ -539,6 +546,7 @@ mod tests {
 
     use super::*;
     use crate::fake::FakeVcpu;
+    use devices::lapic::LAPIC_BASE;
 
     fn sink(lines: &mut Vec<String>) -> impl FnMut(&str) + '_ {
         |line| lines.push(line.into())

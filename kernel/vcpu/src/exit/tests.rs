@@ -331,3 +331,146 @@ fn tsc_deadline_is_kept_in_host_time_and_read_back_in_guest_time() {
     assert_eq!(rdmsr_exit(&mut v, 0x6E0), 0);
     assert_eq!(v.1.attention_at, u64::MAX);
 }
+
+/// A 64-bit guest, vCPU `index` of two, whose first 2 MiB are
+/// identity-mapped by one 2 MiB page (PML4 0x1000, PDPT 0x2000, PD 0x3000),
+/// with `mov eax, [rbx]` at [`RIP`] for [`apic_read`].
+fn apic_guest(index: u32) -> Exited {
+    let mut v = setup(2);
+    v.1 = VcpuModel::new(index, 2, 0);
+    v.2.ram = vec![0; 0x20_0000];
+    for (at, entry) in [(0x1000, 0x2003u64), (0x2000, 0x3003), (0x3000, 0x83)] {
+        v.2.ram[at..at + 8].copy_from_slice(&entry.to_le_bytes());
+    }
+    let rip = RIP as usize;
+    v.2.ram[rip..rip + 2].copy_from_slice(&[0x8B, 0x03]);
+    v.0.cr3 = 0x1000;
+    v.0.cr4 = 1 << 5;
+    v
+}
+
+/// The guest's 32-bit load from guest-physical `gpa` (the EPT violation it
+/// takes there): the value loaded, or the stop it ends in.
+fn apic_read(v: &mut Exited, gpa: u64) -> Result<u32, StopReason> {
+    v.0.rip = RIP;
+    v.0.gprs[Gpr::Rbx as usize] = gpa;
+    v.0.gprs[Gpr::Rax as usize] = u64::MAX;
+    let fault = NestedFault {
+        gpa: GuestPhysAddr::new(gpa),
+        read: true,
+        write: false,
+        fetch: false,
+        allowed: Some([false, false, false]),
+    };
+    match run(Exit::nested(fault), v) {
+        Outcome::Resume => {
+            assert_eq!(v.0.rip, RIP + 2);
+            Ok(v.0.gprs[Gpr::Rax as usize] as u32)
+        }
+        Outcome::Stop(reason) => Err(*reason),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The #GP(0) a refused WRMSR injects, RIP left on the WRMSR.
+fn assert_gp(v: &mut Exited, outcome: Outcome) {
+    assert_eq!(outcome, Outcome::Resume);
+    assert_eq!(
+        v.0.injected,
+        [Event::Exception {
+            vector: 13,
+            error_code: Some(0)
+        }]
+    );
+    assert_eq!(v.0.rip, RIP, "a fault does not skip");
+    v.0.injected.clear();
+}
+
+#[test]
+fn after_reset_the_apic_answers_at_0xfee00000() {
+    // What every program that starts the way a PC starts reads first.
+    let mut ap = apic_guest(1);
+    assert_eq!(
+        rdmsr_exit(&mut ap, 0x1B),
+        0xFEE0_0800,
+        "enabled, not the BSP"
+    );
+    assert_eq!(apic_read(&mut ap, 0xFEE0_0020), Ok(1 << 24), "APIC ID 1");
+    assert_eq!(apic_read(&mut ap, 0xFEE0_0030), Ok(0x0005_0014), "version");
+    let mut bsp = apic_guest(0);
+    assert_eq!(rdmsr_exit(&mut bsp, 0x1B), 0xFEE0_0900, "the BSP");
+    assert_eq!(apic_read(&mut bsp, 0xFEE0_0020), Ok(0));
+}
+
+#[test]
+fn clearing_the_apic_base_enable_bit_disables_the_page_and_setting_it_resets() {
+    let mut v = apic_guest(1);
+    // Something to lose: a raised TPR.
+    let _ = v.1.lapic.write(0x80, 0x40, 0);
+    v.0.rip = RIP;
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEE0_0000), Outcome::Resume);
+    assert_eq!(rdmsr_exit(&mut v, 0x1B), 0xFEE0_0000);
+    // The page no longer decodes: nothing else claims it, so the access
+    // stops the guest with the memory-fault report.
+    match apic_read(&mut v, 0xFEE0_0020) {
+        Err(StopReason::MemoryFault { fault, .. }) => {
+            assert_eq!(fault.gpa, GuestPhysAddr::new(0xFEE0_0020));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Enabled again: the reset state (TPR 0, SVR 0xFF: software-disabled).
+    let mut v = apic_guest(1);
+    let _ = v.1.lapic.write(0x80, 0x40, 0);
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEE0_0000), Outcome::Resume);
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEE0_0800), Outcome::Resume);
+    assert_eq!(rdmsr_exit(&mut v, 0x1B), 0xFEE0_0800);
+    assert_eq!(apic_read(&mut v, 0xFEE0_0080), Ok(0));
+    assert_eq!(apic_read(&mut v, 0xFEE0_00F0), Ok(0xFF));
+    assert_eq!(apic_read(&mut v, 0xFEE0_0020), Ok(1 << 24));
+}
+
+#[test]
+fn the_apic_base_moves_the_page_for_this_vcpu() {
+    let mut v = apic_guest(1);
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEA0_0800), Outcome::Resume);
+    assert_eq!(rdmsr_exit(&mut v, 0x1B), 0xFEA0_0800);
+    assert_eq!(apic_read(&mut v, 0xFEA0_0020), Ok(1 << 24));
+    assert_eq!(apic_read(&mut v, 0xFEA0_0030), Ok(0x0005_0014));
+    assert!(
+        matches!(
+            apic_read(&mut v, 0xFEE0_0020),
+            Err(StopReason::MemoryFault { .. })
+        ),
+        "the old page is left"
+    );
+    // Another vCPU's APIC stays where it was.
+    let mut other = apic_guest(0);
+    assert_eq!(apic_read(&mut other, 0xFEE0_0020), Ok(0));
+    // Moving it onto the I/O APIC's page: the local APIC is in front.
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEC0_0800), Outcome::Resume);
+    assert_eq!(apic_read(&mut v, 0xFEC0_0030), Ok(0x0005_0014));
+}
+
+#[test]
+fn apic_base_writes_of_reserved_bits_or_x2apic_inject_gp_and_the_bsp_bit_is_read_only() {
+    let mut v = apic_guest(0);
+    // Bit 9 and bit 0 are reserved; the fake host has no leaf 0x80000008,
+    // so MAXPHYADDR is 36 and bit 36 is reserved too.
+    for value in [0xFEE0_0B00, 0xFEE0_0901, 0x10_FEE0_0900] {
+        v.0.rip = RIP;
+        let outcome = wrmsr_exit(&mut v, 0x1B, value);
+        assert_gp(&mut v, outcome);
+    }
+    // x2APIC mode: CPUID does not offer it.
+    v.0.rip = RIP;
+    let outcome = wrmsr_exit(&mut v, 0x1B, 0xFEE0_0D00);
+    assert_gp(&mut v, outcome);
+    assert_eq!(rdmsr_exit(&mut v, 0x1B), 0xFEE0_0900, "nothing changed");
+    // Clearing the BSP bit on the BSP, or setting it on an AP, is ignored.
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEE0_0800), Outcome::Resume);
+    assert_eq!(rdmsr_exit(&mut v, 0x1B), 0xFEE0_0900);
+    let mut ap = apic_guest(1);
+    assert_eq!(wrmsr_exit(&mut ap, 0x1B, 0xFEE0_0900), Outcome::Resume);
+    assert_eq!(rdmsr_exit(&mut ap, 0x1B), 0xFEE0_0800);
+    assert!(ap.0.injected.is_empty());
+}
