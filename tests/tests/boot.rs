@@ -472,6 +472,83 @@ fn test_guests(c: &Checked<'_>) {
     c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done");
 }
 
+/// The local APIC where software finds it after reset, and
+/// IA32_APIC_BASE as the SDM says (`guest-images/fidelity-wxapic`): the
+/// `apicbase` guest reads its APIC ID and version at 0xFEE00000, gets #GP
+/// for a reserved bit and for x2APIC mode, disables the APIC (the MSR
+/// reads back without the enable bit), enables it at 0xFEA00000 where it
+/// answers in its reset state, and moves it back. The `apicgone` guest
+/// disables its APIC and reads the page it left: nothing claims it, so it
+/// is stopped there with the memory-fault report, and the other guest and
+/// the hypervisor go on.
+#[test]
+fn bochs_the_local_apic_base_follows_the_sdm() {
+    let out = boot(
+        &Variant::with_guests("fidelity-wxapic"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with the local APIC base guests");
+    vtx_ready(&c);
+    c.saw("memory: W^X: code read-only, ")
+        .saw("config: loaded 2 guests from disk ")
+        .in_order(
+            "[apicbase] apic at 0xfee00000: id 0 version 0x00050014",
+            "[apicbase] apic base msr 0x00000000fee00900",
+        )
+        .in_order(
+            "[apicbase] trying a reserved bit in apic base",
+            "[apicbase] reserved bit 9: #GP",
+        )
+        .in_order(
+            "[apicbase] trying x2apic mode",
+            "[apicbase] x2apic enable: #GP",
+        )
+        .in_order(
+            "[apicbase] x2apic enable: #GP",
+            "[apicbase] disabled: apic base msr 0x00000000fee00100",
+        )
+        .in_order(
+            "[apicbase] disabled: apic base msr 0x00000000fee00100",
+            "[apicbase] moved: apic base msr 0x00000000fea00900",
+        )
+        .in_order(
+            "[apicbase] moved: apic base msr 0x00000000fea00900",
+            "[apicbase] apic at 0xfea00000: id 0 version 0x00050014",
+        )
+        // The reset state: TPR 0 (the guest had written 0x40), SVR 0xFF.
+        .in_order(
+            "[apicbase] apic at 0xfea00000: id 0 version 0x00050014",
+            "[apicbase] at 0xfea00000: tpr 0x00000000 svr 0x000000ff",
+        )
+        .in_order(
+            "[apicbase] at 0xfea00000: tpr 0x00000000 svr 0x000000ff",
+            "[apicbase] back: apic base msr 0x00000000fee00900",
+        )
+        .in_order(
+            "[apicbase] back: apic base msr 0x00000000fee00900",
+            "guest apicbase: stopped: exited with code 0",
+        )
+        .never("no fault")
+        .never("unexpected exception")
+        .in_order(
+            "[apicgone] apic answers at 0xfee00000",
+            "[apicgone] apic disabled; reading 0xfee00020",
+        )
+        .line(
+            "`guest apicgone: stopped: read at guest-physical 0xfee00020 ... at RIP ...`",
+            |l| {
+                l.contains("guest apicgone: stopped: read at guest-physical 0xfee00020 ")
+                    && l.contains(" at RIP 0x")
+            },
+        )
+        .never("ESCAPED");
+    frames_all_back(&c);
+    c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done");
+    c.exited();
+}
+
 /// A configuration with one mistake of each kind (`guest-images/broken`):
 /// each is reported with file, line, column and what to do, the bad guests
 /// are skipped, and the valid guest still starts and runs.

@@ -619,6 +619,7 @@ mod tests {
             ),
             ("default", &["real", "protected", "long", "cpuid"][..]),
             ("bench", &["cpuid"][..]),
+            ("fidelity-wxapic", &["apicbase", "apicgone"][..]),
         ] {
             let path = config_dir(config).join(CONFIG_FILE);
             let text = fs::read_to_string(&path).unwrap();
@@ -655,6 +656,35 @@ mod tests {
 
     /// The exact lines each guest prints (the boot tests match them).
     const EXPECTED_LINES: &[(&str, &[&str])] = &[
+        (
+            "apicbase",
+            &[
+                "apic at ",
+                ": id ",
+                " version ",
+                "apic base msr ",
+                "trying a reserved bit in apic base\n",
+                "reserved bit 9\0",
+                "trying x2apic mode\n",
+                "x2apic enable\0",
+                ": #GP\n",
+                "disabled: apic base msr ",
+                "moved: apic base msr ",
+                "at 0xfea00000: tpr ",
+                " svr ",
+                "back: apic base msr ",
+                ": no fault\n",
+                "unexpected exception ",
+            ],
+        ),
+        (
+            "apicgone",
+            &[
+                "apic answers at 0xfee00000\n",
+                "apic disabled; reading 0xfee00020\n",
+                "ESCAPED: the disabled apic page answered\n",
+            ],
+        ),
         ("real", &["hello from real mode\n"]),
         (
             "protected",

@@ -29,6 +29,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("linux"),
         Variant::with_guests("linux-stock"),
         Variant::with_guests("linux-multi"),
+        Variant::with_guests("fidelity-wxapic"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("write-code"),

@@ -1,5 +1,6 @@
 //! The local APIC of one vCPU, as the guest sees it in xAPIC mode (SDM
-//! Vol. 3A, chapter 11): its registers at [`LAPIC_BASE`], interrupt
+//! Vol. 3A, chapter 11): its registers at [`LAPIC_BASE`] (until the guest
+//! moves them through IA32_APIC_BASE), interrupt
 //! acceptance and priority, the APIC timer, and IPIs sent through the ICR.
 //!
 //! # How a VM uses it
