@@ -22,6 +22,11 @@
 //! - VM exits return to a 64-bit host, acknowledge the interrupt that
 //!   caused them, save and load IA32_EFER and IA32_PAT; VM entries load the
 //!   guest's EFER and PAT, so both can pass straight through to the guest.
+//!   Exits save and entries load the debug controls (DR7 and
+//!   IA32_DEBUGCTL): the guest's breakpoints are its own, while every VM
+//!   exit leaves the host DR7 = 400H and DEBUGCTL = 0 (SDM Vol. 3C,
+//!   28.5.1). The TRUE capability MSRs let both be 0, and with them 0 the
+//!   guest's DR7 was the host's 400H after every exit.
 //!   Where offered, exits save the preemption timer's count, so a slice
 //!   spans the exits inside it.
 //!   "IA-32e mode guest" is not part of the fixed set: it follows the
@@ -238,14 +243,17 @@ impl GuestControls {
                 | ExitControls::SAVE_IA32_EFER
                 | ExitControls::LOAD_IA32_EFER
                 | ExitControls::SAVE_IA32_PAT
-                | ExitControls::LOAD_IA32_PAT,
+                | ExitControls::LOAD_IA32_PAT
+                | ExitControls::SAVE_DEBUG_CONTROLS,
             ExitControls::SAVE_PREEMPTION_TIMER_VALUE,
             ExitControls::LOAD_IA32_PERF_GLOBAL_CTRL,
         )?;
         let entry = choose(
             &caps.entry,
             ControlField::Entry,
-            EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT,
+            EntryControls::LOAD_IA32_EFER
+                | EntryControls::LOAD_IA32_PAT
+                | EntryControls::LOAD_DEBUG_CONTROLS,
             EntryControls::empty(),
             EntryControls::IA32E_MODE_GUEST
                 | EntryControls::ENTRY_TO_SMM
@@ -334,6 +342,11 @@ mod tests {
             .entry_for(true)
             .contains(EntryControls::IA32E_MODE_GUEST | EntryControls::LOAD_IA32_EFER));
         assert_eq!(c.entry_for(false), c.entry);
+        // The TRUE MSRs let the debug controls be 0 (allowed-0 bit 2 clear
+        // in both); the guest's DR7 and DEBUGCTL need them.
+        assert_eq!(skylake().true_ctls.unwrap().exit & 0x4, 0);
+        assert!(c.exit.contains(ExitControls::SAVE_DEBUG_CONTROLS));
+        assert!(c.entry.contains(EntryControls::LOAD_DEBUG_CONTROLS));
     }
 
     #[test]

@@ -204,6 +204,14 @@ pub trait VcpuAccess {
     fn set_cr0(&mut self, value: u64) -> Result<(), Self::Error>;
     /// Installs CR4 `value` (already checked by the caller).
     fn set_cr4(&mut self, value: u64) -> Result<(), Self::Error>;
+    /// Installs CR3 `value` (already checked by the caller).
+    fn set_cr3(&mut self, value: u64) -> Result<(), Self::Error>;
+    /// Installs the four PDPTEs a PAE-paging guest's emulated MOV to CR0,
+    /// CR3 or CR4 loaded (already checked by the caller): the processor
+    /// holds them in registers (SDM Vol. 3A, 4.4.1), and a backend whose
+    /// second-level translation keeps them in its state (VT-x with EPT:
+    /// the guest PDPTE fields) loads them at the next entry.
+    fn set_pdptes(&mut self, pdptes: [u64; 4]) -> Result<(), Self::Error>;
     /// Installs IA32_EFER `value`; the backend keeps whatever else follows
     /// EFER.LMA in step (VT-x: the "IA-32e mode guest" entry control).
     fn set_efer(&mut self, value: u64) -> Result<(), Self::Error>;

@@ -20,10 +20,11 @@ use addr::GuestPhysAddr;
 
 use super::access::{Event, Gpr, Segment, VcpuAccess, SEGMENT_L};
 use super::cpuid::{guest_cpuid, CpuidResult, GuestCpuidContext, CRYSTAL_HZ};
+use super::cr;
 use super::hypercall::{self, Hypercall};
 use super::mmio::{self, MmioError, MmioOutcome};
 use super::msr::VirtualMsrs;
-use super::msr::{IA32_APIC_BASE, IA32_TSC_ADJUST};
+use super::msr::{IA32_APIC_BASE, IA32_EFER, IA32_TSC_ADJUST};
 use super::stop::{RegisterDump, StopReason};
 use super::vm::{attention_at, is_lapic_page, VcpuMmio, VmDevices};
 use devices::bus::VmRequest;
@@ -621,14 +622,8 @@ const GP: u8 = 13;
 
 /// CR0.PE, CR0.PG and other control-register bits (SDM Vol. 3A, 2.5).
 const CR0_PE: u64 = 1 << 0;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
 const CR4_PKE: u64 = 1 << 22;
 const CR4_OSXSAVE: u64 = 1 << 18;
-/// CR4 bits whose change flushes the TLB when executed natively.
-const CR4_PAGING_BITS: u64 = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 17) | (1 << 20) | (1 << 21);
-const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -718,10 +713,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
         Exit::Hlt => hlt(vcpu),
         Exit::MsrRead => rdmsr(vcpu, model),
-        Exit::MsrWrite => {
-            let phys_bits = guest_phys_bits(|l, s| platform.host_cpuid(l, s));
-            wrmsr(vcpu, model, platform.now(), phys_bits)
-        }
+        Exit::MsrWrite => wrmsr(vcpu, model, platform),
         Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
         Exit::Xsetbv => xsetbv(vcpu, model, platform),
         Exit::SliceEnd => Ok(Outcome::Preempted),
@@ -1058,18 +1050,22 @@ fn guest_phys_bits(host: impl Fn(u32, u32) -> CpuidResult) -> u8 {
     }
 }
 
-/// WRMSR. IA32_APIC_BASE goes to the local APIC (SDM Vol. 3A, 11.4.4):
-/// disable, enable and moving its page take effect; reserved bits and
-/// x2APIC mode are #GP(0). `phys_bits` is the guest's MAXPHYADDR.
-fn wrmsr<B: VcpuAccess>(
+/// WRMSR. EFER is checked by the SDM's rules ([`cr::wrmsr_efer`]);
+/// IA32_APIC_BASE goes to the local APIC (SDM Vol. 3A, 11.4.4): disable,
+/// enable and moving its page take effect, reserved bits (past the guest's
+/// MAXPHYADDR among them) and x2APIC mode are #GP(0).
+fn wrmsr<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
     model: &mut VcpuModel,
-    now: u64,
-    phys_bits: u8,
+    platform: &mut P,
 ) -> Result<Outcome, B::Error> {
     model.stats.msr = model.stats.msr.saturating_add(1);
+    let now = platform.now();
     let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
     let msr = vcpu.gpr(Gpr::Rcx)? as u32;
+    if msr == IA32_EFER {
+        return write_efer(vcpu, model, platform, value);
+    }
     if msr == IA32_TSC_DEADLINE_MSR {
         // 0 disarms; anything else is a guest TSC value, made a host one.
         let host = match value {
@@ -1089,6 +1085,7 @@ fn wrmsr<B: VcpuAccess>(
         return skip(vcpu);
     }
     if msr == IA32_APIC_BASE {
+        let phys_bits = guest_phys_bits(|l, s| platform.host_cpuid(l, s));
         return match model.lapic.write_apic_base_msr(value, phys_bits) {
             Ok(()) => skip(vcpu),
             Err(_) => inject(vcpu, model, GP, Some(0)),
@@ -1136,7 +1133,9 @@ pub fn xcr0_valid(value: u64, supported: u64) -> bool {
 }
 
 /// A control-register access that exited: a MOV to CR0/CR4 that changes a
-/// host-owned bit, or any CR8 access.
+/// host-owned bit, LMSW, CLTS, any CR8 access, and a MOV to or from CR3
+/// where the backend makes those exit. Every write is checked by
+/// [`cr`]'s rules and applied or answered with their #GP.
 fn cr_access<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
     model: &mut VcpuModel,
@@ -1148,7 +1147,19 @@ fn cr_access<B: VcpuAccess, P: Platform>(
     match (access.cr, access.kind) {
         (0, CrAccessKind::MovTo(gpr)) => {
             let value = width(vcpu.gpr(gpr)?);
-            write_cr0(vcpu, model, value)
+            write_cr0(vcpu, model, platform, value)
+        }
+        (3, CrAccessKind::MovTo(gpr)) => {
+            let value = width(vcpu.gpr(gpr)?);
+            let state = cr_state(vcpu)?;
+            let bits = max_phys_bits(vcpu, model, platform)?;
+            let applied = cr::mov_to_cr3(&state, value, bits);
+            apply_cr(vcpu, model, platform, applied)
+        }
+        (3, CrAccessKind::MovFrom(gpr)) => {
+            let value = vcpu.cr3()?;
+            vcpu.set_gpr(gpr, value)?;
+            skip(vcpu)
         }
         (4, CrAccessKind::MovTo(gpr)) => {
             let value = width(vcpu.gpr(gpr)?);
@@ -1171,11 +1182,11 @@ fn cr_access<B: VcpuAccess, P: Platform>(
             let old = vcpu.cr0()?;
             let low = u64::from(source) & 0xF;
             let value = (old & !0xE) | low | (old & CR0_PE);
-            write_cr0(vcpu, model, value)
+            write_cr0(vcpu, model, platform, value)
         }
         (0, CrAccessKind::Clts) => {
             let old = vcpu.cr0()?;
-            write_cr0(vcpu, model, old & !(1 << 3))
+            write_cr0(vcpu, model, platform, old & !(1 << 3))
         }
         (cr, _) => Ok(Outcome::stop(StopReason::UnhandledExit {
             reason: u32::from(cr),
@@ -1186,51 +1197,157 @@ fn cr_access<B: VcpuAccess, P: Platform>(
     }
 }
 
-/// Emulates a MOV to CR0 of `value` (the guest's view), checking what the
-/// hardware would (SDM Vol. 2B "MOV—Move to/from Control Registers").
-fn write_cr0<B: VcpuAccess>(
-    vcpu: &mut B,
-    model: &mut VcpuModel,
-    value: u64,
-) -> Result<Outcome, B::Error> {
-    let old = vcpu.cr0()?;
-    let reserved = value >> 32 != 0;
-    let pg_without_pe = value & CR0_PG != 0 && value & CR0_PE == 0;
-    let nw_without_cd = value & CR0_NW != 0 && value & CR0_CD == 0;
-    if reserved || pg_without_pe || nw_without_cd {
-        return inject(vcpu, model, GP, Some(0));
-    }
-    let efer = vcpu.efer()?;
-    let paging_on = value & CR0_PG != 0 && old & CR0_PG == 0;
-    let paging_off = value & CR0_PG == 0 && old & CR0_PG != 0;
-    if efer & EFER_LME != 0 && (paging_on || paging_off) {
-        // The mode switch the hardware would have made (SDM Vol. 3A,
-        // 10.8.5): EFER.LMA follows CR0.PG.
-        let efer = if paging_on {
-            efer | EFER_LMA
-        } else {
-            efer & !EFER_LMA
-        };
-        vcpu.set_efer(efer)?;
-    }
-    vcpu.set_cr0(value)?;
-    skip(vcpu)
+/// The registers the control-register rules read, as the guest sees them.
+fn cr_state<B: VcpuAccess>(vcpu: &B) -> Result<cr::CrState, B::Error> {
+    Ok(cr::CrState {
+        cr0: vcpu.cr0()?,
+        cr3: vcpu.cr3()?,
+        cr4: vcpu.cr4()?,
+        efer: vcpu.efer()?,
+        cs_l: vcpu.segment_attributes(Segment::Cs)? & SEGMENT_L != 0,
+    })
 }
 
-/// Emulates a MOV to CR4: bits the backend cannot let the guest set (VMXE
-/// while VT-x is hidden, among others) are #GP(0).
+/// The guest's own CPUID answer for `leaf` (subleaf 0): the features its
+/// control registers may enable are the ones it is told it has.
+fn guest_leaf<B: VcpuAccess, P: Platform>(
+    vcpu: &B,
+    model: &mut VcpuModel,
+    platform: &P,
+    leaf: u32,
+) -> Result<CpuidResult, B::Error> {
+    let cr4 = vcpu.cr4_bits(CR4_OSXSAVE | CR4_PKE)?;
+    let ctx = GuestCpuidContext {
+        vcpu_index: model.index,
+        vcpus: model.vcpus,
+        cr4_osxsave: cr4 & CR4_OSXSAVE != 0,
+        cr4_pke: cr4 & CR4_PKE != 0,
+        tsc_hz: model.tsc_hz,
+    };
+    Ok(model
+        .cpuid_cache
+        .lookup(leaf, 0, &ctx, |l, s| platform.host_cpuid(l, s)))
+}
+
+/// The guest's MAXPHYADDR (CPUID.8000_0008H:EAX[7:0], 36 where the leaf
+/// is absent, SDM Vol. 3A, 4.1.4).
+fn max_phys_bits<B: VcpuAccess, P: Platform>(
+    vcpu: &B,
+    model: &mut VcpuModel,
+    platform: &P,
+) -> Result<u32, B::Error> {
+    let max = guest_leaf(vcpu, model, platform, 0x8000_0000)?.eax;
+    if max < 0x8000_0008 {
+        return Ok(36);
+    }
+    match guest_leaf(vcpu, model, platform, 0x8000_0008)?.eax & 0xFF {
+        0 => Ok(36),
+        bits => Ok(bits),
+    }
+}
+
+/// Emulates a MOV to CR0 of `value` (the guest's view), by
+/// [`cr::mov_to_cr0`].
+fn write_cr0<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+    value: u64,
+) -> Result<Outcome, B::Error> {
+    let state = cr_state(vcpu)?;
+    let applied = cr::mov_to_cr0(&state, value);
+    apply_cr(vcpu, model, platform, applied)
+}
+
+/// Emulates a MOV to CR4 of `value`, by [`cr::mov_to_cr4`]: the bits the
+/// guest may set are those of the features its CPUID reports, less those
+/// the backend cannot run a guest with (VMXE while VT-x is hidden).
 fn write_cr4<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
     model: &mut VcpuModel,
     platform: &mut P,
     value: u64,
 ) -> Result<Outcome, B::Error> {
-    if value & vcpu.cr4_forbidden() != 0 {
+    let leaf1 = guest_leaf(vcpu, model, platform, 1)?;
+    let leaf7 = guest_leaf(vcpu, model, platform, 7)?;
+    let supported = cr::cr4_supported(&leaf1, &leaf7) & !vcpu.cr4_forbidden();
+    let state = cr_state(vcpu)?;
+    let applied = cr::mov_to_cr4(&state, value, supported);
+    apply_cr(vcpu, model, platform, applied)
+}
+
+/// Emulates a WRMSR to IA32_EFER, by [`cr::wrmsr_efer`]: the bits the guest
+/// may set are those its CPUID leaf 8000_0001H offers.
+fn write_efer<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+    value: u64,
+) -> Result<Outcome, B::Error> {
+    let max = guest_leaf(vcpu, model, platform, 0x8000_0000)?.eax;
+    let supported = if max >= 0x8000_0001 {
+        cr::efer_supported(&guest_leaf(vcpu, model, platform, 0x8000_0001)?)
+    } else {
+        0
+    };
+    let state = cr_state(vcpu)?;
+    let applied = cr::wrmsr_efer(&state, value, supported);
+    apply_cr(vcpu, model, platform, applied)
+}
+
+/// Carries out a checked control-register or EFER write: #GP(0) for a
+/// refused one; otherwise the PDPTEs a PAE-paging guest loads now (a #GP
+/// if they have reserved bits set, with nothing changed), the changed
+/// registers, the TLB flush, and RIP past the instruction.
+fn apply_cr<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+    applied: Result<cr::Applied, cr::GpFault>,
+) -> Result<Outcome, B::Error> {
+    let Ok(applied) = applied else {
         return inject(vcpu, model, GP, Some(0));
+    };
+    let next = applied.state;
+    let pdptes = if applied.load_pdptes {
+        let mut bytes = [0u8; 32];
+        let at = GuestPhysAddr::new(cr::pdpt_address(next.cr3));
+        let mut pdptes = [0u64; 4];
+        // Memory that is not RAM reads as all ones: reserved bits set.
+        let read = platform.read_guest(at, &mut bytes);
+        for (entry, chunk) in pdptes.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(chunk);
+            *entry = if read {
+                u64::from_le_bytes(raw)
+            } else {
+                u64::MAX
+            };
+        }
+        if !cr::pdptes_valid(&pdptes, max_phys_bits(vcpu, model, platform)?) {
+            return inject(vcpu, model, GP, Some(0));
+        }
+        Some(pdptes)
+    } else {
+        None
+    };
+    let old = cr_state(vcpu)?;
+    if next.efer != old.efer {
+        vcpu.set_efer(next.efer)?;
     }
-    let old = vcpu.cr4()?;
-    vcpu.set_cr4(value)?;
-    if (old ^ value) & CR4_PAGING_BITS != 0 {
+    if next.cr4 != old.cr4 {
+        vcpu.set_cr4(next.cr4)?;
+    }
+    if next.cr3 != old.cr3 {
+        vcpu.set_cr3(next.cr3)?;
+    }
+    if next.cr0 != old.cr0 {
+        vcpu.set_cr0(next.cr0)?;
+    }
+    if let Some(pdptes) = pdptes {
+        vcpu.set_pdptes(pdptes)?;
+    }
+    if applied.flush_tlb {
         platform.flush_guest_tlb();
     }
     skip(vcpu)

@@ -55,6 +55,8 @@ pub struct FakeVcpu {
     pub tsc_offset: u64,
     /// CR4 bits refused.
     pub cr4_forbidden: u64,
+    /// The PAE PDPTEs last installed.
+    pub pdptes: Option<[u64; 4]>,
     /// Every access fails with [`FakeError`] while set.
     pub fail: bool,
 }
@@ -179,6 +181,18 @@ impl VcpuAccess for FakeVcpu {
         Ok(())
     }
 
+    fn set_cr3(&mut self, value: u64) -> Result<(), FakeError> {
+        self.check()?;
+        self.cr3 = value;
+        Ok(())
+    }
+
+    fn set_pdptes(&mut self, pdptes: [u64; 4]) -> Result<(), FakeError> {
+        self.check()?;
+        self.pdptes = Some(pdptes);
+        Ok(())
+    }
+
     fn set_efer(&mut self, value: u64) -> Result<(), FakeError> {
         self.check()?;
         self.efer = value;
@@ -266,6 +280,20 @@ impl Platform for FakePlatform {
                 ebx: 0,
                 ecx: u32::MAX,
                 edx: u32::MAX,
+            },
+            0x8000_0000 => CpuidResult {
+                eax: 0x8000_0008,
+                ..CpuidResult::default()
+            },
+            // SYSCALL, execute-disable, Intel 64.
+            0x8000_0001 => CpuidResult {
+                edx: (1 << 11) | (1 << 20) | (1 << 29),
+                ..CpuidResult::default()
+            },
+            // 39 physical, 48 linear address bits.
+            0x8000_0008 => CpuidResult {
+                eax: 0x3027,
+                ..CpuidResult::default()
             },
             _ => CpuidResult::default(),
         }

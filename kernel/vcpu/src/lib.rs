@@ -20,6 +20,7 @@ extern crate alloc;
 
 pub mod access;
 pub mod cpuid;
+pub mod cr;
 pub mod exit;
 pub mod fake;
 pub mod hypercall;

@@ -43,7 +43,10 @@ pub const IA32_MISC_ENABLE: u32 = 0x1A0;
 pub const IA32_PAT: u32 = 0x277;
 /// IA32_MTRR_DEF_TYPE: emulated as storage.
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
-/// IA32_EFER: pass-through, guest value in the VMCS.
+/// IA32_EFER: reads pass through (guest value in the VMCS); writes exit
+/// and the exit handler checks them ([`super::cr::wrmsr_efer`]), so no
+/// guest can leave an EFER that VM entry refuses or that enables what its
+/// CPUID hides.
 pub const IA32_EFER: u32 = 0xC000_0080;
 /// IA32_STAR: pass-through, switched by the caller.
 pub const IA32_STAR: u32 = 0xC000_0081;
@@ -132,11 +135,13 @@ pub enum MsrRule {
 
 /// The rule for RDMSR (`write` false) or WRMSR (`write` true) of `msr`.
 ///
-/// The access kind is an argument because IA32_TIME_STAMP_COUNTER is the
-/// one MSR whose reads and writes differ: reads pass through, writes are
-/// emulated.
+/// The access kind is an argument because IA32_TIME_STAMP_COUNTER and
+/// IA32_EFER are MSRs whose reads and writes differ: reads pass through,
+/// writes are emulated.
 pub fn rule(msr: u32, write: bool) -> MsrRule {
-    if msr == IA32_TIME_STAMP_COUNTER {
+    if msr == IA32_EFER && write {
+        MsrRule::Emulated
+    } else if msr == IA32_TIME_STAMP_COUNTER {
         if write {
             MsrRule::Emulated
         } else {
@@ -273,7 +278,6 @@ mod tests {
     #[test]
     fn named_rules() {
         for msr in [
-            IA32_EFER,
             IA32_PAT,
             IA32_FS_BASE,
             IA32_GS_BASE,
@@ -292,6 +296,8 @@ mod tests {
         }
         assert_eq!(rule(IA32_TIME_STAMP_COUNTER, false), MsrRule::PassThrough);
         assert_eq!(rule(IA32_TIME_STAMP_COUNTER, true), MsrRule::Emulated);
+        assert_eq!(rule(IA32_EFER, false), MsrRule::PassThrough);
+        assert_eq!(rule(IA32_EFER, true), MsrRule::Emulated);
         for msr in [0x1B, 0x8B, 0x17, 0x1A0, 0xFE, 0x2FF, 0x179, 0x17A] {
             assert_eq!(rule(msr, false), MsrRule::Emulated, "{msr:#x}");
             assert_eq!(rule(msr, true), MsrRule::Emulated, "{msr:#x}");

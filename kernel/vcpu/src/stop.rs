@@ -92,7 +92,8 @@ pub enum StopReason {
     MmioNotEmulated(Box<NotEmulated>),
     /// A triple fault (the guest's exception handling failed completely).
     TripleFault(Box<RegisterDump>),
-    /// VM entry failed while loading guest state (the backend's words).
+    /// VM entry failed while loading guest state (the backend's words): a
+    /// Ferrovisor bug, contained to this guest.
     EntryFailed(String),
     /// Entering the guest failed before it ran (the backend's words).
     LaunchFailed(String),
@@ -161,7 +162,12 @@ impl fmt::Display for StopReason {
             }
             Self::MmioNotEmulated(refused) => refused.fmt(f),
             Self::TripleFault(dump) => write!(f, "triple fault: {dump}"),
-            Self::EntryFailed(failure) => write!(f, "{failure}"),
+            // The exit handlers answer every guest write VM entry would
+            // refuse with the guest's own fault, so no guest reaches this.
+            Self::EntryFailed(failure) => write!(
+                f,
+                "hypervisor bug: {failure} (no guest should be able to cause this; please report it)"
+            ),
             Self::LaunchFailed(e) => write!(f, "VM entry failed: {e}"),
             Self::StringIo { io, rip } => {
                 write!(f, "{io} at RIP {rip:#x}: string I/O is not emulated yet")

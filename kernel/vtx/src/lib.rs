@@ -30,7 +30,7 @@ use vmx::vmcs::{
 
 use vcpu::access::{Event, Gpr, Segment, SegmentState, VcpuAccess};
 use vcpu::exit::{CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault};
-use vcpu::msr::{IA32_TIME_STAMP_COUNTER, SWITCHED_MSRS, VMCS_MSRS};
+use vcpu::msr::{IA32_EFER, IA32_TIME_STAMP_COUNTER, SWITCHED_MSRS, VMCS_MSRS};
 
 pub mod setup;
 
@@ -302,8 +302,24 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
         Ok(())
     }
 
+    fn set_cr3(&mut self, value: u64) -> Result<(), VmcsError> {
+        Ok(self.vmcs.write(GuestNatural::Cr3, value)?)
+    }
+
+    /// With EPT, VM entry loads a PAE-paging guest's PDPTEs from these
+    /// fields (SDM Vol. 3C, 27.3.2.4), and VM exit stores them.
+    fn set_pdptes(&mut self, pdptes: [u64; 4]) -> Result<(), VmcsError> {
+        let [p0, p1, p2, p3] = pdptes;
+        self.vmcs.write(Guest64::Pdpte0, p0)?;
+        self.vmcs.write(Guest64::Pdpte1, p1)?;
+        self.vmcs.write(Guest64::Pdpte2, p2)?;
+        self.vmcs.write(Guest64::Pdpte3, p3)?;
+        Ok(())
+    }
+
     /// VM entry's "IA-32e mode guest" must equal EFER.LMA (SDM Vol. 3C,
-    /// 26.3.1.1), so it follows.
+    /// 27.3.1.1), so it follows (VM exits store LMA into it themselves
+    /// when the guest switched modes without an exit).
     fn set_efer(&mut self, value: u64) -> Result<(), VmcsError> {
         let entry = self.vmcs.read(Control32::EntryControls)?;
         let wanted = if value & EFER_LMA != 0 {
@@ -555,6 +571,8 @@ pub fn fill_msr_bitmap(bitmap: &mut MsrBitmap) {
         let _ = bitmap.set(msr, MsrAccess::ReadWrite, false);
     }
     let _ = bitmap.set(IA32_TIME_STAMP_COUNTER, MsrAccess::Read, false);
+    // EFER writes are checked by the exit handler (`vcpu::cr`).
+    let _ = bitmap.set(IA32_EFER, MsrAccess::Write, true);
 }
 
 const _: () = {
@@ -602,8 +620,9 @@ mod msr_bitmap_tests {
                 passed += u32::from(passes);
             }
         }
-        // 13 MSRs both ways, plus IA32_TIME_STAMP_COUNTER reads.
-        assert_eq!(passed, 27);
+        // 13 MSRs both ways but IA32_EFER writes, plus
+        // IA32_TIME_STAMP_COUNTER reads.
+        assert_eq!(passed, 26);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use vcpu::stop::StopReason;
 use vcpu::vm::VmDevices;
 
 const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 
 /// A VMCS in a hash map (fields never written read as 0).
@@ -372,20 +374,22 @@ fn cr4_vmxe_is_gp_and_other_writes_keep_the_fixed_bits() {
 
 #[test]
 fn cr0_writes_keep_ne_and_switch_long_mode() {
-    // Paging off to on with EFER.LME: LMA and the entry control follow.
+    // Paging off to on with EFER.LME and CR4.PAE: LMA and the entry
+    // control follow; ET reads 1 whatever the guest writes.
     let mut v = setup(28, 0, 3);
     v.0.set(GuestNatural::Cr0.encoding(), CR0_PE_NE_ET);
+    v.0.set(GuestNatural::Cr4.encoding(), CR4_PAE | 0x2000);
     v.0.set(Guest64::Efer.encoding(), EFER_LME);
     v.0.set(Guest32::CsAccessRights.encoding(), 0xC09B);
     v.1.set_rax(CR0_PE | CR0_PG);
     run(&mut v);
     assert_eq!(
         v.0.get(ControlNatural::Cr0ReadShadow.encoding()),
-        CR0_PE | CR0_PG
+        CR0_PE | CR0_PG | CR0_ET
     );
     assert_eq!(
         v.0.get(GuestNatural::Cr0.encoding()),
-        CR0_PE | CR0_PG | 0x20
+        CR0_PE | CR0_PG | CR0_ET | 0x20
     );
     assert_ne!(v.0.get(Guest64::Efer.encoding()) & EFER_LMA, 0);
     assert_ne!(
@@ -474,4 +478,85 @@ fn exits_are_tallied_by_kind_and_drained_once() {
     v2.2.tally.drain_into(&mut full, &mut other);
     assert_eq!(full[slice], 1);
     assert_eq!(ExitKind::from_index(slice), Some(ExitKind::SliceEnd));
+}
+
+#[test]
+fn paging_on_with_lme_and_no_pae_is_gp_not_a_failed_entry() {
+    // The case: it used to reach VM entry as "invalid guest state".
+    let mut v = setup(28, 0, 3);
+    v.0.set(GuestNatural::Cr0.encoding(), CR0_PE_NE_ET);
+    v.0.set(ControlNatural::Cr0ReadShadow.encoding(), CR0_PE_NE_ET);
+    v.0.set(GuestNatural::Cr4.encoding(), 0x2000);
+    v.0.set(Guest64::Efer.encoding(), EFER_LME);
+    v.0.set(
+        Control32::EntryControls.encoding(),
+        0x11FF & !u64::from(ENTRY_IA32E),
+    );
+    v.0.set(Guest32::CsAccessRights.encoding(), 0xC09B);
+    v.1.set_rax(CR0_PE | CR0_PG);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(injected(&v.0), (0x8000_0B0D, Some(0)));
+    assert_eq!(v.0.get(GuestNatural::Cr0.encoding()), CR0_PE_NE_ET);
+    assert_eq!(v.0.get(Guest64::Efer.encoding()), EFER_LME);
+    assert_eq!(
+        v.0.get(Control32::EntryControls.encoding()) & u64::from(ENTRY_IA32E),
+        0
+    );
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP);
+}
+
+#[test]
+fn entering_pae_paging_writes_the_guest_pdpte_fields() {
+    let mut v = setup(28, 0, 3);
+    v.0.set(GuestNatural::Cr0.encoding(), CR0_PE_NE_ET);
+    v.0.set(ControlNatural::Cr0ReadShadow.encoding(), CR0_PE_NE_ET);
+    v.0.set(GuestNatural::Cr4.encoding(), CR4_PAE | 0x2000);
+    v.0.set(GuestNatural::Cr3.encoding(), 0x4000);
+    v.0.set(Guest64::Efer.encoding(), 0);
+    v.0.set(Guest32::CsAccessRights.encoding(), 0xC09B);
+    for (i, e) in [0x1001u64, 0x2001, 0, 0x3001].iter().enumerate() {
+        v.3.ram[0x4000 + 8 * i..0x4008 + 8 * i].copy_from_slice(&e.to_le_bytes());
+    }
+    v.1.set_rax(CR0_PE | CR0_PG | CR0_ET);
+    run(&mut v);
+    assert_eq!(injected(&v.0).0, 0);
+    let fields = [
+        Guest64::Pdpte0,
+        Guest64::Pdpte1,
+        Guest64::Pdpte2,
+        Guest64::Pdpte3,
+    ];
+    let got: Vec<u64> = fields.iter().map(|f| v.0.get(f.encoding())).collect();
+    assert_eq!(got, [0x1001, 0x2001, 0, 0x3001]);
+}
+
+#[test]
+fn efer_writes_exit_and_keep_the_entry_control_with_lma() {
+    let mut bitmap = MsrBitmap::pass_all();
+    fill_msr_bitmap(&mut bitmap);
+    assert!(bitmap.exits(IA32_EFER, true));
+    assert!(!bitmap.exits(IA32_EFER, false));
+    // WRMSR (exit 32) of EFER with NXE in long mode: LMA stays, and so
+    // does the IA-32e mode guest control.
+    let mut v = setup(32, 0, 2);
+    v.0.set(Control32::EntryControls.encoding(), u64::from(ENTRY_IA32E));
+    v.1.set_rcx(u64::from(IA32_EFER));
+    v.1.set_rax(EFER_LME | (1 << 11));
+    run(&mut v);
+    assert_eq!(injected(&v.0).0, 0);
+    assert_eq!(
+        v.0.get(Guest64::Efer.encoding()),
+        EFER_LME | EFER_LMA | (1 << 11)
+    );
+    assert_ne!(
+        v.0.get(Control32::EntryControls.encoding()) & u64::from(ENTRY_IA32E),
+        0
+    );
+    // Clearing LME with paging on is #GP.
+    let mut v = setup(32, 0, 2);
+    v.1.set_rcx(u64::from(IA32_EFER));
+    v.1.set_rax(0);
+    run(&mut v);
+    assert_eq!(injected(&v.0), (0x8000_0B0D, Some(0)));
+    assert_eq!(v.0.get(Guest64::Efer.encoding()), EFER_LME | EFER_LMA);
 }

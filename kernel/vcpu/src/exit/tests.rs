@@ -69,6 +69,7 @@ fn osxsave_follows_the_guests_cr4() {
 fn paging_on_with_lme_sets_lma_and_paging_off_clears_it() {
     let mut v = setup(3);
     v.0.cr0 = 0x11;
+    v.0.cr4 = 1 << 5;
     v.0.efer = 1 << 8;
     v.0.segments[1].attributes = 0xC09B;
     v.0.gprs[0] = 0x8000_0011;
@@ -454,9 +455,9 @@ fn the_apic_base_moves_the_page_for_this_vcpu() {
 #[test]
 fn apic_base_writes_of_reserved_bits_or_x2apic_inject_gp_and_the_bsp_bit_is_read_only() {
     let mut v = apic_guest(0);
-    // Bit 9 and bit 0 are reserved; the fake host has no leaf 0x80000008,
-    // so MAXPHYADDR is 36 and bit 36 is reserved too.
-    for value in [0xFEE0_0B00, 0xFEE0_0901, 0x10_FEE0_0900] {
+    // Bit 9 and bit 0 are reserved; the fake host's leaf 0x80000008 gives
+    // MAXPHYADDR 39, so bit 39 is reserved too (and bit 38 is not).
+    for value in [0xFEE0_0B00, 0xFEE0_0901, 0x80_FEE0_0900] {
         v.0.rip = RIP;
         let outcome = wrmsr_exit(&mut v, 0x1B, value);
         assert_gp(&mut v, outcome);
@@ -473,4 +474,218 @@ fn apic_base_writes_of_reserved_bits_or_x2apic_inject_gp_and_the_bsp_bit_is_read
     assert_eq!(wrmsr_exit(&mut ap, 0x1B, 0xFEE0_0900), Outcome::Resume);
     assert_eq!(rdmsr_exit(&mut ap, 0x1B), 0xFEE0_0800);
     assert!(ap.0.injected.is_empty());
+}
+
+fn mov_to(cr: u8) -> Exit {
+    Exit::ControlRegister(CrAccess {
+        cr,
+        kind: CrAccessKind::MovTo(Gpr::Rax),
+    })
+}
+
+const GP_0: Event = Event::Exception {
+    vector: 13,
+    error_code: Some(0),
+};
+
+/// What the guest sees of a control-register or EFER write that exited:
+/// #GP(0) (RIP stays), or the write done (RIP moves on).
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Gp,
+    Done,
+}
+
+fn seen(v: &Exited) -> Seen {
+    match (v.0.injected.as_slice(), v.0.rip) {
+        ([GP_0], RIP) => Seen::Gp,
+        ([], rip) if rip != RIP => Seen::Done,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A 32-bit protected-mode guest, paging off: CR0 = PE|ET.
+fn protected(len: u64) -> Exited {
+    let mut v = setup(len);
+    v.0.cr0 = 0x11;
+    v.0.efer = 0;
+    v.0.segments[1].attributes = 0xC09B;
+    v
+}
+
+#[test]
+fn control_register_and_efer_writes_are_checked_through_the_handlers() {
+    const PG_PE: u64 = 0x8000_0001;
+    // (what, prepare, exit, value in RAX (RDX for EFER's high half), seen)
+    type Prepare = fn(&mut Exited);
+    let rows: &[(&str, Prepare, Exit, u64, Seen)] = &[
+        (
+            "cr0 pg without pe",
+            |_| {},
+            mov_to(0),
+            0x8000_0000,
+            Seen::Gp,
+        ),
+        (
+            "cr0 nw without cd",
+            |_| {},
+            mov_to(0),
+            0x2000_0001,
+            Seen::Gp,
+        ),
+        (
+            "cr0 pg with lme and no pae",
+            |v| v.0.efer = 1 << 8,
+            mov_to(0),
+            PG_PE,
+            Seen::Gp,
+        ),
+        (
+            "cr0 pg with lme and pae",
+            |v| {
+                v.0.efer = 1 << 8;
+                v.0.cr4 = 1 << 5;
+            },
+            mov_to(0),
+            PG_PE,
+            Seen::Done,
+        ),
+        ("cr4 reserved bit 15", |_| {}, mov_to(4), 1 << 15, Seen::Gp),
+        ("cr4 vmxe", |_| {}, mov_to(4), 1 << 13, Seen::Gp),
+        ("cr4 smxe", |_| {}, mov_to(4), 1 << 14, Seen::Gp),
+        ("cr4 pke without pku", |_| {}, mov_to(4), 1 << 22, Seen::Gp),
+        (
+            "cr4 pcide outside ia-32e",
+            |_| {},
+            mov_to(4),
+            1 << 17,
+            Seen::Gp,
+        ),
+        ("cr4 pae", |_| {}, mov_to(4), 1 << 5, Seen::Done),
+        ("cr8 16", |_| {}, mov_to(8), 16, Seen::Gp),
+        (
+            "efer lme",
+            |v| v.0.gprs[1] = 0xC000_0080,
+            Exit::MsrWrite,
+            1 << 8,
+            Seen::Done,
+        ),
+        (
+            "efer lme with paging on",
+            |v| {
+                v.0.gprs[1] = 0xC000_0080;
+                v.0.cr0 |= 1 << 31;
+            },
+            Exit::MsrWrite,
+            1 << 8,
+            Seen::Gp,
+        ),
+        (
+            "efer reserved bit 2",
+            |v| v.0.gprs[1] = 0xC000_0080,
+            Exit::MsrWrite,
+            1 << 2,
+            Seen::Gp,
+        ),
+        (
+            "efer nxe and sce",
+            |v| v.0.gprs[1] = 0xC000_0080,
+            Exit::MsrWrite,
+            0x801,
+            Seen::Done,
+        ),
+    ];
+    for (what, prepare, exit, value, want) in rows {
+        let mut v = protected(3);
+        v.0.gprs[0] = *value;
+        prepare(&mut v);
+        let before = v.0.clone();
+        assert_eq!(run(*exit, &mut v), Outcome::Resume, "{what}");
+        assert_eq!(&seen(&v), want, "{what}");
+        if *want == Seen::Gp {
+            let mut after = v.0.clone();
+            after.injected.clear();
+            assert_eq!(after, before, "{what}: a refused write changes nothing");
+        }
+    }
+}
+
+#[test]
+fn long_mode_rules_hold_through_the_handlers() {
+    // Paging off in 64-bit mode, PAE off in IA-32e mode, LME off with
+    // paging on: #GP, and the vCPU stays in long mode.
+    for (exit, value) in [(mov_to(0), 0x11), (mov_to(4), 0)] {
+        let mut v = setup(3);
+        v.0.cr4 = 1 << 5;
+        v.0.gprs[0] = value;
+        run(exit, &mut v);
+        assert_eq!(seen(&v), Seen::Gp, "{exit:?}");
+        assert_eq!(v.0.efer, (1 << 8) | (1 << 10));
+    }
+    let mut v = setup(2);
+    v.0.gprs[1] = 0xC000_0080;
+    v.0.gprs[0] = 0;
+    run(Exit::MsrWrite, &mut v);
+    assert_eq!(seen(&v), Seen::Gp);
+    // From compatibility mode paging goes off and IA-32e mode ends.
+    let mut v = setup(3);
+    v.0.cr4 = 1 << 5;
+    v.0.segments[1].attributes = 0xC09B;
+    v.0.gprs[0] = 0x11;
+    run(mov_to(0), &mut v);
+    assert_eq!(seen(&v), Seen::Done);
+    assert_eq!((v.0.cr0, v.0.efer), (0x11, 1 << 8));
+    assert_eq!(v.2.flushes, 1);
+}
+
+#[test]
+fn entering_pae_paging_loads_the_pdptes_and_refuses_reserved_bits() {
+    let pdpt = 0x3000usize;
+    let mut v = protected(3);
+    v.0.cr4 = 1 << 5;
+    v.0.cr3 = pdpt as u64 | 0x1F; // bits 4:0 are ignored
+    for (i, e) in [0x5001u64, 0, 0x6001, 0x7001].iter().enumerate() {
+        v.2.ram[pdpt + 8 * i..pdpt + 8 * i + 8].copy_from_slice(&e.to_le_bytes());
+    }
+    v.0.gprs[0] = 0x8000_0011;
+    run(mov_to(0), &mut v);
+    assert_eq!(seen(&v), Seen::Done);
+    assert_eq!(v.0.pdptes, Some([0x5001, 0, 0x6001, 0x7001]));
+    assert_eq!(v.0.cr0, 0x8000_0011);
+    // A present PDPTE with a reserved bit: #GP, paging stays off.
+    let mut v = protected(3);
+    v.0.cr4 = 1 << 5;
+    v.0.cr3 = pdpt as u64;
+    v.2.ram[pdpt + 8..pdpt + 16].copy_from_slice(&0x5003u64.to_le_bytes());
+    v.0.gprs[0] = 0x8000_0011;
+    run(mov_to(0), &mut v);
+    assert_eq!(seen(&v), Seen::Gp);
+    assert_eq!((v.0.cr0, v.0.pdptes), (0x11, None));
+    // PDPTEs outside RAM read as all ones: #GP.
+    let mut v = protected(3);
+    v.0.cr4 = 1 << 5;
+    v.0.cr3 = 0xFFFF_F000;
+    v.0.gprs[0] = 0x8000_0011;
+    run(mov_to(0), &mut v);
+    assert_eq!(seen(&v), Seen::Gp);
+}
+
+#[test]
+fn mov_to_and_from_cr3_that_exit_are_emulated() {
+    let mut v = setup(3);
+    v.0.cr4 = 1 << 5;
+    v.0.gprs[0] = 1 << 45;
+    run(mov_to(3), &mut v);
+    assert_eq!(seen(&v), Seen::Gp, "above MAXPHYADDR (39 bits)");
+    let mut v = setup(3);
+    v.0.cr4 = 1 << 5;
+    v.0.gprs[0] = 0x8000;
+    run(mov_to(3), &mut v);
+    assert_eq!((seen(&v), v.0.cr3, v.2.flushes), (Seen::Done, 0x8000, 1));
+    let from = Exit::ControlRegister(CrAccess {
+        cr: 3,
+        kind: CrAccessKind::MovFrom(Gpr::Rbx),
+    });
+    run(from, &mut v);
+    assert_eq!(v.0.gprs[3], 0x8000);
 }
