@@ -1315,11 +1315,10 @@ fn apply_cr<B: VcpuAccess, P: Platform>(
         let mut pdptes = [0u64; 4];
         // Memory that is not RAM reads as all ones: reserved bits set.
         let read = platform.read_guest(at, &mut bytes);
-        for (entry, chunk) in pdptes.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(chunk);
+        let (chunks, _) = bytes.as_chunks::<8>();
+        for (entry, raw) in pdptes.iter_mut().zip(chunks) {
             *entry = if read {
-                u64::from_le_bytes(raw)
+                u64::from_le_bytes(*raw)
             } else {
                 u64::MAX
             };
