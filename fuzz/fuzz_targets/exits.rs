@@ -6,10 +6,10 @@
 
 use addr::GuestPhysAddr;
 use libfuzzer_sys::fuzz_target;
-use vcpu::access::Gpr;
+use vcpu::access::{Gpr, Segment};
 use vcpu::exit::{
-    handle_exit, CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault, Outcome,
-    VcpuModel,
+    handle_exit, AddressSize, CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault,
+    Outcome, VcpuModel,
 };
 use vcpu::fake::{FakePlatform, FakeVcpu};
 use vcpu::vm::VmDevices;
@@ -45,8 +45,24 @@ fn exit(b: &mut Bytes<'_>) -> Exit {
             } else {
                 IoDirection::Out
             },
+            // INS/OUTS, with and without REP, through any segment and
+            // address size: the string I/O emulation walks the guest's
+            // page tables in the RAM below.
             string: b.u8() & 1 == 1,
             rep: b.u8() & 1 == 1,
+            address_size: [
+                AddressSize::Bits16,
+                AddressSize::Bits32,
+                AddressSize::Bits64,
+            ][usize::from(b.u8() % 3)],
+            segment: [
+                Segment::Es,
+                Segment::Cs,
+                Segment::Ss,
+                Segment::Ds,
+                Segment::Fs,
+                Segment::Gs,
+            ][usize::from(b.u8() % 6)],
         }),
         2 => Exit::MsrRead,
         3 => Exit::MsrWrite,
@@ -108,6 +124,12 @@ fuzz_target!(|data: &[u8]| {
     vcpu.segments[1].attributes = b.u64() as u32;
     vcpu.segments[1].base = b.u64();
     vcpu.segments[2].attributes = b.u64() as u32;
+    // The data segments string I/O goes through.
+    for seg in [0, 3, 4, 5] {
+        vcpu.segments[seg].base = b.u64();
+        vcpu.segments[seg].limit = b.u64() as u32;
+        vcpu.segments[seg].attributes = b.u64() as u32;
+    }
     vcpu.cr4_forbidden = 1 << 13;
     let mut platform = FakePlatform {
         ram: vec![0; 64 << 10],

@@ -143,15 +143,7 @@ const PIC_SETUP: [(u16, u8); 10] = [
 /// A timer program's first exits: the 8259 set-up, then arming the test
 /// timer for `units`; `None` once both are done.
 fn timer_setup(v: &mut FakeVcpu, step: u64, units: u32) -> Option<Exit> {
-    let out = |port, size| {
-        Exit::Io(IoAccess {
-            port,
-            size,
-            direction: IoDirection::Out,
-            string: false,
-            rep: false,
-        })
-    };
+    let out = |port, size| Exit::Io(IoAccess::port(port, size, IoDirection::Out));
     let step = step as usize;
     if let Some(&(port, value)) = PIC_SETUP.get(step.wrapping_sub(1)) {
         v.gprs[0] = u64::from(value);
@@ -367,13 +359,7 @@ impl Backend for FakeBackend {
                     Exit::Cpuid
                 } else if vcpu.step == exits + 1 {
                     v.gprs[0] = u64::from(value);
-                    Exit::Io(IoAccess {
-                        port,
-                        size,
-                        direction: IoDirection::Out,
-                        string: false,
-                        rep: false,
-                    })
+                    Exit::Io(IoAccess::port(port, size, IoDirection::Out))
                 } else {
                     v.gprs[0] = hypercall::EXIT;
                     v.gprs[3] = 9;

@@ -238,6 +238,21 @@ impl GuestRam {
         })
     }
 
+    /// Copies `bytes` into guest RAM at `gpa`; false, and nothing
+    /// written, if any byte is outside RAM. Guest RAM is reached through
+    /// the physical-memory window, not through `self`, so a shared
+    /// reference does (the exit handlers hold one).
+    fn write_from(&self, gpa: u64, bytes: &[u8]) -> bool {
+        let src = bytes.as_ptr();
+        self.pieces(gpa, bytes.len() as u64, |dst, off, n| {
+            // SAFETY: as in `read`, the other way round: `dst..dst+n` is
+            // guest RAM this guest owns, `off + n <= bytes.len()`, and the
+            // guest, whose RAM it is, is not running on any CPU (this one
+            // runs its only vCPU's exit).
+            unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
+        })
+    }
+
     fn free(&mut self) {
         for chunk in self.chunks.drain(..) {
             if let Err(e) = memory::free_block(chunk.hpa, chunk.order) {
@@ -253,12 +268,7 @@ impl GuestMemory for GuestRam {
     }
 
     fn write(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> Result<(), LoadError> {
-        let src = bytes.as_ptr();
-        let ok = self.pieces(gpa.as_u64(), bytes.len() as u64, |dst, off, n| {
-            // SAFETY: as in `read`, the other way round.
-            unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
-        });
-        if ok {
+        if self.write_from(gpa.as_u64(), bytes) {
             Ok(())
         } else {
             Err(LoadError::OutsideRam {
@@ -759,6 +769,7 @@ pub fn handle(
         vmcs: &mut vmcs,
         regs: &mut vcpu.regs,
         cr: &vcpu.cr,
+        cr2: None,
     };
     // The hottest exit needs no more of the machine than host CPUID.
     if let Exit::Cpuid = exit {
@@ -770,7 +781,16 @@ pub fn handle(
         vpid: vcpu.vpid,
         hw,
     };
-    handle_exit(exit, &mut access, model, devices, &mut platform)
+    let outcome = handle_exit(exit, &mut access, model, devices, &mut platform);
+    if let Some(cr2) = access.cr2 {
+        // SAFETY: this vCPU's switched state, CR2 among it, is in this
+        // CPU while the vCPU runs here (the run loop loads it before the
+        // first entry and saves it, reading CR2, before another vCPU's
+        // comes in); the host takes no page faults, so CR2 keeps the
+        // value for the guest's #PF handler.
+        unsafe { arch::write_cr2(cr2) }
+    }
+    outcome
 }
 
 /// Before an entry, at TSC `now`: delivers the interrupt VM `name`'s
@@ -790,6 +810,7 @@ pub fn deliver_interrupt(
         vmcs: &mut vmcs,
         regs: &mut vcpu.regs,
         cr: &vcpu.cr,
+        cr2: None,
     };
     let delivered =
         vm_devices::deliver_interrupt(&mut access, &mut model.lapic, devices, now, &mut |line| {
@@ -819,6 +840,10 @@ impl Platform for GuestPlatform<'_> {
 
     fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
         self.ram.read(gpa.as_u64(), buf)
+    }
+
+    fn write_guest(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> bool {
+        self.ram.write_from(gpa.as_u64(), bytes)
     }
 
     fn ram_size(&self) -> u64 {

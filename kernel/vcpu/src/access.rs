@@ -225,6 +225,13 @@ pub trait VcpuAccess {
     fn segment(&self, seg: Segment) -> Result<SegmentState, Self::Error>;
     /// Delivers `event` at the next entry.
     fn inject(&mut self, event: Event) -> Result<(), Self::Error>;
+    /// Sets the guest's CR2, as the CPU does when it delivers a page
+    /// fault: a handler that injects #PF ([`Event::Exception`] vector 14)
+    /// sets it first. Injecting an exception does not write CR2 on either
+    /// vendor's hardware, so the backend must have it in place before the
+    /// entry: VT-x keeps CR2 outside the VMCS (SDM Vol. 3C, 25.4.1 lists
+    /// the guest registers it holds), SVM in the VMCB's save area.
+    fn set_cr2(&mut self, value: u64) -> Result<(), Self::Error>;
     /// Whether an event is already set up for delivery at the next entry
     /// (injected by a handler, or re-injected after an exit cut its
     /// delivery short).

@@ -26,6 +26,7 @@ use super::mmio::{self, MmioError, MmioOutcome};
 use super::msr::VirtualMsrs;
 use super::msr::{IA32_APIC_BASE, IA32_EFER, IA32_TSC_ADJUST};
 use super::stop::{RegisterDump, StopReason};
+use super::string_io::{self, GuestFault, StringIoOutcome};
 use super::vm::{attention_at, is_lapic_page, VcpuMmio, VmDevices};
 use devices::bus::VmRequest;
 use devices::lapic::{LocalApic, IA32_TSC_DEADLINE_MSR};
@@ -37,6 +38,30 @@ pub enum IoDirection {
     In,
     /// OUT/OUTS: the guest writes the port.
     Out,
+}
+
+/// The address size of an instruction: the width of the registers a
+/// string instruction counts and indexes with (CX/ECX/RCX, SI/ESI/RSI,
+/// DI/EDI/RDI), SDM Vol. 1, 3.6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddressSize {
+    /// 16-bit addressing.
+    Bits16,
+    /// 32-bit addressing.
+    Bits32,
+    /// 64-bit addressing (64-bit mode only).
+    Bits64,
+}
+
+impl AddressSize {
+    /// The bits of a register this address size uses.
+    pub const fn mask(self) -> u64 {
+        match self {
+            Self::Bits16 => 0xFFFF,
+            Self::Bits32 => 0xFFFF_FFFF,
+            Self::Bits64 => u64::MAX,
+        }
+    }
 }
 
 /// A port access that exited.
@@ -52,6 +77,29 @@ pub struct IoAccess {
     pub string: bool,
     /// REP-prefixed.
     pub rep: bool,
+    /// INS/OUTS: the instruction's address size (VT-x: the VM-exit
+    /// instruction information; SVM: EXITINFO1 A16/A32/A64). Not used for
+    /// IN/OUT.
+    pub address_size: AddressSize,
+    /// OUTS: the segment of the source operand (DS unless a prefix
+    /// overrides it). INS always writes ES:(E/R)DI, whatever this says; not
+    /// used for IN/OUT.
+    pub segment: Segment,
+}
+
+impl IoAccess {
+    /// IN or OUT of `size` bytes at `port` (not a string instruction).
+    pub const fn port(port: u16, size: u8, direction: IoDirection) -> Self {
+        Self {
+            port,
+            size,
+            direction,
+            string: false,
+            rep: false,
+            address_size: AddressSize::Bits64,
+            segment: Segment::Ds,
+        }
+    }
 }
 
 impl fmt::Display for IoAccess {
@@ -434,6 +482,9 @@ pub trait Platform {
     /// Copies guest RAM at `gpa` into `buf`; false (and `buf` unspecified)
     /// when any byte is outside RAM.
     fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool;
+    /// Copies `bytes` into guest RAM at `gpa`; false (and nothing written)
+    /// when any byte is outside RAM.
+    fn write_guest(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> bool;
     /// The guest's RAM size in bytes.
     fn ram_size(&self) -> u64;
     /// Prints one line of guest console output.
@@ -618,7 +669,9 @@ pub const RESET_CONTROL_PORT: u16 = 0xCF9;
 
 /// Hardware exception vectors the handlers inject.
 const UD: u8 = 6;
+const SS: u8 = 12;
 const GP: u8 = 13;
+const PF: u8 = 14;
 
 /// CR0.PE, CR0.PG and other control-register bits (SDM Vol. 3A, 2.5).
 const CR0_PE: u64 = 1 << 0;
@@ -901,10 +954,7 @@ fn port_io<B: VcpuAccess, P: Platform>(
 ) -> Result<Outcome, B::Error> {
     model.stats.io = model.stats.io.saturating_add(1);
     if io.string {
-        return Ok(Outcome::stop(StopReason::StringIo {
-            io: *io,
-            rip: vcpu.rip()?,
-        }));
+        return ins_outs(vcpu, model, vm, platform, io);
     }
     let size = io.size;
     let now = platform.now();
@@ -944,6 +994,40 @@ fn port_io<B: VcpuAccess, P: Platform>(
         }
     }
     skip(vcpu)
+}
+
+/// INS and OUTS ([`string_io`]): a chunk of iterations, then RIP past
+/// the instruction when it is done, left on it when a REP has more to do,
+/// or the guest's fault injected at it.
+fn ins_outs<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    vm: &mut VmDevices,
+    platform: &mut P,
+    io: &IoAccess,
+) -> Result<Outcome, B::Error> {
+    match string_io::string_io(vcpu, &mut model.stats, vm, platform, io)? {
+        StringIoOutcome::Done => skip(vcpu),
+        StringIoOutcome::Partial => {
+            // The guest executes the instruction again for the rest; an
+            // interrupt may come in between, as on hardware.
+            vcpu.clear_interrupt_shadow()?;
+            Ok(Outcome::Resume)
+        }
+        StringIoOutcome::Fault(GuestFault::GeneralProtection) => inject(vcpu, model, GP, Some(0)),
+        StringIoOutcome::Fault(GuestFault::StackFault) => inject(vcpu, model, SS, Some(0)),
+        StringIoOutcome::Fault(GuestFault::PageFault { linear, error_code }) => {
+            vcpu.set_cr2(linear)?;
+            inject(vcpu, model, PF, Some(error_code))
+        }
+        StringIoOutcome::Request(VmRequest::PowerOff) => Ok(Outcome::stop(StopReason::PoweredOff)),
+        StringIoOutcome::Request(VmRequest::Reset) => Ok(Outcome::stop(StopReason::Reset)),
+        StringIoOutcome::Refused(why) => Ok(Outcome::stop(StopReason::StringIo {
+            io: *io,
+            rip: vcpu.rip()?,
+            why,
+        })),
+    }
 }
 
 fn vmcall<B: VcpuAccess, P: Platform>(

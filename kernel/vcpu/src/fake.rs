@@ -49,6 +49,8 @@ pub struct FakeVcpu {
     pub shadow: bool,
     /// Events injected, in order.
     pub injected: Vec<Event>,
+    /// CR2.
+    pub cr2: u64,
     /// Whether an interrupt window is requested.
     pub window: bool,
     /// The TSC offset.
@@ -222,6 +224,12 @@ impl VcpuAccess for FakeVcpu {
         Ok(())
     }
 
+    fn set_cr2(&mut self, value: u64) -> Result<(), FakeError> {
+        self.check()?;
+        self.cr2 = value;
+        Ok(())
+    }
+
     fn event_pending(&self) -> Result<bool, FakeError> {
         self.check()?;
         Ok(false)
@@ -317,6 +325,22 @@ impl Platform for FakePlatform {
         match self.ram.get(start..end) {
             Some(src) => {
                 buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn write_guest(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> bool {
+        let Ok(start) = usize::try_from(gpa.as_u64()) else {
+            return false;
+        };
+        let Some(end) = start.checked_add(bytes.len()) else {
+            return false;
+        };
+        match self.ram.get_mut(start..end) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
                 true
             }
             None => false,

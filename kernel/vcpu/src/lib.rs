@@ -1,7 +1,7 @@
 //! What a virtual CPU sees and does, decided without touching hardware and
 //! without naming a virtualization extension: the vendor-neutral exit and
 //! vCPU access layer (`exit`, `access`), MMIO instruction emulation
-//! (`mmio`), the CPUID values, the MSR allow-list, the hypercall ABI and the stop reasons. A backend (VT-x in
+//! (`mmio`), string I/O (`string_io`), the CPUID values, the MSR allow-list, the hypercall ABI and the stop reasons. A backend (VT-x in
 //! the `vtx` crate) decodes its exits into [`exit::Exit`] and implements
 //! [`access::VcpuAccess`]; the kernel binary carries the decisions out;
 //! the host tests check them.
@@ -27,4 +27,5 @@ pub mod hypercall;
 pub mod mmio;
 pub mod msr;
 pub mod stop;
+pub mod string_io;
 pub mod vm;

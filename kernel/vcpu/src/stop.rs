@@ -8,6 +8,7 @@ use core::fmt;
 
 use super::exit::{IoAccess, NestedFault};
 use super::mmio::NotEmulated;
+use super::string_io::StringIoRefusal;
 
 /// The guest state printed with a triple fault.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,12 +98,16 @@ pub enum StopReason {
     EntryFailed(String),
     /// Entering the guest failed before it ran (the backend's words).
     LaunchFailed(String),
-    /// A string I/O instruction (INS/OUTS), which is not emulated yet.
+    /// A string I/O instruction (INS/OUTS) whose memory operand
+    /// Ferrovisor does not emulate (device memory, page tables outside
+    /// RAM).
     StringIo {
         /// The access.
         io: IoAccess,
         /// Where.
         rip: u64,
+        /// Why.
+        why: StringIoRefusal,
     },
     /// A hardware task switch, which Ferrovisor does not emulate.
     TaskSwitch {
@@ -169,8 +174,8 @@ impl fmt::Display for StopReason {
                 "hypervisor bug: {failure} (no guest should be able to cause this; please report it)"
             ),
             Self::LaunchFailed(e) => write!(f, "VM entry failed: {e}"),
-            Self::StringIo { io, rip } => {
-                write!(f, "{io} at RIP {rip:#x}: string I/O is not emulated yet")
+            Self::StringIo { io, rip, why } => {
+                write!(f, "{io} at RIP {rip:#x} not emulated: {why}")
             }
             Self::TaskSwitch { rip } => {
                 write!(f, "hardware task switch at RIP {rip:#x}: not supported")

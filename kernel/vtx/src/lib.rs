@@ -29,7 +29,7 @@ use vmx::vmcs::{
 };
 
 use vcpu::access::{Event, Gpr, Segment, SegmentState, VcpuAccess};
-use vcpu::exit::{CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault};
+use vcpu::exit::{AddressSize, CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault};
 use vcpu::msr::{IA32_EFER, IA32_TIME_STAMP_COUNTER, SWITCHED_MSRS, VMCS_MSRS};
 
 pub mod setup;
@@ -109,6 +109,9 @@ pub struct VmxVcpu<'a, V: VmcsAccess> {
     pub regs: &'a mut GuestRegisters,
     /// The CPU's fixed CR bits.
     pub cr: &'a CrPolicy,
+    /// A CR2 value a handler set (for a #PF it injects): the caller
+    /// loads it into the CPU's CR2 before the next entry.
+    pub cr2: Option<u64>,
 }
 
 /// The VMCS fields of one segment register.
@@ -353,6 +356,14 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
         })
     }
 
+    /// Kept for the caller, which loads it into CR2 before the next
+    /// entry: CR2 is not in the VMCS's guest-state area (SDM Vol. 3C,
+    /// 25.4.1), so the guest's lives in the CPU's while it runs there.
+    fn set_cr2(&mut self, value: u64) -> Result<(), VmcsError> {
+        self.cr2 = Some(value);
+        Ok(())
+    }
+
     /// SDM Vol. 3C, 25.8.3 "VM-Entry Controls for Event Injection".
     fn inject(&mut self, event: Event) -> Result<(), VmcsError> {
         const VALID: u32 = 1 << 31;
@@ -472,16 +483,26 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
     Ok(match info.reason {
         ExitReason::Cpuid => Exit::Cpuid,
         ExitReason::IoInstruction => match IoQualification::from_qualification(qualification) {
-            Ok(io) => Exit::Io(IoAccess {
-                port: io.port,
-                size: io.size.bytes(),
-                direction: match io.direction {
+            Ok(io) => {
+                let direction = match io.direction {
                     VmxIoDirection::In => IoDirection::In,
                     VmxIoDirection::Out => IoDirection::Out,
-                },
-                string: io.string,
-                rep: io.rep,
-            }),
+                };
+                let mut access = IoAccess::port(io.port, io.size.bytes(), direction);
+                access.rep = io.rep;
+                if io.string {
+                    let insn_info = vmcs.read(ReadOnly32::ExitInstructionInfo)?;
+                    match string_operands(insn_info, direction) {
+                        Some((address_size, segment)) => {
+                            access.string = true;
+                            access.address_size = address_size;
+                            access.segment = segment;
+                        }
+                        None => return Ok(unknown(info.reason)),
+                    }
+                }
+                Exit::Io(access)
+            }
             Err(_) => unknown(info.reason),
         },
         ExitReason::Vmcall => Exit::Hypercall,
@@ -542,6 +563,35 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
         ExitReason::TaskSwitch => Exit::TaskSwitch,
         reason => unknown(reason),
     })
+}
+
+/// The address size and segment of an INS/OUTS from the VM-exit
+/// instruction information (SDM Vol. 3C, 28.2.5, Table 28-8: bits 9:7
+/// address size, 0 = 16-bit, 1 = 32-bit, 2 = 64-bit; bits 17:15 the
+/// segment register of OUTS, ES CS SS DS FS GS = 0..5, undefined for INS,
+/// which always writes through ES). CPUs report it where IA32_VMX_BASIC
+/// bit 54 is set (every CPU with unrestricted guest that Ferrovisor has
+/// run on, Bochs included); `None` for values the SDM does not define.
+pub fn string_operands(info: u32, direction: IoDirection) -> Option<(AddressSize, Segment)> {
+    let address_size = match (info >> 7) & 0b111 {
+        0 => AddressSize::Bits16,
+        1 => AddressSize::Bits32,
+        2 => AddressSize::Bits64,
+        _ => return None,
+    };
+    let segment = match direction {
+        IoDirection::In => Segment::Es,
+        IoDirection::Out => match (info >> 15) & 0b111 {
+            0 => Segment::Es,
+            1 => Segment::Cs,
+            2 => Segment::Ss,
+            3 => Segment::Ds,
+            4 => Segment::Fs,
+            5 => Segment::Gs,
+            _ => return None,
+        },
+    };
+    Some((address_size, segment))
 }
 
 /// Sets up for the next entry the event whose delivery this exit

@@ -123,6 +123,7 @@ fn run(v: &mut Exited) -> Outcome {
         vmcs: &mut v.0,
         regs: &mut v.1,
         cr: &v.4,
+        cr2: None,
     };
     handle_exit(&exit, &mut vcpu, &mut v.2, &mut v.5, &mut v.3)
 }
@@ -234,15 +235,86 @@ fn the_reset_port_resets_the_guest_and_an_unclaimed_port_is_ignored_and_counted(
 }
 
 #[test]
-fn string_io_stops_the_guest() {
+fn rep_outsb_is_decoded_with_its_address_size_and_segment_and_emulated() {
+    use vmx::vmcs::ReadOnly32;
+    // REP OUTSB to COM1 with a 32-bit address size and an FS override
+    // (instruction information: address size 1 in bits 9:7, FS = 4 in
+    // bits 17:15).
     let mut v = setup(30, (0x3F8u64 << 16) | (1 << 4) | (1 << 5), 2);
-    match stop_reason(run(&mut v)) {
-        StopReason::StringIo { io, rip } => {
-            assert_eq!(io.port, 0x3F8);
-            assert_eq!(rip, RIP);
-        }
-        other => panic!("{other:?}"),
-    }
+    v.0.set(
+        ReadOnly32::ExitInstructionInfo.encoding(),
+        (1 << 7) | (4 << 15),
+    );
+    v.0.set(GuestNatural::FsBase.encoding(), 0x1000);
+    // 4-level paging identity-mapping the first 2 MiB.
+    v.0.set(GuestNatural::Cr3.encoding(), 0x1_0000);
+    v.3.ram[0x1_0000..0x1_0008].copy_from_slice(&0x1_1007u64.to_le_bytes());
+    v.3.ram[0x1_1000..0x1_1008].copy_from_slice(&0x1_2007u64.to_le_bytes());
+    v.3.ram[0x1_2000..0x1_2008].copy_from_slice(&0x87u64.to_le_bytes());
+    v.3.ram[0x1100..0x1104].copy_from_slice(b"fs!\n");
+    v.1.set(vmx::exit::Gpr::Rsi, 0xFFFF_0000_0000_0100);
+    v.1.set_rcx(4);
+    assert_eq!(
+        decode_exit(&mut v.0),
+        Ok(Exit::Io(IoAccess {
+            port: 0x3F8,
+            size: 1,
+            direction: IoDirection::Out,
+            string: true,
+            rep: true,
+            address_size: AddressSize::Bits32,
+            segment: Segment::Fs,
+        }))
+    );
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(v.3.lines, ["fs!"]);
+    assert_eq!(
+        v.1.get(vmx::exit::Gpr::Rsi),
+        Some(0x104),
+        "ESI, zero-extended"
+    );
+    assert_eq!(v.1.rcx(), 0);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 2);
+}
+
+#[test]
+fn undefined_string_instruction_information_is_an_unhandled_exit() {
+    use vmx::vmcs::ReadOnly32;
+    let mut v = setup(30, (0x3F8u64 << 16) | (1 << 4), 1);
+    v.0.set(ReadOnly32::ExitInstructionInfo.encoding(), 3 << 7);
+    assert!(matches!(
+        decode_exit(&mut v.0),
+        Ok(Exit::Unknown { reason: 30, .. })
+    ));
+    assert_eq!(
+        string_operands(6 << 15, IoDirection::Out),
+        None,
+        "segment 6 is not defined"
+    );
+    assert_eq!(
+        string_operands((2 << 7) | (6 << 15), IoDirection::In),
+        Some((AddressSize::Bits64, Segment::Es)),
+        "INS: the segment bits are undefined, ES is used"
+    );
+}
+
+#[test]
+fn an_injected_page_fault_leaves_cr2_for_the_caller_to_load() {
+    use vcpu::access::Event;
+    let mut v = setup(30, 0, 1);
+    let mut vcpu = VmxVcpu {
+        vmcs: &mut v.0,
+        regs: &mut v.1,
+        cr: &v.4,
+        cr2: None,
+    };
+    vcpu.set_cr2(0xDEAD_B000).unwrap();
+    vcpu.inject(Event::Exception {
+        vector: 14,
+        error_code: Some(2),
+    })
+    .unwrap();
+    assert_eq!(vcpu.cr2, Some(0xDEAD_B000));
 }
 
 #[test]

@@ -195,19 +195,36 @@ fn any_exit() -> impl Strategy<Value = Exit> {
             prop::sample::select(vec![1u8, 2, 4]),
             any::<bool>(),
             any::<bool>(),
-            any::<bool>()
+            any::<bool>(),
+            prop::sample::select(vec![
+                AddressSize::Bits16,
+                AddressSize::Bits32,
+                AddressSize::Bits64
+            ]),
+            prop::sample::select(vec![
+                Segment::Es,
+                Segment::Cs,
+                Segment::Ss,
+                Segment::Ds,
+                Segment::Fs,
+                Segment::Gs
+            ]),
         )
-            .prop_map(|(port, size, out, string, rep)| Exit::Io(IoAccess {
-                port,
-                size,
-                direction: if out {
-                    IoDirection::Out
-                } else {
-                    IoDirection::In
-                },
-                string,
-                rep,
-            })),
+            .prop_map(
+                |(port, size, out, string, rep, address_size, segment)| Exit::Io(IoAccess {
+                    port,
+                    size,
+                    direction: if out {
+                        IoDirection::Out
+                    } else {
+                        IoDirection::In
+                    },
+                    string,
+                    rep,
+                    address_size,
+                    segment,
+                })
+            ),
         Just(Exit::MsrRead),
         Just(Exit::MsrWrite),
         Just(Exit::Hypercall),

@@ -2,10 +2,12 @@
 //! its page tables in guest RAM (SDM Vol. 3A, chapter 4 "Paging"), and the
 //! fetch of the instruction bytes at RIP through it.
 //!
-//! Only translation matters here: the bytes walked are the ones the CPU
-//! itself fetched just before the exit, so the walk does not check access
-//! rights (U/S, R/W, NX), reserved bits or protection keys, and does not set
-//! accessed or dirty bits (the CPU already did). A guest that changes its
+//! For an instruction fetch only translation matters: the bytes walked are
+//! the ones the CPU itself fetched just before the exit. The walk does not
+//! check reserved bits or protection keys and does not set accessed or
+//! dirty bits (the CPU already did for the fetch); it gathers the R/W and
+//! U/S bits along the way ([`Translation`]) for callers that make a data
+//! access the CPU did not (string I/O) and check them themselves. A guest that changes its
 //! tables under a running vCPU may make the walk see other bytes than the
 //! CPU did; the caller checks that the decoded access matches the fault.
 
@@ -28,6 +30,10 @@ const EFER_LMA: u64 = 1 << 10;
 
 /// Paging-structure entry bits (SDM Vol. 3A, Tables 4-4 to 4-20).
 const PRESENT: u64 = 1;
+/// R/W: writes allowed through this entry.
+const WRITABLE: u64 = 1 << 1;
+/// U/S: user-mode accesses allowed through this entry.
+const USER: u64 = 1 << 2;
 /// The entry maps a page (4 MiB, 2 MiB or 1 GiB) instead of a table.
 const PAGE_SIZE_BIT: u64 = 1 << 7;
 /// Bits 51:12 of a 64-bit entry: the next table or the 4 KiB page. The
@@ -188,17 +194,48 @@ pub fn translate<P: Platform + ?Sized>(
     paging: &Paging,
     linear: u64,
 ) -> Result<GuestPhysAddr, WalkError> {
+    translate_with_rights(platform, paging, linear).map(|t| t.gpa)
+}
+
+/// A linear address's translation and the access rights of the entries
+/// that map it (SDM Vol. 3A, 4.6: an access is allowed only if every
+/// entry on the way allows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The guest-physical address.
+    pub gpa: GuestPhysAddr,
+    /// R/W was set in every entry (PAE PDPTEs have no R/W bit).
+    pub writable: bool,
+    /// U/S was set in every entry (PAE PDPTEs have no U/S bit).
+    pub user: bool,
+}
+
+/// The rights gathered so far on a walk: the R/W and U/S bits of every
+/// entry ANDed together.
+const ALL_RIGHTS: u64 = WRITABLE | USER;
+
+/// [`translate`], with the rights of the entries that map `linear`
+/// (without paging everything is allowed).
+pub fn translate_with_rights<P: Platform + ?Sized>(
+    platform: &P,
+    paging: &Paging,
+    linear: u64,
+) -> Result<Translation, WalkError> {
     let low32 = linear & 0xFFFF_FFFF;
-    let pa = match paging.mode() {
+    let (pa, rights) = match paging.mode() {
         // Without paging a linear address is a physical one; outside
         // IA-32e mode (and without paging it always is) they are 32 bits.
-        PagingMode::None => low32,
+        PagingMode::None => (low32, ALL_RIGHTS),
         PagingMode::Bits32 { pse } => walk32(platform, paging.cr3, low32, pse)?,
         PagingMode::Pae => walk_pae(platform, paging.cr3, low32)?,
         PagingMode::Level4 => walk4(platform, paging.cr3, linear)?,
         PagingMode::Level5 => return Err(WalkError::FiveLevel),
     };
-    Ok(GuestPhysAddr::new(pa))
+    Ok(Translation {
+        gpa: GuestPhysAddr::new(pa),
+        writable: rights & WRITABLE != 0,
+        user: rights & USER != 0,
+    })
 }
 
 /// Reads the `N`-byte entry `index` of the table at `table`; an entry that
@@ -241,14 +278,15 @@ fn walk32<P: Platform + ?Sized>(
     cr3: u64,
     linear: u64,
     pse: bool,
-) -> Result<u64, WalkError> {
+) -> Result<(u64, u64), WalkError> {
     let pde = entry::<P, 4>(platform, cr3 & ADDR32_4K, index(linear, 22, 10), linear, 2)?;
     if pse && pde & PAGE_SIZE_BIT != 0 {
         let high = (pde.wrapping_shr(13) & 0xFF).wrapping_shl(32);
-        return Ok((pde & ADDR32_4M) | high | (linear & 0x3F_FFFF));
+        let pa = (pde & ADDR32_4M) | high | (linear & 0x3F_FFFF);
+        return Ok((pa, pde & ALL_RIGHTS));
     }
     let pte = entry::<P, 4>(platform, pde & ADDR32_4K, index(linear, 12, 10), linear, 1)?;
-    Ok((pte & ADDR32_4K) | (linear & 0xFFF))
+    Ok(((pte & ADDR32_4K) | (linear & 0xFFF), pde & pte & ALL_RIGHTS))
 }
 
 /// PAE paging (SDM Vol. 3A, 4.4): four PDPTEs at CR3, then directories and
@@ -256,7 +294,11 @@ fn walk32<P: Platform + ?Sized>(
 /// The hardware loads the PDPTEs when CR3 is written; reading them from
 /// memory now sees the same values unless the guest changed them without
 /// reloading CR3.
-fn walk_pae<P: Platform + ?Sized>(platform: &P, cr3: u64, linear: u64) -> Result<u64, WalkError> {
+fn walk_pae<P: Platform + ?Sized>(
+    platform: &P,
+    cr3: u64,
+    linear: u64,
+) -> Result<(u64, u64), WalkError> {
     let pdpte = entry::<P, 8>(
         platform,
         cr3 & CR3_PAE_PDPT,
@@ -266,30 +308,36 @@ fn walk_pae<P: Platform + ?Sized>(platform: &P, cr3: u64, linear: u64) -> Result
     )?;
     let pde = entry::<P, 8>(platform, pdpte & ADDR_4K, index(linear, 21, 9), linear, 2)?;
     if pde & PAGE_SIZE_BIT != 0 {
-        return Ok((pde & ADDR_2M) | (linear & 0x1F_FFFF));
+        return Ok(((pde & ADDR_2M) | (linear & 0x1F_FFFF), pde & ALL_RIGHTS));
     }
     let pte = entry::<P, 8>(platform, pde & ADDR_4K, index(linear, 12, 9), linear, 1)?;
-    Ok((pte & ADDR_4K) | (linear & 0xFFF))
+    Ok(((pte & ADDR_4K) | (linear & 0xFFF), pde & pte & ALL_RIGHTS))
 }
 
 /// 4-level paging (SDM Vol. 3A, 4.5): PML4, PDPT (PS: 1 GiB), PD (PS:
 /// 2 MiB), PT, each of 512 8-byte entries, for canonical 48-bit addresses.
-fn walk4<P: Platform + ?Sized>(platform: &P, cr3: u64, linear: u64) -> Result<u64, WalkError> {
+fn walk4<P: Platform + ?Sized>(
+    platform: &P,
+    cr3: u64,
+    linear: u64,
+) -> Result<(u64, u64), WalkError> {
     let top = linear.wrapping_shr(47);
     if top != 0 && top != 0x1_FFFF {
         return Err(WalkError::NonCanonical { linear });
     }
     let pml4e = entry::<P, 8>(platform, cr3 & ADDR_4K, index(linear, 39, 9), linear, 4)?;
     let pdpte = entry::<P, 8>(platform, pml4e & ADDR_4K, index(linear, 30, 9), linear, 3)?;
+    let rights = pml4e & pdpte & ALL_RIGHTS;
     if pdpte & PAGE_SIZE_BIT != 0 {
-        return Ok((pdpte & ADDR_1G) | (linear & 0x3FFF_FFFF));
+        return Ok(((pdpte & ADDR_1G) | (linear & 0x3FFF_FFFF), rights));
     }
     let pde = entry::<P, 8>(platform, pdpte & ADDR_4K, index(linear, 21, 9), linear, 2)?;
+    let rights = rights & pde;
     if pde & PAGE_SIZE_BIT != 0 {
-        return Ok((pde & ADDR_2M) | (linear & 0x1F_FFFF));
+        return Ok(((pde & ADDR_2M) | (linear & 0x1F_FFFF), rights));
     }
     let pte = entry::<P, 8>(platform, pde & ADDR_4K, index(linear, 12, 9), linear, 1)?;
-    Ok((pte & ADDR_4K) | (linear & 0xFFF))
+    Ok(((pte & ADDR_4K) | (linear & 0xFFF), rights & pte))
 }
 
 /// Up to [`MAX_INSTRUCTION_LEN`] bytes read at a linear address.
