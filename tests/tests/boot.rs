@@ -588,6 +588,48 @@ fn ran(out: &xtask::runner::BootOutcome, name: &str) -> Option<(u64, u64)> {
     Some((ticks.parse().ok()?, slices.parse().ok()?))
 }
 
+/// String I/O as hardware does it (`guest-images/fidelity-strio`, one
+/// 64-bit guest, `guest-images/asm/strio.S`): a REP OUTSB line reaches
+/// the guest's console whole, also through an FS override and with a
+/// 32-bit address size (the VM-exit instruction information decoded);
+/// REP INSB from a port nothing decodes fills exactly its 300 bytes with
+/// 0xFF over more than one exit; OUTSW with DF = 1 walks down; REP OUTSB
+/// into a not-present page sends the bytes before it, then the guest's own
+/// #PF handler sees error code 0, CR2 at the page and 7 of 10 left; REP
+/// INSB into a read-only page with CR0.WP is #PF error 3 with nothing
+/// done; the guest ends by its own exit, never stopped for string I/O.
+#[test]
+fn bochs_string_io_works_like_hardware() {
+    let out = boot(
+        &Variant::with_guests("fidelity-strio"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with the string I/O guest");
+    c.saw("guest strio: started")
+        .saw("[strio] rep outsb: a line through string i/o")
+        .saw("[strio] rep outsb through an fs override")
+        .saw("[strio] rep outsb with a 32-bit address size")
+        .saw("[strio] rep insb from an unclaimed port: 300 bytes of 0xff")
+        .saw("[strio] outsw with df=1")
+        .saw("[strio] pf: #PF error 0, cr2 +4096, rcx 7, index +4096")
+        .saw("[strio] rep insb into a read-only page: #PF error 3, cr2 +8192, rcx 4, index +8192")
+        .in_order(
+            "[strio] rep outsb: a line",
+            "[strio] rep insb into a read-only page",
+        )
+        .in_order(
+            "[strio] rep insb into a read-only page",
+            "guest strio: stopped: exited with code 0",
+        )
+        .never("BAD")
+        .never("not emulated")
+        .in_order("guest strio: stopped", "all guests stopped, powering off")
+        .exited();
+    frames_all_back(&c);
+}
+
 /// Three CPU-bound guests on one CPU (`guest-images/sched`) take turns:
 /// their progress lines interleave, when the first finishes the others are
 /// within a round of it, and each got a third of the time within 5%; a

@@ -621,6 +621,7 @@ mod tests {
             ("bench", &["cpuid"][..]),
             ("fidelity-wxapic", &["apicbase", "apicgone"][..]),
             ("fidelity-crdbg", &["crdbg32", "crdbg64"][..]),
+            ("fidelity-strio", &["strio"][..]),
         ] {
             let path = config_dir(config).join(CONFIG_FILE);
             let text = fs::read_to_string(&path).unwrap();
@@ -802,6 +803,22 @@ mod tests {
         (
             "timer",
             &["arming the timer\n", "woken by the timer interrupt\n"],
+        ),
+        (
+            "strio",
+            &[
+                "rep outsb: a line through string i/o\n",
+                "rep outsb through an fs override\n",
+                "rep outsb with a 32-bit address size\n",
+                "rep insb from an unclaimed port: 300 bytes of 0xff\n",
+                "pf:",
+                " #PF error ",
+                ", cr2 +",
+                ", rcx ",
+                ", index +",
+                "rep insb into a read-only page:",
+                "BAD",
+            ],
         ),
     ];
 
