@@ -241,7 +241,7 @@ impl GuestRam {
     /// Copies `bytes` into guest RAM at `gpa`; false, and nothing
     /// written, if any byte is outside RAM. Guest RAM is reached through
     /// the physical-memory window, not through `self`, so a shared
-    /// reference does (the exit handlers hold one).
+    /// reference is enough (the exit handlers hold one).
     fn write_from(&self, gpa: u64, bytes: &[u8]) -> bool {
         let src = bytes.as_ptr();
         self.pieces(gpa, bytes.len() as u64, |dst, off, n| {

@@ -7,9 +7,10 @@
 //! check reserved bits or protection keys and does not set accessed or
 //! dirty bits (the CPU already did for the fetch); it gathers the R/W and
 //! U/S bits along the way ([`Translation`]) for callers that make a data
-//! access the CPU did not (string I/O) and check them themselves. A guest that changes its
-//! tables under a running vCPU may make the walk see other bytes than the
-//! CPU did; the caller checks that the decoded access matches the fault.
+//! access the CPU did not (string I/O) and check them themselves. A guest
+//! that changes its tables under a running vCPU may make the walk see
+//! other bytes than the CPU did; the MMIO caller checks that the decoded
+//! access matches the fault.
 
 use core::fmt;
 
