@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut outcome = config::parse_bytes("hypervisor.toml", data);
     config::check_images(&mut outcome, |path| path.len() % 2 == 0);
-    config::check_memory(&mut outcome, 64 << 20);
+    config::check_memory(&mut outcome, 64 << 20, |g| g.memory / 512);
     let lines = data.split(|&b| b == b'\n').count();
     for e in &outcome.errors {
         let text = e.to_string();

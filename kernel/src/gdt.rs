@@ -48,7 +48,7 @@ static TSS_SELECTOR: AtomicU16 = AtomicU16::new(0);
 
 /// An application processor's three interrupt stacks: one block of
 /// 2^IST_BLOCK_ORDER frames.
-const IST_BLOCK_ORDER: u8 = 4;
+pub(crate) const IST_BLOCK_ORDER: u8 = 4;
 
 fn stack_top(stack: *mut [u8; IST_STACK_SIZE]) -> VirtAddr {
     // Stacks grow down; keep the top 16-byte aligned as the ABI expects.

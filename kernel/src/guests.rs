@@ -64,7 +64,22 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
     let mut outcome = config::parse_bytes(CONFIG_FILE, &text);
     drop(text);
     config::check_images(&mut outcome, |path| files.exists(path));
-    config::check_memory(&mut outcome, memory::free_frames() * PAGE_SIZE);
+    // What the guests may take: the free frames, less what starting the
+    // other CPUs will take for good; each guest needs its RAM and the
+    // overhead running it costs (EPT, bitmaps, VMCS, save area).
+    let free = memory::free_frames() * PAGE_SIZE;
+    let cpus = crate::power::madt().map_or(1, |m| m.enabled_cpus().count());
+    let for_cpus = crate::smp::frames_for_other_cpus(cpus) * PAGE_SIZE;
+    let save_area = crate::vtx::vm::save_area_bytes();
+    debug!(
+        "memory: {} KiB free, {} KiB kept for starting {} other CPUs, {save_area}-byte save areas",
+        free >> 10,
+        for_cpus >> 10,
+        cpus.saturating_sub(1)
+    );
+    config::check_memory(&mut outcome, free.saturating_sub(for_cpus), |g| {
+        ::vtx::capacity::guest_overhead(g.memory, g.vcpus, save_area)
+    });
     for e in &outcome.errors {
         error!("{e}");
     }
@@ -76,13 +91,14 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
     for g in &outcome.config.guests {
         let format = g.format.map_or("detected from the image", format_name);
         info!(
-            "config: guest {}: kernel \"{}\"{}, {format}, {} MiB, {} vCPU{}, cmdline \"{}\"",
+            "config: guest {}: kernel \"{}\"{}, {format}, {} MiB + {} KiB overhead, {} vCPU{}, cmdline \"{}\"",
             g.name,
             g.kernel,
             g.initrd
                 .as_ref()
                 .map_or(String::new(), |i| alloc::format!(", initrd \"{i}\"")),
             g.memory >> 20,
+            ::vtx::capacity::guest_overhead(g.memory, g.vcpus, save_area) >> 10,
             g.vcpus,
             if g.vcpus == 1 { "" } else { "s" },
             g.cmdline

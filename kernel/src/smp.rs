@@ -153,6 +153,24 @@ pub const MAX_CPUS: usize = cpu::MAX_CPUS;
 /// Each AP's stack: 2^5 frames (128 KiB).
 const STACK_ORDER: u8 = 5;
 
+/// The frames [`start_aps`] takes from the allocator for good when the
+/// MADT lists `cpus` enabled CPUs (this one among them): each other CPU's
+/// stack, interrupt stacks and VMXON region, and the page tables that may
+/// be needed to identity-map the start-up page. The configuration check,
+/// which runs before the other CPUs start, keeps this much out of what the
+/// guests may take.
+pub fn frames_for_other_cpus(cpus: usize) -> u64 {
+    /// The kernel's page tables for the start-up page: a PDPT, a PD, a PT.
+    const START_UP_MAPPING: u64 = 3;
+    let others = cpus.saturating_sub(1).min(MAX_CPUS.saturating_sub(1)) as u64;
+    let per_cpu = (1u64 << STACK_ORDER) + (1u64 << crate::gdt::IST_BLOCK_ORDER) + 1;
+    if others == 0 {
+        0
+    } else {
+        others * per_cpu + START_UP_MAPPING
+    }
+}
+
 /// Where each CPU stands.
 const DOWN: u8 = 0;
 /// Sent the SIPIs; has not reached Rust yet.

@@ -55,13 +55,15 @@ fn qemu_without_vtx(firmware: Firmware) {
     default_plan(&c, "disk ahci0-port0 partition FERROCFG");
 }
 
-/// The default configuration's plan, read from `source`.
+/// The default configuration's plan, read from `source`: each guest's RAM
+/// and what running it costs besides (1 or 2 MiB: 4 EPT tables, 3 bitmaps,
+/// the VMCS and a one-frame save area, 36 KiB).
 fn default_plan(c: &Checked<'_>, source: &str) {
     c.saw(&format!("config: loaded 4 guests from {source}"))
-        .saw("config: guest real: kernel \"real.bin\", flat, real mode, 1 MiB, 1 vCPU")
-        .saw("config: guest protected: kernel \"protected.bin\", flat, protected mode, 2 MiB, 1 vCPU")
-        .saw("config: guest long: kernel \"long.bin\", flat, long mode, 2 MiB, 1 vCPU")
-        .saw("config: guest cpuid: kernel \"cpuid_loop.bin\", flat, long mode, 2 MiB, 1 vCPU")
+        .saw("config: guest real: kernel \"real.bin\", flat, real mode, 1 MiB + 36 KiB overhead, 1 vCPU")
+        .saw("config: guest protected: kernel \"protected.bin\", flat, protected mode, 2 MiB + 36 KiB overhead, 1 vCPU")
+        .saw("config: guest long: kernel \"long.bin\", flat, long mode, 2 MiB + 36 KiB overhead, 1 vCPU")
+        .saw("config: guest cpuid: kernel \"cpuid_loop.bin\", flat, long mode, 2 MiB + 36 KiB overhead, 1 vCPU")
         .in_order("config: loaded 4 guests", "config: guest real:");
 }
 
@@ -169,7 +171,7 @@ fn editing_the_config_partition_with_mtools_changes_the_next_boot() {
     );
     Checked::new(&out, "QEMU boot after editing FERROCFG with mtools")
         .saw("config: loaded 4 guests from disk ahci0-port0 partition FERROCFG")
-        .saw("config: guest edited: kernel \"real.bin\", flat, real mode, 1 MiB, 1 vCPU, cmdline \"changed with mtools\"")
+        .saw("config: guest edited: kernel \"real.bin\", flat, real mode, 1 MiB + 36 KiB overhead, 1 vCPU, cmdline \"changed with mtools\"")
         .never("config: guest real:")
         .exit_code(0);
 }
@@ -1118,4 +1120,48 @@ fn bochs_cr_efer_and_debug_state_follow_the_sdm() {
         "[crdbg64] dr7 0x401 kept across an exit",
         "[crdbg32] breakpoint after exits and switches: #DB",
     );
+}
+
+/// The small CPU facts an OS reads at boot (`guest-images/fidelity-facts`,
+/// `guest-images/asm/facts.S`), in a guest entered in 32-bit protected
+/// mode as a Multiboot kernel is: the x87 control word and MXCSR it starts
+/// with, CR0 after it turns paging on (CD and NW clear), CPUID's OSXSAVE
+/// following its CR4, RF in the frame of the #GP a refused RDMSR gets, a
+/// fast-strings write to IA32_MISC_ENABLE, and VMCALL 0 answered with the
+/// unknown-call code while the guest goes on.
+#[test]
+fn bochs_guest_sees_the_small_cpu_facts_an_os_reads() {
+    let out = boot(
+        &Variant::with_guests("fidelity-facts"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with the CPU-facts guest");
+    c.saw("config: guest facts: kernel \"facts.bin\", flat, protected mode, 4 MiB + 40 KiB overhead, 1 vCPU")
+        .saw("[facts] fcw at start: 0x0000037f")
+        .saw("[facts] mxcsr at start: 0x00001f80")
+        .saw("[facts] cr0 with paging: 0x80010031")
+        .saw("[facts] cr0 cd and nw clear: caching on")
+        .saw("[facts] cpuid osxsave follows cr4: set, then clear")
+        .line("`[facts] refused rdmsr: #GP, eflags in the frame: <RF set>`", |l| {
+            l.split("[facts] refused rdmsr: #GP, eflags in the frame: 0x")
+                .nth(1)
+                .and_then(|hex| u32::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|eflags| eflags & (1 << 16) != 0)
+        })
+        .saw("[facts] gp frame rf: set")
+        .saw("[facts] misc_enable fast-strings write: taken")
+        .saw("[facts] vmcall 0: returned 0xffffffff")
+        .in_order("[facts] vmcall 0: unknown call, the guest goes on", "[facts] facts done")
+        .in_order("[facts] facts done", "guest facts: stopped: exited with code 0")
+        .never("WRONG VALUE")
+        .never("[facts] CR0.CD")
+        .never("[facts] CPUID OSXSAVE")
+        .never("[facts] REFUSED")
+        .never("[facts] MISC_ENABLE")
+        .never("no xsave on this cpu");
+    frames_all_back(&c);
+    c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done")
+        .exited();
 }

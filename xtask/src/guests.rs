@@ -622,6 +622,7 @@ mod tests {
             ("fidelity-wxapic", &["apicbase", "apicgone"][..]),
             ("fidelity-crdbg", &["crdbg32", "crdbg64"][..]),
             ("fidelity-strio", &["strio"][..]),
+            ("fidelity-facts", &["facts"][..]),
         ] {
             let path = config_dir(config).join(CONFIG_FILE);
             let text = fs::read_to_string(&path).unwrap();
@@ -820,6 +821,23 @@ mod tests {
                 "BAD",
             ],
         ),
+        (
+            "facts",
+            &[
+                "fcw at start: ",
+                "mxcsr at start: ",
+                "cr0 with paging: ",
+                "cr0 cd and nw clear: caching on\n",
+                "cpuid osxsave follows cr4: set, then clear\n",
+                "cpuid osxsave: no xsave on this cpu\n",
+                "refused rdmsr: #GP, eflags in the frame: ",
+                "gp frame rf: set\n",
+                "misc_enable fast-strings write: taken\n",
+                "vmcall 0: returned ",
+                "vmcall 0: unknown call, the guest goes on\n",
+                "facts done\n",
+            ],
+        ),
     ];
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -897,7 +915,7 @@ mod tests {
     #[test]
     fn the_shipped_configs_stage() {
         let dir = scratch("shipped");
-        for name in ["default", "test", "bench", "broken"] {
+        for name in ["default", "test", "bench", "broken", "fidelity-facts"] {
             let staging = dir.join(name).join("config");
             stage(&config_dir(name), &staging).unwrap();
             assert_eq!(

@@ -28,6 +28,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("sched"),
         Variant::with_guests("fidelity-crdbg"),
         Variant::with_guests("fidelity-strio"),
+        Variant::with_guests("fidelity-facts"),
         Variant::with_guests("linux"),
         Variant::with_guests("linux-stock"),
         Variant::with_guests("linux-multi"),

@@ -379,26 +379,42 @@ pub fn check_images(outcome: &mut ParseOutcome, mut exists: impl FnMut(&str) -> 
 }
 
 /// Skips the guests whose memory no longer fits in `available_bytes`, taking
-/// the guests in file order: each guest that fits takes its memory from
-/// what is left, and one that does not is skipped with an error at its
-/// `memory` key while the guests after it may still fit.
-pub fn check_memory(outcome: &mut ParseOutcome, available_bytes: u64) {
+/// the guests in file order: each guest that fits takes its memory and its
+/// `overhead` (what running it costs the host besides its RAM: page
+/// tables, control structures) from what is left, and one that does not is
+/// skipped with an error at its `memory` key while the guests after it may
+/// still fit. `overhead` is asked once per guest.
+pub fn check_memory(
+    outcome: &mut ParseOutcome,
+    available_bytes: u64,
+    mut overhead: impl FnMut(&GuestConfig) -> u64,
+) {
     let file = outcome.file.as_str();
     let errors = &mut outcome.errors;
     let mut left = available_bytes;
     outcome.config.guests.retain(|guest| {
-        if let Some(rest) = left.checked_sub(guest.memory) {
+        let extra = overhead(guest);
+        let needed = guest.memory.saturating_add(extra);
+        if let Some(rest) = left.checked_sub(needed) {
             left = rest;
             return true;
         }
+        let what = if extra == 0 {
+            format!("memory {} does not fit", Size(guest.memory))
+        } else {
+            format!(
+                "memory {} and its {} of overhead (page tables, control structures) do not fit",
+                Size(guest.memory),
+                Size(extra)
+            )
+        };
         errors.push(ConfigError::new(
             file,
             guest.source.memory,
             format!(
-                "guest '{}': memory {} does not fit in the {} left of {} free \
+                "guest '{}': {what} in the {} left of {} free \
                  (the guests before it take the rest); lower memory or remove a guest",
                 guest.name,
-                Size(guest.memory),
                 Size(left),
                 Size(available_bytes),
             ),

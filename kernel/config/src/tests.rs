@@ -688,10 +688,10 @@ fn memory_budget_skips_guests_that_no_longer_fit_in_file_order() {
     );
     // a (64M) fits, big (2G) does not, b (64M) fits, c (64M) no longer does.
     let mut outcome = parsed(&text);
-    check_memory(&mut outcome, 192 * MIB);
+    check_memory(&mut outcome, 192 * MIB, |_| 0);
     assert_eq!(names(&outcome), ["a", "b", "c"]);
     let mut outcome = parsed(&text);
-    check_memory(&mut outcome, 130 * MIB);
+    check_memory(&mut outcome, 130 * MIB, |_| 0);
     assert_eq!(names(&outcome), ["a", "b"]);
     assert_eq!(
         lines(&outcome),
@@ -704,8 +704,36 @@ fn memory_budget_skips_guests_that_no_longer_fit_in_file_order() {
     );
     // Exactly enough is enough.
     let mut outcome = parsed(&guest("a", ""));
-    check_memory(&mut outcome, 64 * MIB);
+    check_memory(&mut outcome, 64 * MIB, |_| 0);
     assert!(outcome.errors.is_empty());
+}
+
+#[test]
+fn memory_budget_counts_each_guests_overhead() {
+    let text = format!("{}\n{}", guest("a", ""), guest("b", ""));
+    // 128M is exactly two guests' RAM; with 40K of overhead each only the
+    // first fits, and the second is told what it needed.
+    let mut outcome = parsed(&text);
+    let mut asked = Vec::new();
+    check_memory(&mut outcome, 128 * MIB, |g| {
+        asked.push(g.name.clone());
+        40 << 10
+    });
+    assert_eq!(asked, ["a", "b"]);
+    assert_eq!(names(&outcome), ["a"]);
+    assert_eq!(
+        lines(&outcome),
+        [
+            "config: error: hypervisor.toml:9:1: guest 'b': memory 64M and its 40K of overhead \
+          (page tables, control structures) do not fit in the 65496K left of 128M free \
+          (the guests before it take the rest); lower memory or remove a guest"
+        ]
+    );
+    // RAM plus overhead exactly is enough.
+    let mut outcome = parsed(&text);
+    check_memory(&mut outcome, 128 * MIB + (80 << 10), |_| 40 << 10);
+    assert!(outcome.errors.is_empty());
+    assert_eq!(names(&outcome), ["a", "b"]);
 }
 
 #[test]

@@ -32,6 +32,10 @@ pub const CR0_PE: u64 = 1 << 0;
 pub const CR0_ET: u64 = 1 << 4;
 /// CR0.NE: native x87 error reporting, which VMX operation requires.
 pub const CR0_NE: u64 = 1 << 5;
+/// CR0.NW: not write-through (with CD: caching off), set at reset.
+pub const CR0_NW: u64 = 1 << 29;
+/// CR0.CD: cache disable, set at reset until firmware turns caching on.
+pub const CR0_CD: u64 = 1 << 30;
 /// CR0.PG: paging.
 pub const CR0_PG: u64 = 1 << 31;
 /// CR4.PAE: physical address extension, required for long mode.
@@ -265,7 +269,8 @@ pub struct EntryState {
     pub segments: Segments,
     /// The GDT register.
     pub gdtr: DescriptorTable,
-    /// The IDT register: the real-mode IVT at 0 in real mode, else empty
+    /// The IDT register: in real mode the interrupt vector table at 0 with
+    /// the reset limit 0xFFFF, else empty
     /// (the guest runs with interrupts off until it loads its own).
     pub idtr: DescriptorTable,
     /// The control registers.
@@ -273,7 +278,11 @@ pub struct EntryState {
 }
 
 impl EntryState {
-    /// Real mode at `cs:ip`, every data segment equal to CS.
+    /// Real mode at `cs:ip`, every data segment equal to CS: the processor
+    /// as RESET leaves it (SDM Vol. 3A, 9.1.1, Table 9-1) but for where it
+    /// starts: CR0 0x60000010 (CD, NW and ET; caching off, as for firmware),
+    /// GDTR and IDTR at base 0 with limit 0xFFFF, RFLAGS 2, EFER 0. VMX
+    /// forces CR0.NE while the guest runs; the guest reads its own CR0.
     pub const fn real(cs: u16, ip: u16) -> Self {
         Self {
             mode: CpuMode::Real,
@@ -299,10 +308,10 @@ impl EntryState {
             },
             idtr: DescriptorTable {
                 base: GuestPhysAddr::new(0),
-                limit: 0x3FF,
+                limit: 0xFFFF,
             },
             control: ControlRegisters {
-                cr0: CR0_ET | CR0_NE,
+                cr0: CR0_CD | CR0_NW | CR0_ET,
                 cr3: 0,
                 cr4: 0,
                 efer: 0,
@@ -311,7 +320,12 @@ impl EntryState {
     }
 
     /// 32-bit protected mode at `eip`, paging off, CS = [`BOOT_CS`] and the
-    /// data segments = [`BOOT_DS`], flat, from the GDT at [`GDT_ADDR`].
+    /// data segments = [`BOOT_DS`], flat, from the GDT at [`GDT_ADDR`]: what
+    /// Multiboot ("Machine state": PE set, PG clear, flat 4 GiB segments,
+    /// IF clear) and Linux's 32-bit boot protocol (`__BOOT_CS`/`__BOOT_DS`,
+    /// interrupts off) ask for. CR0 is PE, ET and NE, with CD and NW
+    /// clear as the firmware these protocols follow leaves them, so a
+    /// guest that ORs in PG runs cached.
     pub const fn protected32(eip: u32) -> Self {
         let mut state = Self::real(0, 0);
         state.mode = CpuMode::Protected32;
@@ -334,7 +348,8 @@ impl EntryState {
 
     /// 64-bit long mode at `rip`, paging through the identity map whose
     /// PML4 is at [`PML4_ADDR`], CS = [`BOOT_CS`] (64-bit) and the data
-    /// segments = [`BOOT_DS`], from the GDT at [`GDT_ADDR`].
+    /// segments = [`BOOT_DS`], from the GDT at [`GDT_ADDR`] (Linux's 64-bit
+    /// boot protocol: identity-mapped, `__BOOT_CS` 64-bit, interrupts off).
     pub const fn long64(rip: u64) -> Self {
         let mut state = Self::protected32(0);
         state.mode = CpuMode::Long64;
@@ -482,7 +497,10 @@ mod tests {
         assert_eq!(s.segments.cs.limit, 0xFFFF);
         assert_eq!(s.rip, 0x2345);
         assert_eq!(s.control.cr0 & (CR0_PE | CR0_PG), 0);
-        assert_eq!(s.idtr.limit, 0x3FF);
+        // The reset values of SDM Vol. 3A, Table 9-1.
+        assert_eq!(s.control.cr0, 0x6000_0010);
+        assert_eq!(s.idtr.limit, 0xFFFF);
+        assert_eq!(s.gdtr.limit, 0xFFFF);
     }
 
     #[test]

@@ -18,6 +18,10 @@ use vmx::error::VmFail;
 use vmx::execution::GuestControls;
 use vmx::feature_control::{enable_and_lock, FeatureControlState};
 use vmx::instructions as hw;
+
+/// CR0.NW (not write-through) and CR0.CD (cache disable).
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 use vmx::msr::IA32_FEATURE_CONTROL;
 
 use crate::{cpu, memory};
@@ -92,10 +96,18 @@ pub fn enable(
     // SAFETY: reading CR0/CR4 has no side effects.
     let (cr0, cr4) = unsafe { (hw::read_cr0(), hw::read_cr4()) };
     let (want_cr0, want_cr4) = vmx::vmxon::vmxon_prerequisites(cr0, cr4, caps);
+    // Caching on (CR0.CD and NW clear), as firmware leaves a booted PC: an
+    // application processor comes out of INIT with both set, and some
+    // firmware (Bochs's) never clears them. VM entries and exits leave
+    // CD and NW as they are (SDM Vol. 3C, 27.3.2.1 and 28.5.1), so the host
+    // and its guests share them; each guest reads its own copy through the
+    // CR0 read shadow.
+    let want_cr0 = want_cr0 & !(CR0_CD | CR0_NW);
     // SAFETY: the new values differ from the running ones only in bits VMX
     // operation requires (the fixed-1 bits, which long mode already has, and
-    // CR4.VMXE), so paging, protection and the kernel's mappings stay as
-    // they are.
+    // CR4.VMXE) and in CD/NW, whose clearing only lets the caches fill
+    // (memory types stay what the MTRRs and PAT say), so paging,
+    // protection and the kernel's mappings stay as they are.
     unsafe {
         if want_cr0 != cr0 {
             hw::write_cr0(want_cr0);

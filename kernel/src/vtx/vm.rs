@@ -49,6 +49,16 @@ pub struct VmxSettings {
     pub timer_shift: u8,
 }
 
+/// The bytes of a vCPU's extended-state save area on this CPU: the XSAVE
+/// area for every supported component (CPUID.(EAX=0DH,ECX=0):ECX), or the
+/// 512-byte FXSAVE image without XSAVE.
+pub fn save_area_bytes() -> u64 {
+    if arch::cpuid(1, 0).ecx & (1 << 26) == 0 {
+        return 512;
+    }
+    u64::from(arch::cpuid(0xD, 0).ecx).max(512)
+}
+
 impl VmxSettings {
     /// Computes the shared settings and turns on CR4.OSXSAVE/OSFXSR, so the
     /// host can switch guests' extended state.
@@ -284,8 +294,8 @@ impl GuestMemory for GuestRam {
 /// host never uses: it stays in the CPU across exits and is moved only
 /// when another vCPU is switched in.
 struct SwitchedState {
-    /// The XSAVE (or FXSAVE) area: a zeroed block at first, which XRSTOR
-    /// turns into the power-on state.
+    /// The XSAVE (or FXSAVE) area: at first the power-on image
+    /// (`setup::init_save_area`), which XRSTOR or FXRSTOR loads.
     area: HostPhysAddr,
     area_order: u8,
     cr2: u64,
@@ -384,7 +394,7 @@ impl Guest {
                     area: HostPhysAddr::new(0),
                     area_order: 0,
                     cr2: 0,
-                    debug: [0; 5],
+                    debug: setup::initial_debug_registers(),
                     msrs: [0; SWITCHED_MSR_COUNT],
                 },
                 vpid: hw.controls.vpid.then_some(vpid),
@@ -451,16 +461,16 @@ impl Guest {
         };
         vcpu.switched.area = area;
         vcpu.switched.area_order = order;
-        if hw.xsave.is_none() {
-            // FXRSTOR has no "initial state" bit: give it a valid image with
-            // the power-on FCW (0x37F) and MXCSR (0x1F80).
-            let p = memory::phys().ptr(area);
-            // SAFETY: inside the zeroed block just allocated.
-            unsafe {
-                p.cast::<u16>().write(0x37F);
-                p.add(24).cast::<u32>().write(0x1F80);
-            }
-        }
+        // The power-on x87/SSE image, for FXRSTOR and XRSTOR alike: with a
+        // zeroed image XRSTOR would load MXCSR = 0 (every SIMD exception
+        // unmasked), since its standard form loads MXCSR whatever
+        // XSTATE_BV says.
+        // SAFETY: the block was just allocated and zeroed, is mapped at
+        // `phys().ptr` and at least 4 KiB long, more than the image.
+        let image = unsafe {
+            core::slice::from_raw_parts_mut(memory::phys().ptr(area), setup::SAVE_AREA_INIT_LEN)
+        };
+        setup::init_save_area(image);
 
         vcpu.vmcs = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
         let revision = hw.caps.basic.revision_id & 0x7FFF_FFFF;

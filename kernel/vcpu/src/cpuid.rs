@@ -61,8 +61,9 @@ pub const HYPERVISOR_LEAF: u32 = 0x4000_0000;
 /// bytes each, little-endian), so a guest can tell it runs on Ferrovisor.
 pub const SIGNATURE: &[u8; 12] = b"FerrovisorVM";
 
-/// The hypercall ABI version CPUID.4000_0001H:EAX reports.
-pub const HYPERCALL_ABI_VERSION: u32 = 1;
+/// The hypercall ABI version CPUID.4000_0001H:EAX reports (see
+/// [`super::hypercall`]; 2 since the call numbers carry the "FV" prefix).
+pub const HYPERCALL_ABI_VERSION: u32 = 2;
 
 /// The highest hypervisor leaf Ferrovisor implements.
 const HYPERVISOR_LEAF_MAX: u32 = HYPERVISOR_LEAF + 1;
@@ -1007,7 +1008,8 @@ mod tests {
         assert_eq!(
             guest_cpuid(0x4000_0001, 0, &ctx(0, 1), all_ones),
             CpuidResult {
-                eax: 1,
+                // Version 2: call numbers carry the "FV" prefix.
+                eax: 2,
                 ..CpuidResult::default()
             }
         );

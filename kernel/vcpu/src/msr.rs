@@ -167,14 +167,32 @@ impl fmt::Display for InjectGp {
     }
 }
 
-/// IA32_MISC_ENABLE bit 0: fast-strings enable, the one writable bit.
+// IA32_MISC_ENABLE (SDM Vol. 4, Table 2-2, "IA32_MISC_ENABLE").
+/// Bit 0: fast-strings enable (R/W). The guest's setting is its own; the
+/// processor keeps the host's (REP MOVS/STOS behave the same either way).
 const MISC_FAST_STRINGS: u64 = 1 << 0;
-/// IA32_MISC_ENABLE bit 11: branch trace storage unavailable (read-only).
+/// Bit 3: automatic thermal control circuit enable (R/W); a vCPU has no
+/// thermal sensor to act on, so the bit is the guest's to keep.
+const MISC_AUTO_TCC: u64 = 1 << 3;
+/// Bit 16: Enhanced Intel SpeedStep enable (R/W); a vCPU has no
+/// performance states, so the bit is the guest's to keep.
+const MISC_EIST: u64 = 1 << 16;
+/// Bit 23: xTPR message disable (R/W); a vCPU sends no xTPR messages.
+const MISC_XTPR_DISABLE: u64 = 1 << 23;
+/// The bits a guest may set and clear.
+const MISC_WRITABLE: u64 = MISC_FAST_STRINGS | MISC_AUTO_TCC | MISC_EIST | MISC_XTPR_DISABLE;
+/// Bit 11: branch trace storage unavailable (read-only).
 const MISC_BTS_UNAVAILABLE: u64 = 1 << 11;
-/// IA32_MISC_ENABLE bit 12: PEBS unavailable (read-only).
+/// Bit 12: PEBS unavailable (read-only).
 const MISC_PEBS_UNAVAILABLE: u64 = 1 << 12;
 /// The IA32_MISC_ENABLE bits no guest write may change: BTS and PEBS stay
-/// unavailable (the debug-store MSRs are denied), everything else 0.
+/// unavailable (the debug-store MSRs are denied); performance monitoring
+/// (bit 7, read-only) stays unavailable (CPUID leaf 0AH is empty). The
+/// documented writable bits whose effect a vCPU does not model stay 0 and
+/// setting them is #GP, as on a processor without the feature: ENABLE
+/// MONITOR FSM (bit 18; MONITOR/MWAIT are not offered), Limit CPUID
+/// Maxval (bit 22; CPUID is not limited), XD Bit Disable (bit 34; NX
+/// stays). Every other bit is reserved: #GP.
 const MISC_FIXED: u64 = MISC_BTS_UNAVAILABLE | MISC_PEBS_UNAVAILABLE;
 
 /// IA32_MTRR_DEF_TYPE bits that exist: type (7:0), FE (10), E (11) (SDM
@@ -237,8 +255,12 @@ impl VirtualMsrs {
     ///   and current OSes do not write the TSC.
     /// - IA32_BIOS_SIGN_ID: dropped (OSes write 0 before reading the
     ///   microcode revision, which stays 0).
-    /// - IA32_MISC_ENABLE: only bit 0 (fast strings) may change; the guest
-    ///   reads its value back, the processor keeps the host's setting.
+    /// - IA32_MISC_ENABLE: the documented writable bits a vCPU can honour
+    ///   change (fast strings 0, automatic thermal control 3, SpeedStep 16,
+    ///   xTPR disable 23); the guest reads them back, the processor keeps
+    ///   the host's settings. A write that changes a read-only bit, sets
+    ///   one whose effect is not modelled, or sets a reserved bit is #GP
+    ///   and changes nothing (see `MISC_FIXED`).
     /// - IA32_MTRR_DEF_TYPE: stored if reserved bits are 0 and the type is
     ///   valid (SDM Vol. 3A, 11.11.2.1); EPT decides the memory types.
     /// - IA32_MCG_STATUS: only 0 is accepted.
@@ -248,7 +270,7 @@ impl VirtualMsrs {
     pub fn write(&mut self, msr: u32, value: u64) -> Result<(), InjectGp> {
         match msr {
             IA32_TIME_STAMP_COUNTER | IA32_BIOS_SIGN_ID => Ok(()),
-            IA32_MISC_ENABLE if value & !MISC_FAST_STRINGS == MISC_FIXED => {
+            IA32_MISC_ENABLE if value & !MISC_WRITABLE == MISC_FIXED => {
                 self.misc_enable = value;
                 Ok(())
             }
@@ -437,22 +459,44 @@ mod tests {
     }
 
     #[test]
-    fn misc_enable_only_fast_strings_changes() {
+    fn misc_enable_takes_its_documented_writable_bits() {
         let mut msrs = VirtualMsrs::new(0);
         assert_eq!(msrs.read(IA32_MISC_ENABLE), Ok(0x1801));
         assert_eq!(msrs.write(IA32_MISC_ENABLE, 0x1800), Ok(()));
         assert_eq!(msrs.read(IA32_MISC_ENABLE), Ok(0x1800));
         assert_eq!(msrs.write(IA32_MISC_ENABLE, 0x1801), Ok(()));
         assert_eq!(msrs.read(IA32_MISC_ENABLE), Ok(0x1801));
-        // Clearing BTS/PEBS unavailable, or setting any other bit (limit
-        // CPUID 22, XD disable 34, EIST 16), is refused and changes nothing.
+        // Each documented R/W bit a vCPU can honour, alone and together:
+        // fast strings 0, thermal control 3, SpeedStep 16, xTPR disable 23.
+        for bits in [
+            1 << 3,
+            1 << 16,
+            1 << 23,
+            (1 << 3) | (1 << 16) | (1 << 23) | 1,
+        ] {
+            let value = 0x1800 | bits;
+            assert_eq!(msrs.write(IA32_MISC_ENABLE, value), Ok(()), "{value:#x}");
+            assert_eq!(msrs.read(IA32_MISC_ENABLE), Ok(value));
+        }
+        msrs.write(IA32_MISC_ENABLE, 0x1801).unwrap();
+        // Clearing BTS/PEBS unavailable or setting performance monitoring
+        // available (read-only), setting a bit whose effect is not modelled
+        // (MONITOR FSM 18, limit CPUID 22, XD disable 34) or a reserved one
+        // (1, 2, 4, 13, 35, 63) is refused and changes nothing.
         for value in [
             0x0801,
             0x1001,
             0x1,
+            0x1801 | 1 << 7,
+            0x1801 | 1 << 18,
             0x1801 | 1 << 22,
             0x1801 | 1 << 34,
-            0x1801 | 1 << 16,
+            0x1801 | 1 << 1,
+            0x1801 | 1 << 2,
+            0x1801 | 1 << 4,
+            0x1801 | 1 << 13,
+            0x1801 | 1 << 35,
+            0x1801 | 1 << 63,
         ] {
             assert_eq!(
                 msrs.write(IA32_MISC_ENABLE, value),

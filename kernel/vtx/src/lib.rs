@@ -32,11 +32,15 @@ use vcpu::access::{Event, Gpr, Segment, SegmentState, VcpuAccess};
 use vcpu::exit::{AddressSize, CrAccess, CrAccessKind, Exit, IoAccess, IoDirection, NestedFault};
 use vcpu::msr::{IA32_EFER, IA32_TIME_STAMP_COUNTER, SWITCHED_MSRS, VMCS_MSRS};
 
+pub mod capacity;
 pub mod setup;
 
 /// CR0.PE and CR0.PG, which unrestricted guest leaves to the guest.
 const CR0_PE: u64 = 1 << 0;
 const CR0_PG: u64 = 1 << 31;
+/// CR0.NW and CR0.CD: caching, which the host and its guests share.
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 /// CR4.VMXE: VT-x is hidden from guests.
 const CR4_VMXE: u64 = 1 << 13;
 /// IA32_EFER.LMA.
@@ -47,6 +51,19 @@ const ENTRY_IA32E: u32 = 1 << 9;
 const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
 /// Interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
 const SHADOW: u32 = 0b11;
+/// RFLAGS.RF: resume flag.
+const RFLAGS_RF: u64 = 1 << 16;
+
+/// Whether exception `vector` is a fault (SDM Vol. 3A, 6.15, Table 6-1):
+/// reported at the instruction that caused it, which is restarted. #DB
+/// (1) is left out: it is a trap as well, and an instruction-breakpoint
+/// fault pushes RF = 0 (SDM Vol. 3A, 17.3.1.1).
+pub const fn is_fault(vector: u8) -> bool {
+    matches!(
+        vector,
+        0 | 5 | 6 | 7 | 10 | 11 | 12 | 13 | 14 | 16 | 17 | 19 | 20 | 21
+    )
+}
 
 /// The CR0 and CR4 bits VMX operation fixes on this CPU, and what follows
 /// from them for a guest: which bits the host owns (guest/host masks) and
@@ -61,10 +78,15 @@ pub struct CrPolicy {
 
 impl CrPolicy {
     /// The CR0 bits the host owns: those VMX fixes, except PE and PG, which
-    /// unrestricted guest leaves to the guest.
+    /// unrestricted guest leaves to the guest; and CD and NW, which VM
+    /// entries and exits never load (SDM Vol. 3C, 27.3.2.1 and 28.5.1), so
+    /// the processor's are the host's: the guest reads its own from the
+    /// read shadow (caching off at reset, on after firmware) and a MOV that
+    /// changes them exits, whatever the host runs with.
     pub fn cr0_host_mask(&self) -> u64 {
-        (self.cr0_fixed.must_be_one() | self.cr0_fixed.must_be_zero())
-            & !(CR0_PE | CR0_PG)
+        ((self.cr0_fixed.must_be_one() | self.cr0_fixed.must_be_zero()) & !(CR0_PE | CR0_PG)
+            | CR0_CD
+            | CR0_NW)
             & 0xFFFF_FFFF
     }
 
@@ -365,6 +387,13 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
     }
 
     /// SDM Vol. 3C, 25.8.3 "VM-Entry Controls for Event Injection".
+    ///
+    /// A fault-class exception gets RFLAGS.RF set first: a fault delivered
+    /// by the processor pushes RF = 1 (SDM Vol. 3A, 17.3.1.1), so the
+    /// handler's IRET does not re-trigger an instruction breakpoint at the
+    /// faulting instruction, but an injected event pushes RF as the
+    /// guest-state area holds it, "not modified based on the type of event"
+    /// (SDM Vol. 3C, 27.6.1.1).
     fn inject(&mut self, event: Event) -> Result<(), VmcsError> {
         const VALID: u32 = 1 << 31;
         const DELIVER_ERROR_CODE: u32 = 1 << 11;
@@ -373,6 +402,12 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
         const HARDWARE_EXCEPTION: u32 = 3 << 8;
         let info = match event {
             Event::Exception { vector, error_code } => {
+                if is_fault(vector) {
+                    let rflags = self.vmcs.read(GuestNatural::Rflags)?;
+                    if rflags & RFLAGS_RF == 0 {
+                        self.vmcs.write(GuestNatural::Rflags, rflags | RFLAGS_RF)?;
+                    }
+                }
                 let mut info = VALID | HARDWARE_EXCEPTION | u32::from(vector);
                 if let Some(code) = error_code {
                     info |= DELIVER_ERROR_CODE;

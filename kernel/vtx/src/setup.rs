@@ -19,8 +19,67 @@ use loader::entry::{EntryState, Segment};
 const EFER_LMA: u64 = 1 << 10;
 /// IA32_PAT's power-on value (SDM Vol. 3A, 13.12.4: WB, WT, UC-, UC, twice).
 pub const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
-/// DR7's power-on value.
-const DR7_INIT: u64 = 0x400;
+/// DR7's power-on value (SDM Vol. 3A, 9.1.1, Table 9-1).
+pub const DR7_INIT: u64 = 0x400;
+/// DR6's power-on value (SDM Vol. 3A, 9.1.1, Table 9-1): every
+/// reserved bit reads 1, no debug condition is recorded.
+pub const DR6_INIT: u64 = 0xFFFF_0FF0;
+/// The x87 control word a vCPU starts with: 0x37F, every exception masked,
+/// 64-bit precision, round to nearest. It is what FNINIT leaves and what
+/// XRSTOR's init optimisation loads (SDM Vol. 1, 13.6), and what firmware
+/// leaves every OS; the bare power-on value of Table 9-1 (0x0040) is
+/// never seen by software that runs after an FNINIT.
+pub const FCW_INIT: u16 = 0x37F;
+/// MXCSR's power-on value (SDM Vol. 3A, 9.1.1, Table 9-1): every SIMD
+/// exception masked, round to nearest, no flags.
+pub const MXCSR_INIT: u32 = 0x1F80;
+/// The first bytes of an XSAVE area that [`init_save_area`] writes: the
+/// 512-byte legacy region and the 64-byte XSAVE header (SDM Vol. 1, 13.4).
+pub const SAVE_AREA_INIT_LEN: usize = 576;
+/// Offsets in the legacy region (SDM Vol. 1, Table 13-1): FCW, MXCSR, and
+/// in the XSAVE header XSTATE_BV and XCOMP_BV.
+const FCW_OFFSET: usize = 0;
+const MXCSR_OFFSET: usize = 24;
+const XSTATE_BV_OFFSET: usize = 512;
+const XCOMP_BV_OFFSET: usize = 520;
+
+/// Writes a vCPU's first XSAVE/FXSAVE image into `area` (at least
+/// [`SAVE_AREA_INIT_LEN`] bytes, which this zeroes first): the power-on x87
+/// and SSE state, loadable by FXRSTOR and by the standard form of XRSTOR.
+///
+/// FXRSTOR loads the legacy region as it is, so FCW and MXCSR must hold
+/// their initial values (a zeroed image would unmask every exception).
+/// XRSTOR with XSTATE_BV = 0 and XCOMP_BV = 0 (the standard form, SDM
+/// Vol. 1, 13.8.1) puts every component it restores in its initial
+/// configuration (x87: FCW 0x37F, empty stack; XMM, YMM, ...: zero), except
+/// MXCSR: the standard form loads MXCSR from the legacy region whenever it
+/// restores SSE or AVX state, whatever XSTATE_BV says. So the one image
+/// serves both: MXCSR is written, and FCW too for FXRSTOR.
+///
+/// Returns `false` (writing nothing) when `area` is too short.
+pub fn init_save_area(area: &mut [u8]) -> bool {
+    let Some(image) = area.get_mut(..SAVE_AREA_INIT_LEN) else {
+        return false;
+    };
+    image.fill(0);
+    let mut put = |at: usize, bytes: &[u8]| {
+        if let Some(dst) = image.get_mut(at..at.saturating_add(bytes.len())) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    put(FCW_OFFSET, &FCW_INIT.to_le_bytes());
+    put(MXCSR_OFFSET, &MXCSR_INIT.to_le_bytes());
+    // Every component in its initial configuration, standard form.
+    put(XSTATE_BV_OFFSET, &0u64.to_le_bytes());
+    put(XCOMP_BV_OFFSET, &0u64.to_le_bytes());
+    true
+}
+
+/// DR0-DR3 and DR6 of a new vCPU, in the order the switched state keeps
+/// them: no breakpoint addresses, DR6 at its power-on value.
+pub const fn initial_debug_registers() -> [u64; 5] {
+    [0, 0, 0, 0, DR6_INIT]
+}
 
 /// Where a vCPU's VMCS points: frames the kernel allocated for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,8 @@ use vcpu::hypercall;
 use vcpu::stop::StopReason;
 use vcpu::vm::VmDevices;
 
+mod facts;
+
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
 const CR4_PAE: u64 = 1 << 5;
@@ -321,8 +323,17 @@ fn an_injected_page_fault_leaves_cr2_for_the_caller_to_load() {
 fn hypercalls() {
     // exit(3)
     let mut v = setup(18, 0, 3);
+    v.1.set_rax(hypercall::EXIT);
     v.1.set_rbx(3);
     assert_eq!(run(&mut v), Outcome::stop(StopReason::Exited { code: 3 }));
+    // RAX = 0, the number other hypervisors' test programs use by habit
+    // (and ABI version 1's exit): unknown, the guest goes on after it.
+    let mut v = setup(18, 0, 3);
+    v.1.set_rax(0);
+    v.1.set_rbx(3);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(v.1.rax(), hypercall::UNKNOWN_CALL);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 3);
     // print from RAM
     let mut v = setup(18, 0, 3);
     v.3.ram[0x1000..0x1006].copy_from_slice(b"hello\n");

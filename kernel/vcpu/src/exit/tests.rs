@@ -10,6 +10,8 @@ use super::*;
 use crate::fake::{FakePlatform, FakeVcpu};
 use crate::vm::VmDevices;
 
+mod facts;
+
 const RIP: u64 = 0x10_0000;
 
 type Exited = (FakeVcpu, VcpuModel, FakePlatform, VmDevices);
