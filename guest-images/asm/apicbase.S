@@ -11,12 +11,8 @@
 # ferrovisor: load_address=0x100000 mode=long
 .include "fv.inc"
 .include "lib64.inc"
+.include "try64.inc"
 
-.equ CODE_SELECTOR, 0x10
-.equ VECTORS, 32
-.equ GATE_BYTES, 16
-.equ GATE_INTERRUPT, 0x8E
-.equ VECTOR_GP, 13
 # IA32_APIC_BASE (SDM Vol. 4, Table 2-2) and its bits: BSP 8, x2APIC
 # enable 10, global enable 11, the base from bit 12.
 .equ MSR_APIC_BASE, 0x1B
@@ -32,25 +28,9 @@
 .equ APIC_TPR, 0x80
 .equ APIC_SVR, 0xF0
 
-# TRY "name", resume: a #GP (or any exception) inside the attempt prints
-# "<name>: #GP" and continues at `resume`.
-.macro TRY name, resume
-    .pushsection .text, 2
-.Ltry\@:
-    .asciz "\name"
-    .popsection
-    push rax
-    lea rax, [rip + .Ltry\@]
-    mov [rip + try_name], rax
-    lea rax, [rip + \resume]
-    mov [rip + try_resume], rax
-    pop rax
-.endm
-
-.macro END_TRY resume
-\resume:
-    mov qword ptr [rip + try_resume], 0
-.endm
+# A #GP inside an attempt prints "<name>: #GP" (any other exception
+# "<name>: exception <n>"); attempts that raise nothing call no_fault.
+TRY_FRAME ok="no fault", names=GP
 
 # WRITE_BASE value: WRMSR IA32_APIC_BASE.
 .macro WRITE_BASE value
@@ -181,97 +161,7 @@ put_hex32:
     pop rax
     ret
 
-no_fault:
-    push rsi
-    mov rsi, [rip + try_name]
-    call fv_puts
-    pop rsi
-    PRINT ": no fault\n"
-    ret
-
-install_idt:
-    push rax
-    push rcx
-    push rsi
-    push rdi
-    lea rdi, [rip + idt]
-    lea rsi, [rip + exception_stubs]
-    xor ecx, ecx
-1:  mov rax, [rsi + rcx * 8]
-    mov [rdi], ax
-    mov word ptr [rdi + 2], CODE_SELECTOR
-    mov byte ptr [rdi + 4], 0
-    mov byte ptr [rdi + 5], GATE_INTERRUPT
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    mov dword ptr [rdi + 12], 0
-    add rdi, GATE_BYTES
-    inc ecx
-    cmp ecx, VECTORS
-    jb 1b
-    lidt [rip + idtr]
-    pop rdi
-    pop rsi
-    pop rcx
-    pop rax
-    ret
-
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-exception_stub_\v:
-    .if (\v != 8) && (\v != 10) && (\v != 11) && (\v != 12) && (\v != 13) && (\v != 14) && (\v != 17) && (\v != 21) && (\v != 29) && (\v != 30)
-    push 0
-    .endif
-    push \v
-    jmp exception_common
-.endr
-
-# exception_common: inside an attempt prints "<attempt>: #GP" (or
-# "<attempt>: exception <n>") and resumes; outside one it prints
-# "unexpected exception <n>" and exits with code 2.
-exception_common:
-    mov rax, [rip + try_resume]
-    test rax, rax
-    jz 3f
-    mov rsi, [rip + try_name]
-    call fv_puts
-    mov rax, [rsp]
-    cmp rax, VECTOR_GP
-    jne 2f
-    PRINT ": #GP\n"
-    jmp 4f
-2:  PRINT ": exception "
-    call fv_put_dec
-    PUTC '\n'
-4:  mov rax, [rip + try_resume]
-    mov qword ptr [rip + try_resume], 0
-    add rsp, 16
-    mov [rsp], rax
-    iretq
-3:  PRINT "unexpected exception "
-    mov rax, [rsp]
-    call fv_put_dec
-    PUTC '\n'
-    EXIT 2
-
     .pushsection .text, 3
-    .balign 8
-exception_stubs:
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    .quad exception_stub_\v
-.endr
-try_name:
-    .quad 0
-try_resume:
-    .quad 0
 hex_prefix:
     .byte 1
-    .balign 8
-idtr:
-    .word VECTORS * GATE_BYTES - 1
-    .quad idt
-    .balign 16
-idt:
-    .space VECTORS * GATE_BYTES
     .popsection

@@ -10,13 +10,8 @@
 # ferrovisor: load_address=0x100000 mode=protected
 .include "fv.inc"
 .include "lib32.inc"
+.include "try32.inc"
 
-.equ VECTORS, 32
-# Gate type byte: present, DPL 0, 32-bit interrupt gate.
-.equ GATE_INTERRUPT, 0x8E
-.equ VECTOR_DB, 1
-.equ VECTOR_UD, 6
-.equ VECTOR_GP, 13
 .equ CR0_PE, 1 << 0
 .equ CR0_NE, 1 << 5
 .equ CR0_NW, 1 << 29
@@ -36,22 +31,9 @@
 .equ SPIN_EXITS, 20000
 
 # TRY "name", resume: an exception inside the attempt prints
-# "name: #GP" (#UD, #DB) and continues at `resume`; END_TRY prints
-# "name: ok" when none came.
-.macro TRY name, resume
-    .pushsection .text, 2
-.Ltry\@:
-    .asciz "\name"
-    .popsection
-    mov dword ptr [try_name], offset .Ltry\@
-    mov dword ptr [try_resume], offset \resume
-.endm
-
-.macro END_TRY resume
-    call no_fault
-\resume:
-    mov dword ptr [try_resume], 0
-.endm
+# "name: #GP" (#DB; any other "name: another exception") and continues at
+# `resume`; END_TRY prints "name: ok" when none came.
+TRY_FRAME ok="ok", names="GP DB", other="another exception", end_ok=1
 
 # CR0_WRITE: MOV to CR0 of EAX with NE flipped from the current CR0, so
 # the write exits. Clobbers ECX.
@@ -255,85 +237,3 @@ build_tables:
     dec ecx
     jnz 1b
     ret
-
-no_fault:
-    push esi
-    mov esi, [try_name]
-    call fv_puts
-    pop esi
-    PRINT ": ok\n"
-    ret
-
-# install_idt: 32-bit interrupt gates for vectors 0..31 through the
-# loader's code segment.
-install_idt:
-    mov edi, offset idt
-    mov esi, offset exception_stubs
-    mov dx, cs
-    xor ecx, ecx
-1:  mov eax, [esi + ecx * 4]
-    mov [edi], ax
-    mov [edi + 2], dx
-    mov byte ptr [edi + 4], 0
-    mov byte ptr [edi + 5], GATE_INTERRUPT
-    shr eax, 16
-    mov [edi + 6], ax
-    add edi, 8
-    inc ecx
-    cmp ecx, VECTORS
-    jb 1b
-    lidt [idtr]
-    ret
-
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-exception_stub_\v:
-    .if (\v != 8) && (\v != 10) && (\v != 11) && (\v != 12) && (\v != 13) && (\v != 14) && (\v != 17) && (\v != 21) && (\v != 29) && (\v != 30)
-    push 0
-    .endif
-    push \v
-    jmp exception_common
-.endr
-
-# exception_common: [esp] = vector, [esp + 4] = error code, then EIP, CS,
-# EFLAGS.
-exception_common:
-    mov eax, [try_resume]
-    test eax, eax
-    jz 3f
-    mov esi, [try_name]
-    call fv_puts
-    mov eax, [esp]
-    cmp eax, VECTOR_GP
-    jne 1f
-    PRINT ": #GP\n"
-    jmp 4f
-1:  cmp eax, VECTOR_DB
-    jne 2f
-    PRINT ": #DB\n"
-    jmp 4f
-2:  PRINT ": another exception\n"
-4:  mov eax, [try_resume]
-    mov dword ptr [try_resume], 0
-    add esp, 8
-    mov [esp], eax
-    iretd
-3:  PRINT "unexpected exception\n"
-    EXIT 2
-
-    .pushsection .text, 3
-    .balign 8
-exception_stubs:
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    .long exception_stub_\v
-.endr
-try_name:
-    .long 0
-try_resume:
-    .long 0
-idtr:
-    .word VECTORS * 8 - 1
-    .long idt
-    .balign 8
-idt:
-    .space VECTORS * 8
-    .popsection

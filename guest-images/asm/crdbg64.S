@@ -6,13 +6,8 @@
 # ferrovisor: load_address=0x100000 mode=long
 .include "fv.inc"
 .include "lib64.inc"
+.include "try64.inc"
 
-.equ CODE_SELECTOR, 0x10
-.equ VECTORS, 32
-.equ GATE_BYTES, 16
-.equ GATE_INTERRUPT, 0x8E
-.equ VECTOR_DB, 1
-.equ VECTOR_GP, 13
 .equ CR0_NE, 1 << 5
 .equ CR0_PG, 1 << 31
 .equ CR4_PAE, 1 << 5
@@ -21,24 +16,9 @@
 .equ EFER_LMA, 1 << 10
 .equ SPIN_EXITS, 20000
 
-.macro TRY name, resume
-    .pushsection .text, 2
-.Ltry\@:
-    .asciz "\name"
-    .popsection
-    push rax
-    lea rax, [rip + .Ltry\@]
-    mov [rip + try_name], rax
-    lea rax, [rip + \resume]
-    mov [rip + try_resume], rax
-    pop rax
-.endm
-
-.macro END_TRY resume
-    call no_fault
-\resume:
-    mov qword ptr [rip + try_resume], 0
-.endm
+# An attempt prints "<name>: #GP", "<name>: #DB" or "<name>: another
+# exception" when it faults, "<name>: ok" when it does not.
+TRY_FRAME ok="ok", names="GP DB", other="another exception", end_ok=1
 
 # CR0_WRITE: MOV to CR0 of RAX with NE flipped, so the write exits.
 .macro CR0_WRITE
@@ -126,86 +106,3 @@ _start:
 bp_target:
     nop
     ret
-
-no_fault:
-    push rsi
-    mov rsi, [rip + try_name]
-    call fv_puts
-    pop rsi
-    PRINT ": ok\n"
-    ret
-
-install_idt:
-    lea rdi, [rip + idt]
-    lea rsi, [rip + exception_stubs]
-    xor ecx, ecx
-1:  mov rax, [rsi + rcx * 8]
-    mov [rdi], ax
-    mov word ptr [rdi + 2], CODE_SELECTOR
-    mov byte ptr [rdi + 4], 0
-    mov byte ptr [rdi + 5], GATE_INTERRUPT
-    shr rax, 16
-    mov [rdi + 6], ax
-    shr rax, 16
-    mov [rdi + 8], eax
-    mov dword ptr [rdi + 12], 0
-    add rdi, GATE_BYTES
-    inc ecx
-    cmp ecx, VECTORS
-    jb 1b
-    lidt [rip + idtr]
-    ret
-
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-exception_stub_\v:
-    .if (\v != 8) && (\v != 10) && (\v != 11) && (\v != 12) && (\v != 13) && (\v != 14) && (\v != 17) && (\v != 21) && (\v != 29) && (\v != 30)
-    push 0
-    .endif
-    push \v
-    jmp exception_common
-.endr
-
-exception_common:
-    mov rax, [rip + try_resume]
-    test rax, rax
-    jz 3f
-    mov rsi, [rip + try_name]
-    call fv_puts
-    mov rax, [rsp]
-    cmp rax, VECTOR_GP
-    jne 1f
-    PRINT ": #GP\n"
-    jmp 4f
-1:  cmp rax, VECTOR_DB
-    jne 2f
-    PRINT ": #DB\n"
-    jmp 4f
-2:  PRINT ": another exception\n"
-4:  mov rax, [rip + try_resume]
-    mov qword ptr [rip + try_resume], 0
-    add rsp, 16
-    mov [rsp], rax
-    iretq
-3:  PRINT "unexpected exception "
-    mov rax, [rsp]
-    call fv_put_dec
-    PUTC '\n'
-    EXIT 2
-
-    .pushsection .text, 3
-    .balign 8
-exception_stubs:
-.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    .quad exception_stub_\v
-.endr
-try_name:
-    .quad 0
-try_resume:
-    .quad 0
-idtr:
-    .word VECTORS * GATE_BYTES - 1
-    .quad idt
-    .balign 16
-idt:
-    .space VECTORS * GATE_BYTES
-    .popsection
