@@ -242,6 +242,10 @@ pub trait VcpuAccess {
     /// Whether the guest blocks external interrupts for one instruction
     /// (STI or MOV SS shadow) right now.
     fn interrupt_shadow(&self) -> Result<bool, Self::Error>;
+    /// Whether the guest blocks NMIs now: it is inside an NMI handler, from
+    /// the NMI's delivery until its IRET (SDM Vol. 3A, 6.7.1). An NMI
+    /// injected then would fail the VM entry, so it waits.
+    fn nmi_blocked(&self) -> Result<bool, Self::Error>;
     /// The backend's name for raw exit reason `reason`
     /// ([`super::exit::Exit::Unknown`]).
     fn exit_name(&self, reason: u32) -> &'static str {

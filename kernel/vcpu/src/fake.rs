@@ -47,6 +47,8 @@ pub struct FakeVcpu {
     pub instruction_len: u64,
     /// The STI/MOV SS shadow.
     pub shadow: bool,
+    /// Blocking by NMI (inside an NMI handler).
+    pub nmi_blocked: bool,
     /// Events injected, in order.
     pub injected: Vec<Event>,
     /// CR2.
@@ -244,6 +246,11 @@ impl VcpuAccess for FakeVcpu {
     fn interrupt_shadow(&self) -> Result<bool, FakeError> {
         self.check()?;
         Ok(self.shadow)
+    }
+
+    fn nmi_blocked(&self) -> Result<bool, FakeError> {
+        self.check()?;
+        Ok(self.nmi_blocked)
     }
 
     fn set_tsc_offset(&mut self, offset: u64) -> Result<(), FakeError> {

@@ -501,11 +501,13 @@ pub fn deliver_interrupt<B: VcpuAccess>(
     vm.route_messages(lapic);
     lapic.run_timer(now);
     if lapic.take_nmi() {
-        if !vcpu.event_pending()? {
+        // Not while another event is being delivered, nor inside the
+        // guest's NMI handler (an NMI injected then fails the VM entry):
+        // it stays pending for the next chance.
+        if !vcpu.event_pending()? && !vcpu.nmi_blocked()? {
             vcpu.inject(Event::Nmi)?;
             return Ok(true);
         }
-        // Delivered at the next chance.
         lapic.accept_nmi();
     }
     let extint = lapic.wants_extint() && vm.pic_output();
@@ -747,6 +749,50 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0xEC }]);
+    }
+
+    #[test]
+    fn an_nmi_waits_while_the_guest_is_in_its_nmi_handler() {
+        let mut vm = pc();
+        let mut apic = lapic();
+        let mut lines = Vec::new();
+        let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
+        // An IPI with NMI delivery (mode 100b) to APIC ID 0, its own.
+        let mut space = VcpuMmio {
+            lapic: &mut apic,
+            devices: &mut vm,
+        };
+        let icr_high = GuestPhysAddr::new(LAPIC_BASE + 0x310);
+        let icr_low = GuestPhysAddr::new(LAPIC_BASE + 0x300);
+        assert!(MmioSpace::mmio_write(
+            &mut space,
+            icr_high,
+            4,
+            0,
+            0,
+            &mut sink(&mut lines)
+        ));
+        assert!(MmioSpace::mmio_write(
+            &mut space,
+            icr_low,
+            4,
+            4 << 8,
+            0,
+            &mut sink(&mut lines)
+        ));
+        // Inside the guest's NMI handler: not injected (the VM entry
+        // would fail), kept.
+        vcpu.nmi_blocked = true;
+        assert!(
+            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 1, &mut sink(&mut lines)).unwrap()
+        );
+        assert!(vcpu.injected.is_empty());
+        // Its IRET ends the blocking: delivered.
+        vcpu.nmi_blocked = false;
+        assert!(
+            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 2, &mut sink(&mut lines)).unwrap()
+        );
+        assert_eq!(vcpu.injected, [Event::Nmi]);
     }
 
     #[test]

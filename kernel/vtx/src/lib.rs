@@ -51,6 +51,8 @@ const ENTRY_IA32E: u32 = 1 << 9;
 const INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
 /// Interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
 const SHADOW: u32 = 0b11;
+/// Interruptibility state: blocking by NMI (bit 3, SDM Vol. 3C, 25.4.2).
+const BLOCKING_BY_NMI: u32 = 1 << 3;
 /// RFLAGS.RF: resume flag.
 const RFLAGS_RF: u64 = 1 << 16;
 
@@ -444,6 +446,10 @@ impl<V: VmcsAccess> VcpuAccess for VmxVcpu<'_, V> {
 
     fn interrupt_shadow(&self) -> Result<bool, VmcsError> {
         Ok(self.vmcs.read(Guest32::InterruptibilityState)? & SHADOW != 0)
+    }
+
+    fn nmi_blocked(&self) -> Result<bool, VmcsError> {
+        Ok(self.vmcs.read(Guest32::InterruptibilityState)? & BLOCKING_BY_NMI != 0)
     }
 
     fn exit_name(&self, reason: u32) -> &'static str {
