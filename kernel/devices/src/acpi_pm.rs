@@ -255,38 +255,15 @@ impl Device for AcpiPm {
 )]
 mod tests {
     use super::*;
-    use crate::bus::Bus;
-    use crate::irq::IrqLines;
-    use alloc::boxed::Box;
+    use crate::testbus::Rig;
 
     use proptest::prelude::*;
 
-    struct Vm {
-        bus: Bus,
-        irqs: IrqLines,
-        now: u64,
-    }
+    type Vm = Rig<AcpiPm>;
 
     impl Vm {
         fn new(tsc_hz: u64) -> Self {
-            let mut bus = Bus::new();
-            bus.add(Box::new(AcpiPm::new(tsc_hz)), &ACPI_PM_PORTS, &[])
-                .unwrap();
-            Self {
-                bus,
-                irqs: IrqLines::new(),
-                now: 0,
-            }
-        }
-        fn inp(&mut self, port: u16, size: u8) -> u32 {
-            self.bus
-                .port_read(port, size, self.now, &mut self.irqs, &mut |_| {})
-                .unwrap()
-        }
-        fn out(&mut self, port: u16, size: u8, value: u32) {
-            assert!(self
-                .bus
-                .port_write(port, size, value, self.now, &mut self.irqs, &mut |_| {}));
+            Rig::with(AcpiPm::new(tsc_hz), &ACPI_PM_PORTS, &[])
         }
     }
 
@@ -377,10 +354,10 @@ mod tests {
                 let port = 0x5FF + port;
                 vm.now = now;
                 if write {
-                    let _ = vm.bus.port_write(port, size, value, now, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.port_write_at(now, port, size, value);
                     let _ = vm.bus.take_request();
                 } else {
-                    let _ = vm.bus.port_read(port, size, now, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.port_read_at(now, port, size);
                 }
                 prop_assert_eq!(vm.inp(0x60B, 1), 0);
             }

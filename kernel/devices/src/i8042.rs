@@ -221,37 +221,15 @@ impl Device for I8042 {
 )]
 mod tests {
     use super::*;
-    use crate::bus::{Bus, DeviceId};
-    use crate::irq::IrqLines;
-    use alloc::boxed::Box;
+    use crate::testbus::Rig;
 
     use proptest::prelude::*;
 
-    struct Vm {
-        bus: Bus,
-        kbc: DeviceId,
-        irqs: IrqLines,
-    }
+    type Vm = Rig<I8042>;
 
     impl Vm {
         fn new() -> Self {
-            let mut bus = Bus::new();
-            let kbc = bus.add(Box::new(I8042::new()), &I8042_PORTS, &[]).unwrap();
-            Self {
-                bus,
-                kbc,
-                irqs: IrqLines::new(),
-            }
-        }
-        fn outb(&mut self, port: u16, value: u8) {
-            assert!(self
-                .bus
-                .port_write(port, 1, u32::from(value), 0, &mut self.irqs, &mut |_| {}));
-        }
-        fn inb(&mut self, port: u16) -> u8 {
-            self.bus
-                .port_read(port, 1, 0, &mut self.irqs, &mut |_| {})
-                .unwrap() as u8
+            Rig::with(I8042::new(), &I8042_PORTS, &[])
         }
         /// A command, then its reply as a guest polls for it.
         fn ask(&mut self, command: u8) -> Option<u8> {
@@ -324,7 +302,7 @@ mod tests {
         vm.outb(0x64, 0xD1);
         vm.outb(0x60, 0x02);
         assert_eq!(vm.bus.take_request(), Some(VmRequest::Reset));
-        let kbc = vm.bus.get_mut::<I8042>(vm.kbc).unwrap();
+        let kbc = vm.dev();
         assert_eq!((kbc.output_port(), kbc.command_byte()), (0x02, 0x45));
     }
 
@@ -338,9 +316,9 @@ mod tests {
             for (write, port, size, value) in ops {
                 let port = 0x5F + port;
                 if write {
-                    let _ = vm.bus.port_write(port, size, value, 0, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.port_write_at(0, port, size, value);
                 } else {
-                    let _ = vm.bus.port_read(port, size, 0, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.port_read_at(0, port, size);
                 }
                 let _ = vm.bus.take_request();
             }

@@ -373,41 +373,24 @@ impl Device for IoApic {
 )]
 mod tests {
     use super::*;
-    use crate::bus::{Bus, DeviceId, MmioRange};
-    use crate::irq::IrqLines;
-    use alloc::boxed::Box;
+    use crate::bus::MmioRange;
+    use crate::testbus::Rig;
     use alloc::vec::Vec;
     use proptest::prelude::*;
 
     /// An I/O APIC on a bus, driven through its page as a guest would.
-    struct Vm {
-        bus: Bus,
-        id: DeviceId,
-        irqs: IrqLines,
-    }
+    type Vm = Rig<IoApic>;
 
     impl Vm {
         fn new() -> Self {
-            let mut bus = Bus::new();
             let page = MmioRange::new(GuestPhysAddr::new(IOAPIC_BASE), 1).unwrap();
-            let id = bus.add(Box::new(IoApic::new(3)), &[], &[page]).unwrap();
-            Self {
-                bus,
-                id,
-                irqs: IrqLines::new(),
-            }
+            Rig::with(IoApic::new(3), &[], &[page])
         }
         fn read(&mut self, offset: u64, size: u8) -> u64 {
-            let gpa = GuestPhysAddr::new(IOAPIC_BASE + offset);
-            self.bus
-                .mmio_read(gpa, size, 0, &mut self.irqs, &mut |_| {})
-                .unwrap()
+            self.mmio_read(IOAPIC_BASE + offset, size)
         }
         fn write(&mut self, offset: u64, size: u8, value: u64) {
-            let gpa = GuestPhysAddr::new(IOAPIC_BASE + offset);
-            assert!(self
-                .bus
-                .mmio_write(gpa, size, value, 0, &mut self.irqs, &mut |_| {}));
+            self.mmio_write(IOAPIC_BASE + offset, size, value);
         }
         /// Reads indirect register `index`.
         fn reg(&mut self, index: u8) -> u32 {
@@ -424,7 +407,7 @@ mod tests {
             self.set_reg(0x10 + 2 * pin, low);
         }
         fn ioapic(&mut self) -> &mut IoApic {
-            self.bus.get_mut::<IoApic>(self.id).unwrap()
+            self.dev()
         }
         fn messages(&mut self) -> Vec<InterruptMessage> {
             core::iter::from_fn(|| self.ioapic().take_message()).collect()

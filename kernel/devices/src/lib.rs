@@ -122,6 +122,10 @@ pub mod serial;
 pub mod timer;
 pub mod uart;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::arithmetic_side_effects)]
+mod testbus;
+
 pub use bus::{Bus, Device, DeviceEnv, VmRequest};
 pub use irq::{InterruptController, IrqLines, SimpleIrqChip};
 

@@ -120,36 +120,15 @@ impl Device for PciHost {
 )]
 mod tests {
     use super::*;
-    use crate::bus::Bus;
-    use crate::irq::IrqLines;
-    use alloc::boxed::Box;
+    use crate::testbus::Rig;
 
     use proptest::prelude::*;
 
-    struct Vm {
-        bus: Bus,
-        irqs: IrqLines,
-    }
+    type Vm = Rig<PciHost>;
 
     impl Vm {
         fn new() -> Self {
-            let mut bus = Bus::new();
-            bus.add(Box::new(PciHost::new()), &[PCI_HOST_PORTS], &[])
-                .unwrap();
-            Self {
-                bus,
-                irqs: IrqLines::new(),
-            }
-        }
-        fn inp(&mut self, port: u16, size: u8) -> u32 {
-            self.bus
-                .port_read(port, size, 0, &mut self.irqs, &mut |_| {})
-                .unwrap()
-        }
-        fn out(&mut self, port: u16, size: u8, value: u32) {
-            assert!(self
-                .bus
-                .port_write(port, size, value, 0, &mut self.irqs, &mut |_| {}));
+            Rig::with(PciHost::new(), &[PCI_HOST_PORTS], &[])
         }
     }
 
@@ -212,7 +191,7 @@ mod tests {
             for (write, port, size, value) in ops {
                 let port = 0xCF7 + port;
                 if write {
-                    let _ = vm.bus.port_write(port, size, value, 0, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.port_write_at(0, port, size, value);
                     // An access that sticks out of the range is split
                     // into bytes by the bus: its byte at 0xCF9 counts.
                     let whole = port >= 0xCF8 && port + u16::from(size) <= 0xD00;
@@ -225,7 +204,7 @@ mod tests {
                         };
                     prop_assert_eq!(vm.bus.take_request().is_some(), reset);
                 } else {
-                    let _ = vm.bus.port_read(port, size, 0, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.port_read_at(0, port, size);
                 }
             }
         }

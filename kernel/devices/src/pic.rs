@@ -599,47 +599,25 @@ impl Device for DualPic {
 )]
 mod tests {
     use super::*;
-    use crate::bus::{Bus, DeviceId};
-    use crate::irq::IrqLines;
-    use alloc::boxed::Box;
+    use crate::testbus::Rig;
 
     use proptest::prelude::*;
 
     /// A bus with the pair on it, as a VM holds it.
-    struct Vm {
-        bus: Bus,
-        pic: DeviceId,
-        irqs: IrqLines,
-    }
+    type Vm = Rig<DualPic>;
 
     impl Vm {
         fn new() -> Self {
-            let mut bus = Bus::new();
-            let pic = bus.add(Box::new(DualPic::new()), &PIC_PORTS, &[]).unwrap();
-            Self {
-                bus,
-                pic,
-                irqs: IrqLines::new(),
-            }
-        }
-        fn outb(&mut self, port: u16, value: u8) {
-            assert!(self
-                .bus
-                .port_write(port, 1, u32::from(value), 0, &mut self.irqs, &mut |_| {}));
-        }
-        fn inb(&mut self, port: u16) -> u8 {
-            self.bus
-                .port_read(port, 1, 0, &mut self.irqs, &mut |_| {})
-                .unwrap() as u8
+            Rig::with(DualPic::new(), &PIC_PORTS, &[])
         }
         fn pic(&mut self) -> &mut DualPic {
-            self.bus.get_mut::<DualPic>(self.pic).unwrap()
+            self.dev()
         }
         /// A device drives ISA line `line`; the changes reach the pair.
         fn line(&mut self, line: u8, level: bool) {
-            self.irqs.set(line, level);
-            let pic = self.bus.get_mut::<DualPic>(self.pic).unwrap();
-            self.irqs.forward_to(pic);
+            self.t.irqs.set(line, level);
+            let pic = self.t.bus.get_mut::<DualPic>(self.id).unwrap();
+            self.t.irqs.forward_to(pic);
         }
         fn pulse(&mut self, line: u8) {
             self.line(line, true);
@@ -935,7 +913,7 @@ mod tests {
         vm.line(0, true);
         assert_eq!(vm.ack(), Some(0x30));
         // Wide accesses go byte by byte: 0x20 then 0x21 (the IMR).
-        let got = vm.bus.port_read(0x20, 2, 0, &mut vm.irqs, &mut |_| {});
+        let got = vm.port_read_at(0, 0x20, 2);
         assert_eq!(got, Some(0x0000));
     }
 
@@ -955,10 +933,10 @@ mod tests {
                 let port = ports[usize::from(pick) % ports.len()];
                 match kind {
                     0 => {
-                        let _ = vm.bus.port_read(port, size, 0, &mut vm.irqs, &mut |_| {});
+                        let _ = vm.port_read_at(0, port, size);
                     }
                     1 => {
-                        let _ = vm.bus.port_write(port, size, value, 0, &mut vm.irqs, &mut |_| {});
+                        let _ = vm.port_write_at(0, port, size, value);
                     }
                     2 => vm.line((value % 20) as u8, value & 0x100 != 0),
                     3 => {

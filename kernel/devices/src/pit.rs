@@ -645,9 +645,10 @@ impl Device for Pit {
 )]
 mod tests {
     use super::*;
-    use crate::bus::{Bus, DeviceId};
-    use crate::irq::{InterruptController, IrqLines, SimpleIrqChip};
+    use crate::bus::Bus;
+    use crate::irq::{InterruptController, IrqLines};
     use crate::pic::{DualPic, PIC_PORTS};
+    use crate::testbus::Rig;
     use alloc::boxed::Box;
     use alloc::vec::Vec;
 
@@ -656,54 +657,17 @@ mod tests {
     /// Two TSC ticks per PIT tick: deadlines are exact.
     const HZ2: u64 = 2 * PIT_HZ;
 
-    struct Vm {
-        bus: Bus,
-        pit: DeviceId,
-        irqs: IrqLines,
-        chip: SimpleIrqChip,
-        now: u64,
-    }
+    type Vm = Rig<Pit>;
 
     impl Vm {
         fn new(tsc_hz: u64) -> Self {
-            let mut bus = Bus::new();
-            let pit = bus
-                .add(Box::new(Pit::new(tsc_hz)), &PIT_PORTS, &[])
-                .unwrap();
-            Self {
-                bus,
-                pit,
-                irqs: IrqLines::new(),
-                chip: SimpleIrqChip::new(),
-                now: 0,
-            }
-        }
-        fn outb(&mut self, port: u16, value: u8) {
-            assert!(self.bus.port_write(
-                port,
-                1,
-                u32::from(value),
-                self.now,
-                &mut self.irqs,
-                &mut |_| {}
-            ));
-        }
-        fn inb(&mut self, port: u16) -> u8 {
-            self.bus
-                .port_read(port, 1, self.now, &mut self.irqs, &mut |_| {})
-                .unwrap() as u8
+            Rig::with(Pit::new(tsc_hz), &PIT_PORTS, &[])
         }
         /// Runs the timers at `now` and counts the IRQ 0 edges delivered.
         fn run(&mut self, now: u64) -> usize {
-            self.now = now;
-            self.bus.run_timers(now, &mut self.irqs, &mut |_| {});
-            self.irqs.forward_to(&mut self.chip);
-            let mut edges = 0;
-            while let Some(v) = self.chip.acknowledge() {
-                assert_eq!(v, 0x20 + PIT_IRQ);
-                edges += 1;
-            }
-            edges
+            let vectors = self.t.run(now);
+            assert!(vectors.iter().all(|&v| v == 0x20 + PIT_IRQ), "{vectors:?}");
+            vectors.len()
         }
         fn read_counter(&mut self, ch: u16) -> u16 {
             let lo = self.inb(0x40 + ch);
@@ -723,7 +687,7 @@ mod tests {
         // Loaded at tick 500; the first edge 1193 ticks later.
         let first = (500 + 1193) * 2;
         assert_eq!(vm.bus.next_deadline(), Some(first));
-        vm.irqs.forward_to(&mut vm.chip);
+        vm.t.irqs.forward_to(&mut vm.t.chip);
         vm.chip.acknowledge(); // the control word set OUT high
         assert_eq!(vm.run(first - 1), 0);
         let mut deadlines = Vec::new();
@@ -751,7 +715,7 @@ mod tests {
         vm.outb(0x43, 0x34);
         vm.outb(0x40, 100);
         vm.outb(0x40, 0);
-        vm.irqs.forward_to(&mut vm.chip);
+        vm.t.irqs.forward_to(&mut vm.t.chip);
         vm.chip.acknowledge();
         // A thousand periods late.
         let late = (100 * 1000 + 37) * 2;
@@ -766,7 +730,7 @@ mod tests {
         vm.outb(0x43, 0x36);
         vm.outb(0x40, 10);
         vm.outb(0x40, 0);
-        vm.irqs.forward_to(&mut vm.chip);
+        vm.t.irqs.forward_to(&mut vm.t.chip);
         vm.chip.acknowledge();
         assert_eq!(vm.bus.next_deadline(), Some(20));
         assert_eq!(vm.run(20), 1);
@@ -794,7 +758,7 @@ mod tests {
         assert_eq!(vm.bus.next_deadline(), None, "first byte stops counting");
         vm.outb(0x40, 0x01); // 256
         assert_eq!(vm.bus.next_deadline(), Some(512));
-        let pit = vm.bus.get_mut::<Pit>(vm.pit).unwrap();
+        let pit = vm.dev();
         assert_eq!((pit.next_irq_deadline(), pit.tsc_hz()), (Some(512), HZ2));
         assert_eq!(vm.run(511), 0);
         assert_eq!(vm.run(512), 1);
@@ -989,10 +953,10 @@ mod tests {
                 vm.now = vm.now.saturating_add(time >> (time % 64));
                 match kind {
                     0 => {
-                        let _ = vm.bus.port_read(port, size, vm.now, &mut vm.irqs, &mut |_| {});
+                        let _ = vm.t.port_read_at(vm.t.now, port, size);
                     }
                     1 => {
-                        let _ = vm.bus.port_write(port, size, value, vm.now, &mut vm.irqs, &mut |_| {});
+                        let _ = vm.t.port_write_at(vm.t.now, port, size, value);
                     }
                     _ => {
                         let now = vm.now;

@@ -472,9 +472,7 @@ impl Device for Rtc {
 )]
 mod tests {
     use super::*;
-    use crate::bus::Bus;
-    use crate::irq::IrqLines;
-    use alloc::boxed::Box;
+    use crate::testbus::Rig;
 
     use proptest::prelude::*;
 
@@ -482,53 +480,21 @@ mod tests {
     const LEAP_DAY: u64 = 1_709_213_696;
     const HZ: u64 = 1_000_000;
 
-    struct Vm {
-        bus: Bus,
-        irqs: IrqLines,
-        now: u64,
-    }
+    type Vm = Rig<Rtc>;
 
     impl Vm {
         fn new(tsc_hz: u64, unix: u64, tsc: u64) -> Self {
-            let mut bus = Bus::new();
-            bus.add(Box::new(Rtc::new(tsc_hz, unix, tsc)), &[RTC_PORTS], &[])
-                .unwrap();
-            Self {
-                bus,
-                irqs: IrqLines::new(),
-                now: tsc,
-            }
+            let mut vm = Rig::with(Rtc::new(tsc_hz, unix, tsc), &[RTC_PORTS], &[]);
+            vm.now = tsc;
+            vm
         }
         fn read(&mut self, index: u8) -> u8 {
-            self.bus.port_write(
-                0x70,
-                1,
-                u32::from(index),
-                self.now,
-                &mut self.irqs,
-                &mut |_| {},
-            );
-            self.bus
-                .port_read(0x71, 1, self.now, &mut self.irqs, &mut |_| {})
-                .unwrap() as u8
+            self.outb(0x70, index);
+            self.inb(0x71)
         }
         fn write(&mut self, index: u8, value: u8) {
-            self.bus.port_write(
-                0x70,
-                1,
-                u32::from(index),
-                self.now,
-                &mut self.irqs,
-                &mut |_| {},
-            );
-            self.bus.port_write(
-                0x71,
-                1,
-                u32::from(value),
-                self.now,
-                &mut self.irqs,
-                &mut |_| {},
-            );
+            self.outb(0x70, index);
+            self.outb(0x71, value);
         }
         /// Registers 0, 2, 4, 6, 7, 8, 9, 0x32.
         fn clock(&mut self) -> [u8; 8] {
@@ -659,10 +625,7 @@ mod tests {
         assert_eq!(vm.read(0xC1), 0x5A);
         vm.write(1, 0x33); // seconds alarm: plain RAM
         assert_eq!(vm.read(1), 0x33);
-        assert_eq!(
-            vm.bus.port_read(0x70, 1, 0, &mut vm.irqs, &mut |_| {}),
-            Some(0xFF)
-        );
+        assert_eq!(vm.port_read_at(0, 0x70, 1), Some(0xFF));
     }
 
     #[test]
@@ -692,9 +655,9 @@ mod tests {
                 let port = 0x6F + port;
                 vm.now = vm.now.saturating_add(time >> (time % 64));
                 if write {
-                    let _ = vm.bus.port_write(port, size, value, vm.now, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.t.port_write_at(vm.t.now, port, size, value);
                 } else {
-                    let _ = vm.bus.port_read(port, size, vm.now, &mut vm.irqs, &mut |_| {});
+                    let _ = vm.t.port_read_at(vm.t.now, port, size);
                 }
             }
         }
