@@ -43,7 +43,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::bus::{read_bytewise, write_bytewise, Device, DeviceEnv, VmRequest};
+use crate::bus::{Device, DeviceEnv, VmRequest};
 
 /// PM1a_EVT_BLK: PM1 status (2 bytes) then PM1 enable (2 bytes).
 pub const PM1A_EVT_BLK: u16 = 0x600;
@@ -226,14 +226,24 @@ impl Device for AcpiPm {
 
     fn port_read(&mut self, port: u16, size: u8, env: &mut DeviceEnv<'_>) -> u32 {
         let now = env.now();
-        read_bytewise(port, size, |port| self.read_byte(port, now))
+        let mut bytes = [0xFF; 4];
+        for (i, byte) in bytes.iter_mut().take(usize::from(size)).enumerate() {
+            // `i` < 4: the cast is exact.
+            *byte = self.read_byte(port.wrapping_add(i as u16), now);
+        }
+        u32::from_le_bytes(bytes)
     }
 
     fn port_write(&mut self, port: u16, size: u8, value: u32, env: &mut DeviceEnv<'_>) {
         let now = env.now();
-        write_bytewise(port, size, value, |port, byte| {
-            self.write_byte(port, byte, now, env)
-        });
+        for (i, &byte) in value
+            .to_le_bytes()
+            .iter()
+            .take(usize::from(size))
+            .enumerate()
+        {
+            self.write_byte(port.wrapping_add(i as u16), byte, now, env);
+        }
     }
 }
 

@@ -28,34 +28,6 @@ use crate::irq::IrqLines;
 /// can leave exactly them unmapped.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// A `size`-byte port read of registers one byte wide, taken as the ISA
-/// bus takes it: a byte at each consecutive port, lowest first, `read`
-/// giving each (bytes past the fourth are not read). For a device's
-/// [`Device::port_read`].
-pub fn read_bytewise(port: u16, size: u8, mut read: impl FnMut(u16) -> u8) -> u32 {
-    let mut bytes = [0xFF; 4];
-    for (i, byte) in bytes.iter_mut().take(usize::from(size)).enumerate() {
-        // `i` < 4: the cast is exact.
-        *byte = read(port.wrapping_add(i as u16));
-    }
-    u32::from_le_bytes(bytes)
-}
-
-/// A `size`-byte port write of registers one byte wide, as
-/// [`read_bytewise`] reads: `write` gets each port and its byte, lowest
-/// first. For a device's [`Device::port_write`].
-pub fn write_bytewise(port: u16, size: u8, value: u32, mut write: impl FnMut(u16, u8)) {
-    for (i, &byte) in value
-        .to_le_bytes()
-        .iter()
-        .take(usize::from(size))
-        .enumerate()
-    {
-        // `i` < 4: the cast is exact.
-        write(port.wrapping_add(i as u16), byte);
-    }
-}
-
 /// All ones in the low `size` bytes: what an unclaimed read returns.
 /// Sizes past 8 give all 64 bits.
 pub const fn all_ones(size: u8) -> u64 {

@@ -77,7 +77,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::bus::{read_bytewise, write_bytewise, Device, DeviceEnv};
+use crate::bus::{Device, DeviceEnv};
 use crate::irq::InterruptController;
 
 /// The master 8259A's command and data ports.
@@ -571,11 +571,23 @@ impl Device for DualPic {
     /// Every register is a byte: a wider access is taken byte by byte at
     /// consecutive ports.
     fn port_read(&mut self, port: u16, size: u8, _env: &mut DeviceEnv<'_>) -> u32 {
-        read_bytewise(port, size, |port| self.read_byte(port))
+        let mut bytes = [0xFF; 4];
+        for (i, byte) in bytes.iter_mut().take(usize::from(size)).enumerate() {
+            // `i` < 4: the cast is exact.
+            *byte = self.read_byte(port.wrapping_add(i as u16));
+        }
+        u32::from_le_bytes(bytes)
     }
 
     fn port_write(&mut self, port: u16, size: u8, value: u32, _env: &mut DeviceEnv<'_>) {
-        write_bytewise(port, size, value, |port, byte| self.write_byte(port, byte));
+        for (i, &byte) in value
+            .to_le_bytes()
+            .iter()
+            .take(usize::from(size))
+            .enumerate()
+        {
+            self.write_byte(port.wrapping_add(i as u16), byte);
+        }
     }
 }
 

@@ -47,7 +47,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::bus::{read_bytewise, write_bytewise, Device, DeviceEnv};
+use crate::bus::{Device, DeviceEnv};
 
 /// The index and data ports.
 pub const RTC_PORTS: RangeInclusive<u16> = 0x70..=0x71;
@@ -443,14 +443,24 @@ impl Device for Rtc {
     /// Both ports are a byte wide: a wider access is taken byte by byte.
     fn port_read(&mut self, port: u16, size: u8, env: &mut DeviceEnv<'_>) -> u32 {
         let now = env.now();
-        read_bytewise(port, size, |port| self.read_byte(port, now))
+        let mut bytes = [0xFF; 4];
+        for (i, byte) in bytes.iter_mut().take(usize::from(size)).enumerate() {
+            // `i` < 4: the cast is exact.
+            *byte = self.read_byte(port.wrapping_add(i as u16), now);
+        }
+        u32::from_le_bytes(bytes)
     }
 
     fn port_write(&mut self, port: u16, size: u8, value: u32, env: &mut DeviceEnv<'_>) {
         let now = env.now();
-        write_bytewise(port, size, value, |port, byte| {
-            self.write_byte(port, byte, now)
-        });
+        for (i, &byte) in value
+            .to_le_bytes()
+            .iter()
+            .take(usize::from(size))
+            .enumerate()
+        {
+            self.write_byte(port.wrapping_add(i as u16), byte, now);
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 
 use core::ops::RangeInclusive;
 
-use crate::bus::{read_bytewise, write_bytewise, Device, DeviceEnv};
+use crate::bus::{Device, DeviceEnv};
 use crate::console::LineBuffer;
 use crate::uart::{Uart16550, COM1_BASE};
 
@@ -163,9 +163,10 @@ impl UartDevice {
         env.set_irq(self.irq, self.uart.interrupt_pending());
     }
 
-    /// The register offset of `port`.
-    const fn offset(&self, port: u16) -> u16 {
-        port.wrapping_sub(self.base)
+    /// The register offset of byte `i` of an access at `port`.
+    const fn offset(&self, port: u16, i: usize) -> u16 {
+        // `i` < 4: the cast is exact.
+        port.wrapping_sub(self.base).wrapping_add(i as u16)
     }
 }
 
@@ -175,17 +176,25 @@ impl Device for UartDevice {
     }
 
     fn port_read(&mut self, port: u16, size: u8, env: &mut DeviceEnv<'_>) -> u32 {
-        let value = read_bytewise(port, size, |port| self.uart.read(self.offset(port)));
+        let mut bytes = [0xFF; 4];
+        for (i, byte) in bytes.iter_mut().take(usize::from(size)).enumerate() {
+            *byte = self.uart.read(self.offset(port, i));
+        }
         self.update_irq(env);
-        value
+        u32::from_le_bytes(bytes)
     }
 
     fn port_write(&mut self, port: u16, size: u8, value: u32, env: &mut DeviceEnv<'_>) {
-        write_bytewise(port, size, value, |port, byte| {
-            if let Some(out) = self.uart.write(self.offset(port), byte) {
+        for (i, &byte) in value
+            .to_le_bytes()
+            .iter()
+            .take(usize::from(size))
+            .enumerate()
+        {
+            if let Some(out) = self.uart.write(self.offset(port, i), byte) {
                 self.console.push(out, env.sink());
             }
-        });
+        }
         self.update_irq(env);
     }
 
