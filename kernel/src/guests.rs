@@ -411,6 +411,43 @@ impl Backend for VtxBackend {
     fn guest_line(&self, name: &str, line: &str) {
         crate::serial::guest_line(name, line);
     }
+
+    fn console_add_guest(&self, _index: usize, _name: &str) {}
+
+    fn guest_output(&self, _index: usize, _bytes: &[u8]) {}
+
+    fn console_write(&self, _text: &str) {}
+
+    fn console_prompt(&self, _prompt: &str) {}
+
+    fn console_input(&self, _out: &mut dyn FnMut(run::ConsoleInput<'_>)) {}
+
+    fn console_pump(&self) -> Option<u64> {
+        None
+    }
+
+    fn console_history(&self, _index: usize) -> Option<(alloc::vec::Vec<u8>, u64)> {
+        None
+    }
+
+    fn registers(&self, _vcpu: &mut VmxVcpuState) -> console::RegisterSnapshot {
+        console::RegisterSnapshot::default()
+    }
+
+    fn read_memory(
+        &self,
+        _vm: &VmxVm,
+        _gpa: u64,
+        _buf: &mut [u8],
+    ) -> Result<(), console::MemError> {
+        Err(console::MemError::NoMemory)
+    }
+
+    fn host_stats(&self) -> console::HostStats {
+        console::HostStats::default()
+    }
+
+    fn set_log_level(&self, _level: console::LogLevel) {}
 }
 
 /// The run the application processors join, while one is in progress.

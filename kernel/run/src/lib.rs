@@ -134,6 +134,57 @@ pub trait Backend: Sync {
     fn stopped(&self, index: usize, name: &str, reason: &StopReason) {
         let _ = (index, name, reason);
     }
+
+    // The serial console. The backend owns the physical port, the output
+    // rings and the focus (`console::Mux`, `console::InputRouter`); the
+    // run owns the monitor and the guests it acts on. Every method returns
+    // without waiting on the port.
+
+    /// Makes configured guest number `index`, named `name`, a console
+    /// source and a focus target. Called once per configured guest, in
+    /// order, when the run is set up (a guest keeps its source across
+    /// restarts, so its replay tail survives them).
+    fn console_add_guest(&self, index: usize, name: &str);
+    /// Raw bytes guest `index` transmitted on its COM1.
+    fn guest_output(&self, index: usize, bytes: &[u8]);
+    /// Host text for the console (the monitor's answers): whole lines,
+    /// each ending in `\n`.
+    fn console_write(&self, text: &str);
+    /// The monitor's prompt, kept on the console's last line.
+    fn console_prompt(&self, prompt: &str);
+    /// Takes what the console received since the last call, routes it
+    /// (hot-key focus changes are handled and announced inside), and
+    /// hands each piece for a guest or the monitor to `out`, with no lock
+    /// of the backend's held.
+    fn console_input(&self, out: &mut dyn FnMut(ConsoleInput<'_>));
+    /// Sends pending output to the port as far as that needs no waiting.
+    /// `Some(tsc)` when output is still pending: the console wants to be
+    /// served again by then (a partial line's pause, or a port still busy).
+    fn console_pump(&self) -> Option<u64>;
+    /// Guest `index`'s recent console output (its replay tail, oldest
+    /// byte first) and the bytes of its output dropped so far.
+    fn console_history(&self, index: usize) -> Option<(Vec<u8>, u64)>;
+    /// A vCPU's registers; the vCPU is current on this CPU and not running.
+    fn registers(&self, vcpu: &mut Self::Vcpu) -> console::RegisterSnapshot;
+    /// Reads `buf.len()` bytes of the guest's RAM at guest-physical `gpa`:
+    /// all of them, or an error (a range outside its RAM names where RAM
+    /// ends).
+    fn read_memory(&self, vm: &Self::Vm, gpa: u64, buf: &mut [u8])
+        -> Result<(), console::MemError>;
+    /// The host's figures the run does not keep: uptime, memory, console
+    /// drops (the run fills in the per-CPU rows).
+    fn host_stats(&self) -> console::HostStats;
+    /// Sets the most detailed log level printed.
+    fn set_log_level(&self, level: console::LogLevel);
+}
+
+/// A piece of console input, routed by the backend's focus.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConsoleInput<'a> {
+    /// Bytes for configured guest number `.0`'s COM1 receiver.
+    Guest(usize, &'a [u8]),
+    /// Bytes for the monitor's line editor.
+    Monitor(&'a [u8]),
 }
 
 /// A guest's one vCPU (guests with several vCPUs come with their own

@@ -434,6 +434,43 @@ impl Backend for FakeBackend {
             .unwrap()
             .push((name.to_string(), reason.to_string()));
     }
+
+    fn console_add_guest(&self, _index: usize, _name: &str) {}
+
+    fn guest_output(&self, _index: usize, _bytes: &[u8]) {}
+
+    fn console_write(&self, _text: &str) {}
+
+    fn console_prompt(&self, _prompt: &str) {}
+
+    fn console_input(&self, _out: &mut dyn FnMut(crate::ConsoleInput<'_>)) {}
+
+    fn console_pump(&self) -> Option<u64> {
+        None
+    }
+
+    fn console_history(&self, _index: usize) -> Option<(Vec<u8>, u64)> {
+        None
+    }
+
+    fn registers(&self, _vcpu: &mut FakeVcpuHw) -> console::RegisterSnapshot {
+        console::RegisterSnapshot::default()
+    }
+
+    fn read_memory(
+        &self,
+        _vm: &FakeVmHw,
+        _gpa: u64,
+        _buf: &mut [u8],
+    ) -> Result<(), console::MemError> {
+        Err(console::MemError::NoMemory)
+    }
+
+    fn host_stats(&self) -> console::HostStats {
+        console::HostStats::default()
+    }
+
+    fn set_log_level(&self, _level: console::LogLevel) {}
 }
 
 fn config(index: usize, cpus: Option<Vec<u32>>) -> GuestConfig {
