@@ -41,7 +41,17 @@
 //! delays another's line by at most one of its own lines per round. A
 //! line, once started, is finished before anything else goes out, so
 //! lines never interleave mid-line, however small the per-call budget.
+//!
+//! One order is kept across the turns: a host line goes out only after
+//! every guest byte written before it (with the monitor in focus), so the
+//! log's "guest g: stopped" follows g's last words; and host lines of
+//! different sources (the log, the monitor) go out in the order written.
+//! A guest's partial line holds host lines back only until the pause.
+//!
+//! A guest's line is cut into pieces of [`LINE_MAX`]; a host line, the
+//! hypervisor's own trusted text, into pieces of [`HOST_LINE_MAX`].
 
+use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -51,6 +61,10 @@ use crate::text::escape_into;
 /// The longest piece of a line shown at once, in bytes of source output
 /// (before escaping and the prefix).
 pub const LINE_MAX: usize = 160;
+
+/// The longest piece of a host line (the log, the monitor) shown at once:
+/// the hypervisor's own lines are trusted and kept whole.
+pub const HOST_LINE_MAX: usize = 1024;
 
 /// The most bytes of the focused guest's raw output sent in one turn.
 pub const RAW_TURN: usize = 64;
@@ -99,6 +113,35 @@ struct Source {
     ring: OutputRing,
     /// `now` of the last write, for the partial-line pause.
     last_write: u64,
+    /// Bytes queued in all (the ring's `pending` holds the newest).
+    queued: u64,
+    /// Where the order marks change: (stream position, epoch). For a
+    /// guest, the epoch its bytes from that position on were written in;
+    /// for a host source, the tag of the line written at that position.
+    marks: VecDeque<(u64, u64)>,
+}
+
+impl Source {
+    /// Stream position of the oldest pending byte.
+    fn taken(&self) -> u64 {
+        self.queued.saturating_sub(self.ring.pending_len() as u64)
+    }
+
+    /// Forgets the marks of bytes already taken.
+    fn forget_taken(&mut self) {
+        let taken = self.taken();
+        while self.marks.get(1).is_some_and(|&(start, _)| start <= taken) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The epoch (guest) or tag (host) of the oldest pending byte.
+    fn front_mark(&self) -> Option<u64> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        self.marks.front().map(|&(_, epoch)| epoch)
+    }
 }
 
 /// The multiplexer; see the module documentation.
@@ -120,6 +163,9 @@ pub struct Mux {
     prompt: Vec<u8>,
     /// What of the prompt is on the screen now, if it is drawn.
     shown_prompt: Option<Vec<u8>>,
+    /// Host lines written so far: a guest's bytes written before host
+    /// line `k` have an epoch of at most `k`, so that line waits for them.
+    epoch: u64,
 }
 
 impl Mux {
@@ -137,6 +183,7 @@ impl Mux {
             at_line_start: true,
             prompt: Vec::new(),
             shown_prompt: None,
+            epoch: 0,
         }
     }
 
@@ -151,6 +198,8 @@ impl Mux {
             kind,
             ring,
             last_write: 0,
+            queued: 0,
+            marks: VecDeque::new(),
         });
         id
     }
@@ -172,13 +221,21 @@ impl Mux {
     /// Queues `bytes` from source `id` at time `now`; returns how many fit
     /// (the rest are dropped and counted by the ring). Never blocks.
     pub fn write(&mut self, id: SourceId, bytes: &[u8], now: u64) -> usize {
-        match self.source_mut(id) {
-            Some(source) => {
-                source.last_write = now;
-                source.ring.write(bytes)
-            }
-            None => 0,
+        let epoch = self.epoch;
+        let Some(source) = self.source_mut(id) else {
+            return 0;
+        };
+        source.last_write = now;
+        let host = source.kind == SourceKind::Host;
+        if host || source.marks.back().map(|&(_, e)| e) != Some(epoch) {
+            source.marks.push_back((source.queued, epoch));
         }
+        let taken = source.ring.write(bytes);
+        source.queued = source.queued.saturating_add(taken as u64);
+        if host {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        taken
     }
 
     /// Source `id`'s ring (drop count, replay tail).
@@ -309,6 +366,27 @@ impl Mux {
             || focused
                 .and_then(|id| self.sources.iter().find(|s| s.id == id))
                 .is_none_or(|g| g.ring.is_empty() && self.quiet(g.last_write, now));
+        // A host line (the log saying a guest stopped) goes out after every
+        // guest byte written before it, whatever the turns.
+        for source in &mut self.sources {
+            source.forget_taken();
+        }
+        let oldest_guest = if focused.is_none() {
+            self.sources
+                .iter()
+                .filter(|s| s.kind == SourceKind::Guest)
+                .filter_map(Source::front_mark)
+                .min()
+        } else {
+            None
+        };
+        // Host lines of different sources go out in the order written.
+        let oldest_host = self
+            .sources
+            .iter()
+            .filter(|s| s.kind == SourceKind::Host)
+            .filter_map(Source::front_mark)
+            .min();
         let count = self.sources.len();
         for step in 0..count {
             let index = self
@@ -325,11 +403,21 @@ impl Mux {
                 let n = source.ring.pending_len().min(RAW_TURN);
                 source.ring.take_into(n, &mut piece);
                 None
-            } else if source.kind == SourceKind::Host && !host_allowed {
+            } else if source.kind == SourceKind::Host
+                && (!host_allowed
+                    || source.front_mark().is_some_and(|tag| {
+                        oldest_guest.is_some_and(|guest| guest <= tag)
+                            || oldest_host.is_some_and(|host| host < tag)
+                    }))
+            {
                 continue;
             } else {
                 let paused = now.saturating_sub(source.last_write) >= self.pause_ticks;
-                match take_line(&mut source.ring, paused, &mut piece) {
+                let max = match source.kind {
+                    SourceKind::Guest => LINE_MAX,
+                    SourceKind::Host => HOST_LINE_MAX,
+                };
+                match take_line(&mut source.ring, paused, max, &mut piece) {
                     Some(ended) => Some(ended),
                     None => continue,
                 }
@@ -419,13 +507,13 @@ impl Mux {
 /// of [`LINE_MAX`] or a partial line released because the source is
 /// `paused`, `None` if no line is ready (line ends that start a line and
 /// end nothing are consumed on the way).
-fn take_line(ring: &mut OutputRing, paused: bool, out: &mut Vec<u8>) -> Option<bool> {
+fn take_line(ring: &mut OutputRing, paused: bool, max: usize, out: &mut Vec<u8>) -> Option<bool> {
     loop {
         let mut index = 0usize;
         let found = loop {
-            if index >= LINE_MAX {
+            if index >= max {
                 // A full piece with no end in sight.
-                break Some((LINE_MAX, LINE_MAX, false));
+                break Some((max, max, false));
             }
             match ring.peek(index) {
                 None => break None,
@@ -474,7 +562,7 @@ pub(crate) fn take_line_for_replay(bytes: &[u8], line: &mut impl FnMut(&[u8])) {
     let mut ring = OutputRing::new(bytes.len(), 0);
     ring.write(bytes);
     let mut out = Vec::new();
-    while take_line(&mut ring, true, &mut out).is_some() {
+    while take_line(&mut ring, true, LINE_MAX, &mut out).is_some() {
         line(&out);
         out.clear();
     }

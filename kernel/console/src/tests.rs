@@ -402,6 +402,64 @@ mod output {
     }
 
     #[test]
+    fn a_host_line_waits_for_the_guest_output_written_before_it() {
+        // The log says a guest stopped after the guest's last lines, even
+        // though the log's turn would come first.
+        let (mut mux, ids) = guest_mux(&["g", "h"]);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        mux.write(ids[0], b"one\ntwo\nthree\n", 0);
+        mux.write(ids[1], b"h1\n", 0);
+        mux.write(log, b"guest g: stopped\n", 0);
+        // Written after the log line: not waited for.
+        mux.write(ids[1], b"h2\nh3\n", 0);
+        let screen = drain(&mut mux, 0, 7);
+        let at = |needle: &str| screen.find(needle).unwrap();
+        assert!(at("[g] three") < at("guest g: stopped"), "{screen}");
+        assert!(at("[h] h1") < at("guest g: stopped"), "{screen}");
+        assert!(screen.contains("[h] h3"), "{screen}");
+        // Nor does it wait for output written after it.
+        let (mut mux, ids) = guest_mux(&["g"]);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        mux.write(ids[0], b"one\n", 0);
+        mux.write(log, b"stopped\n", 0);
+        mux.write(ids[0], b"two\nthree\n", 0);
+        assert_eq!(
+            drain(&mut mux, 0, 5),
+            "[g] one\r\nstopped\r\n[g] two\r\n[g] three\r\n"
+        );
+        // A partial guest line holds the log back only until the pause.
+        let (mut mux, ids) = guest_mux(&["sh"]);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        mux.write(ids[0], b"# ", 0);
+        mux.write(log, b"later\n", 0);
+        assert_eq!(drain(&mut mux, 1, 16), "");
+        assert_eq!(drain(&mut mux, PAUSE, 16), "[sh] # \r\nlater\r\n");
+    }
+
+    #[test]
+    fn host_lines_of_different_sources_keep_their_order() {
+        let mut mux = Mux::new(PAUSE);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        let monitor = mux.add_source("monitor", SourceKind::Host, OutputRing::new(4096, 0));
+        mux.write(monitor, b"m1\n", 0);
+        mux.write(log, b"l1\n", 0);
+        mux.write(log, b"l2\n", 0);
+        mux.write(monitor, b"m2\n", 0);
+        assert_eq!(drain(&mut mux, 0, 3), "m1\r\nl1\r\nl2\r\nm2\r\n");
+    }
+
+    #[test]
+    fn a_long_host_line_stays_whole() {
+        let (mut mux, ids) = guest_mux(&["g"]);
+        let log = mux.add_source("log", SourceKind::Host, OutputRing::new(4096, 0));
+        let long = "x".repeat(LINE_MAX * 3);
+        mux.write(log, format!("{long}\n").as_bytes(), 0);
+        mux.write(ids[0], b"after\n", 0);
+        let screen = drain(&mut mux, 0, 16);
+        assert!(screen.contains(&format!("\n{long}\r\n")), "{screen}");
+    }
+
+    #[test]
     fn round_robin_interleaves_one_line_each() {
         let (mut mux, ids) = guest_mux(&["x", "y", "z"]);
         for id in &ids {
