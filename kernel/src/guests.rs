@@ -143,6 +143,7 @@ pub fn run_all(
         clock: crate::rtc::wall_clock(),
     };
     let cpus = crate::smp::ready_cpus();
+    crate::serial_console::start(settings.console_hotkey.byte(), tsc_hz);
     let run = match GuestRun::new(
         backend,
         outcome.config.guests,
@@ -154,6 +155,7 @@ pub fn run_all(
         Ok(run) => run,
         Err(e) => {
             error!("sched: cannot run guests: {e}");
+            crate::serial_console::finish();
             return AllStopped::PowerOff;
         }
     };
@@ -162,6 +164,7 @@ pub fn run_all(
     run_everywhere(&run);
     run.report(rdtsc().wrapping_sub(started));
     drop(run);
+    crate::serial_console::finish();
 
     let frames_after = memory::free_frames();
     info!(
@@ -321,6 +324,10 @@ impl Backend for VtxBackend {
     }
 
     fn end_host_interrupt(&self) {
+        // COM1's interrupt comes to the boot CPU: serve the port first.
+        if cpu::current_index() == 0 {
+            crate::serial_console::on_interrupt();
+        }
         lapic::eoi();
     }
 
@@ -409,45 +416,66 @@ impl Backend for VtxBackend {
     }
 
     fn guest_line(&self, name: &str, line: &str) {
-        crate::serial::guest_line(name, line);
+        crate::serial_console::guest_line(name, line);
     }
 
-    fn console_add_guest(&self, _index: usize, _name: &str) {}
+    fn console_add_guest(&self, index: usize, name: &str) {
+        crate::serial_console::add_guest(index, name);
+    }
 
-    fn guest_output(&self, _index: usize, _bytes: &[u8]) {}
+    fn guest_output(&self, index: usize, bytes: &[u8]) {
+        crate::serial_console::guest_output(index, bytes);
+    }
 
-    fn console_write(&self, _text: &str) {}
+    fn console_write(&self, text: &str) {
+        crate::serial_console::write_host(text);
+    }
 
-    fn console_prompt(&self, _prompt: &str) {}
+    fn console_prompt(&self, prompt: &str) {
+        crate::serial_console::set_prompt(prompt);
+    }
 
-    fn console_input(&self, _out: &mut dyn FnMut(run::ConsoleInput<'_>)) {}
+    fn console_input(&self, out: &mut dyn FnMut(run::ConsoleInput<'_>)) {
+        crate::serial_console::route_input(&mut |input| match input {
+            crate::serial_console::Input::Guest(index, bytes) => {
+                out(run::ConsoleInput::Guest(index, &bytes))
+            }
+            crate::serial_console::Input::Monitor(bytes) => out(run::ConsoleInput::Monitor(&bytes)),
+        });
+    }
 
     fn console_pump(&self) -> Option<u64> {
-        None
+        crate::serial_console::pump()
     }
 
-    fn console_history(&self, _index: usize) -> Option<(alloc::vec::Vec<u8>, u64)> {
-        None
+    fn console_history(&self, index: usize) -> Option<(alloc::vec::Vec<u8>, u64)> {
+        crate::serial_console::history(index)
     }
 
-    fn registers(&self, _vcpu: &mut VmxVcpuState) -> console::RegisterSnapshot {
-        console::RegisterSnapshot::default()
+    fn registers(&self, vcpu: &mut VmxVcpuState) -> console::RegisterSnapshot {
+        vcpu.snapshot()
     }
 
-    fn read_memory(
-        &self,
-        _vm: &VmxVm,
-        _gpa: u64,
-        _buf: &mut [u8],
-    ) -> Result<(), console::MemError> {
-        Err(console::MemError::NoMemory)
+    fn read_memory(&self, vm: &VmxVm, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
+        vm.read_memory(gpa, buf)
     }
 
     fn host_stats(&self) -> console::HostStats {
-        console::HostStats::default()
+        let (console_dropped, input_dropped) = crate::serial_console::dropped();
+        let frames = memory::frame_stats();
+        console::HostStats {
+            uptime_ms: crate::serial_console::uptime_ms(self.tsc_hz),
+            cpus: alloc::vec::Vec::new(),
+            free_memory: frames.free_frames * PAGE_SIZE,
+            total_memory: frames.total_frames * PAGE_SIZE,
+            console_dropped,
+            input_dropped,
+        }
     }
 
-    fn set_log_level(&self, _level: console::LogLevel) {}
+    fn set_log_level(&self, level: console::LogLevel) {
+        crate::logger::set_level(level);
+    }
 }
 
 /// The run the application processors join, while one is in progress.

@@ -52,6 +52,7 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt[vector].set_handler_fn(stray);
     }
     idt[crate::lapic::KICK_VECTOR].set_handler_fn(kick);
+    idt[crate::serial_console::CONSOLE_VECTOR].set_handler_fn(console_port);
     idt[crate::lapic::SPURIOUS_VECTOR].set_handler_fn(spurious);
     // SAFETY: the IST indices name stacks that `gdt` installs in every
     // CPU's TSS before that CPU loads this IDT.
@@ -179,6 +180,13 @@ extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
 /// A kick woke this CPU: acknowledge it; the waiting loop looks at the
 /// run queue next.
 extern "x86-interrupt" fn kick(_frame: InterruptStackFrame) {
+    crate::lapic::eoi();
+}
+
+/// COM1 interrupted the boot CPU while it waited for work: serve the
+/// port (input in, output out), then end the interrupt.
+extern "x86-interrupt" fn console_port(_frame: InterruptStackFrame) {
+    crate::serial_console::on_interrupt();
     crate::lapic::eoi();
 }
 

@@ -8,7 +8,7 @@
 
 use log::{LevelFilter, Log, Metadata, Record};
 
-use crate::{cpu, serial};
+use crate::{cpu, serial, serial_console};
 
 struct SerialLogger;
 
@@ -21,13 +21,17 @@ impl Log for SerialLogger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            serial::write_fmt(format_args!(
-                "[cpu{}] {:<5} {}: {}\n",
-                cpu::current_index(),
-                record.level(),
-                record.target(),
+            let (cpu, level, target) = (cpu::current_index(), record.level(), record.target());
+            // While guests run, the console queues it; else straight out.
+            if !serial_console::log_line(format_args!(
+                "[cpu{cpu}] {level:<5} {target}: {}\n",
                 record.args()
-            ));
+            )) {
+                serial::write_fmt(format_args!(
+                    "[cpu{cpu}] {level:<5} {target}: {}\n",
+                    record.args()
+                ));
+            }
         }
     }
 
@@ -67,4 +71,16 @@ pub fn apply_config(level: config::LogLevel) {
         LogLevel::Trace => LevelFilter::Trace,
     };
     log::set_max_level(wanted.max(build_time_level()));
+}
+
+/// Sets the log level from the monitor's `loglevel`.
+pub fn set_level(level: console::LogLevel) {
+    use console::LogLevel;
+    log::set_max_level(match level {
+        LogLevel::Error => LevelFilter::Error,
+        LogLevel::Warn => LevelFilter::Warn,
+        LogLevel::Info => LevelFilter::Info,
+        LogLevel::Debug => LevelFilter::Debug,
+        LogLevel::Trace => LevelFilter::Trace,
+    });
 }

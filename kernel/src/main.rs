@@ -25,6 +25,7 @@ mod power;
 mod rtc;
 mod selftest;
 mod serial;
+mod serial_console;
 mod smp;
 mod tsc;
 // The VT-x backend's hardware half; its pure half is the `vtx` crate
@@ -53,6 +54,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial::init();
+    serial_console::record_boot(guests::rdtsc());
     logger::init();
     info!("ferrovisor {VERSION} starting");
     cpu::register_boot_cpu();
@@ -100,6 +102,7 @@ fn start_other_cpus(caps: Option<&vtx::Capabilities>, tsc_hz: u64) {
         return;
     }
     cpu::record_boot_apic_id(lapic::id());
+    serial_console::prepare_irq();
     match power::madt() {
         Ok(madt) => {
             smp::start_aps(&madt, tsc_hz, caps);

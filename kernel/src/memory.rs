@@ -198,3 +198,8 @@ pub fn low_page() -> Option<HostPhysAddr> {
 pub fn free_frames() -> u64 {
     with_frames(|frames| frames.stats().free_frames)
 }
+
+/// The frame allocator's figures now (for the monitor's `stats`).
+pub fn frame_stats() -> mm::frame::FrameStats {
+    with_frames(|frames| frames.stats())
+}

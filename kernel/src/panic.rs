@@ -19,6 +19,9 @@ pub fn fatal(args: fmt::Arguments<'_>) -> ! {
     if DYING.swap(true, Ordering::SeqCst) {
         arch::halt_forever();
     }
+    // What the console still queues goes out first, so the report comes
+    // after the lines that led to it.
+    crate::serial_console::fatal_flush();
     serial::force_unlock();
     serial::write_fmt(format_args!("[cpu{}] FATAL {args}\n", cpu::current_index()));
     power::power_off_after_failure()

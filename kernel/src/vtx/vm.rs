@@ -824,7 +824,7 @@ pub fn deliver_interrupt(
     };
     let delivered =
         vm_devices::deliver_interrupt(&mut access, &mut model.lapic, devices, now, &mut |line| {
-            crate::serial::guest_line(name, line)
+            crate::serial_console::guest_line(name, line)
         })
         .map(|_| ())
         .map_err(|e| StopReason::Backend(alloc::format!("{e}")));
@@ -861,7 +861,7 @@ impl Platform for GuestPlatform<'_> {
     }
 
     fn guest_line(&mut self, line: &str) {
-        crate::serial::guest_line(self.name, line);
+        crate::serial_console::guest_line(self.name, line);
     }
 
     fn now(&self) -> u64 {
@@ -875,6 +875,96 @@ impl Platform for GuestPlatform<'_> {
             // flushes already; with it, INVVPID single-context drops this
             // vCPU's cached translations.
             let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
+        }
+    }
+}
+
+impl VmxVcpuState {
+    /// The vCPU's registers for the monitor, read from its VMCS (current
+    /// on this CPU, the vCPU not running) and its saved GPRs. CR2 is the
+    /// value last saved with the switched state.
+    pub fn snapshot(&mut self) -> console::RegisterSnapshot {
+        use vcpu::access::{Gpr, Segment as Seg, VcpuAccess};
+        const GPRS: [Gpr; 16] = [
+            Gpr::Rax,
+            Gpr::Rcx,
+            Gpr::Rdx,
+            Gpr::Rbx,
+            Gpr::Rsp,
+            Gpr::Rbp,
+            Gpr::Rsi,
+            Gpr::Rdi,
+            Gpr::R8,
+            Gpr::R9,
+            Gpr::R10,
+            Gpr::R11,
+            Gpr::R12,
+            Gpr::R13,
+            Gpr::R14,
+            Gpr::R15,
+        ];
+        // SAFETY: VMX root operation with this vCPU's VMCS current (the
+        // caller made it so).
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        let table = |vmcs: &HardwareVmcs, base, limit| {
+            let limit: u32 = vmcs.read(limit).unwrap_or(0);
+            (vmcs.read(base).unwrap_or(0), limit)
+        };
+        let gdtr = table(&vmcs, GuestNatural::GdtrBase, Guest32::GdtrLimit);
+        let idtr = table(&vmcs, GuestNatural::IdtrBase, Guest32::IdtrLimit);
+        let access = VmxVcpu {
+            vmcs: &mut vmcs,
+            regs: &mut self.regs,
+            cr: &self.cr,
+            cr2: None,
+        };
+        let segment = |seg| {
+            access
+                .segment(seg)
+                .map_or(console::Segment::default(), |s| console::Segment {
+                    selector: s.selector,
+                    base: s.base,
+                    limit: s.limit,
+                    access: s.attributes,
+                })
+        };
+        let mut gprs = [0u64; 16];
+        for (slot, reg) in gprs.iter_mut().zip(GPRS) {
+            *slot = access.gpr(reg).unwrap_or(0);
+        }
+        console::RegisterSnapshot {
+            gprs,
+            rip: access.rip().unwrap_or(0),
+            rflags: access.rflags().unwrap_or(0),
+            cr0: access.cr0().unwrap_or(0),
+            cr2: self.switched.cr2,
+            cr3: access.cr3().unwrap_or(0),
+            cr4: access.cr4().unwrap_or(0),
+            efer: access.efer().unwrap_or(0),
+            cs: segment(Seg::Cs),
+            ds: segment(Seg::Ds),
+            es: segment(Seg::Es),
+            fs: segment(Seg::Fs),
+            gs: segment(Seg::Gs),
+            ss: segment(Seg::Ss),
+            tr: segment(Seg::Tr),
+            ldtr: segment(Seg::Ldtr),
+            gdtr,
+            idtr,
+        }
+    }
+}
+
+impl VmxVm {
+    /// Reads the guest's RAM at `gpa` for the monitor: all of `buf`, or
+    /// an error naming where RAM ends.
+    pub fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
+        if self.ram.read(gpa, buf) {
+            Ok(())
+        } else {
+            Err(console::MemError::OutOfRange {
+                ram_end: self.ram.size,
+            })
         }
     }
 }
