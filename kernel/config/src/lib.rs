@@ -41,7 +41,7 @@
 //! | --- | --- | --- |
 //! | `log_level` | `"error"`, `"warn"`, `"info"`, `"debug"` or `"trace"` | `"info"` |
 //! | `slice_ms` | scheduler time slice in milliseconds, integer 1 to 1000 | `10` |
-//! | `console_hotkey` | `"ctrl-<letter>"` (either case), the key that will switch the serial console between guests and the monitor; refused for now (no console multiplexer yet), after the letter is checked: `h`, `i`, `j`, `m` (Backspace, Tab, Enter) and `q`, `s` (XON/XOFF) could never be one | `"ctrl-a"` |
+//! | `console_hotkey` | `"ctrl-<letter>"` (either case), the key that, pressed three times, moves the serial console's input focus (monitor, then each guest in turn); `h`, `i`, `j`, `m` (Backspace, Tab, Enter) and `q`, `s` (XON/XOFF) could never be one | `"ctrl-a"` |
 //! | `on_guest_stop` | `"stop"` (leave it stopped) or `"restart"` (boot it again) | `"stop"` |
 //! | `power_off_when_all_stopped` | boolean: power the machine off once every guest has stopped | `true` |
 //!
