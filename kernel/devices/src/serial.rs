@@ -17,6 +17,14 @@
 //! Console input goes in with [`UartDevice::receive`], paced by
 //! [`UartDevice::rx_space`]: the console keeps what the receiver cannot
 //! take yet, so no input is lost while the guest is slow to read.
+//!
+//! In raw mode ([`UartDevice::set_raw`]) what the guest transmits is kept
+//! byte for byte instead (a shell's echo, its prompt, escape sequences):
+//! in a fixed-size queue in the device, which the caller empties with
+//! [`UartDevice::take_output`] after each access that can have filled it.
+//! A full queue drops further bytes and counts them; nothing is allocated
+//! per access. Text the guest prints by hypercall still goes through the
+//! line buffer.
 
 use core::ops::RangeInclusive;
 
@@ -30,11 +38,46 @@ pub const COM1_IRQ: u8 = 4;
 /// The number of I/O ports a 16550 decodes: its eight registers.
 pub const UART_PORTS: u16 = 8;
 
+/// How many transmitted bytes raw mode keeps until they are taken: far
+/// more than one exit can write (a REP OUTSB is split into chunks
+/// smaller than this).
+pub const RAW_OUTPUT_CAPACITY: usize = 4096;
+
+/// Transmitted bytes waiting to be taken, in raw mode.
+#[derive(Clone, Debug)]
+struct RawOutput {
+    bytes: [u8; RAW_OUTPUT_CAPACITY],
+    len: usize,
+    dropped: u64,
+}
+
+impl RawOutput {
+    const fn new() -> Self {
+        Self {
+            bytes: [0; RAW_OUTPUT_CAPACITY],
+            len: 0,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        match self.bytes.get_mut(self.len) {
+            Some(slot) => {
+                *slot = byte;
+                self.len = self.len.saturating_add(1);
+            }
+            None => self.dropped = self.dropped.saturating_add(1),
+        }
+    }
+}
+
 /// A 16550 UART on the bus, with its console line buffer.
 #[derive(Clone, Debug)]
 pub struct UartDevice {
     uart: Uart16550,
     console: LineBuffer,
+    /// `Some` in raw mode: transmitted bytes go here, not to `console`.
+    raw: Option<RawOutput>,
     base: u16,
     irq: u8,
 }
@@ -52,8 +95,44 @@ impl UartDevice {
         Self {
             uart: Uart16550::new(),
             console: LineBuffer::new(),
+            raw: None,
             base,
             irq,
+        }
+    }
+
+    /// Turns raw mode on or off (it starts off). In raw mode transmitted
+    /// bytes are queued for [`take_output`](Self::take_output) instead of
+    /// becoming console lines; turning it off drops what is queued.
+    pub fn set_raw(&mut self, raw: bool) {
+        match (raw, self.raw.is_some()) {
+            (true, false) => self.raw = Some(RawOutput::new()),
+            (false, true) => self.raw = None,
+            _ => {}
+        }
+    }
+
+    /// Whether raw mode is on.
+    pub const fn is_raw(&self) -> bool {
+        self.raw.is_some()
+    }
+
+    /// Hands the transmitted bytes queued in raw mode, oldest first, to
+    /// `out` (not called when there are none) and empties the queue.
+    pub fn take_output(&mut self, out: &mut dyn FnMut(&[u8])) {
+        if let Some(raw) = self.raw.as_mut() {
+            if let Some(bytes) = raw.bytes.get(..raw.len).filter(|b| !b.is_empty()) {
+                out(bytes);
+            }
+            raw.len = 0;
+        }
+    }
+
+    /// Transmitted bytes raw mode dropped because its queue was full.
+    pub const fn output_dropped(&self) -> u64 {
+        match &self.raw {
+            Some(raw) => raw.dropped,
+            None => 0,
         }
     }
 
@@ -192,7 +271,10 @@ impl Device for UartDevice {
             .enumerate()
         {
             if let Some(out) = self.uart.write(self.offset(port, i), byte) {
-                self.console.push(out, env.sink());
+                match self.raw.as_mut() {
+                    Some(raw) => raw.push(out),
+                    None => self.console.push(out, env.sink()),
+                }
             }
         }
         self.update_irq(env);
@@ -520,6 +602,54 @@ mod tests {
         assert_eq!(vm.inb(LSR), 0x63, "DR and OE");
         assert_eq!(vm.inb(IIR), 0xC4, "then the 16 bytes kept");
         assert_eq!(linux_handler(&mut vm, &mut Vec::new()), &input[..16]);
+    }
+
+    /// Everything queued in raw mode, taken.
+    fn take_raw(vm: &mut Vm) -> Vec<u8> {
+        let mut out = Vec::new();
+        vm.device().take_output(&mut |b| out.extend_from_slice(b));
+        out
+    }
+
+    #[test]
+    fn raw_mode_keeps_transmitted_bytes_as_they_are() {
+        let mut vm = Vm::new();
+        assert!(!vm.device().is_raw(), "off by default");
+        vm.device().set_raw(true);
+        for &byte in b"$ \x1b[1mls\r\n" {
+            vm.out(THR, 1, u32::from(byte));
+        }
+        // A wide OUT is byte by byte, as in line mode.
+        vm.out(THR, 2, u32::from_le_bytes([b'x', 0, 0, 0]));
+        assert_eq!(take_raw(&mut vm), b"$ \x1b[1mls\r\nx");
+        assert_eq!(take_raw(&mut vm), b"", "taking empties the queue");
+        vm.flush();
+        assert!(vm.lines.is_empty(), "nothing went to the line buffer");
+        // Hypercall text still makes lines.
+        let lines = &mut vm.lines;
+        vm.bus
+            .get_mut::<UartDevice>(vm.uart)
+            .unwrap()
+            .print(b"hello\n", &mut |l| lines.push(l.to_string()));
+        assert_eq!(vm.lines, ["hello"]);
+    }
+
+    #[test]
+    fn a_full_raw_queue_drops_and_counts() {
+        let mut vm = Vm::new();
+        vm.device().set_raw(true);
+        for k in 0..RAW_OUTPUT_CAPACITY + 10 {
+            vm.out(THR, 1, (k % 251) as u32);
+        }
+        assert_eq!(vm.device().output_dropped(), 10);
+        let out = take_raw(&mut vm);
+        assert_eq!(out.len(), RAW_OUTPUT_CAPACITY);
+        assert_eq!(out[..3], [0, 1, 2], "the oldest bytes are kept");
+        vm.out(THR, 1, u32::from(b'z'));
+        assert_eq!(take_raw(&mut vm), b"z", "room again once taken");
+        vm.device().set_raw(false);
+        vm.out(THR, 1, u32::from(b'\n'));
+        assert_eq!(vm.lines, [""], "line mode again");
     }
 
     proptest! {

@@ -128,6 +128,10 @@ pub enum StopReason {
     /// The backend failed to read or change the vCPU's state (a VMREAD or
     /// VMWRITE failed, say): a Ferrovisor bug, contained to this guest.
     Backend(String),
+    /// The operator stopped it from the console monitor (`stop`, or a
+    /// `restart` or `poweroff`). Never restarted by `on_guest_stop`: the
+    /// operator restarts it with `restart`.
+    FromMonitor,
     /// The scheduler cannot place the guest (its `cpus` name no CPU it
     /// may use), or lost track of it.
     NotSchedulable(String),
@@ -190,6 +194,7 @@ impl fmt::Display for StopReason {
                 "unhandled VM exit {reason} ({name}), qualification {qualification:#x}, at RIP {rip:#x}"
             ),
             Self::Backend(e) => write!(f, "hypervisor error: {e}"),
+            Self::FromMonitor => f.write_str("stopped from the monitor"),
             Self::NotSchedulable(why) => write!(f, "cannot be scheduled: {why}"),
             Self::NestedPagingMisconfigured { gpa } => write!(
                 f,

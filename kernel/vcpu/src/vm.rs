@@ -276,6 +276,32 @@ impl VmDevices {
         taken
     }
 
+    /// Switches COM1 to raw output (`true`: what the guest transmits is
+    /// queued byte for byte for [`VmDevices::take_console_output`]) or
+    /// back to console lines through the sink (`false`, the default).
+    /// Hypercall prints make lines either way.
+    pub fn set_com1_raw(&mut self, raw: bool) {
+        if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
+            uart.set_raw(raw);
+        }
+    }
+
+    /// Hands what the guest transmitted on COM1 in raw mode since the last
+    /// call to `out` (not called when there is nothing).
+    pub fn take_console_output(&mut self, out: &mut dyn FnMut(&[u8])) {
+        if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
+            uart.take_output(out);
+        }
+    }
+
+    /// COM1 output bytes raw mode dropped because they were not taken in
+    /// time.
+    pub fn console_output_dropped(&mut self) -> u64 {
+        self.com1
+            .and_then(|id| self.bus.get_mut::<UartDevice>(id))
+            .map_or(0, |uart| uart.output_dropped())
+    }
+
     /// Whether console input would wake the guest: its COM1 interrupts on
     /// received data. Such a guest, halted with no timer armed, waits for
     /// its console rather than forever.
@@ -819,5 +845,22 @@ mod tests {
         vm.print(b"partial", &mut sink(&mut lines));
         vm.flush(&mut sink(&mut lines));
         assert_eq!(lines, ["abc", "partial"]);
+    }
+
+    #[test]
+    fn raw_com1_output_is_taken_as_bytes_and_prints_stay_lines() {
+        let mut vm = pc();
+        vm.set_com1_raw(true);
+        let mut lines = Vec::new();
+        for &b in b"$ ls\r\n" {
+            vm.port_write(0x3F8, 1, u32::from(b), 0, &mut sink(&mut lines));
+        }
+        vm.print(b"hyper\n", &mut sink(&mut lines));
+        assert_eq!(lines, ["hyper"]);
+        let mut raw = Vec::new();
+        vm.take_console_output(&mut |b| raw.extend_from_slice(b));
+        assert_eq!(raw, b"$ ls\r\n");
+        vm.take_console_output(&mut |_| panic!("nothing is left"));
+        assert_eq!(vm.console_output_dropped(), 0);
     }
 }
