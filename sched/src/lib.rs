@@ -113,6 +113,16 @@
 //! evenly loaded CPUs keep their vCPUs. [`Decision::Run::migrated_from`] is `Some` exactly when the
 //! vCPU last ran on another CPU, so the kernel knows to VMCLEAR there and
 //! VMLAUNCH here; when it is `None` nothing moved and nothing extra is owed.
+//!
+//! # Pausing
+//!
+//! [`Scheduler::pause`] holds a vCPU (the console monitor's `pause`): it
+//! is never picked, stolen or moved until [`Scheduler::resume`]. One that
+//! is queued leaves its queue at once; one that runs or sleeps carries on
+//! until it would next be queued (its run reported, its deadline passed,
+//! a `wake`) and then waits in [`VcpuState::Paused`], off every queue, so
+//! a paused guest's timers simply wait. Resumed, it joins the tail of its
+//! CPU's queue. It keeps its CPU and counts in that CPU's load meanwhile.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;

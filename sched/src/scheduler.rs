@@ -375,7 +375,7 @@ impl Scheduler {
                         home.running = None;
                     }
                 }
-                VcpuState::Blocked | VcpuState::Stopped => {}
+                VcpuState::Blocked | VcpuState::Paused | VcpuState::Stopped => {}
             }
             if entry.stats.state != VcpuState::Stopped {
                 home.assigned = home.assigned.saturating_sub(1);
@@ -408,7 +408,7 @@ impl Scheduler {
                             home.running = Some(slot);
                         }
                     }
-                    VcpuState::Blocked | VcpuState::Stopped => {}
+                    VcpuState::Blocked | VcpuState::Paused | VcpuState::Stopped => {}
                 }
             }
         }
@@ -593,13 +593,19 @@ impl Scheduler {
                 e.wake_pending = true;
                 return None;
             }
-            VcpuState::Runnable | VcpuState::Stopped => return None,
+            VcpuState::Runnable | VcpuState::Paused | VcpuState::Stopped => return None,
         }
         let home = e.stats.cpu.index();
         if e.stats.deadline.take().is_some() {
             if let Some(c) = self.cpus.get_mut(home) {
                 c.disarm(slot);
             }
+        }
+        if e.stats.paused {
+            // Woken, it would run: paused, it waits for `resume` instead.
+            bump(&mut e.stats.wakeups);
+            e.stats.state = VcpuState::Paused;
+            return None;
         }
         let home_free = self
             .cpus
@@ -628,6 +634,52 @@ impl Scheduler {
         }
         c.queue.push_back(slot);
         self.kick_for(target)
+    }
+
+    /// Pauses `vcpu`: it is not picked again, wherever it is queued, until
+    /// [`Scheduler::resume`]. A queued vCPU leaves its queue at once (its
+    /// turn ends as by a yield); a running one is paused when its run is
+    /// reported, and a blocked one when it wakes (its deadline still
+    /// passes or `wake` still comes, but it then waits for `resume`, in
+    /// [`VcpuState::Paused`]). It keeps its CPU and counts in that CPU's
+    /// load. False for an unknown or stopped vCPU; pausing a paused one
+    /// changes nothing.
+    pub fn pause(&mut self, vcpu: VcpuId) -> bool {
+        let Some(slot) = self.slot(vcpu) else {
+            return false;
+        };
+        let Some(e) = self.entries.get_mut(slot) else {
+            return false;
+        };
+        if e.stats.state == VcpuState::Stopped {
+            return false;
+        }
+        e.stats.paused = true;
+        if e.stats.state == VcpuState::Runnable {
+            if let Some(c) = self.cpus.get_mut(e.stats.cpu.index()) {
+                c.queue.retain(|&s| s != slot);
+            }
+            hold(e);
+        }
+        true
+    }
+
+    /// Resumes a paused `vcpu`: one that became ready while paused joins
+    /// the tail of its CPU's queue; one still running or blocked just
+    /// goes on as if never paused. Returns the CPU to kick (as for
+    /// [`Scheduler::wake`]). Unknown, stopped or unpaused vCPUs are left
+    /// alone.
+    pub fn resume(&mut self, vcpu: VcpuId) -> Option<CpuId> {
+        let slot = self.slot(vcpu)?;
+        let e = self.entries.get_mut(slot)?;
+        e.stats.paused = false;
+        if e.stats.state != VcpuState::Paused {
+            return None;
+        }
+        e.stats.state = VcpuState::Runnable;
+        let ci = e.stats.cpu.index();
+        self.cpus.get_mut(ci)?.queue.push_back(slot);
+        self.kick_for(ci)
     }
 
     /// Arms (`Some`), moves or clears (`None`) the deadline of a blocked
@@ -733,6 +785,7 @@ impl Scheduler {
                 VcpuState::Runnable => &mut counts.runnable,
                 VcpuState::Running => &mut counts.running,
                 VcpuState::Blocked => &mut counts.blocked,
+                VcpuState::Paused => &mut counts.paused,
                 VcpuState::Stopped => &mut counts.stopped,
             };
             *n = n.saturating_add(1);
@@ -1018,6 +1071,14 @@ fn stop(c: &mut Cpu, e: &mut Entry, slot: usize, cause: StopCause, now: u64, q: 
     e.stats.credit = charge(e.stats.credit, ran, q.max_debt);
     let pending = core::mem::take(&mut e.wake_pending);
     match cause {
+        StopCause::SliceEnd if e.stats.paused => {
+            bump(&mut e.stats.slice_ends);
+            hold(e);
+        }
+        StopCause::Yield if e.stats.paused => {
+            bump(&mut e.stats.yields);
+            hold(e);
+        }
         StopCause::SliceEnd => {
             bump(&mut e.stats.slice_ends);
             e.stats.state = VcpuState::Runnable;
@@ -1044,8 +1105,12 @@ fn stop(c: &mut Cpu, e: &mut Entry, slot: usize, cause: StopCause, now: u64, q: 
                 // The event that would wake it came while it ran, or its
                 // deadline has already passed.
                 bump(&mut e.stats.wakeups);
-                e.stats.state = VcpuState::Runnable;
-                c.queue.push_back(slot);
+                if e.stats.paused {
+                    e.stats.state = VcpuState::Paused;
+                } else {
+                    e.stats.state = VcpuState::Runnable;
+                    c.queue.push_back(slot);
+                }
             } else {
                 e.stats.state = VcpuState::Blocked;
                 if let Some(due) = until {
@@ -1076,8 +1141,12 @@ fn wake_due(c: &mut Cpu, entries: &mut [Entry], now: u64) {
         if let Some(e) = entries.get_mut(slot) {
             e.stats.deadline = None;
             bump(&mut e.stats.wakeups);
-            e.stats.state = VcpuState::Runnable;
-            c.queue.push_back(slot);
+            if e.stats.paused {
+                e.stats.state = VcpuState::Paused;
+            } else {
+                e.stats.state = VcpuState::Runnable;
+                c.queue.push_back(slot);
+            }
         }
     }
     c.next_due = c.earliest().unwrap_or(u64::MAX);
@@ -1101,6 +1170,13 @@ fn rounds_needed(credit: i64, slice: i64, min_run: i64) -> i64 {
         return 1;
     };
     i64::try_from(short.div_ceil(slice.max(1))).unwrap_or(i64::MAX)
+}
+
+/// A paused vCPU that would be queued: it waits off every queue, its
+/// turn ended as by a yield.
+fn hold(e: &mut Entry) {
+    give_up_turn(e);
+    e.stats.state = VcpuState::Paused;
 }
 
 /// Ends `e`'s turn early: unused credit is given up, debt stays.

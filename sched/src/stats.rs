@@ -20,6 +20,9 @@ pub enum VcpuState {
     /// Halted (HLT with nothing pending) until [`wake`](crate::Scheduler::wake)
     /// or, when [`VcpuStats::deadline`] is set, until that deadline.
     Blocked,
+    /// Paused ([`pause`](crate::Scheduler::pause)) and otherwise ready to
+    /// run: on no queue until [`resume`](crate::Scheduler::resume).
+    Paused,
     /// Its guest is gone; kept only for its figures until
     /// [`remove`](crate::Scheduler::remove).
     Stopped,
@@ -58,6 +61,10 @@ pub struct VcpuStats {
     /// [`StopCause::Blocked`](crate::StopCause::Blocked)); `None` when it
     /// sleeps until woken, and whenever it is not blocked.
     pub deadline: Option<u64>,
+    /// Paused: never picked until resumed. A paused vCPU that is running
+    /// or blocked keeps that state until it would next be queued, then
+    /// becomes [`VcpuState::Paused`] instead.
+    pub paused: bool,
     /// VM exits by the kernel's vendor-neutral exit kind, as reported by
     /// the caller.
     pub exits: [u64; EXIT_KINDS],
@@ -82,6 +89,7 @@ impl VcpuStats {
             migrations: 0,
             credit: 0,
             deadline: None,
+            paused: false,
             exits: [0; EXIT_KINDS],
             exits_other: 0,
         }
@@ -132,6 +140,9 @@ pub struct StateCounts {
     pub blocked: usize,
     /// Guest gone, not yet removed.
     pub stopped: usize,
+    /// Paused and ready to run once resumed (a paused vCPU that is blocked
+    /// counts as blocked).
+    pub paused: usize,
     /// Of the blocked, those with a deadline: the scheduler wakes them
     /// itself, so they will run again without any event.
     pub timed: usize,

@@ -193,6 +193,10 @@ fn check(s: &Scheduler) {
         }
     }
     for (slot, e) in s.entries.iter().enumerate() {
+        if e.stats.state == VcpuState::Paused {
+            assert!(e.stats.paused, "{} held without being paused", e.id);
+            assert!(!e.in_turn, "{} held in a turn", e.id);
+        }
         if e.stats.deadline.is_some() {
             let home = &s.cpus[e.stats.cpu.index()];
             let armed = home.timers.iter().filter(|t| t.1 == slot).count();
@@ -205,7 +209,7 @@ fn check(s: &Scheduler) {
             VcpuState::Runnable | VcpuState::Running => {
                 assert!(seen.contains_key(id), "{id} runnable but nowhere")
             }
-            VcpuState::Blocked | VcpuState::Stopped => {
+            VcpuState::Blocked | VcpuState::Paused | VcpuState::Stopped => {
                 assert!(!seen.contains_key(id), "{id} not runnable but queued")
             }
         }
@@ -1093,6 +1097,7 @@ fn counts_by_state() {
             running: 1,
             blocked: 1,
             stopped: 1,
+            paused: 0,
             timed: 0,
         }
     );
@@ -1696,6 +1701,8 @@ enum Op {
     Exit(u32, u16),
     Add(u32, u8),
     Remove(u32),
+    Pause(u32),
+    Resume(u32),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1709,6 +1716,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u32..8, any::<u16>()).prop_map(|(v, r)| Op::Exit(v, r)),
         1 => (0u32..8, 0u8..5).prop_map(|(v, a)| Op::Add(v, a)),
         1 => (0u32..8).prop_map(Op::Remove),
+        1 => (0u32..8).prop_map(Op::Pause),
+        1 => (0u32..8).prop_map(Op::Resume),
     ]
 }
 
@@ -1774,6 +1783,7 @@ proptest! {
                     match s.pick(c(cpu), clock.now()) {
                         Decision::Run { vcpu, slice, migrated_from, kick } => {
                             prop_assert!(cpu < 3);
+                            prop_assert!(!s.stats(vcpu).unwrap().paused, "{} paused but picked", vcpu);
                             // Cut by the earliest deadline left here.
                             let room = s.cpus[cpu as usize].next_due - clock.now();
                             prop_assert!((1..S + MIN_RUN).contains(&slice));
@@ -1840,6 +1850,9 @@ proptest! {
                     if before.map(|b| b.state) != Some(VcpuState::Blocked) {
                         prop_assert_eq!(kick, None);
                         prop_assert_eq!(s.stats(v(n)).map(|st| st.wakeups), before.map(|b| b.wakeups));
+                    } else if before.is_some_and(|b| b.paused) {
+                        prop_assert_eq!(kick, None);
+                        prop_assert_eq!(s.stats(v(n)).unwrap().state, VcpuState::Paused);
                     } else {
                         prop_assert_eq!(s.stats(v(n)).unwrap().state, VcpuState::Runnable);
                     }
@@ -1894,6 +1907,37 @@ proptest! {
                         Err(_) => prop_assert!(known || choice == 4),
                     }
                 }
+                Op::Pause(n) => {
+                    let was = s.stats(v(n));
+                    let known = was.is_some_and(|w| w.state != VcpuState::Stopped);
+                    prop_assert_eq!(s.pause(v(n)), known);
+                    if let (true, Some(was)) = (known, was) {
+                        let st = s.stats(v(n)).unwrap();
+                        prop_assert!(st.paused);
+                        let expected = match was.state {
+                            VcpuState::Runnable => VcpuState::Paused,
+                            other => other,
+                        };
+                        prop_assert_eq!(st.state, expected);
+                    }
+                }
+                Op::Resume(n) => {
+                    let was = s.stats(v(n));
+                    let kick = s.resume(v(n));
+                    if let Some(k) = kick {
+                        prop_assert!(idle_before[k.index()] && !s.cpu_stats(k).unwrap().idle);
+                    }
+                    if let Some(was) = was {
+                        let st = s.stats(v(n)).unwrap();
+                        prop_assert!(!st.paused);
+                        if was.state == VcpuState::Paused {
+                            prop_assert_eq!(st.state, VcpuState::Runnable);
+                        } else {
+                            prop_assert_eq!(st.state, was.state);
+                            prop_assert_eq!(kick, None);
+                        }
+                    }
+                }
                 Op::Remove(n) => {
                     if let Some(st) = s.remove(v(n)) {
                         removed_time += st.run_time;
@@ -1922,7 +1966,7 @@ proptest! {
             }
             let counts = s.counts();
             let known = s.vcpus().count();
-            prop_assert_eq!(counts.runnable + counts.running + counts.blocked + counts.stopped, known);
+            prop_assert_eq!(counts.runnable + counts.running + counts.blocked + counts.paused + counts.stopped, known);
             prop_assert_eq!(counts.timed, s.vcpus().filter(|(_, st)| st.deadline.is_some()).count());
             prop_assert!(counts.timed <= counts.blocked);
             prop_assert_eq!(counts.running, running.len());
@@ -1930,4 +1974,85 @@ proptest! {
         let reported: u64 = s.vcpus().map(|(_, st)| st.run_time).sum::<u64>() + removed_time;
         prop_assert_eq!(reported, given);
     }
+}
+
+// ---- pause and resume ----
+
+#[test]
+fn a_paused_vcpu_is_not_picked_until_resumed_and_the_others_go_on() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    for n in 0..3 {
+        s.add(v(n), None).unwrap();
+    }
+    assert!(s.pause(v(1)));
+    assert_eq!(state(&s, v(1)), VcpuState::Paused);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 4), [0, 2, 0, 2]);
+    assert_eq!(s.stats(v(1)).unwrap().slices, 0);
+    assert_eq!(s.counts().paused, 1);
+    s.resume(v(1));
+    assert_eq!(state(&s, v(1)), VcpuState::Runnable);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 3), [0, 2, 1]);
+    // Unknown and stopped vCPUs are refused.
+    assert!(!s.pause(v(9)));
+    assert_eq!(s.resume(v(9)), None);
+}
+
+#[test]
+fn a_running_vcpu_is_paused_when_its_run_ends() {
+    let clock = FakeClock::new();
+    let mut s = sched(2);
+    s.add(v(0), Some(&[c(0)])).unwrap();
+    s.add(v(1), Some(&[c(0)])).unwrap();
+    let (first, _, _) = pick(&mut s, &clock, c(0));
+    assert!(s.pause(first));
+    assert_eq!(state(&s, first), VcpuState::Running, "it runs on");
+    clock.advance(MIN_RUN);
+    // Stopped early, it would have continued its turn: paused, it waits.
+    s.stopped(c(0), first, StopCause::SliceEnd, clock.now());
+    check(&s);
+    assert_eq!(state(&s, first), VcpuState::Paused);
+    let other = v(1 - first.0);
+    assert_eq!(full_slices(&mut s, &clock, c(0), 2), [other.0, other.0]);
+    // Resumed while idle elsewhere it joins its CPU's queue.
+    s.resume(first);
+    check(&s);
+    assert_eq!(state(&s, first), VcpuState::Runnable);
+}
+
+#[test]
+fn a_paused_vcpus_timer_waits_and_a_resume_then_queues_it() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    let (vcpu, _, _) = pick(&mut s, &clock, c(0));
+    clock.advance(10);
+    let due = clock.now() + 500;
+    s.stopped(c(0), vcpu, StopCause::Blocked { until: Some(due) }, clock.now());
+    assert!(s.pause(v(0)));
+    assert_eq!(state(&s, v(0)), VcpuState::Blocked, "still asleep");
+    clock.advance(1000);
+    // The deadline passes: it would run, but stays off the queue.
+    assert!(matches!(s.pick(c(0), clock.now()), Decision::Idle { until: None }));
+    check(&s);
+    assert_eq!(state(&s, v(0)), VcpuState::Paused);
+    assert_eq!(s.stats(v(0)).unwrap().wakeups, 1);
+    // A wake of a paused vCPU changes nothing more.
+    assert_eq!(s.wake(v(0)), None);
+    assert_eq!(s.resume(v(0)), Some(c(0)), "its idle CPU is kicked");
+    assert_eq!(pick(&mut s, &clock, c(0)).0, v(0));
+}
+
+#[test]
+fn resuming_a_blocked_vcpu_leaves_it_blocked_until_woken() {
+    let clock = FakeClock::new();
+    let mut s = sched(1);
+    s.add(v(0), None).unwrap();
+    run(&mut s, &clock, c(0), 10, StopCause::Blocked { until: None });
+    assert!(s.pause(v(0)));
+    assert_eq!(s.resume(v(0)), None);
+    assert_eq!(state(&s, v(0)), VcpuState::Blocked);
+    assert!(!s.stats(v(0)).unwrap().paused);
+    s.wake(v(0));
+    assert_eq!(state(&s, v(0)), VcpuState::Runnable);
 }
