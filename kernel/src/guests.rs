@@ -160,9 +160,13 @@ pub fn run_all(
         }
     };
     info!("sched: guests run on {}", run.cpus().names());
+    // Staying up, the run goes on with no guest (the console's monitor
+    // can restart one) until its `poweroff`.
+    run.set_end_when_all_stopped(settings.power_off_when_all_stopped);
     let started = rdtsc();
     run_everywhere(&run);
     run.report(rdtsc().wrapping_sub(started));
+    let poweroff = run.poweroff_requested();
     drop(run);
     crate::serial_console::finish();
 
@@ -176,7 +180,10 @@ pub fn run_all(
             frames_before.saturating_sub(frames_after)
         );
     }
-    if settings.power_off_when_all_stopped {
+    if poweroff {
+        info!("powering off (monitor)");
+        AllStopped::PowerOff
+    } else if settings.power_off_when_all_stopped {
         info!("all guests stopped, powering off");
         AllStopped::PowerOff
     } else {

@@ -1,5 +1,7 @@
 //! The loop every CPU runs: pick, run a slice, report, halt when there is
-//! nothing to do, until every guest has stopped.
+//! nothing to do, until every guest has stopped (or, when the run stays
+//! up, until the monitor powers off). The run's first CPU also serves the
+//! console on every pass.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -7,6 +9,7 @@ use core::sync::atomic::Ordering;
 
 use sched::{Decision, StopCause, VcpuId, VcpuState};
 
+use super::console_service::ConsoleService;
 use super::handover::ThisCpu;
 use super::{vcpu_id, Backend, ConfiguredGuest, GuestRun};
 use vcpu::exit::{Exit, Outcome};
@@ -110,15 +113,21 @@ impl<B: Backend> GuestRun<B> {
     }
 
     /// The loop every CPU of the run runs: pick, run a slice, report,
-    /// until every guest has stopped. `index` is this CPU's number.
+    /// until the run ends. `index` is this CPU's number. The run's first
+    /// CPU also serves the console (input, the monitor, output) on every
+    /// pass, and idles no longer than the console asks.
     pub fn cpu_loop(&self, index: usize) {
         let Some(cpu) = self.cpus.sched_id(index) else {
             return;
         };
         self.backend.prepare_this_cpu();
         let mut local = ThisCpu::new(cpu, index);
+        let mut console = (cpu.0 == 0).then(|| ConsoleService::new(self));
         loop {
             self.service(&mut local);
+            let console_by = console
+                .as_mut()
+                .and_then(|c| self.serve_console(&mut local, c));
             if self.finished.load(Ordering::Acquire) {
                 break;
             }
@@ -137,6 +146,10 @@ impl<B: Backend> GuestRun<B> {
                     if self.nothing_can_run(&mut local) {
                         continue;
                     }
+                    let until = match (until, console_by) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     if let Some(f) = self.figures.get(cpu.0 as usize) {
                         f.idle_waits.fetch_add(1, Ordering::Relaxed);
                     }
@@ -207,15 +220,27 @@ impl<B: Backend> GuestRun<B> {
                 return true;
             }
         }
-        // Guests asleep until a timer are still there.
-        if counts.stopped == 0 && counts.blocked == 0 {
+        // Guests asleep until a timer, or paused, are still there; with
+        // none, the run ends unless it stays up.
+        if counts.stopped == 0
+            && counts.blocked == 0
+            && counts.paused == 0
+            && !self.stay_up.load(Ordering::Acquire)
+        {
             self.finish();
             return true;
         }
         false
     }
 
-    /// Every guest has stopped: all CPUs leave the loop.
+    /// Every guest has stopped: the run ends, unless it stays up.
+    pub(super) fn all_stopped(&self) {
+        if !self.stay_up.load(Ordering::Acquire) {
+            self.finish();
+        }
+    }
+
+    /// The run ends: all CPUs leave the loop.
     pub(super) fn finish(&self) {
         if !self.finished.swap(true, Ordering::AcqRel) {
             self.kick_others();
@@ -368,11 +393,13 @@ impl<B: Backend> GuestRun<B> {
                 Err(reason) => break SliceEnd::Stopped(*reason),
             };
             let outcome = backend.handle(vm, &exit);
-            // Only a device access can arm or move a device timer.
+            // Only a device access can arm or move a device timer, or
+            // write to COM1.
             if matches!(
                 exit,
                 Exit::Io(_) | Exit::NestedPageFault { .. } | Exit::MsrWrite
             ) {
+                vm.forward_output(i, backend);
                 let wanted = timer_deadline(slice_end, vm.next_deadline());
                 if wanted != timer_at {
                     timer_at = wanted;
@@ -412,6 +439,7 @@ impl<B: Backend> GuestRun<B> {
                     // A guest that idles has said what it had to say: a
                     // partial line (a shell's prompt) is shown now rather
                     // than when a line end comes.
+                    vm.forward_output(i, backend);
                     let name = &vm.name;
                     vm.devices.flush(&mut |line| backend.guest_line(name, line));
                     break SliceEnd::Halted {

@@ -31,6 +31,17 @@ pub struct CpuFigures {
 }
 
 impl CpuFigures {
+    /// Ticks its slices took, and its switches to another guest (across
+    /// CPUs or not), so far.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        (
+            self.busy.load(Ordering::Relaxed),
+            self.switches
+                .load(Ordering::Relaxed)
+                .saturating_add(self.migrations.load(Ordering::Relaxed)),
+        )
+    }
+
     /// A slice that kept the CPU busy for `ticks`.
     pub(super) fn slice(&self, ticks: u64) {
         self.slices.fetch_add(1, Ordering::Relaxed);

@@ -32,7 +32,7 @@ extern crate alloc;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sched::CpuId;
 use spin::Mutex;
@@ -42,10 +42,12 @@ use vcpu::exit::{Exit, ExitStats, Outcome, VcpuModel};
 use vcpu::stop::StopReason;
 use vcpu::vm::{VmDevices, WallClock};
 
+mod console_service;
 mod cpu_loop;
 mod figures;
 mod handover;
 mod lifecycle;
+mod monitor;
 #[cfg(test)]
 mod tests;
 
@@ -218,16 +220,23 @@ pub struct Vm<B: Backend> {
     pub devices: VmDevices,
     /// Its vCPU.
     pub vcpu: Vcpu<B>,
+    /// When it was created (TSC): its uptime counts from here.
+    pub started_at: u64,
 }
 
 impl<B: Backend> Vm<B> {
-    /// A guest the backend created: one vCPU, the standard devices.
+    /// A guest the backend created: one vCPU, the standard devices, COM1
+    /// in raw mode (what the guest transmits goes to
+    /// [`Backend::guest_output`] byte for byte).
     pub fn new(name: &str, hw: B::Vm, vcpu: B::Vcpu, cpu: usize, backend: &B) -> Self {
         let tsc_hz = backend.tsc_hz();
+        let mut devices = VmDevices::new(tsc_hz, backend.wall_clock());
+        devices.set_com1_raw(true);
         Self {
             name: String::from(name),
             hw,
-            devices: VmDevices::new(tsc_hz, backend.wall_clock()),
+            devices,
+            started_at: backend.now(),
             vcpu: Vcpu {
                 hw: vcpu,
                 model: VcpuModel::new(0, 1, tsc_hz),
@@ -238,6 +247,14 @@ impl<B: Backend> Vm<B> {
                 halt_rip: 0,
             },
         }
+    }
+
+    /// Passes what the guest transmitted on COM1 since the last call to
+    /// the backend's console, as guest number `index`.
+    #[inline]
+    pub fn forward_output(&mut self, index: usize, backend: &B) {
+        self.devices
+            .take_console_output(&mut |bytes| backend.guest_output(index, bytes));
     }
 
     /// The vCPU's exit counters.
@@ -270,6 +287,10 @@ pub struct ConfiguredGuest<B: Backend> {
     pub config: GuestConfig,
     /// The guest, while it exists.
     pub vm: Option<Vm<B>>,
+    /// Why it last stopped, once it has.
+    pub last_stop: Option<String>,
+    /// Times it was created again after its first start.
+    pub restarts: u32,
 }
 
 /// The CPUs guests run on, by scheduler index: `numbers[j]` is the CPU
@@ -326,6 +347,13 @@ pub struct GuestRun<B: Backend> {
     names: Vec<String>,
     /// The first stop has reported how the guests shared the CPUs.
     shares_reported: AtomicBool,
+    /// The run goes on with every guest stopped (the monitor may restart
+    /// one); only a poweroff ends it.
+    stay_up: AtomicBool,
+    /// The monitor's `poweroff` ended the run.
+    poweroff: AtomicBool,
+    /// When the run was set up (TSC), for the CPUs' shares in `stats`.
+    started_at: u64,
 }
 
 /// Why a run could not be set up.
@@ -358,7 +386,13 @@ impl<B: Backend> GuestRun<B> {
             let vm = backend
                 .create(k, &config)
                 .map(|(hw, vcpu)| Vm::new(&config.name, hw, vcpu, cpu, &backend));
-            slots.push(ConfiguredGuest { config, vm });
+            backend.console_add_guest(k, &config.name);
+            slots.push(ConfiguredGuest {
+                config,
+                vm,
+                last_stop: None,
+                restarts: 0,
+            });
         }
         let queue = match sched::Scheduler::new(cpus.len() as u32, slice.max(1)) {
             Ok(queue) => queue,
@@ -374,6 +408,7 @@ impl<B: Backend> GuestRun<B> {
             .map(|_| Mailbox::new())
             .collect();
         let names = slots.iter().map(|s| s.config.name.clone()).collect();
+        let started_at = backend.now();
         Ok(Self {
             backend,
             slots: slots.into_iter().map(Mutex::new).collect(),
@@ -386,7 +421,23 @@ impl<B: Backend> GuestRun<B> {
             left: AtomicUsize::new(0),
             names,
             shares_reported: AtomicBool::new(false),
+            stay_up: AtomicBool::new(false),
+            poweroff: AtomicBool::new(false),
+            started_at,
         })
+    }
+
+    /// Whether the run ends once every guest has stopped (`true`, the
+    /// default: `power_off_when_all_stopped`) or stays up with none, for
+    /// the monitor to restart one, until the monitor's `poweroff`.
+    pub fn set_end_when_all_stopped(&self, end: bool) {
+        self.stay_up.store(!end, Ordering::Release);
+    }
+
+    /// Whether the monitor's `poweroff` ended the run: the machine powers
+    /// off whatever the configuration says about staying up.
+    pub fn poweroff_requested(&self) -> bool {
+        self.poweroff.load(Ordering::Acquire)
     }
 
     /// The backend.
@@ -402,12 +453,12 @@ impl<B: Backend> GuestRun<B> {
     /// Marks that one CPU other than the first has left
     /// [`GuestRun::cpu_loop`] for good.
     pub fn leave(&self) {
-        self.left.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+        self.left.fetch_add(1, Ordering::AcqRel);
     }
 
     /// How many CPUs other than the first have left.
     pub fn left(&self) -> usize {
-        self.left.load(core::sync::atomic::Ordering::Acquire)
+        self.left.load(Ordering::Acquire)
     }
 }
 

@@ -1,6 +1,8 @@
 //! A guest's end: its stop reported and its figures printed, everything it
 //! holds given back, and a restart where the configuration asks for one.
 
+use alloc::string::ToString;
+
 use log::{debug, info};
 
 use super::figures::report_vcpu;
@@ -37,9 +39,12 @@ impl<B: Backend> GuestRun<B> {
         };
         let name = vm.name.clone();
         let backend = &self.backend;
+        // Its last output is queued before its stop is reported.
+        vm.forward_output(i, backend);
         vm.devices
             .flush(&mut |line| backend.guest_line(&name, line));
         info!("guest {name}: stopped: {reason}");
+        slot.last_stop = Some(reason.to_string());
         backend.stopped(i, &name, &reason);
         report_stop(&vm);
         // Its vCPU must be inactive everywhere but here before it is
@@ -52,22 +57,17 @@ impl<B: Backend> GuestRun<B> {
             local.current = None;
         }
         backend.destroy(&mut vm.hw, &mut vm.vcpu.hw);
-        // A guest that powered itself off stays off whatever the policy.
+        // A guest that powered itself off stays off whatever the policy,
+        // and so does one the operator stopped.
         let restart = may_restart
             && self.on_stop == GuestStopAction::Restart
-            && reason != StopReason::PoweredOff;
-        let restarted = if restart {
-            info!("guest {name}: restarting");
-            let created = backend.create(i, &slot.config);
-            // `create` left the new vCPU current here.
-            created.map(|(hw, vcpu)| {
-                local.current = Some(i);
-                Vm::new(&slot.config.name, hw, vcpu, local.index, backend)
-            })
+            && reason != StopReason::PoweredOff
+            && reason != StopReason::FromMonitor;
+        slot.vm = if restart {
+            self.recreate(local, slot, i)
         } else {
             None
         };
-        slot.vm = restarted;
         // The old vCPU goes and the new one (if any) comes in one step, so
         // no CPU sees "every guest gone" in between.
         // What is printed is gathered under the scheduler lock and printed
@@ -94,9 +94,61 @@ impl<B: Backend> GuestRun<B> {
         match outcome {
             (Err(reason), _) => self.retire(local, slot, i, reason, false),
             (Ok(()), counts) => {
-                if counts.runnable + counts.running + counts.blocked + counts.stopped == 0 {
-                    self.finish();
+                if counts.runnable
+                    + counts.running
+                    + counts.blocked
+                    + counts.paused
+                    + counts.stopped
+                    == 0
+                {
+                    self.all_stopped();
                 }
+            }
+        }
+    }
+
+    /// Creates stopped guest `i` (its slot locked by this CPU) again from
+    /// its configuration, current on this CPU, not yet queued; `None` when
+    /// the backend cannot (it has said why).
+    pub(super) fn recreate(
+        &self,
+        local: &mut ThisCpu,
+        slot: &mut ConfiguredGuest<B>,
+        i: usize,
+    ) -> Option<Vm<B>> {
+        let backend = &self.backend;
+        info!("guest {}: restarting", slot.config.name);
+        let (hw, vcpu) = backend.create(i, &slot.config)?;
+        // `create` left the new vCPU current here.
+        local.current = Some(i);
+        slot.restarts = slot.restarts.saturating_add(1);
+        Some(Vm::new(&slot.config.name, hw, vcpu, local.index, backend))
+    }
+
+    /// Starts stopped guest `i` (its slot locked by this CPU) again and
+    /// queues it: the monitor's `restart`. An error in words when it
+    /// cannot be created or scheduled (a guest that cannot be scheduled is
+    /// stopped again and reported).
+    pub(super) fn start_again(
+        &self,
+        local: &mut ThisCpu,
+        slot: &mut ConfiguredGuest<B>,
+        i: usize,
+    ) -> Result<(), alloc::string::String> {
+        if slot.vm.is_some() {
+            return Err("it is running".to_string());
+        }
+        slot.vm = self.recreate(local, slot, i);
+        if slot.vm.is_none() {
+            return Err("it could not be created again (the log says why)".to_string());
+        }
+        let outcome = self.enqueue(&mut self.queue.lock(), slot, i);
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                let why = reason.to_string();
+                self.retire(local, slot, i, reason, false);
+                Err(why)
             }
         }
     }

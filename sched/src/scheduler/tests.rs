@@ -2028,12 +2028,20 @@ fn a_paused_vcpus_timer_waits_and_a_resume_then_queues_it() {
     let (vcpu, _, _) = pick(&mut s, &clock, c(0));
     clock.advance(10);
     let due = clock.now() + 500;
-    s.stopped(c(0), vcpu, StopCause::Blocked { until: Some(due) }, clock.now());
+    s.stopped(
+        c(0),
+        vcpu,
+        StopCause::Blocked { until: Some(due) },
+        clock.now(),
+    );
     assert!(s.pause(v(0)));
     assert_eq!(state(&s, v(0)), VcpuState::Blocked, "still asleep");
     clock.advance(1000);
     // The deadline passes: it would run, but stays off the queue.
-    assert!(matches!(s.pick(c(0), clock.now()), Decision::Idle { until: None }));
+    assert!(matches!(
+        s.pick(c(0), clock.now()),
+        Decision::Idle { until: None }
+    ));
     check(&s);
     assert_eq!(state(&s, v(0)), VcpuState::Paused);
     assert_eq!(s.stats(v(0)).unwrap().wakeups, 1);
