@@ -6,7 +6,7 @@
 
 use std::boxed::Box;
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex as StdMutex;
@@ -55,10 +55,28 @@ enum Program {
         size: u8,
         value: u32,
     },
+    /// Writes `text` to COM1's THR a byte an exit, then FV_EXIT 0.
+    Print { text: &'static str },
+    /// A shell on COM1: puts [`SHELL_MARK`] in RBX, enables the receive
+    /// interrupt (MCR.OUT2, IER), prints [`SHELL_PROMPT`], then polls LSR, halting while
+    /// nothing came, and echoes every byte it reads from RBR; `q` ends
+    /// it with FV_EXIT 0.
+    Shell,
+    /// CPUID exits forever (until stopped from outside).
+    Forever,
 }
+
+/// What the shell program leaves in RBX, for `regs`.
+const SHELL_MARK: u64 = 0x5EED_F00D;
+/// The shell program's prompt.
+const SHELL_PROMPT: &[u8] = b"ready> ";
+/// The fake RAM's size; each guest's name is at [`NAME_AT`] in it.
+const FAKE_RAM: usize = 0x1_0000;
+const NAME_AT: usize = 0x100;
 
 struct FakeVmHw {
     id: usize,
+    ram: Vec<u8>,
 }
 
 struct FakeVcpuHw {
@@ -71,6 +89,15 @@ struct FakeVcpuHw {
     active_on: Option<usize>,
     switched_on: Option<usize>,
     slice_end: u64,
+    /// Where a `Print` or `Shell` program is.
+    phase: u8,
+    wrote: usize,
+}
+
+/// Console input a test typed, as the fake's `console_input` hands it.
+enum Typed {
+    Guest(usize, Vec<u8>),
+    Monitor(Vec<u8>),
 }
 
 /// A machine of `cpus` threads with a shared fake clock.
@@ -91,6 +118,19 @@ struct FakeBackend {
     entered_on: StdMutex<HashMap<usize, Vec<usize>>>,
     /// Every slice timer set, in ticks.
     timers: StdMutex<Vec<u64>>,
+    /// `console_add_guest` calls.
+    console_guests: StdMutex<Vec<(usize, String)>>,
+    /// What each guest sent to its COM1, by index.
+    outputs: StdMutex<HashMap<usize, Vec<u8>>>,
+    /// Output and stops in the order they came: `out g<i>`, `stop g<i>`.
+    events: StdMutex<Vec<String>>,
+    /// The monitor's answers, and every prompt drawn.
+    console_text: StdMutex<String>,
+    prompts: StdMutex<Vec<String>>,
+    /// Input typed and not yet taken.
+    typed: StdMutex<VecDeque<Typed>>,
+    /// Log levels set.
+    log_levels: StdMutex<Vec<console::LogLevel>>,
 }
 
 /// Ticks the clock advances per exit.
@@ -115,7 +155,31 @@ impl FakeBackend {
             lines: StdMutex::new(Vec::new()),
             entered_on: StdMutex::new(HashMap::new()),
             timers: StdMutex::new(Vec::new()),
+            console_guests: StdMutex::new(Vec::new()),
+            outputs: StdMutex::new(HashMap::new()),
+            events: StdMutex::new(Vec::new()),
+            console_text: StdMutex::new(String::new()),
+            prompts: StdMutex::new(Vec::new()),
+            typed: StdMutex::new(VecDeque::new()),
+            log_levels: StdMutex::new(Vec::new()),
         }
+    }
+
+    /// What guest `index` sent to its COM1 so far.
+    fn output(&self, index: usize) -> Vec<u8> {
+        self.outputs
+            .lock()
+            .unwrap()
+            .get(&index)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Types `typed` at the console: the receive interrupt wakes the first
+    /// CPU.
+    fn type_in(&self, typed: Typed) {
+        self.typed.lock().unwrap().push_back(typed);
+        self.kick(0);
     }
 
     fn stops(&self) -> Vec<(String, String)> {
@@ -212,8 +276,10 @@ impl Backend for FakeBackend {
         CURRENT.with(|c| c.set(Some(id)));
         let mut vcpu = FakeVcpu::long_mode(0x1000, 2);
         vcpu.rflags = 0x202;
+        let mut ram = vec![0u8; FAKE_RAM];
+        ram[NAME_AT..NAME_AT + config.name.len()].copy_from_slice(config.name.as_bytes());
         Some((
-            FakeVmHw { id },
+            FakeVmHw { id, ram },
             FakeVcpuHw {
                 id,
                 program: self.programs[index],
@@ -223,6 +289,8 @@ impl Backend for FakeBackend {
                 active_on: Some(this_cpu()),
                 switched_on: None,
                 slice_end: 0,
+                phase: 0,
+                wrote: 0,
             },
         ))
     }
@@ -333,6 +401,69 @@ impl Backend for FakeBackend {
                 }
             }
             Program::Idle => Exit::Hlt,
+            Program::Forever => {
+                v.gprs[0] = 0;
+                Exit::Cpuid
+            }
+            Program::Print { text } => {
+                let out = Exit::Io(IoAccess::port(0x3F8, 1, IoDirection::Out));
+                if let Some(&b) = text.as_bytes().get(vcpu.wrote) {
+                    vcpu.wrote += 1;
+                    v.gprs[0] = u64::from(b);
+                    out
+                } else {
+                    v.gprs[0] = hypercall::EXIT;
+                    v.gprs[3] = 0;
+                    Exit::Hypercall
+                }
+            }
+            Program::Shell => {
+                let io = |port, dir| Exit::Io(IoAccess::port(port, 1, dir));
+                match vcpu.phase {
+                    0 => {
+                        v.gprs[3] = SHELL_MARK;
+                        // MCR.OUT2: COM1's interrupt reaches its line.
+                        v.gprs[0] = 0x08;
+                        vcpu.phase = 5;
+                        io(0x3FC, IoDirection::Out)
+                    }
+                    5 => {
+                        // IER: the received-data interrupt.
+                        v.gprs[0] = 1;
+                        vcpu.phase = 1;
+                        io(0x3F9, IoDirection::Out)
+                    }
+                    1 => {
+                        v.gprs[0] = u64::from(SHELL_PROMPT[vcpu.wrote]);
+                        vcpu.wrote += 1;
+                        if vcpu.wrote == SHELL_PROMPT.len() {
+                            vcpu.phase = 2;
+                        }
+                        io(0x3F8, IoDirection::Out)
+                    }
+                    2 => {
+                        vcpu.phase = 3;
+                        io(0x3FD, IoDirection::In)
+                    }
+                    3 if v.gprs[0] & 1 != 0 => {
+                        vcpu.phase = 4;
+                        io(0x3F8, IoDirection::In)
+                    }
+                    3 => {
+                        vcpu.phase = 2;
+                        Exit::Hlt
+                    }
+                    4 if v.gprs[0] as u8 == b'q' => {
+                        v.gprs[0] = hypercall::EXIT;
+                        v.gprs[3] = 0;
+                        Exit::Hypercall
+                    }
+                    _ => {
+                        vcpu.phase = 2;
+                        io(0x3F8, IoDirection::Out)
+                    }
+                }
+            }
             Program::TimerSpin { units } => {
                 if let Some(exit) = timer_setup(v, vcpu.step, units) {
                     exit
@@ -428,22 +559,50 @@ impl Backend for FakeBackend {
         self.lines.lock().unwrap().push(format!("[{name}] {line}"));
     }
 
-    fn stopped(&self, _index: usize, name: &str, reason: &StopReason) {
+    fn stopped(&self, index: usize, name: &str, reason: &StopReason) {
+        self.events.lock().unwrap().push(format!("stop g{index}"));
         self.stops
             .lock()
             .unwrap()
             .push((name.to_string(), reason.to_string()));
     }
 
-    fn console_add_guest(&self, _index: usize, _name: &str) {}
+    fn console_add_guest(&self, index: usize, name: &str) {
+        self.console_guests
+            .lock()
+            .unwrap()
+            .push((index, name.to_string()));
+    }
 
-    fn guest_output(&self, _index: usize, _bytes: &[u8]) {}
+    fn guest_output(&self, index: usize, bytes: &[u8]) {
+        assert!(!bytes.is_empty(), "empty output forwarded");
+        self.outputs
+            .lock()
+            .unwrap()
+            .entry(index)
+            .or_default()
+            .extend_from_slice(bytes);
+        self.events.lock().unwrap().push(format!("out g{index}"));
+    }
 
-    fn console_write(&self, _text: &str) {}
+    fn console_write(&self, text: &str) {
+        assert!(text.ends_with('\n'), "whole lines: {text:?}");
+        self.console_text.lock().unwrap().push_str(text);
+    }
 
-    fn console_prompt(&self, _prompt: &str) {}
+    fn console_prompt(&self, prompt: &str) {
+        self.prompts.lock().unwrap().push(prompt.to_string());
+    }
 
-    fn console_input(&self, _out: &mut dyn FnMut(crate::ConsoleInput<'_>)) {}
+    fn console_input(&self, out: &mut dyn FnMut(crate::ConsoleInput<'_>)) {
+        let typed: Vec<Typed> = self.typed.lock().unwrap().drain(..).collect();
+        for t in &typed {
+            out(match t {
+                Typed::Guest(i, bytes) => crate::ConsoleInput::Guest(*i, bytes),
+                Typed::Monitor(bytes) => crate::ConsoleInput::Monitor(bytes),
+            });
+        }
+    }
 
     fn console_pump(&self) -> Option<u64> {
         None
@@ -453,24 +612,46 @@ impl Backend for FakeBackend {
         None
     }
 
-    fn registers(&self, _vcpu: &mut FakeVcpuHw) -> console::RegisterSnapshot {
-        console::RegisterSnapshot::default()
+    fn registers(&self, vcpu: &mut FakeVcpuHw) -> console::RegisterSnapshot {
+        assert_eq!(vcpu.active_on, Some(this_cpu()), "read where not active");
+        assert_eq!(
+            CURRENT.with(Cell::get),
+            Some(vcpu.id),
+            "read while not current"
+        );
+        console::RegisterSnapshot {
+            gprs: vcpu.vcpu.gprs,
+            rip: vcpu.vcpu.rip,
+            rflags: vcpu.vcpu.rflags,
+            ..Default::default()
+        }
     }
 
     fn read_memory(
         &self,
-        _vm: &FakeVmHw,
-        _gpa: u64,
-        _buf: &mut [u8],
+        vm: &FakeVmHw,
+        gpa: u64,
+        buf: &mut [u8],
     ) -> Result<(), console::MemError> {
-        Err(console::MemError::NoMemory)
+        let start = usize::try_from(gpa).unwrap_or(usize::MAX);
+        match vm.ram.get(start..start.saturating_add(buf.len())) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(console::MemError::OutOfRange {
+                ram_end: FAKE_RAM as u64,
+            }),
+        }
     }
 
     fn host_stats(&self) -> console::HostStats {
         console::HostStats::default()
     }
 
-    fn set_log_level(&self, _level: console::LogLevel) {}
+    fn set_log_level(&self, level: console::LogLevel) {
+        self.log_levels.lock().unwrap().push(level);
+    }
 }
 
 fn config(index: usize, cpus: Option<Vec<u32>>) -> GuestConfig {
@@ -731,4 +912,305 @@ fn a_guest_that_resets_itself_is_restarted_and_one_that_powers_off_is_not() {
     assert_eq!(offs, [&("g1".to_string(), "powered off".to_string())]);
     // Nothing past the write ran.
     assert!(!stops.iter().any(|(_, r)| r.contains("code 9")));
+}
+
+// ---- the console ----
+
+/// How long a console test waits for the run to do what it was asked: far
+/// longer than it takes, so only a broken run reaches it.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits until `done` holds; fails the test with `what` if it never does.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Types `line` at the monitor and returns its answer: what it wrote
+/// until it drew the prompt again.
+fn command(b: &FakeBackend, line: &str) -> String {
+    let text_before = b.console_text.lock().unwrap().len();
+    let prompts_before = b.prompts.lock().unwrap().len();
+    b.type_in(Typed::Monitor(format!("{line}\r").into_bytes()));
+    wait_for(&format!("the answer to {line:?}"), || {
+        b.prompts.lock().unwrap().len() > prompts_before
+    });
+    let text = b.console_text.lock().unwrap()[text_before..].to_string();
+    assert!(
+        text.starts_with(&format!("(ferrovisor) {line}\n")),
+        "{text:?}"
+    );
+    text
+}
+
+/// Runs `programs` on `cpus` threads while `script` drives the console
+/// from another thread, until the run ends; each guest may be created
+/// `creations` times. `end_when_all_stopped: false` keeps the run up
+/// until the monitor's `poweroff`.
+fn interactive(
+    cpus: usize,
+    programs: Vec<Program>,
+    on_stop: GuestStopAction,
+    creations: usize,
+    end_when_all_stopped: bool,
+    script: impl FnOnce(&GuestRun<FakeBackend>) + Send,
+) -> (FakeBackend, bool) {
+    let configs = (0..programs.len()).map(|i| config(i, None)).collect();
+    let backend = FakeBackend::new(cpus, programs, creations);
+    CPU.with(|c| c.set(0));
+    let run = GuestRun::new(backend, configs, (0..cpus).collect(), 1000, on_stop, cpus)
+        .expect("the run starts");
+    run.set_end_when_all_stopped(end_when_all_stopped);
+    run.enqueue_all();
+    std::thread::scope(|scope| {
+        for cpu in 1..cpus {
+            let run = &run;
+            scope.spawn(move || {
+                CPU.with(|c| c.set(cpu));
+                run.cpu_loop(cpu);
+                run.leave();
+            });
+        }
+        let driver = &run;
+        // Not a CPU of the run: it only types and looks.
+        scope.spawn(move || script(driver));
+        run.cpu_loop(0);
+    });
+    assert!(run.finished());
+    let poweroff = run.poweroff_requested();
+    let GuestRun { backend, .. } = run;
+    assert_eq!(
+        backend.created.load(Ordering::SeqCst),
+        backend.destroyed.load(Ordering::SeqCst),
+        "every guest created was destroyed"
+    );
+    (backend, poweroff)
+}
+
+/// Guest `i`'s scheduler figures, if it is scheduled.
+fn sched_stats(run: &GuestRun<FakeBackend>, i: usize) -> Option<sched::VcpuStats> {
+    run.queue.lock().stats(vcpu_id(i))
+}
+
+#[test]
+fn com1_output_reaches_the_console_raw_and_before_the_stop() {
+    let programs = vec![
+        Program::Print {
+            text: "hello\r\n$ \x1b[1m",
+        },
+        Program::Print { text: "bye" },
+    ];
+    let b = run_on(2, programs, vec![None; 2], GuestStopAction::Stop, 1, 1000);
+    assert_eq!(
+        *b.console_guests.lock().unwrap(),
+        [(0, "g0".to_string()), (1, "g1".to_string())],
+        "every configured guest is a console source, in order"
+    );
+    assert_eq!(b.output(0), b"hello\r\n$ \x1b[1m");
+    assert_eq!(b.output(1), b"bye");
+    assert!(
+        b.lines.lock().unwrap().iter().all(|l| !l.starts_with("[g")),
+        "COM1 no longer makes lines: {:?}",
+        b.lines.lock().unwrap()
+    );
+    let events = b.events.lock().unwrap();
+    for g in ["g0", "g1"] {
+        let last_out = events.iter().rposition(|e| *e == format!("out {g}"));
+        let stop = events.iter().position(|e| *e == format!("stop {g}"));
+        assert!(last_out < stop, "{g}'s output comes first: {events:?}");
+    }
+}
+
+#[test]
+fn console_input_reaches_a_guest_reading_com1_and_wakes_it() {
+    let (b, _) = interactive(
+        2,
+        vec![Program::Shell],
+        GuestStopAction::Stop,
+        1,
+        true,
+        |run| {
+            let b = run.backend();
+            wait_for("the prompt", || b.output(0).ends_with(SHELL_PROMPT));
+            // Halted with nothing to read, it waits for its console.
+            wait_for("the shell to halt", || {
+                sched_stats(run, 0).is_some_and(|s| s.state == sched::VcpuState::Blocked)
+            });
+            b.type_in(Typed::Guest(0, b"ls -l\r".to_vec()));
+            wait_for("the echo", || b.output(0).ends_with(b"ls -l\r"));
+            b.type_in(Typed::Guest(0, b"q".to_vec()));
+        },
+    );
+    assert_eq!(b.stops(), [("g0".into(), "exited with code 0".into())]);
+    let mut expected = SHELL_PROMPT.to_vec();
+    expected.extend_from_slice(b"ls -l\r");
+    assert_eq!(b.output(0), expected);
+}
+
+#[test]
+fn monitor_pause_holds_a_guest_while_the_other_runs_then_resume_and_poweroff() {
+    let (b, poweroff) = interactive(
+        1,
+        vec![Program::Forever, Program::Forever],
+        GuestStopAction::Stop,
+        1,
+        true,
+        |run| {
+            let b = run.backend();
+            let list = command(b, "list");
+            assert!(list.contains("NAME"), "{list}");
+            assert_eq!(list.matches("running").count(), 2, "{list}");
+            assert_eq!(
+                command(b, "pause g0"),
+                "(ferrovisor) pause g0\ng0: paused\n"
+            );
+            let held = sched_stats(run, 0).unwrap();
+            assert!(held.paused);
+            let other = sched_stats(run, 1).unwrap().slices;
+            wait_for("g1 to run on", || {
+                sched_stats(run, 1).unwrap().slices > other + 20
+            });
+            let now = sched_stats(run, 0).unwrap();
+            assert_eq!(now.state, sched::VcpuState::Paused);
+            assert_eq!(now.slices, held.slices, "a paused guest gets no slices");
+            let list = command(b, "list");
+            assert!(list.contains("paused"), "{list}");
+            assert!(command(b, "pause g0").contains("pause g0: it is already paused"));
+            assert_eq!(
+                command(b, "resume g0"),
+                "(ferrovisor) resume g0\ng0: resumed\n"
+            );
+            wait_for("g0 to run again", || {
+                sched_stats(run, 0).unwrap().slices > held.slices
+            });
+            assert!(command(b, "resume g0").contains("resume g0: it is not paused"));
+            assert!(command(b, "loglevel debug").contains("log level is now debug"));
+            assert!(command(b, "exits g0").contains("CPUID"));
+            assert!(command(b, "poweroff").ends_with("powering off\n"));
+        },
+    );
+    assert!(poweroff);
+    assert_eq!(
+        b.stops(),
+        [
+            ("g0".into(), "stopped from the monitor".into()),
+            ("g1".into(), "stopped from the monitor".into()),
+        ]
+    );
+    assert_eq!(*b.log_levels.lock().unwrap(), [console::LogLevel::Debug]);
+}
+
+#[test]
+fn monitor_stop_is_not_undone_by_the_policy_and_restart_creates_the_guest_again() {
+    let (b, _) = interactive(
+        2,
+        vec![Program::Forever, Program::Forever],
+        GuestStopAction::Restart,
+        3,
+        true,
+        |run| {
+            let b = run.backend();
+            assert_eq!(command(b, "stop g0"), "(ferrovisor) stop g0\ng0: stopped\n");
+            assert_eq!(b.created.load(Ordering::SeqCst), 2, "not restarted");
+            let list = command(b, "list");
+            assert!(
+                list.contains("stopped") && list.contains("running"),
+                "{list}"
+            );
+            assert!(command(b, "stop g0").contains("stop g0: it is already stopped"));
+            assert!(command(b, "mem g0 0x100").contains("the guest has no memory now"));
+            assert_eq!(
+                command(b, "restart g0"),
+                "(ferrovisor) restart g0\ng0: restarting\n"
+            );
+            assert_eq!(b.created.load(Ordering::SeqCst), 3);
+            wait_for("the new g0 to run", || {
+                sched_stats(run, 0).is_some_and(|s| s.slices > 0)
+            });
+            let info = command(b, "info g0");
+            assert!(info.contains("g0: running"), "{info}");
+            assert!(info.contains("1 restarts"), "{info}");
+            assert!(
+                info.contains("last stop: stopped from the monitor"),
+                "{info}"
+            );
+            // A running guest is stopped, then created again.
+            command(b, "restart g1");
+            assert_eq!(b.created.load(Ordering::SeqCst), 4);
+            assert_eq!(b.stops().len(), 2);
+            command(b, "poweroff");
+        },
+    );
+    assert_eq!(b.stops().len(), 4);
+    assert!(b
+        .stops()
+        .iter()
+        .all(|(_, r)| r == "stopped from the monitor"));
+}
+
+#[test]
+fn monitor_regs_and_mem_read_a_guest_that_ran_on_another_cpu() {
+    let (b, _) = interactive(
+        2,
+        vec![Program::Shell],
+        GuestStopAction::Stop,
+        1,
+        true,
+        |run| {
+            let b = run.backend();
+            wait_for("the shell to halt", || {
+                sched_stats(run, 0).is_some_and(|s| s.state == sched::VcpuState::Blocked)
+            });
+            let regs = command(b, "regs g0");
+            assert!(regs.contains(&format!("rbx {SHELL_MARK:016x}")), "{regs}");
+            assert!(command(b, "regs g0 1").contains("regs g0: no vcpu 1"));
+            let mem = command(b, &format!("mem g0 {NAME_AT:#x} 16"));
+            assert!(mem.contains("67 30 00"), "{mem}");
+            assert!(mem.contains("|g0.............."), "{mem}");
+            let past = command(b, "mem g0 0xfff8 16");
+            assert!(
+                past.contains(
+                    "mem g0: 0xfff8..=0x10007 is past the guest's RAM, which ends at 0x10000"
+                ),
+                "{past}"
+            );
+            // The shell still answers after being read from the other CPU.
+            b.type_in(Typed::Guest(0, b"q".to_vec()));
+        },
+    );
+    assert_eq!(b.stops(), [("g0".into(), "exited with code 0".into())]);
+}
+
+#[test]
+fn a_run_that_stays_up_waits_with_no_guests_until_poweroff() {
+    let (b, poweroff) = interactive(
+        2,
+        vec![spin(100, 1)],
+        GuestStopAction::Stop,
+        2,
+        false,
+        |run| {
+            let b = run.backend();
+            wait_for("g0 to exit", || b.stops().len() == 1);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!run.finished(), "it stays up");
+            assert!(command(b, "list").contains("stopped"));
+            command(b, "restart g0");
+            wait_for("g0 to exit again", || b.stops().len() == 2);
+            assert!(!run.finished());
+            assert!(command(b, "restart g0").contains("could not be created again"));
+            command(b, "poweroff");
+        },
+    );
+    assert!(poweroff);
+    assert_eq!(
+        b.stops(),
+        [
+            ("g0".into(), "exited with code 1".into()),
+            ("g0".into(), "exited with code 1".into())
+        ]
+    );
 }
