@@ -42,10 +42,13 @@
 //! line, once started, is finished before anything else goes out, so
 //! lines never interleave mid-line, however small the per-call budget.
 //!
-//! One order is kept across the turns: a host line goes out only after
-//! every guest byte written before it (with the monitor in focus), so the
-//! log's "guest g: stopped" follows g's last words; and host lines of
-//! different sources (the log, the monitor) go out in the order written.
+//! One order is kept across the turns, with the monitor in focus: a host
+//! line goes out only after every guest byte written before it, and a
+//! guest's bytes only after every host line written before them, so the
+//! log's "guest g started" comes before g's first words and "guest g:
+//! stopped" after its last; and host lines of different sources (the
+//! log, the monitor) go out in the order written. Guests among
+//! themselves take turns.
 //! A guest's partial line holds host lines back only until the pause.
 //!
 //! A guest's line is cut into pieces of [`LINE_MAX`]; a host line, the
@@ -410,6 +413,14 @@ impl Mux {
                             || oldest_host.is_some_and(|host| host < tag)
                     }))
             {
+                continue;
+            } else if source.kind == SourceKind::Guest
+                && source
+                    .front_mark()
+                    .zip(oldest_host)
+                    .is_some_and(|(epoch, host)| host < epoch)
+            {
+                // A host line written before this guest's bytes goes first.
                 continue;
             } else {
                 let paused = now.saturating_sub(source.last_write) >= self.pause_ticks;
