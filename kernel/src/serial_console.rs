@@ -80,6 +80,11 @@ struct State {
     /// Configured guest index and its source.
     guests: Vec<(usize, SourceId)>,
     pause_ticks: u64,
+    /// The monitor's prompt, drawn once the operator has used the
+    /// console (a key for the monitor, or the hot key): a machine
+    /// nobody types at shows only its output.
+    prompt: String,
+    engaged: bool,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -87,6 +92,13 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The port's interrupt is routed (else the run's first CPU polls it).
 static ROUTED: AtomicBool = AtomicBool::new(false);
+/// The input buffer may hold bytes: [`route_input`] looks (a flag, so
+/// the run's pass over the console costs a load when nothing came).
+static INPUT_WAITING: AtomicBool = AtomicBool::new(false);
+/// When [`pump`] next has something to do: the earliest a queued
+/// partial line may show, or `u64::MAX` with nothing queued. Writers
+/// lower it; only `pump` raises it.
+static PUMP_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 /// The port's interrupts served, for the report at the end.
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 /// TSC at boot, for `stats`' uptime.
@@ -138,6 +150,8 @@ pub fn start(hotkey: u8, tsc_hz: u64) {
         lines,
         guests: Vec::new(),
         pause_ticks,
+        prompt: String::new(),
+        engaged: false,
     });
     outb(IIR_FCR, FCR_ON_TRIGGER_1);
     outb(MCR, MCR_DTR_RTS_OUT2);
@@ -152,7 +166,7 @@ pub fn start(hotkey: u8, tsc_hz: u64) {
     outb(IER, IER_RX | IER_TX);
     ACTIVE.store(true, Ordering::Release);
     info!(
-        "console: guests' output and the log share COM1; {key} three times moves the input focus ({})",
+        "console: COM1 carries the guests' output and the log; Enter brings up the monitor, {key} three times moves the input focus ({})",
         if routed {
             "port interrupt on the I/O APIC"
         } else {
@@ -234,10 +248,14 @@ fn send(bytes: &[u8]) {
     }
 }
 
-/// Fills the transmit FIFO if it is empty (never waits).
+/// Fills the transmit FIFO if it is empty (never waits), and has
+/// [`pump`] look again once a partial line left queued may show.
 fn top_up(state: &mut State, now: u64) {
     if inb(LSR) & LSR_THR_EMPTY != 0 {
         state.mux.next_chunk(now, TX_FIFO, &mut send);
+    }
+    if state.mux.has_output() {
+        PUMP_AT.fetch_min(now.saturating_add(state.pause_ticks), Ordering::AcqRel);
     }
 }
 
@@ -250,6 +268,7 @@ fn take_received(state: &mut State) {
             break;
         }
         state.input.push(inb(THR));
+        INPUT_WAITING.store(true, Ordering::Release);
     }
 }
 
@@ -394,8 +413,12 @@ pub fn write_host(text: &str) {
 pub fn set_prompt(prompt: &str) {
     let now = now();
     if let Some(state) = STATE.lock().as_mut() {
-        state.mux.set_prompt(prompt.as_bytes());
-        top_up(state, now);
+        state.prompt.clear();
+        state.prompt.push_str(prompt);
+        if state.engaged {
+            state.mux.set_prompt(prompt.as_bytes());
+            top_up(state, now);
+        }
     }
 }
 
@@ -411,6 +434,9 @@ pub enum Input {
 /// applied and announced here. The pieces are handed out after the lock
 /// is released.
 pub fn route_input(out: &mut dyn FnMut(Input)) {
+    if ROUTED.load(Ordering::Acquire) && !INPUT_WAITING.load(Ordering::Acquire) {
+        return;
+    }
     let mut pieces: Vec<Input> = Vec::new();
     {
         let now = now();
@@ -422,13 +448,16 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
             take_received(state);
         }
         let mut bytes = [0u8; 256];
+        INPUT_WAITING.store(false, Ordering::Release);
         let n = state.input.drain(&mut bytes);
         if n > 0 {
+            let was_engaged = state.engaged;
             let State {
                 mux,
                 router,
                 guests,
                 lines,
+                engaged,
                 ..
             } = state;
             router.feed(bytes.get(..n).unwrap_or(&[]), &mut |routed| match routed {
@@ -437,16 +466,23 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
                         pieces.push(Input::Guest(index, b.to_vec()));
                     }
                 }
-                Routed::Monitor(b) => pieces.push(Input::Monitor(b.to_vec())),
+                Routed::Monitor(b) => {
+                    *engaged = true;
+                    pieces.push(Input::Monitor(b.to_vec()));
+                }
                 Routed::FocusChanged {
                     focus,
                     announcement,
                 } => {
+                    *engaged = true;
                     mux.set_focus(focus);
                     mux.write(*lines, announcement.as_bytes(), now);
                     mux.write(*lines, b"\n", now);
                 }
             });
+            if state.engaged && !was_engaged {
+                state.mux.set_prompt(state.prompt.as_bytes());
+            }
             top_up(state, now);
         }
     }
@@ -459,16 +495,29 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
 /// queued: serve the console again by then.
 pub fn pump() -> Option<u64> {
     let now = now();
+    let routed = ROUTED.load(Ordering::Acquire);
+    let at = PUMP_AT.load(Ordering::Acquire);
+    // With the port's interrupt doing the sending, there is nothing to do
+    // before a queued partial line may show.
+    if routed && now < at {
+        return (at != u64::MAX).then_some(at);
+    }
     let mut guard = STATE.lock();
     let state = guard.as_mut()?;
-    if !ROUTED.load(Ordering::Acquire) {
+    if !routed {
         take_received(state);
     }
+    PUMP_AT.store(u64::MAX, Ordering::Release);
     top_up(state, now);
-    state
-        .mux
-        .has_output()
-        .then(|| now.saturating_add(state.pause_ticks / 2))
+    // Output still queued (a port that is slower than the guests, or a
+    // CPU that takes no interrupt exits): look again a little later.
+    if state.mux.has_output() {
+        let again = now.saturating_add(state.pause_ticks / 2);
+        PUMP_AT.store(again, Ordering::Release);
+        Some(again)
+    } else {
+        None
+    }
 }
 
 /// Guest `index`'s replay tail and the bytes of its output dropped.
