@@ -623,6 +623,7 @@ mod tests {
             ("fidelity-crdbg", &["crdbg32", "crdbg64"][..]),
             ("fidelity-strio", &["strio"][..]),
             ("fidelity-facts", &["facts"][..]),
+            ("console", &["echo", "echo2", "counter"][..]),
         ] {
             let path = config_dir(config).join(CONFIG_FILE);
             let text = fs::read_to_string(&path).unwrap();
@@ -799,6 +800,31 @@ mod tests {
                 ": ok\n",
             ],
         ),
+        (
+            "echo",
+            &[
+                "echo\0",
+                "FERROVISOR-MEM-1",
+                ": ready, type a line (r12=",
+                ", mem 0x50000=",
+                ")\r\n",
+                ": got ",
+            ],
+        ),
+        (
+            "echo2",
+            &[
+                "echo2\0",
+                "FERROVISOR-MEM-2",
+                ": ready, type a line (r12=",
+                ", mem 0x50000=",
+                ": got ",
+            ],
+        ),
+        (
+            "counter",
+            &["counter: ready, a line every 50 ms\r\n", "counter: \0"],
+        ),
         ("spin", &["progress "]),
         ("idle", &["idling with interrupts on\n", "woken up\n"]),
         (
@@ -915,7 +941,14 @@ mod tests {
     #[test]
     fn the_shipped_configs_stage() {
         let dir = scratch("shipped");
-        for name in ["default", "test", "bench", "broken", "fidelity-facts"] {
+        for name in [
+            "default",
+            "test",
+            "bench",
+            "broken",
+            "fidelity-facts",
+            "console",
+        ] {
             let staging = dir.join(name).join("config");
             stage(&config_dir(name), &staging).unwrap();
             assert_eq!(

@@ -33,6 +33,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("linux-stock"),
         Variant::with_guests("linux-multi"),
         Variant::with_guests("fidelity-wxapic"),
+        Variant::with_guests("console"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("write-code"),
