@@ -6,6 +6,9 @@
 # stopped guest shows the last number printed. Ticks the guest misses
 # while it does not run are dropped by the PIT model, not caught up, so
 # the count stops while the guest is paused and goes on by one after.
+# The period is guest (TSC) time: under Bochs, whose clock skips ahead
+# while every CPU halts, it passes far faster than wall-clock time (about
+# 900 lines a wall-clock second beside two idle echo guests).
 #
 # ferrovisor: load_address=0x100000 mode=long
 .include "fv.inc"
