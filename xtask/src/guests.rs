@@ -823,7 +823,7 @@ mod tests {
         ),
         (
             "counter",
-            &["counter: ready, a line every 50 ms\r\n", "counter: \0"],
+            &["counter: ready, a line every 500 ms\r\n", "counter: \0"],
         ),
         ("spin", &["progress "]),
         ("idle", &["idling with interrupts on\n", "woken up\n"]),
