@@ -34,6 +34,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("linux-multi"),
         Variant::with_guests("fidelity-wxapic"),
         Variant::with_guests("console"),
+        Variant::with_guests("console-linux"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("write-code"),
