@@ -4,14 +4,19 @@
 //!
 //! The images are built by `cargo xtask test` before these tests run; a test
 //! that finds none says so instead of building behind the caller's back.
+//!
+//! A test that types into the machine starts it with [`start`] and gets an
+//! [`Interactive`] boot: it sends bytes, waits for text printed after what
+//! it has already seen, and ends with the same [`BootOutcome`] the
+//! [`Checked`] helpers read.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::path::Path;
 use xtask::build::{Firmware, Variant};
 
-use xtask::runner::{self, BootOptions, BootOutcome, Engine, Exit, Machine};
+use xtask::runner::{self, BootOptions, BootOutcome, Console, Engine, Exit, Machine, WaitError};
 use xtask::setup::{self, Found};
 
 /// Emulators and firmware, looked up once per test binary.
@@ -92,12 +97,27 @@ fn boot_machine(
     timeout: Duration,
     tag: &str,
 ) -> BootOutcome {
+    let opts = options(image, engine, firmware, machine, cpus, timeout, tag);
+    runner::boot(&opts, tools())
+        .unwrap_or_else(|e| panic!("cannot boot {}: {e}", opts.image.display()))
+}
+
+/// The runner's options for one boot test.
+fn options(
+    image: &Path,
+    engine: Engine,
+    firmware: Firmware,
+    machine: Machine,
+    cpus: u32,
+    timeout: Duration,
+    tag: &str,
+) -> BootOptions {
     assert!(
         image.is_file(),
         "{} is missing: the boot tests run through `cargo xtask test`, which builds the images first",
         image.display()
     );
-    let opts = BootOptions {
+    BootOptions {
         engine,
         firmware,
         image: image.to_path_buf(),
@@ -108,9 +128,168 @@ fn boot_machine(
         echo: false,
         work_dir: xtask::out_dir().join("boot-tests").join(tag),
         machine,
-    };
-    runner::boot(&opts, tools())
-        .unwrap_or_else(|e| panic!("cannot boot {}: {e}", opts.image.display()))
+        console: Console::Output,
+    }
+}
+
+/// Starts `variant`'s image for `firmware` under `engine` (QEMU as `q35`)
+/// with COM1 connected to the test, and returns as soon as the emulator
+/// has connected it, the machine running. `timeout` bounds the whole run
+/// (the emulator is killed then); `what` names the boot in failure
+/// messages.
+pub fn start(
+    variant: &Variant,
+    engine: Engine,
+    firmware: Firmware,
+    timeout: Duration,
+    what: &str,
+) -> Interactive {
+    let tag = format!(
+        "{}-{}-{}-interactive",
+        variant.dir_name(),
+        engine.name(),
+        firmware.name()
+    );
+    let mut opts = options(
+        &variant.image(firmware),
+        engine,
+        firmware,
+        Machine::Q35,
+        1,
+        timeout,
+        &tag,
+    );
+    opts.console = Console::Interactive;
+    let session = runner::start(&opts, tools())
+        .unwrap_or_else(|e| panic!("cannot boot {}: {e}", opts.image.display()));
+    Interactive {
+        session: Some(session),
+        cursor: 0,
+        what: what.to_string(),
+    }
+}
+
+/// A running boot the test talks to through COM1 ([`start`]). Waits look
+/// for text after the cursor: the end of the last match.
+pub struct Interactive {
+    // `None` only once `finish` or `stop` has taken it.
+    session: Option<runner::Session>,
+    cursor: usize,
+    what: String,
+}
+
+impl Interactive {
+    fn session(&mut self) -> &mut runner::Session {
+        match self.session.as_mut() {
+            Some(session) => session,
+            None => {
+                unreachable!("the session is taken only by finish and stop, which consume self")
+            }
+        }
+    }
+
+    /// Everything the machine has printed so far, `\r` removed.
+    pub fn console(&mut self) -> String {
+        self.session().transcript().text()
+    }
+
+    /// The byte offset in [`Self::console`] after which waits look.
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    fn fail(&mut self, problem: &str) -> ! {
+        let session = self.session();
+        // COM1 closed: the emulator is exiting; give it a moment to say how.
+        let mut exit = session.poll().ok().flatten();
+        let until = Instant::now() + Duration::from_secs(2);
+        while exit.is_none() && session.transcript().ended() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+            exit = session.poll().ok().flatten();
+        }
+        let elapsed = session.elapsed().as_secs_f64();
+        let console = session.transcript().text();
+        panic!(
+            "{}: {problem}\nexit: {exit:?} after {elapsed:.1}s\n--- serial console ---\n{console}",
+            self.what
+        );
+    }
+
+    /// Sends `bytes` to the machine's COM1 (all at once: the emulator
+    /// hands them to the UART as the guest reads).
+    pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        if let Err(e) = self.session().send(bytes) {
+            self.fail(&format!(
+                "cannot send {:?}: {e}",
+                String::from_utf8_lossy(bytes)
+            ));
+        }
+        self
+    }
+
+    /// Waits up to `timeout` for `needle` to appear after the cursor and
+    /// moves the cursor past it; true if it did. A machine that powers
+    /// off first answers false at once.
+    pub fn saw_within(&mut self, needle: &str, timeout: Duration) -> bool {
+        let cursor = self.cursor;
+        match self
+            .session()
+            .transcript()
+            .wait_for(cursor, needle, timeout)
+        {
+            Ok(end) => {
+                self.cursor = end;
+                true
+            }
+            Err(WaitError::TimedOut | WaitError::Ended) => false,
+        }
+    }
+
+    /// [`Self::saw_within`], failing the test with the whole console so
+    /// far when `needle` does not come.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> &mut Self {
+        let start = Instant::now();
+        let cursor = self.cursor;
+        match self
+            .session()
+            .transcript()
+            .wait_for(cursor, needle, timeout)
+        {
+            Ok(end) => {
+                self.cursor = end;
+                self
+            }
+            Err(WaitError::TimedOut) => self.fail(&format!(
+                "the console did not show {needle:?} (after byte {cursor}) within {:.1}s",
+                start.elapsed().as_secs_f64()
+            )),
+            Err(WaitError::Ended) => self.fail(&format!(
+                "the emulator closed COM1 without showing {needle:?} (after byte {cursor})"
+            )),
+        }
+    }
+
+    /// Waits for the emulator to exit by itself (killed at the boot's time
+    /// limit: [`Exit::TimedOut`]) and returns the outcome for [`Checked`].
+    pub fn finish(mut self) -> BootOutcome {
+        let what = self.what.clone();
+        match self.session.take().map(runner::Session::finish) {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => panic!("{what}: {e}"),
+            None => unreachable!("finish consumes the only handle"),
+        }
+    }
+
+    /// Kills the emulator now and returns the outcome ([`Exit::Stopped`]
+    /// unless it had already exited).
+    pub fn stop(mut self) -> BootOutcome {
+        let what = self.what.clone();
+        match self.session.take().map(runner::Session::stop) {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => panic!("{what}: {e}"),
+            None => unreachable!("stop consumes the only handle"),
+        }
+    }
 }
 
 /// Checks made on one boot, each failure reported with the whole console.

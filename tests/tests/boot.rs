@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use tests::{boot, boot_image, boot_smp, Checked};
+use tests::{boot, boot_image, boot_smp, start, Checked};
 use xtask::build::{Firmware, Variant};
 use xtask::runner::{Engine, Machine};
 
@@ -184,6 +184,49 @@ fn qemu_bios_reports_no_vtx_and_powers_off() {
 #[test]
 fn qemu_uefi_reports_no_vtx_and_powers_off() {
     qemu_without_vtx(Firmware::Uefi);
+}
+
+/// COM1 as a two-way stream (what `cargo xtask run` gives a terminal):
+/// under QEMU TCG, by BIOS and by UEFI, the whole boot comes over the
+/// runner's socket, each wait finds text after the last one, and 64 bytes
+/// typed at once during the boot (Ctrl-A three times among them) disturb
+/// nothing: the report, the plan and the ACPI power-off are those of the
+/// output-only boot.
+#[test]
+fn qemu_interactive_console_collects_the_boot_and_takes_input() {
+    for firmware in [Firmware::Bios, Firmware::Uefi] {
+        let what = format!("QEMU TCG interactive boot ({})", firmware.name());
+        let started = format!("ferrovisor {} starting", env!("CARGO_PKG_VERSION"));
+        let mut machine = start(
+            &Variant::default(),
+            Engine::Qemu,
+            firmware,
+            QEMU_LIMIT,
+            &what,
+        );
+        machine.wait_for(&started, QEMU_LIMIT);
+        let typed: Vec<u8> = b"\x01\x01\x01hello, ferrovisor\r"
+            .iter()
+            .copied()
+            .cycle()
+            .take(64)
+            .collect();
+        machine
+            .send(&typed)
+            .wait_for("cpu0: VT-x unavailable: ", QEMU_LIMIT)
+            .wait_for("powering off", QEMU_LIMIT);
+        assert!(
+            !machine.saw_within(&started, Duration::ZERO),
+            "{what}: a wait found the first line again after the cursor had passed it"
+        );
+        let out = machine.finish();
+        let c = Checked::new(&out, &what);
+        common_report(&c);
+        c.in_order("VT-x unavailable", "powering off")
+            .never("powering off after a failure")
+            .exit_code(0);
+        default_plan(&c, "disk ahci0-port0 partition FERROCFG");
+    }
 }
 
 /// With two CPUs and no VT-x (QEMU TCG), by BIOS and by UEFI: the second

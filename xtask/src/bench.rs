@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use xtask::build::{self, Firmware, Variant};
-use xtask::runner::{self, BootOptions, Engine, Machine};
+use xtask::runner::{self, BootOptions, Console, Engine, Machine};
 use xtask::{out_dir, setup, workspace_root};
 
 /// The exit-path target for a CPUID round trip (Bochs ticks).
@@ -148,6 +148,7 @@ fn boot_bochs(
         work_dir: out_dir()
             .join("bench")
             .join(format!("{}-smp{cpus}", variant.dir_name())),
+        console: Console::Output,
     };
     runner::boot(&opts, tools).map_err(|e| e.to_string())
 }

@@ -1,13 +1,18 @@
 //! Booting an image under an emulator and collecting its serial console.
 //!
-//! QEMU's serial port goes to its stdout, read through a pipe; Bochs writes
-//! its COM1 to a file, which is followed while it runs. Either way every
-//! line is kept (for the boot tests) and, when asked, echoed live to the
-//! terminal. A time limit kills the emulator and says so.
+//! By default ([`Console::Output`]) QEMU's serial port goes to its stdout,
+//! read through a pipe, and Bochs writes its COM1 to a file, which is
+//! followed while it runs. With [`Console::Interactive`] either emulator
+//! connects its COM1 to a loopback TCP socket instead (see `console`), so
+//! the caller can also type into the machine ([`start`], [`Session`]).
+//! Either way everything is kept (for the boot tests) and, when asked,
+//! echoed live to the terminal. A time limit kills the emulator and says
+//! so.
 
 use std::fmt;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -16,6 +21,11 @@ use std::time::{Duration, Instant};
 
 use crate::build::Firmware;
 use crate::setup::Found;
+
+mod console;
+
+use console::Com1Listener;
+pub use console::{find_from, SerialInput, Transcript, WaitError};
 
 /// The emulators Ferrovisor boots under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +73,22 @@ pub struct BootOptions {
     pub work_dir: PathBuf,
     /// The machine QEMU emulates (Bochs has one machine).
     pub machine: Machine,
+    /// What COM1 is connected to: output only (the default), or a two-way
+    /// stream. [`boot`] with either collects the same console; only
+    /// [`start`] lets the caller type.
+    pub console: Console,
+}
+
+/// What the machine's COM1 is connected to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Console {
+    /// Output only: QEMU's stdout, Bochs's file; the machine reads nothing.
+    #[default]
+    Output,
+    /// A two-way byte stream over a loopback TCP socket: the machine's
+    /// output is collected as with `Output` (echoed byte for byte, `\r`
+    /// kept, when `echo` is set), and bytes sent reach its UART.
+    Interactive,
 }
 
 /// The PC QEMU emulates, which decides the disk controller the image sits
@@ -104,6 +130,8 @@ pub enum Exit {
     Signal,
     /// It ran past the time limit and was killed.
     TimedOut,
+    /// The caller stopped it ([`Session::stop`]).
+    Stopped,
 }
 
 /// What one boot produced.
@@ -141,6 +169,17 @@ impl std::error::Error for RunError {}
 /// Boots `opts.image` and waits for the machine to power off or the time
 /// limit to pass.
 pub fn boot(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
+    if opts.console == Console::Interactive {
+        return start(opts, tools)?.finish();
+    }
+    prepare(opts)?;
+    match opts.engine {
+        Engine::Qemu | Engine::Kvm => boot_qemu(opts, tools),
+        Engine::Bochs => boot_bochs(opts, tools),
+    }
+}
+
+fn prepare(opts: &BootOptions) -> Result<(), RunError> {
     if !opts.image.is_file() {
         return Err(RunError(format!(
             "disk image {} does not exist",
@@ -148,30 +187,41 @@ pub fn boot(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> 
         )));
     }
     fs::create_dir_all(&opts.work_dir)
-        .map_err(|e| RunError(format!("cannot create {}: {e}", opts.work_dir.display())))?;
-    match opts.engine {
-        Engine::Qemu | Engine::Kvm => boot_qemu(opts, tools),
-        Engine::Bochs => boot_bochs(opts, tools),
-    }
+        .map_err(|e| RunError(format!("cannot create {}: {e}", opts.work_dir.display())))
 }
 
-/// The QEMU command line for `opts`.
+/// The QEMU command line for `opts`, its serial port on its stdout.
 pub fn qemu_command(opts: &BootOptions, tools: &Found) -> Result<Command, RunError> {
+    qemu_command_for(opts, tools, None)
+}
+
+/// The QEMU command line for `opts`, COM1 on stdout, or connecting to
+/// `com1` when given.
+fn qemu_command_for(
+    opts: &BootOptions,
+    tools: &Found,
+    com1: Option<SocketAddr>,
+) -> Result<Command, RunError> {
     let qemu = tools
         .qemu
         .as_ref()
         .ok_or_else(|| RunError("QEMU was not found".into()))?;
     let mut cmd = Command::new(qemu);
     cmd.args(["-machine", opts.machine.name()]);
-    cmd.args([
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ]);
+    cmd.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
+    match com1 {
+        None => cmd.args(["-serial", "stdio"]),
+        // A socket client: QEMU connects while it starts (it fails to start
+        // if it cannot) and reads from it only what the UART has room for.
+        Some(addr) => cmd
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=com1,host={},port={}",
+                addr.ip(),
+                addr.port()
+            ))
+            .args(["-serial", "chardev:com1"]),
+    };
     cmd.arg("-m").arg(format!("{}M", opts.memory_mib));
     cmd.arg("-smp").arg(opts.cpus.to_string());
     if opts.engine == Engine::Kvm {
@@ -241,7 +291,7 @@ fn boot_qemu(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError>
 /// Each setting answers one of the quirks listed in DESIGN.md: a display
 /// that needs no viewer (Debian's Bochs has no `nogui`), the cirrus VGA the
 /// bootloader's BIOS stage needs, `ips` and `clock` settings that skip the
-/// ROM BIOS's emulated delays, and COM1 to a file.
+/// ROM BIOS's emulated delays, and COM1 to a file (`serial`).
 ///
 /// The display is `term` with its panics only reported: the bootloader
 /// leaves the cirrus card in an 800x600x24 mode that no Debian display
@@ -260,6 +310,32 @@ pub fn bochs_config(
     serial: &Path,
     log: &Path,
 ) -> Result<String, RunError> {
+    bochs_config_for(opts, tools, &Com1::File(serial), log)
+}
+
+/// Where the emulator's COM1 goes.
+enum Com1<'a> {
+    /// Output to this file (Bochs).
+    File(&'a Path),
+    /// A socket the emulator connects to while it starts.
+    Connect(SocketAddr),
+}
+
+/// [`bochs_config`] with COM1 to a file or, as a socket client, to a
+/// listener: Bochs connects while it starts (a failed connection would
+/// leave COM1 unconnected; the runner listens before it starts Bochs) and
+/// takes a byte from the socket only when the UART's receive buffer is
+/// empty.
+fn bochs_config_for(
+    opts: &BootOptions,
+    tools: &Found,
+    com1: &Com1<'_>,
+    log: &Path,
+) -> Result<String, RunError> {
+    let com1 = match com1 {
+        Com1::File(path) => format!("mode=file, dev=\"{}\"", path.display()),
+        Com1::Connect(addr) => format!("mode=socket-client, dev=\"{addr}\""),
+    };
     let bochs = tools
         .bochs
         .as_ref()
@@ -276,7 +352,7 @@ display_library: term
 ata0-master: type=disk, path=\"{image}\", mode=volatile
 boot: disk
 clock: sync=none, time0=local
-com1: enabled=1, mode=file, dev=\"{serial}\"
+com1: enabled=1, {com1}
 speaker: enabled=0
 sound: driver=dummy
 log: \"{log}\"
@@ -290,12 +366,46 @@ debug: action=ignore
         bios = bochs.bios.display(),
         vgabios = bochs.vgabios.display(),
         image = opts.image.display(),
-        serial = serial.display(),
+        com1 = com1,
         log = log.display(),
     ))
 }
 
 fn boot_bochs(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> {
+    let serial_path = opts.work_dir.join("com1.txt");
+    let _ = fs::remove_file(&serial_path);
+    fs::write(&serial_path, "")
+        .map_err(|e| RunError(format!("cannot write {}: {e}", serial_path.display())))?;
+    let (mut cmd, log_path) = bochs_command(opts, tools, &Com1::File(&serial_path))?;
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunError(format!("cannot start Bochs: {e}")))?;
+    let lines = spawn_file_follower(serial_path.clone());
+    let (serial, exit) = collect(&mut child, lines, opts, start)?;
+    let _ = fs::remove_file(bochs_lock(opts));
+    let emulator_log = fs::read_to_string(&log_path).ok();
+    Ok(BootOutcome {
+        serial,
+        exit,
+        emulator_log,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The lock file Bochs keeps beside a disk image it has open.
+fn bochs_lock(opts: &BootOptions) -> PathBuf {
+    PathBuf::from(format!("{}.lock", opts.image.display()))
+}
+
+/// Writes Bochs's configuration and debugger script for `opts` into the
+/// work folder and returns the command that starts it, with the path of
+/// the log it will write.
+fn bochs_command(
+    opts: &BootOptions,
+    tools: &Found,
+    com1: &Com1<'_>,
+) -> Result<(Command, PathBuf), RunError> {
     if opts.firmware != Firmware::Bios {
         return Err(RunError(
             "Bochs boots BIOS images only; use --firmware bios".into(),
@@ -305,25 +415,20 @@ fn boot_bochs(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError
         .bochs
         .as_ref()
         .ok_or_else(|| RunError("Bochs was not found".into()))?;
-    let serial_path = opts.work_dir.join("com1.txt");
     let log_path = opts.work_dir.join("bochs.log");
     let rc_path = opts.work_dir.join("bochsrc.txt");
     let debugger_rc = opts.work_dir.join("debugger.rc");
     // A killed Bochs leaves `IMAGE.lock` behind and the next run refuses the
     // disk; Bochs runs are never shared, so a stale lock is always ours.
-    let _ = fs::remove_file(PathBuf::from(format!("{}.lock", opts.image.display())));
-    for path in [&serial_path, &log_path] {
-        let _ = fs::remove_file(path);
-    }
-    let config = bochs_config(opts, tools, &serial_path, &log_path)?;
+    let _ = fs::remove_file(bochs_lock(opts));
+    let _ = fs::remove_file(&log_path);
+    let config = bochs_config_for(opts, tools, com1, &log_path)?;
     fs::write(&rc_path, config)
         .map_err(|e| RunError(format!("cannot write {}: {e}", rc_path.display())))?;
     // Debian's Bochs has the debugger built in and stops at its prompt;
     // this script tells it to continue at once.
     fs::write(&debugger_rc, "c\n")
         .map_err(|e| RunError(format!("cannot write {}: {e}", debugger_rc.display())))?;
-    fs::write(&serial_path, "")
-        .map_err(|e| RunError(format!("cannot write {}: {e}", serial_path.display())))?;
 
     let mut cmd = Command::new(&bochs.binary);
     // The term display draws with curses on stdout (sent to /dev/null); it
@@ -338,20 +443,220 @@ fn boot_bochs(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| RunError(format!("cannot start Bochs: {e}")))?;
-    let lines = spawn_file_follower(serial_path.clone());
-    let (serial, exit) = collect(&mut child, lines, opts, start)?;
-    let _ = fs::remove_file(PathBuf::from(format!("{}.lock", opts.image.display())));
-    let emulator_log = fs::read_to_string(&log_path).ok();
-    Ok(BootOutcome {
-        serial,
-        exit,
-        emulator_log,
-        elapsed: start.elapsed(),
-    })
+    Ok((cmd, log_path))
+}
+
+/// Starts a boot of `opts.image` with COM1 as a two-way stream (whatever
+/// `opts.console` says) and returns at once, the machine running: the
+/// caller sends input, watches the [`Transcript`], and ends with
+/// [`Session::finish`] or [`Session::stop`]. The output is echoed and
+/// logged as `opts` asks, as [`boot`] does.
+pub fn start(opts: &BootOptions, tools: &Found) -> Result<Session, RunError> {
+    prepare(opts)?;
+    let listener =
+        Com1Listener::open().map_err(|e| RunError(format!("cannot listen for COM1: {e}")))?;
+    let com1 = Com1::Connect(listener.addr());
+    let (mut cmd, log) = match opts.engine {
+        Engine::Qemu | Engine::Kvm => {
+            let mut cmd = qemu_command_for(opts, tools, Some(listener.addr()))?;
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            (cmd, EmulatorLog::Stderr(None))
+        }
+        Engine::Bochs => {
+            let (cmd, path) = bochs_command(opts, tools, &com1)?;
+            (cmd, EmulatorLog::File(path))
+        }
+    };
+    let serial_log = match &opts.serial_log {
+        Some(path) => Some(
+            fs::File::create(path)
+                .map_err(|e| RunError(format!("cannot create {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        RunError(format!(
+            "cannot start {}: {e}",
+            cmd.get_program().to_string_lossy()
+        ))
+    })?;
+    let log = match log {
+        EmulatorLog::Stderr(_) => EmulatorLog::Stderr(Some(spawn_collector(child.stderr.take()))),
+        file => file,
+    };
+    let mut session = Session {
+        child,
+        input: None,
+        transcript: Transcript::new(),
+        reader: None,
+        log,
+        bochs_lock: (opts.engine == Engine::Bochs).then(|| bochs_lock(opts)),
+        started,
+        timeout: opts.timeout,
+        exit: None,
+    };
+    let stream = match listener.accept(&mut session.child) {
+        Ok(stream) => stream,
+        Err(why) => {
+            // No reader ever started: nothing more will come.
+            session.transcript.end();
+            let outcome = session.stop()?;
+            let said = outcome.emulator_log.unwrap_or_default();
+            return Err(RunError(format!("{why}\n{}", said.trim_end())));
+        }
+    };
+    let (input, reader) =
+        console::spawn_reader(stream, session.transcript.clone(), opts.echo, serial_log)
+            .map_err(|e| RunError(format!("cannot read COM1: {e}")))?;
+    session.input = Some(input);
+    session.reader = Some(reader);
+    Ok(session)
+}
+
+/// Where a session finds the emulator's own log.
+enum EmulatorLog {
+    /// QEMU's stderr, being collected.
+    Stderr(Option<thread::JoinHandle<String>>),
+    /// Bochs's log file.
+    File(PathBuf),
+}
+
+/// A running boot whose COM1 the caller talks to ([`start`]). Dropping it
+/// kills the emulator.
+pub struct Session {
+    child: Child,
+    input: Option<SerialInput>,
+    transcript: Transcript,
+    reader: Option<thread::JoinHandle<()>>,
+    log: EmulatorLog,
+    bochs_lock: Option<PathBuf>,
+    started: Instant,
+    timeout: Duration,
+    exit: Option<Exit>,
+}
+
+impl Session {
+    /// What the machine has printed so far; a clone follows it from
+    /// another thread.
+    pub fn transcript(&self) -> &Transcript {
+        &self.transcript
+    }
+
+    /// Sends `bytes` to the machine's COM1.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), RunError> {
+        self.input
+            .as_mut()
+            .ok_or_else(|| RunError("COM1 is not connected".into()))?
+            .send(bytes)
+            .map_err(|e| RunError(format!("cannot send to COM1: {e}")))
+    }
+
+    /// A second handle on COM1's input, for a thread that forwards a
+    /// keyboard.
+    pub fn input(&self) -> Result<SerialInput, RunError> {
+        self.input
+            .as_ref()
+            .ok_or_else(|| RunError("COM1 is not connected".into()))?
+            .try_clone()
+            .map_err(|e| RunError(format!("cannot share COM1's input: {e}")))
+    }
+
+    /// Time since the emulator started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// How the emulator ended, if it has: checks without waiting, and
+    /// kills it once the time limit has passed.
+    pub fn poll(&mut self) -> Result<Option<Exit>, RunError> {
+        if self.exit.is_none() {
+            let status = self
+                .child
+                .try_wait()
+                .map_err(|e| RunError(format!("cannot wait for the emulator: {e}")))?;
+            self.exit = match status {
+                Some(status) => Some(match status.code() {
+                    Some(code) => Exit::Code(code),
+                    None => Exit::Signal,
+                }),
+                None if self.started.elapsed() > self.timeout => {
+                    self.kill();
+                    Some(Exit::TimedOut)
+                }
+                None => None,
+            };
+        }
+        Ok(self.exit)
+    }
+
+    /// Waits for the emulator to exit by itself, killing it at the time
+    /// limit, and returns what the boot produced.
+    pub fn finish(mut self) -> Result<BootOutcome, RunError> {
+        while self.poll()?.is_none() {
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(self.outcome())
+    }
+
+    /// Kills the emulator now (unless it has already exited) and returns
+    /// what the boot produced; the exit is [`Exit::Stopped`] then.
+    pub fn stop(mut self) -> Result<BootOutcome, RunError> {
+        if self.poll()?.is_none() {
+            self.kill();
+            self.exit = Some(Exit::Stopped);
+        }
+        Ok(self.outcome())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The outcome once the emulator has ended.
+    fn outcome(&mut self) -> BootOutcome {
+        let elapsed = self.started.elapsed();
+        // The emulator's end closes COM1; the reader then has the last
+        // bytes. A child of the emulator holding the socket must not hang
+        // the caller, hence the bound.
+        if self.transcript.wait_ended(Duration::from_secs(5)) {
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+        }
+        self.input = None;
+        if let Some(lock) = &self.bochs_lock {
+            let _ = fs::remove_file(lock);
+        }
+        let emulator_log = match &mut self.log {
+            EmulatorLog::Stderr(collector) => {
+                let stderr = collector
+                    .take()
+                    .and_then(|c| c.join().ok())
+                    .unwrap_or_default();
+                if !stderr.trim().is_empty() {
+                    eprintln!("qemu: {}", stderr.trim());
+                }
+                Some(stderr)
+            }
+            EmulatorLog::File(path) => fs::read_to_string(path).ok(),
+        };
+        BootOutcome {
+            serial: self.transcript.text(),
+            exit: self.exit.unwrap_or(Exit::Stopped),
+            emulator_log,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill();
+        }
+    }
 }
 
 /// Lines from the emulator, or the end of its output.

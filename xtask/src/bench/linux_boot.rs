@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use xtask::build::{self, Firmware, Variant};
 use xtask::linux::{self, Artifact};
-use xtask::runner::{self, BootOptions, BootOutcome, Engine, Exit, Machine};
+use xtask::runner::{self, BootOptions, BootOutcome, Console, Engine, Exit, Machine};
 use xtask::setup::Found;
 use xtask::{native, out_dir};
 
@@ -203,6 +203,7 @@ fn boot(
         serial_log: Some(work_dir.with_extension("console.txt")),
         echo: false,
         work_dir: work_dir.to_path_buf(),
+        console: Console::Output,
     };
     let outcome = runner::boot(&opts, tools).map_err(|e| e.to_string())?;
     if outcome.exit == Exit::TimedOut {
