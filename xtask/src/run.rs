@@ -1,11 +1,26 @@
 //! `cargo xtask run`: build, boot, and show the serial console.
+//!
+//! When stdin is a terminal the console is interactive: the terminal goes
+//! into raw mode, every key reaches the machine's COM1 as it is typed
+//! (Ctrl-A, Ctrl-C and the arrows included) and COM1 comes back byte for
+//! byte; Ctrl-] leaves. Otherwise (a script, `</dev/null`) the console is
+//! output only.
 
+use std::fs::File;
+use std::io::{IsTerminal, Read};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use xtask::build::{self, Firmware, Variant};
 use xtask::host::{self, HostFacts};
-use xtask::runner::{self, BootOptions, Engine, Exit, Machine};
+use xtask::runner::{self, BootOptions, BootOutcome, Console, Engine, Exit, Machine, SerialInput};
+use xtask::setup::Found;
 use xtask::{out_dir, setup};
+
+/// The key that leaves an interactive console: Ctrl-], as in telnet.
+const ESCAPE: u8 = 0x1d;
 
 use crate::cli::Options;
 
@@ -58,12 +73,15 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let cpus = u32::try_from(o.number("--cpus", 1)?).map_err(|_| "--cpus is too large")?;
     let memory_mib =
         u32::try_from(o.number("--memory", 512)?).map_err(|_| "--memory is too large")?;
-    let default_timeout = if choice.engine == Engine::Bochs {
-        900
-    } else {
-        60
+    let interactive = std::io::stdin().is_terminal();
+    let timeout = match o.get("--timeout") {
+        Some(_) => Duration::from_secs(o.number("--timeout", 0)?),
+        // Someone at the keyboard leaves with Ctrl-]; a shell waiting for
+        // them is no hang.
+        None if interactive => Duration::MAX,
+        None if choice.engine == Engine::Bochs => Duration::from_secs(900),
+        None => Duration::from_secs(60),
     };
-    let timeout = Duration::from_secs(o.number("--timeout", default_timeout)?);
 
     setup::ensure_toolchain().map_err(|e| e.to_string())?;
     let tools =
@@ -85,6 +103,11 @@ pub fn main(args: &[String]) -> Result<(), String> {
         timeout,
         serial_log: o.get("--serial-log").map(Into::into),
         echo: true,
+        console: if interactive {
+            Console::Interactive
+        } else {
+            Console::Output
+        },
         work_dir: out_dir().join("run").join(format!(
             "{}-{}",
             choice.engine.name(),
@@ -98,7 +121,14 @@ pub fn main(args: &[String]) -> Result<(), String> {
         cpus,
         memory_mib
     );
-    let outcome = runner::boot(&opts, &tools).map_err(|e| e.to_string())?;
+    let outcome = if interactive {
+        match interact(&opts, &tools)? {
+            Some(outcome) => outcome,
+            None => return Ok(()),
+        }
+    } else {
+        runner::boot(&opts, &tools).map_err(|e| e.to_string())?
+    };
     let took = outcome.elapsed.as_secs_f64();
     match outcome.exit {
         Exit::TimedOut => Err(format!(
@@ -117,4 +147,108 @@ pub fn main(args: &[String]) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Boots with the terminal as the machine's COM1 until the emulator exits
+/// (its outcome) or Ctrl-] is pressed (`None`, the emulator killed).
+fn interact(opts: &BootOptions, tools: &Found) -> Result<Option<BootOutcome>, String> {
+    println!(
+        "xtask: keys go to the machine; Ctrl-] leaves the emulator, \
+         Ctrl-A three times moves the focus to the next guest or the monitor"
+    );
+    let mut session = runner::start(opts, tools).map_err(|e| e.to_string())?;
+    let raw = RawTerminal::enter()?;
+    let keys = forward_keys(session.input().map_err(|e| e.to_string())?);
+    let left = loop {
+        match keys.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => break true,
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if session.poll().map_err(|e| e.to_string())?.is_some() {
+            break false;
+        }
+    };
+    if left {
+        session.stop().map_err(|e| e.to_string())?;
+        drop(raw);
+        println!("\nxtask: left the emulator (Ctrl-]); the machine was stopped");
+        return Ok(None);
+    }
+    let outcome = session.finish().map_err(|e| e.to_string())?;
+    drop(raw);
+    println!();
+    Ok(Some(outcome))
+}
+
+/// Forwards stdin to `input` byte for byte on a thread of its own, which
+/// sends once on the returned channel when Ctrl-] is pressed. At the end of
+/// stdin it stops forwarding and leaves the machine running.
+fn forward_keys(mut input: SerialInput) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let keys = buf.get(..n).unwrap_or_default();
+            let (before, escape) = match keys.iter().position(|&b| b == ESCAPE) {
+                Some(at) => (keys.get(..at).unwrap_or_default(), true),
+                None => (keys, false),
+            };
+            // The machine gone, the main thread sees its exit: stop here.
+            if input.send(before).is_err() {
+                return;
+            }
+            if escape {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The terminal in raw mode without echo, as long as this lives: the
+/// settings `stty -g` printed before are put back when it is dropped, on
+/// every way out (a return, an error, a panic's unwinding).
+struct RawTerminal {
+    saved: String,
+}
+
+impl RawTerminal {
+    fn enter() -> Result<RawTerminal, String> {
+        let saved = stty(&["-g"])?;
+        stty(&["raw", "-echo"])?;
+        Ok(RawTerminal {
+            saved: saved.trim().to_string(),
+        })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Err(why) = stty(&[self.saved.as_str()]) {
+            eprintln!("xtask: {why}; `stty sane` repairs the terminal");
+        }
+    }
+}
+
+/// Runs `stty` on the controlling terminal and returns what it printed.
+fn stty(args: &[&str]) -> Result<String, String> {
+    let tty = File::open("/dev/tty").map_err(|e| format!("cannot open /dev/tty: {e}"))?;
+    let out = Command::new("stty")
+        .args(args)
+        .stdin(tty)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run stty: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`stty {}` failed ({})", args.join(" "), out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
