@@ -196,11 +196,11 @@ pub fn qemu_command(opts: &BootOptions, tools: &Found) -> Result<Command, RunErr
 }
 
 /// The QEMU command line for `opts`, COM1 on stdout, or connecting to
-/// `com1` when given.
+/// the Unix socket `com1` when given.
 fn qemu_command_for(
     opts: &BootOptions,
     tools: &Found,
-    com1: Option<SocketAddr>,
+    com1: Option<&Path>,
 ) -> Result<Command, RunError> {
     let qemu = tools
         .qemu
@@ -213,12 +213,12 @@ fn qemu_command_for(
         None => cmd.args(["-serial", "stdio"]),
         // A socket client: QEMU connects while it starts (it fails to start
         // if it cannot) and reads from it only what the UART has room for.
-        Some(addr) => cmd
+        // (A comma in an option value is written twice.)
+        Some(path) => cmd
             .arg("-chardev")
             .arg(format!(
-                "socket,id=com1,host={},port={}",
-                addr.ip(),
-                addr.port()
+                "socket,id=com1,path={}",
+                path.display().to_string().replace(',', ",,")
             ))
             .args(["-serial", "chardev:com1"]),
     };
@@ -453,19 +453,22 @@ fn bochs_command(
 /// logged as `opts` asks, as [`boot`] does.
 pub fn start(opts: &BootOptions, tools: &Found) -> Result<Session, RunError> {
     prepare(opts)?;
-    let listener =
-        Com1Listener::open().map_err(|e| RunError(format!("cannot listen for COM1: {e}")))?;
-    let com1 = Com1::Connect(listener.addr());
-    let (mut cmd, log) = match opts.engine {
-        Engine::Qemu | Engine::Kvm => {
-            let mut cmd = qemu_command_for(opts, tools, Some(listener.addr()))?;
+    let listener = match opts.engine {
+        Engine::Qemu | Engine::Kvm => Com1Listener::unix(),
+        Engine::Bochs => Com1Listener::tcp(),
+    }
+    .map_err(|e| RunError(format!("cannot listen for COM1: {e}")))?;
+    let (mut cmd, log) = match (listener.addr(), listener.path()) {
+        (None, Some(path)) => {
+            let mut cmd = qemu_command_for(opts, tools, Some(path))?;
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
             (cmd, EmulatorLog::Stderr(None))
         }
-        Engine::Bochs => {
-            let (cmd, path) = bochs_command(opts, tools, &com1)?;
+        (Some(addr), _) => {
+            let (cmd, path) = bochs_command(opts, tools, &Com1::Connect(addr))?;
             (cmd, EmulatorLog::File(path))
         }
+        (None, None) => unreachable!("a listener has an address or a path"),
     };
     let serial_log = match &opts.serial_log {
         Some(path) => Some(

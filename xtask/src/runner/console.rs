@@ -1,7 +1,15 @@
-//! COM1 as a two-way byte stream: the emulator connects its COM1 to a TCP
-//! listener the runner opens on the loopback interface; what the machine
-//! sends is kept in a [`Transcript`] (and echoed, logged), and bytes written
-//! to the connection reach the machine's UART.
+//! COM1 as a two-way byte stream: the emulator connects its COM1 to a
+//! listener the runner opens (QEMU: a Unix socket; Bochs, which knows only
+//! TCP: the loopback interface); what the machine sends is kept in a
+//! [`Transcript`] (and echoed, logged), and bytes written to the
+//! connection reach the machine's UART.
+//!
+//! Why not TCP for both: an emulator that exits with input its guest never
+//! read closes its socket with unread data, and TCP then sends a reset,
+//! which throws away whatever output the runner had not read yet (the last
+//! lines, seen under QEMU on a loaded host). A Unix socket keeps that
+//! output readable. Under Bochs the risk stays: a test that types into a
+//! guest that never reads COM1 may lose the end of the console.
 //!
 //! Neither engine loses input, so nothing here paces it: QEMU's chardev
 //! reads from the socket only as many bytes as the 16550's receive FIFO
@@ -13,7 +21,10 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -174,7 +185,47 @@ impl Transcript {
 /// The writing end of COM1: bytes sent here reach the machine's UART in
 /// order (the emulator takes them as the guest reads; see the module doc).
 pub struct SerialInput {
-    stream: TcpStream,
+    stream: Com1Stream,
+}
+
+/// A connected COM1, over either kind of socket.
+pub(super) enum Com1Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Com1Stream {
+    fn try_clone(&self) -> io::Result<Com1Stream> {
+        Ok(match self {
+            Com1Stream::Tcp(s) => Com1Stream::Tcp(s.try_clone()?),
+            Com1Stream::Unix(s) => Com1Stream::Unix(s.try_clone()?),
+        })
+    }
+}
+
+impl Read for Com1Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Com1Stream::Tcp(s) => s.read(buf),
+            Com1Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Com1Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Com1Stream::Tcp(s) => s.write(buf),
+            Com1Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Com1Stream::Tcp(s) => s.flush(),
+            Com1Stream::Unix(s) => s.flush(),
+        }
+    }
 }
 
 impl SerialInput {
@@ -192,43 +243,86 @@ impl SerialInput {
     }
 }
 
-/// The listener the emulator's COM1 connects to, on a free loopback port.
-pub(super) struct Com1Listener {
-    listener: TcpListener,
-    addr: SocketAddr,
+/// The listener the emulator's COM1 connects to.
+pub(super) enum Com1Listener {
+    /// On a free loopback port.
+    Tcp(TcpListener, SocketAddr),
+    /// At a path of its own in the temporary folder (a socket's path must
+    /// be short, which the work folder's need not be); removed once the
+    /// emulator has connected.
+    Unix(UnixListener, PathBuf),
 }
 
 impl Com1Listener {
-    pub(super) fn open() -> io::Result<Com1Listener> {
+    pub(super) fn tcp() -> io::Result<Com1Listener> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let addr = listener.local_addr()?;
-        Ok(Com1Listener { listener, addr })
+        Ok(Com1Listener::Tcp(listener, addr))
     }
 
-    /// The address to give the emulator.
-    pub(super) fn addr(&self) -> SocketAddr {
-        self.addr
+    pub(super) fn unix() -> io::Result<Com1Listener> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ferrovisor-com1-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A leftover of an earlier process with this id.
+        let _ = std::fs::remove_file(&path);
+        Ok(Com1Listener::Unix(UnixListener::bind(&path)?, path))
+    }
+
+    /// The TCP address to give the emulator, if it listens on TCP.
+    pub(super) fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Com1Listener::Tcp(_, addr) => Some(*addr),
+            Com1Listener::Unix(..) => None,
+        }
+    }
+
+    /// The socket path to give the emulator, if it listens on one.
+    pub(super) fn path(&self) -> Option<&Path> {
+        match self {
+            Com1Listener::Tcp(..) => None,
+            Com1Listener::Unix(_, path) => Some(path),
+        }
+    }
+
+    fn try_accept(&self) -> io::Result<Com1Stream> {
+        match self {
+            Com1Listener::Tcp(listener, _) => {
+                let (stream, _) = listener.accept()?;
+                stream.set_nonblocking(false)?;
+                // Keystrokes go out as typed, not gathered.
+                let _ = stream.set_nodelay(true);
+                Ok(Com1Stream::Tcp(stream))
+            }
+            Com1Listener::Unix(listener, _) => {
+                let (stream, _) = listener.accept()?;
+                stream.set_nonblocking(false)?;
+                Ok(Com1Stream::Unix(stream))
+            }
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Com1Listener::Tcp(listener, _) => listener.set_nonblocking(true),
+            Com1Listener::Unix(listener, _) => listener.set_nonblocking(true),
+        }
     }
 
     /// Waits for the emulator (`child`) to connect. Both emulators connect
     /// while they start, before the machine runs, so this is quick; an
     /// emulator that exits first, or a minute with no connection, is an
     /// error.
-    pub(super) fn accept(self, child: &mut Child) -> Result<TcpStream, String> {
-        self.listener
-            .set_nonblocking(true)
+    pub(super) fn accept(self, child: &mut Child) -> Result<Com1Stream, String> {
+        self.set_nonblocking()
             .map_err(|e| format!("cannot poll the COM1 listener: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .map_err(|e| format!("cannot set up the COM1 connection: {e}"))?;
-                    // Keystrokes go out as typed, not gathered.
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
+            match self.try_accept() {
+                Ok(stream) => return Ok(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("cannot accept the COM1 connection: {e}")),
             }
@@ -245,12 +339,20 @@ impl Com1Listener {
     }
 }
 
+impl Drop for Com1Listener {
+    fn drop(&mut self) {
+        if let Com1Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Splits a connected COM1 into its input and a thread that reads the
 /// machine's output into `transcript` until the emulator closes it,
 /// echoing it byte for byte to stdout when `echo` is set and appending it
 /// (`\r` removed) to `log`.
 pub(super) fn spawn_reader(
-    stream: TcpStream,
+    stream: Com1Stream,
     transcript: Transcript,
     echo: bool,
     mut log: Option<File>,
@@ -266,6 +368,7 @@ pub(super) fn spawn_reader(
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A reset (the emulator left input unread) ends it too.
                 Err(_) => break,
             };
             let bytes = buf.get(..n).unwrap_or_default();
@@ -288,6 +391,9 @@ pub(super) fn spawn_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    trait ReadWrite: Read + Write {}
+    impl<T: Read + Write> ReadWrite for T {}
 
     #[test]
     fn find_from_returns_the_end_of_the_first_match_at_or_after_the_cursor() {
@@ -368,16 +474,32 @@ mod tests {
     fn bytes_sent_on_the_input_arrive_in_order_and_the_output_is_collected() {
         // The runner's side of COM1 against a stand-in emulator that
         // echoes what it reads, then closes.
-        let listener = Com1Listener::open().unwrap();
+        for listener in [Com1Listener::tcp().unwrap(), Com1Listener::unix().unwrap()] {
+            a_stand_in_machine_echoes_64_bytes(listener);
+        }
+    }
+
+    fn a_stand_in_machine_echoes_64_bytes(listener: Com1Listener) {
         let addr = listener.addr();
+        let path = listener.path().map(Path::to_path_buf);
         let machine = thread::spawn(move || {
-            let mut com1 = TcpStream::connect(addr).unwrap();
+            let mut com1: Box<dyn ReadWrite> = match (addr, path) {
+                (Some(addr), _) => Box::new(TcpStream::connect(addr).unwrap()),
+                (None, Some(path)) => Box::new(UnixStream::connect(path).unwrap()),
+                (None, None) => unreachable!(),
+            };
             com1.write_all(b"READY\r\n").unwrap();
             let mut got = [0u8; 64];
             com1.read_exact(&mut got).unwrap();
             com1.write_all(&got).unwrap();
         });
-        let stream = listener.listener.accept().unwrap().0;
+        let stream = loop {
+            match listener.try_accept() {
+                Ok(stream) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
         let transcript = Transcript::new();
         let (mut input, reader) = spawn_reader(stream, transcript.clone(), false, None).unwrap();
         let at = transcript
