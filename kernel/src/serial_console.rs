@@ -95,6 +95,12 @@ static ROUTED: AtomicBool = AtomicBool::new(false);
 /// The input buffer may hold bytes: [`route_input`] looks (a flag, so
 /// the run's pass over the console costs a load when nothing came).
 static INPUT_WAITING: AtomicBool = AtomicBool::new(false);
+/// The input buffer was full with bytes still in the port: the port's
+/// receive condition stays raised (no new edge, so no interrupt) until
+/// the run's passes have taken them.
+static RX_BACKLOG: AtomicBool = AtomicBool::new(false);
+/// The partial-line pause in TSC ticks, readable without the lock.
+static PAUSE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// When [`pump`] next has something to do: the earliest a queued
 /// partial line may show, or `u64::MAX` with nothing queued. Writers
 /// lower it; only `pump` raises it.
@@ -137,6 +143,7 @@ pub fn uptime_ms(tsc_hz: u64) -> u64 {
 pub fn start(hotkey: u8, tsc_hz: u64) {
     crate::serial::drain();
     let pause_ticks = tsc_hz / 1000 * PAUSE_MS;
+    PAUSE_TICKS.store(pause_ticks, Ordering::Relaxed);
     let mut mux = Mux::new(pause_ticks);
     let log = mux.add_source("log", SourceKind::Host, OutputRing::new(HOST_RING, 0));
     let lines = mux.add_source("console", SourceKind::Host, OutputRing::new(HOST_RING, 0));
@@ -259,17 +266,25 @@ fn top_up(state: &mut State, now: u64) {
     }
 }
 
-/// Moves every received byte into the input buffer.
+/// Moves received bytes into the input buffer while it has room. What
+/// does not fit stays in the port (whose own flow control, or FIFO,
+/// holds it) until [`route_input`] has made room: a paste is delivered
+/// late rather than lost.
 fn take_received(state: &mut State) {
     // At most a FIFO's worth and then some: a port that claims data
     // forever cannot hold the CPU.
     for _ in 0..64 {
+        if state.input.len() >= console::INPUT_CAPACITY {
+            RX_BACKLOG.store(true, Ordering::Release);
+            return;
+        }
         if inb(LSR) & LSR_DATA_READY == 0 {
             break;
         }
         state.input.push(inb(THR));
         INPUT_WAITING.store(true, Ordering::Release);
     }
+    RX_BACKLOG.store(false, Ordering::Release);
 }
 
 /// Serves the port: received bytes in, the next output out, every
@@ -434,7 +449,10 @@ pub enum Input {
 /// applied and announced here. The pieces are handed out after the lock
 /// is released.
 pub fn route_input(out: &mut dyn FnMut(Input)) {
-    if ROUTED.load(Ordering::Acquire) && !INPUT_WAITING.load(Ordering::Acquire) {
+    if ROUTED.load(Ordering::Acquire)
+        && !INPUT_WAITING.load(Ordering::Acquire)
+        && !RX_BACKLOG.load(Ordering::Acquire)
+    {
         return;
     }
     let mut pieces: Vec<Input> = Vec::new();
@@ -444,12 +462,16 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
         let Some(state) = guard.as_mut() else {
             return;
         };
-        if !ROUTED.load(Ordering::Acquire) {
+        if !ROUTED.load(Ordering::Acquire) || RX_BACKLOG.load(Ordering::Acquire) {
             take_received(state);
         }
-        let mut bytes = [0u8; 256];
+        let mut bytes = [0u8; console::INPUT_CAPACITY];
         INPUT_WAITING.store(false, Ordering::Release);
         let n = state.input.drain(&mut bytes);
+        // Room again for what the port still holds.
+        if RX_BACKLOG.load(Ordering::Acquire) {
+            take_received(state);
+        }
         if n > 0 {
             let was_engaged = state.engaged;
             let State {
@@ -499,6 +521,11 @@ pub fn pump() -> Option<u64> {
     let at = PUMP_AT.load(Ordering::Acquire);
     // With the port's interrupt doing the sending, there is nothing to do
     // before a queued partial line may show.
+    // Bytes held back in the port need the next pass soon.
+    if RX_BACKLOG.load(Ordering::Acquire) {
+        let soon = now.saturating_add(state_pause_ticks_hint());
+        return Some(at.min(soon));
+    }
     if routed && now < at {
         return (at != u64::MAX).then_some(at);
     }
@@ -518,6 +545,12 @@ pub fn pump() -> Option<u64> {
     } else {
         None
     }
+}
+
+/// About a millisecond in TSC ticks (the pause is 20 ms), for passes
+/// that must come soon.
+fn state_pause_ticks_hint() -> u64 {
+    PAUSE_TICKS.load(Ordering::Relaxed) / PAUSE_MS
 }
 
 /// Guest `index`'s replay tail and the bytes of its output dropped.
