@@ -475,6 +475,7 @@ impl Backend for VtxBackend {
             cpus: alloc::vec::Vec::new(),
             free_memory: frames.free_frames * PAGE_SIZE,
             total_memory: frames.total_frames * PAGE_SIZE,
+            largest_free: frames.largest_free_frames * PAGE_SIZE,
             console_dropped,
             input_dropped,
         }

@@ -352,10 +352,12 @@ fn replay(guest: &str, bytes: &[u8]) -> Vec<String> {
 fn format_stats(s: &HostStats) -> Vec<String> {
     let mut lines = alloc::vec![
         format!(
-            "up {}, memory {} free of {}",
+            "up {}, memory {} free of {}, largest free block {} ({} of the free memory)",
             format_uptime(s.uptime_ms),
             format_size(s.free_memory),
-            format_size(s.total_memory)
+            format_size(s.total_memory),
+            format_size(s.largest_free),
+            percent(s.largest_free, s.free_memory)
         ),
         format!(
             "console: {} output bytes dropped, {} input bytes dropped",

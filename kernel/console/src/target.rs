@@ -181,6 +181,10 @@ pub struct HostStats {
     pub free_memory: u64,
     /// Usable physical memory in bytes.
     pub total_memory: u64,
+    /// The largest free block in bytes: with the free memory, how
+    /// fragmented it is (a guest's RAM is made of naturally aligned
+    /// blocks, the larger the better for its page tables).
+    pub largest_free: u64,
     /// Console output bytes dropped, all sources together.
     pub console_dropped: u64,
     /// Console input bytes dropped.

@@ -823,6 +823,7 @@ mod monitor {
                 }],
                 free_memory: 100 << 20,
                 total_memory: 1 << 30,
+                largest_free: 64 << 20,
                 console_dropped: 3,
                 input_dropped: 0,
             }
@@ -1151,7 +1152,7 @@ mod monitor {
         assert_eq!(
             run("stats"),
             [
-                "up 0:01:01, memory 100M free of 1G",
+                "up 0:01:01, memory 100M free of 1G, largest free block 64M (64.0% of the free memory)",
                 "console: 3 output bytes dropped, 0 input bytes dropped",
                 "cpu0   in guests  93.5%  switches 42",
             ]
