@@ -144,8 +144,14 @@ pub fn start(
     timeout: Duration,
     what: &str,
 ) -> Interactive {
+    // One work folder per test (the test harness names each thread after
+    // its test): two interactive boots of one image may run at once.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("interactive")
+        .replace("::", "-");
     let tag = format!(
-        "{}-{}-{}-interactive",
+        "{}-{}-{}-{test}",
         variant.dir_name(),
         engine.name(),
         firmware.name()

@@ -1208,3 +1208,243 @@ fn bochs_guest_sees_the_small_cpu_facts_an_os_reads() {
     c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done")
         .exited();
 }
+
+/// The hot key that moves the console's focus, as the config leaves it.
+const HOTKEY_3: &[u8] = b"\x01\x01\x01";
+/// How long a console test waits for one answer under Bochs.
+const ANSWER: Duration = Duration::from_secs(120);
+
+/// The serial console under Bochs, driven from COM1 like a person at the
+/// machine's serial port (`guest-images/console`: two echo guests and a
+/// counter): the hot key pressed three times moves the input focus
+/// monitor → echo → echo2 → counter → monitor, each change announced;
+/// what is typed reaches the guest in focus, whose answer shows raw; the
+/// hot key once followed by another key passes through to the guest.
+#[test]
+fn bochs_console_moves_the_focus_and_types_into_the_guest_in_focus() {
+    let mut m = start(
+        &Variant::with_guests("console"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+        "Bochs console: focus and typing",
+    );
+    m.wait_for("[echo] echo: ready, type a line", ANSWER)
+        .wait_for("[echo2] echo2: ready, type a line", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for(
+            "console: input goes to echo (ctrl-a 3 times switches)",
+            ANSWER,
+        )
+        .send(b"hello, echo\r")
+        .wait_for("echo: got \"hello, echo\"", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for(
+            "console: input goes to echo2 (ctrl-a 3 times switches)",
+            ANSWER,
+        )
+        // Ctrl-A once, then another key: both reach the guest.
+        .send(b"a\x01b\r")
+        .wait_for("echo2: got \"a?b\"", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for("console: input goes to counter", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for("console: input goes to the monitor; type help", ANSWER)
+        .send(b"poweroff\r")
+        .wait_for("powering off", ANSWER);
+    let out = m.finish();
+    let c = Checked::new(&out, "Bochs console: focus and typing");
+    // The first guest's answer came while it had the focus: raw, no prefix.
+    c.line("with echo's answer unprefixed", |l| {
+        l.starts_with("echo: got \"hello, echo\"")
+    })
+    .never("[echo2] echo2: got")
+    .never("FATAL")
+    .exited();
+}
+
+/// The value `reg` (`r13`, ...) has in the last `regs` answer after
+/// `from` in `console`.
+fn register_in(console: &str, from: usize, reg: &str) -> u64 {
+    let tail = &console[from..];
+    let at = tail
+        .rfind(&format!("{reg} "))
+        .unwrap_or_else(|| panic!("no {reg} in the regs answer:\n{tail}"));
+    let hex = &tail[at + reg.len() + 1..][..16];
+    u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{reg} {hex:?}: {e}"))
+}
+
+/// The monitor under Bochs, against running guests (`guest-images/console`):
+/// each command's answer is checked against what the guests did: `regs`
+/// shows the value the echo guest keeps in R12, `mem` the bytes it wrote
+/// at 0x50000, `pause` stops the counter (its count, in R13, stays put
+/// while the echo guest still answers) and `resume` starts it again,
+/// `stop` and `restart` show the guest stop and boot again, and bad
+/// commands and arguments get one clear line each.
+#[test]
+fn bochs_console_monitor_commands_act_on_the_running_guests() {
+    let what = "Bochs console: the monitor";
+    let mut m = start(
+        &Variant::with_guests("console"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+        what,
+    );
+    m.wait_for("[echo] echo: ready, type a line", ANSWER)
+        .wait_for("[echo2] echo2: ready, type a line", ANSWER)
+        .wait_for("[counter] counter: 1", ANSWER)
+        .send(b"help\r")
+        .wait_for("restart <guest>", ANSWER)
+        .wait_for("poweroff ", ANSWER)
+        .send(b"list\r")
+        .wait_for("NAME ", ANSWER)
+        .wait_for("echo     running       1  any       2M", ANSWER)
+        .wait_for("counter  running       1  any       2M", ANSWER)
+        .send(b"info echo\r")
+        .wait_for("echo: running, up ", ANSWER)
+        .wait_for("kernel echo.bin (flat)", ANSWER)
+        .send(b"regs echo\r")
+        .wait_for("echo vcpu 0:", ANSWER)
+        .wait_for("r12 feedc0de12345678", ANSWER)
+        .wait_for("efer 0000000000000500", ANSWER)
+        .send(b"mem echo 0x50000 16\r")
+        .wait_for(
+            "0000000000050000  46 45 52 52 4f 56 49 53  4f 52 2d 4d 45 4d 2d 31  |FERROVISOR-MEM-1|",
+            ANSWER,
+        )
+        .send(b"exits echo\r")
+        .wait_for("echo: ", ANSWER)
+        .wait_for("  I/O ", ANSWER)
+        .send(b"log echo2\r")
+        .wait_for("--- echo2: the last ", ANSWER)
+        .wait_for("[echo2] echo2: ready, type a line", ANSWER)
+        .wait_for("--- echo2: end of output ---", ANSWER)
+        .send(b"stats\r")
+        .wait_for(", largest free block ", ANSWER)
+        .wait_for("console: 0 output bytes dropped, 0 input bytes dropped", ANSWER)
+        .wait_for("cpu0   in guests", ANSWER);
+
+    // Paused, the counter's count stands still while another guest
+    // answers; resumed, it goes on from there.
+    m.send(b"pause counter\r")
+        .wait_for("counter: paused", ANSWER);
+    let from = m.cursor();
+    m.send(b"regs counter\r").wait_for("r15 ", ANSWER);
+    let paused_at = register_in(&m.console(), from, "r13");
+    m.send(HOTKEY_3)
+        .wait_for("console: input goes to echo ", ANSWER)
+        .send(b"while paused\r")
+        .wait_for("echo: got \"while paused\"", ANSWER);
+    // Guest time runs on while the machine idles: far past the counter's
+    // 500 ms period.
+    assert!(!m.saw_within("no such line", Duration::from_secs(3)));
+    m.send(HOTKEY_3)
+        .wait_for("console: input goes to echo2", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for("console: input goes to counter", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for("console: input goes to the monitor", ANSWER);
+    let from = m.cursor();
+    m.send(b"regs counter\r").wait_for("r15 ", ANSWER);
+    assert_eq!(
+        register_in(&m.console(), from, "r13"),
+        paused_at,
+        "{what}: the paused counter counted on"
+    );
+    m.send(b"list\r")
+        .wait_for("counter  paused ", ANSWER)
+        .send(b"resume counter\r")
+        .wait_for("counter: resumed", ANSWER)
+        .wait_for(&format!("[counter] counter: {}", paused_at + 1), ANSWER)
+        .wait_for(&format!("[counter] counter: {}", paused_at + 2), ANSWER);
+
+    // Stop and restart.
+    m.send(b"stop echo2\r")
+        .wait_for("guest echo2: stopped: stopped from the monitor", ANSWER)
+        .send(b"list\r")
+        .wait_for("echo2    stopped ", ANSWER)
+        .send(b"restart echo2\r")
+        .wait_for("guest echo2: started", ANSWER)
+        .wait_for("[echo2] echo2: ready, type a line", ANSWER)
+        .send(b"info echo2\r")
+        .wait_for("echo2: running, up ", ANSWER)
+        .wait_for(", 1 restarts", ANSWER);
+
+    // Bad input: one line each, and nothing else changes.
+    m.send(b"loglevel debug\r")
+        .wait_for("log level is now debug", ANSWER)
+        .send(b"frobnicate\r")
+        .wait_for(
+            "unknown command \"frobnicate\"; type help for the list",
+            ANSWER,
+        )
+        .send(b"\x1b[A\x1b[B\x00\xff\r")
+        .send(b"regs nosuch\r")
+        .wait_for(
+            "no guest named \"nosuch\"; the guests are echo, echo2, counter",
+            ANSWER,
+        )
+        .send(b"mem echo 0x1ffff0 64\r")
+        .wait_for("is past the guest's RAM, which ends at 0x200000", ANSWER)
+        .send(&[b'x'; 600])
+        .send(b"\rlist\r")
+        .wait_for("echo     running ", ANSWER)
+        .wait_for("echo2    running ", ANSWER)
+        .wait_for("counter  running ", ANSWER)
+        .send(b"poweroff\r")
+        .wait_for("guest counter: stopped: stopped from the monitor", ANSWER);
+    let out = m.finish();
+    let c = Checked::new(&out, what);
+    c.saw("kernel::guests: powering off (monitor)")
+        .never("FATAL")
+        .never("[echo] echo: got")
+        .exited();
+    frames_all_back(&c);
+}
+
+/// A person at the serial console of a machine running Linux under
+/// Bochs (`guest-images/console-linux`: the small kernel with a shell on
+/// its ttyS0, beside the echo guest): the hot key gives the shell the
+/// input, a command typed there runs and answers, the monitor lists the
+/// guest and replays its output, and powers the machine off.
+#[test]
+fn bochs_console_types_into_a_linux_shell() {
+    let what = "Bochs console: a Linux shell";
+    let mut m = start(
+        &Variant::with_guests("console-linux"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+        what,
+    );
+    m.wait_for("[echo] echo: ready, type a line", BOCHS_LIMIT)
+        .wait_for("[linux] ferrovisor-linux: ready tsc ", BOCHS_LIMIT)
+        .send(HOTKEY_3)
+        .wait_for(
+            "console: input goes to linux (ctrl-a 3 times switches)",
+            ANSWER,
+        )
+        // The shell's answer differs from the line it echoes.
+        .send(b"echo fv-$((6*7))-ok\r")
+        .wait_for("fv-42-ok", BOCHS_LIMIT)
+        .send(HOTKEY_3)
+        .wait_for("console: input goes to echo ", ANSWER)
+        .send(HOTKEY_3)
+        .wait_for("console: input goes to the monitor", ANSWER)
+        .send(b"list\r")
+        .wait_for("linux  running       1  any      64M", ANSWER)
+        .send(b"log linux\r")
+        .wait_for("--- linux: the last ", ANSWER)
+        .wait_for("fv-42-ok", ANSWER)
+        .wait_for("--- linux: end of output ---", ANSWER)
+        .send(b"poweroff\r")
+        .wait_for("guest linux: stopped: stopped from the monitor", ANSWER);
+    let out = m.finish();
+    let c = Checked::new(&out, what);
+    c.saw("kernel::guests: powering off (monitor)")
+        .never("FATAL")
+        .never("Kernel panic")
+        .exited();
+    frames_all_back(&c);
+}
