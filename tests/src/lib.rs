@@ -237,18 +237,19 @@ impl Interactive {
     /// moves the cursor past it; true if it did. A machine that powers
     /// off first answers false at once.
     pub fn saw_within(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.try_wait(needle, timeout).is_ok()
+    }
+
+    /// Waits up to `timeout` for `needle` after the cursor; moves the
+    /// cursor past it when it comes.
+    fn try_wait(&mut self, needle: &str, timeout: Duration) -> Result<(), WaitError> {
         let cursor = self.cursor;
-        match self
+        let end = self
             .session()
             .transcript()
-            .wait_for(cursor, needle, timeout)
-        {
-            Ok(end) => {
-                self.cursor = end;
-                true
-            }
-            Err(WaitError::TimedOut | WaitError::Ended) => false,
-        }
+            .wait_for(cursor, needle, timeout)?;
+        self.cursor = end;
+        Ok(())
     }
 
     /// [`Self::saw_within`], failing the test with the whole console so
@@ -256,15 +257,8 @@ impl Interactive {
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> &mut Self {
         let start = Instant::now();
         let cursor = self.cursor;
-        match self
-            .session()
-            .transcript()
-            .wait_for(cursor, needle, timeout)
-        {
-            Ok(end) => {
-                self.cursor = end;
-                self
-            }
+        match self.try_wait(needle, timeout) {
+            Ok(()) => self,
             Err(WaitError::TimedOut) => self.fail(&format!(
                 "the console did not show {needle:?} (after byte {cursor}) within {:.1}s",
                 start.elapsed().as_secs_f64()

@@ -885,24 +885,6 @@ impl VmxVcpuState {
     /// value last saved with the switched state.
     pub fn snapshot(&mut self) -> console::RegisterSnapshot {
         use vcpu::access::{Gpr, Segment as Seg, VcpuAccess};
-        const GPRS: [Gpr; 16] = [
-            Gpr::Rax,
-            Gpr::Rcx,
-            Gpr::Rdx,
-            Gpr::Rbx,
-            Gpr::Rsp,
-            Gpr::Rbp,
-            Gpr::Rsi,
-            Gpr::Rdi,
-            Gpr::R8,
-            Gpr::R9,
-            Gpr::R10,
-            Gpr::R11,
-            Gpr::R12,
-            Gpr::R13,
-            Gpr::R14,
-            Gpr::R15,
-        ];
         // SAFETY: VMX root operation with this vCPU's VMCS current (the
         // caller made it so).
         let mut vmcs = unsafe { HardwareVmcs::current() };
@@ -929,7 +911,7 @@ impl VmxVcpuState {
                 })
         };
         let mut gprs = [0u64; 16];
-        for (slot, reg) in gprs.iter_mut().zip(GPRS) {
+        for (slot, reg) in gprs.iter_mut().zip(Gpr::ALL) {
             *slot = access.gpr(reg).unwrap_or(0);
         }
         console::RegisterSnapshot {
