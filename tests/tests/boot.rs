@@ -1222,12 +1222,24 @@ const ANSWER: Duration = Duration::from_secs(120);
 /// hot key once followed by another key passes through to the guest.
 #[test]
 fn bochs_console_moves_the_focus_and_types_into_the_guest_in_focus() {
+    console_focus(Engine::Bochs, "Bochs console: focus and typing");
+}
+
+/// [`bochs_console_moves_the_focus_and_types_into_the_guest_in_focus`]
+/// under QEMU+KVM.
+#[test]
+#[ignore = "needs QEMU+KVM with nested VT-x; cargo xtask test runs it where the host offers it"]
+fn kvm_console_moves_the_focus_and_types_into_the_guest_in_focus() {
+    console_focus(Engine::Kvm, "QEMU+KVM console: focus and typing");
+}
+
+fn console_focus(engine: Engine, what: &str) {
     let mut m = start(
         &Variant::with_guests("console"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
         BOCHS_LIMIT,
-        "Bochs console: focus and typing",
+        what,
     );
     m.wait_for("[echo] echo: ready, type a line", ANSWER)
         .wait_for("[echo2] echo2: ready, type a line", ANSWER)
@@ -1253,7 +1265,7 @@ fn bochs_console_moves_the_focus_and_types_into_the_guest_in_focus() {
         .send(b"poweroff\r")
         .wait_for("powering off", ANSWER);
     let out = m.finish();
-    let c = Checked::new(&out, "Bochs console: focus and typing");
+    let c = Checked::new(&out, what);
     // The first guest's answer came while it had the focus: raw, no prefix.
     c.line("with echo's answer unprefixed", |l| {
         l.starts_with("echo: got \"hello, echo\"")
@@ -1283,10 +1295,21 @@ fn register_in(console: &str, from: usize, reg: &str) -> u64 {
 /// commands and arguments get one clear line each.
 #[test]
 fn bochs_console_monitor_commands_act_on_the_running_guests() {
-    let what = "Bochs console: the monitor";
+    console_monitor(Engine::Bochs, "Bochs console: the monitor");
+}
+
+/// [`bochs_console_monitor_commands_act_on_the_running_guests`] under
+/// QEMU+KVM.
+#[test]
+#[ignore = "needs QEMU+KVM with nested VT-x; cargo xtask test runs it where the host offers it"]
+fn kvm_console_monitor_commands_act_on_the_running_guests() {
+    console_monitor(Engine::Kvm, "QEMU+KVM console: the monitor");
+}
+
+fn console_monitor(engine: Engine, what: &str) {
     let mut m = start(
         &Variant::with_guests("console"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
         BOCHS_LIMIT,
         what,
