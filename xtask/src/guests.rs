@@ -624,6 +624,7 @@ mod tests {
             ("fidelity-strio", &["strio"][..]),
             ("fidelity-facts", &["facts"][..]),
             ("console", &["echo", "echo2", "counter"][..]),
+            ("console-flood", &["flood", "spin1", "spin2"][..]),
         ] {
             let path = config_dir(config).join(CONFIG_FILE);
             let text = fs::read_to_string(&path).unwrap();
@@ -826,6 +827,10 @@ mod tests {
             &["counter: ready, a line every 500 ms\r\n", "counter: \0"],
         ),
         ("spin", &["progress "]),
+        (
+            "flood",
+            &["flood flood flood flood flood flood flood flood flood flood ..\r\n"],
+        ),
         ("idle", &["idling with interrupts on\n", "woken up\n"]),
         (
             "timer",
@@ -948,6 +953,7 @@ mod tests {
             "broken",
             "fidelity-facts",
             "console",
+            "console-flood",
         ] {
             let staging = dir.join(name).join("config");
             stage(&config_dir(name), &staging).unwrap();

@@ -35,6 +35,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("fidelity-wxapic"),
         Variant::with_guests("console"),
         Variant::with_guests("console-linux"),
+        Variant::with_guests("console-flood"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("write-code"),
