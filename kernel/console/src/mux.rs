@@ -118,6 +118,12 @@ struct Source {
     last_write: u64,
     /// Bytes queued in all (the ring's `pending` holds the newest).
     queued: u64,
+    /// Its writer is ready to run but not running (a preempted vCPU):
+    /// its silence is not a pause, so its partial line waits.
+    held: bool,
+    /// A partial line of its was shown after the pause: a line end that
+    /// comes next ends that line rather than making an empty one.
+    shown_partial: bool,
     /// Where the order marks change: (stream position, epoch). For a
     /// guest, the epoch its bytes from that position on were written in;
     /// for a host source, the tag of the line written at that position.
@@ -202,6 +208,8 @@ impl Mux {
             ring,
             last_write: 0,
             queued: 0,
+            held: false,
+            shown_partial: false,
             marks: VecDeque::new(),
         });
         id
@@ -239,6 +247,20 @@ impl Mux {
             self.epoch = self.epoch.wrapping_add(1);
         }
         taken
+    }
+
+    /// Marks source `id`'s writer as waiting for a CPU (`held`: a guest
+    /// preempted at the end of its slice) or running again. While held,
+    /// its partial line is not shown however long it is quiet: a guest
+    /// cut off mid-line by the scheduler has not paused. Released at
+    /// `now`, its pause counts from then.
+    pub fn hold(&mut self, id: SourceId, held: bool, now: u64) {
+        if let Some(source) = self.source_mut(id) {
+            if source.held && !held {
+                source.last_write = now;
+            }
+            source.held = held;
+        }
     }
 
     /// Source `id`'s ring (drop count, replay tail).
@@ -423,13 +445,29 @@ impl Mux {
                 // A host line written before this guest's bytes goes first.
                 continue;
             } else {
-                let paused = now.saturating_sub(source.last_write) >= self.pause_ticks;
+                let paused =
+                    !source.held && now.saturating_sub(source.last_write) >= self.pause_ticks;
+                if core::mem::take(&mut source.shown_partial) {
+                    // The line shown early ends here, not again.
+                    match (source.ring.peek(0), source.ring.peek(1)) {
+                        (Some(b'\n'), _) => source.ring.discard(1),
+                        (Some(b'\r'), Some(b'\n')) => source.ring.discard(2),
+                        // Undecided: look again with the next byte.
+                        (Some(b'\r'), None) | (None, _) => source.shown_partial = true,
+                        _ => {}
+                    }
+                }
                 let max = match source.kind {
                     SourceKind::Guest => LINE_MAX,
                     SourceKind::Host => HOST_LINE_MAX,
                 };
                 match take_line(&mut source.ring, paused, max, &mut piece) {
-                    Some(ended) => Some(ended),
+                    Some(ended) => {
+                        // A partial line let out by the pause (not a full
+                        // piece of a long line).
+                        source.shown_partial = !ended && piece.len() < max;
+                        Some(ended)
+                    }
                     None => continue,
                 }
             };

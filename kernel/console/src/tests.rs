@@ -496,6 +496,41 @@ mod output {
     }
 
     #[test]
+    fn a_line_end_after_a_partial_line_shown_early_makes_no_empty_line() {
+        for end in [&b"\n"[..], b"\r\n"] {
+            let (mut mux, ids) = guest_mux(&["sh"]);
+            mux.write(ids[0], b"progress", 0);
+            assert_eq!(drain(&mut mux, PAUSE, 16), "[sh] progress\r\n");
+            mux.write(ids[0], end, 5000);
+            mux.write(ids[0], b"next\n", 5000);
+            assert_eq!(drain(&mut mux, 5000, 16), "[sh] next\r\n");
+        }
+    }
+
+    #[test]
+    fn a_held_guest_keeps_its_partial_line_until_it_runs_and_pauses() {
+        // Preempted mid-line, a guest is not quiet: its line waits.
+        let (mut mux, ids) = guest_mux(&["spin", "other"]);
+        mux.write(ids[0], b"progr", 0);
+        mux.hold(ids[0], true, 10);
+        mux.write(ids[1], b"meanwhile\n", 20);
+        assert_eq!(drain(&mut mux, 10 * PAUSE, 16), "[other] meanwhile\r\n");
+        // Running again, it finishes the line itself.
+        mux.hold(ids[0], false, 10 * PAUSE);
+        mux.write(ids[0], b"ess 20\n", 10 * PAUSE + 1);
+        assert_eq!(
+            drain(&mut mux, 10 * PAUSE + 1, 16),
+            "[spin] progress 20\r\n"
+        );
+        // Released, its pause counts from the release.
+        mux.write(ids[0], b"$ ", 11 * PAUSE);
+        mux.hold(ids[0], true, 11 * PAUSE);
+        mux.hold(ids[0], false, 20 * PAUSE);
+        assert_eq!(drain(&mut mux, 21 * PAUSE - 1, 16), "");
+        assert_eq!(drain(&mut mux, 21 * PAUSE, 16), "[spin] $ \r\n");
+    }
+
+    #[test]
     fn a_trailing_cr_waits_to_see_if_a_newline_follows() {
         let (mut mux, ids) = guest_mux(&["g"]);
         mux.write(ids[0], b"abc\r", 0);
