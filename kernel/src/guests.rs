@@ -434,6 +434,10 @@ impl Backend for VtxBackend {
         crate::serial_console::guest_output(index, bytes);
     }
 
+    fn console_hold(&self, index: usize, held: bool) {
+        crate::serial_console::hold(index, held);
+    }
+
     fn console_write(&self, text: &str) {
         crate::serial_console::write_host(text);
     }

@@ -85,6 +85,8 @@ struct State {
     /// nobody types at shows only its output.
     prompt: String,
     engaged: bool,
+    /// [`HELD`] as last applied to the multiplexer.
+    held: u64,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -105,6 +107,10 @@ static PAUSE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// partial line may show, or `u64::MAX` with nothing queued. Writers
 /// lower it; only `pump` raises it.
 static PUMP_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Guests (by configured index, the first 64) whose vCPU waits for a CPU
+/// after a preemption: the multiplexer keeps their partial lines. Set
+/// without the lock by the run; applied under it ([`apply_holds`]).
+static HELD: AtomicU64 = AtomicU64::new(0);
 /// The port's interrupts served, for the report at the end.
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 /// TSC at boot, for `stats`' uptime.
@@ -159,6 +165,7 @@ pub fn start(hotkey: u8, tsc_hz: u64) {
         pause_ticks,
         prompt: String::new(),
         engaged: false,
+        held: 0,
     });
     outb(IIR_FCR, FCR_ON_TRIGGER_1);
     outb(MCR, MCR_DTR_RTS_OUT2);
@@ -198,6 +205,8 @@ pub fn finish() {
     if let Some(state) = guard.as_mut() {
         state.mux.set_focus(Focus::Monitor);
         state.mux.set_prompt(b"");
+        HELD.store(0, Ordering::Release);
+        apply_holds(state, 0);
         drain_all(state);
     }
     *guard = None;
@@ -255,9 +264,41 @@ fn send(bytes: &[u8]) {
     }
 }
 
+/// Guest `index`'s vCPU waits for a CPU (`held`) or runs again: two
+/// atomic operations, no lock (the run calls it at slice boundaries).
+pub fn hold(index: usize, held: bool) {
+    let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) else {
+        return;
+    };
+    if held {
+        HELD.fetch_or(bit, Ordering::AcqRel);
+    } else {
+        HELD.fetch_and(!bit, Ordering::AcqRel);
+    }
+}
+
+/// Tells the multiplexer which guests are held now.
+fn apply_holds(state: &mut State, now: u64) {
+    let held = HELD.load(Ordering::Acquire);
+    let changed = held ^ state.held;
+    if changed == 0 {
+        return;
+    }
+    for &(index, id) in &state.guests {
+        let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) else {
+            continue;
+        };
+        if changed & bit != 0 {
+            state.mux.hold(id, held & bit != 0, now);
+        }
+    }
+    state.held = held;
+}
+
 /// Fills the transmit FIFO if it is empty (never waits), and has
 /// [`pump`] look again once a partial line left queued may show.
 fn top_up(state: &mut State, now: u64) {
+    apply_holds(state, now);
     if inb(LSR) & LSR_THR_EMPTY != 0 {
         state.mux.next_chunk(now, TX_FIFO, &mut send);
     }

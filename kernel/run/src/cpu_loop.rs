@@ -260,6 +260,11 @@ impl<B: Backend> GuestRun<B> {
             return;
         };
         let end = self.run_slice(local, &mut slot, i, slice, migrated);
+        if let (SliceEnd::TimeUp, Some(vm)) = (&end, slot.vm.as_mut()) {
+            // Cut off mid-line perhaps: its console waits for it.
+            vm.vcpu.console_held = true;
+            self.backend.console_hold(i, true);
+        }
         let now = self.backend.now();
         // A switch is measured from a slice that ended by time or HLT;
         // after a stop, the stop's report (console lines) would be counted
@@ -315,6 +320,9 @@ impl<B: Backend> GuestRun<B> {
                 "the scheduler picked a guest that no longer exists",
             )));
         };
+        if core::mem::take(&mut vm.vcpu.console_held) {
+            backend.console_hold(i, false);
+        }
         if vm.vcpu.active_on != Some(local.index) {
             self.take_over(local, i, vm);
             if let Err(e) = backend.arrive(&vm.hw, &mut vm.vcpu.hw, local.index) {

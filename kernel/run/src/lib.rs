@@ -149,6 +149,10 @@ pub trait Backend: Sync {
     fn console_add_guest(&self, index: usize, name: &str);
     /// Raw bytes guest `index` transmitted on its COM1.
     fn guest_output(&self, index: usize, bytes: &[u8]);
+    /// Guest `index`'s vCPU was preempted (`held`) or runs again: while
+    /// it waits for a CPU its silence is not a pause, so the console
+    /// keeps its partial line rather than show it cut.
+    fn console_hold(&self, index: usize, held: bool);
     /// Host text for the console (the monitor's answers): whole lines,
     /// each ending in `\n`.
     fn console_write(&self, text: &str);
@@ -208,6 +212,8 @@ pub struct Vcpu<B: Backend> {
     pub preemptions: u64,
     /// Where it will resume after the HLT that blocked it.
     pub halt_rip: u64,
+    /// Preempted with the console told so ([`Backend::console_hold`]).
+    pub console_held: bool,
 }
 
 /// A running guest: what its vCPUs share, and its vCPU.
@@ -245,6 +251,7 @@ impl<B: Backend> Vm<B> {
                 slices: 0,
                 preemptions: 0,
                 halt_rip: 0,
+                console_held: false,
             },
         }
     }

@@ -39,8 +39,12 @@ impl<B: Backend> GuestRun<B> {
         };
         let name = vm.name.clone();
         let backend = &self.backend;
-        // Its last output is queued before its stop is reported.
+        // Its last output is queued before its stop is reported, and a
+        // partial line of it is shown after the pause.
         vm.forward_output(i, backend);
+        if core::mem::take(&mut vm.vcpu.console_held) {
+            backend.console_hold(i, false);
+        }
         vm.devices
             .flush(&mut |line| backend.guest_line(&name, line));
         info!("guest {name}: stopped: {reason}");

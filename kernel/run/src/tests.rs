@@ -585,6 +585,8 @@ impl Backend for FakeBackend {
         self.events.lock().unwrap().push(format!("out g{index}"));
     }
 
+    fn console_hold(&self, _index: usize, _held: bool) {}
+
     fn console_write(&self, text: &str) {
         assert!(text.ends_with('\n'), "whole lines: {text:?}");
         self.console_text.lock().unwrap().push_str(text);
