@@ -830,23 +830,7 @@ fn bochs_runs_guests_on_two_cpus_at_once() {
 /// still competed) gives each busy guest a third of the busy guests' time,
 /// within 5% of a third.
 fn busy_shares_are_equal(out: &xtask::runner::BootOutcome) {
-    let line = out
-        .serial
-        .lines()
-        .find_map(|l| l.split("sched: shares until the first stop: ").nth(1))
-        .unwrap_or_else(|| {
-            panic!(
-                "no `sched: shares until the first stop:` line:\n{}",
-                out.serial
-            )
-        });
-    let shares: Vec<(String, f64)> = line
-        .split(", ")
-        .filter_map(|part| {
-            let (name, percent) = part.trim().rsplit_once(' ')?;
-            Some((name.to_string(), percent.strip_suffix('%')?.parse().ok()?))
-        })
-        .collect();
+    let (line, shares) = shares_until_first_stop(&out.serial);
     let busy: Vec<&(String, f64)> = shares
         .iter()
         .filter(|(n, _)| n.starts_with("spin"))
@@ -862,6 +846,23 @@ fn busy_shares_are_equal(out: &xtask::runner::BootOutcome) {
             out.serial
         );
     }
+}
+
+/// The line `sched: shares until the first stop: ...` in `serial` and
+/// each guest's percentage on it.
+fn shares_until_first_stop(serial: &str) -> (&str, Vec<(String, f64)>) {
+    let line = serial
+        .lines()
+        .find_map(|l| l.split("sched: shares until the first stop: ").nth(1))
+        .unwrap_or_else(|| panic!("no `sched: shares until the first stop:` line:\n{serial}"));
+    let shares = line
+        .split(", ")
+        .filter_map(|part| {
+            let (name, percent) = part.trim().rsplit_once(' ')?;
+            Some((name.to_string(), percent.strip_suffix('%')?.parse().ok()?))
+        })
+        .collect();
+    (line, shares)
 }
 
 /// The number after `prefix` on the first line of guest `guest`'s console
@@ -1468,6 +1469,95 @@ fn bochs_console_types_into_a_linux_shell() {
     c.saw("kernel::guests: powering off (monitor)")
         .never("FATAL")
         .never("Kernel panic")
+        .exited();
+    frames_all_back(&c);
+}
+
+/// How far from a third of the guests' time each guest of
+/// `guest-images/console-flood` may be, as a fraction of a third.
+const FLOOD_SHARE_SLACK: f64 = 0.05;
+/// Flood lines the console shows after the spins stopped before the
+/// monitor is asked for the flood's drop count (see the test).
+const FLOOD_LINES_TO_OVERFLOW: usize = 600;
+
+/// A guest that prints without pause cannot slow the others beyond its
+/// share (`guest-images/console-flood`: flood, which sends 256 bytes of
+/// COM1 output an exit and never waits, beside two CPU-bound spins on one
+/// CPU with 10 ms slices): until the first spin stops each of the three
+/// got a third of the guests' time (within FLOOD_SHARE_SLACK), every
+/// progress line of both spins reaches the console, the flood's output
+/// beyond what the port carries is dropped (the monitor's `info` counts
+/// it) rather than waited for, and the run, with the flood still running
+/// after the spins stopped, ends by the monitor's `poweroff`.
+#[test]
+fn bochs_console_a_flooding_guest_gets_only_its_share() {
+    let what = "Bochs console: a guest that floods its COM1";
+    let mut m = start(
+        &Variant::with_guests("console-flood"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+        what,
+    );
+    // Both spins finish (in either order) while the flood prints.
+    m.wait_for("[flood] flood flood", ANSWER)
+        .wait_for(": stopped: exited with code 0", BOCHS_LIMIT)
+        .wait_for(": stopped: exited with code 0", BOCHS_LIMIT);
+    // Alone on the CPU the flood writes its COM1 about three times as
+    // fast as the port (115200 baud) sends: its 64 KiB ring is full once
+    // the port has carried some 26 KiB more. Wait for more than that of
+    // its lines (72 bytes each on the console), so its output has been
+    // dropped by the time the monitor looks.
+    let from = m.cursor();
+    let until = std::time::Instant::now() + ANSWER;
+    while m.console()[from..].matches("[flood] ").count() < FLOOD_LINES_TO_OVERFLOW {
+        assert!(
+            std::time::Instant::now() < until,
+            "{what}: fewer than {FLOOD_LINES_TO_OVERFLOW} flood lines within {ANSWER:?} after the spins stopped:\n{}",
+            m.console()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    m.send(b"info flood\r")
+        .wait_for("flood: running, up ", ANSWER)
+        .wait_for("console output dropped: ", ANSWER);
+    let from = m.cursor();
+    m.wait_for(" bytes", ANSWER);
+    let tail = m.console();
+    let dropped: u64 = tail[from..]
+        .split(" bytes")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no drop count after byte {from}:\n{tail}"));
+    assert!(
+        dropped > 0,
+        "{what}: the flood's output was never dropped: it was waited for:\n{tail}"
+    );
+    m.send(b"poweroff\r")
+        .wait_for("guest flood: stopped: stopped from the monitor", ANSWER);
+    let out = m.finish();
+    let c = Checked::new(&out, what);
+    for name in ["spin1", "spin2"] {
+        for k in 1..=20 {
+            let progress = format!("[{name}] progress {k}");
+            c.line(&format!("`{progress}`"), |l| l.ends_with(&progress));
+        }
+        c.in_order(
+            &format!("[{name}] progress 20"),
+            &format!("guest {name}: stopped: exited with code 0"),
+        );
+    }
+    let (line, shares) = shares_until_first_stop(&out.serial);
+    assert_eq!(shares.len(), 3, "three guests in `{line}`");
+    for (name, percent) in &shares {
+        assert!(
+            (percent / 100.0 - 1.0 / 3.0).abs() <= FLOOD_SHARE_SLACK / 3.0,
+            "{what}: {name} got {percent:.2}% of the guests' time (`{line}`):\n{}",
+            out.serial
+        );
+    }
+    c.saw("kernel::guests: powering off (monitor)")
+        .never("FATAL")
         .exited();
     frames_all_back(&c);
 }
