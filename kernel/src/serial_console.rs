@@ -172,7 +172,10 @@ pub fn start(hotkey: u8, tsc_hz: u64) {
     let routed = route_irq();
     ROUTED.store(routed, Ordering::Release);
     // Clear whatever the port held, then let it interrupt.
-    while inb(LSR) & LSR_DATA_READY != 0 {
+    for _ in 0..64 {
+        if inb(LSR) & LSR_DATA_READY == 0 {
+            break;
+        }
         let _ = inb(THR);
     }
     let _ = inb(IIR_FCR);
