@@ -101,8 +101,6 @@ static INPUT_WAITING: AtomicBool = AtomicBool::new(false);
 /// receive condition stays raised (no new edge, so no interrupt) until
 /// the run's passes have taken them.
 static RX_BACKLOG: AtomicBool = AtomicBool::new(false);
-/// The partial-line pause in TSC ticks, readable without the lock.
-static PAUSE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// When [`pump`] next has something to do: the earliest a queued
 /// partial line may show, or `u64::MAX` with nothing queued. Writers
 /// lower it; only `pump` raises it.
@@ -149,7 +147,6 @@ pub fn uptime_ms(tsc_hz: u64) -> u64 {
 pub fn start(hotkey: u8, tsc_hz: u64) {
     crate::serial::drain();
     let pause_ticks = tsc_hz / 1000 * PAUSE_MS;
-    PAUSE_TICKS.store(pause_ticks, Ordering::Relaxed);
     let mut mux = Mux::new(pause_ticks);
     let log = mux.add_source("log", SourceKind::Host, OutputRing::new(HOST_RING, 0));
     let lines = mux.add_source("console", SourceKind::Host, OutputRing::new(HOST_RING, 0));
@@ -270,7 +267,7 @@ fn send(bytes: &[u8]) {
 /// Guest `index`'s vCPU waits for a CPU (`held`) or runs again: two
 /// atomic operations, no lock (the run calls it at slice boundaries).
 pub fn hold(index: usize, held: bool) {
-    let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) else {
+    let Some(bit) = held_bit(index) else {
         return;
     };
     if held {
@@ -278,6 +275,12 @@ pub fn hold(index: usize, held: bool) {
     } else {
         HELD.fetch_and(!bit, Ordering::AcqRel);
     }
+}
+
+/// Guest `index`'s bit in [`HELD`]; `None` past the first 64 guests
+/// (theirs are never held).
+fn held_bit(index: usize) -> Option<u64> {
+    u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i))
 }
 
 /// Tells the multiplexer which guests are held now.
@@ -288,7 +291,7 @@ fn apply_holds(state: &mut State, now: u64) {
         return;
     }
     for &(index, id) in &state.guests {
-        let Some(bit) = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) else {
+        let Some(bit) = held_bit(index) else {
             continue;
         };
         if changed & bit != 0 {
@@ -562,15 +565,11 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
 pub fn pump() -> Option<u64> {
     let now = now();
     let routed = ROUTED.load(Ordering::Acquire);
+    let backlog = RX_BACKLOG.load(Ordering::Acquire);
     let at = PUMP_AT.load(Ordering::Acquire);
     // With the port's interrupt doing the sending, there is nothing to do
     // before a queued partial line may show.
-    // Bytes held back in the port need the next pass soon.
-    if RX_BACKLOG.load(Ordering::Acquire) {
-        let soon = now.saturating_add(state_pause_ticks_hint());
-        return Some(at.min(soon));
-    }
-    if routed && now < at {
+    if routed && !backlog && now < at {
         return (at != u64::MAX).then_some(at);
     }
     let mut guard = STATE.lock();
@@ -582,19 +581,19 @@ pub fn pump() -> Option<u64> {
     top_up(state, now);
     // Output still queued (a port that is slower than the guests, or a
     // CPU that takes no interrupt exits): look again a little later.
+    let mut again = None;
     if state.mux.has_output() {
-        let again = now.saturating_add(state.pause_ticks / 2);
-        PUMP_AT.store(again, Ordering::Release);
-        Some(again)
-    } else {
-        None
+        let at = now.saturating_add(state.pause_ticks / 2);
+        PUMP_AT.store(at, Ordering::Release);
+        again = Some(at);
     }
-}
-
-/// About a millisecond in TSC ticks (the pause is 20 ms), for passes
-/// that must come soon.
-fn state_pause_ticks_hint() -> u64 {
-    PAUSE_TICKS.load(Ordering::Relaxed) / PAUSE_MS
+    // Bytes held back in the port need the next pass within a
+    // millisecond.
+    if RX_BACKLOG.load(Ordering::Acquire) {
+        let soon = now.saturating_add(state.pause_ticks / PAUSE_MS);
+        again = Some(again.map_or(soon, |at| at.min(soon)));
+    }
+    again
 }
 
 /// Guest `index`'s replay tail and the bytes of its output dropped.
