@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use tests::{boot, boot_image, boot_smp, start, Checked};
+use tests::{boot, boot_image, boot_smp, start, Checked, Interactive};
 use xtask::build::{Firmware, Variant};
 use xtask::runner::{Engine, Machine};
 
@@ -1234,7 +1234,9 @@ fn kvm_console_moves_the_focus_and_types_into_the_guest_in_focus() {
     console_focus(Engine::Kvm, "QEMU+KVM console: focus and typing");
 }
 
-fn console_focus(engine: Engine, what: &str) {
+/// Boots `guest-images/console` under `engine` with COM1 connected to
+/// the test, once both echo guests are ready.
+fn console_guests_ready(engine: Engine, what: &str) -> Interactive {
     let mut m = start(
         &Variant::with_guests("console"),
         engine,
@@ -1243,8 +1245,13 @@ fn console_focus(engine: Engine, what: &str) {
         what,
     );
     m.wait_for("[echo] echo: ready, type a line", ANSWER)
-        .wait_for("[echo2] echo2: ready, type a line", ANSWER)
-        .send(HOTKEY_3)
+        .wait_for("[echo2] echo2: ready, type a line", ANSWER);
+    m
+}
+
+fn console_focus(engine: Engine, what: &str) {
+    let mut m = console_guests_ready(engine, what);
+    m.send(HOTKEY_3)
         .wait_for(
             "console: input goes to echo (ctrl-a 3 times switches)",
             ANSWER,
@@ -1308,16 +1315,8 @@ fn kvm_console_monitor_commands_act_on_the_running_guests() {
 }
 
 fn console_monitor(engine: Engine, what: &str) {
-    let mut m = start(
-        &Variant::with_guests("console"),
-        engine,
-        Firmware::Bios,
-        BOCHS_LIMIT,
-        what,
-    );
-    m.wait_for("[echo] echo: ready, type a line", ANSWER)
-        .wait_for("[echo2] echo2: ready, type a line", ANSWER)
-        .wait_for("[counter] counter: 1", ANSWER)
+    let mut m = console_guests_ready(engine, what);
+    m.wait_for("[counter] counter: 1", ANSWER)
         .send(b"help\r")
         .wait_for("restart <guest>", ANSWER)
         .wait_for("poweroff ", ANSWER)
