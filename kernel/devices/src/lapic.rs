@@ -349,6 +349,50 @@ pub enum StartupEvent {
     },
 }
 
+/// A local APIC's addressing as one word: its ID (bits 7:0), its logical
+/// ID (LDR bits 31:24, in bits 15:8), whether its DFR selects the flat
+/// model (bit 30) and whether it is hardware-enabled (bit 31). The vCPUs
+/// of one VM publish theirs so that another vCPU sending an IPI can find
+/// its destinations without taking their locks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ApicAddress(pub u32);
+
+impl ApicAddress {
+    const FLAT: u32 = 1 << 30;
+    const ENABLED: u32 = 1 << 31;
+
+    /// The APIC ID.
+    pub const fn id(self) -> u8 {
+        self.0 as u8
+    }
+
+    /// Whether the APIC with this address is a destination of a message
+    /// with destination field `dest` (11.6.2): physical: its ID, or 0xFF
+    /// for all; logical, flat model: its logical ID shares a bit with
+    /// `dest`; cluster model: the clusters (high nibbles) are equal, or
+    /// `dest`'s is 0xF for all clusters, and the low nibbles share a bit.
+    /// A logical 0xFF reaches every APIC in both models. A
+    /// hardware-disabled APIC matches nothing.
+    pub const fn matches(self, dest: u8, logical: bool) -> bool {
+        if self.0 & Self::ENABLED == 0 {
+            return false;
+        }
+        if dest == 0xFF {
+            return true;
+        }
+        if !logical {
+            return dest == self.id();
+        }
+        let ldr = (self.0 >> 8) as u8;
+        if self.0 & Self::FLAT != 0 {
+            ldr & dest != 0
+        } else {
+            let cluster = dest >> 4;
+            (cluster == 0xF || cluster == ldr >> 4) && ldr & dest & 0x0F != 0
+        }
+    }
+}
+
 /// One vCPU's local APIC (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalApic {
@@ -921,23 +965,21 @@ impl LocalApic {
     /// 0xFF reaches every APIC in both models. A hardware-disabled APIC
     /// matches nothing.
     pub fn matches(&self, dest: u8, logical: bool) -> bool {
-        if !self.hardware_enabled {
-            return false;
-        }
-        if dest == 0xFF {
-            return true;
-        }
-        if !logical {
-            return dest == self.id;
-        }
-        // Bits 31:24: the cast keeps all of them.
-        let ldr = (self.ldr >> 24) as u8;
+        self.address().matches(dest, logical)
+    }
+
+    /// What a sender needs to know of this APIC to decide whether a
+    /// message is for it, packed for another vCPU to read without this
+    /// one's lock (see [`ApicAddress`]).
+    pub fn address(&self) -> ApicAddress {
+        let mut word = u32::from(self.id) | ((self.ldr >> 24) << 8);
         if self.dfr & DFR_MODEL == DFR_FLAT {
-            ldr & dest != 0
-        } else {
-            let cluster = dest >> 4;
-            (cluster == 0xF || cluster == ldr >> 4) && ldr & dest & 0x0F != 0
+            word |= ApicAddress::FLAT;
         }
+        if self.hardware_enabled {
+            word |= ApicAddress::ENABLED;
+        }
+        ApicAddress(word)
     }
 
     // ----- The timer (SDM Vol. 3A, 11.5.4) -----
