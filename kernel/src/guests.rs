@@ -226,7 +226,7 @@ fn start(
         }
     };
     let platform = pc_platform(config.vcpus);
-    match Guest::create(hw, name, config.memory, vpid, |mem| {
+    match Guest::create(hw, name, config.memory, config.vcpus, vpid, |mem| {
         images.load(mem, &platform)
     }) {
         Ok(guest) => {
@@ -353,17 +353,30 @@ impl Backend for VtxBackend {
         true
     }
 
-    fn create(&self, index: usize, config: &GuestConfig) -> Option<(VmxVm, VmxVcpuState)> {
-        let vpid = u16::try_from(index + 1).unwrap_or(u16::MAX);
+    fn create(
+        &self,
+        index: usize,
+        config: &GuestConfig,
+    ) -> Option<(VmxVm, alloc::vec::Vec<VmxVcpuState>)> {
+        let vpid = crate::vtx::vm::vpid_base(index);
         let mut files = self.files.lock();
         // SAFETY: `run_all` keeps the files alive until every CPU has left
         // the run, and the lock gives this CPU the only access.
         let files = unsafe { &mut *files.0 };
-        start(&self.hw, files, config, vpid).map(|g| (g.vm, g.vcpu))
+        start(&self.hw, files, config, vpid).map(|g| (g.vm, g.vcpus))
     }
 
-    fn destroy(&self, vm: &mut VmxVm, vcpu: &mut VmxVcpuState) {
-        crate::vtx::vm::destroy(vm, vcpu);
+    fn destroy_vcpu(&self, vm: &VmxVm, vcpu: &mut VmxVcpuState) {
+        crate::vtx::vm::destroy_vcpu(vm, vcpu);
+    }
+
+    fn destroy_vm(&self, vm: &mut VmxVm) {
+        crate::vtx::vm::destroy_vm(vm);
+    }
+
+    fn start_up(&self, vcpu: &mut VmxVcpuState, vector: u8) -> Result<(), String> {
+        vcpu.start_up(&self.hw, vector)
+            .map_err(|e| alloc::format!("VMCS access failed at a start-up IPI: {e}"))
     }
 
     fn arrive(&self, _vm: &VmxVm, vcpu: &mut VmxVcpuState, _cpu: usize) -> Result<(), String> {
@@ -397,23 +410,32 @@ impl Backend for VtxBackend {
     }
 
     #[inline]
-    fn handle(&self, vm: &mut Vm<Self>, exit: &Exit) -> Outcome {
+    fn handle(&self, vm: &Vm<Self>, vcpu: &mut Vcpu<Self>, exit: &Exit) -> Outcome {
+        // The hottest exit takes no lock.
+        if let Exit::Cpuid = exit {
+            return crate::vtx::vm::cpuid(&mut vcpu.hw, &mut vcpu.model);
+        }
         crate::vtx::vm::handle(
             &self.hw,
             &vm.hw,
-            &mut vm.vcpu.hw,
-            &mut vm.vcpu.model,
-            &mut vm.devices,
+            &mut vcpu.hw,
+            &mut vcpu.model,
+            &mut vm.devices(),
             exit,
         )
     }
 
-    fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason> {
+    fn deliver_interrupt(
+        &self,
+        vm: &Vm<Self>,
+        vcpu: &mut Vcpu<Self>,
+        now: u64,
+    ) -> Result<(), StopReason> {
         crate::vtx::vm::deliver_interrupt(
             &vm.name,
-            &mut vm.vcpu.hw,
-            &mut vm.vcpu.model,
-            &mut vm.devices,
+            &mut vcpu.hw,
+            &mut vcpu.model,
+            &mut vm.devices(),
             now,
         )
     }

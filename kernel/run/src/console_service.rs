@@ -124,29 +124,34 @@ impl<B: Backend> GuestRun<B> {
             queue.clear();
             return Fed::Done;
         };
-        // A guest running elsewhere holds its slot for the rest of its
-        // slice: offer the input again rather than wait here.
-        let Some(mut slot) = slot.try_lock() else {
+        // A guest being stopped or restarted holds its slot: offer the
+        // input again rather than wait here.
+        let Some(slot) = slot.try_lock() else {
             return Fed::Waiting;
         };
-        let Some(vm) = slot.vm.as_mut() else {
+        let Some(vm) = slot.vm.clone() else {
             queue.clear();
             *stalled = None;
             return Fed::Done;
         };
+        drop(slot);
         let now = backend.now();
-        let super::Vm { name, devices, .. } = vm;
+        let name = &vm.name;
         let mut sink = |line: &str| backend.guest_line(name, line);
+        let mut devices = vm.devices();
         let (front, back) = queue.as_slices();
         let mut taken = devices.feed_com1(front, now, &mut sink);
         if taken == front.len() && !back.is_empty() {
             taken = taken.saturating_add(devices.feed_com1(back, now, &mut sink));
         }
+        drop(devices);
         queue.drain(..taken.min(queue.len()));
         if taken > 0 {
             *stalled = None;
-            // A vCPU halted until its console has input now.
-            let kick = self.queue.lock().wake(vcpu_id(i));
+            // A vCPU halted until its console has input now: the boot
+            // vCPU routes the receiver's interrupt to whichever the guest
+            // programmed.
+            let kick = self.queue.lock().wake(vcpu_id(vm.first_vcpu));
             self.kick(kick);
         } else {
             let since = *stalled.get_or_insert(now);

@@ -3,15 +3,18 @@
 //! up, until the monitor powers off). The run's first CPU also serves the
 //! console on every pass.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use sched::{Decision, StopCause, VcpuId, VcpuState};
 
+use alloc::sync::Arc;
+
+use vcpu::apic_bus::StartupEvent;
+
 use super::console_service::ConsoleService;
 use super::handover::ThisCpu;
-use super::{vcpu_id, Backend, ConfiguredGuest, GuestRun};
+use super::{vcpu_id, Backend, ConfiguredGuest, GuestRun, Vcpu, Vm};
 use vcpu::exit::{Exit, Outcome};
 use vcpu::stop::StopReason;
 
@@ -24,6 +27,8 @@ pub(super) enum SliceEnd {
     Halted { until: Option<u64> },
     /// The guest stopped.
     Stopped(StopReason),
+    /// Another CPU is stopping the guest: the vCPU just leaves.
+    Gone,
 }
 
 impl<B: Backend> GuestRun<B> {
@@ -51,14 +56,14 @@ impl<B: Backend> GuestRun<B> {
         }
         for (i, reason) in refused {
             if let Some(mut slot) = self.lock_slot(&mut local, i) {
-                self.retire(&mut local, &mut slot, i, reason, false);
+                self.retire(&mut local, &mut slot, i, None, reason, false);
             }
         }
     }
 
-    /// Puts slot `i`'s guest on a run queue and kicks the CPU that gets
-    /// it if that one is idle; `Err` when its `cpus` name a CPU that runs
-    /// no guests.
+    /// Puts guest `i`'s vCPUs on the run queues and kicks the CPUs that
+    /// get them if idle; `Err` when its `cpus` name a CPU that runs no
+    /// guests (none of its vCPUs is queued then).
     pub(super) fn enqueue(
         &self,
         queue: &mut sched::Scheduler,
@@ -83,13 +88,20 @@ impl<B: Backend> GuestRun<B> {
                 Some(ids)
             }
         };
-        match queue.add(vcpu_id(i), affinity.as_deref()) {
-            Ok(placement) => {
-                self.kick(placement.kick);
-                Ok(())
+        let first = self.first_vcpu.get(i).copied().unwrap_or(usize::MAX);
+        let n = slot.config.vcpus.max(1) as usize;
+        for k in 0..n {
+            match queue.add(vcpu_id(first.saturating_add(k)), affinity.as_deref()) {
+                Ok(placement) => self.kick(placement.kick),
+                Err(e) => {
+                    for j in 0..k {
+                        queue.remove(vcpu_id(first.saturating_add(j)));
+                    }
+                    return Err(StopReason::NotSchedulable(alloc::format!("{e}")));
+                }
             }
-            Err(e) => Err(StopReason::NotSchedulable(alloc::format!("{e}"))),
         }
+        Ok(())
     }
 
     /// Kicks the CPU the scheduler named, if any and not this one.
@@ -181,38 +193,52 @@ impl<B: Backend> GuestRun<B> {
                 .collect();
             (counts, blocked)
         };
-        if counts.runnable + counts.running > 0 {
+        if counts.runnable + counts.running > 0
+            || self.stops_in_progress.load(Ordering::Acquire) > 0
+        {
             return false;
         }
         if !blocked.is_empty() {
             let mut stopped = false;
-            for i in blocked {
-                let Some(mut slot) = self.lock_slot(local, i) else {
+            // A guest is stuck when every vCPU of it is: the ones that
+            // wait for a start-up IPI wait for the others.
+            let mut guests: Vec<usize> = blocked
+                .iter()
+                .filter_map(|&v| self.guest_of.get(v).copied())
+                .collect();
+            guests.dedup();
+            for g in guests {
+                let Some(mut slot) = self.lock_slot(local, g) else {
                     continue;
                 };
-                let state = self
-                    .queue
-                    .lock()
-                    .stats_ref(vcpu_id(i))
-                    .map(|s| (s.state, s.deadline));
-                if state != Some((VcpuState::Blocked, None)) {
+                let Some(vm) = slot.vm.clone() else {
                     continue;
-                }
+                };
+                let stuck = {
+                    let queue = self.queue.lock();
+                    vm.vcpu_ids().all(|v| {
+                        queue.stats_ref(vcpu_id(v)).map(|s| (s.state, s.deadline))
+                            == Some((VcpuState::Blocked, None))
+                    })
+                };
                 // A guest whose console input would wake it (a shell
                 // reading its serial line) waits for that.
-                if slot
-                    .vm
-                    .as_mut()
-                    .is_some_and(|vm| vm.devices.waits_for_console())
-                {
+                if !stuck || vm.devices().waits_for_console() {
                     continue;
                 }
-                let rip = slot.vm.as_ref().map_or(0, |vm| vm.vcpu.halt_rip);
-                self.stop(
+                let rip = self
+                    .lock_vcpu(local, vm.first_vcpu)
+                    .and_then(|s| s.as_ref().map(|s| s.vcpu.halt_rip))
+                    .unwrap_or(0);
+                let which = Arc::as_ptr(&vm);
+                drop(vm);
+                self.retire(
                     local,
                     &mut slot,
-                    i,
+                    g,
+                    Some(which),
                     StopReason::HaltedWithNoWakeSource { rip },
+                    true,
                 );
                 stopped = true;
             }
@@ -256,30 +282,34 @@ impl<B: Backend> GuestRun<B> {
     /// how it ended.
     fn run_vcpu(&self, local: &mut ThisCpu, vcpu: VcpuId, slice: u64, migrated: bool) {
         let i = vcpu.0 as usize;
-        let Some(mut slot) = self.lock_slot(local, i) else {
+        let Some(mut slot) = self.lock_vcpu(local, i) else {
             return;
         };
-        let end = self.run_slice(local, &mut slot, i, slice, migrated);
-        if let (SliceEnd::TimeUp, Some(vm)) = (&end, slot.vm.as_mut()) {
+        let end = match slot.as_mut() {
+            Some(s) => self.run_slice(local, &s.vm, &mut s.vcpu, i, slice, migrated),
+            // Its guest was stopped after the pick.
+            None => SliceEnd::Gone,
+        };
+        if let (SliceEnd::TimeUp, Some(s)) = (&end, slot.as_mut()) {
             // Cut off mid-line perhaps: its console waits for it.
-            vm.vcpu.console_held = true;
-            self.backend.console_hold(i, true);
+            s.vcpu.console_held = true;
+            self.backend.console_hold(s.vm.index, true);
         }
         let now = self.backend.now();
         // A switch is measured from a slice that ended by time or HLT;
         // after a stop, the stop's report (console lines) would be counted
         // too.
         local.last_exit = match end {
-            SliceEnd::Stopped(_) => None,
+            SliceEnd::Stopped(_) | SliceEnd::Gone => None,
             _ => Some((i, now)),
         };
         let cause = match &end {
             SliceEnd::TimeUp => StopCause::SliceEnd,
             SliceEnd::Halted { until } => StopCause::Blocked { until: *until },
-            SliceEnd::Stopped(_) => StopCause::Stopped,
+            SliceEnd::Stopped(_) | SliceEnd::Gone => StopCause::Stopped,
         };
         let stopped = {
-            let tally = slot.vm.as_mut().map(|vm| &mut vm.vcpu.model.tally);
+            let tally = slot.as_mut().map(|s| &mut s.vcpu.model.tally);
             self.queue
                 .lock()
                 .stopped_with(local.cpu, vcpu, cause, now, |table, other| {
@@ -296,16 +326,111 @@ impl<B: Backend> GuestRun<B> {
         }
         self.kick(stopped.kick);
         if let SliceEnd::Stopped(reason) = end {
-            self.stop(local, &mut slot, i, reason);
+            // The guest's stop takes its slot and then each vCPU's: this
+            // one's is let go first (lock order).
+            let Some(vm) = slot.as_ref().map(|s| Arc::as_ptr(&s.vm)) else {
+                return;
+            };
+            drop(slot);
+            if let Some(g) = self.guest_of.get(i).copied() {
+                if let Some(mut guest) = self.lock_slot(local, g) {
+                    self.retire(local, &mut guest, g, Some(vm), reason, true);
+                }
+            }
         }
     }
 
-    /// Switches guest `i` in and runs it for `slice` ticks, until it
-    /// halts, or until it stops. `migrated`: it last ran on another CPU.
+    /// Acts on what an exit or a delivery sent to other vCPUs of `vm`:
+    /// each is woken if it sleeps, or its CPU kicked if it runs elsewhere,
+    /// so that it takes the interrupt promptly.
+    #[inline]
+    fn notify(&self, vm: &Vm<B>, me: u32) {
+        let mask = vcpu::apic_bus::others(vm.apics.take_notify(), me);
+        if mask != 0 {
+            self.wake_vcpus(vm, mask);
+        }
+    }
+
+    #[inline(never)]
+    fn wake_vcpus(&self, vm: &Vm<B>, mut mask: u64) {
+        let me = self.backend.this_cpu();
+        let mut kicks: [Option<sched::CpuId>; 8] = [None; 8];
+        let mut n = 0;
+        {
+            let mut queue = self.queue.lock();
+            while mask != 0 {
+                let k = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let id = vcpu_id(vm.first_vcpu.saturating_add(k));
+                let running_on = queue
+                    .stats_ref(id)
+                    .filter(|s| s.state == VcpuState::Running)
+                    .map(|s| s.cpu);
+                let target = match running_on {
+                    // Remembered if it is about to block.
+                    Some(cpu) => {
+                        queue.wake(id);
+                        Some(cpu)
+                    }
+                    None => queue.wake(id),
+                };
+                if let Some(t) = target {
+                    if !kicks[..n].contains(&Some(t)) && n < kicks.len() {
+                        kicks[n] = Some(t);
+                        n += 1;
+                    } else if n == kicks.len() {
+                        // More CPUs than fit: kick them as they come.
+                        drop(queue);
+                        self.kick(Some(t));
+                        queue = self.queue.lock();
+                    }
+                }
+            }
+        }
+        for t in kicks.into_iter().take(n) {
+            if let Some(number) = t.and_then(|t| self.cpus.number(t)) {
+                if number != me {
+                    self.backend.kick(number);
+                }
+            }
+        }
+    }
+
+    /// Acts on the INIT and start-up IPIs the vCPU's local APIC latched
+    /// (SDM Vol. 3A, 9.4.4): an INIT puts an application processor back to
+    /// waiting for a start-up IPI with its APIC reset; a start-up IPI
+    /// starts a waiting one in real mode at its vector's page, and is
+    /// ignored by one that runs. The boot vCPU ignores both (an INIT
+    /// would reset the whole guest on a PC; guests reset through the
+    /// reset register instead). `Ok(true)` while it still waits.
+    fn start_up(&self, vcpu: &mut Vcpu<B>) -> Result<bool, StopReason> {
+        while let Some(event) = vcpu.model.lapic.take_startup() {
+            match event {
+                StartupEvent::Init if vcpu.index() != 0 => {
+                    vcpu.model.lapic.reset();
+                    vcpu.wait_for_sipi = true;
+                }
+                StartupEvent::StartUp { vector } if vcpu.wait_for_sipi => {
+                    self.backend
+                        .start_up(&mut vcpu.hw, vector)
+                        .map_err(StopReason::LaunchFailed)?;
+                    vcpu.wait_for_sipi = false;
+                    vcpu.model.attention_at = u64::MAX;
+                }
+                StartupEvent::Init | StartupEvent::StartUp { .. } => {}
+            }
+        }
+        Ok(vcpu.wait_for_sipi)
+    }
+
+    /// Switches vCPU `i` (of `vm`) in and runs it for `slice` ticks, until
+    /// it halts, or until it stops. `migrated`: it last ran on another
+    /// CPU.
     fn run_slice(
         &self,
         local: &mut ThisCpu,
-        slot: &mut ConfiguredGuest<B>,
+        vm: &Vm<B>,
+        vcpu: &mut Vcpu<B>,
         i: usize,
         slice: u64,
         migrated: bool,
@@ -315,28 +440,26 @@ impl<B: Backend> GuestRun<B> {
             .last_exit
             .filter(|(prev, _)| *prev != i)
             .map(|(_, at)| at);
-        let Some(vm) = slot.vm.as_mut() else {
-            return SliceEnd::Stopped(StopReason::NotSchedulable(String::from(
-                "the scheduler picked a guest that no longer exists",
-            )));
-        };
-        if core::mem::take(&mut vm.vcpu.console_held) {
-            backend.console_hold(i, false);
+        if vm.stopping.load(Ordering::Acquire) {
+            return SliceEnd::Gone;
         }
-        if vm.vcpu.active_on != Some(local.index) {
-            self.take_over(local, i, vm);
-            if let Err(e) = backend.arrive(&vm.hw, &mut vm.vcpu.hw, local.index) {
+        if core::mem::take(&mut vcpu.console_held) {
+            backend.console_hold(vm.index, false);
+        }
+        if vcpu.active_on != Some(local.index) {
+            self.take_over(local, i, vcpu);
+            if let Err(e) = backend.arrive(&vm.hw, &mut vcpu.hw, local.index) {
                 return SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
-            vm.vcpu.active_on = Some(local.index);
+            vcpu.active_on = Some(local.index);
             local.current = Some(i);
         }
         if local.owner != Some(i) {
-            // The switched state in the CPU is another guest's: save it
-            // there first (unless that guest's CPU took it meanwhile).
+            // The switched state in the CPU is another vCPU's: save it
+            // there first (unless that vCPU's CPU took it meanwhile).
             while let Some(o) = local.owner {
-                if let Some(mut other) = self.slots.get(o).and_then(|s| s.try_lock()) {
-                    if let Some(other) = other.vm.as_mut() {
+                if let Some(mut other) = self.vcpus.get(o).and_then(|s| s.try_lock()) {
+                    if let Some(other) = other.as_mut() {
                         backend.save_switched(&mut other.vcpu);
                     }
                     local.owner = None;
@@ -345,23 +468,33 @@ impl<B: Backend> GuestRun<B> {
                     core::hint::spin_loop();
                 }
             }
-            backend.load_switched(&mut vm.vcpu);
+            backend.load_switched(vcpu);
             local.owner = Some(i);
         }
         if local.current != Some(i) {
-            if let Err(e) = backend.make_current(&mut vm.vcpu.hw) {
+            if let Err(e) = backend.make_current(&mut vcpu.hw) {
                 return SliceEnd::Stopped(StopReason::LaunchFailed(e));
             }
             local.current = Some(i);
         }
-        vm.vcpu.slices += 1;
+        let me = vcpu.index();
+        if vcpu.wait_for_sipi {
+            // An application processor runs only once started.
+            vm.apics.collect(me, &mut vcpu.model.lapic);
+            match self.start_up(vcpu) {
+                Ok(true) => return SliceEnd::Halted { until: None },
+                Ok(false) => {}
+                Err(reason) => return SliceEnd::Stopped(reason),
+            }
+        }
+        vcpu.slices += 1;
         let slice_start = backend.now();
         let slice_end = slice_start.saturating_add(slice);
         // The slice's timer also ends the guest's run when one of its own
         // device timers is due, so the interrupt goes in on time even if
         // the guest does not exit by itself meanwhile.
-        let mut timer_at = timer_deadline(slice_end, vm.next_deadline());
-        if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, slice_start) {
+        let mut timer_at = timer_deadline(slice_end, vm.next_deadline(vcpu));
+        if let Err(reason) = arm_timer(backend, &mut vcpu.hw, timer_at, slice_start) {
             return SliceEnd::Stopped(reason);
         }
         // By scheduler index, the order of `cpus.numbers`.
@@ -373,45 +506,54 @@ impl<B: Backend> GuestRun<B> {
         let end = loop {
             // Timers due and interrupts raised since the last exit go in
             // before the entry (a few compares when nothing is pending).
-            if vm.needs_attention(last) {
-                if let Err(reason) = backend.deliver_interrupt(vm, last) {
+            if vm.needs_attention(vcpu, last) {
+                if let Err(reason) = backend.deliver_interrupt(vm, vcpu, last) {
                     break SliceEnd::Stopped(reason);
+                }
+                self.notify(vm, me);
+                // An INIT or start-up IPI may have come with the rest.
+                match self.start_up(vcpu) {
+                    Ok(false) => {}
+                    Ok(true) => break SliceEnd::Halted { until: None },
+                    Err(reason) => break SliceEnd::Stopped(reason),
                 }
                 // Running the due timers re-armed the periodic ones (the
                 // PIT, the APIC timer): the slice timer must end this run
                 // at their next deadline, or their ticks wait for the
                 // slice's end and are lost. One already due is the
                 // interrupt window's to deliver, not the timer's.
-                let wanted = timer_deadline(slice_end, vm.next_deadline().filter(|&d| d > last));
+                let wanted =
+                    timer_deadline(slice_end, vm.next_deadline(vcpu).filter(|&d| d > last));
                 if wanted != timer_at {
                     timer_at = wanted;
-                    if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, last) {
+                    if let Err(reason) = arm_timer(backend, &mut vcpu.hw, timer_at, last) {
                         break SliceEnd::Stopped(reason);
                     }
                 }
             }
-            let exit = backend.enter(&mut vm.vcpu.hw);
+            let exit = backend.enter(&mut vcpu.hw);
             // One clock read an exit: the guest is charged from one exit
             // to the next, its exit handling included.
             let now = backend.now();
-            vm.vcpu.ticks += now.wrapping_sub(last);
+            vcpu.ticks += now.wrapping_sub(last);
             last = now;
             let exit = match exit {
                 Ok(exit) => exit,
                 Err(reason) => break SliceEnd::Stopped(*reason),
             };
-            let outcome = backend.handle(vm, &exit);
-            // Only a device access can arm or move a device timer, or
-            // write to COM1.
+            let outcome = backend.handle(vm, vcpu, &exit);
+            // Only a device access can arm or move a device timer, write
+            // to COM1, or send an IPI.
             if matches!(
                 exit,
                 Exit::Io(_) | Exit::NestedPageFault { .. } | Exit::MsrWrite
             ) {
-                vm.forward_output(i, backend);
-                let wanted = timer_deadline(slice_end, vm.next_deadline());
+                vm.forward_output(backend);
+                self.notify(vm, me);
+                let wanted = timer_deadline(slice_end, vm.next_deadline(vcpu));
                 if wanted != timer_at {
                     timer_at = wanted;
-                    if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, now) {
+                    if let Err(reason) = arm_timer(backend, &mut vcpu.hw, timer_at, now) {
                         break SliceEnd::Stopped(reason);
                     }
                 }
@@ -420,38 +562,44 @@ impl<B: Backend> GuestRun<B> {
                 Outcome::Resume => {}
                 Outcome::HostInterrupt => {
                     // A kick: end it and do what it asks; a request never
-                    // concerns the guest running here.
+                    // concerns the vCPU running here. A kick may also say
+                    // another CPU stops this guest.
                     backend.end_host_interrupt();
                     self.service(local);
+                    if vm.stopping.load(Ordering::Acquire) {
+                        break SliceEnd::Gone;
+                    }
                 }
                 Outcome::Preempted if now < slice_end => {
                     // A device timer of the guest's is due: its interrupt
                     // goes in before the next entry; the slice goes on.
-                    timer_at = timer_deadline(slice_end, vm.next_deadline().filter(|&d| d > now));
-                    if let Err(reason) = arm_timer(backend, &mut vm.vcpu.hw, timer_at, now) {
+                    timer_at =
+                        timer_deadline(slice_end, vm.next_deadline(vcpu).filter(|&d| d > now));
+                    if let Err(reason) = arm_timer(backend, &mut vcpu.hw, timer_at, now) {
                         break SliceEnd::Stopped(reason);
                     }
                 }
                 Outcome::Preempted => {
-                    vm.vcpu.preemptions += 1;
+                    vcpu.preemptions += 1;
                     break SliceEnd::TimeUp;
                 }
                 Outcome::Halted => {
                     // An interrupt already due wakes it at once.
-                    if vm.needs_attention(now) {
+                    if vm.needs_attention(vcpu, now) {
                         continue;
                     }
                     // The HLT exit already moved RIP past the instruction:
                     // this is where the guest would resume.
-                    vm.vcpu.halt_rip = backend.rip(&vm.vcpu.hw);
+                    vcpu.halt_rip = backend.rip(&vcpu.hw);
                     // A guest that idles has said what it had to say: a
                     // partial line (a shell's prompt) is shown now rather
                     // than when a line end comes.
-                    vm.forward_output(i, backend);
+                    vm.forward_output(backend);
                     let name = &vm.name;
-                    vm.devices.flush(&mut |line| backend.guest_line(name, line));
+                    vm.devices()
+                        .flush(&mut |line| backend.guest_line(name, line));
                     break SliceEnd::Halted {
-                        until: vm.next_deadline(),
+                        until: vm.next_deadline(vcpu),
                     };
                 }
                 Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),
@@ -462,7 +610,7 @@ impl<B: Backend> GuestRun<B> {
             // a guest that exits more often than the timer runs out would
             // otherwise never be preempted.
             if now.wrapping_sub(slice_start) >= slice {
-                vm.vcpu.preemptions += 1;
+                vcpu.preemptions += 1;
                 break SliceEnd::TimeUp;
             }
         };

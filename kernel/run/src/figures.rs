@@ -95,7 +95,7 @@ impl<B: Backend> GuestRun<B> {
                     .unwrap_or(0);
                 alloc::format!(
                     "{} {}.{:02}%",
-                    self.names.get(i).map_or("?", String::as_str),
+                    self.vcpu_names.get(i).map_or("?", String::as_str),
                     hundredths / 100,
                     hundredths % 100
                 )
@@ -146,9 +146,9 @@ impl<B: Backend> GuestRun<B> {
     }
 }
 
-/// `guest <name>: vcpu0: ...`: the scheduler's figures for the vCPU of a
-/// guest that stopped (the ones the console monitor will show).
-pub(super) fn report_vcpu(name: &str, s: &sched::VcpuStats, last_cpu: Option<usize>) {
+/// `guest <name>: vcpu<k>: ...`: the scheduler's figures for vCPU `k` of
+/// a guest that stopped (the ones the console monitor will show).
+pub(super) fn report_vcpu(name: &str, k: usize, s: &sched::VcpuStats, last_cpu: Option<usize>) {
     let mut exits = String::new();
     for (kind, &n) in s.exits.iter().enumerate() {
         if n > 0 {
@@ -162,7 +162,7 @@ pub(super) fn report_vcpu(name: &str, s: &sched::VcpuStats, last_cpu: Option<usi
         exits.push_str(&alloc::format!("{sep}{} other", s.exits_other));
     }
     debug!(
-        "guest {name}: vcpu0: {} TSC ticks on a CPU in {} slices ({} moved between CPUs, {} blocked, {} woken), last on {}; exits: {}",
+        "guest {name}: vcpu{k}: {} TSC ticks on a CPU in {} slices ({} moved between CPUs, {} blocked, {} woken), last on {}; exits: {}",
         s.run_time,
         s.slices,
         s.migrations,

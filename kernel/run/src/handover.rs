@@ -7,19 +7,18 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use sched::CpuId;
 use spin::MutexGuard;
 
-use super::{Backend, ConfiguredGuest, GuestRun, Vm};
+use super::{Backend, ConfiguredGuest, GuestRun, Vcpu, VcpuSlot};
 
-/// A request from one CPU to another: "make this guest's vCPU inactive,
-/// and save its switched state if you hold it, so I can run it". The
-/// requester holds the guest's slot lock and waits until `vm` is null
-/// again.
+/// A request from one CPU to another: "make this vCPU inactive, and save
+/// its switched state if you hold it, so I can run it". The requester
+/// holds the vCPU's slot lock and waits until `vm` is null again.
 pub struct Mailbox<B: Backend> {
     /// Taken (true) by one requester at a time.
     busy: AtomicBool,
-    /// The slot of the guest to give up (valid while `vm` is set).
+    /// The vCPU's slot (valid while `vm` is set).
     slot: AtomicUsize,
-    /// The guest, while a request is open.
-    vm: AtomicPtr<Vm<B>>,
+    /// The vCPU, while a request is open.
+    vm: AtomicPtr<Vcpu<B>>,
 }
 
 impl<B: Backend> Mailbox<B> {
@@ -39,12 +38,12 @@ pub struct ThisCpu {
     pub cpu: CpuId,
     /// Its CPU number.
     pub index: usize,
-    /// The slot whose switched state is in the CPU.
+    /// The vCPU (by slot) whose switched state is in the CPU.
     pub owner: Option<usize>,
-    /// The slot whose vCPU is current.
+    /// The vCPU (by slot) that is current.
     pub current: Option<usize>,
     /// When the last slice ended, and whose it was: the next slice of
-    /// another guest measures the switch from there.
+    /// another vCPU measures the switch from there.
     pub last_exit: Option<(usize, u64)>,
 }
 
@@ -63,8 +62,25 @@ impl ThisCpu {
 }
 
 impl<B: Backend> GuestRun<B> {
-    /// Locks slot `i`, doing what other CPUs ask of this one meanwhile (a
-    /// CPU that holds the lock may be waiting for this one).
+    /// Locks vCPU slot `i`, doing what other CPUs ask of this one
+    /// meanwhile.
+    pub(super) fn lock_vcpu(
+        &self,
+        local: &mut ThisCpu,
+        i: usize,
+    ) -> Option<MutexGuard<'_, Option<VcpuSlot<B>>>> {
+        let slot = self.vcpus.get(i)?;
+        loop {
+            if let Some(guard) = slot.try_lock() {
+                return Some(guard);
+            }
+            self.service(local);
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Locks guest slot `i`, doing what other CPUs ask of this one
+    /// meanwhile (a CPU that holds the lock may be waiting for this one).
     pub(super) fn lock_slot(
         &self,
         local: &mut ThisCpu,
@@ -91,44 +107,44 @@ impl<B: Backend> GuestRun<B> {
             return;
         }
         let i = mailbox.slot.load(Ordering::Acquire);
-        // SAFETY: the requesting CPU holds slot `i`'s lock, which guards
-        // this guest, and does nothing with it until `vm` is null again:
-        // this CPU has the only access meanwhile. The vCPU is not running
-        // (it was picked for the requester, or is being stopped).
-        let vm = unsafe { &mut *ptr };
-        self.give_up(local, vm, i);
+        // SAFETY: the requesting CPU holds vCPU slot `i`'s lock, which
+        // guards this vCPU, and does nothing with it until `vm` is null
+        // again: this CPU has the only access meanwhile. The vCPU is not
+        // running (it was picked for the requester, or is being stopped).
+        let vcpu = unsafe { &mut *ptr };
+        self.give_up(local, vcpu, i);
         mailbox.vm.store(core::ptr::null_mut(), Ordering::Release);
     }
 
-    /// Gives up guest `i` (its slot locked here) if its vCPU is active on
-    /// this CPU, so any CPU may take it without asking.
-    pub(super) fn release(&self, local: &mut ThisCpu, slot: &mut ConfiguredGuest<B>, i: usize) {
-        if let Some(vm) = slot.vm.as_mut() {
-            if vm.vcpu.active_on == Some(local.index) {
-                self.give_up(local, vm, i);
+    /// Gives up vCPU `i` (its slot locked here) if it is active on this
+    /// CPU, so any CPU may take it without asking.
+    pub(super) fn release(&self, local: &mut ThisCpu, slot: &mut Option<VcpuSlot<B>>, i: usize) {
+        if let Some(s) = slot.as_mut() {
+            if s.vcpu.active_on == Some(local.index) {
+                self.give_up(local, &mut s.vcpu, i);
             }
         }
     }
 
-    /// What giving up guest `i`'s vCPU, active on this CPU, takes: its
-    /// switched state back to its save area if this CPU holds it, and
-    /// making it inactive.
-    pub(super) fn give_up(&self, local: &mut ThisCpu, vm: &mut Vm<B>, i: usize) {
+    /// What giving up vCPU `i`, active on this CPU, takes: its switched
+    /// state back to its save area if this CPU holds it, and making it
+    /// inactive.
+    pub(super) fn give_up(&self, local: &mut ThisCpu, vcpu: &mut Vcpu<B>, i: usize) {
         if local.owner == Some(i) {
-            self.backend.save_switched(&mut vm.vcpu);
+            self.backend.save_switched(vcpu);
             local.owner = None;
         }
         if local.current == Some(i) {
             local.current = None;
         }
-        self.backend.clear(&mut vm.vcpu.hw);
-        vm.vcpu.active_on = None;
+        self.backend.clear(&mut vcpu.hw);
+        vcpu.active_on = None;
     }
 
-    /// Makes sure guest `i`'s vCPU is active on no CPU but this one: asks
-    /// the CPU it is on to give it up and waits until it has.
-    pub(super) fn take_over(&self, local: &mut ThisCpu, i: usize, vm: &mut Vm<B>) {
-        let Some(other) = vm.vcpu.active_on.filter(|&c| c != local.index) else {
+    /// Makes sure vCPU `i` is active on no CPU but this one: asks the CPU
+    /// it is on to give it up and waits until it has.
+    pub(super) fn take_over(&self, local: &mut ThisCpu, i: usize, vcpu: &mut Vcpu<B>) {
+        let Some(other) = vcpu.active_on.filter(|&c| c != local.index) else {
             return;
         };
         let Some(mailbox) = self.mailboxes.get(other) else {
@@ -143,7 +159,7 @@ impl<B: Backend> GuestRun<B> {
             core::hint::spin_loop();
         }
         mailbox.slot.store(i, Ordering::Release);
-        let ptr: *mut Vm<B> = vm;
+        let ptr: *mut Vcpu<B> = vcpu;
         mailbox.vm.store(ptr, Ordering::Release);
         self.backend.kick(other);
         while mailbox.vm.load(Ordering::Acquire) == ptr {

@@ -31,14 +31,16 @@ extern crate alloc;
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use sched::CpuId;
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 
 use config::{GuestConfig, GuestStopAction};
-use vcpu::exit::{Exit, ExitStats, Outcome, VcpuModel};
+use vcpu::apic_bus::ApicBus;
+use vcpu::exit::{Exit, Outcome, VcpuModel};
 use vcpu::stop::StopReason;
 use vcpu::vm::{VmDevices, WallClock};
 
@@ -61,8 +63,9 @@ use handover::Mailbox;
 /// state; the run calls it with that guest's slot locked, on a CPU where
 /// the rules of [`Vcpu::active_on`] allow it.
 pub trait Backend: Sync {
-    /// A VM's hardware half: its RAM and second-level page tables.
-    type Vm: Send;
+    /// A VM's hardware half: its RAM and second-level page tables, read
+    /// by its vCPUs on several CPUs at once.
+    type Vm: Send + Sync;
     /// A vCPU's hardware half: its VMCS (or VMCB), registers and switched
     /// state.
     type Vcpu: Send;
@@ -90,12 +93,20 @@ pub trait Backend: Sync {
     fn idle(&self, until: Option<u64>) -> bool;
 
     /// Creates guest number `index` (0-based, as configured) from its
-    /// configuration: memory, image, first vCPU, current on this CPU.
-    /// `None` when it cannot start; the backend has said why.
-    fn create(&self, index: usize, config: &GuestConfig) -> Option<(Self::Vm, Self::Vcpu)>;
-    /// Gives back everything the guest holds. Its vCPU is active on this
-    /// CPU or on none.
-    fn destroy(&self, vm: &mut Self::Vm, vcpu: &mut Self::Vcpu);
+    /// configuration: memory, image, and its `config.vcpus` vCPUs (the
+    /// first ready to run the image, the others waiting for a start-up
+    /// IPI), each active on this CPU, the last one current. `None` when it
+    /// cannot start; the backend has said why.
+    fn create(&self, index: usize, config: &GuestConfig) -> Option<(Self::Vm, Vec<Self::Vcpu>)>;
+    /// Gives back what one vCPU holds. It is active on this CPU or on
+    /// none.
+    fn destroy_vcpu(&self, vm: &Self::Vm, vcpu: &mut Self::Vcpu);
+    /// Gives back what the VM holds, once its vCPUs are destroyed.
+    fn destroy_vm(&self, vm: &mut Self::Vm);
+    /// Starts the vCPU (current on this CPU) as a start-up IPI with start
+    /// page `vector` does (SDM Vol. 3A, 9.4.4 and 11.6.1): real mode at
+    /// `vector << 12`, the rest as INIT leaves it.
+    fn start_up(&self, vcpu: &mut Self::Vcpu, vector: u8) -> Result<(), String>;
     /// Takes the vCPU, active on no CPU, onto this CPU (`cpu`): loads it
     /// and points its host state at this CPU; the next entry launches it.
     fn arrive(&self, vm: &Self::Vm, vcpu: &mut Self::Vcpu, cpu: usize) -> Result<(), String>;
@@ -118,13 +129,20 @@ pub trait Backend: Sync {
     /// Enters the vCPU (current on this CPU) and returns its decoded exit
     /// (boxed error: the result travels in two registers on every exit).
     fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, Box<StopReason>>;
-    /// Handles `exit` with the neutral handlers.
-    fn handle(&self, vm: &mut Vm<Self>, exit: &Exit) -> Outcome
+    /// Handles `exit` of `vcpu` with the neutral handlers (locking the
+    /// VM's devices where the exit needs them).
+    fn handle(&self, vm: &Vm<Self>, vcpu: &mut Vcpu<Self>, exit: &Exit) -> Outcome
     where
         Self: Sized;
-    /// Delivers the interrupt the VM's controller holds, or asks for an
-    /// interrupt window (before an entry, the vCPU current here).
-    fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason>
+    /// Delivers the interrupt the vCPU's local APIC or the VM's 8259
+    /// holds, or asks for an interrupt window (before an entry, the vCPU
+    /// current here).
+    fn deliver_interrupt(
+        &self,
+        vm: &Vm<Self>,
+        vcpu: &mut Vcpu<Self>,
+        now: u64,
+    ) -> Result<(), StopReason>
     where
         Self: Sized;
     /// Where the vCPU resumes (RIP), for reports.
@@ -193,12 +211,12 @@ pub enum ConsoleInput<'a> {
     Monitor(&'a [u8]),
 }
 
-/// A guest's one vCPU (guests with several vCPUs come with their own
-/// issue; the configuration refuses them until then).
+/// One vCPU of a guest.
 pub struct Vcpu<B: Backend> {
     /// The backend's half.
     pub hw: B::Vcpu,
-    /// The exit handlers' state and counters.
+    /// The exit handlers' state and counters (its index in the guest
+    /// among them).
     pub model: VcpuModel,
     /// The CPU (by number) on which its hardware state is active and its
     /// switched state may be held: only that CPU may run it or clear it.
@@ -214,86 +232,203 @@ pub struct Vcpu<B: Backend> {
     pub halt_rip: u64,
     /// Preempted with the console told so ([`Backend::console_hold`]).
     pub console_held: bool,
+    /// It waits for a start-up IPI: an application processor before its
+    /// first one, or after an INIT. It does not run meanwhile.
+    pub wait_for_sipi: bool,
 }
 
-/// A running guest: what its vCPUs share, and its vCPU.
+impl<B: Backend> Vcpu<B> {
+    /// Its index in its guest (0: the boot vCPU).
+    #[inline]
+    pub fn index(&self) -> u32 {
+        self.model.index
+    }
+}
+
+/// What the vCPUs of a running guest share. Each vCPU runs with its own
+/// lock ([`VcpuSlot`]), so several run at once on different CPUs; what
+/// they share is read-only (the backend's VM half), behind its own lock
+/// (the devices, taken for the exits that need them), or atomic (the
+/// APIC bus, the flags).
 pub struct Vm<B: Backend> {
     /// The name from the configuration.
     pub name: String,
+    /// Its configured guest number: its console source.
+    pub index: usize,
     /// The backend's half: RAM and second-level tables.
     pub hw: B::Vm,
-    /// Devices and interrupt routing.
-    pub devices: VmDevices,
-    /// Its vCPU.
-    pub vcpu: Vcpu<B>,
+    /// Devices and interrupt routing; [`Vm::devices`] locks them.
+    devices: Mutex<VmDevices>,
+    /// The wires between its vCPUs' local APICs (also reachable through
+    /// the devices; kept here to read without their lock).
+    pub apics: Arc<ApicBus>,
+    /// When the devices next need the interrupt path (TSC; 0: now), and
+    /// their earliest timer (`u64::MAX`: none), as of the last time they
+    /// were unlocked.
+    device_attention: AtomicU64,
+    device_deadline: AtomicU64,
     /// When it was created (TSC): its uptime counts from here.
     pub started_at: u64,
+    /// The scheduler id of its vCPU 0; vCPU `k` has `first_vcpu + k`.
+    pub first_vcpu: usize,
+    /// How many vCPUs it has.
+    pub vcpus: u32,
+    /// Its stop has begun: its vCPUs leave their slices at the next exit.
+    pub stopping: AtomicBool,
+}
+
+/// A VM's devices, locked; unlocking brings the VM's attention time up to
+/// date.
+pub struct DevicesGuard<'a> {
+    guard: MutexGuard<'a, VmDevices>,
+    attention: &'a AtomicU64,
+    deadline: &'a AtomicU64,
+}
+
+impl core::ops::Deref for DevicesGuard<'_> {
+    type Target = VmDevices;
+    fn deref(&self) -> &VmDevices {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for DevicesGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VmDevices {
+        &mut self.guard
+    }
+}
+
+impl Drop for DevicesGuard<'_> {
+    fn drop(&mut self) {
+        let at = self.guard.attention_tsc();
+        self.attention.store(at, Ordering::Release);
+        let deadline = self.guard.next_deadline().unwrap_or(u64::MAX);
+        self.deadline.store(deadline, Ordering::Release);
+    }
 }
 
 impl<B: Backend> Vm<B> {
-    /// A guest the backend created: one vCPU, the standard devices, COM1
-    /// in raw mode (what the guest transmits goes to
-    /// [`Backend::guest_output`] byte for byte).
-    pub fn new(name: &str, hw: B::Vm, vcpu: B::Vcpu, cpu: usize, backend: &B) -> Self {
+    /// A guest the backend created as configured guest number `index`,
+    /// with its vCPUs (`vcpus`, the boot vCPU first) active on CPU `cpu`;
+    /// the standard devices, COM1 in raw mode (what the guest transmits
+    /// goes to [`Backend::guest_output`] byte for byte).
+    pub fn new(
+        name: &str,
+        index: usize,
+        first_vcpu: usize,
+        hw: B::Vm,
+        vcpus: Vec<B::Vcpu>,
+        cpu: usize,
+        backend: &B,
+    ) -> (Arc<Self>, Vec<Vcpu<B>>) {
         let tsc_hz = backend.tsc_hz();
-        let mut devices = VmDevices::new(tsc_hz, backend.wall_clock());
+        let n = u32::try_from(vcpus.len()).unwrap_or(u32::MAX).max(1);
+        let mut devices = VmDevices::with_vcpus(tsc_hz, backend.wall_clock(), n);
         devices.set_com1_raw(true);
-        Self {
+        let apics = Arc::clone(devices.apic_bus());
+        let attention = devices.attention_tsc();
+        let vm = Arc::new(Self {
             name: String::from(name),
+            index,
             hw,
-            devices,
+            devices: Mutex::new(devices),
+            apics,
+            device_attention: AtomicU64::new(attention),
+            device_deadline: AtomicU64::new(u64::MAX),
             started_at: backend.now(),
-            vcpu: Vcpu {
-                hw: vcpu,
-                model: VcpuModel::new(0, 1, tsc_hz),
-                active_on: Some(cpu),
-                ticks: 0,
-                slices: 0,
-                preemptions: 0,
-                halt_rip: 0,
-                console_held: false,
-            },
+            first_vcpu,
+            vcpus: n,
+            stopping: AtomicBool::new(false),
+        });
+        let vcpus = vcpus
+            .into_iter()
+            .enumerate()
+            .map(|(k, hw)| {
+                let k = u32::try_from(k).unwrap_or(u32::MAX);
+                Vcpu {
+                    hw,
+                    model: VcpuModel::new(k, n, tsc_hz),
+                    active_on: Some(cpu),
+                    ticks: 0,
+                    slices: 0,
+                    preemptions: 0,
+                    halt_rip: 0,
+                    console_held: false,
+                    wait_for_sipi: k != 0,
+                }
+            })
+            .collect();
+        (vm, vcpus)
+    }
+
+    /// Locks the devices.
+    #[inline]
+    pub fn devices(&self) -> DevicesGuard<'_> {
+        DevicesGuard {
+            guard: self.devices.lock(),
+            attention: &self.device_attention,
+            deadline: &self.device_deadline,
         }
     }
 
     /// Passes what the guest transmitted on COM1 since the last call to
-    /// the backend's console, as guest number `index`.
+    /// the backend's console.
     #[inline]
-    pub fn forward_output(&mut self, index: usize, backend: &B) {
-        self.devices
+    pub fn forward_output(&self, backend: &B) {
+        let index = self.index;
+        self.devices()
             .take_console_output(&mut |bytes| backend.guest_output(index, bytes));
     }
 
-    /// The vCPU's exit counters.
-    pub fn stats(&self) -> ExitStats {
-        self.vcpu.model.stats
-    }
-
-    /// Whether the interrupt path has something to do for the vCPU at
-    /// `now`: a device timer or line of the VM, or the vCPU's own
-    /// deliverable interrupt or APIC timer. Asked before every entry.
+    /// Whether the interrupt path has something to do for `vcpu` at
+    /// `now`: a device timer or line of the VM, something another vCPU or
+    /// the I/O APIC sent it, or its own deliverable interrupt or APIC
+    /// timer. Asked before every entry.
     #[inline]
-    pub fn needs_attention(&self, now: u64) -> bool {
-        self.devices.needs_attention(now) || self.vcpu.model.attention_at <= now
+    pub fn needs_attention(&self, vcpu: &Vcpu<B>, now: u64) -> bool {
+        self.device_attention.load(Ordering::Acquire) <= now
+            || vcpu.model.attention_at <= now
+            || self.apics.pending(vcpu.index())
     }
 
-    /// The earliest TSC at which a device of the VM or the vCPU's APIC
-    /// timer wants the vCPU back.
-    pub fn next_deadline(&self) -> Option<u64> {
-        let own = Some(self.vcpu.model.attention_at).filter(|&t| t != u64::MAX);
-        match (self.devices.next_deadline(), own) {
+    /// The earliest TSC at which `vcpu` is wanted back: its APIC timer,
+    /// and for the boot vCPU also the VM's device timers (the devices'
+    /// interrupts reach the others through it and the APIC bus).
+    pub fn next_deadline(&self, vcpu: &Vcpu<B>) -> Option<u64> {
+        let own = Some(vcpu.model.attention_at).filter(|&t| t != u64::MAX);
+        let devices = if vcpu.index() == 0 {
+            Some(self.device_deadline.load(Ordering::Acquire)).filter(|&t| t != u64::MAX)
+        } else {
+            None
+        };
+        match (devices, own) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
+
+    /// The scheduler ids of its vCPUs.
+    pub fn vcpu_ids(&self) -> core::ops::Range<usize> {
+        self.first_vcpu..self.first_vcpu.saturating_add(self.vcpus as usize)
+    }
+}
+
+/// A vCPU of a running guest with the guest it belongs to: what the run
+/// locks to run it. Empty while the guest is stopped.
+pub struct VcpuSlot<B: Backend> {
+    /// Its guest.
+    pub vm: Arc<Vm<B>>,
+    /// The vCPU.
+    pub vcpu: Vcpu<B>,
 }
 
 /// One configured guest and, while it exists, the guest.
 pub struct ConfiguredGuest<B: Backend> {
     /// Its configuration.
     pub config: GuestConfig,
-    /// The guest, while it exists.
-    pub vm: Option<Vm<B>>,
+    /// The guest, while it exists (its vCPUs are in the run's vCPU
+    /// slots).
+    pub vm: Option<Arc<Vm<B>>>,
     /// Why it last stopped, once it has.
     pub last_stop: Option<String>,
     /// Times it was created again after its first start.
@@ -336,9 +471,21 @@ impl CpuSet {
 /// works on one `GuestRun` ([`GuestRun::cpu_loop`]).
 pub struct GuestRun<B: Backend> {
     backend: B,
+    /// By configured guest number. Lock order: a guest's slot before any
+    /// vCPU slot, and a CPU that holds a vCPU slot never waits for a
+    /// guest's slot.
     slots: Vec<Mutex<ConfiguredGuest<B>>>,
+    /// By scheduler vCPU id: guest `g`'s vCPU `k` is `first_vcpu[g] + k`.
+    vcpus: Vec<Mutex<Option<VcpuSlot<B>>>>,
+    /// Each vCPU id's guest.
+    guest_of: Vec<usize>,
+    /// Each guest's first vCPU id.
+    first_vcpu: Vec<usize>,
+    /// Stops in progress: while a guest's vCPUs leave the queues one by
+    /// one, no CPU may conclude that nothing is left to run.
+    stops_in_progress: AtomicUsize,
     /// The run queues: `sched` decides which vCPU runs where next and for
-    /// how long; a slot's index is its vCPU id.
+    /// how long.
     queue: Mutex<sched::Scheduler>,
     on_stop: GuestStopAction,
     cpus: CpuSet,
@@ -350,8 +497,11 @@ pub struct GuestRun<B: Backend> {
     finished: AtomicBool,
     /// CPUs other than the first that have left the loop.
     left: AtomicUsize,
-    /// Each slot's guest name, for reports that must not lock slots.
+    /// Each guest's name, for reports that must not lock slots.
     names: Vec<String>,
+    /// Each vCPU's name (its guest's, with `/k` for guests with several),
+    /// by vCPU id.
+    vcpu_names: Vec<String>,
     /// The first stop has reported how the guests shared the CPUs.
     shares_reported: AtomicBool,
     /// The run goes on with every guest stopped (the monitor may restart
@@ -361,6 +511,19 @@ pub struct GuestRun<B: Backend> {
     poweroff: AtomicBool,
     /// When the run was set up (TSC), for the CPUs' shares in `stats`.
     started_at: u64,
+}
+
+impl<B: Backend> GuestRun<B> {
+    /// The vCPU ids of configured guest `g`.
+    pub(crate) fn guest_vcpus(&self, g: usize) -> core::ops::Range<usize> {
+        let first = self.first_vcpu.get(g).copied().unwrap_or(0);
+        let end = self
+            .first_vcpu
+            .get(g + 1)
+            .copied()
+            .unwrap_or(self.guest_of.len());
+        first..end.max(first)
+    }
 }
 
 /// Why a run could not be set up.
@@ -389,10 +552,40 @@ impl<B: Backend> GuestRun<B> {
     ) -> Result<Self, RunError> {
         let cpu = backend.this_cpu();
         let mut slots = Vec::new();
+        let mut vcpus = Vec::new();
+        let mut guest_of = Vec::new();
+        let mut first_vcpu = Vec::new();
+        let mut vcpu_names = Vec::new();
         for (k, config) in configs.into_iter().enumerate() {
-            let vm = backend
+            let first = guest_of.len();
+            let n = config.vcpus.max(1) as usize;
+            first_vcpu.push(first);
+            for v in 0..n {
+                guest_of.push(k);
+                vcpu_names.push(if n == 1 {
+                    config.name.clone()
+                } else {
+                    alloc::format!("{}/{v}", config.name)
+                });
+            }
+            let created = backend
                 .create(k, &config)
-                .map(|(hw, vcpu)| Vm::new(&config.name, hw, vcpu, cpu, &backend));
+                .map(|(hw, hws)| Vm::new(&config.name, k, first, hw, hws, cpu, &backend));
+            let vm = match created {
+                Some((vm, parts)) => {
+                    for vcpu in parts {
+                        vcpus.push(Mutex::new(Some(VcpuSlot {
+                            vm: Arc::clone(&vm),
+                            vcpu,
+                        })));
+                    }
+                    Some(vm)
+                }
+                None => None,
+            };
+            while vcpus.len() < guest_of.len() {
+                vcpus.push(Mutex::new(None));
+            }
             backend.console_add_guest(k, &config.name);
             slots.push(ConfiguredGuest {
                 config,
@@ -404,8 +597,15 @@ impl<B: Backend> GuestRun<B> {
         let queue = match sched::Scheduler::new(cpus.len() as u32, slice.max(1)) {
             Ok(queue) => queue,
             Err(e) => {
-                for mut vm in slots.into_iter().filter_map(|s| s.vm) {
-                    backend.destroy(&mut vm.hw, &mut vm.vcpu.hw);
+                for slot in &vcpus {
+                    if let Some(mut s) = slot.lock().take() {
+                        backend.destroy_vcpu(&s.vm.hw, &mut s.vcpu.hw);
+                    }
+                }
+                for vm in slots.into_iter().filter_map(|s| s.vm) {
+                    if let Ok(mut vm) = Arc::try_unwrap(vm) {
+                        backend.destroy_vm(&mut vm.hw);
+                    }
                 }
                 return Err(RunError(e));
             }
@@ -419,6 +619,11 @@ impl<B: Backend> GuestRun<B> {
         Ok(Self {
             backend,
             slots: slots.into_iter().map(Mutex::new).collect(),
+            vcpus,
+            guest_of,
+            first_vcpu,
+            stops_in_progress: AtomicUsize::new(0),
+            vcpu_names,
             queue: Mutex::new(queue),
             on_stop,
             cpus: CpuSet { numbers: cpus },
@@ -469,7 +674,7 @@ impl<B: Backend> GuestRun<B> {
     }
 }
 
-/// The vCPU id of slot `i`.
+/// The scheduler's id of vCPU slot `i`.
 fn vcpu_id(i: usize) -> sched::VcpuId {
     sched::VcpuId(u32::try_from(i).unwrap_or(u32::MAX))
 }

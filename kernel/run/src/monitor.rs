@@ -58,11 +58,18 @@ impl<'a, B: Backend> RunTarget<'a, B> {
     fn summary(&self, slot: &ConfiguredGuest<B>, i: usize) -> GuestSummary {
         let run = self.run;
         let now = run.backend.now();
-        let (paused, exits) = run
-            .queue
-            .lock()
-            .stats_ref(vcpu_id(i))
-            .map_or((false, 0), |s| (s.paused, s.exits_total()));
+        let (paused, exits) = {
+            let queue = run.queue.lock();
+            let mut paused = false;
+            let mut exits = 0u64;
+            for v in run.guest_vcpus(i) {
+                if let Some(s) = queue.stats_ref(vcpu_id(v)) {
+                    paused |= s.paused;
+                    exits = exits.saturating_add(s.exits_total());
+                }
+            }
+            (paused, exits)
+        };
         let state = match &slot.vm {
             None => GuestState::Stopped,
             Some(_) if paused => GuestState::Paused,
@@ -126,27 +133,40 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
     }
 
     fn regs(&mut self, guest: &str, vcpu: u32) -> Result<RegisterSnapshot, String> {
-        if vcpu != 0 {
-            return Err(alloc::format!("no vcpu {vcpu}: the guest has one, vcpu 0"));
-        }
         self.with_slot(guest, |run, local, slot, i| {
-            let Some(vm) = slot.vm.as_mut() else {
+            if slot.vm.is_none() {
+                return Err(String::from("the guest is stopped"));
+            }
+            let n = slot.config.vcpus.max(1);
+            if vcpu >= n {
+                return Err(if n == 1 {
+                    alloc::format!("no vcpu {vcpu}: the guest has one, vcpu 0")
+                } else {
+                    alloc::format!("no vcpu {vcpu}: the guest has vcpu 0 to {}", n - 1)
+                });
+            }
+            let v = run
+                .guest_vcpus(i)
+                .nth(vcpu as usize)
+                .ok_or("no such vcpu")?;
+            let mut vslot = run.lock_vcpu(local, v).ok_or("no such vcpu")?;
+            let Some(s) = vslot.as_mut() else {
                 return Err(String::from("the guest is stopped"));
             };
             let backend = &run.backend;
             // Its state is read where it is current: take it over as a
             // slice would (it runs nowhere while its slot is locked).
-            if vm.vcpu.active_on != Some(local.index) {
-                run.take_over(local, i, vm);
-                backend.arrive(&vm.hw, &mut vm.vcpu.hw, local.index)?;
-                vm.vcpu.active_on = Some(local.index);
-                local.current = Some(i);
+            if s.vcpu.active_on != Some(local.index) {
+                run.take_over(local, v, &mut s.vcpu);
+                backend.arrive(&s.vm.hw, &mut s.vcpu.hw, local.index)?;
+                s.vcpu.active_on = Some(local.index);
+                local.current = Some(v);
             }
-            if local.current != Some(i) {
-                backend.make_current(&mut vm.vcpu.hw)?;
-                local.current = Some(i);
+            if local.current != Some(v) {
+                backend.make_current(&mut s.vcpu.hw)?;
+                local.current = Some(v);
             }
-            Ok(backend.registers(&mut vm.vcpu.hw))
+            Ok(backend.registers(&mut s.vcpu.hw))
         })
         .unwrap_or_else(|| Err(String::from("no such guest")))
     }
@@ -162,12 +182,22 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
     fn exits(&self, guest: &str) -> Option<ExitCounts> {
         let i = self.index(guest)?;
         let queue = self.run.queue.lock();
-        let Some(s) = queue.stats_ref(vcpu_id(i)) else {
-            // Stopped: its figures went with it.
-            return Some(ExitCounts::default());
-        };
-        let mut by_reason: Vec<(String, u64)> = s
-            .exits
+        // A guest's counts are the sum of its vCPUs'; a stopped guest's
+        // went with it.
+        let mut table = [0u64; sched::EXIT_KINDS];
+        let mut other = 0u64;
+        let mut total = 0u64;
+        for v in self.run.guest_vcpus(i) {
+            let Some(s) = queue.stats_ref(vcpu_id(v)) else {
+                continue;
+            };
+            for (t, &n) in table.iter_mut().zip(s.exits.iter()) {
+                *t = t.saturating_add(n);
+            }
+            other = other.saturating_add(s.exits_other);
+            total = total.saturating_add(s.exits_total());
+        }
+        let mut by_reason: Vec<(String, u64)> = table
             .iter()
             .enumerate()
             .filter(|&(_, &n)| n > 0)
@@ -176,13 +206,10 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
                 (name.to_string(), n)
             })
             .collect();
-        if s.exits_other > 0 {
-            by_reason.push((String::from("other"), s.exits_other));
+        if other > 0 {
+            by_reason.push((String::from("other"), other));
         }
-        Some(ExitCounts {
-            total: s.exits_total(),
-            by_reason,
-        })
+        Some(ExitCounts { total, by_reason })
     }
 
     fn log(&self, guest: &str) -> Option<Vec<u8>> {
@@ -199,11 +226,17 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
     fn pause(&mut self, guest: &str) -> Result<(), String> {
         let i = self.index(guest).ok_or("no such guest")?;
         let mut queue = self.run.queue.lock();
-        match queue.stats_ref(vcpu_id(i)).map(|s| (s.state, s.paused)) {
+        let first = self.run.guest_vcpus(i).next().map(vcpu_id);
+        match first
+            .and_then(|v| queue.stats_ref(v))
+            .map(|s| (s.state, s.paused))
+        {
             None | Some((VcpuState::Stopped, _)) => Err(String::from("it is stopped")),
             Some((_, true)) => Err(String::from("it is already paused")),
             Some(_) => {
-                queue.pause(vcpu_id(i));
+                for v in self.run.guest_vcpus(i) {
+                    queue.pause(vcpu_id(v));
+                }
                 Ok(())
             }
         }
@@ -211,15 +244,23 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
 
     fn resume(&mut self, guest: &str) -> Result<(), String> {
         let i = self.index(guest).ok_or("no such guest")?;
-        let kick = {
+        let mut kicks = Vec::new();
+        {
             let mut queue = self.run.queue.lock();
-            match queue.stats_ref(vcpu_id(i)).map(|s| s.paused) {
+            let first = self.run.guest_vcpus(i).next().map(vcpu_id);
+            match first.and_then(|v| queue.stats_ref(v)).map(|s| s.paused) {
                 None => return Err(String::from("it is stopped")),
                 Some(false) => return Err(String::from("it is not paused")),
-                Some(true) => queue.resume(vcpu_id(i)),
+                Some(true) => {
+                    for v in self.run.guest_vcpus(i) {
+                        kicks.push(queue.resume(vcpu_id(v)));
+                    }
+                }
             }
-        };
-        self.run.kick(kick);
+        }
+        for kick in kicks {
+            self.run.kick(kick);
+        }
         Ok(())
     }
 
@@ -228,7 +269,7 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
             if slot.vm.is_none() {
                 return Err(String::from("it is already stopped"));
             }
-            run.retire(local, slot, i, StopReason::FromMonitor, false);
+            run.retire(local, slot, i, None, StopReason::FromMonitor, false);
             Ok(())
         })
         .unwrap_or_else(|| Err(String::from("no such guest")))
@@ -239,7 +280,7 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
             if slot.vm.is_some() {
                 // The run stays up meanwhile: this guest comes back.
                 let stay_up = run.stay_up.swap(true, Ordering::AcqRel);
-                run.retire(local, slot, i, StopReason::FromMonitor, false);
+                run.retire(local, slot, i, None, StopReason::FromMonitor, false);
                 run.stay_up.store(stay_up, Ordering::Release);
             }
             run.start_again(local, slot, i)
@@ -283,7 +324,14 @@ impl<B: Backend> MonitorTarget for RunTarget<'_, B> {
         let mut local = self.local.borrow_mut();
         for i in 0..run.slots.len() {
             if let Some(mut slot) = run.lock_slot(&mut local, i) {
-                run.retire(&mut local, &mut slot, i, StopReason::FromMonitor, false);
+                run.retire(
+                    &mut local,
+                    &mut slot,
+                    i,
+                    None,
+                    StopReason::FromMonitor,
+                    false,
+                );
             }
         }
         run.finish();

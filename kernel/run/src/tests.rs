@@ -81,6 +81,7 @@ struct FakeVmHw {
 
 struct FakeVcpuHw {
     id: usize,
+    vm_id: usize,
     program: Program,
     step: u64,
     vcpu: FakeVcpu,
@@ -261,7 +262,7 @@ impl Backend for FakeBackend {
         true
     }
 
-    fn create(&self, index: usize, config: &GuestConfig) -> Option<(FakeVmHw, FakeVcpuHw)> {
+    fn create(&self, index: usize, config: &GuestConfig) -> Option<(FakeVmHw, Vec<FakeVcpuHw>)> {
         let left = &self.creations_left[index];
         if left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -270,33 +271,39 @@ impl Backend for FakeBackend {
             return None;
         }
         assert_eq!(config.name, format!("g{index}"));
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        // The VM's id is its first vCPU's: with one vCPU a guest's ids are
+        // 0, 1, 2, ... in the order created.
+        let vm_id = self.next_id.load(Ordering::SeqCst);
         self.created.fetch_add(1, Ordering::SeqCst);
         self.live.fetch_add(1, Ordering::SeqCst);
-        CURRENT.with(|c| c.set(Some(id)));
-        let mut vcpu = FakeVcpu::long_mode(0x1000, 2);
-        vcpu.rflags = 0x202;
         let mut ram = vec![0u8; FAKE_RAM];
         ram[NAME_AT..NAME_AT + config.name.len()].copy_from_slice(config.name.as_bytes());
-        Some((
-            FakeVmHw { id, ram },
-            FakeVcpuHw {
-                id,
-                program: self.programs[index],
-                step: 0,
-                vcpu,
-                platform: FakePlatform::default(),
-                active_on: Some(this_cpu()),
-                switched_on: None,
-                slice_end: 0,
-                phase: 0,
-                wrote: 0,
-            },
-        ))
+        let vcpus = (0..config.vcpus.max(1))
+            .map(|_| {
+                let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+                CURRENT.with(|c| c.set(Some(id)));
+                let mut vcpu = FakeVcpu::long_mode(0x1000, 2);
+                vcpu.rflags = 0x202;
+                FakeVcpuHw {
+                    id,
+                    vm_id,
+                    program: self.programs[index],
+                    step: 0,
+                    vcpu,
+                    platform: FakePlatform::default(),
+                    active_on: Some(this_cpu()),
+                    switched_on: None,
+                    slice_end: 0,
+                    phase: 0,
+                    wrote: 0,
+                }
+            })
+            .collect();
+        Some((FakeVmHw { id: vm_id, ram }, vcpus))
     }
 
-    fn destroy(&self, vm: &mut FakeVmHw, vcpu: &mut FakeVcpuHw) {
-        assert_eq!(vm.id, vcpu.id);
+    fn destroy_vcpu(&self, vm: &FakeVmHw, vcpu: &mut FakeVcpuHw) {
+        assert_eq!(vm.id, vcpu.vm_id);
         assert!(
             vcpu.active_on.is_none() || vcpu.active_on == Some(this_cpu()),
             "destroyed on cpu{} while active on {:?}",
@@ -310,12 +317,21 @@ impl Backend for FakeBackend {
             "destroyed with its state loaded on cpu{:?}",
             vcpu.switched_on
         );
+    }
+
+    fn destroy_vm(&self, _vm: &mut FakeVmHw) {
         self.destroyed.fetch_add(1, Ordering::SeqCst);
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
 
+    fn start_up(&self, vcpu: &mut FakeVcpuHw, vector: u8) -> Result<(), String> {
+        assert_eq!(vcpu.active_on, Some(this_cpu()), "started where not active");
+        vcpu.vcpu.rip = u64::from(vector) << 12;
+        Ok(())
+    }
+
     fn arrive(&self, vm: &FakeVmHw, vcpu: &mut FakeVcpuHw, cpu: usize) -> Result<(), String> {
-        assert_eq!(vm.id, vcpu.id);
+        assert_eq!(vm.id, vcpu.vm_id);
         assert_eq!(cpu, this_cpu());
         assert_eq!(vcpu.active_on, None, "arrived while active elsewhere");
         vcpu.active_on = Some(cpu);
@@ -524,30 +540,38 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn handle(&self, vm: &mut Vm<Self>, exit: &Exit) -> Outcome {
-        let hw = &mut vm.vcpu.hw;
+    fn handle(&self, vm: &Vm<Self>, vcpu: &mut Vcpu<Self>, exit: &Exit) -> Outcome {
+        let hw = &mut vcpu.hw;
         hw.platform.now = self.now();
         handle_exit(
             exit,
             &mut hw.vcpu,
-            &mut vm.vcpu.model,
-            &mut vm.devices,
+            &mut vcpu.model,
+            &mut vm.devices(),
             &mut hw.platform,
         )
     }
 
-    fn deliver_interrupt(&self, vm: &mut Vm<Self>, now: u64) -> Result<(), StopReason> {
+    fn deliver_interrupt(
+        &self,
+        vm: &Vm<Self>,
+        vcpu: &mut Vcpu<Self>,
+        now: u64,
+    ) -> Result<(), StopReason> {
         let lines = &self.lines;
+        let mut devices = vm.devices();
+        let index = vcpu.model.index;
         let delivered = vcpu::vm::deliver_interrupt(
-            &mut vm.vcpu.hw.vcpu,
-            &mut vm.vcpu.model.lapic,
-            &mut vm.devices,
+            &mut vcpu.hw.vcpu,
+            index,
+            &mut vcpu.model.lapic,
+            &mut devices,
             now,
             &mut |l| lines.lock().unwrap().push(l.to_string()),
         )
         .map(|_| ())
         .map_err(|e| StopReason::Backend(e.to_string()));
-        vm.vcpu.model.attention_at = vcpu::vm::attention_at(&vm.vcpu.model.lapic, &vm.devices);
+        vcpu.model.attention_at = vcpu::vm::attention_at(index, &vcpu.model.lapic, &devices);
         delivered
     }
 

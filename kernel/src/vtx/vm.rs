@@ -15,6 +15,7 @@ use core::fmt;
 use ::vtx::setup::{self, VmcsLinks};
 use ::vtx::{CrPolicy, VmxVcpu};
 use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use loader::entry::EntryState;
 use loader::{GuestMemory, LoadError, LoadedImage};
 use log::debug;
 use mm::MmError;
@@ -343,6 +344,11 @@ pub struct VmxVcpuState {
 unsafe impl Send for VmxVm {}
 // SAFETY: as above.
 unsafe impl Send for VmxVcpuState {}
+// SAFETY: after `Guest::create` a `VmxVm` is only read through `&self`
+// (its frame addresses); the guest RAM behind them is written by exit
+// handlers through physical pointers, as the guest's own vCPUs write it,
+// and never holds host data structures. Destruction takes `&mut`.
+unsafe impl Sync for VmxVm {}
 
 /// Copies `bytes` into frame `frame`.
 fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
@@ -353,22 +359,33 @@ fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
     }
 }
 
-/// A VM and its vCPU, as [`create`] makes them.
+/// A VM and its vCPUs, as [`Guest::create`] makes them.
 pub struct Guest {
     /// The VM.
     pub vm: VmxVm,
-    /// Its vCPU.
-    pub vcpu: VmxVcpuState,
+    /// Its vCPUs, the boot vCPU first.
+    pub vcpus: Vec<VmxVcpuState>,
+}
+
+/// The VPIDs of one guest's vCPUs are `base + k`; guests are `MAX_VCPUS`
+/// apart, so no two vCPUs share one (a shared VPID would let one vCPU use
+/// translations another cached on the same CPU).
+pub fn vpid_base(guest_index: usize) -> u16 {
+    u16::try_from(guest_index.saturating_mul(vcpu::apic_bus::MAX_VCPUS) + 1).unwrap_or(u16::MAX)
 }
 
 impl Guest {
     /// Creates a guest named `name` with `ram_size` bytes of RAM, loads its
-    /// image with `load`, and prepares its vCPU's VMCS (current on this
-    /// CPU when this returns). On failure every frame taken is given back.
+    /// image with `load`, and prepares the VMCSs of its `vcpus` vCPUs
+    /// (VPIDs from `vpid`): the first at the image's entry, the others
+    /// waiting for a start-up IPI. Each is active on this CPU when this
+    /// returns, the last one current. On failure every frame taken is
+    /// given back.
     pub fn create(
         hw: &VmxSettings,
         name: &str,
         ram_size: u64,
+        vcpus: u32,
         vpid: u16,
         load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
     ) -> Result<Guest, CreateError> {
@@ -381,30 +398,15 @@ impl Guest {
                 eptp: 0,
                 bitmaps: [HostPhysAddr::new(0); 3],
             },
-            vcpu: VmxVcpuState {
-                name: String::from(name),
-                vmcs: HostPhysAddr::new(0),
-                regs: GuestRegisters::new(),
-                launched: false,
-                cr: CrPolicy {
-                    cr0_fixed: hw.caps.cr0_fixed,
-                    cr4_fixed: hw.caps.cr4_fixed,
-                },
-                switched: SwitchedState {
-                    area: HostPhysAddr::new(0),
-                    area_order: 0,
-                    cr2: 0,
-                    debug: setup::initial_debug_registers(),
-                    msrs: [0; SWITCHED_MSR_COUNT],
-                },
-                vpid: hw.controls.vpid.then_some(vpid),
-                eptp: 0,
-            },
+            vcpus: Vec::new(),
         };
-        match guest.build(hw, load) {
+        match guest.build(hw, vcpus.max(1), vpid, load) {
             Ok(()) => Ok(guest),
             Err(e) => {
-                destroy(&mut guest.vm, &mut guest.vcpu);
+                for vcpu in &mut guest.vcpus {
+                    destroy_vcpu(&guest.vm, vcpu);
+                }
+                destroy_vm(&mut guest.vm);
                 Err(e)
             }
         }
@@ -413,9 +415,11 @@ impl Guest {
     fn build(
         &mut self,
         hw: &VmxSettings,
+        vcpus: u32,
+        vpid: u16,
         load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
     ) -> Result<(), CreateError> {
-        let Guest { vm, vcpu } = self;
+        let Guest { vm, vcpus: parts } = self;
         let loaded = load(&mut vm.ram).map_err(CreateError::Load)?;
         for w in loaded.warnings.iter() {
             log::warn!("guest {}: {w}", vm.name);
@@ -448,6 +452,64 @@ impl Guest {
         ::vtx::fill_msr_bitmap(&mut msr);
         fill_frame(vm.bitmaps[2], msr.as_bytes());
 
+        // Every vCPU's TSC counts from 0 here: guest = host + offset, one
+        // offset for all, so the guest sees one TSC on every vCPU. The
+        // host value is logged so that a guest's TSC readings can be put
+        // on the host's time line (`cargo xtask bench` adds it to the
+        // guest's reading at its ready marker to get ticks since power-on).
+        let created = crate::guests::rdtsc();
+        log::debug!("guest {}: guest TSC 0 at host TSC {created}", vm.name);
+        // Application processors wait for their start-up IPI, which
+        // rewrites this state.
+        let waiting = EntryState::real(0, 0);
+        for k in 0..vcpus {
+            let entry = if k == 0 { &loaded.entry } else { &waiting };
+            let vpid = vpid.saturating_add(u16::try_from(k).unwrap_or(u16::MAX));
+            parts.push(VmxVcpuState::new(vm, hw, vpid));
+            let Some(vcpu) = parts.last_mut() else {
+                break;
+            };
+            vcpu.build(vm, hw, entry, 0u64.wrapping_sub(created))?;
+        }
+        Ok(())
+    }
+}
+
+impl VmxVcpuState {
+    /// A vCPU of `vm` with nothing allocated yet.
+    fn new(vm: &VmxVm, hw: &VmxSettings, vpid: u16) -> Self {
+        VmxVcpuState {
+            name: vm.name.clone(),
+            vmcs: HostPhysAddr::new(0),
+            regs: GuestRegisters::new(),
+            launched: false,
+            cr: CrPolicy {
+                cr0_fixed: hw.caps.cr0_fixed,
+                cr4_fixed: hw.caps.cr4_fixed,
+            },
+            switched: SwitchedState {
+                area: HostPhysAddr::new(0),
+                area_order: 0,
+                cr2: 0,
+                debug: setup::initial_debug_registers(),
+                msrs: [0; SWITCHED_MSR_COUNT],
+            },
+            vpid: hw.controls.vpid.then_some(vpid),
+            eptp: 0,
+        }
+    }
+
+    /// Allocates the vCPU's save area and VMCS and writes the VMCS for
+    /// `entry`, with TSC offset `tsc_offset`; the VMCS is current on this
+    /// CPU after.
+    fn build(
+        &mut self,
+        vm: &VmxVm,
+        hw: &VmxSettings,
+        entry: &EntryState,
+        tsc_offset: u64,
+    ) -> Result<(), CreateError> {
+        let vcpu = self;
         let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
         let order = (area_size as u64)
             .div_ceil(PAGE_SIZE)
@@ -486,29 +548,23 @@ impl Guest {
         // SAFETY: VMX root operation at CPL 0 on this CPU, for as long as
         // this value lives (this function).
         let mut vmcs = unsafe { HardwareVmcs::current() };
-        // The guest's TSC counts from 0 here: guest = host + offset. The
-        // host value is logged so that a guest's TSC readings can be put
-        // on the host's time line (`cargo xtask bench` adds it to the
-        // guest's reading at its ready marker to get ticks since power-on).
-        let created = crate::guests::rdtsc();
-        log::debug!("guest {}: guest TSC 0 at host TSC {created}", vm.name);
         let links = VmcsLinks {
             io_bitmap_a: vm.bitmaps[0],
             io_bitmap_b: vm.bitmaps[1],
             msr_bitmap: vm.bitmaps[2],
             eptp: vm.eptp,
             vpid: vcpu.vpid,
-            tsc_offset: 0u64.wrapping_sub(created),
+            tsc_offset,
         };
-        setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, &loaded.entry)
+        setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, entry)
             .map_err(CreateError::Vmcs)?;
-        setup::write_guest_state(&mut vmcs, &vcpu.cr, &loaded.entry).map_err(CreateError::Vmcs)?;
+        setup::write_guest_state(&mut vmcs, &vcpu.cr, entry).map_err(CreateError::Vmcs)?;
         write_host_state(&mut vmcs).map_err(CreateError::Vmcs)?;
         // A guest destroyed earlier may have had this EPTP and VPID, and
         // this CPU may still cache its translations.
         vcpu.eptp = vm.eptp;
         vcpu.flush_translations();
-        let r = &loaded.entry.regs;
+        let r = entry.regs;
         for (reg, value) in [
             (vmx::exit::Gpr::Rax, r.rax),
             (vmx::exit::Gpr::Rbx, r.rbx),
@@ -525,6 +581,33 @@ impl Guest {
 }
 
 impl VmxVcpuState {
+    /// Starts the vCPU (its VMCS current on this CPU) as a start-up IPI
+    /// with start page `vector` does after INIT (SDM Vol. 3A, 9.4.4 and
+    /// Table 9-1): real mode with CS selector `vector << 8` and base
+    /// `vector << 12`, IP 0, the general-purpose registers 0, caching off,
+    /// EFER 0. Its extended state and debug registers stay as they were.
+    pub fn start_up(&mut self, hw: &VmxSettings, vector: u8) -> Result<(), VmFail> {
+        use vmx::vmcs::{Control32, ControlNatural};
+        let entry = EntryState::real(u16::from(vector) << 8, 0);
+        // SAFETY: VMX root operation with this vCPU's VMCS current (the
+        // run made it so before asking).
+        let mut vmcs = unsafe { HardwareVmcs::current() };
+        setup::write_guest_state(&mut vmcs, &self.cr, &entry)?;
+        vmcs.write(
+            Control32::EntryControls,
+            hw.controls.entry_for(false).bits(),
+        )?;
+        vmcs.write(
+            Control32::PrimaryProcBasedControls,
+            hw.controls.primary.bits(),
+        )?;
+        vmcs.write(Control32::EntryInterruptionInfo, 0)?;
+        vmcs.write(ControlNatural::Cr0ReadShadow, entry.control.cr0)?;
+        vmcs.write(ControlNatural::Cr4ReadShadow, entry.control.cr4)?;
+        self.regs = GuestRegisters::new();
+        Ok(())
+    }
+
     /// Makes this guest's VMCS current on this CPU, where it is active
     /// (`active_on` is this CPU).
     pub fn make_current(&self) -> Result<(), VmFail> {
@@ -639,9 +722,9 @@ impl VmxVcpuState {
     }
 }
 
-/// Gives back every frame of a VM and its vCPU: RAM, EPT tables, bitmaps,
-/// save area, VMCS. The VMCS is active on this CPU or on none.
-pub fn destroy(vm: &mut VmxVm, vcpu: &mut VmxVcpuState) {
+/// Gives back a vCPU's frames: save area and VMCS. The VMCS is active on
+/// this CPU or on none.
+pub fn destroy_vcpu(vm: &VmxVm, vcpu: &mut VmxVcpuState) {
     if vcpu.vmcs.as_u64() != 0 {
         // SAFETY: VMX root operation; the VMCS is active on this CPU or
         // on none (the run hands it over before a stop), and VMCLEAR makes
@@ -652,16 +735,28 @@ pub fn destroy(vm: &mut VmxVm, vcpu: &mut VmxVcpuState) {
         let _ = memory::free_frame(vcpu.vmcs);
         vcpu.vmcs = HostPhysAddr::new(0);
     }
+    if let Some(vpid) = vcpu.vpid {
+        // SAFETY: VMX root operation; the vCPU no longer runs, and
+        // INVVPID drops this CPU's cached linear mappings of it before the
+        // VPID is reused.
+        let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
+    }
+    if vcpu.switched.area.as_u64() != 0 {
+        let _ = memory::free_block(vcpu.switched.area, vcpu.switched.area_order);
+        vcpu.switched.area = HostPhysAddr::new(0);
+    }
+}
+
+/// Gives back a VM's frames once its vCPUs are destroyed: RAM, EPT
+/// tables, bitmaps.
+pub fn destroy_vm(vm: &mut VmxVm) {
     if let Some(ept) = vm.ept.take() {
         // SAFETY: VMX root operation; the guest no longer runs, and
-        // INVEPT drops what this CPU cached from its EPT (and, with VPID,
-        // INVVPID its linear mappings) before the frames are reused.
+        // INVEPT drops what this CPU cached from its EPT before the frames
+        // are reused.
         unsafe {
             let _ = hw::invept(InveptType::SingleContext, vm.eptp)
                 .or_else(|_| hw::invept(InveptType::AllContext, 0));
-            if let Some(vpid) = vcpu.vpid {
-                let _ = hw::invvpid(InvvpidType::SingleContext, vpid, 0);
-            }
         }
         ept.destroy(&mut KernelFrames);
     }
@@ -671,10 +766,6 @@ pub fn destroy(vm: &mut VmxVm, vcpu: &mut VmxVcpuState) {
         }
     }
     vm.bitmaps = [HostPhysAddr::new(0); 3];
-    if vcpu.switched.area.as_u64() != 0 {
-        let _ = memory::free_block(vcpu.switched.area, vcpu.switched.area_order);
-        vcpu.switched.area = HostPhysAddr::new(0);
-    }
     vm.ram.free();
 }
 
@@ -761,6 +852,22 @@ impl VmxVcpuState {
     }
 }
 
+/// Handles a CPUID exit of the vCPU (current on this CPU): the one exit
+/// that needs neither the VM nor its devices.
+#[inline(always)]
+pub fn cpuid(vcpu: &mut VmxVcpuState, model: &mut VcpuModel) -> Outcome {
+    // SAFETY: VMX root operation with this vCPU's VMCS current (it just
+    // exited here).
+    let mut vmcs = unsafe { HardwareVmcs::current() };
+    let mut access = VmxVcpu {
+        vmcs: &mut vmcs,
+        regs: &mut vcpu.regs,
+        cr: &vcpu.cr,
+        cr2: None,
+    };
+    handle_cpuid(&mut access, model, arch::cpuid)
+}
+
 /// Handles `exit`, which the vCPU (current on this CPU) of VM `vm` just
 /// took, with the neutral handlers.
 #[inline]
@@ -822,13 +929,17 @@ pub fn deliver_interrupt(
         cr: &vcpu.cr,
         cr2: None,
     };
-    let delivered =
-        vm_devices::deliver_interrupt(&mut access, &mut model.lapic, devices, now, &mut |line| {
-            crate::serial_console::guest_line(name, line)
-        })
-        .map(|_| ())
-        .map_err(|e| StopReason::Backend(alloc::format!("{e}")));
-    model.attention_at = vm_devices::attention_at(&model.lapic, devices);
+    let delivered = vm_devices::deliver_interrupt(
+        &mut access,
+        model.index,
+        &mut model.lapic,
+        devices,
+        now,
+        &mut |line| crate::serial_console::guest_line(name, line),
+    )
+    .map(|_| ())
+    .map_err(|e| StopReason::Backend(alloc::format!("{e}")));
+    model.attention_at = vm_devices::attention_at(model.index, &model.lapic, devices);
     delivered
 }
 

@@ -575,6 +575,25 @@ pub struct ExitStats {
     pub hypercalls: u64,
 }
 
+impl ExitStats {
+    /// Adds `other`'s counts (a guest's are the sum of its vCPUs').
+    pub fn add(&mut self, other: &ExitStats) {
+        for (a, b) in [
+            (&mut self.exits, other.exits),
+            (&mut self.cpuid, other.cpuid),
+            (&mut self.io, other.io),
+            (&mut self.io_writes_ignored, other.io_writes_ignored),
+            (&mut self.io_reads_unclaimed, other.io_reads_unclaimed),
+            (&mut self.msr, other.msr),
+            (&mut self.injected, other.injected),
+            (&mut self.host_events, other.host_events),
+            (&mut self.hypercalls, other.hypercalls),
+        ] {
+            *a = a.saturating_add(b);
+        }
+    }
+}
+
 /// The per-vCPU state the exit handlers work on besides the backend's.
 #[derive(Debug)]
 pub struct VcpuModel {
@@ -692,8 +711,12 @@ impl VcpuModel {
             lapic: {
                 let id = u8::try_from(index).unwrap_or(u8::MAX);
                 let mut lapic = LocalApic::new(id, tsc_hz, u64::from(CRYSTAL_HZ));
-                // Kernels start where firmware would leave them.
-                lapic.firmware_state();
+                // Kernels start where firmware would leave them: the boot
+                // vCPU's APIC in virtual-wire mode; the others as INIT
+                // leaves them, waiting for their start-up IPI.
+                if index == 0 {
+                    lapic.firmware_state();
+                }
                 lapic
             },
             attention_at: u64::MAX,
@@ -729,7 +752,7 @@ pub fn handle_exit<B: VcpuAccess, P: Platform>(
     };
     // The exit may have changed what the vCPU can be given (an EOI, a
     // TPR, an unmasked 8259 input, an armed APIC timer).
-    model.attention_at = attention_at(&model.lapic, vm);
+    model.attention_at = attention_at(model.index, &model.lapic, vm);
     outcome
 }
 
@@ -766,7 +789,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
         Exit::Hlt => hlt(vcpu),
         Exit::MsrRead => rdmsr(vcpu, model),
-        Exit::MsrWrite => wrmsr(vcpu, model, platform),
+        Exit::MsrWrite => wrmsr(vcpu, model, vm, platform),
         Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
         Exit::Xsetbv => xsetbv(vcpu, model, platform),
         Exit::SliceEnd => Ok(Outcome::Preempted),
@@ -837,6 +860,7 @@ fn nested_page_fault<B: VcpuAccess, P: Platform>(
 ) -> Result<Outcome, B::Error> {
     if !fault.fetch && (is_lapic_page(&model.lapic, fault.gpa) || vm.is_mmio(fault.gpa)) {
         let mut space = VcpuMmio {
+            index: model.index,
             lapic: &mut model.lapic,
             devices: vm,
         };
@@ -1141,6 +1165,7 @@ fn guest_phys_bits(host: impl Fn(u32, u32) -> CpuidResult) -> u8 {
 fn wrmsr<B: VcpuAccess, P: Platform>(
     vcpu: &mut B,
     model: &mut VcpuModel,
+    vm: &mut VmDevices,
     platform: &mut P,
 ) -> Result<Outcome, B::Error> {
     model.stats.msr = model.stats.msr.saturating_add(1);
@@ -1171,7 +1196,11 @@ fn wrmsr<B: VcpuAccess, P: Platform>(
     if msr == IA32_APIC_BASE {
         let phys_bits = guest_phys_bits(|l, s| platform.host_cpuid(l, s));
         return match model.lapic.write_apic_base_msr(value, phys_bits) {
-            Ok(()) => skip(vcpu),
+            Ok(()) => {
+                // Enabling or disabling the APIC moves what senders match.
+                vm.apic_bus().publish(model.index, &model.lapic);
+                skip(vcpu)
+            }
             Err(_) => inject(vcpu, model, GP, Some(0)),
         };
     }

@@ -19,6 +19,7 @@
 extern crate alloc;
 
 pub mod access;
+pub mod apic_bus;
 pub mod cpuid;
 pub mod cr;
 pub mod exit;

@@ -25,10 +25,10 @@
 //! local APIC's highest pending vector.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 
 use addr::GuestPhysAddr;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_PORTS};
-use devices::apic::DeliveryMode;
 use devices::bus::{Bus, DeviceId, VmRequest};
 use devices::i8042::{I8042, I8042_PORTS};
 use devices::ioapic::{IoApic, IOAPIC_BASE};
@@ -42,6 +42,7 @@ use devices::serial::UartDevice;
 use devices::timer::{TestTimer, TEST_TIMER_PORTS};
 
 use super::access::{Event, VcpuAccess};
+use super::apic_bus::ApicBus;
 use super::mmio::MmioSpace;
 
 /// RFLAGS.IF.
@@ -78,6 +79,9 @@ pub struct VmDevices {
     /// what [`VmDevices::needs_attention`] reads on every entry.
     deadline: u64,
     pending: bool,
+    /// The wires between the VM's local APICs, shared with the run, which
+    /// reads each vCPU's inbox without this struct's lock.
+    apics: Arc<ApicBus>,
 }
 
 impl core::fmt::Debug for VmDevices {
@@ -112,6 +116,12 @@ impl VmDevices {
     /// The PC platform (see the module documentation) on a host whose TSC
     /// runs at `tsc_hz`, its RTC showing `clock`.
     pub fn new(tsc_hz: u64, clock: WallClock) -> Self {
+        Self::with_vcpus(tsc_hz, clock, 1)
+    }
+
+    /// [`VmDevices::new`] for a VM with `vcpus` vCPUs, whose local APICs
+    /// the devices' messages and the IPIs reach through one [`ApicBus`].
+    pub fn with_vcpus(tsc_hz: u64, clock: WallClock, vcpus: u32) -> Self {
         let mut bus = Bus::new();
         let com1 = UartDevice::com1();
         let com1_ports = com1.ports();
@@ -142,7 +152,13 @@ impl VmDevices {
             ioapic_pending: false,
             deadline: u64::MAX,
             pending: false,
+            apics: Arc::new(ApicBus::new(vcpus as usize)),
         }
+    }
+
+    /// The wires between the VM's local APICs.
+    pub fn apic_bus(&self) -> &Arc<ApicBus> {
+        &self.apics
     }
 
     /// Reads the 8259 pair's output again (its registers or inputs moved).
@@ -336,6 +352,17 @@ impl VmDevices {
         self.pending || self.deadline <= now
     }
 
+    /// [`VmDevices::needs_attention`] as a time: 0 when something is
+    /// pending now, else the earliest device deadline (`u64::MAX`: none).
+    #[inline]
+    pub fn attention_tsc(&self) -> u64 {
+        if self.pending {
+            0
+        } else {
+            self.deadline
+        }
+    }
+
     /// Runs the timers due at `now` and hands changed lines to the 8259
     /// pair and the I/O APIC.
     pub fn poll(&mut self, now: u64, sink: &mut dyn FnMut(&str)) {
@@ -358,18 +385,23 @@ impl VmDevices {
         self.refresh();
     }
 
-    /// Takes the I/O APIC's messages to `lapic` (the VM's only local APIC
-    /// while guests have one vCPU; a message for another destination finds
-    /// no APIC and is dropped, as on a bus with nobody listening).
-    pub fn route_messages(&mut self, lapic: &mut LocalApic) {
+    /// Sends the I/O APIC's messages to the local APICs they name: what is
+    /// for vCPU `own` goes straight into its `lapic`, the rest is posted
+    /// on the VM's [`ApicBus`] (whose notification mask the run reads).
+    /// A message for a destination nobody has is dropped, as on a bus
+    /// with nobody listening.
+    pub fn route_messages(&mut self, own: u32, lapic: &mut LocalApic) {
+        let apics = Arc::clone(&self.apics);
         let Some(io) = self.ioapic_mut() else {
             return;
         };
         while let Some(msg) = io.take_message() {
-            if !lapic.matches(msg.dest, msg.logical) {
-                continue;
-            }
-            accept(lapic, msg.mode, msg.vector, msg.level_triggered);
+            apics.send(
+                Some(own),
+                Some(&mut *lapic),
+                IpiShorthand::Destination,
+                &msg,
+            );
         }
         self.ioapic_pending = false;
         self.refresh();
@@ -400,22 +432,11 @@ fn is_pic_port(port: u16) -> bool {
     matches!(port, 0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1)
 }
 
-/// Hands an interrupt of `mode` to `lapic`.
-fn accept(lapic: &mut LocalApic, mode: DeliveryMode, vector: u8, level: bool) {
-    match mode {
-        DeliveryMode::Fixed | DeliveryMode::LowestPriority => lapic.accept(vector, level),
-        DeliveryMode::Nmi => lapic.accept_nmi(),
-        DeliveryMode::Init => lapic.accept_init(),
-        DeliveryMode::StartUp => lapic.accept_sipi(vector),
-        // SMIs have no meaning in a guest; ExtINT comes from the 8259
-        // through LINT0, not as a message.
-        DeliveryMode::Smi | DeliveryMode::ExtInt => {}
-    }
-}
-
 /// One vCPU's view of guest-physical MMIO: its own local APIC's page in
 /// front of the VM's bus.
 pub struct VcpuMmio<'a> {
+    /// The vCPU's index in its VM.
+    pub index: u32,
     /// The vCPU's local APIC.
     pub lapic: &'a mut LocalApic,
     /// The VM's devices.
@@ -471,7 +492,10 @@ impl MmioSpace for VcpuMmio<'_> {
         if size < 4 || offset & 3 != 0 {
             return true;
         }
-        match self.lapic.write(offset, value as u32, now) {
+        let effect = self.lapic.write(offset, value as u32, now);
+        // LDR, DFR and SVR writes move what senders match against.
+        self.devices.apics.publish(self.index, self.lapic);
+        match effect {
             ApicEffect::None => {}
             ApicEffect::Eoi {
                 vector,
@@ -482,16 +506,12 @@ impl MmioSpace for VcpuMmio<'_> {
                 }
             }
             ApicEffect::Ipi(ipi) => {
-                // One vCPU: an IPI reaches this APIC or nobody.
-                let msg = ipi.message;
-                let to_self = match ipi.shorthand {
-                    IpiShorthand::SelfOnly | IpiShorthand::AllIncludingSelf => true,
-                    IpiShorthand::AllExcludingSelf => false,
-                    IpiShorthand::Destination => self.lapic.matches(msg.dest, msg.logical),
-                };
-                if to_self {
-                    accept(self.lapic, msg.mode, msg.vector, msg.level_triggered);
-                }
+                self.devices.apics.send(
+                    Some(self.index),
+                    Some(&mut *self.lapic),
+                    ipi.shorthand,
+                    &ipi.message,
+                );
             }
         }
         true
@@ -503,11 +523,20 @@ impl MmioSpace for VcpuMmio<'_> {
 /// 8259's through LINT0), else its APIC timer's deadline, else
 /// `u64::MAX`. The run loop compares it with the clock before each entry
 /// and when the vCPU halts.
-pub fn attention_at(lapic: &LocalApic, vm: &VmDevices) -> u64 {
-    if lapic.pending_vector().is_some() || (lapic.wants_extint() && vm.pic_output()) {
+pub fn attention_at(index: u32, lapic: &LocalApic, vm: &VmDevices) -> u64 {
+    if lapic.pending_vector().is_some() || (takes_extint(index, lapic) && vm.pic_output()) {
         return 0;
     }
     lapic.timer_deadline().unwrap_or(u64::MAX)
+}
+
+/// Whether vCPU `index` takes the 8259's interrupts: only the boot vCPU
+/// is wired to the 8259's output (the others' LINT0 pins are not, as on a
+/// PC, where firmware sets virtual-wire mode on the bootstrap processor
+/// alone), so two vCPUs never both acknowledge one interrupt.
+#[inline]
+pub fn takes_extint(index: u32, lapic: &LocalApic) -> bool {
+    index == 0 && lapic.wants_extint()
 }
 
 /// Before an entry: routes what the devices raised to the vCPU's local
@@ -518,13 +547,15 @@ pub fn attention_at(lapic: &LocalApic, vm: &VmDevices) -> u64 {
 /// for an exit when it opens (interrupt window). True when it injected.
 pub fn deliver_interrupt<B: VcpuAccess>(
     vcpu: &mut B,
+    index: u32,
     lapic: &mut LocalApic,
     vm: &mut VmDevices,
     now: u64,
     sink: &mut dyn FnMut(&str),
 ) -> Result<bool, B::Error> {
+    vm.apics.collect(index, lapic);
     vm.poll(now, sink);
-    vm.route_messages(lapic);
+    vm.route_messages(index, lapic);
     lapic.run_timer(now);
     if lapic.take_nmi() {
         // Not while another event is being delivered, nor inside the
@@ -536,7 +567,7 @@ pub fn deliver_interrupt<B: VcpuAccess>(
         }
         lapic.accept_nmi();
     }
-    let extint = lapic.wants_extint() && vm.pic_output();
+    let extint = takes_extint(index, lapic) && vm.pic_output();
     if !extint && lapic.pending_vector().is_none() {
         return Ok(false);
     }
@@ -625,19 +656,37 @@ mod tests {
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x202;
         assert!(!vm.needs_attention(2000));
-        assert!(
-            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 2000, &mut sink(&mut lines)).unwrap()
-        );
+        assert!(!deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            2000,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert!(vm.needs_attention(3048));
-        assert!(
-            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 3048, &mut sink(&mut lines)).unwrap()
-        );
+        assert!(deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            3048,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x25 }]);
         // In service at the 8259 until the guest's EOI: nothing more now.
-        assert_eq!(attention_at(&apic, &vm), u64::MAX);
-        assert!(
-            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 3049, &mut sink(&mut lines)).unwrap()
-        );
+        assert_eq!(attention_at(0, &apic, &vm), u64::MAX);
+        assert!(!deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            3049,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert!(vm.port_write(0x20, 1, 0x20, 3050, &mut sink(&mut lines)));
         assert_eq!(vcpu.injected.len(), 1, "delivered once");
     }
@@ -651,24 +700,42 @@ mod tests {
         vm.port_write(0xE0, 4, 1, 0, &mut sink(&mut lines));
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x2;
-        assert!(
-            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5000, &mut sink(&mut lines)).unwrap()
-        );
+        assert!(!deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            5000,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert!(vcpu.window && vcpu.injected.is_empty());
-        assert_eq!(attention_at(&apic, &vm), 0, "held for the vCPU");
+        assert_eq!(attention_at(0, &apic, &vm), 0, "held for the vCPU");
         // IF set but in an STI shadow: still the window.
         vcpu.rflags = 0x202;
         vcpu.shadow = true;
         vcpu.window = false;
-        assert!(
-            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5000, &mut sink(&mut lines)).unwrap()
-        );
+        assert!(!deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            5000,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert!(vcpu.window);
         // The window opens: delivered.
         vcpu.shadow = false;
-        assert!(
-            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 5001, &mut sink(&mut lines)).unwrap()
-        );
+        assert!(deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            5001,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x25 }]);
     }
 
@@ -697,13 +764,19 @@ mod tests {
         assert!((999_000..=1_001_000).contains(&period), "{period}");
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x202;
-        assert!(
-            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, period, &mut sink(&mut lines))
-                .unwrap()
-        );
+        assert!(deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            period,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x30 }]);
         // The guest's EOI at its local APIC, through the vCPU's MMIO view.
         let mut space = VcpuMmio {
+            index: 0,
             lapic: &mut apic,
             devices: &mut vm,
         };
@@ -716,13 +789,19 @@ mod tests {
             period + 1,
             &mut sink(&mut lines)
         ));
-        assert_eq!(attention_at(&apic, &vm), u64::MAX);
+        assert_eq!(attention_at(0, &apic, &vm), u64::MAX);
         // The next period brings the next one.
         let next = vm.next_deadline().unwrap();
         assert!(next > period);
-        assert!(
-            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, next, &mut sink(&mut lines)).unwrap()
-        );
+        assert!(deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            next,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert_eq!(vcpu.injected.len(), 2);
     }
 
@@ -732,6 +811,7 @@ mod tests {
         let mut apic = LocalApic::new(3, TSC_HZ, 25_000_000);
         let mut lines = Vec::new();
         let mut space = VcpuMmio {
+            index: 0,
             lapic: &mut apic,
             devices: &mut vm,
         };
@@ -762,18 +842,28 @@ mod tests {
         // LVT timer: TSC-deadline mode (bits 18:17 = 10), vector 0xEC.
         let _ = apic.write(0x320, (2 << 17) | 0xEC, 0);
         apic.set_tsc_deadline(50_000, 0);
-        assert_eq!(attention_at(&apic, &vm), 50_000);
+        assert_eq!(attention_at(0, &apic, &vm), 50_000);
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         vcpu.rflags = 0x202;
         let mut lines = Vec::new();
-        assert!(
-            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 49_999, &mut sink(&mut lines))
-                .unwrap()
-        );
-        assert!(
-            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 50_000, &mut sink(&mut lines))
-                .unwrap()
-        );
+        assert!(!deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            49_999,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
+        assert!(deliver_interrupt(
+            &mut vcpu,
+            0,
+            &mut apic,
+            &mut vm,
+            50_000,
+            &mut sink(&mut lines)
+        )
+        .unwrap());
         assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0xEC }]);
     }
 
@@ -785,6 +875,7 @@ mod tests {
         let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
         // An IPI with NMI delivery (mode 100b) to APIC ID 0, its own.
         let mut space = VcpuMmio {
+            index: 0,
             lapic: &mut apic,
             devices: &mut vm,
         };
@@ -810,13 +901,13 @@ mod tests {
         // would fail), kept.
         vcpu.nmi_blocked = true;
         assert!(
-            !deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 1, &mut sink(&mut lines)).unwrap()
+            !deliver_interrupt(&mut vcpu, 0, &mut apic, &mut vm, 1, &mut sink(&mut lines)).unwrap()
         );
         assert!(vcpu.injected.is_empty());
         // Its IRET ends the blocking: delivered.
         vcpu.nmi_blocked = false;
         assert!(
-            deliver_interrupt(&mut vcpu, &mut apic, &mut vm, 2, &mut sink(&mut lines)).unwrap()
+            deliver_interrupt(&mut vcpu, 0, &mut apic, &mut vm, 2, &mut sink(&mut lines)).unwrap()
         );
         assert_eq!(vcpu.injected, [Event::Nmi]);
     }
