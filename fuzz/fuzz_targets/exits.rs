@@ -35,7 +35,7 @@ impl Bytes<'_> {
 
 fn exit(b: &mut Bytes<'_>) -> Exit {
     let gpr = |n: u8| Gpr::from_number(n % 16).unwrap_or(Gpr::Rax);
-    match b.u8() % 21 {
+    match b.u8() % 22 {
         0 => Exit::Cpuid,
         1 => Exit::Io(IoAccess {
             port: b.u64() as u16,
@@ -103,6 +103,7 @@ fn exit(b: &mut Bytes<'_>) -> Exit {
             reason: b.u64() as u32,
             qualification: b.u64(),
         },
+        20 => Exit::Pause,
         _ => Exit::Unknown {
             reason: b.u64() as u32,
             qualification: b.u64(),
@@ -155,6 +156,9 @@ fuzz_target!(|data: &[u8]| {
             moved <= 15 || (moved & 0xFFFF_FFFF) <= 15,
             "RIP moved by {moved:#x}"
         );
+        if outcome == Outcome::Yield {
+            assert_eq!(vcpu.rip, rip, "a yield leaves RIP on the PAUSE");
+        }
         if let Outcome::Stop(reason) = outcome {
             assert!(!reason.to_string().is_empty());
             break;

@@ -560,6 +560,9 @@ impl<B: Backend> GuestRun<B> {
             }
             match outcome {
                 Outcome::Resume => {}
+                // Stand-in until the scheduler's yield is wired here: the
+                // vCPU spins on; RIP is still on its PAUSE.
+                Outcome::Yield => {}
                 Outcome::HostInterrupt => {
                     // A kick: end it and do what it asks; a request never
                     // concerns the vCPU running here. A kick may also say

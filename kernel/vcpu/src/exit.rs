@@ -256,6 +256,11 @@ pub enum Exit {
     Rdpmc,
     /// A hardware task switch.
     TaskSwitch,
+    /// The guest spun in a PAUSE loop at CPL 0 for longer than the
+    /// backend's window (VT-x PAUSE-loop exiting, SVM's PAUSE filter): most
+    /// likely waiting for a lock whose holder is not running. RIP is still
+    /// on the PAUSE.
+    Pause,
     /// VM entry failed on the guest's state
     /// ([`VcpuAccess::entry_failure`] says why in words).
     EntryFailed {
@@ -312,6 +317,8 @@ pub enum ExitKind {
     RefusedInstruction,
     /// [`Exit::TaskSwitch`].
     TaskSwitch,
+    /// [`Exit::Pause`].
+    Pause,
     /// [`Exit::EntryFailed`].
     EntryFailed,
     /// [`Exit::Unknown`].
@@ -320,7 +327,7 @@ pub enum ExitKind {
 
 impl ExitKind {
     /// How many kinds there are (indices `0..COUNT`).
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
 
     /// Every kind, by index.
     pub const ALL: [ExitKind; Self::COUNT] = [
@@ -341,6 +348,7 @@ impl ExitKind {
         ExitKind::CacheFlush,
         ExitKind::RefusedInstruction,
         ExitKind::TaskSwitch,
+        ExitKind::Pause,
         ExitKind::EntryFailed,
         ExitKind::Unknown,
     ];
@@ -375,6 +383,7 @@ impl ExitKind {
             ExitKind::CacheFlush => "INVD/WBINVD",
             ExitKind::RefusedInstruction => "refused instruction",
             ExitKind::TaskSwitch => "task switch",
+            ExitKind::Pause => "PAUSE loop",
             ExitKind::EntryFailed => "entry failure",
             ExitKind::Unknown => "unknown",
         }
@@ -437,6 +446,7 @@ impl Exit {
             Exit::CacheFlush => ExitKind::CacheFlush,
             Exit::VirtualizationInstruction | Exit::Rdpmc => ExitKind::RefusedInstruction,
             Exit::TaskSwitch => ExitKind::TaskSwitch,
+            Exit::Pause => ExitKind::Pause,
             Exit::EntryFailed { .. } => ExitKind::EntryFailed,
             Exit::Unknown { .. } => ExitKind::Unknown,
         }
@@ -457,6 +467,11 @@ pub enum Outcome {
     /// it ran, acknowledged on exit: the caller ends it at the local APIC,
     /// does what the kick asks, and resumes the vCPU.
     HostInterrupt,
+    /// It spins waiting for something another vCPU holds (a PAUSE loop):
+    /// give the physical CPU to another runnable vCPU, if there is one,
+    /// and run this one again after it; its RIP is unchanged, so it
+    /// resumes at the PAUSE and goes on spinning until the lock is free.
+    Yield,
     /// Stop the guest (boxed: a stop happens once a guest, and a small
     /// `Outcome` comes back in registers on every other exit).
     Stop(Box<StopReason>),
@@ -830,6 +845,10 @@ fn dispatch<B: VcpuAccess, P: Platform>(
             }))
         }
         Exit::TaskSwitch => Ok(Outcome::stop(StopReason::TaskSwitch { rip: vcpu.rip()? })),
+        // PAUSE is only a hint, so running it again is harmless: RIP stays
+        // on it, which is where both VT-x and SVM leave it, and the next
+        // PAUSE after the entry starts a new loop count.
+        Exit::Pause => Ok(Outcome::Yield),
         Exit::EntryFailed {
             reason,
             qualification,

@@ -602,6 +602,8 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
             gpa: vmcs.read(ReadOnly64::GuestPhysicalAddress)?,
         },
         ExitReason::TaskSwitch => Exit::TaskSwitch,
+        // Only PAUSE-loop exiting makes PAUSE exit (PAUSE exiting is off).
+        ExitReason::Pause => Exit::Pause,
         reason => unknown(reason),
     })
 }

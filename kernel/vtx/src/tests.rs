@@ -386,6 +386,25 @@ fn hlt_blocks_or_stops() {
 }
 
 #[test]
+fn a_pause_loop_exit_yields_at_the_pause() {
+    // Exit reason 40, instruction length 2 (F3 90): PAUSE-loop exiting.
+    let mut v = setup(40, 0, 2);
+    assert_eq!(decode_exit(&mut v.0).unwrap(), Exit::Pause);
+    assert_eq!(run(&mut v), Outcome::Yield);
+    assert_eq!(
+        v.0.get(GuestNatural::Rip.encoding()),
+        RIP,
+        "the guest resumes at the PAUSE"
+    );
+    assert_eq!(injected(&v.0).0, 0, "nothing is injected");
+    let mut table = [0u64; ExitKind::COUNT];
+    let mut other = 0;
+    v.2.tally.drain_into(&mut table, &mut other);
+    assert_eq!(table[ExitKind::Pause.index()], 1);
+    assert_eq!(other, 0);
+}
+
+#[test]
 fn host_msrs_are_gp_with_an_error_code_in_protected_mode_only() {
     let mut v = setup(31, 0, 2);
     v.1.set_rcx(0x3A);

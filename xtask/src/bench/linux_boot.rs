@@ -294,6 +294,11 @@ pub fn why(kind: &str) -> &'static str {
              entry asked to exit as soon as it turns them on, to inject it then."
         }
         "HLT" => "HLT: the idle guest halts until its next timer or device interrupt.",
+        "PAUSE loop" => {
+            "PAUSE loops: a vCPU spun on a lock (a spinlock, a TLB shootdown's wait for the other \
+             CPUs) past the PAUSE-loop window, so it gave its CPU to another vCPU, most likely the \
+             lock holder."
+        }
         _ => "An exit kind a Linux boot rarely makes.",
     }
 }

@@ -133,6 +133,37 @@ fn hlt_blocks_with_interrupts_on_and_stops_without() {
 }
 
 #[test]
+fn a_pause_loop_yields_and_leaves_rip_on_the_pause() {
+    // PAUSE is F3 90: two bytes, which the handler must not skip.
+    let mut v = setup(2);
+    v.0.rflags = 0x202;
+    let before = (v.0.gprs, v.0.rflags, v.0.cr0, v.0.cr4, v.0.efer);
+    assert_eq!(run(Exit::Pause, &mut v), Outcome::Yield);
+    assert_eq!(v.0.rip, RIP, "the guest resumes at the PAUSE");
+    assert_eq!((v.0.gprs, v.0.rflags, v.0.cr0, v.0.cr4, v.0.efer), before);
+    assert!(v.0.injected.is_empty());
+    assert_eq!(v.1.stats.exits, 1);
+    // Counted under its own kind, which the figures name.
+    let mut table = [0u64; ExitKind::COUNT];
+    let mut other = 0;
+    v.1.tally.drain_into(&mut table, &mut other);
+    assert_eq!(table[ExitKind::Pause.index()], 1);
+    assert_eq!((table.iter().sum::<u64>(), other), (1, 0));
+    assert_eq!(Exit::Pause.kind().name(), "PAUSE loop");
+    // Every kind's index is its place in ALL, and names are distinct.
+    for (i, kind) in ExitKind::ALL.iter().enumerate() {
+        assert_eq!((kind.index(), ExitKind::from_index(i)), (i, Some(*kind)));
+        let same = ExitKind::ALL.iter().filter(|k| k.name() == kind.name());
+        assert_eq!(same.count(), 1, "{}", kind.name());
+    }
+    // Interrupts off or on, it is the same: the guest only waits.
+    let mut v = setup(2);
+    v.0.rflags = 0x2;
+    assert_eq!(run(Exit::Pause, &mut v), Outcome::Yield);
+    assert_eq!(v.0.rip, RIP);
+}
+
+#[test]
 fn an_interrupt_window_exit_stops_asking_for_it() {
     let mut v = setup(0);
     v.0.window = true;
@@ -241,6 +272,7 @@ fn any_exit() -> impl Strategy<Value = Exit> {
         Just(Exit::VirtualizationInstruction),
         Just(Exit::Rdpmc),
         Just(Exit::TaskSwitch),
+        Just(Exit::Pause),
         (any::<u8>(), gpr.clone(), 0u8..4, any::<u16>()).prop_map(|(cr, gpr, k, src)| {
             Exit::ControlRegister(CrAccess {
                 cr: cr % 10,
