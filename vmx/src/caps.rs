@@ -419,6 +419,13 @@ impl VmxCapabilities {
         self.primary.allows(PrimaryControls::USE_IO_BITMAPS)
     }
 
+    /// PAUSE-loop exiting: the secondary control may be 1 (optional: a
+    /// vCPU spinning on a lock exits to be descheduled where it is
+    /// offered, and spins out its slice where not).
+    pub fn pause_loop_exiting(&self) -> bool {
+        self.secondary.allows(SecondaryControls::PAUSE_LOOP_EXITING)
+    }
+
     /// Every feature Ferrovisor needs that this CPU lacks, in the order of
     /// [`MissingFeature`]. Without EPT only [`MissingFeature::Ept`] is listed
     /// for EPT (its details mean nothing then).
@@ -522,11 +529,13 @@ pub enum ReportLineKind {
     MsrBitmaps,
     /// `vmx: I/O bitmaps: yes`
     IoBitmaps,
+    /// `vmx: PAUSE-loop exiting: yes` or `vmx: PAUSE-loop exiting: no`
+    PauseLoopExiting,
 }
 
 impl ReportLineKind {
     /// Every line, in report order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Basic,
         Self::Ept,
         Self::UnrestrictedGuest,
@@ -534,6 +543,7 @@ impl ReportLineKind {
         Self::PreemptionTimer,
         Self::MsrBitmaps,
         Self::IoBitmaps,
+        Self::PauseLoopExiting,
     ];
 }
 
@@ -623,6 +633,11 @@ impl fmt::Display for ReportLine<'_> {
                 write!(f, "vmx: MSR bitmaps: {}", yes_no(c.msr_bitmaps()))
             }
             ReportLineKind::IoBitmaps => write!(f, "vmx: I/O bitmaps: {}", yes_no(c.io_bitmaps())),
+            ReportLineKind::PauseLoopExiting => write!(
+                f,
+                "vmx: PAUSE-loop exiting: {}",
+                yes_no(c.pause_loop_exiting())
+            ),
         }
     }
 }
@@ -710,6 +725,7 @@ pub(crate) mod tests {
         assert!(!c.basic.addresses_limited_to_32_bits);
         assert!(c.ept() && c.vpid() && c.unrestricted_guest());
         assert!(c.preemption_timer() && c.msr_bitmaps() && c.io_bitmaps());
+        assert!(c.pause_loop_exiting());
         assert!(c.invept());
         assert_eq!(c.misc.preemption_timer_rate, 5);
         assert!(c.misc.exit_stores_efer_lma);
@@ -762,6 +778,7 @@ pub(crate) mod tests {
                 "vmx: preemption timer: yes (one tick every 2^5 TSC cycles)",
                 "vmx: MSR bitmaps: yes",
                 "vmx: I/O bitmaps: yes",
+                "vmx: PAUSE-loop exiting: yes",
             ]
         );
         let kinds: Vec<_> = c.report_lines().map(|l| l.kind()).collect();
@@ -783,6 +800,10 @@ pub(crate) mod tests {
         );
         // VM functions are not offered, so IA32_VMX_VMFUNC is ignored.
         assert_eq!(c.vm_functions, 0);
+        // Secondary bit 10 is clear in its allowed 1-settings: PAUSE-loop
+        // exiting is optional, so the CPU is still usable.
+        assert!(!c.pause_loop_exiting());
+        assert_eq!(l[7], "vmx: PAUSE-loop exiting: no");
         assert_eq!(c.check_required(), Ok(()));
     }
 
@@ -817,6 +838,7 @@ pub(crate) mod tests {
                 "vmx: preemption timer: no",
                 "vmx: MSR bitmaps: yes",
                 "vmx: I/O bitmaps: yes",
+                "vmx: PAUSE-loop exiting: no",
             ]
         );
     }

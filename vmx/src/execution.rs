@@ -15,6 +15,11 @@
 //!   WBINVD exiting, RDTSCP and INVPCID (so guests that find them in CPUID
 //!   can use them), XSAVES/XRSTORS left off (the guest's CPUID may offer them
 //!   only where the host lets XSS through: not yet), VPID where offered.
+//! - PAUSE-loop exiting where offered (never required): a vCPU spinning
+//!   on a lock whose holder is descheduled exits instead of burning its
+//!   slice, with the PLE_Gap and PLE_Window of [`PauseLoop::DEFAULT`]
+//!   ([`GuestControls::pause_loop`]). Plain PAUSE exiting stays off: every
+//!   PAUSE would exit, spinning or not.
 //! - CR3 accesses, INVLPG and RDTSC do not exit: with EPT the guest owns
 //!   its paging, and nothing is gained by trapping them. CR8 accesses exit:
 //!   without a TPR shadow a guest's MOV to CR8 would set the physical
@@ -56,6 +61,32 @@ pub struct GuestControls {
     pub entry: EntryControls,
     /// Whether VPID is enabled (the secondary control "enable VPID").
     pub vpid: bool,
+}
+
+/// The two VM-execution fields that tune PAUSE-loop exiting (SDM Vol.
+/// 3C, 25.6.13 "Controls for PAUSE-Loop Exiting"), both in TSC ticks: at
+/// CPL 0, a PAUSE less than `gap` after the previous one continues a
+/// loop, and a loop that has lasted more than `window` since its first
+/// PAUSE exits (reason 40). The count starts again at the first PAUSE
+/// after VM entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PauseLoop {
+    /// PLE_Gap: the longest time between two PAUSEs of one loop.
+    pub gap: u32,
+    /// PLE_Window: how long a loop spins before it exits.
+    pub window: u32,
+}
+
+impl PauseLoop {
+    /// KVM's defaults (`ple_gap` 128, `ple_window` 4096): a gap well above
+    /// one pass of a spin-wait loop and well below the time between two
+    /// unrelated PAUSEs, and a window of one or two microseconds at a few GHz,
+    /// short against a lock holder's critical section being preempted for
+    /// a whole slice, long against an exit's cost.
+    pub const DEFAULT: Self = Self {
+        gap: 128,
+        window: 4096,
+    };
 }
 
 /// Which control field a [`ControlError`] is about.
@@ -218,7 +249,8 @@ impl GuestControls {
                 | PrimaryControls::RDTSC_EXITING
                 | PrimaryControls::INTERRUPT_WINDOW_EXITING
                 | PrimaryControls::NMI_WINDOW_EXITING
-                | PrimaryControls::MONITOR_TRAP_FLAG,
+                | PrimaryControls::MONITOR_TRAP_FLAG
+                | PrimaryControls::PAUSE_EXITING,
         )?;
         let secondary = choose(
             &caps.secondary,
@@ -228,7 +260,8 @@ impl GuestControls {
                 | SecondaryControls::WBINVD_EXITING,
             SecondaryControls::ENABLE_VPID
                 | SecondaryControls::ENABLE_RDTSCP
-                | SecondaryControls::ENABLE_INVPCID,
+                | SecondaryControls::ENABLE_INVPCID
+                | SecondaryControls::PAUSE_LOOP_EXITING,
             SecondaryControls::VIRTUALIZE_APIC_ACCESSES
                 | SecondaryControls::VIRTUALIZE_X2APIC_MODE
                 | SecondaryControls::APIC_REGISTER_VIRTUALIZATION
@@ -268,6 +301,14 @@ impl GuestControls {
             entry,
             vpid: secondary.contains(SecondaryControls::ENABLE_VPID),
         })
+    }
+
+    /// PLE_Gap and PLE_Window to write, where PAUSE-loop exiting is on
+    /// (the fields exist only on CPUs that offer it: `None` elsewhere).
+    pub fn pause_loop(&self) -> Option<PauseLoop> {
+        self.secondary
+            .contains(SecondaryControls::PAUSE_LOOP_EXITING)
+            .then_some(PauseLoop::DEFAULT)
     }
 
     /// The VM-entry controls for a guest whose IA32_EFER.LMA is `long_mode`
@@ -347,6 +388,44 @@ mod tests {
         assert_eq!(skylake().true_ctls.unwrap().exit & 0x4, 0);
         assert!(c.exit.contains(ExitControls::SAVE_DEBUG_CONTROLS));
         assert!(c.entry.contains(EntryControls::LOAD_DEBUG_CONTROLS));
+    }
+
+    #[test]
+    fn pause_loop_exiting_where_offered() {
+        let c = GuestControls::compute(&VmxCapabilities::decode(&skylake())).unwrap();
+        assert!(c.secondary.contains(SecondaryControls::PAUSE_LOOP_EXITING));
+        assert_eq!(
+            c.pause_loop(),
+            Some(PauseLoop {
+                gap: 128,
+                window: 4096
+            })
+        );
+        // Plain PAUSE exiting (primary bit 30) is offered too, and off.
+        assert_ne!(skylake().procbased_ctls & (1 << (32 + 30)), 0);
+        assert!(!c.primary.contains(PrimaryControls::PAUSE_EXITING));
+    }
+
+    #[test]
+    fn pause_loop_exiting_is_optional() {
+        let mut raw = skylake();
+        // Clear "PAUSE-loop exiting" (bit 10) from the allowed 1-settings.
+        raw.procbased_ctls2 = raw.procbased_ctls2.map(|v| v & !(1 << (32 + 10)));
+        let caps = VmxCapabilities::decode(&raw);
+        assert!(!caps.pause_loop_exiting());
+        let c = GuestControls::compute(&caps).unwrap();
+        assert!(!c.secondary.contains(SecondaryControls::PAUSE_LOOP_EXITING));
+        assert_eq!(c.pause_loop(), None);
+        // Everything else is as with it.
+        let with = GuestControls::compute(&VmxCapabilities::decode(&skylake())).unwrap();
+        assert_eq!(
+            c.secondary | SecondaryControls::PAUSE_LOOP_EXITING,
+            with.secondary
+        );
+        assert_eq!(
+            (c.pin, c.primary, c.exit, c.entry),
+            (with.pin, with.primary, with.exit, with.entry)
+        );
     }
 
     #[test]

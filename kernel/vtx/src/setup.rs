@@ -137,6 +137,11 @@ pub fn write_controls<V: VmcsAccess>(
     if let (true, Some(vpid)) = (controls.vpid, links.vpid) {
         vmcs.write(Control16::Vpid, vpid)?;
     }
+    // The PLE fields exist only where the control may be 1.
+    if let Some(ple) = controls.pause_loop() {
+        vmcs.write(Control32::PleGap, ple.gap)?;
+        vmcs.write(Control32::PleWindow, ple.window)?;
+    }
     vmcs.write(ControlNatural::Cr0GuestHostMask, cr.cr0_host_mask())?;
     vmcs.write(ControlNatural::Cr4GuestHostMask, cr.cr4_host_mask())?;
     vmcs.write(ControlNatural::Cr0ReadShadow, entry.control.cr0)?;

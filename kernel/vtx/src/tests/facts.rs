@@ -225,6 +225,46 @@ fn a_new_vcpu_starts_as_the_sdm_and_the_boot_protocols_say() {
 }
 
 #[test]
+fn pause_loop_exiting_gets_its_gap_and_window_only_where_it_is_on() {
+    let links = VmcsLinks {
+        io_bitmap_a: addr::HostPhysAddr::new(0x1000),
+        io_bitmap_b: addr::HostPhysAddr::new(0x2000),
+        msr_bitmap: addr::HostPhysAddr::new(0x3000),
+        eptp: 0x405E,
+        vpid: None,
+        tsc_offset: 0,
+    };
+    let entry = EntryState::long64(0x20_0000);
+    let gap = Control32::PleGap.encoding();
+    let window = Control32::PleWindow.encoding();
+    assert_eq!((gap.bits(), window.bits()), (0x4020, 0x4022));
+    let with = GuestControls {
+        pin: PinBasedControls::empty(),
+        primary: PrimaryControls::empty(),
+        secondary: SecondaryControls::ENABLE_EPT | SecondaryControls::PAUSE_LOOP_EXITING,
+        exit: ExitControls::empty(),
+        entry: EntryControls::empty(),
+        vpid: false,
+    };
+    let mut vmcs = FakeVmcs::default();
+    write_controls(&mut vmcs, &with, &links, &policy(), &entry).unwrap();
+    assert_eq!(
+        vmcs.get(Control32::SecondaryProcBasedControls.encoding()),
+        u64::from(with.secondary.bits())
+    );
+    assert_eq!((vmcs.get(gap), vmcs.get(window)), (128, 4096));
+    // Without the control the fields may not exist: they are not written.
+    let without = GuestControls {
+        secondary: SecondaryControls::ENABLE_EPT,
+        ..with
+    };
+    let mut vmcs = FakeVmcs::default();
+    write_controls(&mut vmcs, &without, &links, &policy(), &entry).unwrap();
+    assert!(!vmcs.values.contains_key(&gap.bits()));
+    assert!(!vmcs.values.contains_key(&window.bits()));
+}
+
+#[test]
 fn protected_and_long_entries_never_start_with_caching_off() {
     const CD_NW: u64 = (1 << 30) | (1 << 29);
     for entry in [
