@@ -412,6 +412,8 @@ fn vtx_ready(c: &Checked<'_>) {
         .saw("cpu0: vmx: preemption timer: yes")
         .saw("cpu0: vmx: MSR bitmaps: yes")
         .saw("cpu0: vmx: I/O bitmaps: yes")
+        // Optional: Bochs offers it, nested KVM may not.
+        .saw("cpu0: vmx: PAUSE-loop exiting: ")
         .saw("cpu0: vmx: feature control: ")
         .in_order("cpu0: vmx: EPT", "cpu0: vmx: VMXON done, region at 0x")
         .in_order("VMXON done", "cpu0: VT-x ready")
