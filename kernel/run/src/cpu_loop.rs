@@ -29,6 +29,9 @@ pub(super) enum SliceEnd {
     Stopped(StopReason),
     /// Another CPU is stopping the guest: the vCPU just leaves.
     Gone,
+    /// It spins on a lock (a PAUSE-loop exit): the rest of its turn goes
+    /// to others.
+    Yielded,
 }
 
 impl<B: Backend> GuestRun<B> {
@@ -290,7 +293,7 @@ impl<B: Backend> GuestRun<B> {
             // Its guest was stopped after the pick.
             None => SliceEnd::Gone,
         };
-        if let (SliceEnd::TimeUp, Some(s)) = (&end, slot.as_mut()) {
+        if let (SliceEnd::TimeUp | SliceEnd::Yielded, Some(s)) = (&end, slot.as_mut()) {
             // Cut off mid-line perhaps: its console waits for it.
             s.vcpu.console_held = true;
             self.backend.console_hold(s.vm.index, true);
@@ -305,6 +308,7 @@ impl<B: Backend> GuestRun<B> {
         };
         let cause = match &end {
             SliceEnd::TimeUp => StopCause::SliceEnd,
+            SliceEnd::Yielded => StopCause::Yield,
             SliceEnd::Halted { until } => StopCause::Blocked { until: *until },
             SliceEnd::Stopped(_) | SliceEnd::Gone => StopCause::Stopped,
         };
@@ -560,8 +564,12 @@ impl<B: Backend> GuestRun<B> {
             }
             match outcome {
                 Outcome::Resume => {}
-                // Stand-in until the scheduler's yield is wired here: the
-                // vCPU spins on; RIP is still on its PAUSE.
+                // A vCPU spinning on a lock whose holder may be waiting
+                // for a CPU: give this one up, so the holder (another
+                // vCPU of the guest) can run. A guest with one vCPU waits
+                // for nobody of its own: it spins on. RIP is still on its
+                // PAUSE either way.
+                Outcome::Yield if vm.vcpus > 1 => break SliceEnd::Yielded,
                 Outcome::Yield => {}
                 Outcome::HostInterrupt => {
                     // A kick: end it and do what it asks; a request never
