@@ -613,7 +613,7 @@ fn bochs_reports_a_broken_config_and_starts_the_valid_guest() {
         .saw("config: error: hypervisor.toml:28:1: guest 'a': kernel \"bzImage\" is not in the config partition")
         .saw("config: error: hypervisor.toml:32:1: duplicate guest name 'good' (first defined at line 9)")
         .saw("config: error: hypervisor.toml:42:1: guest 'typo': unknown key \"kernal\" (did you mean \"kernel\"?)")
-        .saw("config: error: hypervisor.toml:49:1: guest 'smp': vcpus 2: guests with several vCPUs are not supported yet; use vcpus = 1")
+        .saw("config: error: hypervisor.toml:49:1: guest 'smp': vcpus 65 is out of range; use 1 to 64")
         .saw("config: loaded 1 guests from ")
         .in_order("config: loaded 1 guests", "guest good: started")
         .in_order("[good] hello from real mode", "guest good: stopped: exited with code 0")

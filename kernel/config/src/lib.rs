@@ -54,7 +54,7 @@
 //! | `initrd` | path of an initial ramdisk in the partition | none |
 //! | `cmdline` | kernel command line, at most 2048 bytes, no NUL | `""` |
 //! | `memory` | required; guest RAM: a size string or an integer number of bytes; a multiple of 4K and at least 1M | — |
-//! | `vcpus` | number of virtual CPUs; the schema takes 1 to 64, but only 1 is supported yet and more is refused | `1` |
+//! | `vcpus` | number of virtual CPUs, 1 to 64: the first starts at the image's entry, the others wait for INIT and start-up IPIs from it, as on hardware | `1` |
 //! | `cpus` | affinity: array of physical CPU indices (as numbered at boot) the vCPUs may run on, no repeats | any CPU |
 //! | `format` | `"linux"` (x86 boot protocol), `"multiboot"` (v1) or `"flat"` (raw image) | detected from the image |
 //! | `load_address` | flat images only: guest-physical address the image is copied to | — |
@@ -134,10 +134,6 @@ use values::Size;
 
 /// The most vCPUs one guest may have.
 pub const MAX_VCPUS: u32 = 64;
-/// The most vCPUs a guest may have today: guests with several vCPUs (virtual
-/// IPIs, INIT/SIPI, the firmware tables that list them) are not built yet,
-/// so a larger `vcpus` is refused rather than silently given one vCPU.
-pub const SUPPORTED_VCPUS: u32 = 1;
 /// The longest kernel command line, in bytes.
 pub const MAX_CMDLINE_LEN: usize = 2048;
 /// The least memory a guest may have.

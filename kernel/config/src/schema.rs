@@ -21,7 +21,7 @@ use super::values::{self, Size, SizeError, GIB, MIB};
 use super::{
     Config, ConfigError, CpuMode, FlatImage, GuestConfig, GuestSource, GuestStopAction,
     HypervisorSettings, ImageFormat, LogLevel, ParseOutcome, Position, GUEST_MEMORY_GRANULE,
-    MAX_CMDLINE_LEN, MAX_VCPUS, MIN_GUEST_MEMORY, SLICE_MS_RANGE, SUPPORTED_VCPUS,
+    MAX_CMDLINE_LEN, MAX_VCPUS, MIN_GUEST_MEMORY, SLICE_MS_RANGE,
 };
 
 type Key<'i> = Spanned<Cow<'i, str>>;
@@ -447,19 +447,8 @@ impl<'x> Checker<'x> {
                     }
                 }),
                 "memory" => memory_size(value, src).map(|m| memory = Some((m, at))),
-                "vcpus" => {
-                    int_in(key_name, value, src, 1..=i128::from(MAX_VCPUS), "").and_then(|v| {
-                        if v > i128::from(SUPPORTED_VCPUS) {
-                            Err(format!(
-                                "vcpus {v}: guests with several vCPUs are not supported yet; \
-                                 use vcpus = {SUPPORTED_VCPUS}"
-                            ))
-                        } else {
-                            vcpus = v as u32;
-                            Ok(())
-                        }
-                    })
-                }
+                "vcpus" => int_in(key_name, value, src, 1..=i128::from(MAX_VCPUS), "")
+                    .map(|v| vcpus = v as u32),
                 "cpus" => match self.cpu_list(value) {
                     Ok(list) => {
                         cpus = Some(list);

@@ -473,17 +473,51 @@ fn duplicate_name_is_rejected_naming_the_first_line() {
 }
 
 #[test]
-fn several_vcpus_are_refused_until_they_are_supported() {
+fn every_kind_of_guest_takes_several_vcpus() {
+    let flat = "format = \"flat\"\nload_address = 0x8000\nentry = 0x8000\nmode = \"real\"\n";
+    let text = format!(
+        "{}\n{}\n{}\n{}\n{}",
+        guest("linux", "vcpus = 4\nformat = \"linux\"\n"),
+        guest("mb", "vcpus = 2\nformat = \"multiboot\"\ncpus = [0]\n"),
+        guest("flat", &format!("vcpus = 64\n{flat}")),
+        guest("detect", "vcpus = 3\n"),
+        guest("up", "")
+    );
+    let outcome = parsed(&text);
+    assert_eq!(lines(&outcome), Vec::<String>::new());
+    let counts: Vec<(&str, u32)> = outcome
+        .config
+        .guests
+        .iter()
+        .map(|g| (g.name.as_str(), g.vcpus))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("linux", 4),
+            ("mb", 2),
+            ("flat", 64),
+            ("detect", 3),
+            ("up", 1)
+        ]
+    );
+    // More vCPUs than physical CPUs to run them on is allowed: they take
+    // turns.
+    assert_eq!(outcome.config.guests[1].cpus, Some(vec![0]));
+}
+
+#[test]
+fn vcpus_past_the_limit_are_refused() {
     let text = format!(
         "{}\n{}",
-        guest("smp", "vcpus = 4\n"),
+        guest("huge", "vcpus = 65\n"),
         guest("up", "vcpus = 1\n")
     );
     let outcome = parsed(&text);
     assert_eq!(names(&outcome), ["up"]);
     assert_eq!(
         lines(&outcome),
-        ["config: error: hypervisor.toml:5:1: guest 'smp': vcpus 4: guests with several vCPUs are not supported yet; use vcpus = 1"]
+        ["config: error: hypervisor.toml:5:1: guest 'huge': vcpus 65 is out of range; use 1 to 64"]
     );
 }
 
@@ -734,6 +768,29 @@ fn memory_budget_counts_each_guests_overhead() {
     check_memory(&mut outcome, 128 * MIB + (80 << 10), |_| 40 << 10);
     assert!(outcome.errors.is_empty());
     assert_eq!(names(&outcome), ["a", "b"]);
+}
+
+#[test]
+fn memory_budget_sees_each_guests_vcpu_count() {
+    // The overhead callback gets the whole GuestConfig, so a per-vCPU cost
+    // (a VMCS and a save area each) grows with `vcpus`: with 16K per vCPU
+    // and 64K of room past the RAM, one vCPU fits and eight do not.
+    let text = format!("{}\n{}", guest("up", ""), guest("smp", "vcpus = 8\n"));
+    let per_vcpu = |g: &GuestConfig| u64::from(g.vcpus) * (16 << 10);
+    let mut outcome = parsed(&text);
+    check_memory(&mut outcome, 128 * MIB + (64 << 10), per_vcpu);
+    assert_eq!(names(&outcome), ["up"]);
+    assert_eq!(
+        lines(&outcome),
+        [
+            "config: error: hypervisor.toml:9:1: guest 'smp': memory 64M and its 128K of overhead \
+          (page tables, control structures) do not fit in the 65584K left of 131136K free \
+          (the guests before it take the rest); lower memory or remove a guest"
+        ]
+    );
+    let mut outcome = parsed(&text);
+    check_memory(&mut outcome, 128 * MIB + (144 << 10), per_vcpu);
+    assert_eq!(names(&outcome), ["up", "smp"]);
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //!
 //! Per VM: the EPT tables that map its RAM and the I/O bitmaps A and B and
 //! the MSR bitmap (one 4 KiB frame each, SDM Vol. 3C, 25.6.4 and 25.6.9).
-//! Per vCPU: its VMCS (one frame, SDM Vol. 3C, 25.2) and its XSAVE/FXSAVE
-//! area, a naturally aligned block of frames. Guest RAM itself is taken in
+//! Per vCPU, once for each of a guest's `vcpus`: its VMCS (one frame, SDM
+//! Vol. 3C, 25.2) and its XSAVE/FXSAVE area, a naturally aligned block of
+//! frames. Guest RAM itself is taken in
 //! whole frames. Everything else a guest holds (its devices, the vCPU's
 //! model) lives in the kernel heap, which is set aside at boot.
 
@@ -45,15 +46,21 @@ pub const fn save_area_frames(save_area_bytes: u64) -> u64 {
     }
 }
 
+/// The frames each vCPU takes of its own: its VMCS and its save area.
+pub const fn vcpu_frames(save_area_bytes: u64) -> u64 {
+    VMCS_FRAMES.saturating_add(save_area_frames(save_area_bytes))
+}
+
 /// The host memory a guest with `ram_bytes` of RAM and `vcpus` vCPUs
-/// takes beyond its RAM, in bytes, on a host whose XSAVE area for every
-/// supported component is `save_area_bytes` (CPUID.(EAX=0DH,ECX=0):ECX;
-/// 512 without XSAVE). A bound: the guest's start never takes more.
+/// (its config's `vcpus`) takes beyond its RAM, in bytes, on a host whose
+/// XSAVE area for every supported component is `save_area_bytes`
+/// (CPUID.(EAX=0DH,ECX=0):ECX; 512 without XSAVE): the VM's parts once,
+/// [`vcpu_frames`] once per vCPU. A bound: the guest's start never takes
+/// more.
 pub const fn guest_overhead(ram_bytes: u64, vcpus: u32, save_area_bytes: u64) -> u64 {
-    let per_vcpu = VMCS_FRAMES.saturating_add(save_area_frames(save_area_bytes));
     let frames = ept_frames(ram_bytes)
         .saturating_add(BITMAP_FRAMES)
-        .saturating_add(per_vcpu.saturating_mul(vcpus as u64));
+        .saturating_add(vcpu_frames(save_area_bytes).saturating_mul(vcpus as u64));
     frames.saturating_mul(FRAME)
 }
 
@@ -105,6 +112,30 @@ mod tests {
         // AMX's tile data makes the area 11008 bytes: 3 frames, a block of 4.
         assert_eq!(save_area_frames(11008), 4);
         assert_eq!(guest_overhead(MIB, 2, 11008), (4 + 3 + 2 * (1 + 4)) * FRAME);
+    }
+
+    #[test]
+    fn each_vcpu_adds_its_vmcs_and_save_area_and_nothing_else() {
+        // The VM's parts (EPT, bitmaps) are paid once, whatever the count:
+        // 1 MiB with a 1-frame save area is 4 + 3 frames plus 2 per vCPU.
+        for vcpus in [1, 2, 4, 64] {
+            assert_eq!(
+                guest_overhead(MIB, vcpus, 2696),
+                (4 + 3 + 2 * u64::from(vcpus)) * FRAME,
+                "{vcpus} vCPUs"
+            );
+        }
+        // With AMX's 4-frame block each vCPU costs 5 frames; 64 vCPUs of a
+        // 64 MiB guest: 35 EPT frames, 3 bitmaps, 64 * 5.
+        assert_eq!(vcpu_frames(11008), 5);
+        assert_eq!(
+            guest_overhead(64 * MIB, 64, 11008),
+            (35 + 3 + 64 * 5) * FRAME
+        );
+        assert_eq!(
+            guest_footprint(64 * MIB, 4, 512) - guest_footprint(64 * MIB, 1, 512),
+            3 * vcpu_frames(512) * FRAME
+        );
     }
 
     #[test]
