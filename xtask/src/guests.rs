@@ -12,7 +12,10 @@
 //! `ld -Ttext=<load_address> --oformat binary` into a flat image,
 //! `<stem>.bin`, whose first byte is its entry point. The configs in
 //! `guest-images/<name>/hypervisor.toml` load them with `format = "flat"`
-//! at that address (a test below checks that they agree).
+//! at that address (a test below checks that they agree). One is a
+//! Multiboot kernel instead, `smp.S`: its header's a.out-kludge address
+//! fields describe the same flat image, so Ferrovisor (`format =
+//! "multiboot"`) and QEMU's `-kernel` both load it.
 //!
 //! [`stage`] gathers a config folder's files and every built guest into
 //! one folder, from which `xtask::disk` writes the FERROCFG partition and
@@ -659,6 +662,85 @@ mod tests {
         }
     }
 
+    /// The Multiboot v1 header of an image (Multiboot Specification
+    /// 0.6.96, 3.1): its offset and its eight fields, where the magic is
+    /// at a 4-byte aligned offset in the first 8 KiB with a checksum that
+    /// adds up.
+    fn multiboot_header(image: &[u8]) -> Option<(usize, [u32; 8])> {
+        let field = |at: usize| {
+            image
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        };
+        (0..image.len().min(8192)).step_by(4).find_map(|at| {
+            let magic = field(at)?;
+            let flags = field(at + 4)?;
+            let sum = magic.wrapping_add(flags).wrapping_add(field(at + 8)?);
+            if magic != 0x1BAD_B002 || sum != 0 {
+                return None;
+            }
+            let mut fields = [0; 8];
+            for (i, f) in fields.iter_mut().enumerate() {
+                *f = field(at + 4 * i)?;
+            }
+            Some((at, fields))
+        })
+    }
+
+    #[test]
+    fn the_smp_guest_is_a_multiboot_image_where_it_is_linked() {
+        // QEMU (`-kernel smp.bin`) and Ferrovisor both load it by the
+        // header's address fields (flags bit 16), so they must describe
+        // the flat image as linked: the header at its own address, the
+        // file from its first byte at the link line's load address, and
+        // the entry at that first byte (the CLD every guest starts with).
+        let out = scratch("multiboot");
+        build_guests(&out).unwrap();
+        let image = fs::read(out.join("smp.bin")).unwrap();
+        let source = guest_sources(&asm_dir())
+            .unwrap()
+            .into_iter()
+            .find(|s| s.stem == "smp")
+            .unwrap();
+        assert_eq!(source.mode, Mode::Protected);
+        let (at, [_, flags, _, header_addr, load_addr, load_end, bss_end, entry]) =
+            multiboot_header(&image).expect("a Multiboot header in the first 8 KiB");
+        // Only the address fields: no requirement bit Ferrovisor refuses.
+        assert_eq!(flags, 1 << 16);
+        assert_eq!(u64::from(load_addr), source.load_address);
+        assert_eq!(u64::from(header_addr), source.load_address + at as u64);
+        assert_eq!((load_end, bss_end), (0, 0), "the whole file, no bss");
+        assert_eq!(u64::from(entry), source.load_address);
+        assert_eq!(image[0], 0xFC);
+        // Its trampoline's page (start-up vector 0x08) and the APs' stacks
+        // must stay clear of where it is loaded.
+        assert!(source.load_address >= 0x10_0000);
+
+        // The config boots it as Multiboot, twice.
+        let path = config_dir("smp").join(CONFIG_FILE);
+        let guests = guest_tables(&fs::read_to_string(&path).unwrap());
+        let found: Vec<(&str, &str, &str)> = guests
+            .iter()
+            .map(|g| (g["name"].as_str(), g["vcpus"].as_str(), g["cpus"].as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [("smp2", "2", "[0]"), ("smp4", "4", "[0, 1]")],
+            "{}",
+            path.display()
+        );
+        for g in &guests {
+            let at = format!("{}: guest {}", path.display(), g["name"]);
+            assert_eq!(g["kernel"], "smp.bin", "{at}");
+            assert_eq!(g["format"], "multiboot", "{at}");
+            assert_eq!(g["memory"], "4M", "{at}");
+            for flat_only in ["load_address", "entry", "mode"] {
+                assert!(!g.contains_key(flat_only), "{at}: {flat_only}");
+            }
+        }
+        fs::remove_dir_all(&out).unwrap();
+    }
+
     /// The exact lines each guest prints (the boot tests match them).
     const EXPECTED_LINES: &[(&str, &[&str])] = &[
         (
@@ -853,6 +935,27 @@ mod tests {
             ],
         ),
         (
+            "smp",
+            &[
+                "smp: bsp apic id \0",
+                " cpus\n",
+                "smp: ap apic id \0",
+                " up\n",
+                "smp: all \0",
+                " cpus up\n",
+                "smp: FAILED only \0",
+                " cpus arrived\n",
+                "smp: lock counter \0",
+                "smp: ipi round trip \0",
+                "smp: ipi round trip skipped: 1 cpu\n",
+                "median \0",
+                " ticks average \0",
+                " ticks\n",
+                "smp: self ipi \0",
+                "smp: done\n",
+            ],
+        ),
+        (
             "facts",
             &[
                 "fcw at start: ",
@@ -954,6 +1057,7 @@ mod tests {
             "fidelity-facts",
             "console",
             "console-flood",
+            "smp",
         ] {
             let staging = dir.join(name).join("config");
             stage(&config_dir(name), &staging).unwrap();

@@ -1031,7 +1031,7 @@ mod tests {
             [Artifact::SmallKernel, Artifact::Initramfs]
         );
         // The configs the other tests and `run` use build no Linux.
-        for name in ["default", "test", "bench", "broken", "sched"] {
+        for name in ["default", "test", "bench", "broken", "sched", "smp"] {
             let path = crate::guests::config_dir(name).join("hypervisor.toml");
             let text = fs::read_to_string(&path).unwrap();
             assert!(referenced(&text).is_empty(), "{}", path.display());
