@@ -11,6 +11,11 @@
 //! Scheduling: fairness and switch costs of `guest-images/sched` on one and
 //! two CPUs.
 //!
+//! IPIs: the SMP guest (`guest-images/asm/smp.S`, twice in
+//! `guest-images/smp`) times fixed IPIs from vCPU 0 to vCPU 1 and back,
+//! with its two vCPUs on one CPU and with four on two, and self-IPIs; a
+//! figure it did not print shows as "n/a".
+//!
 //! The Linux boots ([`linux_boot`]): ticks from power-on to the Linux
 //! guest's ready marker under Ferrovisor and natively, for the small and
 //! the stock kernel, and the VM exits of each boot by kind.
@@ -102,6 +107,18 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let sched_table = sched_table(&one.serial, &two.serial)?;
     println!("{sched_table}");
 
+    let variant = Variant::with_guests("smp");
+    build::all(&variant).map_err(|e| e.to_string())?;
+    println!(
+        "xtask: running the SMP guests (2 vCPUs on one CPU, 4 on two) under Bochs, on two CPUs"
+    );
+    let smp = boot_bochs(&variant, &tools, 2)?;
+    for line in smp.serial.lines().filter(|l| l.contains("] smp: FAILED")) {
+        println!("xtask: the SMP guest reported: {line}");
+    }
+    let smp_table = smp_table(&smp.serial);
+    println!("{smp_table}");
+
     let mut boots = Vec::new();
     for kernel in linux_boot::KERNELS {
         if quick && kernel.name == "stock" {
@@ -123,7 +140,14 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
 
     let path = workspace_root().join("BENCHMARKS.md");
-    std::fs::write(&path, document(&table, &sched_table, &boot_table, &exits))
+    let tables = Tables {
+        exits: &table,
+        sched: &sched_table,
+        smp: &smp_table,
+        boot: &boot_table,
+        boot_exits: &exits,
+    };
+    std::fs::write(&path, document(&tables))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("xtask: wrote {}", path.display());
     Ok(())
@@ -266,6 +290,64 @@ fn sched_table(one: &str, two: &str) -> Result<String, String> {
     Ok(t)
 }
 
+/// The SMP guest's rows: which guest, which figure, and what the row says.
+const SMP_ROWS: [(&str, &str, &str); 4] = [
+    (
+        "smp2",
+        "ipi round trip",
+        "IPI round trip vCPU 0 → vCPU 1 → vCPU 0, both on one CPU (smp2: 2 vCPUs, `cpus = [0]`)",
+    ),
+    (
+        "smp4",
+        "ipi round trip",
+        "IPI round trip vCPU 0 → vCPU 1 → vCPU 0 on two CPUs (smp4: 4 vCPUs, `cpus = [0, 1]`)",
+    ),
+    ("smp2", "self ipi", "self-IPI, vCPU 0 to itself (smp2)"),
+    ("smp4", "self ipi", "self-IPI, vCPU 0 to itself (smp4)"),
+];
+
+/// `(median, average)` from `[<guest>] smp: <what> median <m> ticks
+/// average <a> ticks`, or `None` where the guest printed no such line.
+fn ipi_figure(serial: &str, guest: &str, what: &str) -> Option<(u64, u64)> {
+    let prefix = format!("[{guest}] smp: {what} median ");
+    serial.lines().find_map(|l| {
+        let rest = l.trim_end().split(&prefix).nth(1)?;
+        let (median, rest) = rest.split_once(" ticks average ")?;
+        let average = rest.strip_suffix(" ticks")?;
+        Some((median.parse().ok()?, average.parse().ok()?))
+    })
+}
+
+/// The IPI figures of the SMP guests' run; "n/a" where a guest did not
+/// print one (it failed, or its vCPUs did not all start), with a note.
+fn smp_table(serial: &str) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| figure (Bochs, corei7_skylake_x, 2 CPUs, 64 rounds) | median, TSC ticks | average, TSC ticks |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: |");
+    let mut missing = false;
+    for (guest, what, row) in SMP_ROWS {
+        let (median, average) = match ipi_figure(serial, guest, what) {
+            Some((m, a)) => (m.to_string(), a.to_string()),
+            None => {
+                missing = true;
+                ("n/a".to_string(), "n/a".to_string())
+            }
+        };
+        let _ = writeln!(t, "| {row} | {median} | {average} |");
+    }
+    if missing {
+        let _ = writeln!(
+            t,
+            "\nn/a: the guest printed no `smp: <figure> median ...` line for it (its `smp: FAILED ...` \
+             line, if any, says why)."
+        );
+    }
+    t
+}
+
 fn table(empty: &Figure, cpuid: &Figure, com1: &Figure) -> String {
     let verdict = if cpuid.average <= CPUID_TARGET {
         "met"
@@ -292,7 +374,23 @@ fn table(empty: &Figure, cpuid: &Figure, com1: &Figure) -> String {
     t
 }
 
-fn document(table: &str, sched_table: &str, boot_table: &str, exits: &str) -> String {
+/// The tables BENCHMARKS.md is made of.
+struct Tables<'a> {
+    exits: &'a str,
+    sched: &'a str,
+    smp: &'a str,
+    boot: &'a str,
+    boot_exits: &'a str,
+}
+
+fn document(tables: &Tables<'_>) -> String {
+    let Tables {
+        exits: table,
+        sched: sched_table,
+        smp: smp_table,
+        boot: boot_table,
+        boot_exits: exits,
+    } = *tables;
     format!(
         "# Benchmarks\n\n\
          Written by `cargo xtask bench`; do not edit by hand.\n\n\
@@ -346,6 +444,15 @@ fn document(table: &str, sched_table: &str, boot_table: &str, exits: &str) -> St
          of the guest (INVEPT, INVVPID), loads the switched state and VMLAUNCHes instead of \
          VMRESUMEs. Only a vCPU still active on its old CPU when it is needed (an idle CPU stealing \
          it) costs a request through that CPU's mailbox and a kick IPI, answered at its next exit.\n\n\
+         ## IPIs between vCPUs\n\n\
+         The SMP guest (`guest-images/asm/smp.S`) runs twice in one boot on two CPUs \
+         (`guest-images/smp`): smp2 with 2 vCPUs pinned to one CPU, smp4 with 4 vCPUs on both. Once \
+         its vCPUs are up and through a spin-lock test (vCPUs 2 and 3 then halt for good), vCPU 0 \
+         sends a fixed IPI to APIC ID 1, whose handler sends one back, and waits in HLT; it reads the \
+         TSC before the ICR write and after its handler ran, 64 times. The self-IPI is timed the same \
+         way, from the ICR write to the end of vCPU 0's own handler. The two guests share CPU 0, so \
+         smp4's figures include the turns smp2's vCPUs take there.\n\n\
+         {smp_table}\n\
          ## Linux boot\n\n\
          Bochs ticks (emulated instructions, guest and host, plus the ticks Bochs skips while the \
          CPU halts) from power-on to the Linux guest's ready marker, for the small kernel \
@@ -429,6 +536,48 @@ mod tests {
         );
         assert!(switches("sched: guests run on cpu0", " vCPU switches, on average ").is_err());
         assert_eq!(busy_cpus(TWO_CPUS).unwrap(), "1.78");
+    }
+
+    #[test]
+    fn the_smp_rows_read_the_guests_lines_and_show_what_is_missing() {
+        let serial = "\
+[cpu0] INFO  kernel::guests: config: guest smp2: kernel \"smp.bin\", multiboot
+[smp2] smp: ipi round trip median 52000 ticks average 61234 ticks
+[smp4] smp: ipi round trip median 31000 ticks average 33000 ticks\r
+[smp2] smp: self ipi median 2100 ticks average 2200 ticks
+[smp4] smp: FAILED self ipi: not delivered within 1 s
+";
+        assert_eq!(
+            ipi_figure(serial, "smp2", "ipi round trip"),
+            Some((52000, 61234))
+        );
+        assert_eq!(
+            ipi_figure(serial, "smp4", "ipi round trip"),
+            Some((31000, 33000))
+        );
+        assert_eq!(ipi_figure(serial, "smp4", "self ipi"), None);
+        let t = smp_table(serial);
+        assert!(
+            t.contains("both on one CPU (smp2: 2 vCPUs, `cpus = [0]`) | 52000 | 61234 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("on two CPUs (smp4: 4 vCPUs, `cpus = [0, 1]`) | 31000 | 33000 |"),
+            "{t}"
+        );
+        assert!(t.contains("vCPU 0 to itself (smp2) | 2100 | 2200 |"), "{t}");
+        assert!(t.contains("vCPU 0 to itself (smp4) | n/a | n/a |"), "{t}");
+        assert!(t.contains("\nn/a: the guest printed no"), "{t}");
+
+        // Nothing printed (the guests never started their APs): every row n/a.
+        let none = smp_table("[smp2] smp: FAILED only 1 of 2 cpus arrived\n");
+        assert_eq!(none.matches("| n/a | n/a |").count(), 4, "{none}");
+        // Everything printed: no note.
+        let all = serial.replace(
+            "[smp4] smp: FAILED self ipi: not delivered within 1 s",
+            "[smp4] smp: self ipi median 1 ticks average 2 ticks",
+        );
+        assert!(!smp_table(&all).contains("n/a"));
     }
 
     #[test]
