@@ -243,8 +243,9 @@ bsp_main:
     jnz 5f
     inc eax
 5:  mov [tsc_10ms], eax
+    mov ecx, [APIC_TIMER_CURRENT]
     mov eax, 0xFFFFFFFF
-    sub eax, [APIC_TIMER_CURRENT]
+    sub eax, ecx
     mov [apic_10ms], eax
     mov dword ptr [APIC_TIMER_INITIAL], 0
 
@@ -561,16 +562,20 @@ apic_id:
     ret
 
 # icr_wait_idle: waits (bounded) until the ICR's delivery status is idle.
-# Preserves every register.
+# Preserves every register. The register is read with a MOV, as operating
+# systems do (Ferrovisor emulates MOV forms on device registers only).
 icr_wait_idle:
+    push eax
     push ecx
     mov ecx, ICR_SPIN_LIMIT
-1:  test dword ptr [APIC_ICR_LOW], ICR_BUSY
+1:  mov eax, [APIC_ICR_LOW]
+    test eax, ICR_BUSY
     jz 2f
     pause
     dec ecx
     jnz 1b
 2:  pop ecx
+    pop eax
     ret
 
 # send_ipi: waits for the ICR to be idle, then sends EAX (ICR low) to
