@@ -891,6 +891,11 @@ impl LocalApic {
         }
     }
 
+    /// Whether an NMI is pending.
+    pub const fn nmi_pending(&self) -> bool {
+        self.nmi
+    }
+
     /// Takes the pending NMI, if any, for injection.
     pub fn take_nmi(&mut self) -> bool {
         core::mem::take(&mut self.nmi)

@@ -229,20 +229,21 @@ impl<B: Backend> GuestRun<B> {
                 if !stuck || vm.devices().waits_for_console() {
                     continue;
                 }
-                let rip = self
+                // Reported as the boot vCPU halted.
+                let (rip, parked) = self
                     .lock_vcpu(local, vm.first_vcpu)
-                    .and_then(|s| s.as_ref().map(|s| s.vcpu.halt_rip))
-                    .unwrap_or(0);
+                    .and_then(|s| s.as_ref().map(|s| (s.vcpu.halt_rip, s.vcpu.parked)))
+                    .unwrap_or((0, false));
+                let reason = if parked {
+                    StopReason::HaltedWithInterruptsOff {
+                        rip: rip.saturating_sub(1),
+                    }
+                } else {
+                    StopReason::HaltedWithNoWakeSource { rip }
+                };
                 let which = Arc::as_ptr(&vm);
                 drop(vm);
-                self.retire(
-                    local,
-                    &mut slot,
-                    g,
-                    Some(which),
-                    StopReason::HaltedWithNoWakeSource { rip },
-                    true,
-                );
+                self.retire(local, &mut slot, g, Some(which), reason, true);
                 stopped = true;
             }
             if stopped {
@@ -413,6 +414,7 @@ impl<B: Backend> GuestRun<B> {
                 StartupEvent::Init if vcpu.index() != 0 => {
                     vcpu.model.lapic.reset();
                     vcpu.wait_for_sipi = true;
+                    vcpu.parked = false;
                 }
                 StartupEvent::StartUp { vector } if vcpu.wait_for_sipi => {
                     self.backend
@@ -482,11 +484,17 @@ impl<B: Backend> GuestRun<B> {
             local.current = Some(i);
         }
         let me = vcpu.index();
-        if vcpu.wait_for_sipi {
-            // An application processor runs only once started.
+        if vcpu.wait_for_sipi || vcpu.parked {
+            // An application processor runs only once started; a parked
+            // one only for an NMI, an INIT or a start-up IPI.
             vm.apics.collect(me, &mut vcpu.model.lapic);
+            if vcpu.parked && vcpu.model.lapic.nmi_pending() {
+                vcpu.parked = false;
+            }
+            let was_parked = vcpu.parked;
             match self.start_up(vcpu) {
                 Ok(true) => return SliceEnd::Halted { until: None },
+                Ok(false) if vcpu.parked && was_parked => return SliceEnd::Halted { until: None },
                 Ok(false) => {}
                 Err(reason) => return SliceEnd::Stopped(reason),
             }
@@ -612,6 +620,12 @@ impl<B: Backend> GuestRun<B> {
                     break SliceEnd::Halted {
                         until: vm.next_deadline(vcpu),
                     };
+                }
+                Outcome::Parked => {
+                    vcpu.halt_rip = backend.rip(&vcpu.hw);
+                    vcpu.parked = true;
+                    vm.forward_output(backend);
+                    break SliceEnd::Halted { until: None };
                 }
                 Outcome::Stop(reason) => break SliceEnd::Stopped(*reason),
             }

@@ -235,6 +235,9 @@ pub struct Vcpu<B: Backend> {
     /// It waits for a start-up IPI: an application processor before its
     /// first one, or after an INIT. It does not run meanwhile.
     pub wait_for_sipi: bool,
+    /// It halted with interrupts off (an application processor parked):
+    /// it runs again only for an NMI, an INIT or a start-up IPI.
+    pub parked: bool,
 }
 
 impl<B: Backend> Vcpu<B> {
@@ -355,6 +358,7 @@ impl<B: Backend> Vm<B> {
                     halt_rip: 0,
                     console_held: false,
                     wait_for_sipi: k != 0,
+                    parked: false,
                 }
             })
             .collect();

@@ -472,6 +472,12 @@ pub enum Outcome {
     /// and run this one again after it; its RIP is unchanged, so it
     /// resumes at the PAUSE and goes on spinning until the lock is free.
     Yield,
+    /// It executed HLT with interrupts disabled, in a guest with several
+    /// vCPUs (an application processor parking itself, as operating
+    /// systems do with CPUs they take offline or at shutdown): only an
+    /// NMI, INIT or start-up IPI can wake it, and the other vCPUs go on.
+    /// RIP is past the HLT. (In a guest with one vCPU this is a stop.)
+    Parked,
     /// Stop the guest (boxed: a stop happens once a guest, and a small
     /// `Outcome` comes back in registers on every other exit).
     Stop(Box<StopReason>),
@@ -802,7 +808,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::Cpuid => cpuid(vcpu, model, |l, s| platform.host_cpuid(l, s)),
         Exit::Io(io) => port_io(vcpu, model, vm, platform, io),
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
-        Exit::Hlt => hlt(vcpu),
+        Exit::Hlt => hlt(vcpu, model),
         Exit::MsrRead => rdmsr(vcpu, model),
         Exit::MsrWrite => wrmsr(vcpu, model, vm, platform),
         Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
@@ -1128,9 +1134,13 @@ fn print<P: Platform>(vm: &mut VmDevices, platform: &mut P, gpa: GuestPhysAddr, 
     0
 }
 
-fn hlt<B: VcpuAccess>(vcpu: &mut B) -> Result<Outcome, B::Error> {
+fn hlt<B: VcpuAccess>(vcpu: &mut B, model: &VcpuModel) -> Result<Outcome, B::Error> {
     let rip = vcpu.rip()?;
     if vcpu.rflags()? & RFLAGS_IF == 0 {
+        if model.vcpus > 1 {
+            vcpu.skip_instruction()?;
+            return Ok(Outcome::Parked);
+        }
         return Ok(Outcome::stop(StopReason::HaltedWithInterruptsOff { rip }));
     }
     vcpu.skip_instruction()?;
