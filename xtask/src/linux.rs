@@ -1030,6 +1030,28 @@ mod tests {
             referenced(&text),
             [Artifact::SmallKernel, Artifact::Initramfs]
         );
+        // The configs with several vCPUs boot the same kernel and
+        // initramfs, with the parallel workload on as many loops as vCPUs.
+        for (name, vcpus) in [("linux-smp2", 2), ("linux-smp4", 4)] {
+            let path = crate::guests::config_dir(name).join("hypervisor.toml");
+            let text = fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                referenced(&text),
+                [Artifact::SmallKernel, Artifact::Initramfs],
+                "{}",
+                path.display()
+            );
+            assert!(
+                text.contains(&format!("\nvcpus = {vcpus}\n")),
+                "{}",
+                path.display()
+            );
+            assert!(
+                text.contains(&format!(" fv.parallel={vcpus} ")),
+                "{}",
+                path.display()
+            );
+        }
         // The configs the other tests and `run` use build no Linux.
         for name in ["default", "test", "bench", "broken", "sched", "smp"] {
             let path = crate::guests::config_dir(name).join("hypervisor.toml");

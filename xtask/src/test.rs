@@ -33,6 +33,8 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("linux"),
         Variant::with_guests("linux-stock"),
         Variant::with_guests("linux-multi"),
+        Variant::with_guests("linux-smp2"),
+        Variant::with_guests("linux-smp4"),
         Variant::with_guests("fidelity-wxapic"),
         Variant::with_guests("console"),
         Variant::with_guests("console-linux"),
