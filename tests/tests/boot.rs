@@ -962,11 +962,23 @@ fn selfcheck(out: &xtask::runner::BootOutcome, guest: &str, what: &str) -> Optio
         .and_then(|n| n.parse().ok())
 }
 
-/// What every Linux guest `guest` must show: the ready marker, its
-/// self-check (42, one CPU, a `sleep 1` within 5% of a second of the
-/// guest's own time, timer and serial interrupts that arrived), and how it
-/// ended.
+/// What every Linux guest `guest` with one vCPU must show: see
+/// [`linux_selfcheck_with`].
 fn linux_selfcheck(c: &Checked<'_>, out: &xtask::runner::BootOutcome, guest: &str, end: &str) {
+    linux_selfcheck_with(c, out, guest, end, 1);
+}
+
+/// What every Linux guest `guest` with `cpus` vCPUs must show: the ready
+/// marker, its self-check (42, `cpus` CPUs, a `sleep 1` within 5% of a
+/// second of the guest's own time, timer and serial interrupts that
+/// arrived), and how it ended.
+fn linux_selfcheck_with(
+    c: &Checked<'_>,
+    out: &xtask::runner::BootOutcome,
+    guest: &str,
+    end: &str,
+    cpus: u32,
+) {
     c.in_order(
         &format!("guest {guest}: started"),
         &format!("[{guest}] ferrovisor-linux: ready"),
@@ -975,7 +987,7 @@ fn linux_selfcheck(c: &Checked<'_>, out: &xtask::runner::BootOutcome, guest: &st
         &format!("[{guest}] ferrovisor-linux: ready"),
         &format!("[{guest}] selfcheck: arith 42"),
     )
-    .saw(&format!("[{guest}] selfcheck: cpus 1"))
+    .saw(&format!("[{guest}] selfcheck: cpus {cpus}"))
     .in_order(
         &format!("[{guest}] selfcheck: done"),
         &format!("guest {guest}: stopped: {end}"),
@@ -1028,6 +1040,100 @@ fn bochs_boots_the_small_linux_kernel_to_its_self_check() {
     );
     frames_all_back(&c);
     c.exited();
+}
+
+/// The small Linux kernel with `vcpus` vCPUs (`guest-images/<config>`,
+/// whose command line has `fv.parallel=<vcpus>`) on a Bochs machine with
+/// `cpus` CPUs: the kernel brings up every vCPU (INIT and start-up IPIs),
+/// the self-check counts them, the parallel workload (one busy loop per
+/// vCPU and a burst of forks, with their reschedule and TLB-shootdown
+/// IPIs) finishes with its loops spread over more than one of the
+/// guest's CPUs, the guest's TSC agrees between its vCPUs, no CPU stalls,
+/// and the guest powers off through ACPI S5 with every frame back.
+fn small_linux_smp(config: &str, vcpus: u32, cpus: u32) {
+    let out = boot_smp(
+        &Variant::with_guests(config),
+        Engine::Bochs,
+        Firmware::Bios,
+        cpus,
+        BOCHS_LIMIT,
+    );
+    let what = format!("Bochs boot of the small Linux kernel with {vcpus} vCPUs on {cpus} CPU(s)");
+    let c = Checked::new(&out, &what);
+    vtx_ready(&c);
+    c.line(
+        &format!(
+            "`config: guest linux: ... {vcpus} vCPUs, cmdline \"... fv.parallel={vcpus} ...\"`"
+        ),
+        |l| {
+            l.contains("config: guest linux: ")
+                && l.contains(&format!(", {vcpus} vCPUs, cmdline \""))
+                && l.contains(&format!(" fv.parallel={vcpus} "))
+        },
+    )
+    .saw(&format!("] smp: Brought up 1 node, {vcpus} CPUs"))
+    .in_order(
+        &format!("[linux] selfcheck: parallel {vcpus} done in "),
+        "[linux] selfcheck: done",
+    )
+    .never("[linux] selfcheck: parallel ignored")
+    .never(&format!("[linux] selfcheck: parallel {vcpus} failed"))
+    .never("Marking TSC unstable")
+    .never("Marking clocksource 'tsc' as unstable")
+    .never("soft lockup")
+    .never("stall on CPU")
+    .never("Kernel panic");
+    linux_selfcheck_with(&c, &out, "linux", "powered off", vcpus);
+    // `... (N loops of R rounds and F forks; the loops ended on <n> CPUs)`:
+    // the loops did not all run on one CPU of the guest.
+    let spread = out
+        .serial
+        .lines()
+        .find_map(|l| l.split("; the loops ended on ").nth(1))
+        .and_then(|rest| rest.strip_suffix(" CPUs)"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no `selfcheck: parallel ... the loops ended on <n> CPUs)` line:\n{}",
+                out.serial
+            )
+        });
+    assert!(
+        (2..=vcpus).contains(&spread),
+        "the {vcpus} busy loops ended on {spread} of the guest's CPUs, not 2 to {vcpus}:\n{}",
+        out.serial
+    );
+    if cpus > 1 {
+        c.saw(&format!("smp: {cpus} of {cpus} CPUs ready to run guests"));
+        // The one guest's vCPUs ran on every physical CPU.
+        for cpu in 0..cpus {
+            let cpu = format!("cpu{cpu}");
+            let ticks = guest_ticks(&out, &cpu).unwrap_or_else(|| {
+                panic!("no `sched: {cpu}: ... guests ran` line:\n{}", out.serial)
+            });
+            assert!(ticks > 0, "no vCPU ran on {cpu}:\n{}", out.serial);
+        }
+    }
+    c.in_order(
+        "] ACPI: PM: Preparing to enter system sleep state S5",
+        "guest linux: stopped: powered off",
+    );
+    frames_all_back(&c);
+    c.exited();
+}
+
+/// Two vCPUs of the small kernel take turns on one physical CPU
+/// (`guest-images/linux-smp2`, `cpus = [0]`).
+#[test]
+fn bochs_small_linux_boots_with_two_vcpus_on_one_cpu() {
+    small_linux_smp("linux-smp2", 2, 1);
+}
+
+/// Four vCPUs of the small kernel on two physical CPUs
+/// (`guest-images/linux-smp4`, `cpus = [0, 1]`).
+#[test]
+fn bochs_small_linux_boots_with_four_vcpus_on_two_cpus() {
+    small_linux_smp("linux-smp4", 4, 2);
 }
 
 /// Debian 12's own kernel, unmodified and given only `console=ttyS0`,
@@ -1103,6 +1209,16 @@ fn bochs_runs_three_linux_guests_and_a_test_guest_on_one_cpu() {
 #[test]
 fn bochs_runs_three_linux_guests_and_a_test_guest_on_two_cpus() {
     linux_beside_others(2);
+}
+
+/// The TSC ticks `cpu` spent in guests, from `sched: <cpu>: <n> slices,
+/// guests ran <t> TSC ticks (...)`.
+fn guest_ticks(out: &xtask::runner::BootOutcome, cpu: &str) -> Option<u64> {
+    let prefix = format!("sched: {cpu}: ");
+    let line = out.serial.lines().find_map(|l| l.split(&prefix).nth(1))?;
+    let (_, rest) = line.split_once(" guests ran ")?;
+    let (ticks, _) = rest.split_once(" TSC ticks")?;
+    ticks.parse().ok()
 }
 
 /// The share of the run `cpu` spent in guests, from `sched: <cpu>: <n>
