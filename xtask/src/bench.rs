@@ -18,7 +18,8 @@
 //!
 //! The Linux boots ([`linux_boot`]): ticks from power-on to the Linux
 //! guest's ready marker under Ferrovisor and natively, for the small and
-//! the stock kernel, and the VM exits of each boot by kind.
+//! the stock kernel, and the VM exits of each boot by kind; and the small
+//! kernel with 1, 2 and 4 vCPUs, to its marker and to its self-check's end.
 
 mod linux_boot;
 
@@ -134,6 +135,15 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let boot_table = linux_boot::ticks_table(&boots);
     let exits = linux_boot::exits_section(&boots);
     println!("{boot_table}\n{exits}");
+
+    let mut vcpu_boots = Vec::new();
+    for boot in linux_boot::SMP_BOOTS {
+        let figures = linux_boot::measure_smp(boot, &tools)?;
+        println!("{}", linux_boot::smp_table(std::slice::from_ref(&figures)));
+        vcpu_boots.push(figures);
+    }
+    let vcpu_boot_table = linux_boot::smp_table(&vcpu_boots);
+    println!("{vcpu_boot_table}");
     if quick {
         println!("xtask: --quick: BENCHMARKS.md is left as it is");
         return Ok(());
@@ -146,6 +156,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         smp: &smp_table,
         boot: &boot_table,
         boot_exits: &exits,
+        vcpu_boots: &vcpu_boot_table,
     };
     std::fs::write(&path, document(&tables))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -381,6 +392,7 @@ struct Tables<'a> {
     smp: &'a str,
     boot: &'a str,
     boot_exits: &'a str,
+    vcpu_boots: &'a str,
 }
 
 fn document(tables: &Tables<'_>) -> String {
@@ -390,6 +402,7 @@ fn document(tables: &Tables<'_>) -> String {
         smp: smp_table,
         boot: boot_table,
         boot_exits: exits,
+        vcpu_boots: vcpu_boot_table,
     } = *tables;
     format!(
         "# Benchmarks\n\n\
@@ -470,8 +483,19 @@ fn document(tables: &Tables<'_>) -> String {
          The VM exits of each boot under Ferrovisor, counted by the scheduler until the guest \
          powers off (after its marker the guest only powers off: the self-check is left out with \
          `fv.selfcheck=off`):\n\n\
-         {exits}",
+         {exits}\n\
+         ## Linux with several vCPUs\n\n\
+         The small kernel under Ferrovisor alone, with 1 vCPU on one CPU, 2 vCPUs taking turns on \
+         one CPU and 4 vCPUs on two CPUs (Bochs `cpu: count=2`, the guest's `cpus = [0, 1]`), \
+         with the command line `{smp_cmdline}`: every row runs the same self-check, which ends \
+         with the same parallel workload (four shells counting to 1000 in shell arithmetic and \
+         50 forks, see `guest-images/linux/init`) and prints the guest's TSC at its end \
+         (`selfcheck: done tsc <N>`). Both times are power-on to there, read as above; the \
+         workload's own time is the guest's clock (`/proc/uptime`), in milliseconds. The \
+         figures are in millions of ticks.\n\n\
+         {vcpu_boot_table}",
         cmdline = linux_boot::CMDLINE,
+        smp_cmdline = linux_boot::SMP_CMDLINE,
     )
 }
 

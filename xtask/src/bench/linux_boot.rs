@@ -12,6 +12,13 @@
 //! at host TSC <C>`, at the debug level), so power-on to the marker is C +
 //! N. Both boots run the same kernel, initramfs and command line, with the
 //! Bochs machine's memory equal to the guest's under Ferrovisor.
+//!
+//! The small kernel with several vCPUs ([`SMP_BOOTS`]): the same guest
+//! with 1, 2 and 4 vCPUs (on one, one and two physical CPUs), under
+//! Ferrovisor only, each timed to its ready marker and to the end of its
+//! self-check, which runs the same parallel workload in every row
+//! ([`SMP_CMDLINE`]) and prints the TSC at its end (`selfcheck: done tsc
+//! <N>`), read as the marker's is.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -123,6 +130,7 @@ pub fn measure(kernel: Kernel, tools: &Found) -> Result<Figures, String> {
     );
     let ferrovisor = boot(
         &variant.image(Firmware::Bios),
+        1,
         FERROVISOR_MACHINE_MIB,
         &work.join("ferrovisor"),
         tools,
@@ -142,7 +150,7 @@ pub fn measure(kernel: Kernel, tools: &Found) -> Result<Figures, String> {
         "xtask: booting the {} kernel natively (Bochs, {} MiB, SYSLINUX)",
         kernel.name, kernel.memory_mib
     );
-    let bare = boot(&disk, kernel.memory_mib, &work.join("native"), tools)?;
+    let bare = boot(&disk, 1, kernel.memory_mib, &work.join("native"), tools)?;
     if !bare.saw("ferrovisor-linux: powering off") {
         return Err(failed("natively Linux did not reach its power-off", &bare));
     }
@@ -166,6 +174,166 @@ pub fn measure(kernel: Kernel, tools: &Found) -> Result<Figures, String> {
     })
 }
 
+/// The command line of the boots with several vCPUs: the self-check with
+/// the same workload in every row, four busy loops and a burst of forks
+/// (`fv.parallel=4`, see `guest-images/linux/init`), ending with the TSC
+/// (`fv.selfcheck=tsc`), then power off.
+pub const SMP_CMDLINE: &str =
+    "console=ttyS0,115200 fv.selfcheck=tsc fv.parallel=4 fv.after=poweroff";
+
+/// The self-check's last line with `fv.selfcheck=tsc`, followed by the
+/// guest's TSC.
+const SELFCHECK_END: &str = "selfcheck: done tsc ";
+
+/// One boot of the small kernel with `vcpus` vCPUs on a Bochs machine with
+/// `cpus` CPUs, all of them in the guest's `cpus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Smp {
+    pub vcpus: u32,
+    pub cpus: u32,
+}
+
+/// The boots with several vCPUs: 1 as the baseline, 2 taking turns on one
+/// CPU, 4 on two CPUs (the boot tests' `linux-smp2` and `linux-smp4`).
+pub const SMP_BOOTS: [Smp; 3] = [
+    Smp { vcpus: 1, cpus: 1 },
+    Smp { vcpus: 2, cpus: 1 },
+    Smp { vcpus: 4, cpus: 2 },
+];
+
+/// What one boot with several vCPUs measured, in Bochs ticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmpFigures {
+    pub boot: Smp,
+    /// Host TSC when Ferrovisor created the guest.
+    pub created: u64,
+    /// The guest's TSC at the ready marker.
+    pub ready: u64,
+    /// The guest's TSC at the self-check's end.
+    pub end: u64,
+    /// The parallel workload's guest time, in milliseconds (from
+    /// `selfcheck: parallel 4 done in <ms> ms`).
+    pub parallel_ms: u64,
+}
+
+/// Boots the small kernel with `boot.vcpus` vCPUs under Ferrovisor and
+/// reads the figures.
+pub fn measure_smp(boot_with: Smp, tools: &Found) -> Result<SmpFigures, String> {
+    let kernel = KERNELS[0];
+    let name = format!("linux-small-{}vcpus", boot_with.vcpus);
+    let work = out_dir().join("bench").join(&name);
+    // A folder per row, so that each gets its own build folder.
+    let config = work.join(&name);
+    fs::create_dir_all(&config).map_err(|e| format!("cannot create {}: {e}", config.display()))?;
+    fs::write(config.join("hypervisor.toml"), smp_toml(boot_with))
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let variant = Variant {
+        log_level: "debug".into(),
+        selftest: None,
+        config: Some(config),
+    };
+    build::all(&variant).map_err(|e| e.to_string())?;
+    println!(
+        "xtask: booting the {} kernel with {} vCPU(s) under Ferrovisor (Bochs, {} CPU(s))",
+        kernel.name, boot_with.vcpus, boot_with.cpus
+    );
+    let out = boot(
+        &variant.image(Firmware::Bios),
+        boot_with.cpus,
+        FERROVISOR_MACHINE_MIB,
+        &work.join("ferrovisor"),
+        tools,
+    )?;
+    if !out.saw("guest linux: stopped: powered off") {
+        return Err(failed("under Ferrovisor the guest did not power off", &out));
+    }
+    let read =
+        |what: &str, found: Option<u64>| found.ok_or_else(|| failed(&format!("no {what}"), &out));
+    Ok(SmpFigures {
+        boot: boot_with,
+        created: read("`guest TSC 0 at host TSC` line", created_at(&out.serial))?,
+        ready: read("ready marker", marker(&out.serial))?,
+        end: read("`selfcheck: done tsc <N>` line", selfcheck_end(&out.serial))?,
+        parallel_ms: read(
+            "`selfcheck: parallel <n> done in <ms> ms` line",
+            parallel_ms(&out.serial),
+        )?,
+    })
+}
+
+/// The config that boots the small kernel as the one guest `linux` with
+/// `boot.vcpus` vCPUs on CPUs 0 to `boot.cpus - 1`.
+fn smp_toml(boot: Smp) -> String {
+    let kernel = KERNELS[0];
+    let cpus: Vec<String> = (0..boot.cpus).map(|c| c.to_string()).collect();
+    format!(
+        "# Written by `cargo xtask bench` (xtask/src/bench/linux_boot.rs).\n\
+         [hypervisor]\n\
+         power_off_when_all_stopped = true\n\n\
+         [[guest]]\n\
+         name = \"linux\"\n\
+         kernel = \"{kernel}\"\n\
+         initrd = \"{initrd}\"\n\
+         cmdline = \"{SMP_CMDLINE}\"\n\
+         memory = \"{memory}M\"\n\
+         vcpus = {vcpus}\n\
+         cpus = [{cpus}]\n\
+         format = \"linux\"\n",
+        kernel = kernel.artifact.file_name(),
+        initrd = Artifact::Initramfs.file_name(),
+        memory = kernel.memory_mib,
+        vcpus = boot.vcpus,
+        cpus = cpus.join(", "),
+    )
+}
+
+/// N of the first `selfcheck: done tsc <N>` line.
+pub fn selfcheck_end(serial: &str) -> Option<u64> {
+    serial
+        .lines()
+        .find_map(|l| l.split(SELFCHECK_END).nth(1))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The milliseconds of `selfcheck: parallel <n> done in <ms> ms (...)`.
+pub fn parallel_ms(serial: &str) -> Option<u64> {
+    serial.lines().find_map(|l| {
+        let rest = l.split("selfcheck: parallel ").nth(1)?;
+        let (_, rest) = rest.split_once(" done in ")?;
+        let (ms, _) = rest.split_once(" ms")?;
+        ms.parse().ok()
+    })
+}
+
+/// The boots with several vCPUs as a table, one row per boot.
+pub fn smp_table(figures: &[SmpFigures]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| small kernel | to the guest's start + guest TSC at the marker = power-on to the marker | the same to the self-check's end | parallel workload, guest time |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: |");
+    for f in figures {
+        let plural = |n: u32| if n == 1 { "" } else { "s" };
+        let _ = writeln!(
+            t,
+            "| {} vCPU{} on {} CPU{} | {} + {} = {} | {} + {} = {} | {} ms |",
+            f.boot.vcpus,
+            plural(f.boot.vcpus),
+            f.boot.cpus,
+            plural(f.boot.cpus),
+            millions(f.created),
+            millions(f.ready),
+            millions(f.created + f.ready),
+            millions(f.created),
+            millions(f.end),
+            millions(f.created + f.end),
+            f.parallel_ms,
+        );
+    }
+    t
+}
+
 /// The config that boots `kernel` as the one guest `linux`.
 fn hypervisor_toml(kernel: Kernel) -> String {
     format!(
@@ -185,9 +353,11 @@ fn hypervisor_toml(kernel: Kernel) -> String {
     )
 }
 
-/// One Bochs boot of `image` with `memory_mib`, which must end by itself.
+/// One Bochs boot of `image` on `cpus` CPUs with `memory_mib`, which must
+/// end by itself.
 fn boot(
     image: &Path,
+    cpus: u32,
     memory_mib: u32,
     work_dir: &Path,
     tools: &Found,
@@ -197,7 +367,7 @@ fn boot(
         engine: Engine::Bochs,
         firmware: Firmware::Bios,
         image: PathBuf::from(image),
-        cpus: 1,
+        cpus,
         memory_mib,
         timeout: BOOT_TIMEOUT,
         serial_log: Some(work_dir.with_extension("console.txt")),
@@ -421,6 +591,69 @@ mod tests {
                 && e.contains("- Slice ends:")
                 && e.contains("- Nested page faults:"),
             "{e}"
+        );
+    }
+
+    const SMP: &str = "\
+[cpu0] DEBUG kernel::vtx::vm: guest linux: guest TSC 0 at host TSC 96000000
+[linux] ferrovisor-linux: ready tsc 150000000
+[linux] selfcheck: cpus 4
+[linux] selfcheck: parallel 4 done in 2950 ms (4 loops of 1000 rounds and 50 forks; the loops ended on 4 CPUs)
+[linux] selfcheck: done tsc 210000000
+";
+
+    #[test]
+    fn the_smp_figures_are_read_from_the_console() {
+        assert_eq!(created_at(SMP), Some(96_000_000));
+        assert_eq!(marker(SMP), Some(150_000_000));
+        assert_eq!(selfcheck_end(SMP), Some(210_000_000));
+        assert_eq!(parallel_ms(SMP), Some(2950));
+        // The default self-check's end carries no TSC.
+        assert_eq!(selfcheck_end("[linux] selfcheck: done\n"), None);
+        assert_eq!(
+            parallel_ms("[linux] selfcheck: parallel 4 failed: 3 of 4 loops finished\n"),
+            None
+        );
+        assert_eq!(
+            parallel_ms("[linux] selfcheck: parallel ignored: fv.parallel=x is not 1 to 64\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_smp_table_adds_the_offset_to_both_times() {
+        let f = SmpFigures {
+            boot: SMP_BOOTS[2],
+            created: 96_000_000,
+            ready: 150_000_000,
+            end: 210_000_000,
+            parallel_ms: 2950,
+        };
+        let one = SmpFigures {
+            boot: SMP_BOOTS[0],
+            ..f.clone()
+        };
+        let t = smp_table(&[one, f]);
+        assert!(
+            t.contains("| 4 vCPUs on 2 CPUs | 96.0 M + 150.0 M = 246.0 M | 96.0 M + 210.0 M = 306.0 M | 2950 ms |"),
+            "{t}"
+        );
+        assert!(t.contains("| 1 vCPU on 1 CPU | "), "{t}");
+    }
+
+    #[test]
+    fn the_smp_configs_give_the_guest_its_vcpus_and_cpus() {
+        let text = smp_toml(SMP_BOOTS[2]);
+        assert_eq!(
+            linux::referenced(&text),
+            [Artifact::SmallKernel, Artifact::Initramfs]
+        );
+        assert!(text.contains("\nvcpus = 4\ncpus = [0, 1]\n"), "{text}");
+        assert!(text.contains(&format!("cmdline = \"{SMP_CMDLINE}\"")));
+        assert!(smp_toml(SMP_BOOTS[1]).contains("\nvcpus = 2\ncpus = [0]\n"));
+        // Every row runs the same workload, whatever its vCPUs.
+        assert!(
+            SMP_CMDLINE.contains(" fv.parallel=4 ") && SMP_CMDLINE.contains(" fv.selfcheck=tsc ")
         );
     }
 
