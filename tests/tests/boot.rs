@@ -1090,7 +1090,7 @@ fn small_linux_smp(config: &str, vcpus: u32, cpus: u32) {
         .serial
         .lines()
         .find_map(|l| l.split("; the loops ended on ").nth(1))
-        .and_then(|rest| rest.strip_suffix(" CPUs)"))
+        .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse::<u32>().ok())
         .unwrap_or_else(|| {
             panic!(

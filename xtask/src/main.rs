@@ -48,7 +48,8 @@ commands:
   lint     rustfmt --check and clippy -D warnings on every crate (the kernel
            also for its bare-metal target); `test` runs these first
   bench    benchmarks under Bochs (VM-exit round trips, scheduling, Linux boots under
-           Ferrovisor and natively); writes BENCHMARKS.md
+           Ferrovisor and natively, the small kernel with 1, 2 and 4 vCPUs);
+           writes BENCHMARKS.md
              [--quick]   leave out the stock kernel's boots; print, do not write
   fuzz     fuzz the parsers of untrusted input (config, image loaders, ramdisk)
              [--seconds N (default 30)] [TARGET...]
