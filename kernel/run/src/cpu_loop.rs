@@ -209,6 +209,7 @@ impl<B: Backend> GuestRun<B> {
                 .iter()
                 .filter_map(|&v| self.guest_of.get(v).copied())
                 .collect();
+            guests.sort_unstable();
             guests.dedup();
             for g in guests {
                 let Some(mut slot) = self.lock_slot(local, g) else {

@@ -64,6 +64,17 @@ enum Program {
     Shell,
     /// CPUID exits forever (until stopped from outside).
     Forever,
+    /// A guest with several vCPUs starting its application processors as
+    /// an OS does, through its local APIC's ICR (the fake's port 0xF0
+    /// stands for an ICR write: RAX the low half, RBX the destination;
+    /// port 0xF1 software-enables the APIC). vCPU 0 sends INIT and a
+    /// start-up IPI (vector 8) to all but itself, waits (CPUID exits)
+    /// until every AP has checked in, pings APIC 1 with vector 0x40 and
+    /// halts until AP 1 answers with 0x41, then exits with the number of
+    /// APs that arrived. Each AP checks it started at 0x8000, checks in,
+    /// and parks with HLT and interrupts off; AP 1 first halts (IF on)
+    /// for the ping and answers it.
+    Smp,
 }
 
 /// What the shell program leaves in RBX, for `regs`.
@@ -82,6 +93,11 @@ struct FakeVmHw {
 struct FakeVcpuHw {
     id: usize,
     vm_id: usize,
+    /// Its index in its guest, the guest's vCPU count, and the APs of its
+    /// guest that checked in so far (`Program::Smp`).
+    index: u32,
+    vcpus: u32,
+    arrived: std::sync::Arc<AtomicUsize>,
     program: Program,
     step: u64,
     vcpu: FakeVcpu,
@@ -278,8 +294,10 @@ impl Backend for FakeBackend {
         self.live.fetch_add(1, Ordering::SeqCst);
         let mut ram = vec![0u8; FAKE_RAM];
         ram[NAME_AT..NAME_AT + config.name.len()].copy_from_slice(config.name.as_bytes());
-        let vcpus = (0..config.vcpus.max(1))
-            .map(|_| {
+        let arrived = std::sync::Arc::new(AtomicUsize::new(0));
+        let n = config.vcpus.max(1);
+        let vcpus = (0..n)
+            .map(|k| {
                 let id = self.next_id.fetch_add(1, Ordering::SeqCst);
                 CURRENT.with(|c| c.set(Some(id)));
                 let mut vcpu = FakeVcpu::long_mode(0x1000, 2);
@@ -287,6 +305,9 @@ impl Backend for FakeBackend {
                 FakeVcpuHw {
                     id,
                     vm_id,
+                    index: k,
+                    vcpus: n,
+                    arrived: std::sync::Arc::clone(&arrived),
                     program: self.programs[index],
                     step: 0,
                     vcpu,
@@ -421,6 +442,58 @@ impl Backend for FakeBackend {
                 v.gprs[0] = 0;
                 Exit::Cpuid
             }
+            Program::Smp => {
+                let icr = |v: &mut FakeVcpu, low: u64, dest: u64| {
+                    v.gprs[0] = low;
+                    v.gprs[3] = dest;
+                    Exit::Io(IoAccess::port(0xF0, 4, IoDirection::Out))
+                };
+                let got = |v: &FakeVcpu, vector| {
+                    v.injected.contains(&Event::ExternalInterrupt { vector })
+                };
+                let aps = vcpu.vcpus as usize - 1;
+                match (vcpu.index, vcpu.phase) {
+                    // INIT, then a start-up IPI with vector 8, to all
+                    // but self.
+                    (0, 0) => {
+                        vcpu.phase = 1;
+                        icr(v, 0x000C_4500, 0)
+                    }
+                    (0, 1) => {
+                        vcpu.phase = 2;
+                        icr(v, 0x000C_4608, 0)
+                    }
+                    (0, 2) if vcpu.arrived.load(Ordering::SeqCst) < aps => {
+                        v.gprs[0] = 0;
+                        Exit::Cpuid
+                    }
+                    (0, 2) => {
+                        vcpu.phase = 3;
+                        icr(v, 0x4040, 1)
+                    }
+                    (0, _) if got(v, 0x41) => {
+                        v.gprs[0] = hypercall::EXIT;
+                        v.gprs[3] = vcpu.arrived.load(Ordering::SeqCst) as u64;
+                        Exit::Hypercall
+                    }
+                    (0, _) => Exit::Hlt,
+                    (_, 0) => {
+                        assert_eq!(v.rip, 0x8000, "an AP starts at its SIPI's page");
+                        vcpu.phase = 1;
+                        vcpu.arrived.fetch_add(1, Ordering::SeqCst);
+                        Exit::Io(IoAccess::port(0xF1, 4, IoDirection::Out))
+                    }
+                    (1, 1) if got(v, 0x40) => {
+                        vcpu.phase = 2;
+                        icr(v, 0x4041, 0)
+                    }
+                    (1, 1) => Exit::Hlt,
+                    _ => {
+                        v.rflags = 0x2;
+                        Exit::Hlt
+                    }
+                }
+            }
             Program::Print { text } => {
                 let out = Exit::Io(IoAccess::port(0x3F8, 1, IoDirection::Out));
                 if let Some(&b) = text.as_bytes().get(vcpu.wrote) {
@@ -541,6 +614,28 @@ impl Backend for FakeBackend {
     }
 
     fn handle(&self, vm: &Vm<Self>, vcpu: &mut Vcpu<Self>, exit: &Exit) -> Outcome {
+        if let Exit::Io(io) = exit {
+            // The fake's stand-ins for the local APIC's registers
+            // (`Program::Smp`).
+            let now = self.now();
+            let lapic = &mut vcpu.model.lapic;
+            let k = vcpu.model.index;
+            let (low, dest) = (vcpu.hw.vcpu.gprs[0] as u32, vcpu.hw.vcpu.gprs[3] as u32);
+            match io.port {
+                0xF0 => {
+                    let _ = lapic.write(0x310, dest << 24, now);
+                    if let devices::lapic::ApicEffect::Ipi(ipi) = lapic.write(0x300, low, now) {
+                        vm.apics
+                            .send(Some(k), Some(lapic), ipi.shorthand, &ipi.message);
+                    }
+                }
+                0xF1 => {
+                    let _ = lapic.write(0xF0, 0x1FF, now);
+                    vm.apics.publish(k, lapic);
+                }
+                _ => {}
+            }
+        }
         let hw = &mut vcpu.hw;
         hw.platform.now = self.now();
         handle_exit(
@@ -681,7 +776,13 @@ impl Backend for FakeBackend {
 }
 
 fn config(index: usize, cpus: Option<Vec<u32>>) -> GuestConfig {
-    let mut text = format!("[[guest]]\nname = \"g{index}\"\nkernel = \"k\"\nmemory = \"1M\"\n");
+    config_with(index, cpus, 1)
+}
+
+fn config_with(index: usize, cpus: Option<Vec<u32>>, vcpus: u32) -> GuestConfig {
+    let mut text = format!(
+        "[[guest]]\nname = \"g{index}\"\nkernel = \"k\"\nmemory = \"1M\"\nvcpus = {vcpus}\n"
+    );
     if let Some(cpus) = &cpus {
         text.push_str(&format!("cpus = {cpus:?}\n"));
     }
@@ -705,6 +806,17 @@ fn run_on(
         .enumerate()
         .map(|(i, a)| config(i, a))
         .collect();
+    run_configs(cpus, programs, configs, on_stop, creations, slice)
+}
+
+fn run_configs(
+    cpus: usize,
+    programs: Vec<Program>,
+    configs: Vec<GuestConfig>,
+    on_stop: GuestStopAction,
+    creations: usize,
+    slice: u64,
+) -> FakeBackend {
     let backend = FakeBackend::new(cpus, programs, creations);
     CPU.with(|c| c.set(0));
     let run = GuestRun::new(backend, configs, (0..cpus).collect(), slice, on_stop, cpus)
@@ -735,6 +847,79 @@ fn run_on(
 
 fn spin(exits: u64, code: u32) -> Program {
     Program::Spin { exits, code }
+}
+
+/// A guest with `vcpus` vCPUs running `Program::Smp` beside a spinning
+/// guest, on `cpus` CPUs: the APs start by INIT and a start-up IPI, an
+/// IPI goes from vCPU 0 to vCPU 1 and back, the APs park, and the guest
+/// exits with the number of APs that arrived.
+fn smp_guest_on(cpus: usize, vcpus: u32) {
+    let configs = vec![config_with(0, None, vcpus), config_with(1, None, 1)];
+    let b = run_configs(
+        cpus,
+        vec![Program::Smp, spin(3000, 7)],
+        configs,
+        GuestStopAction::Stop,
+        1,
+        400,
+    );
+    let stops = b.stops();
+    assert_eq!(
+        stops,
+        [
+            ("g0".to_string(), format!("exited with code {}", vcpus - 1)),
+            ("g1".to_string(), "exited with code 7".to_string()),
+        ]
+    );
+    // Every vCPU ran (ids 0..vcpus are g0's).
+    let entered = b.entered_on.lock().unwrap();
+    for id in 0..vcpus as usize {
+        assert!(
+            entered.contains_key(&id),
+            "vCPU {id} never ran: {entered:?}"
+        );
+    }
+}
+
+#[test]
+fn a_guest_starts_its_vcpus_by_init_and_sipi_and_they_exchange_ipis_on_one_cpu() {
+    smp_guest_on(1, 2);
+}
+
+#[test]
+fn four_vcpus_of_one_guest_run_on_two_cpus_and_park_when_done() {
+    for _ in 0..20 {
+        smp_guest_on(2, 4);
+    }
+}
+
+#[test]
+fn eight_vcpus_on_four_cpus_hand_over_under_contention() {
+    for _ in 0..10 {
+        smp_guest_on(4, 8);
+    }
+}
+
+#[test]
+fn a_guest_whose_boot_vcpu_halts_with_its_aps_never_started_is_stopped() {
+    // The AP waits for a start-up IPI nobody sends, and the boot vCPU
+    // halts with nothing to wake it: the guest as a whole can never run
+    // again.
+    let configs = vec![config_with(0, None, 2)];
+    let b = run_configs(
+        1,
+        vec![Program::Idle],
+        configs,
+        GuestStopAction::Stop,
+        1,
+        400,
+    );
+    let stops = b.stops();
+    assert_eq!(stops.len(), 1);
+    assert!(
+        stops[0].1.starts_with("halted forever (HLT at RIP"),
+        "{stops:?}"
+    );
 }
 
 #[test]
