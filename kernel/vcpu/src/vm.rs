@@ -18,9 +18,11 @@
 //!
 //! Line `n` goes to 8259 input `n` (ISA IRQ `n`) and to I/O APIC pin `n`
 //! (the MADT has no interrupt source overrides). The I/O APIC's messages go
-//! to the local APICs they name; the 8259's output reaches a vCPU whose
-//! local APIC passes ExtINT (LINT0 in virtual-wire mode, or the APIC
-//! disabled), as on a PC. Before each entry [`deliver_interrupt`] injects
+//! to the local APICs they name, through the VM's
+//! [`ApicBus`](crate::apic_bus::ApicBus); the 8259's output reaches the
+//! boot vCPU when its local APIC passes ExtINT (LINT0 in virtual-wire
+//! mode, or the APIC disabled), as on a PC, where only the bootstrap
+//! processor's LINT0 is wired for it. Before each entry [`deliver_interrupt`] injects
 //! what the vCPU can take: the 8259's vector by an INTA cycle, or the
 //! local APIC's highest pending vector.
 
