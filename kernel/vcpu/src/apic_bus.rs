@@ -265,6 +265,14 @@ impl ApicBus {
         targets
     }
 
+    /// Asks the run to wake or kick the vCPUs in `mask` (one bit each)
+    /// for something that did not come through the bus (the 8259's
+    /// output, which only the boot vCPU takes).
+    #[inline]
+    pub fn notify(&self, mask: Notify) {
+        self.notify.add(mask);
+    }
+
     /// The vCPUs sent something (one bit each) since the last call: the
     /// run wakes or kicks them.
     #[inline]

@@ -558,6 +558,11 @@ pub fn deliver_interrupt<B: VcpuAccess>(
     vm.apics.collect(index, lapic);
     vm.poll(now, sink);
     vm.route_messages(index, lapic);
+    if index != 0 && vm.pic_output() {
+        // Another vCPU's timers or accesses raised the 8259's output,
+        // which only the boot vCPU takes: it must look.
+        vm.apics.notify(1);
+    }
     lapic.run_timer(now);
     if lapic.take_nmi() {
         // Not while another event is being delivered, nor inside the
@@ -691,6 +696,34 @@ mod tests {
         .unwrap());
         assert!(vm.port_write(0x20, 1, 0x20, 3050, &mut sink(&mut lines)));
         assert_eq!(vcpu.injected.len(), 1, "delivered once");
+    }
+
+    #[test]
+    fn the_8259_reaches_only_the_boot_vcpu_and_another_vcpu_that_raises_it_says_so() {
+        let mut vm = VmDevices::with_vcpus(TSC_HZ, WallClock::default(), 2);
+        program_pic(&mut vm, 5);
+        let mut lines = Vec::new();
+        assert!(vm.port_write(0xE0, 4, 1, 0, &mut sink(&mut lines)));
+        // vCPU 1, its APIC as INIT leaves it (LINT0 masked), runs the
+        // due timer: it takes nothing, and asks for vCPU 0.
+        let mut ap = LocalApic::new(1, TSC_HZ, 25_000_000);
+        let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
+        vcpu.rflags = 0x202;
+        assert!(
+            !deliver_interrupt(&mut vcpu, 1, &mut ap, &mut vm, 5000, &mut sink(&mut lines))
+                .unwrap()
+        );
+        assert!(vcpu.injected.is_empty());
+        assert_eq!(attention_at(1, &ap, &vm), u64::MAX);
+        assert_eq!(vm.apic_bus().take_notify(), 1, "vCPU 0 is told");
+        // vCPU 0 takes it.
+        let mut bsp = lapic();
+        assert_eq!(attention_at(0, &bsp, &vm), 0);
+        assert!(
+            deliver_interrupt(&mut vcpu, 0, &mut bsp, &mut vm, 5001, &mut sink(&mut lines))
+                .unwrap()
+        );
+        assert_eq!(vcpu.injected, [Event::ExternalInterrupt { vector: 0x25 }]);
     }
 
     #[test]
