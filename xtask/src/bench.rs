@@ -11,10 +11,10 @@
 //! Scheduling: fairness and switch costs of `guest-images/sched` on one and
 //! two CPUs.
 //!
-//! IPIs: the SMP guest (`guest-images/asm/smp.S`, twice in
-//! `guest-images/smp`) times fixed IPIs from vCPU 0 to vCPU 1 and back,
-//! with its two vCPUs on one CPU and with four on two, and self-IPIs; a
-//! figure it did not print shows as "n/a".
+//! IPIs: the SMP guest (`guest-images/asm/smp.S`, with 2 vCPUs in
+//! `guest-images/smp-pair`) times fixed IPIs from vCPU 0 to vCPU 1 and
+//! back, with its vCPUs on one CPU and on two, and self-IPIs; a figure it
+//! did not print shows as "n/a".
 //!
 //! The Linux boots ([`linux_boot`]): ticks from power-on to the Linux
 //! guest's ready marker under Ferrovisor and natively, for the small and
@@ -108,16 +108,24 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let sched_table = sched_table(&one.serial, &two.serial)?;
     println!("{sched_table}");
 
-    let variant = Variant::with_guests("smp");
+    // Debug level: the stop report names the CPU each vCPU ran on.
+    let variant = Variant {
+        log_level: "debug".into(),
+        ..Variant::with_guests("smp-pair")
+    };
     build::all(&variant).map_err(|e| e.to_string())?;
-    println!(
-        "xtask: running the SMP guests (2 vCPUs on one CPU, 4 on two) under Bochs, on two CPUs"
-    );
-    let smp = boot_bochs(&variant, &tools, 2)?;
-    for line in smp.serial.lines().filter(|l| l.contains("] smp: FAILED")) {
+    println!("xtask: running the SMP guest with 2 vCPUs under Bochs, on one CPU");
+    let pair_one = boot_bochs(&variant, &tools, 1)?;
+    println!("xtask: the same on two CPUs");
+    let pair_two = boot_bochs(&variant, &tools, 2)?;
+    for line in [&pair_one, &pair_two]
+        .iter()
+        .flat_map(|o| o.serial.lines())
+        .filter(|l| l.contains("] smp: FAILED"))
+    {
         println!("xtask: the SMP guest reported: {line}");
     }
-    let smp_table = smp_table(&smp.serial);
+    let smp_table = smp_table(&pair_one.serial, &pair_two.serial);
     println!("{smp_table}");
 
     let mut boots = Vec::new();
@@ -301,21 +309,37 @@ fn sched_table(one: &str, two: &str) -> Result<String, String> {
     Ok(t)
 }
 
-/// The SMP guest's rows: which guest, which figure, and what the row says.
-const SMP_ROWS: [(&str, &str, &str); 4] = [
+/// The SMP guest's rows: which boot (one CPU or two), which figure, and
+/// what the row says.
+const SMP_ROWS: [(usize, &str, &str); 4] = [
     (
-        "smp2",
+        1,
         "ipi round trip",
-        "IPI round trip vCPU 0 → vCPU 1 → vCPU 0, both on one CPU (smp2: 2 vCPUs, `cpus = [0]`)",
+        "IPI round trip vCPU 0 → vCPU 1 → vCPU 0, both on one CPU",
     ),
     (
-        "smp4",
+        2,
         "ipi round trip",
-        "IPI round trip vCPU 0 → vCPU 1 → vCPU 0 on two CPUs (smp4: 4 vCPUs, `cpus = [0, 1]`)",
+        "IPI round trip vCPU 0 → vCPU 1 → vCPU 0 on two CPUs",
     ),
-    ("smp2", "self ipi", "self-IPI, vCPU 0 to itself (smp2)"),
-    ("smp4", "self ipi", "self-IPI, vCPU 0 to itself (smp4)"),
+    (1, "self ipi", "self-IPI, vCPU 0 to itself, one CPU"),
+    (2, "self ipi", "self-IPI, vCPU 0 to itself, two CPUs"),
 ];
+
+/// Where vCPU `k` of guest `pair` ran, from its stop report (debug level):
+/// `guest pair: vcpu<k>: ... (<m> moved between CPUs, ...), last on cpu<c>`
+/// gives `(c, m)`.
+fn placement(serial: &str, k: usize) -> Option<(u64, u64)> {
+    let prefix = format!("guest pair: vcpu{k}: ");
+    let line = serial.lines().find_map(|l| l.split(&prefix).nth(1))?;
+    let moved = line
+        .split(" moved between CPUs")
+        .next()?
+        .rsplit('(')
+        .next()?;
+    let cpu = line.split(", last on cpu").nth(1)?.split(';').next()?;
+    Some((cpu.trim().parse().ok()?, moved.trim().parse().ok()?))
+}
 
 /// `(median, average)` from `[<guest>] smp: <what> median <m> ticks
 /// average <a> ticks`, or `None` where the guest printed no such line.
@@ -329,18 +353,20 @@ fn ipi_figure(serial: &str, guest: &str, what: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// The IPI figures of the SMP guests' run; "n/a" where a guest did not
-/// print one (it failed, or its vCPUs did not all start), with a note.
-fn smp_table(serial: &str) -> String {
+/// The IPI figures of the SMP guest's runs on one CPU (`one`) and on two
+/// (`two`); "n/a" where it did not print one (it failed, or its vCPUs did
+/// not all start), with a note; and where its vCPUs ran on two CPUs.
+fn smp_table(one: &str, two: &str) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| figure (Bochs, corei7_skylake_x, 2 CPUs, 64 rounds) | median, TSC ticks | average, TSC ticks |"
+        "| figure (Bochs, corei7_skylake_x, 64 rounds) | median, TSC ticks | average, TSC ticks |"
     );
     let _ = writeln!(t, "| --- | ---: | ---: |");
     let mut missing = false;
-    for (guest, what, row) in SMP_ROWS {
-        let (median, average) = match ipi_figure(serial, guest, what) {
+    for (cpus, what, row) in SMP_ROWS {
+        let serial = if cpus == 1 { one } else { two };
+        let (median, average) = match ipi_figure(serial, "pair", what) {
             Some((m, a)) => (m.to_string(), a.to_string()),
             None => {
                 missing = true;
@@ -356,6 +382,11 @@ fn smp_table(serial: &str) -> String {
              line, if any, says why)."
         );
     }
+    let where_ = |k| match placement(two, k) {
+        Some((cpu, moved)) => format!("vCPU {k} last on cpu{cpu}, moved {moved} times"),
+        None => format!("vCPU {k}: no stop report"),
+    };
+    let _ = writeln!(t, "\nOn two CPUs: {}; {}.", where_(0), where_(1));
     t
 }
 
@@ -458,13 +489,14 @@ fn document(tables: &Tables<'_>) -> String {
          VMRESUMEs. Only a vCPU still active on its old CPU when it is needed (an idle CPU stealing \
          it) costs a request through that CPU's mailbox and a kick IPI, answered at its next exit.\n\n\
          ## IPIs between vCPUs\n\n\
-         The SMP guest (`guest-images/asm/smp.S`) runs twice in one boot on two CPUs \
-         (`guest-images/smp`): smp2 with 2 vCPUs pinned to one CPU, smp4 with 4 vCPUs on both. Once \
-         its vCPUs are up and through a spin-lock test (vCPUs 2 and 3 then halt for good), vCPU 0 \
-         sends a fixed IPI to APIC ID 1, whose handler sends one back, and waits in HLT; it reads the \
-         TSC before the ICR write and after its handler ran, 64 times. The self-IPI is timed the same \
-         way, from the ICR write to the end of vCPU 0's own handler. The two guests share CPU 0, so \
-         smp4's figures include the turns smp2's vCPUs take there.\n\n\
+         The SMP guest (`guest-images/asm/smp.S`) alone with 2 vCPUs (`guest-images/smp-pair`), \
+         booted on one CPU (its vCPUs take turns) and on two (one vCPU on each: the stop report \
+         says where they ran). Once its vCPUs are up and through a spin-lock test, vCPU 0 sends a \
+         fixed IPI to APIC ID 1, whose handler sends one back, and waits in HLT; it reads the TSC \
+         before the ICR write and after its handler ran, 64 times. The self-IPI is timed the same \
+         way, from the ICR write to the end of vCPU 0's own handler. Every ICR write and EOI is an \
+         MMIO exit that Ferrovisor emulates (no APIC virtualization), and on one CPU a round trip \
+         also takes two vCPU switches.\n\n\
          {smp_table}\n\
          ## Linux boot\n\n\
          Bochs ticks (emulated instructions, guest and host, plus the ticks Bochs skips while the \
@@ -564,44 +596,45 @@ mod tests {
 
     #[test]
     fn the_smp_rows_read_the_guests_lines_and_show_what_is_missing() {
-        let serial = "\
-[cpu0] INFO  kernel::guests: config: guest smp2: kernel \"smp.bin\", multiboot
-[smp2] smp: ipi round trip median 52000 ticks average 61234 ticks
-[smp4] smp: ipi round trip median 31000 ticks average 33000 ticks\r
-[smp2] smp: self ipi median 2100 ticks average 2200 ticks
-[smp4] smp: FAILED self ipi: not delivered within 1 s
+        let one = "\
+[cpu0] INFO  kernel::guests: config: guest pair: kernel \"smp.bin\", multiboot
+[pair] smp: ipi round trip median 52000 ticks average 61234 ticks
+[pair] smp: self ipi median 2100 ticks average 2200 ticks\r
+";
+        let two = "\
+[pair] smp: ipi round trip median 31000 ticks average 33000 ticks
+[pair] smp: FAILED self ipi: not delivered within 1 s
+[cpu0] DEBUG run::figures: guest pair: vcpu0: 5 TSC ticks on a CPU in 3 slices (0 moved between CPUs, 1 blocked, 1 woken), last on cpu0; exits: none
+[cpu1] DEBUG run::figures: guest pair: vcpu1: 5 TSC ticks on a CPU in 3 slices (2 moved between CPUs, 1 blocked, 1 woken), last on cpu1; exits: 1 HLT
 ";
         assert_eq!(
-            ipi_figure(serial, "smp2", "ipi round trip"),
+            ipi_figure(one, "pair", "ipi round trip"),
             Some((52000, 61234))
         );
-        assert_eq!(
-            ipi_figure(serial, "smp4", "ipi round trip"),
-            Some((31000, 33000))
-        );
-        assert_eq!(ipi_figure(serial, "smp4", "self ipi"), None);
-        let t = smp_table(serial);
-        assert!(
-            t.contains("both on one CPU (smp2: 2 vCPUs, `cpus = [0]`) | 52000 | 61234 |"),
-            "{t}"
-        );
-        assert!(
-            t.contains("on two CPUs (smp4: 4 vCPUs, `cpus = [0, 1]`) | 31000 | 33000 |"),
-            "{t}"
-        );
-        assert!(t.contains("vCPU 0 to itself (smp2) | 2100 | 2200 |"), "{t}");
-        assert!(t.contains("vCPU 0 to itself (smp4) | n/a | n/a |"), "{t}");
+        assert_eq!(ipi_figure(two, "pair", "self ipi"), None);
+        assert_eq!(placement(two, 0), Some((0, 0)));
+        assert_eq!(placement(two, 1), Some((1, 2)));
+        assert_eq!(placement(one, 1), None);
+        let t = smp_table(one, two);
+        assert!(t.contains("both on one CPU | 52000 | 61234 |"), "{t}");
+        assert!(t.contains("on two CPUs | 31000 | 33000 |"), "{t}");
+        assert!(t.contains("itself, one CPU | 2100 | 2200 |"), "{t}");
+        assert!(t.contains("itself, two CPUs | n/a | n/a |"), "{t}");
         assert!(t.contains("\nn/a: the guest printed no"), "{t}");
+        assert!(
+            t.contains("On two CPUs: vCPU 0 last on cpu0, moved 0 times; vCPU 1 last on cpu1, moved 2 times."),
+            "{t}"
+        );
 
-        // Nothing printed (the guests never started their APs): every row n/a.
-        let none = smp_table("[smp2] smp: FAILED only 1 of 2 cpus arrived\n");
+        // Nothing printed (the guest never started its APs): every row n/a.
+        let none = smp_table("[pair] smp: FAILED only 1 of 2 cpus arrived\n", "");
         assert_eq!(none.matches("| n/a | n/a |").count(), 4, "{none}");
         // Everything printed: no note.
-        let all = serial.replace(
-            "[smp4] smp: FAILED self ipi: not delivered within 1 s",
-            "[smp4] smp: self ipi median 1 ticks average 2 ticks",
+        let all = two.replace(
+            "[pair] smp: FAILED self ipi: not delivered within 1 s",
+            "[pair] smp: self ipi median 1 ticks average 2 ticks",
         );
-        assert!(!smp_table(&all).contains("n/a"));
+        assert!(!smp_table(one, &all).contains("n/a"));
     }
 
     #[test]

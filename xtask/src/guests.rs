@@ -1058,6 +1058,7 @@ mod tests {
             "console",
             "console-flood",
             "smp",
+            "smp-pair",
         ] {
             let staging = dir.join(name).join("config");
             stage(&config_dir(name), &staging).unwrap();
