@@ -844,14 +844,32 @@ fn bochs_runs_guests_on_two_cpus_at_once() {
 /// the whole console.
 #[test]
 fn bochs_smp_guest_starts_its_cpus_by_init_sipi() {
+    smp_guests(
+        Engine::Bochs,
+        BOCHS_LIMIT,
+        "Bochs boot with two CPUs and the SMP guests",
+    );
+}
+
+#[test]
+#[ignore = "needs QEMU+KVM with nested VT-x; cargo xtask test runs it where the host offers it"]
+fn kvm_smp_guest_starts_its_cpus_by_init_sipi() {
+    smp_guests(
+        Engine::Kvm,
+        QEMU_LIMIT,
+        "QEMU+KVM boot with two CPUs and the SMP guests",
+    );
+}
+
+fn smp_guests(engine: Engine, limit: Duration, what: &str) {
     let out = boot_smp(
         &Variant::with_guests("smp"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
         2,
-        BOCHS_LIMIT,
+        limit,
     );
-    let c = Checked::new(&out, "Bochs boot with two CPUs and the SMP guests");
+    let c = Checked::new(&out, what);
     // 4 MiB: 5 EPT tables and 3 bitmaps, then a VMCS and a one-frame save
     // area per vCPU.
     c.saw("config: loaded 2 guests from ")
