@@ -114,16 +114,10 @@ pub fn measure(kernel: Kernel, tools: &Found) -> Result<Figures, String> {
 
     // Under Ferrovisor: a config of this one guest, in a folder named after
     // the kernel so that each gets its own build folder.
-    let config = work.join(format!("linux-{}", kernel.name));
-    fs::create_dir_all(&config).map_err(|e| format!("cannot create {}: {e}", config.display()))?;
-    fs::write(config.join("hypervisor.toml"), hypervisor_toml(kernel))
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    let variant = Variant {
-        log_level: "debug".into(),
-        selftest: None,
-        config: Some(config),
-    };
-    build::all(&variant).map_err(|e| e.to_string())?;
+    let variant = generated_variant(
+        &work.join(format!("linux-{}", kernel.name)),
+        &hypervisor_toml(kernel),
+    )?;
     println!(
         "xtask: booting the {} kernel under Ferrovisor (Bochs, {} MiB guest)",
         kernel.name, kernel.memory_mib
@@ -223,16 +217,7 @@ pub fn measure_smp(boot_with: Smp, tools: &Found) -> Result<SmpFigures, String> 
     let name = format!("linux-small-{}vcpus", boot_with.vcpus);
     let work = out_dir().join("bench").join(&name);
     // A folder per row, so that each gets its own build folder.
-    let config = work.join(&name);
-    fs::create_dir_all(&config).map_err(|e| format!("cannot create {}: {e}", config.display()))?;
-    fs::write(config.join("hypervisor.toml"), smp_toml(boot_with))
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    let variant = Variant {
-        log_level: "debug".into(),
-        selftest: None,
-        config: Some(config),
-    };
-    build::all(&variant).map_err(|e| e.to_string())?;
+    let variant = generated_variant(&work.join(&name), &smp_toml(boot_with))?;
     println!(
         "xtask: booting the {} kernel with {} vCPU(s) under Ferrovisor (Bochs, {} CPU(s))",
         kernel.name, boot_with.vcpus, boot_with.cpus
@@ -259,6 +244,22 @@ pub fn measure_smp(boot_with: Smp, tools: &Found) -> Result<SmpFigures, String> 
             parallel_ms(&out.serial),
         )?,
     })
+}
+
+/// Writes `toml` as the `hypervisor.toml` of config folder `config` and
+/// builds its image, logging at debug level (the stop reports the bench
+/// reads).
+fn generated_variant(config: &std::path::Path, toml: &str) -> Result<Variant, String> {
+    fs::create_dir_all(config).map_err(|e| format!("cannot create {}: {e}", config.display()))?;
+    fs::write(config.join("hypervisor.toml"), toml)
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let variant = Variant {
+        log_level: "debug".into(),
+        selftest: None,
+        config: Some(config.to_path_buf()),
+    };
+    build::all(&variant).map_err(|e| e.to_string())?;
+    Ok(variant)
 }
 
 /// The config that boots the small kernel as the one guest `linux` with
