@@ -492,11 +492,10 @@ impl<B: Backend> GuestRun<B> {
             if vcpu.parked && vcpu.model.lapic.nmi_pending() {
                 vcpu.parked = false;
             }
+            let was_parked = vcpu.parked;
             match self.start_up(vcpu) {
-                // Still waiting for its start-up IPI, or still parked
-                // (start_up unparks only at an INIT, which makes it wait).
                 Ok(true) => return SliceEnd::Halted { until: None },
-                Ok(false) if vcpu.parked => return SliceEnd::Halted { until: None },
+                Ok(false) if vcpu.parked && was_parked => return SliceEnd::Halted { until: None },
                 Ok(false) => {}
                 Err(reason) => return SliceEnd::Stopped(reason),
             }
