@@ -104,6 +104,7 @@ fn exit(b: &mut Bytes<'_>) -> Exit {
             qualification: b.u64(),
         },
         20 => Exit::Pause,
+        21 => Exit::NmiWindow,
         _ => Exit::Unknown {
             reason: b.u64() as u32,
             qualification: b.u64(),

@@ -235,6 +235,12 @@ pub enum Exit {
     /// The guest can take an external interrupt now (requested with
     /// [`VcpuAccess::request_interrupt_window`]).
     InterruptWindow,
+    /// The guest's NMI handler returns (its IRET, after an NMI the backend
+    /// injected): NMIs may be injected again once it has completed. For a
+    /// backend whose hardware does not track the guest's NMI blocking
+    /// (SVM without virtual NMIs), which intercepts that IRET; the vCPU
+    /// resumes at it.
+    NmiWindow,
     /// An interrupt for the host arrived while the guest ran.
     ExternalInterrupt,
     /// An NMI arrived while the guest ran.
@@ -297,7 +303,7 @@ pub enum ExitKind {
     Hlt,
     /// [`Exit::NestedPageFault`] and [`Exit::NestedPagingMisconfigured`].
     NestedPageFault,
-    /// [`Exit::InterruptWindow`].
+    /// [`Exit::InterruptWindow`] and [`Exit::NmiWindow`].
     InterruptWindow,
     /// [`Exit::ExternalInterrupt`].
     ExternalInterrupt,
@@ -436,7 +442,7 @@ impl Exit {
             Exit::NestedPageFault { .. } | Exit::NestedPagingMisconfigured { .. } => {
                 ExitKind::NestedPageFault
             }
-            Exit::InterruptWindow => ExitKind::InterruptWindow,
+            Exit::InterruptWindow | Exit::NmiWindow => ExitKind::InterruptWindow,
             Exit::ExternalInterrupt => ExitKind::ExternalInterrupt,
             Exit::Nmi => ExitKind::Nmi,
             Exit::SliceEnd => ExitKind::SliceEnd,
@@ -835,6 +841,10 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         // The caches are coherent and guest RAM is write-back: nothing to
         // write back or throw away on the guest's behalf.
         Exit::CacheFlush => skip(vcpu),
+        // The backend has let NMIs through again (its `nmi_blocked`
+        // says when); the IRET runs when the guest resumes, and a pending
+        // NMI goes in at the next delivery.
+        Exit::NmiWindow => Ok(Outcome::Resume),
         Exit::VirtualizationInstruction => inject(vcpu, model, UD, None),
         // No performance counters are offered (CPUID leaf 0xA is empty).
         Exit::Rdpmc => inject(vcpu, model, GP, Some(0)),
@@ -1158,6 +1168,10 @@ fn rdmsr<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, 
         }
     } else if msr == IA32_TSC_ADJUST {
         Ok(model.tsc_adjust)
+    } else if msr == IA32_EFER {
+        // Reads pass through on VT-x; SVM makes them exit to hide
+        // EFER.SVME, which the guest's view leaves out.
+        Ok(vcpu.efer()?)
     } else if msr == IA32_APIC_BASE {
         // vCPU 0 is the bootstrap processor.
         Ok(model.lapic.apic_base_msr(model.index == 0))

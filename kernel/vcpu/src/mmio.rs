@@ -34,7 +34,7 @@ use core::fmt;
 use addr::GuestPhysAddr;
 
 use self::decode::{decode, CodeSize, DecodeError, Extension, Instruction, Operation, Register};
-use self::walk::{fetch, FetchError, Paging, MAX_INSTRUCTION_LEN};
+use self::walk::{fetch, FetchError, Fetched, GuestRam, Paging, MAX_INSTRUCTION_LEN};
 use super::access::{Segment, VcpuAccess, SEGMENT_L};
 use super::exit::{NestedFault, Platform};
 use super::vm::VmDevices;
@@ -206,6 +206,41 @@ fn code_size<B: VcpuAccess>(vcpu: &B, cs_attributes: u32) -> Result<CodeSize, B:
 /// are not emulated.
 type Decoded = Result<(Instruction, InstructionBytes), (InstructionBytes, Refusal)>;
 
+/// The instruction bytes at the vCPU's RIP, fetched through the guest's
+/// own paging (CS.base + EIP outside 64-bit mode), and the code size they
+/// run at; `Ok(Err(_))` when not even the first byte can be read.
+///
+/// For a backend that must work out an instruction's length itself (SVM
+/// on a CPU without NRIP save or decode assists reports neither): it
+/// decodes no more than it needs from these bytes.
+pub fn fetch_at_rip<B: VcpuAccess, R: GuestRam + ?Sized>(
+    vcpu: &B,
+    ram: &R,
+) -> Result<Result<(Fetched, CodeSize), FetchError>, B::Error> {
+    let rip = vcpu.rip()?;
+    let cs = vcpu.segment(Segment::Cs)?;
+    let code = code_size(vcpu, cs.attributes)?;
+    Ok(fetch_code(vcpu, ram, rip, code, cs.base)?.map(|fetched| (fetched, code)))
+}
+
+/// The bytes at `rip` in code of size `code` whose CS base is `cs_base`.
+fn fetch_code<B: VcpuAccess, R: GuestRam + ?Sized>(
+    vcpu: &B,
+    ram: &R,
+    rip: u64,
+    code: CodeSize,
+    cs_base: u64,
+) -> Result<Result<Fetched, FetchError>, B::Error> {
+    let paging = Paging {
+        cr0: vcpu.cr0()?,
+        cr3: vcpu.cr3()?,
+        cr4: vcpu.cr4()?,
+        efer: vcpu.efer()?,
+    };
+    let long = code == CodeSize::Bits64;
+    Ok(fetch(ram, &paging, cs_base, rip, long))
+}
+
 /// Fetches and decodes the instruction at RIP.
 fn instruction_at<B: VcpuAccess, P: Platform>(
     vcpu: &B,
@@ -214,14 +249,7 @@ fn instruction_at<B: VcpuAccess, P: Platform>(
     code: CodeSize,
     cs_base: u64,
 ) -> Result<Decoded, B::Error> {
-    let paging = Paging {
-        cr0: vcpu.cr0()?,
-        cr3: vcpu.cr3()?,
-        cr4: vcpu.cr4()?,
-        efer: vcpu.efer()?,
-    };
-    let long = code == CodeSize::Bits64;
-    let fetched = match fetch(platform, &paging, cs_base, rip, long) {
+    let fetched = match fetch_code(vcpu, platform, rip, code, cs_base)? {
         Ok(fetched) => fetched,
         Err(e) => return Ok(Err((InstructionBytes::default(), Refusal::Fetch(e)))),
     };

@@ -46,7 +46,8 @@ pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
 /// IA32_EFER: reads pass through (guest value in the VMCS); writes exit
 /// and the exit handler checks them ([`super::cr::wrmsr_efer`]), so no
 /// guest can leave an EFER that VM entry refuses or that enables what its
-/// CPUID hides.
+/// CPUID hides. (SVM makes reads exit too, to hide EFER.SVME: the exit
+/// handler answers them with the guest's view.)
 pub const IA32_EFER: u32 = 0xC000_0080;
 /// IA32_STAR: pass-through, switched by the caller.
 pub const IA32_STAR: u32 = 0xC000_0081;

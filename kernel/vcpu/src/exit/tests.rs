@@ -173,6 +173,32 @@ fn an_interrupt_window_exit_stops_asking_for_it() {
 }
 
 #[test]
+fn an_nmi_window_exit_resumes_at_the_iret() {
+    let mut v = setup(1);
+    v.0.window = true;
+    let before = (v.0.gprs, v.0.rflags, v.0.window);
+    assert_eq!(run(Exit::NmiWindow, &mut v), Outcome::Resume);
+    assert_eq!(v.0.rip, RIP, "the IRET has not run yet");
+    assert_eq!((v.0.gprs, v.0.rflags, v.0.window), before);
+    assert!(v.0.injected.is_empty());
+    assert_eq!(Exit::NmiWindow.kind(), ExitKind::InterruptWindow);
+}
+
+#[test]
+fn an_efer_read_that_exits_answers_the_guests_view() {
+    // VT-x passes EFER reads through; SVM makes them exit.
+    let mut v = setup(2);
+    v.0.efer = (1 << 8) | (1 << 10) | (1 << 11);
+    v.0.gprs[1] = u64::from(IA32_EFER);
+    v.0.gprs[0] = u64::MAX;
+    v.0.gprs[2] = u64::MAX;
+    assert_eq!(run(Exit::MsrRead, &mut v), Outcome::Resume);
+    assert_eq!((v.0.gprs[0], v.0.gprs[2]), (0xD00, 0));
+    assert_eq!(v.0.rip, RIP + 2);
+    assert!(v.0.injected.is_empty());
+}
+
+#[test]
 fn a_backend_failure_stops_the_guest_with_its_words() {
     let mut v = setup(2);
     v.0.fail = true;
@@ -263,6 +289,7 @@ fn any_exit() -> impl Strategy<Value = Exit> {
         Just(Exit::Hypercall),
         Just(Exit::Hlt),
         Just(Exit::InterruptWindow),
+        Just(Exit::NmiWindow),
         Just(Exit::ExternalInterrupt),
         Just(Exit::Nmi),
         Just(Exit::SliceEnd),

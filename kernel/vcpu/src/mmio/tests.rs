@@ -19,7 +19,7 @@ use devices::bus::{Device, DeviceEnv, DeviceId, MmioRange};
 use proptest::prelude::*;
 
 use super::decode::{decode, CodeSize, DecodeError, Extension, Opcode, Operation, Register};
-use super::walk::{fetch, translate, FetchError, Paging, WalkError};
+use super::walk::{fetch, translate, FetchError, Paging, RamReader, WalkError};
 use super::*;
 use crate::access::Gpr;
 use crate::exit::{handle_exit, Exit, Outcome, VcpuModel};
@@ -269,6 +269,45 @@ fn outside_64_bit_mode_the_fetch_adds_cs_base_and_wraps_at_4g() {
             gpa: gpa(0xFEE0_0000)
         })
     );
+}
+
+#[test]
+fn fetch_at_rip_reads_through_a_bare_reader_in_the_vcpus_mode() {
+    let mut p = platform(0x10_0000);
+    let paging = four_level(&mut p);
+    put(&mut p, 0x5ABC, &[0x0F, 0xA2]);
+    let reader = RamReader(|at: GuestPhysAddr, buf: &mut [u8]| {
+        let start = at.as_u64() as usize;
+        match p.ram.get(start..start + buf.len()) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    });
+    let mut v = FakeVcpu::long_mode(HIGH + 0x20_1ABC, 2);
+    (v.cr0, v.cr3, v.cr4, v.efer) = (paging.cr0, paging.cr3, paging.cr4, paging.efer);
+    let (f, code) = fetch_at_rip(&v, &reader).unwrap().unwrap();
+    assert_eq!(code, CodeSize::Bits64);
+    assert_eq!(&f.as_slice()[..2], &[0x0F, 0xA2]);
+    // Real mode: CS.base + IP, 16-bit code.
+    let mut v = FakeVcpu::long_mode(0x10, 2);
+    (v.cr0, v.efer) = (0x10, 0);
+    v.segments[1].attributes = 0x9B;
+    v.segments[1].base = 0x5AAC;
+    let (f, code) = fetch_at_rip(&v, &reader).unwrap().unwrap();
+    assert_eq!(code, CodeSize::Bits16);
+    assert_eq!(&f.as_slice()[..2], &[0x0F, 0xA2]);
+    // Nothing there.
+    v.segments[1].base = 0x4000_0000;
+    assert!(matches!(
+        fetch_at_rip(&v, &reader),
+        Ok(Err(FetchError::NotInRam { .. }))
+    ));
+    // The backend's failure is the caller's.
+    v.fail = true;
+    assert!(fetch_at_rip(&v, &reader).is_err());
 }
 
 // ---------------------------------------------------------------------

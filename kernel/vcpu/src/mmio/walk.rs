@@ -18,6 +18,34 @@ use addr::GuestPhysAddr;
 
 use crate::exit::Platform;
 
+/// Guest RAM as the walk reads it: every [`Platform`] is one, and a
+/// backend that has only a reader of guest RAM at hand (decoding an exit,
+/// before a `Platform` exists) wraps it in [`RamReader`].
+pub trait GuestRam {
+    /// Copies guest RAM at `gpa` into `buf`; false (and `buf`
+    /// unspecified) when any byte is outside RAM.
+    fn read_ram(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool;
+}
+
+impl<P: Platform + ?Sized> GuestRam for P {
+    #[inline]
+    fn read_ram(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
+        self.read_guest(gpa, buf)
+    }
+}
+
+/// A function that reads guest RAM (as [`Platform::read_guest`]), as
+/// [`GuestRam`].
+#[derive(Clone, Copy, Debug)]
+pub struct RamReader<F>(pub F);
+
+impl<F: Fn(GuestPhysAddr, &mut [u8]) -> bool> GuestRam for RamReader<F> {
+    #[inline]
+    fn read_ram(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
+        (self.0)(gpa, buf)
+    }
+}
+
 /// CR0.PG (SDM Vol. 3A, 2.5).
 const CR0_PG: u64 = 1 << 31;
 /// CR4.PSE: 4 MiB pages with 32-bit paging.
@@ -189,8 +217,8 @@ impl From<WalkError> for FetchError {
 }
 
 /// Translates `linear` through the guest's paging as `paging` sets it up,
-/// reading its tables with [`Platform::read_guest`].
-pub fn translate<P: Platform + ?Sized>(
+/// reading its tables with [`GuestRam::read_ram`].
+pub fn translate<P: GuestRam + ?Sized>(
     platform: &P,
     paging: &Paging,
     linear: u64,
@@ -217,7 +245,7 @@ const ALL_RIGHTS: u64 = WRITABLE | USER;
 
 /// [`translate`], with the rights of the entries that map `linear`
 /// (without paging everything is allowed).
-pub fn translate_with_rights<P: Platform + ?Sized>(
+pub fn translate_with_rights<P: GuestRam + ?Sized>(
     platform: &P,
     paging: &Paging,
     linear: u64,
@@ -241,7 +269,7 @@ pub fn translate_with_rights<P: Platform + ?Sized>(
 
 /// Reads the `N`-byte entry `index` of the table at `table`; an entry that
 /// is not present is reported at `level`.
-fn entry<P: Platform + ?Sized, const N: usize>(
+fn entry<P: GuestRam + ?Sized, const N: usize>(
     platform: &P,
     table: u64,
     index: u64,
@@ -255,7 +283,7 @@ fn entry<P: Platform + ?Sized, const N: usize>(
     let Some(part) = buf.get_mut(..N) else {
         return Err(WalkError::TableNotInRam { linear, entry: at });
     };
-    if !platform.read_guest(at, part) {
+    if !platform.read_ram(at, part) {
         return Err(WalkError::TableNotInRam { linear, entry: at });
     }
     let value = u64::from_le_bytes(buf);
@@ -274,7 +302,7 @@ fn index(linear: u64, shift: u32, bits: u32) -> u64 {
 /// 32-bit paging (SDM Vol. 3A, 4.3): a page directory and page tables of
 /// 1024 4-byte entries; with CR4.PSE a directory entry with PS set maps a
 /// 4 MiB page (PSE-36: entry bits 20:13 are physical bits 39:32).
-fn walk32<P: Platform + ?Sized>(
+fn walk32<P: GuestRam + ?Sized>(
     platform: &P,
     cr3: u64,
     linear: u64,
@@ -295,7 +323,7 @@ fn walk32<P: Platform + ?Sized>(
 /// The hardware loads the PDPTEs when CR3 is written; reading them from
 /// memory now sees the same values unless the guest changed them without
 /// reloading CR3.
-fn walk_pae<P: Platform + ?Sized>(
+fn walk_pae<P: GuestRam + ?Sized>(
     platform: &P,
     cr3: u64,
     linear: u64,
@@ -317,7 +345,7 @@ fn walk_pae<P: Platform + ?Sized>(
 
 /// 4-level paging (SDM Vol. 3A, 4.5): PML4, PDPT (PS: 1 GiB), PD (PS:
 /// 2 MiB), PT, each of 512 8-byte entries, for canonical 48-bit addresses.
-fn walk4<P: Platform + ?Sized>(
+fn walk4<P: GuestRam + ?Sized>(
     platform: &P,
     cr3: u64,
     linear: u64,
@@ -366,7 +394,7 @@ impl Fetched {
 /// address is CS.base + EIP and wraps at 4 GiB (`cs_base` is ignored in
 /// 64-bit mode, where CS's base is treated as 0). Fails only when not even
 /// the first byte can be read.
-pub fn fetch<P: Platform + ?Sized>(
+pub fn fetch<P: GuestRam + ?Sized>(
     platform: &P,
     paging: &Paging,
     cs_base: u64,
@@ -391,7 +419,7 @@ pub fn fetch<P: Platform + ?Sized>(
                 let ok = out
                     .bytes
                     .get_mut(out.len..end)
-                    .is_some_and(|dst| platform.read_guest(gpa, dst));
+                    .is_some_and(|dst| platform.read_ram(gpa, dst));
                 if ok {
                     Ok(())
                 } else {
