@@ -16,3 +16,4 @@
 extern crate alloc;
 
 pub mod regs;
+pub mod vmcb;
