@@ -16,4 +16,5 @@
 extern crate alloc;
 
 pub mod regs;
+pub mod setup;
 pub mod vmcb;
