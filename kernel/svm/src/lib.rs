@@ -15,6 +15,7 @@
 
 extern crate alloc;
 
+pub mod insn;
 pub mod regs;
 pub mod setup;
 pub mod vmcb;
