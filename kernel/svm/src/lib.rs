@@ -15,6 +15,8 @@
 
 extern crate alloc;
 
+pub mod access;
+pub mod exit;
 pub mod insn;
 pub mod regs;
 pub mod setup;
