@@ -35,7 +35,7 @@ impl Bytes<'_> {
 
 fn exit(b: &mut Bytes<'_>) -> Exit {
     let gpr = |n: u8| Gpr::from_number(n % 16).unwrap_or(Gpr::Rax);
-    match b.u8() % 22 {
+    match b.u8() % 23 {
         0 => Exit::Cpuid,
         1 => Exit::Io(IoAccess {
             port: b.u64() as u16,
