@@ -18,6 +18,7 @@ extern crate alloc;
 pub mod access;
 pub mod exit;
 pub mod insn;
+pub mod capacity;
 pub mod caps;
 pub mod maps;
 pub mod npt;
