@@ -1,6 +1,6 @@
-//! Boot tests: the real image under QEMU (BIOS and UEFI), Bochs, and QEMU+KVM
-//! where the host offers nested VT-x. Each reads the serial console and the
-//! emulator's exit.
+//! Boot tests: the real image under QEMU TCG without virtualization (BIOS
+//! and UEFI), Bochs, and QEMU+KVM where the host offers nested VT-x. Each
+//! reads the serial console and the emulator's exit.
 
 use std::time::Duration;
 
@@ -8,9 +8,19 @@ use std::process::Command;
 
 use tests::{boot, boot_image, boot_smp, start, Checked, Interactive};
 use xtask::build::{Firmware, Variant};
-use xtask::runner::{Engine, Machine};
+use xtask::runner::{Engine, Machine, TcgCpu};
 
 const QEMU_LIMIT: Duration = Duration::from_secs(120);
+
+/// QEMU TCG with a CPU that offers neither VT-x nor SVM (`-cpu
+/// qemu64,-svm`, vendor `AuthenticAMD`): the engine of the tests of the
+/// boot, memory, ACPI, disks, faults and the "no virtualization" error
+/// path. On a CPU with neither extension the kernel prints the VT-x line
+/// (`cpu<k>: VT-x unavailable: this CPU (AuthenticAMD) does not offer
+/// VT-x ...`), so these tests expect that line; `--engine qemu`'s CPU,
+/// which offers SVM with nested paging, is a different path.
+const QEMU_NO_VIRT: Engine = Engine::Qemu(TcgCpu::NoVirtualization);
+
 const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
 
 /// N from a `memory: <N> MiB usable` line.
@@ -39,7 +49,7 @@ fn common_report(c: &Checked<'_>) {
 /// what to do, and the machine powers off through ACPI (QEMU exits 0; the
 /// emulator exit ports would give another status).
 fn qemu_without_vtx(firmware: Firmware) {
-    let out = boot(&Variant::default(), Engine::Qemu, firmware, QEMU_LIMIT);
+    let out = boot(&Variant::default(), QEMU_NO_VIRT, firmware, QEMU_LIMIT);
     let c = Checked::new(&out, "QEMU TCG boot");
     common_report(&c);
     c.line("`cpu0: VT-x unavailable: <reason>` naming the fixes", |l| {
@@ -74,7 +84,7 @@ fn qemu_pc_reads_the_config_partition_over_ata() {
     let variant = Variant::default();
     let out = boot_image(
         &variant.image(Firmware::Bios),
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         Machine::Pc,
         QEMU_LIMIT,
@@ -100,7 +110,7 @@ fn without_a_config_partition_the_ramdisk_is_used() {
     let variant = Variant::default();
     let out = boot_image(
         &variant.bootloader_image(Firmware::Bios),
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         Machine::Q35,
         QEMU_LIMIT,
@@ -163,7 +173,7 @@ fn editing_the_config_partition_with_mtools_changes_the_next_boot() {
 
     let out = boot_image(
         &image,
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         Machine::Q35,
         QEMU_LIMIT,
@@ -199,7 +209,7 @@ fn qemu_interactive_console_collects_the_boot_and_takes_input() {
         let started = format!("ferrovisor {} starting", env!("CARGO_PKG_VERSION"));
         let mut machine = start(
             &Variant::default(),
-            Engine::Qemu,
+            QEMU_NO_VIRT,
             firmware,
             QEMU_LIMIT,
             &what,
@@ -236,7 +246,7 @@ fn qemu_interactive_console_collects_the_boot_and_takes_input() {
 #[test]
 fn qemu_starts_the_second_cpu_by_bios_and_uefi() {
     for firmware in [Firmware::Bios, Firmware::Uefi] {
-        let out = boot_smp(&Variant::default(), Engine::Qemu, firmware, 2, QEMU_LIMIT);
+        let out = boot_smp(&Variant::default(), QEMU_NO_VIRT, firmware, 2, QEMU_LIMIT);
         let what = format!("QEMU boot with two CPUs ({})", firmware.name());
         Checked::new(&out, &what)
             .in_order(
@@ -272,7 +282,7 @@ fn qemu_starts_the_second_cpu_by_bios_and_uefi() {
 fn qemu_a_cpu_that_does_not_answer_is_left_out_and_the_next_starts() {
     let out = boot_smp(
         &Variant::selftest("ghost-cpu"),
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         2,
         QEMU_LIMIT,
@@ -304,7 +314,7 @@ fn qemu_a_cpu_that_does_not_answer_is_left_out_and_the_next_starts() {
 fn panic_reports_and_powers_off_with_failure() {
     let out = boot(
         &Variant::selftest("panic"),
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         QEMU_LIMIT,
     );
@@ -327,7 +337,7 @@ fn panic_reports_and_powers_off_with_failure() {
 fn page_fault_reports_vector_error_code_rip_cr2() {
     let out = boot(
         &Variant::selftest("page-fault"),
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         QEMU_LIMIT,
     );
@@ -350,7 +360,7 @@ fn qemu_a_write_to_the_kernels_code_faults_as_a_protection_violation() {
     for firmware in [Firmware::Bios, Firmware::Uefi] {
         let out = boot(
             &Variant::selftest("write-code"),
-            Engine::Qemu,
+            QEMU_NO_VIRT,
             firmware,
             QEMU_LIMIT,
         );
@@ -381,7 +391,7 @@ fn qemu_a_write_to_the_kernels_code_faults_as_a_protection_violation() {
 fn qemu_executing_the_heap_faults_as_a_protection_violation() {
     let out = boot(
         &Variant::selftest("exec-heap"),
-        Engine::Qemu,
+        QEMU_NO_VIRT,
         Firmware::Bios,
         QEMU_LIMIT,
     );

@@ -13,7 +13,7 @@ use std::fmt;
 use std::fs;
 use std::io::ErrorKind;
 
-use crate::runner::Engine;
+use crate::runner::{Engine, TcgCpu};
 
 const CPUINFO: &str = "/proc/cpuinfo";
 const NESTED: &str = "/sys/module/kvm_intel/parameters/nested";
@@ -30,15 +30,16 @@ pub enum Request {
 }
 
 impl Request {
-    /// Parses `auto`, `qemu`, `kvm` or `bochs`.
+    /// Parses `auto`, `qemu`, `qemu-novirt`, `kvm` or `bochs`.
     pub fn parse(s: &str) -> Result<Request, String> {
         match s {
             "auto" => Ok(Request::Auto),
-            "qemu" => Ok(Request::Engine(Engine::Qemu)),
+            "qemu" => Ok(Request::Engine(Engine::Qemu(TcgCpu::Svm))),
+            "qemu-novirt" => Ok(Request::Engine(Engine::Qemu(TcgCpu::NoVirtualization))),
             "kvm" => Ok(Request::Engine(Engine::Kvm)),
             "bochs" => Ok(Request::Engine(Engine::Bochs)),
             other => Err(format!(
-                "--engine takes auto, qemu, kvm or bochs, not {other:?}"
+                "--engine takes auto, qemu, qemu-novirt, kvm or bochs, not {other:?}"
             )),
         }
     }
@@ -216,7 +217,7 @@ pub fn choose(request: Request, facts: &HostFacts) -> Result<Choice, String> {
         }),
         (Request::Auto, Some(why)) => Ok(Choice { engine: Engine::Bochs, reason: format!("using Bochs: {why}") }),
         (Request::Engine(Engine::Kvm), Some(why)) => {
-            Err(format!("QEMU+KVM is not usable on this host: {why}; use --engine bochs, or --engine qemu (no VT-x)"))
+            Err(format!("QEMU+KVM is not usable on this host: {why}; use --engine bochs (VT-x), or --engine qemu (SVM, emulated by TCG)"))
         }
         (Request::Engine(engine), _) => Ok(Choice { engine, reason: "requested".into() }),
     }
@@ -417,7 +418,11 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
     #[test]
     fn qemu_and_bochs_are_always_accepted() {
         let facts = HostFacts::from_sources(AMD_SVM, None, DevKvm::Missing);
-        for (name, engine) in [("qemu", Engine::Qemu), ("bochs", Engine::Bochs)] {
+        for (name, engine) in [
+            ("qemu", Engine::Qemu(TcgCpu::Svm)),
+            ("qemu-novirt", Engine::Qemu(TcgCpu::NoVirtualization)),
+            ("bochs", Engine::Bochs),
+        ] {
             assert_eq!(
                 choose_str(name, &facts),
                 Ok(Choice {
@@ -434,7 +439,7 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
         let err = choose_str("vmware", &facts).unwrap_err();
         assert_eq!(
             err,
-            "--engine takes auto, qemu, kvm or bochs, not \"vmware\""
+            "--engine takes auto, qemu, qemu-novirt, kvm or bochs, not \"vmware\""
         );
     }
 }

@@ -30,9 +30,11 @@ pub use console::{find_from, SerialInput, Transcript, WaitError};
 /// The emulators Ferrovisor boots under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// QEMU with TCG: fast boots, no VT-x.
-    Qemu,
-    /// QEMU with KVM and the host's nested VT-x.
+    /// QEMU with TCG, emulating the CPU model [`TcgCpu`] names: SVM with
+    /// nested paging by default, or no virtualization extension at all.
+    Qemu(TcgCpu),
+    /// QEMU with KVM and the host's CPU (`-cpu host`): nested VT-x on an
+    /// Intel host, nested SVM on an AMD one.
     Kvm,
     /// Bochs: emulates VT-x with EPT, slowly.
     Bochs,
@@ -42,9 +44,38 @@ impl Engine {
     /// Lower-case name, as on the command line.
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Qemu => "qemu",
+            Engine::Qemu(TcgCpu::Svm) => "qemu",
+            Engine::Qemu(TcgCpu::NoVirtualization) => "qemu-novirt",
             Engine::Kvm => "kvm",
             Engine::Bochs => "bochs",
+        }
+    }
+}
+
+/// The CPU QEMU's TCG emulates. TCG never emulates VT-x; QEMU 7.2's SVM
+/// offers nested paging, VGIF and the SVME address check, and nothing else
+/// (no NRIP save, decode assists, VMCB clean bits, flush by ASID or PAUSE
+/// filter), so the SVM backend runs there on its fallbacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcgCpu {
+    /// `-cpu max`: `AuthenticAMD` with SVM, nested paging and 1 GiB pages,
+    /// and every other feature TCG emulates, so QEMU warns about none. (The
+    /// `EPYC` models ask for features TCG lacks, NRIP save among them, and
+    /// QEMU warns and drops them.)
+    #[default]
+    Svm,
+    /// `-cpu qemu64,-svm`: an `AuthenticAMD` CPU with neither VT-x nor SVM,
+    /// for the "no virtualization" path. (Plain `qemu64` lists SVM without
+    /// nested paging, which is a different path.)
+    NoVirtualization,
+}
+
+impl TcgCpu {
+    /// The value of QEMU's `-cpu` option.
+    pub fn qemu_model(self) -> &'static str {
+        match self {
+            TcgCpu::Svm => "max",
+            TcgCpu::NoVirtualization => "qemu64,-svm",
         }
     }
 }
@@ -174,7 +205,7 @@ pub fn boot(opts: &BootOptions, tools: &Found) -> Result<BootOutcome, RunError> 
     }
     prepare(opts)?;
     match opts.engine {
-        Engine::Qemu | Engine::Kvm => boot_qemu(opts, tools),
+        Engine::Qemu(_) | Engine::Kvm => boot_qemu(opts, tools),
         Engine::Bochs => boot_bochs(opts, tools),
     }
 }
@@ -224,9 +255,16 @@ fn qemu_command_for(
     };
     cmd.arg("-m").arg(format!("{}M", opts.memory_mib));
     cmd.arg("-smp").arg(opts.cpus.to_string());
-    if opts.engine == Engine::Kvm {
-        // `host` passes the CPU's VMX capabilities through to Ferrovisor.
-        cmd.args(["-enable-kvm", "-cpu", "host"]);
+    match opts.engine {
+        // `host` passes the CPU's VMX or SVM capabilities through to
+        // Ferrovisor.
+        Engine::Kvm => {
+            cmd.args(["-enable-kvm", "-cpu", "host"]);
+        }
+        Engine::Qemu(cpu) => {
+            cmd.args(["-accel", "tcg", "-cpu", cpu.qemu_model()]);
+        }
+        Engine::Bochs => {}
     }
     // `snapshot=on`: QEMU opens the image read-only (writes would go to a
     // temporary overlay), so several boots of one image can run at once
@@ -454,7 +492,7 @@ fn bochs_command(
 pub fn start(opts: &BootOptions, tools: &Found) -> Result<Session, RunError> {
     prepare(opts)?;
     let listener = match opts.engine {
-        Engine::Qemu | Engine::Kvm => Com1Listener::unix(),
+        Engine::Qemu(_) | Engine::Kvm => Com1Listener::unix(),
         Engine::Bochs => Com1Listener::tcp(),
     }
     .map_err(|e| RunError(format!("cannot listen for COM1: {e}")))?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::build::Firmware;
-use crate::runner::Engine;
+use crate::runner::{Engine, TcgCpu};
 use crate::workspace_root;
 
 /// A host tool that an engine or a build step needs.
@@ -61,8 +61,8 @@ const LIBELF_HEADER: &str = "/usr/include/gelf.h";
 /// `firmware` (every image has a config partition, which mtools writes).
 pub fn needs(engine: Engine, firmware: Firmware) -> Vec<Tool> {
     let mut tools = match (engine, firmware) {
-        (Engine::Qemu | Engine::Kvm, Firmware::Bios) => vec![Tool::Qemu],
-        (Engine::Qemu | Engine::Kvm, Firmware::Uefi) => vec![Tool::Qemu, Tool::Ovmf],
+        (Engine::Qemu(_) | Engine::Kvm, Firmware::Bios) => vec![Tool::Qemu],
+        (Engine::Qemu(_) | Engine::Kvm, Firmware::Uefi) => vec![Tool::Qemu, Tool::Ovmf],
         // Bochs boots BIOS images only; the runner says so for UEFI.
         (Engine::Bochs, _) => vec![Tool::Bochs],
     };
@@ -74,7 +74,7 @@ pub fn needs(engine: Engine, firmware: Firmware) -> Vec<Tool> {
 /// xtask test` installs them and the tests look them up, from this one list.
 pub fn boot_test_needs() -> Vec<Tool> {
     let mut tools = [
-        needs(Engine::Qemu, Firmware::Uefi),
+        needs(Engine::Qemu(TcgCpu::Svm), Firmware::Uefi),
         needs(Engine::Bochs, Firmware::Bios),
     ]
     .concat();
