@@ -1,13 +1,15 @@
 //! Which engine boots Ferrovisor on this host, and why.
 //!
-//! Ferrovisor needs VT-x. QEMU+KVM offers it at full speed, but only as
-//! *nested* VT-x: an Intel CPU with the `vmx` flag, `kvm_intel` loaded with
-//! `nested` on, and a `/dev/kvm` this user can open. A `/dev/kvm` alone
-//! proves nothing (some hosts have a paravirtual one that cannot run
-//! ordinary guests, or KVM on AMD, which offers SVM, not VT-x). Everywhere
-//! else Bochs, which emulates VT-x with EPT, is the engine that can run the
-//! VT-x tests. The facts are read once by [`HostFacts::probe`]; the decision
-//! in [`choose`] is pure, so each branch is unit tested.
+//! Ferrovisor runs guests under VT-x or AMD SVM. QEMU+KVM offers either at
+//! full speed, but only *nested*: an Intel CPU with the `vmx` flag and
+//! `kvm_intel` loaded with `nested` on, or an AMD CPU with the `svm` flag
+//! and `kvm_amd` loaded with `nested` on, and in both cases a `/dev/kvm`
+//! this user can open. A `/dev/kvm` alone proves nothing (some hosts have
+//! a paravirtual one that cannot run ordinary guests). Everywhere else
+//! Bochs, which emulates VT-x with EPT, is the engine that can run the
+//! VT-x tests; QEMU TCG (`--engine qemu`) emulates SVM with nested paging,
+//! on request. The facts are read once by [`HostFacts::probe`]; the
+//! decision in [`choose`] is pure, so each branch is unit tested.
 
 use std::fmt;
 use std::fs;
@@ -16,14 +18,14 @@ use std::io::ErrorKind;
 use crate::runner::{Engine, TcgCpu};
 
 const CPUINFO: &str = "/proc/cpuinfo";
-const NESTED: &str = "/sys/module/kvm_intel/parameters/nested";
 const DEV_KVM: &str = "/dev/kvm";
 const INTEL: &str = "GenuineIntel";
+const AMD: &str = "AuthenticAMD";
 
 /// What the user asked for with `--engine`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// QEMU+KVM when this host offers nested VT-x, else Bochs.
+    /// QEMU+KVM when this host offers nested VT-x or SVM, else Bochs.
     Auto,
     /// Exactly this engine.
     Engine(Engine),
@@ -56,36 +58,103 @@ pub enum DevKvm {
     Denied(String),
 }
 
-/// The `kvm_intel` module's `nested` parameter.
+/// The `nested` parameter of the KVM module for this host's CPU
+/// (`kvm_intel` on Intel, `kvm_amd` on AMD).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Nested {
     /// The module is loaded with nested virtualization on (`Y` or `1`).
     On,
     /// The module is loaded with it off; holds what the parameter reads.
     Off(String),
-    /// The parameter file is absent: `kvm_intel` is not loaded.
+    /// The parameter file is absent: the module is not loaded.
     NotLoaded,
 }
 
-/// The facts about this host that decide whether QEMU+KVM can offer VT-x.
+/// The virtualization extension KVM nests on a host, by CPU vendor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extension {
+    /// Intel VT-x, through `kvm_intel`.
+    Vmx,
+    /// AMD SVM, through `kvm_amd`.
+    Svm,
+}
+
+impl Extension {
+    /// The extension a CPU of `vendor` offers, if it is one KVM nests.
+    pub fn of_vendor(vendor: &str) -> Option<Extension> {
+        match vendor {
+            INTEL => Some(Extension::Vmx),
+            AMD => Some(Extension::Svm),
+            _ => None,
+        }
+    }
+
+    /// The KVM module that runs it.
+    pub fn module(self) -> &'static str {
+        match self {
+            Extension::Vmx => "kvm_intel",
+            Extension::Svm => "kvm_amd",
+        }
+    }
+
+    /// The module's `nested` parameter file.
+    pub fn nested_path(self) -> &'static str {
+        match self {
+            Extension::Vmx => "/sys/module/kvm_intel/parameters/nested",
+            Extension::Svm => "/sys/module/kvm_amd/parameters/nested",
+        }
+    }
+
+    /// Its name in the messages.
+    fn name(self) -> &'static str {
+        match self {
+            Extension::Vmx => "VT-x",
+            Extension::Svm => "SVM",
+        }
+    }
+
+    /// Its flag in /proc/cpuinfo.
+    fn flag(self) -> &'static str {
+        match self {
+            Extension::Vmx => "vmx",
+            Extension::Svm => "svm",
+        }
+    }
+
+    /// The vendor whose CPUs offer it.
+    fn vendor(self) -> &'static str {
+        match self {
+            Extension::Vmx => INTEL,
+            Extension::Svm => AMD,
+        }
+    }
+}
+
+/// The facts about this host that decide whether QEMU+KVM can offer nested
+/// VT-x or SVM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostFacts {
     /// `vendor_id` from /proc/cpuinfo (`GenuineIntel`, `AuthenticAMD`), if any.
     pub vendor: Option<String>,
     /// Whether the first `flags` line of /proc/cpuinfo lists `vmx`.
     pub vmx: bool,
-    /// `kvm_intel`'s `nested` parameter.
+    /// Whether the first `flags` line of /proc/cpuinfo lists `svm`.
+    pub svm: bool,
+    /// The `nested` parameter of the vendor's KVM module (`kvm_intel` or
+    /// `kvm_amd`; [`Nested::NotLoaded`] for another vendor).
     pub nested: Nested,
     /// Whether `/dev/kvm` can be used.
     pub dev_kvm: DevKvm,
 }
 
 impl HostFacts {
-    /// Reads the facts from this machine. Unreadable sources count as
-    /// absent, so the answer errs towards Bochs.
+    /// Reads the facts from this machine: /proc/cpuinfo, then the `nested`
+    /// parameter of the KVM module for its vendor. Unreadable sources count
+    /// as absent, so the answer errs towards Bochs.
     pub fn probe() -> HostFacts {
         let cpuinfo = fs::read_to_string(CPUINFO).unwrap_or_default();
-        let nested = fs::read_to_string(NESTED).ok();
+        let extension = cpuinfo_field(&cpuinfo, "vendor_id").and_then(Extension::of_vendor);
+        let nested = extension.and_then(|e| fs::read_to_string(e.nested_path()).ok());
         let dev_kvm = match fs::OpenOptions::new().read(true).write(true).open(DEV_KVM) {
             Ok(_) => DevKvm::Usable,
             Err(e) if e.kind() == ErrorKind::NotFound => DevKvm::Missing,
@@ -95,21 +164,16 @@ impl HostFacts {
     }
 
     /// Builds the facts from the text of /proc/cpuinfo, the text of the
-    /// `nested` parameter (`None` when the file is absent) and the state of
-    /// `/dev/kvm`.
+    /// vendor's KVM module's `nested` parameter (`None` when the file is
+    /// absent) and the state of `/dev/kvm`.
     pub fn from_sources(cpuinfo: &str, nested: Option<&str>, dev_kvm: DevKvm) -> HostFacts {
-        // Keys are matched whole: recent kernels also print a `vmx flags`
-        // line, which is not the `flags` line.
-        let field = |key: &str| {
-            cpuinfo.lines().find_map(|line| {
-                let (k, v) = line.split_once(':')?;
-                (k.trim() == key).then(|| v.trim())
-            })
-        };
-        let vendor = field("vendor_id")
+        let vendor = cpuinfo_field(cpuinfo, "vendor_id")
             .filter(|v| !v.is_empty())
             .map(str::to_string);
-        let vmx = field("flags").is_some_and(|flags| flags.split_whitespace().any(|f| f == "vmx"));
+        let has_flag = |flag: &str| {
+            cpuinfo_field(cpuinfo, "flags")
+                .is_some_and(|flags| flags.split_whitespace().any(|f| f == flag))
+        };
         let nested = match nested.map(str::trim) {
             None => Nested::NotLoaded,
             Some("Y" | "y" | "1") => Nested::On,
@@ -117,40 +181,56 @@ impl HostFacts {
         };
         HostFacts {
             vendor,
-            vmx,
+            vmx: has_flag("vmx"),
+            svm: has_flag("svm"),
             nested,
             dev_kvm,
         }
     }
 
-    /// The first condition that keeps QEMU+KVM from offering VT-x, if any.
-    fn kvm_blocker(&self) -> Option<Blocker> {
+    /// The extension QEMU+KVM can offer nested, or the first condition
+    /// that keeps it from offering one.
+    fn kvm_extension(&self) -> Result<Extension, Blocker> {
         let vendor = self.vendor.as_deref();
-        if vendor != Some(INTEL) {
-            return Some(Blocker::Vendor(vendor.map(str::to_string)));
-        }
-        if !self.vmx {
-            return Some(Blocker::NoVmx);
+        let Some(extension) = vendor.and_then(Extension::of_vendor) else {
+            return Err(Blocker::Vendor(vendor.map(str::to_string)));
+        };
+        let listed = match extension {
+            Extension::Vmx => self.vmx,
+            Extension::Svm => self.svm,
+        };
+        if !listed {
+            return Err(Blocker::NoFlag(extension));
         }
         match &self.nested {
             Nested::On => {}
-            Nested::NotLoaded => return Some(Blocker::NotLoaded),
-            Nested::Off(value) => return Some(Blocker::NestedOff(value.clone())),
+            Nested::NotLoaded => return Err(Blocker::NotLoaded(extension)),
+            Nested::Off(value) => return Err(Blocker::NestedOff(extension, value.clone())),
         }
         match &self.dev_kvm {
-            DevKvm::Usable => None,
-            DevKvm::Missing => Some(Blocker::NoDevKvm),
-            DevKvm::Denied(why) => Some(Blocker::DevKvmDenied(why.clone())),
+            DevKvm::Usable => Ok(extension),
+            DevKvm::Missing => Err(Blocker::NoDevKvm),
+            DevKvm::Denied(why) => Err(Blocker::DevKvmDenied(why.clone())),
         }
     }
 }
 
-/// Why QEMU+KVM cannot offer nested VT-x on this host.
+/// The value of the first `key: value` line of `cpuinfo`. Keys are matched
+/// whole: recent kernels also print a `vmx flags` line, which is not the
+/// `flags` line.
+fn cpuinfo_field<'a>(cpuinfo: &'a str, key: &str) -> Option<&'a str> {
+    cpuinfo.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// Why QEMU+KVM cannot offer nested VT-x or SVM on this host.
 enum Blocker {
     Vendor(Option<String>),
-    NoVmx,
-    NotLoaded,
-    NestedOff(String),
+    NoFlag(Extension),
+    NotLoaded(Extension),
+    NestedOff(Extension, String),
     NoDevKvm,
     DevKvmDenied(String),
 }
@@ -161,26 +241,35 @@ impl fmt::Display for Blocker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SLOW: &str = "(Bochs emulates VT-x, slowly)";
         match self {
-            Blocker::Vendor(Some(vendor)) => {
-                write!(f, "this host's CPU is {vendor}, so QEMU+KVM cannot offer nested VT-x {SLOW}")
-            }
-            Blocker::Vendor(None) => {
-                write!(f, "{CPUINFO} names no CPU vendor, so QEMU+KVM cannot be trusted to offer nested VT-x {SLOW}")
-            }
-            Blocker::NoVmx => write!(
+            Blocker::Vendor(Some(vendor)) => write!(
                 f,
-                "this {INTEL} CPU does not list the vmx flag in {CPUINFO} (VT-x is off in the firmware, or this is \
-                 a virtual machine without nested VT-x), so QEMU+KVM cannot offer VT-x {SLOW}"
+                "this host's CPU is {vendor}, so QEMU+KVM can offer neither nested VT-x nor nested SVM {SLOW}"
             ),
-            Blocker::NotLoaded => write!(
+            Blocker::Vendor(None) => write!(
                 f,
-                "the kvm_intel module is not loaded ({NESTED} does not exist; load it with: \
-                 sudo modprobe kvm_intel nested=1)"
+                "{CPUINFO} names no CPU vendor, so QEMU+KVM cannot be trusted to offer nested VT-x or SVM {SLOW}"
             ),
-            Blocker::NestedOff(value) => write!(
+            Blocker::NoFlag(e) => write!(
                 f,
-                "kvm_intel nested virtualization is off (cat {NESTED} prints {value}; enable with: \
-                 sudo modprobe -r kvm_intel && sudo modprobe kvm_intel nested=1)"
+                "this {vendor} CPU does not list the {flag} flag in {CPUINFO} ({name} is off in the firmware, or \
+                 this is a virtual machine without nested {name}), so QEMU+KVM cannot offer {name} {SLOW}",
+                vendor = e.vendor(),
+                flag = e.flag(),
+                name = e.name(),
+            ),
+            Blocker::NotLoaded(e) => write!(
+                f,
+                "the {module} module is not loaded ({path} does not exist; load it with: \
+                 sudo modprobe {module} nested=1)",
+                module = e.module(),
+                path = e.nested_path(),
+            ),
+            Blocker::NestedOff(e, value) => write!(
+                f,
+                "{module} nested virtualization is off (cat {path} prints {value}; enable with: \
+                 sudo modprobe -r {module} && sudo modprobe {module} nested=1)",
+                module = e.module(),
+                path = e.nested_path(),
             ),
             Blocker::NoDevKvm => write!(f, "{DEV_KVM} does not exist (is KVM enabled in this kernel?)"),
             Blocker::DevKvmDenied(why) => write!(
@@ -203,22 +292,27 @@ pub struct Choice {
 
 /// Decides the engine for `request` on a host with `facts`.
 ///
-/// `auto` picks QEMU+KVM only when every condition for nested VT-x holds,
-/// and otherwise Bochs, naming the condition that failed. An explicit
-/// `kvm` on a host that fails one is an error with the same explanation.
+/// `auto` picks QEMU+KVM only when every condition for nested VT-x (on
+/// Intel) or nested SVM (on AMD) holds, and otherwise Bochs, naming the
+/// condition that failed. An explicit `kvm` on a host that fails one is an
+/// error with the same explanation.
 pub fn choose(request: Request, facts: &HostFacts) -> Result<Choice, String> {
-    let blocker = facts.kvm_blocker();
-    match (request, blocker) {
-        (Request::Auto, None) => Ok(Choice {
+    match (request, facts.kvm_extension()) {
+        (Request::Auto, Ok(e)) => Ok(Choice {
             engine: Engine::Kvm,
-            reason: "using QEMU+KVM: this GenuineIntel CPU has VT-x, kvm_intel nested virtualization is on \
-                     and /dev/kvm is usable"
-                .into(),
+            reason: format!(
+                "using QEMU+KVM: this {vendor} CPU has {name}, {module} nested virtualization is on \
+                 and /dev/kvm is usable",
+                vendor = e.vendor(),
+                name = e.name(),
+                module = e.module(),
+            ),
         }),
-        (Request::Auto, Some(why)) => Ok(Choice { engine: Engine::Bochs, reason: format!("using Bochs: {why}") }),
-        (Request::Engine(Engine::Kvm), Some(why)) => {
-            Err(format!("QEMU+KVM is not usable on this host: {why}; use --engine bochs (VT-x), or --engine qemu (SVM, emulated by TCG)"))
-        }
+        (Request::Auto, Err(why)) => Ok(Choice { engine: Engine::Bochs, reason: format!("using Bochs: {why}") }),
+        (Request::Engine(Engine::Kvm), Err(why)) => Err(format!(
+            "QEMU+KVM is not usable on this host: {why}; use --engine bochs (VT-x), or --engine qemu \
+             (SVM, emulated by TCG)"
+        )),
         (Request::Engine(engine), _) => Ok(Choice { engine, reason: "requested".into() }),
     }
 }
@@ -257,6 +351,14 @@ model name\t: AMD EPYC 7763 64-Core Processor
 flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid aperfmperf pni pclmulqdq monitor ssse3 fma cx16 pcid sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand lahf_lm cmp_legacy svm extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext npt lbrv svm_lock nrip_save
 ";
 
+    /// An AMD virtual machine whose hypervisor does not pass SVM through.
+    const AMD_NO_SVM: &str = "\
+processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand hypervisor lahf_lm cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext
+";
+
     /// An Intel virtual machine whose hypervisor does not pass VT-x through.
     const INTEL_NO_VMX: &str = "\
 processor\t: 0
@@ -279,7 +381,13 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
         let only_vmx_flags =
             "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse\nvmx flags\t: vmx ept\n";
         assert!(!HostFacts::from_sources(only_vmx_flags, Some("Y"), DevKvm::Usable).vmx);
-        assert!(!HostFacts::from_sources(AMD_SVM, None, DevKvm::Usable).vmx);
+        let amd = HostFacts::from_sources(AMD_SVM, None, DevKvm::Usable);
+        assert!(!amd.vmx && amd.svm);
+        assert_eq!(amd.vendor.as_deref(), Some("AuthenticAMD"));
+        assert!(!facts.svm);
+        // `svm_lock` and `nrip_save` are not `svm`.
+        let no_svm = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu svm_lock nrip_save npt\n";
+        assert!(!HostFacts::from_sources(no_svm, None, DevKvm::Usable).svm);
     }
 
     #[test]
@@ -300,10 +408,10 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
             DevKvm::Usable,
         ));
         assert_eq!(choice.engine, Engine::Kvm);
-        assert!(
-            choice.reason.starts_with("using QEMU+KVM"),
-            "{}",
-            choice.reason
+        assert_eq!(
+            choice.reason,
+            "using QEMU+KVM: this GenuineIntel CPU has VT-x, kvm_intel nested virtualization is on \
+             and /dev/kvm is usable"
         );
         let explicit = choose(
             Request::Engine(Engine::Kvm),
@@ -319,18 +427,124 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
     }
 
     #[test]
-    fn amd_with_a_usable_dev_kvm_gets_bochs() {
+    fn amd_with_nested_svm_gets_kvm() {
+        let facts = HostFacts::from_sources(AMD_SVM, Some("1\n"), DevKvm::Usable);
+        assert!(facts.svm && !facts.vmx);
+        let choice = auto(&facts);
+        assert_eq!(choice.engine, Engine::Kvm);
+        assert_eq!(
+            choice.reason,
+            "using QEMU+KVM: this AuthenticAMD CPU has SVM, kvm_amd nested virtualization is on \
+             and /dev/kvm is usable"
+        );
+        assert_eq!(
+            choose_str("kvm", &facts),
+            Ok(Choice {
+                engine: Engine::Kvm,
+                reason: "requested".into()
+            })
+        );
+        // `Y` reads as on too.
+        let y = HostFacts::from_sources(AMD_SVM, Some("Y"), DevKvm::Usable);
+        assert_eq!(auto(&y).engine, Engine::Kvm);
+    }
+
+    #[test]
+    fn amd_without_kvm_amd_or_nested_gets_bochs_with_the_fix() {
         let facts = HostFacts::from_sources(AMD_SVM, None, DevKvm::Usable);
         let choice = auto(&facts);
         assert_eq!(choice.engine, Engine::Bochs);
         assert_eq!(
             choice.reason,
-            "using Bochs: this host's CPU is AuthenticAMD, so QEMU+KVM cannot offer nested VT-x \
-             (Bochs emulates VT-x, slowly)"
+            "using Bochs: the kvm_amd module is not loaded (/sys/module/kvm_amd/parameters/nested \
+             does not exist; load it with: sudo modprobe kvm_amd nested=1)"
         );
         let err = choose_str("kvm", &facts).unwrap_err();
-        assert!(err.contains("this host's CPU is AuthenticAMD"), "{err}");
+        assert!(err.contains("the kvm_amd module is not loaded"), "{err}");
         assert!(err.contains("--engine bochs"), "{err}");
+        assert!(
+            err.contains("--engine qemu (SVM, emulated by TCG)"),
+            "{err}"
+        );
+
+        let off = HostFacts::from_sources(AMD_SVM, Some("0\n"), DevKvm::Usable);
+        assert_eq!(
+            auto(&off).reason,
+            "using Bochs: kvm_amd nested virtualization is off (cat /sys/module/kvm_amd/parameters/nested \
+             prints 0; enable with: sudo modprobe -r kvm_amd && sudo modprobe kvm_amd nested=1)"
+        );
+    }
+
+    #[test]
+    fn amd_without_svm_or_dev_kvm_gets_bochs() {
+        let choice = auto(&HostFacts::from_sources(
+            AMD_NO_SVM,
+            Some("1"),
+            DevKvm::Usable,
+        ));
+        assert_eq!(choice.engine, Engine::Bochs);
+        assert_eq!(
+            choice.reason,
+            "using Bochs: this AuthenticAMD CPU does not list the svm flag in /proc/cpuinfo (SVM is off \
+             in the firmware, or this is a virtual machine without nested SVM), so QEMU+KVM cannot \
+             offer SVM (Bochs emulates VT-x, slowly)"
+        );
+        let missing = auto(&HostFacts::from_sources(
+            AMD_SVM,
+            Some("1"),
+            DevKvm::Missing,
+        ));
+        assert_eq!(missing.engine, Engine::Bochs);
+        assert!(
+            missing.reason.contains("/dev/kvm does not exist"),
+            "{}",
+            missing.reason
+        );
+        let denied = HostFacts::from_sources(
+            AMD_SVM,
+            Some("1"),
+            DevKvm::Denied("Permission denied".into()),
+        );
+        assert_eq!(auto(&denied).engine, Engine::Bochs);
+        assert!(choose_str("kvm", &denied).is_err());
+    }
+
+    /// The vendor decides which extension counts: an Intel CPU that lists
+    /// only `svm`, or an AMD one that lists only `vmx`, gets no KVM.
+    #[test]
+    fn the_flag_must_match_the_vendor() {
+        let intel_svm = "vendor_id\t: GenuineIntel\nflags\t\t: fpu svm\n";
+        let choice = auto(&HostFacts::from_sources(
+            intel_svm,
+            Some("Y"),
+            DevKvm::Usable,
+        ));
+        assert_eq!(choice.engine, Engine::Bochs);
+        assert!(
+            choice.reason.contains("does not list the vmx flag"),
+            "{}",
+            choice.reason
+        );
+        let amd_vmx = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu vmx\n";
+        let choice = auto(&HostFacts::from_sources(amd_vmx, Some("Y"), DevKvm::Usable));
+        assert_eq!(choice.engine, Engine::Bochs);
+        assert!(
+            choice.reason.contains("does not list the svm flag"),
+            "{}",
+            choice.reason
+        );
+    }
+
+    #[test]
+    fn another_vendor_gets_bochs() {
+        let centaur = "vendor_id\t: CentaurHauls\nflags\t\t: fpu vmx svm\n";
+        let choice = auto(&HostFacts::from_sources(centaur, Some("Y"), DevKvm::Usable));
+        assert_eq!(choice.engine, Engine::Bochs);
+        assert_eq!(
+            choice.reason,
+            "using Bochs: this host's CPU is CentaurHauls, so QEMU+KVM can offer neither nested VT-x \
+             nor nested SVM (Bochs emulates VT-x, slowly)"
+        );
     }
 
     #[test]
