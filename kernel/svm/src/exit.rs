@@ -38,8 +38,12 @@ use crate::vmcb::{EventInjection, EventType, Intercept, SaveSegment, Vmcb};
 pub mod code {
     /// Read of CR8 (CR0..CR15 reads are 0x00..0x0F).
     pub const CR8_READ: u64 = 0x08;
+    /// Write of CR4.
+    pub const CR4_WRITE: u64 = 0x14;
     /// Write of CR8 (CR0..CR15 writes are 0x10..0x1F).
     pub const CR8_WRITE: u64 = 0x18;
+    /// Exception 6, #UD (exceptions are 0x40 + vector).
+    pub const EXCP_UD: u64 = 0x46;
     /// Physical INTR.
     pub const INTR: u64 = 0x60;
     /// Physical NMI.
@@ -197,8 +201,10 @@ pub fn decode_exit(
         ),
         code::IOIO => io(vcpu, &mut fetch, info1).unwrap_or(unknown),
         code::CR8_READ | code::CR8_WRITE => {
-            cr8(vcpu, &mut fetch, raw == code::CR8_WRITE, info1).unwrap_or(unknown)
+            mov_cr_exit(vcpu, &mut fetch, 8, raw == code::CR8_WRITE, info1).unwrap_or(unknown)
         }
+        code::CR4_WRITE => mov_cr_exit(vcpu, &mut fetch, 4, true, info1).unwrap_or(unknown),
+        code::EXCP_UD => undefined_opcode(vcpu, &mut fetch),
         code::NPF => {
             let write = info1 & npf::WRITE != 0;
             let fetch = info1 & npf::FETCH != 0;
@@ -351,11 +357,31 @@ fn io(vcpu: &mut SvmVcpu<'_>, fetch: &mut Fetcher<'_, '_>, info1: u64) -> Option
     Some(Exit::Io(access))
 }
 
-/// A MOV to (`write`) or from CR8: the GPR and the next RIP from the exit
-/// with decode assists and NRIP save, else from the instruction.
-fn cr8(
+/// #UD: the hypercall ABI's VMCALL, written for VT-x, is a hypercall
+/// here as VMMCALL is; any other #UD goes back to the guest.
+fn undefined_opcode(vcpu: &mut SvmVcpu<'_>, fetch: &mut Fetcher<'_, '_>) -> Exit {
+    if let Some((bytes, code)) = fetch.at_rip(vcpu) {
+        if let Some(len) = instruction_length(bytes.as_slice(), code, Expected::Vmcall) {
+            vcpu.soft.next_rip = Some(advance(vcpu.vmcb.rip(), len, code));
+            return Exit::Hypercall;
+        }
+    }
+    vcpu.vmcb.set_event_injection(Some(EventInjection {
+        vector: 6,
+        kind: EventType::Exception,
+        error_code: None,
+    }));
+    Exit::Reflected
+}
+
+/// A MOV to (`write`) or from control register `n` (CR4 writes, CR8): the
+/// GPR and the next RIP from the exit with decode assists and NRIP save,
+/// else from the instruction. A CR0 write intercept also fires for LMSW
+/// and CLTS, so CR0 is not intercepted this way.
+fn mov_cr_exit(
     vcpu: &mut SvmVcpu<'_>,
     fetch: &mut Fetcher<'_, '_>,
+    n: u8,
     write: bool,
     info1: u64,
 ) -> Option<Exit> {
@@ -365,7 +391,7 @@ fn cr8(
     } else {
         let (bytes, code) = fetch.at_rip(vcpu)?;
         let mov = mov_cr(bytes.as_slice(), code)?;
-        if mov.cr != 8 || mov.to_cr != write {
+        if mov.cr != n || mov.to_cr != write {
             return None;
         }
         vcpu.soft.next_rip = Some(advance(vcpu.vmcb.rip(), mov.len, code));
@@ -376,7 +402,7 @@ fn cr8(
     } else {
         CrAccessKind::MovFrom(gpr)
     };
-    Some(Exit::ControlRegister(CrAccess { cr: 8, kind }))
+    Some(Exit::ControlRegister(CrAccess { cr: n, kind }))
 }
 
 /// Sets up for the next VMRUN the event whose delivery this exit cut

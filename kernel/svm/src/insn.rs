@@ -33,6 +33,8 @@ pub enum Expected {
     Wrmsr,
     /// VMMCALL: 0F 01 D9.
     Vmmcall,
+    /// VMCALL: 0F 01 C1 (VT-x's hypercall, which raises #UD on AMD).
+    Vmcall,
     /// XSETBV: 0F 01 D1.
     Xsetbv,
     /// INVD: 0F 08.
@@ -50,6 +52,7 @@ impl Expected {
             Self::Rdmsr => &[0x0F, 0x32],
             Self::Wrmsr => &[0x0F, 0x30],
             Self::Vmmcall => &[0x0F, 0x01, 0xD9],
+            Self::Vmcall => &[0x0F, 0x01, 0xC1],
             Self::Xsetbv => &[0x0F, 0x01, 0xD1],
             Self::Invd => &[0x0F, 0x08],
             Self::Wbinvd => &[0x0F, 0x09],
@@ -198,6 +201,9 @@ mod tests {
             // Something else, a different instruction, too few bytes.
             (&[0x0F, 0xA2], B64, Expected::Hlt, None),
             (&[0x0F, 0x01, 0xC1], B64, Expected::Vmmcall, None),
+            (&[0x0F, 0x01, 0xC1], B64, Expected::Vmcall, Some(3)),
+            (&[0x66, 0x0F, 0x01, 0xC1], B64, Expected::Vmcall, Some(4)),
+            (&[0x0F, 0x01, 0xD9], B64, Expected::Vmcall, None),
             (&[0x0F, 0x01], B64, Expected::Vmmcall, None),
             (&[], B64, Expected::Hlt, None),
             (&[0x66; 20], B64, Expected::Hlt, None),

@@ -16,10 +16,10 @@
 extern crate alloc;
 
 pub mod access;
-pub mod exit;
-pub mod insn;
 pub mod capacity;
 pub mod caps;
+pub mod exit;
+pub mod insn;
 pub mod maps;
 pub mod npt;
 pub mod regs;

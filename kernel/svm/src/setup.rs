@@ -67,6 +67,10 @@ pub const DR7_INIT: u64 = 0x400;
 pub const DR6_INIT: u64 = 0xFFFF_0FF0;
 /// The CR register whose accesses are intercepted: CR8, the task priority.
 const CR8: u8 = 8;
+/// CR4.
+const CR4: u8 = 4;
+/// The #UD vector.
+const UD: u8 = 6;
 
 /// The intercepts every vCPU runs with (the module documentation says
 /// why).
@@ -168,6 +172,14 @@ pub fn write_initial(vmcb: &mut Vmcb, gprs: &mut Gprs, links: &VmcbLinks, entry:
     }
     vmcb.set_cr_intercept(CR8, false, true);
     vmcb.set_cr_intercept(CR8, true, true);
+    // MOV to CR4 goes through the neutral CR rules, so a guest cannot set
+    // a bit the CPU does not offer it (CR4.VMXE on an AMD CPU); an
+    // emulator that lets such a write through would fail the next VMRUN.
+    vmcb.set_cr_intercept(CR4, true, true);
+    // #UD: the hypercall ABI's VMCALL (VT-x's instruction) raises it on
+    // AMD CPUs; the exit handles it as VMMCALL and reflects every other
+    // #UD.
+    vmcb.set_exception_intercept(UD, true);
     vmcb.set_iopm_base_pa(links.iopm);
     vmcb.set_msrpm_base_pa(links.msrpm);
     vmcb.set_tsc_offset(links.tsc_offset);
@@ -344,10 +356,11 @@ mod tests {
             .fold(0u32, |a, b| a | (1 << b));
         assert_eq!(vmcb.intercept_vector(1), v1);
         assert_eq!(vmcb.intercept_vector(2), 0);
-        // CR8 both ways; no DR, no exception; no IRET, VINTR or PAUSE.
-        assert_eq!(vmcb.cr_intercepts(), (1 << 8) | (1 << 24));
+        // CR8 both ways and CR4 writes; no DR; #UD alone of the
+        // exceptions; no IRET, VINTR or PAUSE.
+        assert_eq!(vmcb.cr_intercepts(), (1 << 8) | (1 << 24) | (1 << 20));
         assert_eq!(vmcb.dr_intercepts(), 0);
-        assert_eq!(vmcb.exception_intercepts(), 0);
+        assert_eq!(vmcb.exception_intercepts(), 1 << 6);
         assert!(!vmcb.intercepted(Intercept::Iret));
         assert!(!vmcb.intercepted(Intercept::Vintr));
         assert!(!vmcb.intercepted(Intercept::Pause));

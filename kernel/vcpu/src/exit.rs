@@ -267,6 +267,11 @@ pub enum Exit {
     /// likely waiting for a lock whose holder is not running. RIP is still
     /// on the PAUSE.
     Pause,
+    /// The guest raised an exception that the backend intercepts only to
+    /// look at it (SVM's #UD, for a VMCALL written for VT-x) and that was
+    /// not for the hypervisor: the backend has set it up for delivery to
+    /// the guest again, and the vCPU resumes.
+    Reflected,
     /// VM entry failed on the guest's state
     /// ([`VcpuAccess::entry_failure`] says why in words).
     EntryFailed {
@@ -325,6 +330,8 @@ pub enum ExitKind {
     TaskSwitch,
     /// [`Exit::Pause`].
     Pause,
+    /// [`Exit::Reflected`].
+    Reflected,
     /// [`Exit::EntryFailed`].
     EntryFailed,
     /// [`Exit::Unknown`].
@@ -333,7 +340,7 @@ pub enum ExitKind {
 
 impl ExitKind {
     /// How many kinds there are (indices `0..COUNT`).
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     /// Every kind, by index.
     pub const ALL: [ExitKind; Self::COUNT] = [
@@ -355,6 +362,7 @@ impl ExitKind {
         ExitKind::RefusedInstruction,
         ExitKind::TaskSwitch,
         ExitKind::Pause,
+        ExitKind::Reflected,
         ExitKind::EntryFailed,
         ExitKind::Unknown,
     ];
@@ -390,6 +398,7 @@ impl ExitKind {
             ExitKind::RefusedInstruction => "refused instruction",
             ExitKind::TaskSwitch => "task switch",
             ExitKind::Pause => "PAUSE loop",
+            ExitKind::Reflected => "reflected exception",
             ExitKind::EntryFailed => "entry failure",
             ExitKind::Unknown => "unknown",
         }
@@ -453,6 +462,7 @@ impl Exit {
             Exit::VirtualizationInstruction | Exit::Rdpmc => ExitKind::RefusedInstruction,
             Exit::TaskSwitch => ExitKind::TaskSwitch,
             Exit::Pause => ExitKind::Pause,
+            Exit::Reflected => ExitKind::Reflected,
             Exit::EntryFailed { .. } => ExitKind::EntryFailed,
             Exit::Unknown { .. } => ExitKind::Unknown,
         }
@@ -844,7 +854,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         // The backend has let NMIs through again (its `nmi_blocked`
         // says when); the IRET runs when the guest resumes, and a pending
         // NMI goes in at the next delivery.
-        Exit::NmiWindow => Ok(Outcome::Resume),
+        Exit::NmiWindow | Exit::Reflected => Ok(Outcome::Resume),
         Exit::VirtualizationInstruction => inject(vcpu, model, UD, None),
         // No performance counters are offered (CPUID leaf 0xA is empty).
         Exit::Rdpmc => inject(vcpu, model, GP, Some(0)),

@@ -551,3 +551,45 @@ fn exits_go_through_the_neutral_handlers() {
         Some(u64::from(u32::from_le_bytes(*b"Ferr")))
     );
 }
+
+#[test]
+fn a_vmcall_raising_ud_is_a_hypercall_and_other_uds_go_back() {
+    // VMCALL (0F 01 C1): a hypercall, RIP moves past it.
+    let mut g = Guest::new(&[0x0F, 0x01, 0xC1]);
+    g.exit(code::EXCP_UD, 0, 0);
+    assert_eq!(g.decode(false), Exit::Hypercall);
+    assert_eq!(g.soft.next_rip, Some(RIP + 3));
+    assert_eq!(g.vmcb.event_injection(), None);
+    // UD2 (0F 0B): the guest gets its #UD back, RIP stays.
+    let mut g = Guest::new(&[0x0F, 0x0B]);
+    g.exit(code::EXCP_UD, 0, 0);
+    assert_eq!(g.decode(false), Exit::Reflected);
+    assert_eq!(g.soft.next_rip, None);
+    assert_eq!(
+        g.vmcb.event_injection(),
+        Some(EventInjection {
+            vector: 6,
+            kind: EventType::Exception,
+            error_code: None,
+        })
+    );
+}
+
+#[test]
+fn cr4_writes_name_their_register() {
+    // MOV CR4, RAX (0F 22 E0) in 64-bit code.
+    let mut g = Guest::new(&[0x0F, 0x22, 0xE0]).long_mode();
+    g.exit(code::CR4_WRITE, 0, 0);
+    assert_eq!(
+        g.decode(false),
+        Exit::ControlRegister(CrAccess {
+            cr: 4,
+            kind: CrAccessKind::MovTo(Gpr::Rax)
+        })
+    );
+    assert_eq!(g.soft.next_rip, Some(RIP + 3));
+    // A CR4 write exit at a MOV to CR3: refused.
+    let mut g = Guest::new(&[0x0F, 0x22, 0xD8]).long_mode();
+    g.exit(code::CR4_WRITE, 0, 0);
+    assert_eq!(g.decode(false), unknown(code::CR4_WRITE, 0));
+}
