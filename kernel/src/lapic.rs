@@ -9,7 +9,7 @@
 //! one is in use is read from IA32_APIC_BASE on the boot CPU; every CPU
 //! uses the same.
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
 use log::info;
 use mm::addr::HostPhysAddr;
@@ -33,6 +33,11 @@ const REG_LVT_ERROR: usize = 0x370;
 const REG_ESR: usize = 0x280;
 const REG_ICR_LOW: usize = 0x300;
 const REG_ICR_HIGH: usize = 0x310;
+const REG_TIMER_INITIAL: usize = 0x380;
+const REG_TIMER_CURRENT: usize = 0x390;
+const REG_TIMER_DIVIDE: usize = 0x3E0;
+/// The divide configuration "divide by 1" (SDM Vol. 3A, 11.5.4).
+const DIVIDE_BY_1: u32 = 0b1011;
 
 /// An LVT entry's mask bit.
 const LVT_MASKED: u32 = 1 << 16;
@@ -133,13 +138,47 @@ pub fn has_tsc_deadline() -> bool {
     TSC_DEADLINE.load(Ordering::Acquire)
 }
 
+/// APIC timer counts per TSC tick, as a 32.32 fixed-point number, measured
+/// by [`calibrate`] where there is no TSC-deadline mode (AMD CPUs, QEMU's
+/// emulation); 0 until then.
+static COUNTS_PER_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Measures the APIC timer's rate against the TSC (`tsc_hz`) on the boot
+/// CPU, for [`arm_wakeup`] on CPUs without TSC-deadline mode (every CPU of
+/// the machine counts at the same rate). Takes 10 ms.
+pub fn calibrate(tsc_hz: u64) {
+    if has_tsc_deadline() || MODE.load(Ordering::Acquire) == MODE_NONE {
+        return;
+    }
+    write(REG_LVT_TIMER, LVT_MASKED);
+    write(REG_TIMER_DIVIDE, DIVIDE_BY_1);
+    let start = crate::guests::rdtsc();
+    write(REG_TIMER_INITIAL, u32::MAX);
+    let wait = (tsc_hz / 100).max(1);
+    while crate::guests::rdtsc().wrapping_sub(start) < wait {
+        core::hint::spin_loop();
+    }
+    let counted = u32::MAX - read(REG_TIMER_CURRENT);
+    let elapsed = crate::guests::rdtsc().wrapping_sub(start).max(1);
+    write(REG_TIMER_INITIAL, 0);
+    let rate = ((u128::from(counted) << 32) / u128::from(elapsed)) as u64;
+    COUNTS_PER_TSC.store(rate, Ordering::Release);
+    info!(
+        "apic: no TSC-deadline mode; timer counts {} times per 1000 TSC ticks",
+        (u128::from(rate) * 1000) >> 32
+    );
+}
+
 /// Arms the calling CPU's APIC timer to interrupt it (with the kick
 /// vector, so a halted CPU wakes as if kicked) once the TSC reaches
-/// `deadline`, or disarms it (`None`). False when the CPU has no
-/// TSC-deadline mode: the caller must not halt past `deadline` then.
+/// `deadline`, or disarms it (`None`): in TSC-deadline mode, else in
+/// one-shot mode counted from the rate [`calibrate`] measured (a wake-up
+/// more than 2^32 counts away comes early, which a waiter must expect of
+/// any kick). False when neither works: the caller must not halt past
+/// `deadline` then.
 pub fn arm_wakeup(deadline: Option<u64>) -> bool {
     if !has_tsc_deadline() {
-        return false;
+        return arm_one_shot(deadline);
     }
     match deadline {
         Some(at) => {
@@ -152,6 +191,29 @@ pub fn arm_wakeup(deadline: Option<u64>) -> bool {
         None => {
             // SAFETY: as above; writing 0 disarms the timer.
             unsafe { arch::wrmsr(IA32_TSC_DEADLINE, 0) };
+            write(REG_LVT_TIMER, LVT_MASKED);
+        }
+    }
+    true
+}
+
+/// [`arm_wakeup`] in one-shot mode.
+fn arm_one_shot(deadline: Option<u64>) -> bool {
+    let rate = COUNTS_PER_TSC.load(Ordering::Acquire);
+    if rate == 0 {
+        return false;
+    }
+    match deadline {
+        Some(at) => {
+            let ticks = at.saturating_sub(crate::guests::rdtsc());
+            // Rounded up, so the interrupt never comes before `at`.
+            let counts = ((u128::from(ticks) * u128::from(rate)) >> 32) + 1;
+            write(REG_LVT_TIMER, u32::from(KICK_VECTOR));
+            write(REG_TIMER_DIVIDE, DIVIDE_BY_1);
+            write(REG_TIMER_INITIAL, u32::try_from(counts).unwrap_or(u32::MAX));
+        }
+        None => {
+            write(REG_TIMER_INITIAL, 0);
             write(REG_LVT_TIMER, LVT_MASKED);
         }
     }
