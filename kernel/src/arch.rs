@@ -114,6 +114,19 @@ pub unsafe fn xsetbv(value: u64) {
     }
 }
 
+/// XCR0, the state components XSAVE and the vector instructions use.
+/// Only where CR4.OSXSAVE is set (XGETBV raises #UD otherwise).
+pub fn xgetbv() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 only reads XCR0; the callers run with
+    // CR4.OSXSAVE set (`switched::prepare_this_cpu` on a CPU with XSAVE).
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
 /// Saves the extended state components enabled in XCR0 into `area`
 /// (standard format).
 ///

@@ -80,18 +80,18 @@ pub fn current_index() -> u16 {
 /// Prints the CPU report: identity, VT-x capabilities and the verdict, as
 /// `cpu<k>: VT-x ready` (after VMXON) or `cpu<k>: VT-x unavailable:
 /// <reason>`. Returns whether this CPU is in VMX operation.
-pub fn report() -> Result<crate::vtx::Capabilities, ()> {
+pub fn report() -> Result<crate::virt::Capabilities, ()> {
     report_cpu(true)
 }
 
 /// The report for an application processor: its identity line, then
 /// `cpu<k>: VT-x ready` or why not. The capability lines are left out:
 /// the caller checks that they match the boot CPU's.
-pub fn report_ap() -> Result<crate::vtx::Capabilities, ()> {
+pub fn report_ap() -> Result<crate::virt::Capabilities, ()> {
     report_cpu(false)
 }
 
-fn report_cpu(verbose: bool) -> Result<crate::vtx::Capabilities, ()> {
+fn report_cpu(verbose: bool) -> Result<crate::virt::Capabilities, ()> {
     let k = current_index();
     let cpuid = CpuId::new();
     let vendor = cpuid.get_vendor_info();
@@ -108,12 +108,15 @@ fn report_cpu(verbose: bool) -> Result<crate::vtx::Capabilities, ()> {
         ),
         None => info!("cpu{k}: {vendor} (no CPUID leaf 1) \"{brand}\""),
     }
-    let has_vmx = features.as_ref().is_some_and(|f| f.has_vmx());
-    let result = crate::vtx::detect_and_enable(k, vendor, has_vmx, verbose).map_err(|e| {
-        warn!("cpu{k}: VT-x unavailable: {e}");
+    let has_svm = crate::arch::cpuid(0x8000_0000, 0).eax >= 0x8000_0001
+        && crate::arch::cpuid(0x8000_0001, 0).ecx & (1 << 2) != 0;
+    let kind = crate::virt::Kind::for_cpu(vendor, has_svm);
+    let name = kind.name();
+    let result = crate::virt::detect_and_enable(kind, k, vendor, verbose).map_err(|e| {
+        warn!("cpu{k}: {name} unavailable: {e}");
     });
     if result.is_ok() {
-        info!("cpu{k}: VT-x ready");
+        info!("cpu{k}: {name} ready");
     }
     result
 }

@@ -8,31 +8,96 @@
 //!
 //! The run itself (the per-CPU loop, the stop and restart policy, the
 //! hand-over of a vCPU between CPUs) is the `run` crate; this
-//! module gives it its backend: VT-x for the guests (`crate::vtx::vm`), the
-//! local APIC for kicks and timed wake-ups, the TSC for the clock, and the
-//! config partition for (re)starting guests. On the same CPU a switch is
-//! VMPTRLD + VMRESUME; a vCPU the scheduler moved to another CPU is given
-//! up by its old CPU on request (a mailbox and a kick IPI: save the
-//! switched state, VMCLEAR) and VMLAUNCHed on the new one.
+//! module gives it its backend, [`HostBackend`]: a [`Hardware`] backend
+//! for the guests (VT-x in `crate::vtx::vm`, AMD SVM in `crate::svm::vm`),
+//! the local APIC for kicks and timed wake-ups, the TSC for the clock,
+//! and the config partition for (re)starting guests.
 
 use alloc::boxed::Box;
 use alloc::string::String;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use addr::PAGE_SIZE;
 use config::files::{ConfigFiles, CONFIG_FILE};
 use config::{self, CpuMode, GuestConfig, ImageFormat, ParseOutcome};
 use image::GuestImages;
 use loader::PcPlatform;
+use loader::{GuestMemory, LoadError, LoadedImage};
 use log::{debug, error, info, warn};
 use run::{Backend, GuestRun, Vcpu, Vm};
 use spin::Mutex;
 use vcpu::exit::{Exit, Outcome};
 use vcpu::stop::StopReason;
 
-use crate::vtx::vm::{Guest, VmxSettings, VmxVcpuState, VmxVm};
-use crate::vtx::Capabilities;
+use crate::virt::Capabilities;
 use crate::{cpu, lapic, memory};
+
+/// What the run needs of a hardware virtualization backend (VT-x, SVM) in
+/// the kernel: a guest's hardware half, made, run and taken down. Each
+/// method is the same-named one of [`run::Backend`], which [`HostBackend`]
+/// forwards here.
+pub trait Hardware: Sync + Sized + 'static {
+    /// A VM's hardware half.
+    type Vm: Send + Sync;
+    /// A vCPU's hardware half.
+    type Vcpu: Send;
+    /// Prepares the calling CPU to switch guests' state.
+    fn prepare_this_cpu(&self);
+    /// Ends a host interrupt a guest's run was cut short for.
+    fn end_host_interrupt(&self);
+    /// Creates guest number `index` with `ram` bytes and `vcpus` vCPUs,
+    /// its image loaded by `load`; `Err` says why in words.
+    fn create_guest(
+        &self,
+        index: usize,
+        name: &str,
+        ram: u64,
+        vcpus: u32,
+        load: &mut dyn FnMut(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
+    ) -> Result<(Self::Vm, alloc::vec::Vec<Self::Vcpu>), String>;
+    /// See [`run::Backend::destroy_vcpu`].
+    fn destroy_vcpu(&self, vm: &Self::Vm, vcpu: &mut Self::Vcpu);
+    /// See [`run::Backend::destroy_vm`].
+    fn destroy_vm(&self, vm: &mut Self::Vm);
+    /// See [`run::Backend::start_up`].
+    fn start_up(&self, vcpu: &mut Self::Vcpu, vector: u8) -> Result<(), String>;
+    /// See [`run::Backend::arrive`].
+    fn arrive(&self, vm: &Self::Vm, vcpu: &mut Self::Vcpu, cpu: usize) -> Result<(), String>;
+    /// See [`run::Backend::make_current`].
+    fn make_current(&self, vcpu: &mut Self::Vcpu) -> Result<(), String>;
+    /// See [`run::Backend::clear`].
+    fn clear(&self, vcpu: &mut Self::Vcpu);
+    /// See [`run::Backend::save_switched`]; the guest's XCR0 is in
+    /// `vcpu.model`.
+    fn save_switched(&self, vcpu: &mut Vcpu<HostBackend<Self>>);
+    /// See [`run::Backend::load_switched`]; `xcr0` is the guest's.
+    fn load_switched(&self, vcpu: &mut Self::Vcpu, xcr0: u64);
+    /// See [`run::Backend::set_slice`].
+    fn set_slice(&self, vcpu: &mut Self::Vcpu, ticks: u64) -> Result<(), String>;
+    /// See [`run::Backend::enter`].
+    fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, Box<StopReason>>;
+    /// See [`run::Backend::handle`].
+    fn handle(
+        &self,
+        vm: &Vm<HostBackend<Self>>,
+        vcpu: &mut Vcpu<HostBackend<Self>>,
+        exit: &Exit,
+    ) -> Outcome;
+    /// See [`run::Backend::deliver_interrupt`].
+    fn deliver_interrupt(
+        &self,
+        vm: &Vm<HostBackend<Self>>,
+        vcpu: &mut Vcpu<HostBackend<Self>>,
+        now: u64,
+    ) -> Result<(), StopReason>;
+    /// See [`run::Backend::rip`].
+    fn rip(&self, vcpu: &Self::Vcpu) -> u64;
+    /// See [`run::Backend::registers`].
+    fn registers(&self, vcpu: &mut Self::Vcpu) -> console::RegisterSnapshot;
+    /// See [`run::Backend::read_memory`].
+    fn read_memory(&self, vm: &Self::Vm, gpa: u64, buf: &mut [u8])
+        -> Result<(), console::MemError>;
+}
 
 /// What happens after every guest has stopped.
 pub enum AllStopped {
@@ -46,9 +111,13 @@ pub enum AllStopped {
 const CONFIG_LIMIT: u64 = 1 << 20;
 
 /// Reads and checks `hypervisor.toml` from `files` and prints every error,
-/// the summary line and each guest's plan. `None` when there is no file to
-/// read.
-pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
+/// the summary line and each guest's plan, with the overhead of the
+/// backend `caps` names (VT-x's without one). `None` when there is no file
+/// to read.
+pub fn load_config(
+    files: &mut dyn ConfigFiles<'_>,
+    caps: Option<&Capabilities>,
+) -> Option<ParseOutcome> {
     let source = String::from(files.source());
     let text = match files.read(CONFIG_FILE, CONFIG_LIMIT) {
         Ok(Some(text)) => text,
@@ -70,7 +139,7 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
     let free = memory::free_frames() * PAGE_SIZE;
     let cpus = crate::power::madt().map_or(1, |m| m.enabled_cpus().count());
     let for_cpus = crate::smp::frames_for_other_cpus(cpus) * PAGE_SIZE;
-    let save_area = crate::vtx::vm::save_area_bytes();
+    let save_area = crate::switched::save_area_bytes();
     debug!(
         "memory: {} KiB free, {} KiB kept for starting {} other CPUs, {save_area}-byte save areas",
         free >> 10,
@@ -78,7 +147,7 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
         cpus.saturating_sub(1)
     );
     config::check_memory(&mut outcome, free.saturating_sub(for_cpus), |g| {
-        ::vtx::capacity::guest_overhead(g.memory, g.vcpus, save_area)
+        crate::virt::guest_overhead(caps, g.memory, g.vcpus, save_area)
     });
     for e in &outcome.errors {
         error!("{e}");
@@ -98,7 +167,7 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
                 .as_ref()
                 .map_or(String::new(), |i| alloc::format!(", initrd \"{i}\"")),
             g.memory >> 20,
-            ::vtx::capacity::guest_overhead(g.memory, g.vcpus, save_area) >> 10,
+            crate::virt::guest_overhead(caps, g.memory, g.vcpus, save_area) >> 10,
             g.vcpus,
             if g.vcpus == 1 { "" } else { "s" },
             g.cmdline
@@ -108,22 +177,40 @@ pub fn load_config(files: &mut dyn ConfigFiles<'_>) -> Option<ParseOutcome> {
 }
 
 /// Starts the guests `outcome` lists, with their images from `files`, and
-/// runs them until all have stopped; `tsc_hz` turns the slice length into
-/// TSC ticks.
+/// runs them until all have stopped, on the backend `caps` names;
+/// `tsc_hz` turns the slice length into TSC ticks.
 pub fn run_all(
     caps: Capabilities,
     tsc_hz: u64,
     files: &mut dyn ConfigFiles<'_>,
     outcome: ParseOutcome,
 ) -> AllStopped {
+    match caps {
+        Capabilities::Vmx(caps) => match crate::vtx::vm::VmxSettings::new(caps) {
+            Ok(hw) => run_with(hw, tsc_hz, files, outcome),
+            Err(e) => {
+                error!("vmx: cannot run guests: {e}");
+                AllStopped::PowerOff
+            }
+        },
+        Capabilities::Svm(caps) => match crate::svm::vm::SvmSettings::new(caps, tsc_hz) {
+            Ok(hw) => run_with(hw, tsc_hz, files, outcome),
+            Err(e) => {
+                error!("svm: cannot run guests: {e}");
+                AllStopped::PowerOff
+            }
+        },
+    }
+}
+
+/// [`run_all`] on the hardware backend `hw`.
+fn run_with<H: Hardware>(
+    hw: H,
+    tsc_hz: u64,
+    files: &mut dyn ConfigFiles<'_>,
+    outcome: ParseOutcome,
+) -> AllStopped {
     let settings = outcome.config.hypervisor;
-    let hw = match VmxSettings::new(caps) {
-        Ok(hw) => hw,
-        Err(e) => {
-            error!("vmx: cannot run guests: {e}");
-            return AllStopped::PowerOff;
-        }
-    };
     let slice_ticks = tsc_hz / 1000 * u64::from(settings.slice_ms);
     debug!(
         "sched: slice {} ms = {slice_ticks} TSC ticks",
@@ -136,7 +223,7 @@ pub fn run_all(
     // only while this function runs (`run_everywhere` returns after every
     // CPU has left the run, and the run is dropped before this returns).
     let files: *mut (dyn ConfigFiles<'static> + 'static) = unsafe { core::mem::transmute(files) };
-    let backend = VtxBackend {
+    let backend = HostBackend {
         hw,
         files: Mutex::new(FilesPtr(files)),
         tsc_hz,
@@ -194,10 +281,13 @@ pub fn run_all(
 
 /// Runs the guests on this CPU and on every application processor of the
 /// run, until all have stopped.
-fn run_everywhere(run: &VtxGuestRun) {
+fn run_everywhere<H: Hardware>(run: &GuestRun<HostBackend<H>>) {
     let aps = run.cpus().numbers.len().saturating_sub(1);
     run.enqueue_all();
-    RUN.store(core::ptr::from_ref(run).cast_mut(), Ordering::Release);
+    *RUN.lock() = Some(Joinable {
+        run: core::ptr::from_ref(run) as usize,
+        join: join::<H>,
+    });
     RUN_GENERATION.fetch_add(1, Ordering::AcqRel);
     run.kick_others();
     run.cpu_loop(usize::from(cpu::current_index()));
@@ -206,16 +296,32 @@ fn run_everywhere(run: &VtxGuestRun) {
     while run.left() < aps {
         core::hint::spin_loop();
     }
-    RUN.store(core::ptr::null_mut(), Ordering::Release);
+    *RUN.lock() = None;
 }
 
-/// Creates and loads one guest; `None` (reported) when it cannot start.
-fn start(
-    hw: &VmxSettings,
+/// Application processor `index` joins the run at address `run` (a
+/// `GuestRun<HostBackend<H>>`) if it is one of the run's CPUs, and
+/// counts itself out when it is over.
+fn join<H: Hardware>(run: usize, index: usize) {
+    // SAFETY: `run_everywhere` publishes the address of a live
+    // `GuestRun<HostBackend<H>>` together with this very instance of
+    // `join`, and takes the run down only after every AP in its CPU set
+    // has counted itself out in `left`, which this one does last.
+    let run = unsafe { &*(run as *const GuestRun<HostBackend<H>>) };
+    if run.cpus().sched_id(index).is_some() {
+        run.cpu_loop(index);
+        run.leave();
+    }
+}
+
+/// Creates and loads guest number `index`; `None` (reported) when it
+/// cannot start.
+fn start<H: Hardware>(
+    hw: &H,
     files: &mut dyn ConfigFiles<'_>,
     config: &GuestConfig,
-    vpid: u16,
-) -> Option<Guest> {
+    index: usize,
+) -> Option<(H::Vm, alloc::vec::Vec<H::Vcpu>)> {
     let name = config.name.as_str();
     // The images stream from the config source into guest RAM.
     let images = match GuestImages::open(files, config) {
@@ -226,7 +332,7 @@ fn start(
         }
     };
     let platform = pc_platform(config.vcpus);
-    match Guest::create(hw, name, config.memory, config.vcpus, vpid, |mem| {
+    match hw.create_guest(index, name, config.memory, config.vcpus, &mut |mem| {
         images.load(mem, &platform)
     }) {
         Ok(guest) => {
@@ -280,21 +386,19 @@ fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-/// The run under VT-x.
-type VtxGuestRun = GuestRun<VtxBackend>;
-
 /// The configuration partition, reached from every CPU (one at a time,
-/// under `VtxBackend::files`).
+/// under `HostBackend::files`).
 struct FilesPtr(*mut (dyn ConfigFiles<'static> + 'static));
 
-// SAFETY: the pointer is used only under `VtxBackend::files`' lock, and the
-// disk drivers behind it keep no per-CPU state, so any CPU may use them in
-// turn; `run_all` keeps the referent alive until every CPU has left.
+// SAFETY: the pointer is used only under `HostBackend::files`' lock, and
+// the disk drivers behind it keep no per-CPU state, so any CPU may use them
+// in turn; `run_with` keeps the referent alive until every CPU has left.
 unsafe impl Send for FilesPtr {}
 
-/// VT-x and the local APIC as the run's backend.
-struct VtxBackend {
-    hw: VmxSettings,
+/// A hardware backend and the host's devices (the local APIC, the TSC,
+/// the serial console, the config partition) as the run's backend.
+pub struct HostBackend<H> {
+    hw: H,
     files: Mutex<FilesPtr>,
     /// The TSC rate measured at boot.
     tsc_hz: u64,
@@ -302,9 +406,9 @@ struct VtxBackend {
     clock: vcpu::vm::WallClock,
 }
 
-impl Backend for VtxBackend {
-    type Vm = VmxVm;
-    type Vcpu = VmxVcpuState;
+impl<H: Hardware> Backend for HostBackend<H> {
+    type Vm = H::Vm;
+    type Vcpu = H::Vcpu;
 
     fn now(&self) -> u64 {
         rdtsc()
@@ -331,11 +435,7 @@ impl Backend for VtxBackend {
     }
 
     fn end_host_interrupt(&self) {
-        // COM1's interrupt comes to the boot CPU: serve the port first.
-        if cpu::current_index() == 0 {
-            crate::serial_console::on_interrupt();
-        }
-        lapic::eoi();
+        self.hw.end_host_interrupt();
     }
 
     fn idle(&self, until: Option<u64>) -> bool {
@@ -357,72 +457,58 @@ impl Backend for VtxBackend {
         &self,
         index: usize,
         config: &GuestConfig,
-    ) -> Option<(VmxVm, alloc::vec::Vec<VmxVcpuState>)> {
-        let vpid = crate::vtx::vm::vpid_base(index);
+    ) -> Option<(H::Vm, alloc::vec::Vec<H::Vcpu>)> {
         let mut files = self.files.lock();
-        // SAFETY: `run_all` keeps the files alive until every CPU has left
+        // SAFETY: `run_with` keeps the files alive until every CPU has left
         // the run, and the lock gives this CPU the only access.
         let files = unsafe { &mut *files.0 };
-        start(&self.hw, files, config, vpid).map(|g| (g.vm, g.vcpus))
+        start(&self.hw, files, config, index)
     }
 
-    fn destroy_vcpu(&self, vm: &VmxVm, vcpu: &mut VmxVcpuState) {
-        crate::vtx::vm::destroy_vcpu(vm, vcpu);
+    fn destroy_vcpu(&self, vm: &H::Vm, vcpu: &mut H::Vcpu) {
+        self.hw.destroy_vcpu(vm, vcpu);
     }
 
-    fn destroy_vm(&self, vm: &mut VmxVm) {
-        crate::vtx::vm::destroy_vm(vm);
+    fn destroy_vm(&self, vm: &mut H::Vm) {
+        self.hw.destroy_vm(vm);
     }
 
-    fn start_up(&self, vcpu: &mut VmxVcpuState, vector: u8) -> Result<(), String> {
-        vcpu.start_up(&self.hw, vector)
-            .map_err(|e| alloc::format!("VMCS access failed at a start-up IPI: {e}"))
+    fn start_up(&self, vcpu: &mut H::Vcpu, vector: u8) -> Result<(), String> {
+        self.hw.start_up(vcpu, vector)
     }
 
-    fn arrive(&self, _vm: &VmxVm, vcpu: &mut VmxVcpuState, _cpu: usize) -> Result<(), String> {
-        vcpu.arrive().map_err(|e| alloc::format!("{e}"))
+    fn arrive(&self, vm: &H::Vm, vcpu: &mut H::Vcpu, cpu: usize) -> Result<(), String> {
+        self.hw.arrive(vm, vcpu, cpu)
     }
 
-    fn make_current(&self, vcpu: &mut VmxVcpuState) -> Result<(), String> {
-        vcpu.make_current().map_err(|e| alloc::format!("{e}"))
+    fn make_current(&self, vcpu: &mut H::Vcpu) -> Result<(), String> {
+        self.hw.make_current(vcpu)
     }
 
-    fn clear(&self, vcpu: &mut VmxVcpuState) {
-        vcpu.clear();
+    fn clear(&self, vcpu: &mut H::Vcpu) {
+        self.hw.clear(vcpu);
     }
 
     fn save_switched(&self, vcpu: &mut Vcpu<Self>) {
-        vcpu.hw.save_switched(&self.hw);
+        self.hw.save_switched(vcpu);
     }
 
     fn load_switched(&self, vcpu: &mut Vcpu<Self>) {
-        vcpu.hw.load_switched(&self.hw, vcpu.model.xcr0);
+        self.hw.load_switched(&mut vcpu.hw, vcpu.model.xcr0);
     }
 
-    fn set_slice(&self, vcpu: &mut VmxVcpuState, ticks: u64) -> Result<(), String> {
-        vcpu.set_slice(&self.hw, ticks)
-            .map_err(|e| alloc::format!("VMCS access failed: {e}"))
+    fn set_slice(&self, vcpu: &mut H::Vcpu, ticks: u64) -> Result<(), String> {
+        self.hw.set_slice(vcpu, ticks)
     }
 
     #[inline]
-    fn enter(&self, vcpu: &mut VmxVcpuState) -> Result<Exit, Box<StopReason>> {
-        vcpu.enter()
+    fn enter(&self, vcpu: &mut H::Vcpu) -> Result<Exit, Box<StopReason>> {
+        self.hw.enter(vcpu)
     }
 
     #[inline]
     fn handle(&self, vm: &Vm<Self>, vcpu: &mut Vcpu<Self>, exit: &Exit) -> Outcome {
-        // The hottest exit takes no lock.
-        if let Exit::Cpuid = exit {
-            return crate::vtx::vm::cpuid(&mut vcpu.hw, &mut vcpu.model);
-        }
-        crate::vtx::vm::handle(
-            &self.hw,
-            &vm.hw,
-            &mut vcpu.hw,
-            &mut vcpu.model,
-            &mut vm.devices(),
-            exit,
-        )
+        self.hw.handle(vm, vcpu, exit)
     }
 
     fn deliver_interrupt(
@@ -431,17 +517,11 @@ impl Backend for VtxBackend {
         vcpu: &mut Vcpu<Self>,
         now: u64,
     ) -> Result<(), StopReason> {
-        crate::vtx::vm::deliver_interrupt(
-            &vm.name,
-            &mut vcpu.hw,
-            &mut vcpu.model,
-            &mut vm.devices(),
-            now,
-        )
+        self.hw.deliver_interrupt(vm, vcpu, now)
     }
 
-    fn rip(&self, vcpu: &VmxVcpuState) -> u64 {
-        vcpu.rip()
+    fn rip(&self, vcpu: &H::Vcpu) -> u64 {
+        self.hw.rip(vcpu)
     }
 
     fn guest_line(&self, name: &str, line: &str) {
@@ -485,12 +565,12 @@ impl Backend for VtxBackend {
         crate::serial_console::history(index)
     }
 
-    fn registers(&self, vcpu: &mut VmxVcpuState) -> console::RegisterSnapshot {
-        vcpu.snapshot()
+    fn registers(&self, vcpu: &mut H::Vcpu) -> console::RegisterSnapshot {
+        self.hw.registers(vcpu)
     }
 
-    fn read_memory(&self, vm: &VmxVm, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
-        vm.read_memory(gpa, buf)
+    fn read_memory(&self, vm: &H::Vm, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
+        self.hw.read_memory(vm, gpa, buf)
     }
 
     fn host_stats(&self) -> console::HostStats {
@@ -512,34 +592,36 @@ impl Backend for VtxBackend {
     }
 }
 
+/// The run in progress, for the application processors to join: its
+/// address and the `join` made for its backend's type.
+struct Joinable {
+    run: usize,
+    join: fn(usize, usize),
+}
+
 /// The run the application processors join, while one is in progress.
-static RUN: AtomicPtr<VtxGuestRun> = AtomicPtr::new(core::ptr::null_mut());
+static RUN: Mutex<Option<Joinable>> = Mutex::new(None);
 /// Bumped for each run, so an AP joins each run once.
 static RUN_GENERATION: AtomicUsize = AtomicUsize::new(0);
 
-/// An application processor's life once it is up with VT-x on: it waits,
-/// halted, for a run of guests to join, runs its share, and at power-off
-/// leaves VMX operation and halts for good.
+/// An application processor's life once it is up with VT-x or AMD-V on:
+/// it waits, halted, for a run of guests to join, runs its share, and at
+/// power-off turns virtualization off and halts for good.
 pub fn ap_main(index: usize) -> ! {
     let mut joined = 0;
     loop {
         if crate::smp::shutting_down() {
-            crate::vtx::disable();
+            crate::virt::disable();
             crate::smp::parked(index);
         }
         let generation = RUN_GENERATION.load(Ordering::Acquire);
-        let run = RUN.load(Ordering::Acquire);
-        if generation != joined && !run.is_null() {
+        let run = RUN.lock().as_ref().map(|r| (r.run, r.join));
+        if let Some((run, join)) = run.filter(|_| generation != joined) {
             joined = generation;
-            // SAFETY: the boot CPU publishes the run before bumping the
+            // The boot CPU publishes the run before bumping the
             // generation and takes it down only after every AP in its CPU
-            // set has counted itself out in `left`, which this one does
-            // last.
-            let run = unsafe { &*run };
-            if run.cpus().sched_id(index).is_some() {
-                run.cpu_loop(index);
-                run.leave();
-            }
+            // set has counted itself out, which `join` does last.
+            join(run, index);
             continue;
         }
         x86_64::instructions::interrupts::enable_and_hlt();

@@ -15,6 +15,7 @@ mod bootcfg;
 mod cpu;
 mod drivers;
 mod gdt;
+mod guest_ram;
 mod guests;
 mod interrupts;
 mod lapic;
@@ -31,6 +32,10 @@ mod tsc;
 // The VT-x backend's hardware half; its pure half is the `vtx` crate
 // (`kernel/vtx`), which this module names as `::vtx`.
 mod vtx;
+// AMD SVM's hardware half; its pure half is the `svm` crate.
+mod svm;
+mod switched;
+mod virt;
 mod wx;
 
 use bootloader_api::config::Mapping;
@@ -69,16 +74,18 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     wx::enforce(boot_info);
     power::init(boot_info.rsdp_addr.into_option(), phys);
 
-    let vtx = cpu::report();
+    let virt = cpu::report();
     selftest::run();
     let tsc_hz = tsc::measure_hz();
     let mut disks = drivers::find_disks(tsc_hz);
     let mut files = bootcfg::open(&mut disks, ramdisk(boot_info));
-    let outcome = files.as_mut().and_then(|f| guests::load_config(&mut **f));
+    let outcome = files
+        .as_mut()
+        .and_then(|f| guests::load_config(&mut **f, virt.as_ref().ok()));
     // After the drivers: they change the shared page tables (uncached
     // device mappings) and flush only this CPU's TLB.
-    start_other_cpus(vtx.as_ref().ok(), tsc_hz);
-    match (vtx, files.as_mut(), outcome) {
+    start_other_cpus(virt.as_ref().ok(), tsc_hz);
+    match (virt, files.as_mut(), outcome) {
         (Ok(caps), Some(files), Some(outcome)) => {
             arch::mask_legacy_pic();
             if let guests::AllStopped::StayUp = guests::run_all(caps, tsc_hz, &mut **files, outcome)
@@ -87,7 +94,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             }
         }
         (Ok(_), _, _) => info!("no guests to run"),
-        (Err(()), _, _) => info!("nothing to do without VT-x"),
+        (Err(()), _, _) => info!("nothing to do without VT-x or AMD-V"),
     }
     power::power_off()
 }
@@ -96,12 +103,13 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 /// VT-x ready` or why it is left out); without a MADT or a usable local
 /// APIC the guests run on this CPU alone. `caps`: this CPU's VT-x, if it
 /// has it.
-fn start_other_cpus(caps: Option<&vtx::Capabilities>, tsc_hz: u64) {
+fn start_other_cpus(caps: Option<&virt::Capabilities>, tsc_hz: u64) {
     if let Err(e) = lapic::init_boot_cpu() {
         log::warn!("smp: {e}; running on cpu0 only");
         return;
     }
     cpu::record_boot_apic_id(lapic::id());
+    lapic::calibrate(tsc_hz);
     serial_console::prepare_irq();
     match power::madt() {
         Ok(madt) => {

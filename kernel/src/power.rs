@@ -94,7 +94,7 @@ pub fn power_off_after_failure() -> ! {
 
 fn shut_down() -> ! {
     x86_64::instructions::interrupts::disable();
-    crate::vtx::disable();
+    crate::virt::disable();
     crate::serial::drain();
     if let Some(Some(info)) = POWER_OFF.get() {
         acpi_s5(info);

@@ -30,7 +30,7 @@ use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use alloc::vec::Vec;
 
-use crate::vtx::Capabilities as VmxCapabilities;
+use crate::virt::Capabilities;
 use acpi::Madt;
 use log::{info, warn};
 use mm::addr::{HostPhysAddr, PAGE_SIZE};
@@ -189,7 +189,7 @@ static STATE: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(DOWN) }; MAX_CPUS];
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 /// The boot CPU's VT-x capabilities: an AP whose own give other controls
 /// runs no guests.
-static BOOT_CAPS: spin::Once<VmxCapabilities> = spin::Once::new();
+static BOOT_CAPS: spin::Once<Capabilities> = spin::Once::new();
 /// The TSC rate, for the APs' own waits.
 static CLOCK_HZ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -221,7 +221,7 @@ unsafe fn patch<T>(page: *mut u8, sym: *const u8, value: T) {
 /// still started, report their own VT-x and halt, so the line for each
 /// CPU says what it is). Returns how many CPUs are ready to run guests,
 /// this one included. `tsc_hz` times the waits.
-pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&VmxCapabilities>) -> usize {
+pub fn start_aps(madt: &Madt, tsc_hz: u64, caps: Option<&Capabilities>) -> usize {
     CLOCK_HZ.store(tsc_hz, Ordering::Relaxed);
     if let Some(caps) = caps {
         BOOT_CAPS.call_once(|| *caps);
@@ -382,16 +382,14 @@ extern "C" fn ap_entry(index: u64) -> ! {
     lapic::enable_this_cpu();
     match cpu::report_ap() {
         Ok(_) if BOOT_CAPS.get().is_none() => {
-            warn!("cpu{index}: runs no guests: cpu0 has no usable VT-x");
-            crate::vtx::disable();
+            warn!("cpu{index}: runs no guests: cpu0 has no usable VT-x or AMD-V");
+            crate::virt::disable();
             STATE[index].store(FAILED, Ordering::Release);
             arch::halt_forever()
         }
         Ok(caps) if !same_controls(&caps) => {
-            warn!(
-                "cpu{index}: left out: its VT-x capabilities give other VMCS controls than cpu0's"
-            );
-            crate::vtx::disable();
+            warn!("cpu{index}: left out: its capabilities give other guest controls than cpu0's");
+            crate::virt::disable();
             STATE[index].store(FAILED, Ordering::Release);
             arch::halt_forever()
         }
@@ -400,7 +398,7 @@ extern "C" fn ap_entry(index: u64) -> ! {
             crate::guests::ap_main(index)
         }
         Err(()) => {
-            warn!("cpu{index}: left out: no VT-x, it runs no guests");
+            warn!("cpu{index}: left out: no VT-x or AMD-V, it runs no guests");
             STATE[index].store(FAILED, Ordering::Release);
             arch::halt_forever()
         }
@@ -409,11 +407,11 @@ extern "C" fn ap_entry(index: u64) -> ! {
 
 /// Whether an AP with capabilities `caps` runs guests with the same VMCS
 /// controls, preemption-timer rate and VMCS revision as the boot CPU.
-fn same_controls(caps: &VmxCapabilities) -> bool {
+fn same_controls(caps: &Capabilities) -> bool {
     let Some(boot) = BOOT_CAPS.get() else {
         return false;
     };
-    crate::vtx::same_guest_controls(caps, boot)
+    crate::virt::same_guest_controls(caps, boot)
 }
 
 /// The numbers of the CPUs up with VT-x on, the boot CPU first.

@@ -14,12 +14,12 @@ use core::fmt;
 
 use ::vtx::setup::{self, VmcsLinks};
 use ::vtx::{CrPolicy, VmxVcpu};
-use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use addr::{GuestPhysAddr, HostPhysAddr};
 use loader::entry::EntryState;
 use loader::{GuestMemory, LoadError, LoadedImage};
 use log::debug;
 use mm::MmError;
-use vcpu::exit::{handle_cpuid, handle_exit, Exit, Outcome, Platform, VcpuModel};
+use vcpu::exit::{handle_cpuid, handle_exit, Exit, Outcome, VcpuModel};
 use vcpu::stop::StopReason;
 use vcpu::vm::{self as vm_devices, VmDevices};
 use vmx::bitmaps::{IoBitmaps, MsrBitmap};
@@ -31,10 +31,9 @@ use vmx::instructions::{self as hw, HardwareVmcs, InveptType, InvvpidType};
 use vmx::regs::GuestRegisters;
 use vmx::vmcs::{Guest32, GuestNatural, Host16, Host32, Host64, HostNatural, VmcsAccess};
 
+use crate::guest_ram::{fill_frame, GuestRam, RamPlatform};
+use crate::switched::SwitchedState;
 use crate::{arch, gdt, memory};
-
-/// The largest block guest RAM is taken in: 2^18 frames (1 GiB).
-const MAX_RAM_ORDER: u8 = 18;
 
 /// What every guest shares on every CPU: the capabilities, the computed
 /// controls, the XSAVE layout and the preemption-timer rate.
@@ -50,27 +49,12 @@ pub struct VmxSettings {
     pub timer_shift: u8,
 }
 
-/// The bytes of a vCPU's extended-state save area on this CPU: the XSAVE
-/// area for every supported component (CPUID.(EAX=0DH,ECX=0):ECX), or the
-/// 512-byte FXSAVE image without XSAVE.
-pub fn save_area_bytes() -> u64 {
-    if arch::cpuid(1, 0).ecx & (1 << 26) == 0 {
-        return 512;
-    }
-    u64::from(arch::cpuid(0xD, 0).ecx).max(512)
-}
-
 impl VmxSettings {
     /// Computes the shared settings and turns on CR4.OSXSAVE/OSFXSR, so the
     /// host can switch guests' extended state.
     pub fn new(caps: VmxCapabilities) -> Result<Self, vmx::execution::ControlError> {
         let controls = GuestControls::compute(&caps)?;
-        let leaf1 = arch::cpuid(1, 0);
-        let has_xsave = leaf1.ecx & (1 << 26) != 0;
-        let xsave = has_xsave.then(|| {
-            let d = arch::cpuid(0xD, 0);
-            (d.ecx as usize, u64::from(d.eax) | (u64::from(d.edx) << 32))
-        });
+        let xsave = crate::switched::xsave_layout();
         let hw = Self {
             caps,
             controls,
@@ -84,15 +68,7 @@ impl VmxSettings {
     /// Turns on CR4.OSXSAVE/OSFXSR on the calling CPU, so it can switch
     /// guests' extended state. Every CPU that runs guests calls it once.
     pub fn prepare_this_cpu(&self) {
-        // SAFETY: OSFXSR (bit 9) and, with XSAVE, OSXSAVE (bit 18) only
-        // allow FXSAVE/XSAVE and the vector instructions; the host never
-        // executes vector code (soft-float target), and VMX permits both
-        // bits.
-        unsafe {
-            let cr4 = hw::read_cr4();
-            let bits = (1 << 9) | if self.xsave.is_some() { 1 << 18 } else { 0 };
-            hw::write_cr4(cr4 | bits);
-        }
+        crate::switched::prepare_this_cpu(self.xsave);
     }
 
     /// The XCR0 bits guests may set.
@@ -147,165 +123,6 @@ impl TableFrames for KernelFrames {
     }
 }
 
-/// One naturally aligned block of guest RAM.
-#[derive(Clone, Copy)]
-struct Chunk {
-    gpa: u64,
-    hpa: HostPhysAddr,
-    order: u8,
-}
-
-impl Chunk {
-    fn len(&self) -> u64 {
-        PAGE_SIZE << self.order
-    }
-}
-
-/// A guest's RAM: guest-physical `0..size` in naturally aligned blocks, the
-/// largest the allocator has, so EPT can use large pages.
-struct GuestRam {
-    chunks: Vec<Chunk>,
-    size: u64,
-}
-
-impl GuestRam {
-    fn alloc(size: u64) -> Result<Self, MmError> {
-        let mut ram = GuestRam {
-            chunks: Vec::new(),
-            size: 0,
-        };
-        let mut gpa = 0u64;
-        while gpa < size {
-            let remaining = size - gpa;
-            // The largest block that fits the rest and keeps guest and host
-            // addresses equally aligned.
-            let mut order = MAX_RAM_ORDER;
-            while order > 0
-                && ((PAGE_SIZE << order) > remaining || !gpa.is_multiple_of(PAGE_SIZE << order))
-            {
-                order -= 1;
-            }
-            let hpa = loop {
-                match memory::alloc_block(order) {
-                    Ok(hpa) => break hpa,
-                    Err(_) if order > 0 => order -= 1,
-                    Err(e) => {
-                        ram.free();
-                        return Err(e);
-                    }
-                }
-            };
-            let chunk = Chunk { gpa, hpa, order };
-            // SAFETY: the block was just taken from the allocator, is mapped
-            // at `phys().ptr` and is `chunk.len()` bytes long.
-            unsafe { core::ptr::write_bytes(memory::phys().ptr(hpa), 0, chunk.len() as usize) };
-            ram.chunks.push(chunk);
-            gpa += chunk.len();
-        }
-        ram.size = size;
-        Ok(ram)
-    }
-
-    /// The chunk holding `gpa` and the offset in it.
-    fn find(&self, gpa: u64) -> Option<(&Chunk, u64)> {
-        self.chunks
-            .iter()
-            .find(|c| (c.gpa..c.gpa + c.len()).contains(&gpa))
-            .map(|c| (c, gpa - c.gpa))
-    }
-
-    /// Copies between guest RAM at `gpa` and the host, `len` bytes, calling
-    /// `f(host pointer, offset in the copy, length)` per piece; false if any
-    /// byte is outside RAM.
-    fn pieces(&self, gpa: u64, len: u64, mut f: impl FnMut(*mut u8, usize, usize)) -> bool {
-        let Some(end) = gpa.checked_add(len) else {
-            return false;
-        };
-        if end > self.size {
-            return false;
-        }
-        let mut at = gpa;
-        while at < end {
-            let Some((chunk, offset)) = self.find(at) else {
-                return false;
-            };
-            let n = (chunk.len() - offset).min(end - at);
-            let ptr = memory::phys().ptr(chunk.hpa).wrapping_add(offset as usize);
-            f(ptr, (at - gpa) as usize, n as usize);
-            at += n;
-        }
-        true
-    }
-
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let dst = buf.as_mut_ptr();
-        let len = buf.len();
-        self.pieces(gpa, len as u64, |src, off, n| {
-            // SAFETY: `src..src+n` is guest RAM inside one block this guest
-            // owns, mapped at `phys().ptr`; `off + n <= len`, so the
-            // destination is inside `buf`. Guest RAM may change under a
-            // running guest, but this CPU runs it, and it is not running.
-            unsafe { core::ptr::copy_nonoverlapping(src, dst.add(off), n) }
-        })
-    }
-
-    /// Copies `bytes` into guest RAM at `gpa`; false, and nothing
-    /// written, if any byte is outside RAM. Guest RAM is reached through
-    /// the physical-memory window, not through `self`, so a shared
-    /// reference is enough (the exit handlers hold one).
-    fn write_from(&self, gpa: u64, bytes: &[u8]) -> bool {
-        let src = bytes.as_ptr();
-        self.pieces(gpa, bytes.len() as u64, |dst, off, n| {
-            // SAFETY: as in `read`, the other way round: `dst..dst+n` is
-            // guest RAM this guest owns, `off + n <= bytes.len()`, and the
-            // guest, whose RAM it is, is not running on any CPU (this one
-            // runs its only vCPU's exit).
-            unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
-        })
-    }
-
-    fn free(&mut self) {
-        for chunk in self.chunks.drain(..) {
-            if let Err(e) = memory::free_block(chunk.hpa, chunk.order) {
-                log::error!("guest RAM: giving back {} failed: {e}", chunk.hpa);
-            }
-        }
-    }
-}
-
-impl GuestMemory for GuestRam {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn write(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> Result<(), LoadError> {
-        if self.write_from(gpa.as_u64(), bytes) {
-            Ok(())
-        } else {
-            Err(LoadError::OutsideRam {
-                at: gpa,
-                len: bytes.len() as u64,
-                ram: self.size,
-            })
-        }
-    }
-}
-
-/// Guest state that is neither in the VMCS nor the GPR file, and that the
-/// host never uses: it stays in the CPU across exits and is moved only
-/// when another vCPU is switched in.
-struct SwitchedState {
-    /// The XSAVE (or FXSAVE) area: at first the power-on image
-    /// (`setup::init_save_area`), which XRSTOR or FXRSTOR loads.
-    area: HostPhysAddr,
-    area_order: u8,
-    cr2: u64,
-    debug: [u64; 5],
-    msrs: [u64; SWITCHED_MSR_COUNT],
-}
-
-const SWITCHED_MSR_COUNT: usize = vcpu::msr::SWITCHED_MSRS.len();
-
 /// A VM under VT-x: its RAM and EPT, and the I/O and MSR bitmaps its
 /// vCPUs share.
 pub struct VmxVm {
@@ -349,15 +166,6 @@ unsafe impl Send for VmxVcpuState {}
 // handlers through physical pointers, as the guest's own vCPUs write it,
 // and never holds host data structures. Destruction takes `&mut`.
 unsafe impl Sync for VmxVm {}
-
-/// Copies `bytes` into frame `frame`.
-fn fill_frame(frame: HostPhysAddr, bytes: &[u8; 4096]) {
-    // SAFETY: the frame is one this module allocated and owns, mapped
-    // writable at `phys().ptr`, 4096 bytes long.
-    unsafe {
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), memory::phys().ptr(frame), bytes.len())
-    }
-}
 
 /// A VM and its vCPUs, as [`Guest::create`] makes them.
 pub struct Guest {
@@ -487,13 +295,7 @@ impl VmxVcpuState {
                 cr0_fixed: hw.caps.cr0_fixed,
                 cr4_fixed: hw.caps.cr4_fixed,
             },
-            switched: SwitchedState {
-                area: HostPhysAddr::new(0),
-                area_order: 0,
-                cr2: 0,
-                debug: setup::initial_debug_registers(),
-                msrs: [0; SWITCHED_MSR_COUNT],
-            },
+            switched: SwitchedState::new(vcpu::msr::SWITCHED_MSRS),
             vpid: hw.controls.vpid.then_some(vpid),
             eptp: 0,
         }
@@ -510,29 +312,7 @@ impl VmxVcpuState {
         tsc_offset: u64,
     ) -> Result<(), CreateError> {
         let vcpu = self;
-        let area_size = hw.xsave.map_or(512, |(size, _)| size).max(512);
-        let order = (area_size as u64)
-            .div_ceil(PAGE_SIZE)
-            .next_power_of_two()
-            .trailing_zeros() as u8;
-        let area = memory::alloc_block(order).map_err(CreateError::Memory)?;
-        // SAFETY: the block was just allocated, is mapped and 2^order frames
-        // long.
-        unsafe {
-            core::ptr::write_bytes(memory::phys().ptr(area), 0, (PAGE_SIZE << order) as usize)
-        };
-        vcpu.switched.area = area;
-        vcpu.switched.area_order = order;
-        // The power-on x87/SSE image, for FXRSTOR and XRSTOR alike: with a
-        // zeroed image XRSTOR would load MXCSR = 0 (every SIMD exception
-        // unmasked), since its standard form loads MXCSR whatever
-        // XSTATE_BV says.
-        // SAFETY: the block was just allocated and zeroed, is mapped at
-        // `phys().ptr` and at least 4 KiB long, more than the image.
-        let image = unsafe {
-            core::slice::from_raw_parts_mut(memory::phys().ptr(area), setup::SAVE_AREA_INIT_LEN)
-        };
-        setup::init_save_area(image);
+        vcpu.switched.alloc(hw.xsave).map_err(CreateError::Memory)?;
 
         vcpu.vmcs = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
         let revision = hw.caps.basic.revision_id & 0x7FFF_FFFF;
@@ -674,51 +454,12 @@ impl VmxVcpuState {
     /// the restore run with every supported component enabled and the
     /// incoming guest's XCR0 is loaded afterwards.
     pub fn save_switched(&mut self, hw: &VmxSettings) {
-        let area = memory::phys().ptr(self.switched.area);
-        // SAFETY: CR4.OSXSAVE/OSFXSR were set by `VmxSettings::new`; the area
-        // is this guest's block, large enough for every supported
-        // component (CPUID.(EAX=0DH,ECX=0):ECX) and page aligned; XCR0 gets
-        // only supported bits.
-        unsafe {
-            if hw.xsave.is_some() {
-                arch::xsetbv(hw.xcr0_supported());
-                arch::xsave(area);
-            } else {
-                arch::fxsave(area);
-            }
-        }
-        self.switched.cr2 = arch::read_cr2();
-        self.switched.debug = arch::read_debug_registers();
-        for (slot, &msr) in self.switched.msrs.iter_mut().zip(vcpu::msr::SWITCHED_MSRS) {
-            // SAFETY: the switched MSRs exist on every CPU with long mode
-            // and VMX (TSC_AUX with RDTSCP, which Bochs and real CPUs with
-            // unrestricted guest have).
-            *slot = unsafe { arch::rdmsr(msr) };
-        }
+        self.switched.save(hw.xsave);
     }
 
     /// Loads this guest's switched state (it is coming onto the CPU).
     pub fn load_switched(&self, hw: &VmxSettings, xcr0: u64) {
-        let area = memory::phys().ptr(self.switched.area);
-        // SAFETY: as in `save_switched`; the area holds a zeroed or saved
-        // image; the guest's XCR0 was validated when it set it.
-        unsafe {
-            if hw.xsave.is_some() {
-                arch::xsetbv(hw.xcr0_supported());
-                arch::xrstor(area);
-                arch::xsetbv(xcr0);
-            } else {
-                arch::fxrstor(area);
-            }
-            arch::write_cr2(self.switched.cr2);
-            arch::write_debug_registers(self.switched.debug);
-        }
-        for (&value, &msr) in self.switched.msrs.iter().zip(vcpu::msr::SWITCHED_MSRS) {
-            // SAFETY: as in `save_switched`; the host uses none of these
-            // (no SYSCALL, SWAPGS or RDTSCP in the hypervisor). A value the
-            // guest could write is one the CPU accepted from it.
-            unsafe { arch::wrmsr(msr, value) };
-        }
+        self.switched.load(hw.xsave, xcr0);
     }
 }
 
@@ -741,10 +482,7 @@ pub fn destroy_vcpu(vm: &VmxVm, vcpu: &mut VmxVcpuState) {
         // VPID is reused.
         let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
     }
-    if vcpu.switched.area.as_u64() != 0 {
-        let _ = memory::free_block(vcpu.switched.area, vcpu.switched.area_order);
-        vcpu.switched.area = HostPhysAddr::new(0);
-    }
+    vcpu.switched.free();
 }
 
 /// Gives back a VM's frames once its vCPUs are destroyed: RAM, EPT
@@ -808,14 +546,6 @@ fn write_host_state(vmcs: &mut HardwareVmcs) -> Result<(), VmFail> {
     vmcs.write(Host64::Pat, pat)?;
     vmcs.write(HostNatural::Rip, hw::vm_exit_address())?;
     Ok(())
-}
-
-/// What the exit handlers reach of the machine, for one guest.
-struct GuestPlatform<'a> {
-    name: &'a str,
-    ram: &'a GuestRam,
-    vpid: Option<u16>,
-    hw: &'a VmxSettings,
 }
 
 impl VmxVcpuState {
@@ -892,11 +622,19 @@ pub fn handle(
     if let Exit::Cpuid = exit {
         return handle_cpuid(&mut access, model, arch::cpuid);
     }
-    let mut platform = GuestPlatform {
+    let vpid = vcpu.vpid;
+    let mut platform = RamPlatform {
         name: &vm.name,
         ram: &vm.ram,
-        vpid: vcpu.vpid,
-        hw,
+        xcr0_supported: hw.xcr0_supported(),
+        flush: || {
+            if let Some(vpid) = vpid {
+                // SAFETY: VMX root operation. Without VPID every VM entry
+                // flushes already; with it, INVVPID single-context drops
+                // this vCPU's cached translations.
+                let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
+            }
+        },
     };
     let outcome = handle_exit(exit, &mut access, model, devices, &mut platform);
     if let Some(cr2) = access.cr2 {
@@ -943,59 +681,11 @@ pub fn deliver_interrupt(
     delivered
 }
 
-impl Platform for GuestPlatform<'_> {
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> vcpu::cpuid::CpuidResult {
-        arch::cpuid(leaf, subleaf)
-    }
-
-    fn xcr0_supported(&self) -> u64 {
-        self.hw.xcr0_supported()
-    }
-
-    fn load_xcr0(&mut self, value: u64) {
-        // SAFETY: the exit handler checked `value` against the supported
-        // bits and the architectural rules; OSXSAVE is on where XSAVE is
-        // (and without XSAVE nothing is supported, so nothing gets here).
-        unsafe { arch::xsetbv(value) }
-    }
-
-    fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
-        self.ram.read(gpa.as_u64(), buf)
-    }
-
-    fn write_guest(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> bool {
-        self.ram.write_from(gpa.as_u64(), bytes)
-    }
-
-    fn ram_size(&self) -> u64 {
-        self.ram.size
-    }
-
-    fn guest_line(&mut self, line: &str) {
-        crate::serial_console::guest_line(self.name, line);
-    }
-
-    fn now(&self) -> u64 {
-        // SAFETY: RDTSC only reads the time-stamp counter.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    }
-
-    fn flush_guest_tlb(&mut self) {
-        if let Some(vpid) = self.vpid {
-            // SAFETY: VMX root operation. Without VPID every VM entry
-            // flushes already; with it, INVVPID single-context drops this
-            // vCPU's cached translations.
-            let _ = unsafe { hw::invvpid(InvvpidType::SingleContext, vpid, 0) };
-        }
-    }
-}
-
 impl VmxVcpuState {
     /// The vCPU's registers for the monitor, read from its VMCS (current
     /// on this CPU, the vCPU not running) and its saved GPRs. CR2 is the
     /// value last saved with the switched state.
     pub fn snapshot(&mut self) -> console::RegisterSnapshot {
-        use vcpu::access::{Gpr, Segment as Seg, VcpuAccess};
         // SAFETY: VMX root operation with this vCPU's VMCS current (the
         // caller made it so).
         let mut vmcs = unsafe { HardwareVmcs::current() };
@@ -1011,40 +701,7 @@ impl VmxVcpuState {
             cr: &self.cr,
             cr2: None,
         };
-        let segment = |seg| {
-            access
-                .segment(seg)
-                .map_or(console::Segment::default(), |s| console::Segment {
-                    selector: s.selector,
-                    base: s.base,
-                    limit: s.limit,
-                    access: s.attributes,
-                })
-        };
-        let mut gprs = [0u64; 16];
-        for (slot, reg) in gprs.iter_mut().zip(Gpr::ALL) {
-            *slot = access.gpr(reg).unwrap_or(0);
-        }
-        console::RegisterSnapshot {
-            gprs,
-            rip: access.rip().unwrap_or(0),
-            rflags: access.rflags().unwrap_or(0),
-            cr0: access.cr0().unwrap_or(0),
-            cr2: self.switched.cr2,
-            cr3: access.cr3().unwrap_or(0),
-            cr4: access.cr4().unwrap_or(0),
-            efer: access.efer().unwrap_or(0),
-            cs: segment(Seg::Cs),
-            ds: segment(Seg::Ds),
-            es: segment(Seg::Es),
-            fs: segment(Seg::Fs),
-            gs: segment(Seg::Gs),
-            ss: segment(Seg::Ss),
-            tr: segment(Seg::Tr),
-            ldtr: segment(Seg::Ldtr),
-            gdtr,
-            idtr,
-        }
+        crate::guest_ram::register_snapshot(&access, self.switched.cr2, gdtr, idtr)
     }
 }
 
@@ -1059,5 +716,128 @@ impl VmxVm {
                 ram_end: self.ram.size,
             })
         }
+    }
+}
+
+impl crate::guests::Hardware for VmxSettings {
+    type Vm = VmxVm;
+    type Vcpu = VmxVcpuState;
+
+    fn prepare_this_cpu(&self) {
+        VmxSettings::prepare_this_cpu(self);
+    }
+
+    fn end_host_interrupt(&self) {
+        // The exit acknowledged the interrupt ("acknowledge interrupt on
+        // exit"): it is in service. COM1's comes to the boot CPU: serve
+        // the port first.
+        if crate::cpu::current_index() == 0 {
+            crate::serial_console::on_interrupt();
+        }
+        crate::lapic::eoi();
+    }
+
+    fn create_guest(
+        &self,
+        index: usize,
+        name: &str,
+        ram: u64,
+        vcpus: u32,
+        load: &mut dyn FnMut(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
+    ) -> Result<(VmxVm, Vec<VmxVcpuState>), String> {
+        Guest::create(self, name, ram, vcpus, vpid_base(index), load)
+            .map(|g| (g.vm, g.vcpus))
+            .map_err(|e| alloc::format!("{e}"))
+    }
+
+    fn destroy_vcpu(&self, vm: &VmxVm, vcpu: &mut VmxVcpuState) {
+        destroy_vcpu(vm, vcpu);
+    }
+
+    fn destroy_vm(&self, vm: &mut VmxVm) {
+        destroy_vm(vm);
+    }
+
+    fn start_up(&self, vcpu: &mut VmxVcpuState, vector: u8) -> Result<(), String> {
+        vcpu.start_up(self, vector)
+            .map_err(|e| alloc::format!("VMCS access failed at a start-up IPI: {e}"))
+    }
+
+    fn arrive(&self, _vm: &VmxVm, vcpu: &mut VmxVcpuState, _cpu: usize) -> Result<(), String> {
+        vcpu.arrive().map_err(|e| alloc::format!("{e}"))
+    }
+
+    fn make_current(&self, vcpu: &mut VmxVcpuState) -> Result<(), String> {
+        VmxVcpuState::make_current(vcpu).map_err(|e| alloc::format!("{e}"))
+    }
+
+    fn clear(&self, vcpu: &mut VmxVcpuState) {
+        VmxVcpuState::clear(vcpu);
+    }
+
+    fn save_switched(&self, vcpu: &mut run::Vcpu<crate::guests::HostBackend<Self>>) {
+        vcpu.hw.save_switched(self);
+    }
+
+    fn load_switched(&self, vcpu: &mut VmxVcpuState, xcr0: u64) {
+        VmxVcpuState::load_switched(vcpu, self, xcr0);
+    }
+
+    fn set_slice(&self, vcpu: &mut VmxVcpuState, ticks: u64) -> Result<(), String> {
+        VmxVcpuState::set_slice(vcpu, self, ticks)
+            .map_err(|e| alloc::format!("VMCS access failed: {e}"))
+    }
+
+    #[inline]
+    fn enter(&self, vcpu: &mut VmxVcpuState) -> Result<Exit, Box<StopReason>> {
+        VmxVcpuState::enter(vcpu)
+    }
+
+    #[inline]
+    fn handle(
+        &self,
+        vm: &run::Vm<crate::guests::HostBackend<Self>>,
+        vcpu: &mut run::Vcpu<crate::guests::HostBackend<Self>>,
+        exit: &Exit,
+    ) -> Outcome {
+        // The hottest exit takes no lock.
+        if let Exit::Cpuid = exit {
+            return cpuid(&mut vcpu.hw, &mut vcpu.model);
+        }
+        handle(
+            self,
+            &vm.hw,
+            &mut vcpu.hw,
+            &mut vcpu.model,
+            &mut vm.devices(),
+            exit,
+        )
+    }
+
+    fn deliver_interrupt(
+        &self,
+        vm: &run::Vm<crate::guests::HostBackend<Self>>,
+        vcpu: &mut run::Vcpu<crate::guests::HostBackend<Self>>,
+        now: u64,
+    ) -> Result<(), StopReason> {
+        deliver_interrupt(
+            &vm.name,
+            &mut vcpu.hw,
+            &mut vcpu.model,
+            &mut vm.devices(),
+            now,
+        )
+    }
+
+    fn rip(&self, vcpu: &VmxVcpuState) -> u64 {
+        VmxVcpuState::rip(vcpu)
+    }
+
+    fn registers(&self, vcpu: &mut VmxVcpuState) -> console::RegisterSnapshot {
+        vcpu.snapshot()
+    }
+
+    fn read_memory(&self, vm: &VmxVm, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
+        VmxVm::read_memory(vm, gpa, buf)
     }
 }
