@@ -20,6 +20,9 @@ const QEMU_LIMIT: Duration = Duration::from_secs(120);
 /// VT-x ...`), so these tests expect that line; `--engine qemu`'s CPU,
 /// which offers SVM with nested paging, is a different path.
 const QEMU_NO_VIRT: Engine = Engine::Qemu(TcgCpu::NoVirtualization);
+/// QEMU TCG with an AMD CPU that has SVM and nested paging: the SVM
+/// backend's tests.
+const QEMU_SVM: Engine = Engine::Qemu(TcgCpu::Svm);
 
 const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
 
@@ -434,6 +437,71 @@ fn vtx_ready(c: &Checked<'_>) {
         .never("powering off after a failure");
 }
 
+/// The hardware backend a boot ran its guests on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Virt {
+    /// Intel VT-x (Bochs, QEMU+KVM on an Intel host).
+    Vmx,
+    /// AMD SVM (QEMU TCG's `-cpu max`, QEMU+KVM on an AMD host).
+    Svm,
+}
+
+impl Virt {
+    /// The backend `out`'s report says is ready on cpu0 (VT-x when it says
+    /// neither, so the VT-x checks report what is missing).
+    fn of(out: &xtask::runner::BootOutcome) -> Virt {
+        if out.serial.contains("cpu0: AMD-V ready") {
+            Virt::Svm
+        } else {
+            Virt::Vmx
+        }
+    }
+
+    /// The ready line of cpu0.
+    fn ready_line(self) -> &'static str {
+        match self {
+            Virt::Vmx => "cpu0: VT-x ready",
+            Virt::Svm => "cpu0: AMD-V ready",
+        }
+    }
+
+    /// The line cpu0 prints when it turns the backend off at power-off.
+    fn off_line(self) -> &'static str {
+        match self {
+            Virt::Vmx => "cpu0: vmx: VMXOFF done",
+            Virt::Svm => "cpu0: svm: EFER.SVME cleared",
+        }
+    }
+
+    /// The report lines of a CPU with what Ferrovisor needs.
+    fn ready(self, c: &Checked<'_>) {
+        match self {
+            Virt::Vmx => vtx_ready(c),
+            Virt::Svm => svm_ready(c),
+        }
+    }
+}
+
+/// The SVM report lines an AMD CPU with Ferrovisor's needs prints.
+fn svm_ready(c: &Checked<'_>) {
+    common_report(c);
+    c.saw("cpu0: AuthenticAMD")
+        .line(
+            "`cpu0: svm: revision <r>, <n> ASIDs, nested paging: yes, ...`",
+            |l| l.contains("cpu0: svm: revision ") && l.contains("nested paging: yes"),
+        )
+        .in_order(
+            "nested paging: yes",
+            "cpu0: svm: EFER.SVME set, host save area at 0x",
+        )
+        .in_order("EFER.SVME set", "cpu0: AMD-V ready")
+        .never("AMD-V unavailable")
+        .never("VT-x")
+        .in_order("cpu0: AMD-V ready", "powering off")
+        .in_order("powering off", "cpu0: svm: EFER.SVME cleared")
+        .never("powering off after a failure");
+}
+
 /// Bochs emulates VT-x: the report lists EPT and unrestricted guest, VMXON
 /// succeeds, the CPU says ready, VMXOFF precedes power-off, and the machine
 /// powers off through ACPI (Bochs logs the ACPI
@@ -470,13 +538,42 @@ fn bochs_runs_and_contains_the_test_guests() {
         BOCHS_LIMIT,
     );
     let c = Checked::new(&out, "Bochs boot with the test guests");
-    test_guests(&c);
+    test_guests(&c, Virt::Vmx);
     c.exited();
 }
 
-/// What the test guests print wherever VT-x runs them.
-fn test_guests(c: &Checked<'_>) {
-    vtx_ready(c);
+/// The test guests under the SVM backend (QEMU TCG): the same lines as
+/// under VT-x. The hostile guest's VMXON is #UD and its CR4.VMXE #GP on an
+/// AMD CPU too (the first from the CPU, the second from the neutral CR4
+/// rules), and the guests' VMCALL hypercalls work through the #UD
+/// intercept.
+#[test]
+fn qemu_svm_runs_and_contains_the_test_guests() {
+    let out = boot(
+        &Variant::with_guests("test"),
+        QEMU_SVM,
+        Firmware::Bios,
+        QEMU_LIMIT,
+    );
+    let c = Checked::new(&out, "QEMU TCG (SVM) boot with the test guests");
+    test_guests(&c, Virt::Svm);
+    c.exit_code(0);
+}
+
+/// The default guests under SVM, booted by UEFI (OVMF).
+#[test]
+fn qemu_svm_uefi_runs_the_default_guests() {
+    let out = boot(&Variant::default(), QEMU_SVM, Firmware::Uefi, QEMU_LIMIT);
+    let c = Checked::new(&out, "QEMU TCG (SVM) boot by UEFI");
+    svm_ready(&c);
+    guests_run(&c);
+    frames_all_back(&c);
+    c.exit_code(0);
+}
+
+/// What the test guests print wherever VT-x or SVM runs them.
+fn test_guests(c: &Checked<'_>, virt: Virt) {
+    virt.ready(c);
     c.saw("config: loaded 9 guests from disk ");
     for name in [
         "real",
@@ -489,7 +586,7 @@ fn test_guests(c: &Checked<'_>) {
         "cpuid",
         "timer",
     ] {
-        c.in_order("cpu0: VT-x ready", &format!("guest {name}: started"));
+        c.in_order(virt.ready_line(), &format!("guest {name}: started"));
     }
     guests_run(c);
     c.saw("[protected] hello from protected mode")
@@ -526,7 +623,7 @@ fn test_guests(c: &Checked<'_>) {
         .never("[timer] the device's firing count")
         .never("not started");
     frames_all_back(c);
-    c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done");
+    c.in_order("all guests stopped, powering off", virt.off_line());
 }
 
 /// The local APIC where software finds it after reset, and
@@ -611,13 +708,31 @@ fn bochs_the_local_apic_base_follows_the_sdm() {
 /// are skipped, and the valid guest still starts and runs.
 #[test]
 fn bochs_reports_a_broken_config_and_starts_the_valid_guest() {
+    broken_config(
+        Engine::Bochs,
+        BOCHS_LIMIT,
+        "Bochs boot with a broken config",
+    );
+}
+
+/// The same under QEMU TCG with SVM.
+#[test]
+fn qemu_svm_reports_a_broken_config_and_starts_the_valid_guest() {
+    broken_config(
+        QEMU_SVM,
+        QEMU_LIMIT,
+        "QEMU TCG (SVM) boot with a broken config",
+    );
+}
+
+fn broken_config(engine: Engine, limit: Duration, what: &str) {
     let out = boot(
         &Variant::with_guests("broken"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
-        BOCHS_LIMIT,
+        limit,
     );
-    let c = Checked::new(&out, "Bochs boot with a broken config");
+    let c = Checked::new(&out, what);
     c.saw("config: error: hypervisor.toml:6:1: hypervisor: slice_ms 0 is out of range; use 1 to 1000 milliseconds")
         .saw("config: error: hypervisor.toml:20:1: guest 'web': memory \"12Q\" is not a size like 128M")
         .saw("config: error: hypervisor.toml:28:1: guest 'a': kernel \"bzImage\" is not in the config partition")
@@ -871,6 +986,16 @@ fn kvm_smp_guest_starts_its_cpus_by_init_sipi() {
     );
 }
 
+/// The same under QEMU TCG with SVM, on two CPUs.
+#[test]
+fn qemu_svm_smp_guest_starts_its_cpus_by_init_sipi() {
+    smp_guests(
+        QEMU_SVM,
+        QEMU_LIMIT,
+        "QEMU TCG (SVM) boot with two CPUs and the SMP guests",
+    );
+}
+
 fn smp_guests(engine: Engine, limit: Duration, what: &str) {
     let out = boot_smp(
         &Variant::with_guests("smp"),
@@ -880,11 +1005,17 @@ fn smp_guests(engine: Engine, limit: Duration, what: &str) {
         limit,
     );
     let c = Checked::new(&out, what);
-    // 4 MiB: 5 EPT tables and 3 bitmaps, then a VMCS and a one-frame save
-    // area per vCPU.
+    // 4 MiB: under VT-x 5 EPT tables and 3 bitmaps, then a VMCS and a
+    // one-frame save area per vCPU; under SVM 5 nested page tables, the
+    // I/O permission map (a 4-frame block) and the MSR permission map (2
+    // frames), then a VMCB and a save area per vCPU.
+    let (two, four) = match Virt::of(&out) {
+        Virt::Vmx => (48, 64),
+        Virt::Svm => (60, 76),
+    };
     c.saw("config: loaded 2 guests from ")
-        .saw("config: guest smp2: kernel \"smp.bin\", multiboot, 4 MiB + 48 KiB overhead, 2 vCPUs")
-        .saw("config: guest smp4: kernel \"smp.bin\", multiboot, 4 MiB + 64 KiB overhead, 4 vCPUs")
+        .saw(&format!("config: guest smp2: kernel \"smp.bin\", multiboot, 4 MiB + {two} KiB overhead, 2 vCPUs"))
+        .saw(&format!("config: guest smp4: kernel \"smp.bin\", multiboot, 4 MiB + {four} KiB overhead, 4 vCPUs"))
         .saw("smp: 2 of 2 CPUs ready to run guests")
         .never("] smp: FAILED")
         .never("FATAL");
@@ -926,8 +1057,11 @@ fn smp_guests(engine: Engine, limit: Duration, what: &str) {
             );
     }
     frames_all_back(&c);
-    c.in_order("all guests stopped, powering off", "cpu0: vmx: VMXOFF done")
-        .exited();
+    c.in_order(
+        "all guests stopped, powering off",
+        Virt::of(&out).off_line(),
+    )
+    .exited();
 }
 
 /// `<prefix><M> ticks average <A> ticks` (the SMP guest's IPI timing):
@@ -1046,17 +1180,44 @@ fn linux_selfcheck_with(
 /// through ACPI S5, which stops that guest with "powered off".
 #[test]
 fn bochs_boots_the_small_linux_kernel_to_its_self_check() {
+    small_linux(
+        Engine::Bochs,
+        BOCHS_LIMIT,
+        "Bochs boot of the small Linux kernel",
+    );
+}
+
+/// The same under QEMU TCG with SVM. The guest's CPUID is the AMD CPU's,
+/// which has no TSC-deadline timer, so Linux uses the local APIC timer in
+/// one-shot mode; and Linux takes the TSC's rate from CPUID leaf 15H only
+/// on Intel CPUs, so here it calibrates against the PIT, which fails under
+/// TCG (each PIT read is an exit that takes real time) and leaves it on
+/// jiffies: the self-check's timing runs on the guest's own interrupts
+/// either way.
+#[test]
+fn qemu_svm_boots_the_small_linux_kernel_to_its_self_check() {
+    small_linux(
+        QEMU_SVM,
+        QEMU_LIMIT,
+        "QEMU TCG (SVM) boot of the small Linux kernel",
+    );
+}
+
+fn small_linux(engine: Engine, limit: Duration, what: &str) {
     let out = boot(
         &Variant::with_guests("linux"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
-        BOCHS_LIMIT,
+        limit,
     );
-    let c = Checked::new(&out, "Bochs boot of the small Linux kernel");
-    vtx_ready(&c);
+    let c = Checked::new(&out, what);
+    let virt = Virt::of(&out);
+    virt.ready(&c);
+    if virt == Virt::Vmx {
+        c.saw("] TSC deadline timer available");
+    }
     // (Kernel messages carry their printk time after the guest's prefix.)
     c.saw("] ACPI: RSDP 0x00000000000E0000")
-        .saw("] TSC deadline timer available")
         .saw("] ACPI: Using IOAPIC for interrupt routing")
         .saw("] serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A")
         .never("Marking clocksource 'tsc' as unstable")
@@ -1079,16 +1240,31 @@ fn bochs_boots_the_small_linux_kernel_to_its_self_check() {
 /// guest's CPUs, the guest's TSC agrees between its vCPUs, no CPU stalls,
 /// and the guest powers off through ACPI S5 with every frame back.
 fn small_linux_smp(config: &str, vcpus: u32, cpus: u32) {
+    small_linux_smp_on(Engine::Bochs, BOCHS_LIMIT, config, vcpus, cpus);
+}
+
+/// [`small_linux_smp`] under `engine`. Under SVM on QEMU TCG Linux marks
+/// the TSC unstable at boot (see
+/// `qemu_svm_boots_the_small_linux_kernel_to_its_self_check`), so the
+/// check that its vCPUs' TSCs agree is VT-x's only.
+fn small_linux_smp_on(engine: Engine, limit: Duration, config: &str, vcpus: u32, cpus: u32) {
     let out = boot_smp(
         &Variant::with_guests(config),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
         cpus,
-        BOCHS_LIMIT,
+        limit,
     );
-    let what = format!("Bochs boot of the small Linux kernel with {vcpus} vCPUs on {cpus} CPU(s)");
+    let what = format!(
+        "{} boot of the small Linux kernel with {vcpus} vCPUs on {cpus} CPU(s)",
+        engine.name()
+    );
     let c = Checked::new(&out, &what);
-    vtx_ready(&c);
+    let virt = Virt::of(&out);
+    virt.ready(&c);
+    if virt == Virt::Vmx {
+        c.never("Marking TSC unstable");
+    }
     c.line(
         &format!(
             "`config: guest linux: ... {vcpus} vCPUs, cmdline \"... fv.parallel={vcpus} ...\"`"
@@ -1106,7 +1282,6 @@ fn small_linux_smp(config: &str, vcpus: u32, cpus: u32) {
     )
     .never("[linux] selfcheck: parallel ignored")
     .never(&format!("[linux] selfcheck: parallel {vcpus} failed"))
-    .never("Marking TSC unstable")
     .never("Marking clocksource 'tsc' as unstable")
     .never("soft lockup")
     .never("stall on CPU")
@@ -1162,6 +1337,12 @@ fn bochs_small_linux_boots_with_two_vcpus_on_one_cpu() {
 #[test]
 fn bochs_small_linux_boots_with_four_vcpus_on_two_cpus() {
     small_linux_smp("linux-smp4", 4, 2);
+}
+
+/// Four vCPUs of the small kernel on two CPUs under QEMU TCG with SVM.
+#[test]
+fn qemu_svm_small_linux_boots_with_four_vcpus_on_two_cpus() {
+    small_linux_smp_on(QEMU_SVM, QEMU_LIMIT, "linux-smp4", 4, 2);
 }
 
 /// Debian 12's own kernel, unmodified and given only `console=ttyS0`,
@@ -1298,7 +1479,7 @@ fn frames_all_back(c: &Checked<'_>) {
 fn kvm_reports_vtx_with_ept_and_powers_off() {
     let out = boot(&Variant::default(), Engine::Kvm, Firmware::Bios, QEMU_LIMIT);
     let c = Checked::new(&out, "QEMU+KVM boot");
-    vtx_ready(&c);
+    Virt::of(&out).ready(&c);
     guests_run(&c);
     frames_all_back(&c);
     c.exit_code(0);
@@ -1315,7 +1496,7 @@ fn kvm_runs_and_contains_the_test_guests() {
         QEMU_LIMIT,
     );
     let c = Checked::new(&out, "QEMU+KVM boot with the test guests");
-    test_guests(&c);
+    test_guests(&c, Virt::of(&out));
     c.exit_code(0);
 }
 
@@ -1663,16 +1844,30 @@ fn console_monitor(engine: Engine, what: &str) {
 /// guest and replays its output, and powers the machine off.
 #[test]
 fn bochs_console_types_into_a_linux_shell() {
-    let what = "Bochs console: a Linux shell";
+    linux_shell(Engine::Bochs, BOCHS_LIMIT, "Bochs console: a Linux shell");
+}
+
+/// The same under QEMU TCG with SVM: the issue's "a Linux shell under
+/// AMD-V".
+#[test]
+fn qemu_svm_console_types_into_a_linux_shell() {
+    linux_shell(
+        QEMU_SVM,
+        QEMU_LIMIT,
+        "QEMU TCG (SVM) console: a Linux shell",
+    );
+}
+
+fn linux_shell(engine: Engine, limit: Duration, what: &str) {
     let mut m = start(
         &Variant::with_guests("console-linux"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
-        BOCHS_LIMIT,
+        limit,
         what,
     );
-    m.wait_for("[echo] echo: ready, type a line", BOCHS_LIMIT)
-        .wait_for("[linux] ferrovisor-linux: ready tsc ", BOCHS_LIMIT)
+    m.wait_for("[echo] echo: ready, type a line", limit)
+        .wait_for("[linux] ferrovisor-linux: ready tsc ", limit)
         .send(HOTKEY_3)
         .wait_for(
             "console: input goes to linux (ctrl-a 3 times switches)",
@@ -1680,7 +1875,7 @@ fn bochs_console_types_into_a_linux_shell() {
         )
         // The shell's answer differs from the line it echoes.
         .send(b"echo fv-$((6*7))-ok\r")
-        .wait_for("fv-42-ok", BOCHS_LIMIT)
+        .wait_for("fv-42-ok", limit)
         .send(HOTKEY_3)
         .wait_for("console: input goes to echo ", ANSWER)
         .send(HOTKEY_3)
