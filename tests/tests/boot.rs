@@ -809,13 +809,34 @@ fn bochs_string_io_works_like_hardware() {
 /// held nobody up, and is stopped once nothing else can run.
 #[test]
 fn bochs_shares_one_cpu_fairly_between_busy_guests() {
+    shares_one_cpu(
+        Engine::Bochs,
+        BOCHS_LIMIT,
+        "Bochs boot with three busy guests and an idle one",
+    );
+}
+
+/// The same under SVM, with QEMU's time counted in instructions so that
+/// slices are as long in guest work as under Bochs and every run is the
+/// same (with QEMU's real-time clock a busy guest's 20 rounds fit in a few
+/// slices, and the shares would follow the host's load).
+#[test]
+fn qemu_svm_shares_one_cpu_fairly_between_busy_guests() {
+    shares_one_cpu(
+        Engine::Qemu(TcgCpu::SvmCounted),
+        QEMU_LIMIT,
+        "QEMU TCG (SVM, -icount) boot with three busy guests and an idle one",
+    );
+}
+
+fn shares_one_cpu(engine: Engine, limit: Duration, what: &str) {
     let out = boot(
         &Variant::with_guests("sched"),
-        Engine::Bochs,
+        engine,
         Firmware::Bios,
-        BOCHS_LIMIT,
+        limit,
     );
-    let c = Checked::new(&out, "Bochs boot with three busy guests and an idle one");
+    let c = Checked::new(&out, what);
     c.saw("[idle] idling with interrupts on")
         .in_order("[spin1] progress 1", "[spin2] progress 1")
         .in_order("[spin2] progress 1", "[spin3] progress 1")
@@ -852,7 +873,15 @@ fn bochs_shares_one_cpu_fairly_between_busy_guests() {
         })
         .sum();
     let (idle_ticks, idle_slices) = ran(&out, "idle").expect("a `guest idle: ran` line");
-    assert_eq!(idle_slices, 1, "the idle guest ran more than once");
+    // Its line (25 COM1 exits) fits in one slice under Bochs; under QEMU
+    // TCG each SVM exit costs thousands of emulated instructions (the
+    // world switch, the host's exit path), so the line may take the rest
+    // of a second slice before the guest halts.
+    let most = if engine == Engine::Bochs { 1 } else { 2 };
+    assert!(
+        idle_slices <= most,
+        "the idle guest ran {idle_slices} slices, more than {most}"
+    );
     assert!(
         idle_ticks * 100 < total,
         "the idle guest cost {idle_ticks} ticks of {total}"

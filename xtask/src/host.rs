@@ -32,16 +32,18 @@ pub enum Request {
 }
 
 impl Request {
-    /// Parses `auto`, `qemu`, `qemu-novirt`, `kvm` or `bochs`.
+    /// Parses `auto`, `qemu`, `qemu-icount`, `qemu-novirt`, `kvm` or
+    /// `bochs`.
     pub fn parse(s: &str) -> Result<Request, String> {
         match s {
             "auto" => Ok(Request::Auto),
             "qemu" => Ok(Request::Engine(Engine::Qemu(TcgCpu::Svm))),
             "qemu-novirt" => Ok(Request::Engine(Engine::Qemu(TcgCpu::NoVirtualization))),
+            "qemu-icount" => Ok(Request::Engine(Engine::Qemu(TcgCpu::SvmCounted))),
             "kvm" => Ok(Request::Engine(Engine::Kvm)),
             "bochs" => Ok(Request::Engine(Engine::Bochs)),
             other => Err(format!(
-                "--engine takes auto, qemu, qemu-novirt, kvm or bochs, not {other:?}"
+                "--engine takes auto, qemu, qemu-icount, qemu-novirt, kvm or bochs, not {other:?}"
             )),
         }
     }
@@ -635,6 +637,7 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
         for (name, engine) in [
             ("qemu", Engine::Qemu(TcgCpu::Svm)),
             ("qemu-novirt", Engine::Qemu(TcgCpu::NoVirtualization)),
+            ("qemu-icount", Engine::Qemu(TcgCpu::SvmCounted)),
             ("bochs", Engine::Bochs),
         ] {
             assert_eq!(
@@ -653,7 +656,7 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
         let err = choose_str("vmware", &facts).unwrap_err();
         assert_eq!(
             err,
-            "--engine takes auto, qemu, qemu-novirt, kvm or bochs, not \"vmware\""
+            "--engine takes auto, qemu, qemu-icount, qemu-novirt, kvm or bochs, not \"vmware\""
         );
     }
 }

@@ -24,8 +24,11 @@ commands:
            the FERROCFG config partition)   [--log LEVEL] [--config DIR]
                                             [--selftest NAME]
   run      build, then boot the image with the serial console on this terminal
-             --engine auto|qemu|kvm|bochs   (default auto: QEMU+KVM when this host
-                                             offers nested VT-x, else Bochs)
+             --engine auto|qemu|qemu-icount|qemu-novirt|kvm|bochs
+                            (default auto: QEMU+KVM when this host offers
+                            nested VT-x or SVM, else Bochs; qemu: TCG with
+                            SVM; qemu-icount: the same, time counted in
+                            instructions; qemu-novirt: no virtualization)
              --firmware bios|uefi           (default bios)
              --cpus N        (default 1)     --memory MIB   (default 512)
              --timeout SECS  (default 60 for QEMU, 900 for Bochs)

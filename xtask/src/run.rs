@@ -34,6 +34,7 @@ const OPTIONS: &[&str] = &[
     "--log",
     "--selftest",
     "--config",
+    "--machine",
 ];
 
 /// Runs `cargo xtask run`.
