@@ -180,6 +180,7 @@ extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
 /// A kick woke this CPU: acknowledge it; the waiting loop looks at the
 /// run queue next.
 extern "x86-interrupt" fn kick(_frame: InterruptStackFrame) {
+    crate::lapic::kicked();
     crate::lapic::eoi();
 }
 

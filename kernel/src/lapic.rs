@@ -197,12 +197,36 @@ pub fn arm_wakeup(deadline: Option<u64>) -> bool {
     true
 }
 
+/// The deadline each CPU's one-shot timer is armed for (0: none, or it
+/// may have fired), so that arming it again for the same deadline, as the
+/// SVM backend does before every entry of a slice, costs no register
+/// writes.
+static ONE_SHOT_AT: [AtomicU64; crate::cpu::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::cpu::MAX_CPUS];
+
+fn one_shot_slot() -> &'static AtomicU64 {
+    &ONE_SHOT_AT[usize::from(crate::cpu::current_index()) % crate::cpu::MAX_CPUS]
+}
+
+/// The calling CPU took an interrupt on the kick vector, which may have
+/// been its timer's: the next [`arm_wakeup`] writes the timer again.
+pub fn kicked() {
+    if !has_tsc_deadline() {
+        one_shot_slot().store(0, Ordering::Relaxed);
+    }
+}
+
 /// [`arm_wakeup`] in one-shot mode.
 fn arm_one_shot(deadline: Option<u64>) -> bool {
     let rate = COUNTS_PER_TSC.load(Ordering::Acquire);
     if rate == 0 {
         return false;
     }
+    let armed = one_shot_slot();
+    if deadline.is_some_and(|at| at == armed.load(Ordering::Relaxed)) {
+        return true;
+    }
+    armed.store(deadline.unwrap_or(0), Ordering::Relaxed);
     match deadline {
         Some(at) => {
             let ticks = at.saturating_sub(crate::guests::rdtsc());
