@@ -27,11 +27,18 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use xtask::build::{self, Firmware, Variant};
-use xtask::runner::{self, BootOptions, Console, Engine, Machine};
+use xtask::runner::{self, BootOptions, Console, Engine, Machine, TcgCpu};
 use xtask::{out_dir, setup, workspace_root};
 
 /// The exit-path target for a CPUID round trip (Bochs ticks).
 const CPUID_TARGET: u64 = 100;
+
+/// QEMU with SVM and time counted in instructions: the engine of the SVM
+/// column.
+const QEMU_SVM_COUNTED: Engine = Engine::Qemu(TcgCpu::SvmCounted);
+/// TSC ticks per instruction under [`QEMU_SVM_COUNTED`] (`-icount
+/// shift=7`: 128 ns an instruction, the TSC counting nanoseconds).
+const ICOUNT_TICKS: u64 = 128;
 
 /// One figure the guest printed: the average of `what`.
 struct Figure {
@@ -75,6 +82,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     setup::ensure_toolchain().map_err(|e| e.to_string())?;
     let mut needs = setup::needs(Engine::Bochs, Firmware::Bios);
     needs.push(setup::Tool::Syslinux);
+    needs.extend(setup::needs(QEMU_SVM_COUNTED, Firmware::Bios));
     let tools = setup::ensure_tools(&needs).map_err(|e| e.to_string())?;
     let variant = Variant::with_guests("bench");
     build::all(&variant).map_err(|e| e.to_string())?;
@@ -96,7 +104,30 @@ pub fn main(args: &[String]) -> Result<(), String> {
             empty.average
         ));
     }
-    let table = table(&empty, &cpuid, &com1);
+    println!(
+        "xtask: running the benchmark guest under QEMU TCG with SVM, time counted in instructions"
+    );
+    let svm = boot_on(&variant, &tools, 1, QEMU_SVM_COUNTED)?;
+    if !svm.saw("guest cpuid: stopped: exited with code 0") {
+        return Err(format!(
+            "the benchmark guest did not finish under SVM; the console was:\n{}",
+            svm.serial
+        ));
+    }
+    let svm_empty = figure(&svm.serial, "empty loop")?;
+    if svm_empty.average != 2 * ICOUNT_TICKS {
+        return Err(format!(
+            "under QEMU -icount the empty loop (2 instructions) took {} ticks an iteration, not {}: \
+             QEMU does not count {ICOUNT_TICKS} ticks per instruction, so its figures mean something else",
+            svm_empty.average,
+            2 * ICOUNT_TICKS
+        ));
+    }
+    let svm_figures = SvmFigures {
+        cpuid: figure(&svm.serial, "cpuid exit")?,
+        com1: figure(&svm.serial, "com1 write exit")?,
+    };
+    let table = table(&empty, &cpuid, &com1, &svm_figures);
     println!("{table}");
 
     let variant = Variant::with_guests("sched");
@@ -178,9 +209,19 @@ fn boot_bochs(
     tools: &xtask::setup::Found,
     cpus: u32,
 ) -> Result<runner::BootOutcome, String> {
+    boot_on(variant, tools, cpus, Engine::Bochs)
+}
+
+/// Boots `variant` under `engine` with `cpus` CPUs.
+fn boot_on(
+    variant: &Variant,
+    tools: &xtask::setup::Found,
+    cpus: u32,
+    engine: Engine,
+) -> Result<runner::BootOutcome, String> {
     let opts = BootOptions {
         machine: Machine::Q35,
-        engine: Engine::Bochs,
+        engine,
         firmware: Firmware::Bios,
         image: variant.image(Firmware::Bios),
         cpus,
@@ -188,9 +229,11 @@ fn boot_bochs(
         timeout: Duration::from_secs(600),
         serial_log: None,
         echo: false,
-        work_dir: out_dir()
-            .join("bench")
-            .join(format!("{}-smp{cpus}", variant.dir_name())),
+        work_dir: out_dir().join("bench").join(format!(
+            "{}-{}-smp{cpus}",
+            variant.dir_name(),
+            engine.name()
+        )),
         console: Console::Output,
     };
     runner::boot(&opts, tools).map_err(|e| e.to_string())
@@ -390,29 +433,44 @@ fn smp_table(one: &str, two: &str) -> String {
     t
 }
 
-fn table(empty: &Figure, cpuid: &Figure, com1: &Figure) -> String {
+/// The SVM column's figures (QEMU TCG, `-icount`), in TSC ticks.
+struct SvmFigures {
+    cpuid: Figure,
+    com1: Figure,
+}
+
+fn table(empty: &Figure, cpuid: &Figure, com1: &Figure, svm: &SvmFigures) -> String {
     let verdict = if cpuid.average <= CPUID_TARGET {
         "met"
     } else {
         "missed"
     };
+    let instructions = |f: &Figure| f.average.div_ceil(ICOUNT_TICKS);
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| figure (Bochs, corei7_skylake_x) | rounds | average, TSC ticks | target |"
+        "| figure | rounds | VT-x (Bochs, corei7_skylake_x), TSC ticks = instructions | SVM (QEMU TCG `-cpu max -icount shift=7`), instructions | target (VT-x) |"
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | --- |");
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | --- |");
     let _ = writeln!(
         t,
-        "| CPUID exit round trip | {} | {} | at most {CPUID_TARGET} ({verdict}) |",
-        cpuid.rounds, cpuid.average
+        "| CPUID exit round trip | {} | {} | {} | at most {CPUID_TARGET} ({verdict}) |",
+        cpuid.rounds,
+        cpuid.average,
+        instructions(&svm.cpuid)
     );
     let _ = writeln!(
         t,
-        "| COM1 write exit round trip (THR, console output included) | {} | {} | — |",
-        com1.rounds, com1.average
+        "| COM1 write exit round trip (THR, console output included) | {} | {} | {} | — |",
+        com1.rounds,
+        com1.average,
+        instructions(&svm.com1)
     );
-    let _ = writeln!(t, "| empty loop iteration (2 instructions; checks 1 tick = 1 instruction) | {} | {} | exactly 2 |", empty.rounds, empty.average);
+    let _ = writeln!(
+        t,
+        "| empty loop iteration (2 instructions; checks the counting) | {} | {} | 2 | exactly 2 |",
+        empty.rounds, empty.average
+    );
     t
 }
 
@@ -441,8 +499,18 @@ fn document(tables: &Tables<'_>) -> String {
          ## VM-exit round trips\n\n\
          The benchmark guest (`guest-images/asm/cpuid_loop.S`) runs alone under Bochs and reads the TSC \
          around 1000 CPUID instructions, 1000 writes to COM1's transmit register and 1000 iterations of an \
-         empty loop; each exit figure has the empty loop's cost taken off.\n\n\
+         empty loop; each exit figure has the empty loop's cost taken off. It runs once under Bochs (VT-x) \
+         and once under QEMU TCG with SVM and `-icount shift=7,sleep=off` (`--engine qemu-icount`).\n\n\
          {table}\n\
+         The SVM column: with `-icount` QEMU's clock follows the instruction count (128 ns an \
+         instruction, and the TSC counts nanoseconds), so the guest's TSC differences divided by 128 \
+         are instructions, guest and host, and the figures are the same on every run (the bench checks \
+         the empty loop at 256 ticks). They are not comparable with real AMD hardware, where VMRUN and \
+         #VMEXIT cost far more than an instruction, nor quite with Bochs: QEMU 7.2's SVM has no NRIP \
+         save, so every CPUID, HLT and MSR exit fetches and measures its instruction through the \
+         guest's page tables, and the slice timer is the local APIC's, armed before every entry. On \
+         CPUs with NRIP save (every Zen) the first goes away. Without `-icount` QEMU's TSC follows the \
+         host's clock and the figures change from run to run.\n\n\
          What a tick is: under Bochs the TSC advances by one for every emulated instruction, guest or host, \
          and VM exit and VM entry themselves add nothing. The empty loop checks this on every run (two \
          instructions, `dec` and `jnz`, take two ticks; the bench fails otherwise), and the figures are the \
