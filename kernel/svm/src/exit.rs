@@ -30,7 +30,9 @@ use vcpu::mmio::decode::CodeSize;
 use vcpu::mmio::walk::{Fetched, RamReader};
 
 use crate::access::SvmVcpu;
-use crate::insn::{instruction_length, mov_cr, outs_segment, Expected};
+use crate::insn::{
+    cr0_write, instruction_length, mov_cr, outs_segment, string_address_size, Cr0Write, Expected,
+};
 use crate::setup::EFER_SVME;
 use crate::vmcb::{EventInjection, EventType, Intercept, SaveSegment, Vmcb};
 
@@ -38,6 +40,8 @@ use crate::vmcb::{EventInjection, EventType, Intercept, SaveSegment, Vmcb};
 pub mod code {
     /// Read of CR8 (CR0..CR15 reads are 0x00..0x0F).
     pub const CR8_READ: u64 = 0x08;
+    /// Write of CR0 (MOV, LMSW, CLTS).
+    pub const CR0_WRITE: u64 = 0x10;
     /// Write of CR4.
     pub const CR4_WRITE: u64 = 0x14;
     /// Write of CR8 (CR0..CR15 writes are 0x10..0x1F).
@@ -204,6 +208,9 @@ pub fn decode_exit(
             mov_cr_exit(vcpu, &mut fetch, 8, raw == code::CR8_WRITE, info1).unwrap_or(unknown)
         }
         code::CR4_WRITE => mov_cr_exit(vcpu, &mut fetch, 4, true, info1).unwrap_or(unknown),
+        code::CR0_WRITE => mov_cr_exit(vcpu, &mut fetch, 0, true, info1)
+            .or_else(|| clts_or_lmsw(vcpu, &mut fetch))
+            .unwrap_or(unknown),
         code::EXCP_UD => undefined_opcode(vcpu, &mut fetch),
         code::NPF => {
             let write = info1 & npf::WRITE != 0;
@@ -334,7 +341,10 @@ fn io(vcpu: &mut SvmVcpu<'_>, fetch: &mut Fetcher<'_, '_>, info1: u64) -> Option
         } else if info1 & ioio::A64 != 0 {
             AddressSize::Bits64
         } else {
-            return None;
+            // QEMU's emulation (7.2) leaves the address-size bits clear:
+            // take it from the instruction.
+            let (bytes, code) = fetch.at_rip(vcpu)?;
+            string_address_size(bytes.as_slice(), code)?
         };
         access.segment = match direction {
             IoDirection::In => Segment::Es,
@@ -374,10 +384,26 @@ fn undefined_opcode(vcpu: &mut SvmVcpu<'_>, fetch: &mut Fetcher<'_, '_>) -> Exit
     Exit::Reflected
 }
 
-/// A MOV to (`write`) or from control register `n` (CR4 writes, CR8): the
+/// CLTS or LMSW from a register at a CR0 write intercept (LMSW from
+/// memory is not decoded: the guest stops with the exit named).
+fn clts_or_lmsw(vcpu: &mut SvmVcpu<'_>, fetch: &mut Fetcher<'_, '_>) -> Option<Exit> {
+    let (bytes, code) = fetch.at_rip(vcpu)?;
+    let (len, kind) = match cr0_write(bytes.as_slice(), code)? {
+        Cr0Write::Clts { len } => (len, CrAccessKind::Clts),
+        Cr0Write::Lmsw { len, gpr } => {
+            let value = vcpu::access::VcpuAccess::gpr(vcpu, gpr).ok()?;
+            (len, CrAccessKind::Lmsw(value as u16))
+        }
+    };
+    vcpu.soft.next_rip = Some(advance(vcpu.vmcb.rip(), len, code));
+    Some(Exit::ControlRegister(CrAccess { cr: 0, kind }))
+}
+
+/// A MOV to (`write`) or from control register `n` (CR0 and CR4 writes,
+/// CR8): the
 /// GPR and the next RIP from the exit with decode assists and NRIP save,
-/// else from the instruction. A CR0 write intercept also fires for LMSW
-/// and CLTS, so CR0 is not intercepted this way.
+/// else from the instruction (`None` if it is not that MOV: a CR0 write
+/// intercept also fires for LMSW and CLTS).
 fn mov_cr_exit(
     vcpu: &mut SvmVcpu<'_>,
     fetch: &mut Fetcher<'_, '_>,

@@ -15,6 +15,7 @@
 )]
 
 use vcpu::access::{Gpr, Segment};
+use vcpu::exit::AddressSize;
 use vcpu::mmio::decode::CodeSize;
 
 /// The longest x86 instruction (APM Vol. 3, 1.1; SDM Vol. 2A, 2.3.11).
@@ -73,6 +74,8 @@ struct Prefixes {
     lock: bool,
     /// The REX prefix right before the opcode.
     rex: u8,
+    /// An address-size override (67) came.
+    address_size: bool,
 }
 
 fn prefixes(bytes: &[u8], code: CodeSize) -> Prefixes {
@@ -93,6 +96,7 @@ fn prefixes(bytes: &[u8], code: CodeSize) -> Prefixes {
                 p.rex = 0;
                 p.segment = segment.or(p.segment);
                 p.lock |= b == 0xF0;
+                p.address_size |= b == 0x67;
             }
             0x40..=0x4F if code == CodeSize::Bits64 => p.rex = b,
             _ => break,
@@ -154,6 +158,63 @@ pub fn mov_cr(bytes: &[u8], code: CodeSize) -> Option<MovCr> {
         gpr: Gpr::from_number(rm)?,
         to_cr,
     })
+}
+
+/// The address size of the INS or OUTS at the start of `bytes` in code
+/// of size `code`: the code's, switched by an address-size prefix (67).
+/// `None` if the bytes are not an INS or OUTS.
+pub fn string_address_size(bytes: &[u8], code: CodeSize) -> Option<AddressSize> {
+    let p = prefixes(bytes, code);
+    match bytes.get(p.len)? {
+        0x6C..=0x6F if p.len < MAX_LEN => Some(match (code, p.address_size) {
+            (CodeSize::Bits64, false) => AddressSize::Bits64,
+            (CodeSize::Bits64, true) | (CodeSize::Bits32, false) | (CodeSize::Bits16, true) => {
+                AddressSize::Bits32
+            }
+            (CodeSize::Bits32, true) | (CodeSize::Bits16, false) => AddressSize::Bits16,
+        }),
+        _ => None,
+    }
+}
+
+/// What a CR0 write intercept stopped at, other than MOV to CR0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cr0Write {
+    /// CLTS (0F 06).
+    Clts {
+        /// The instruction's length.
+        len: u8,
+    },
+    /// LMSW from a register (0F 01 /6, ModRM.mod 11).
+    Lmsw {
+        /// The instruction's length.
+        len: u8,
+        /// The source register.
+        gpr: Gpr,
+    },
+}
+
+/// The CLTS or register LMSW at the start of `bytes`; `None` for anything
+/// else, LMSW from memory included.
+pub fn cr0_write(bytes: &[u8], code: CodeSize) -> Option<Cr0Write> {
+    let p = prefixes(bytes, code);
+    match bytes.get(p.len..)? {
+        [0x0F, 0x06, ..] => Some(Cr0Write::Clts {
+            len: u8::try_from(p.len.checked_add(2)?).ok()?,
+        }),
+        [0x0F, 0x01, modrm, ..] if modrm >> 6 == 3 && (modrm >> 3) & 7 == 6 => {
+            let rm = (modrm & 7) | if p.rex & 0b001 != 0 { 8 } else { 0 };
+            let len = p.len.checked_add(3)?;
+            if len > MAX_LEN {
+                return None;
+            }
+            Some(Cr0Write::Lmsw {
+                len: u8::try_from(len).ok()?,
+                gpr: Gpr::from_number(rm)?,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The segment an OUTS at the start of `bytes` reads from: its last
@@ -278,5 +339,44 @@ mod tests {
         assert_eq!(outs_segment(&[0x65, 0x48, 0x6F], B64), Some(Segment::Gs));
         assert_eq!(outs_segment(&[0x6C], B32), None);
         assert_eq!(outs_segment(&[0x3E], B32), None);
+    }
+
+    #[test]
+    fn string_address_sizes() {
+        use AddressSize::{Bits16, Bits32, Bits64};
+        assert_eq!(string_address_size(&[0xF3, 0x6E], B64), Some(Bits64));
+        assert_eq!(string_address_size(&[0x67, 0xF3, 0x6E], B64), Some(Bits32));
+        assert_eq!(string_address_size(&[0x6C], B32), Some(Bits32));
+        assert_eq!(string_address_size(&[0x67, 0x6D], B32), Some(Bits16));
+        assert_eq!(string_address_size(&[0xF3, 0x6F], B16), Some(Bits16));
+        assert_eq!(string_address_size(&[0x67, 0x6F], B16), Some(Bits32));
+        assert_eq!(string_address_size(&[0xEE], B32), None);
+    }
+
+    #[test]
+    fn cr0_writes_other_than_mov() {
+        assert_eq!(
+            cr0_write(&[0x0F, 0x06], B32),
+            Some(Cr0Write::Clts { len: 2 })
+        );
+        // LMSW AX (0F 01 F0), and R9W with REX.B in 64-bit code.
+        assert_eq!(
+            cr0_write(&[0x0F, 0x01, 0xF0], B16),
+            Some(Cr0Write::Lmsw {
+                len: 3,
+                gpr: Gpr::Rax
+            })
+        );
+        assert_eq!(
+            cr0_write(&[0x41, 0x0F, 0x01, 0xF1], B64),
+            Some(Cr0Write::Lmsw {
+                len: 4,
+                gpr: Gpr::R9
+            })
+        );
+        // LMSW from memory, SMSW, a MOV: not these.
+        assert_eq!(cr0_write(&[0x0F, 0x01, 0x30], B32), None);
+        assert_eq!(cr0_write(&[0x0F, 0x01, 0xE0], B32), None);
+        assert_eq!(cr0_write(&[0x0F, 0x22, 0xC0], B32), None);
     }
 }

@@ -67,6 +67,8 @@ pub const DR7_INIT: u64 = 0x400;
 pub const DR6_INIT: u64 = 0xFFFF_0FF0;
 /// The CR register whose accesses are intercepted: CR8, the task priority.
 const CR8: u8 = 8;
+/// CR0.
+const CR0: u8 = 0;
 /// CR4.
 const CR4: u8 = 4;
 /// The #UD vector.
@@ -172,9 +174,12 @@ pub fn write_initial(vmcb: &mut Vmcb, gprs: &mut Gprs, links: &VmcbLinks, entry:
     }
     vmcb.set_cr_intercept(CR8, false, true);
     vmcb.set_cr_intercept(CR8, true, true);
-    // MOV to CR4 goes through the neutral CR rules, so a guest cannot set
-    // a bit the CPU does not offer it (CR4.VMXE on an AMD CPU); an
-    // emulator that lets such a write through would fail the next VMRUN.
+    // CR0 and CR4 writes go through the neutral CR rules, so a guest
+    // cannot set a bit the CPU does not offer it (CR4.VMXE on an AMD CPU)
+    // or a combination the CPU refuses (CR0.PG without PE): it gets the
+    // #GP the SDM and APM give. An emulator that lets such a write
+    // through (QEMU 7.2) would fail the next VMRUN instead.
+    vmcb.set_cr_intercept(CR0, true, true);
     vmcb.set_cr_intercept(CR4, true, true);
     // #UD: the hypercall ABI's VMCALL (VT-x's instruction) raises it on
     // AMD CPUs; the exit handles it as VMMCALL and reflects every other
@@ -356,9 +361,12 @@ mod tests {
             .fold(0u32, |a, b| a | (1 << b));
         assert_eq!(vmcb.intercept_vector(1), v1);
         assert_eq!(vmcb.intercept_vector(2), 0);
-        // CR8 both ways and CR4 writes; no DR; #UD alone of the
+        // CR8 both ways and CR0 and CR4 writes; no DR; #UD alone of the
         // exceptions; no IRET, VINTR or PAUSE.
-        assert_eq!(vmcb.cr_intercepts(), (1 << 8) | (1 << 24) | (1 << 20));
+        assert_eq!(
+            vmcb.cr_intercepts(),
+            (1 << 8) | (1 << 24) | (1 << 16) | (1 << 20)
+        );
         assert_eq!(vmcb.dr_intercepts(), 0);
         assert_eq!(vmcb.exception_intercepts(), 1 << 6);
         assert!(!vmcb.intercepted(Intercept::Iret));

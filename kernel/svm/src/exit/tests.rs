@@ -593,3 +593,43 @@ fn cr4_writes_name_their_register() {
     g.exit(code::CR4_WRITE, 0, 0);
     assert_eq!(g.decode(false), unknown(code::CR4_WRITE, 0));
 }
+
+#[test]
+fn string_io_without_address_size_bits_takes_it_from_the_instruction() {
+    // What QEMU 7.2 reports for REP OUTSB: no A16/A32/A64 bit.
+    let info1 = (0x3F8 << 16) | (1 << 2) | (1 << 3) | (1 << 4);
+    let mut g = Guest::new(&[0xF3, 0x6E]);
+    g.exit(code::IOIO, info1, RIP + 2);
+    let mut a = IoAccess::port(0x3F8, 1, IoDirection::Out);
+    (a.string, a.rep, a.address_size, a.segment) = (true, true, AddressSize::Bits32, Segment::Ds);
+    assert_eq!(g.decode(false), Exit::Io(a));
+    // 67: the other size.
+    let mut g = Guest::new(&[0x67, 0xF3, 0x6E]);
+    g.exit(code::IOIO, info1, RIP + 3);
+    a.address_size = AddressSize::Bits16;
+    assert_eq!(g.decode(false), Exit::Io(a));
+}
+
+#[test]
+fn cr0_writes_are_mov_clts_or_lmsw() {
+    let cr0 = |kind| Exit::ControlRegister(CrAccess { cr: 0, kind });
+    // MOV CR0, EAX (0F 22 C0).
+    let mut g = Guest::new(&[0x0F, 0x22, 0xC0]);
+    g.exit(code::CR0_WRITE, 0, 0);
+    assert_eq!(g.decode(false), cr0(CrAccessKind::MovTo(Gpr::Rax)));
+    assert_eq!(g.soft.next_rip, Some(RIP + 3));
+    // CLTS.
+    let mut g = Guest::new(&[0x0F, 0x06]);
+    g.exit(code::CR0_WRITE, 0, 0);
+    assert_eq!(g.decode(false), cr0(CrAccessKind::Clts));
+    assert_eq!(g.soft.next_rip, Some(RIP + 2));
+    // LMSW DX, with DX = 0x11.
+    let mut g = Guest::new(&[0x0F, 0x01, 0xF2]);
+    g.gprs.set(Gpr::Rdx, 0x1_0011);
+    g.exit(code::CR0_WRITE, 0, 0);
+    assert_eq!(g.decode(false), cr0(CrAccessKind::Lmsw(0x11)));
+    // LMSW from memory is not decoded.
+    let mut g = Guest::new(&[0x0F, 0x01, 0x30]);
+    g.exit(code::CR0_WRITE, 0, 0);
+    assert_eq!(g.decode(false), unknown(code::CR0_WRITE, 0));
+}
