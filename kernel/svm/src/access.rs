@@ -45,6 +45,8 @@ const CR4_SMXE: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
 /// IA32_EFER.LMA.
 const EFER_LMA: u64 = 1 << 10;
+/// IA32_EFER.LME.
+const EFER_LME: u64 = 1 << 8;
 /// Segment attribute L in the VMX layout.
 const SEGMENT_L: u32 = 1 << 13;
 /// The priority a requested window's virtual interrupt has: the highest,
@@ -81,6 +83,15 @@ pub struct SoftState {
     /// The CPU decodes intercepted instructions' operands (decode
     /// assists, CPUID 8000_000AH EDX bit 7).
     pub decode_assists: bool,
+    /// The guest set EFER.LME with paging off: the VMCB's EFER leaves it
+    /// out until the guest turns paging on (a CR0 write, which exits), and
+    /// the guest reads it from here. The CPU consults LME only when paging
+    /// goes on, so this changes nothing the guest sees; it keeps QEMU's
+    /// emulation (7.2), whose #VMEXIT loads the host's CR0 before its CR4
+    /// and so, with the guest's LME and no PAE still in place, leaves the
+    /// host running with the guest's CR0, from ever seeing LME without LMA
+    /// at an exit.
+    pub lme_held: bool,
 }
 
 impl SoftState {
@@ -91,6 +102,7 @@ impl SoftState {
             iret_rip: None,
             nrip_save,
             decode_assists,
+            lme_held: false,
         }
     }
 }
@@ -228,9 +240,11 @@ impl VcpuAccess for SvmVcpu<'_> {
         Ok(self.vmcb.cr4())
     }
 
-    /// The guest's view: SVME, which the hardware needs, left out.
+    /// The guest's view: SVME, which the hardware needs, left out, and
+    /// LME where [`SoftState::lme_held`] keeps it.
     fn efer(&self) -> Result<u64, SvmError> {
-        Ok(self.vmcb.efer() & !EFER_SVME)
+        let held = if self.soft.lme_held { EFER_LME } else { 0 };
+        Ok((self.vmcb.efer() & !EFER_SVME) | held)
     }
 
     fn set_cr0(&mut self, value: u64) -> Result<(), SvmError> {
@@ -259,6 +273,14 @@ impl VcpuAccess for SvmVcpu<'_> {
     /// and clears it itself when the guest's own CR0 writes turn paging on
     /// and off.
     fn set_efer(&mut self, value: u64) -> Result<(), SvmError> {
+        // LME without LMA: paging is off (the neutral rules keep LMA = LME
+        // and CR0.PG).
+        self.soft.lme_held = value & EFER_LME != 0 && value & EFER_LMA == 0;
+        let value = if self.soft.lme_held {
+            value & !EFER_LME
+        } else {
+            value
+        };
         self.vmcb.set_efer(value | EFER_SVME);
         Ok(())
     }

@@ -493,9 +493,18 @@ fn registers_efer_and_segments_as_the_guest_sees_them() {
     // SVME is the hardware's.
     assert_eq!(v.vmcb.efer(), EFER_SVME);
     assert_eq!(v.efer().unwrap(), 0);
+    // LME with paging off (no LMA): the guest sees it, the VMCB holds it
+    // back until LMA comes with paging; LME and LMA together go in.
     v.set_efer(1 << 8).unwrap();
-    assert_eq!(v.vmcb.efer(), (1 << 8) | EFER_SVME);
+    assert_eq!(v.vmcb.efer(), EFER_SVME);
     assert_eq!(v.efer().unwrap(), 1 << 8);
+    v.set_efer((1 << 8) | (1 << 10)).unwrap();
+    assert_eq!(v.vmcb.efer(), (1 << 8) | (1 << 10) | EFER_SVME);
+    assert_eq!(v.efer().unwrap(), (1 << 8) | (1 << 10));
+    v.set_efer(1 << 8).unwrap();
+    assert_eq!(v.vmcb.efer(), EFER_SVME);
+    v.set_efer(0).unwrap();
+    assert_eq!(v.efer().unwrap(), 0);
     // Attributes in the VMX layout; SS's DPL is the CPL.
     let cs = v.segment(Segment::Cs).unwrap();
     assert_eq!((cs.selector, cs.attributes), (0x10, 0xC09B));
