@@ -80,6 +80,17 @@ impl<B: Backend> GuestRun<B> {
             if !vslot.as_ref().is_some_and(|s| Arc::ptr_eq(&s.vm, &vm)) {
                 continue;
             }
+            // Inactive everywhere but here before it is destroyed, taken
+            // over while this CPU still holds its slot, as the hand-over
+            // requires: with the slot let go first, the CPU holding the
+            // vCPU's switched state could find the slot empty, forget the
+            // state without saving it and then give up the vCPU's VMCS,
+            // so the vCPU was destroyed with its state still in that
+            // CPU's registers (the host tests caught it once `sched`
+            // moved vCPUs more often).
+            if let Some(s) = vslot.as_mut() {
+                self.take_over(local, v, &mut s.vcpu);
+            }
             let Some(mut s) = vslot.take() else {
                 continue;
             };
@@ -87,8 +98,6 @@ impl<B: Backend> GuestRun<B> {
             if core::mem::take(&mut s.vcpu.console_held) {
                 backend.console_hold(vm.index, false);
             }
-            // Inactive everywhere but here before it is destroyed.
-            self.take_over(local, v, &mut s.vcpu);
             if local.owner == Some(v) {
                 local.owner = None;
             }
