@@ -110,7 +110,13 @@
 //! its own CPU now has, even by one. That last rule rotates vCPUs through
 //! the CPUs when they do not divide evenly (three busy vCPUs on two CPUs
 //! each get two thirds of a CPU); a vCPU alone on its CPU never moves, and
-//! evenly loaded CPUs keep their vCPUs. [`Decision::Run::migrated_from`] is `Some` exactly when the
+//! evenly loaded CPUs keep their vCPUs. And before a CPU picks, a vCPU
+//! queued behind another CPU's run that has waited more than half a slice
+//! longer than the head of this CPU's queue (and did not last run there,
+//! so it holds nothing of that CPU's) moves to the head of this queue: the
+//! longest wait is served first, so when the CPUs' slice ends drift
+//! against each other no vCPU gets a second turn in a row while another
+//! waits, and the rotation stays fair. [`Decision::Run::migrated_from`] is `Some` exactly when the
 //! vCPU last ran on another CPU, so the kernel knows to VMCLEAR there and
 //! VMLAUNCH here; when it is `None` nothing moved and nothing extra is owed.
 //!

@@ -134,6 +134,9 @@ struct Entry {
     wake_pending: bool,
     /// When the current run began (valid while running).
     started: u64,
+    /// When it last came off a CPU ready to run again (its turn over), or
+    /// blocked: how long it has waited, for [`Scheduler::pull_waiter`].
+    ready_since: u64,
 }
 
 /// A deadline of a blocked vCPU: when, and the vCPU's slot.
@@ -342,6 +345,7 @@ impl Scheduler {
             affinity,
             in_turn: false,
             wake_pending: false,
+            ready_since: 0,
             started: 0,
         });
         self.ids.insert(at, (vcpu, slot));
@@ -437,6 +441,9 @@ impl Scheduler {
     /// `Idle { until: None }`.
     pub fn pick(&mut self, cpu: CpuId, now: u64) -> Decision {
         let ci = cpu.index();
+        if self.cpus.len() > 1 {
+            self.pull_waiter(ci);
+        }
         // The common case, kept short: the last run was reported, no
         // deadline is due, and the vCPU at the head of the queue runs,
         // continuing its turn or starting one with a single slice of
@@ -861,6 +868,81 @@ impl Scheduler {
         }
     }
 
+    /// Before CPU `ci` picks: if a vCPU queued behind the running one of
+    /// another CPU, allowed here, not in the middle of a turn and not last
+    /// run on that CPU, has
+    /// waited more than half a slice longer than the vCPU at the head of
+    /// `ci`'s queue, it moves to the head of `ci`'s queue and runs next.
+    ///
+    /// Each CPU's queue is round robin, and vCPUs rotate between CPUs when
+    /// they do not divide evenly (`balance`), but the CPUs' slice ends
+    /// drift against each other (overruns, host work in a run), and then a
+    /// vCPU can be left alone at its turn's end and run again at once
+    /// while another waits behind the other CPU's run; the drift hands
+    /// such double turns to some vCPUs more than to others, and their
+    /// shares drift apart (three busy guests on two CPUs got 35% and 31%
+    /// of their time). Serving the longest wait first keeps every vCPU's
+    /// turns coming at one rate. A CPU with an empty queue steals instead
+    /// (`steal`).
+    fn pull_waiter(&mut self, ci: usize) {
+        let Some(here) = self.cpus.get(ci) else {
+            return;
+        };
+        if here.running.is_some() {
+            return;
+        }
+        let Some(head) = here.queue.front().and_then(|&h| self.entries.get(h)) else {
+            return;
+        };
+        if head.in_turn {
+            return;
+        }
+        let head_since = head.ready_since;
+        let margin = u64::try_from(self.quantum.slice / 2).unwrap_or(0);
+        let entries = &self.entries;
+        let mut best: Option<(u64, usize, usize)> = None;
+        for (j, other) in self.cpus.iter().enumerate() {
+            if j == ci || other.running.is_none() {
+                continue;
+            }
+            for (pos, &slot) in other.queue.iter().enumerate() {
+                let Some(e) = entries.get(slot) else {
+                    continue;
+                };
+                // Not one that last ran there: it may still hold that
+                // CPU's state (the kernel's VMCS, its switched registers),
+                // and taking it would cost a hand-over. One moved there by
+                // `balance` was given up.
+                let last_there = e.stats.last_cpu == Some(CpuId::from_index(j));
+                if e.in_turn || last_there || !e.affinity.allows(ci) {
+                    continue;
+                }
+                if best.is_none_or(|(since, _, _)| e.ready_since < since) {
+                    best = Some((e.ready_since, j, pos));
+                }
+            }
+        }
+        let Some((since, j, pos)) = best else {
+            return;
+        };
+        if since.saturating_add(margin) >= head_since {
+            return;
+        }
+        let Some(slot) = self.cpus.get_mut(j).and_then(|o| o.queue.remove(pos)) else {
+            return;
+        };
+        if let Some(o) = self.cpus.get_mut(j) {
+            o.assigned = o.assigned.saturating_sub(1);
+        }
+        if let Some(me) = self.cpus.get_mut(ci) {
+            me.assigned = me.assigned.saturating_add(1);
+            me.queue.push_front(slot);
+        }
+        if let Some(e) = self.entries.get_mut(slot) {
+            e.stats.cpu = CpuId::from_index(ci);
+        }
+    }
+
     /// Takes the next vCPU off CPU `ci`'s queue, crediting turns (deficit
     /// round robin); its slot, or `None` when the queue is empty.
     fn choose(&mut self, ci: usize) -> Option<usize> {
@@ -1089,18 +1171,21 @@ fn stop(c: &mut Cpu, e: &mut Entry, slot: usize, cause: StopCause, now: u64, q: 
                 // Used up: the remainder (< min_run) or the debt carries
                 // over to the next turn.
                 e.in_turn = false;
+                e.ready_since = now;
                 c.queue.push_back(slot);
             }
         }
         StopCause::Yield => {
             bump(&mut e.stats.yields);
             give_up_turn(e);
+            e.ready_since = now;
             e.stats.state = VcpuState::Runnable;
             c.queue.push_back(slot);
         }
         StopCause::Blocked { until } => {
             bump(&mut e.stats.blocks);
             give_up_turn(e);
+            e.ready_since = now;
             if pending || until.is_some_and(|due| due <= now) {
                 // The event that would wake it came while it ran, or its
                 // deadline has already passed.

@@ -944,8 +944,11 @@ fn vcpus_move_between_cpus_by_the_hand_over_rules() {
     // the other, and with cpu0 never taking it back, the other CPU must
     // take it over: vCPUs move whatever the threads' timing, and the fake
     // fails the test on any hand-over step out of order.
+    // Long enough for many turns each: `sched` serves the longest wait
+    // first, so a vCPU queued behind the holder may be pulled to cpu1 at
+    // once and move only later.
     let mut programs = vec![Program::Holder { others: 4 }];
-    programs.extend((1..5).map(|k| spin(2000 + 100 * k, k as u32)));
+    programs.extend((1..5).map(|k| spin(20_000 + 1000 * k, k as u32)));
     let mut affinity = vec![Some(vec![0])];
     affinity.extend([None, None, None, None]);
     let b = run_on(2, programs, affinity, GuestStopAction::Stop, 1, 500);
