@@ -200,6 +200,11 @@ mod leaf7_ecx {
     pub const CET_SS: u32 = bit(7);
     /// Bit 13: TME_EN, IA32_TME_* (denied); memory encryption is the host's.
     pub const TME_EN: u32 = bit(13);
+    /// Bit 16: LA57, 5-level paging. The guest page walk that MMIO
+    /// emulation, string I/O and SVM's instruction measuring go through
+    /// handles 4 levels, so CR4.LA57 stays reserved (Debian's kernel turns
+    /// it on wherever CPUID offers it, as QEMU's `-cpu max` does).
+    pub const LA57: u32 = bit(16);
     /// Bit 23: Key Locker; the wrapping key is per logical processor state
     /// Ferrovisor does not switch, and leaf 19H is zero.
     pub const KL: u32 = bit(23);
@@ -214,7 +219,7 @@ mod leaf7_ecx {
 
     /// Everything hidden outright (OSPKE is computed).
     pub const HIDDEN: u32 =
-        WAITPKG | CET_SS | TME_EN | KL | BUS_LOCK_DETECT | ENQCMD | SGX_LC | PKS;
+        WAITPKG | CET_SS | TME_EN | LA57 | KL | BUS_LOCK_DETECT | ENQCMD | SGX_LC | PKS;
 }
 
 /// Leaf 7 subleaf 0 EDX (SDM Vol. 2A, Table 3-8, leaf 07H).
@@ -847,7 +852,7 @@ mod tests {
             "IA32_TSC_ADJUST is emulated"
         );
         assert_eq!(r.ebx, !leaf7_ebx::HIDDEN);
-        for bit in [4, 5, 7, 13, 23, 24, 29, 30, 31] {
+        for bit in [4, 5, 7, 13, 16, 23, 24, 29, 30, 31] {
             assert_eq!(r.ecx & (1 << bit), 0, "ECX bit {bit}");
         }
         assert_ne!(r.ecx & leaf7_ecx::PKU, 0);
