@@ -112,8 +112,8 @@
 //! each get two thirds of a CPU); a vCPU alone on its CPU never moves, and
 //! evenly loaded CPUs keep their vCPUs. And before a CPU picks, a vCPU
 //! queued behind another CPU's run that has waited more than half a slice
-//! longer than the head of this CPU's queue (and did not last run there,
-//! so it holds nothing of that CPU's) moves to the head of this queue: the
+//! longer than the head of this CPU's queue moves to the head of this
+//! queue (taken over like a stolen one where it last ran there): the
 //! longest wait is served first, so when the CPUs' slice ends drift
 //! against each other no vCPU gets a second turn in a row while another
 //! waits, and the rotation stays fair. [`Decision::Run::migrated_from`] is `Some` exactly when the

@@ -869,8 +869,7 @@ impl Scheduler {
     }
 
     /// Before CPU `ci` picks: if a vCPU queued behind the running one of
-    /// another CPU, allowed here, not in the middle of a turn and not last
-    /// run on that CPU, has
+    /// another CPU, allowed here and not in the middle of a turn, has
     /// waited more than half a slice longer than the vCPU at the head of
     /// `ci`'s queue, it moves to the head of `ci`'s queue and runs next.
     ///
@@ -909,12 +908,10 @@ impl Scheduler {
                 let Some(e) = entries.get(slot) else {
                     continue;
                 };
-                // Not one that last ran there: it may still hold that
-                // CPU's state (the kernel's VMCS, its switched registers),
-                // and taking it would cost a hand-over. One moved there by
-                // `balance` was given up.
-                let last_there = e.stats.last_cpu == Some(CpuId::from_index(j));
-                if e.in_turn || last_there || !e.affinity.allows(ci) {
+                // One that last ran there may still be active there (the
+                // kernel's VMCS, its switched registers): the kernel takes
+                // it over as after a steal (`Decision::Run::migrated_from`).
+                if e.in_turn || !e.affinity.allows(ci) {
                     continue;
                 }
                 if best.is_none_or(|(since, _, _)| e.ready_since < since) {
