@@ -77,21 +77,23 @@ pub fn current_index() -> u16 {
     }
 }
 
-/// Prints the CPU report: identity, VT-x capabilities and the verdict, as
-/// `cpu<k>: VT-x ready` (after VMXON) or `cpu<k>: VT-x unavailable:
-/// <reason>`. Returns whether this CPU is in VMX operation.
-pub fn report() -> Result<crate::virt::Capabilities, ()> {
+/// Prints the CPU report: identity, the VT-x or SVM capabilities and the
+/// verdict, as `cpu<k>: VT-x ready` / `cpu<k>: AMD-V ready`, or `cpu<k>:
+/// VT-x unavailable: <reason>` / `cpu<k>: AMD-V unavailable: <reason>`.
+/// Returns the capabilities of the backend now on, or the name of the one
+/// that is not.
+pub fn report() -> Result<crate::virt::Capabilities, &'static str> {
     report_cpu(true)
 }
 
 /// The report for an application processor: its identity line, then
 /// `cpu<k>: VT-x ready` or why not. The capability lines are left out:
 /// the caller checks that they match the boot CPU's.
-pub fn report_ap() -> Result<crate::virt::Capabilities, ()> {
+pub fn report_ap() -> Result<crate::virt::Capabilities, &'static str> {
     report_cpu(false)
 }
 
-fn report_cpu(verbose: bool) -> Result<crate::virt::Capabilities, ()> {
+fn report_cpu(verbose: bool) -> Result<crate::virt::Capabilities, &'static str> {
     let k = current_index();
     let cpuid = CpuId::new();
     let vendor = cpuid.get_vendor_info();
@@ -114,6 +116,7 @@ fn report_cpu(verbose: bool) -> Result<crate::virt::Capabilities, ()> {
     let name = kind.name();
     let result = crate::virt::detect_and_enable(kind, k, vendor, verbose).map_err(|e| {
         warn!("cpu{k}: {name} unavailable: {e}");
+        name
     });
     if result.is_ok() {
         info!("cpu{k}: {name} ready");

@@ -94,7 +94,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             }
         }
         (Ok(_), _, _) => info!("no guests to run"),
-        (Err(()), _, _) => info!("nothing to do without VT-x or AMD-V"),
+        (Err(name), _, _) => info!("nothing to do without {name}"),
     }
     power::power_off()
 }

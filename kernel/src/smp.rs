@@ -397,8 +397,8 @@ extern "C" fn ap_entry(index: u64) -> ! {
             STATE[index].store(READY, Ordering::Release);
             crate::guests::ap_main(index)
         }
-        Err(()) => {
-            warn!("cpu{index}: left out: no VT-x or AMD-V, it runs no guests");
+        Err(name) => {
+            warn!("cpu{index}: left out: no {name}, it runs no guests");
             STATE[index].store(FAILED, Ordering::Release);
             arch::halt_forever()
         }
