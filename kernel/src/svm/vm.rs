@@ -312,6 +312,22 @@ fn build(
         // and zeroed for this VMCB.
         let vmcb = unsafe { &mut *memory::phys().ptr(*vmcb).cast::<Vmcb>() };
         setup::write_initial(vmcb, gprs, &links, entry);
+        // A spinning vCPU ends its turn (`Exit::Pause`), so a lock holder
+        // of its guest waiting for a CPU gets one; where the CPU has the
+        // filter (every Zen; QEMU's emulation has none).
+        if hw.caps.pause_filter() {
+            let threshold = hw
+                .caps
+                .has(::svm::caps::SvmFeatures::PAUSE_FILTER_THRESHOLD)
+                .then_some(128);
+            setup::set_pause_filter(
+                vmcb,
+                Some(setup::PauseFilter {
+                    threshold,
+                    ..setup::PauseFilter::DEFAULT
+                }),
+            );
+        }
     }
     Ok(())
 }
