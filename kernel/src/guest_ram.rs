@@ -114,6 +114,16 @@ impl GuestRam {
         })
     }
 
+    /// Reads guest RAM at `gpa` for the monitor: all of `buf`, or an
+    /// error naming where RAM ends.
+    pub fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
+        if self.read(gpa, buf) {
+            Ok(())
+        } else {
+            Err(console::MemError::OutOfRange { ram_end: self.size })
+        }
+    }
+
     /// Gives every block back.
     pub fn free(&mut self) {
         for chunk in self.chunks.drain(..) {

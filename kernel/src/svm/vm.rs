@@ -553,12 +553,6 @@ impl Hardware for SvmSettings {
     }
 
     fn read_memory(&self, vm: &SvmVm, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
-        if vm.ram.read(gpa, buf) {
-            Ok(())
-        } else {
-            Err(console::MemError::OutOfRange {
-                ram_end: vm.ram.size,
-            })
-        }
+        vm.ram.read_memory(gpa, buf)
     }
 }

@@ -709,13 +709,7 @@ impl VmxVm {
     /// Reads the guest's RAM at `gpa` for the monitor: all of `buf`, or
     /// an error naming where RAM ends.
     pub fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), console::MemError> {
-        if self.ram.read(gpa, buf) {
-            Ok(())
-        } else {
-            Err(console::MemError::OutOfRange {
-                ram_end: self.ram.size,
-            })
-        }
+        self.ram.read_memory(gpa, buf)
     }
 }
 
