@@ -935,6 +935,69 @@ fn shares_one_cpu(engine: Engine, limit: Duration, what: &str) {
         .exited();
 }
 
+/// A guest that only asks CPUID (`guest-images/cpuid-spin`) beside a
+/// CPU-bound one on one CPU: the VT-x exit trampoline answers its CPUID
+/// exits by itself, never returning to the run loop and its clock check,
+/// so only the VMX-preemption timer, whose count those exits save, ends
+/// its slices, with the fast path's own TSC deadline, since that timer
+/// does not count while the host answers. Both guests must advance
+/// together: when the first finishes its 20 rounds, the other is at most
+/// two behind, and each ran in slices of about 10 ms. Both would fail if
+/// the fast path restarted the timer or ran on past it.
+#[test]
+fn bochs_a_guest_asking_only_cpuid_is_still_preempted() {
+    let out = boot(
+        &Variant::with_guests("cpuid-spin"),
+        Engine::Bochs,
+        Firmware::Bios,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with a CPUID-only guest beside a busy one");
+    vtx_ready(&c);
+    c.in_order(
+        "[cpuidspin] progress 20",
+        "guest cpuidspin: stopped: exited with code 0",
+    )
+    .in_order(
+        "[spin] progress 20",
+        "guest spin: stopped: exited with code 0",
+    );
+    let first_stop = out
+        .serial
+        .find(": stopped: exited with code 0")
+        .expect("a guest finished");
+    for name in ["cpuidspin", "spin"] {
+        let last = out.serial[..first_stop]
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("[{name}] progress ")))
+            .filter_map(|n| n.trim().parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            last >= 18,
+            "{name} was at round {last} when the first guest finished:\n{}",
+            out.serial
+        );
+        // 10 ms slices are 100,000 ticks of Bochs's 10 MHz TSC; the
+        // preemption timer does not count while the host answers an exit,
+        // so without the fast path's own deadline the CPUID guest's slices
+        // stretched to 160,000.
+        let (ticks, slices) = ran(&out, name)
+            .unwrap_or_else(|| panic!("no `guest {name}: ran` line:\n{}", out.serial));
+        assert!(
+            slices >= 20 && ticks / slices <= 120_000,
+            "{name} ran {ticks} ticks in {slices} slices, not 10 ms slices:\n{}",
+            out.serial
+        );
+    }
+    c.in_order("guest spin: stopped", "all guests stopped, powering off")
+        .in_order(
+            "guest cpuidspin: stopped",
+            "all guests stopped, powering off",
+        )
+        .exited();
+}
+
 /// The busy guests of `guest-images/sched` on a machine with two CPUs
 /// (Bochs `cpu: count=2`): the second CPU comes up with VT-x, guests run
 /// on both CPUs at the same time (together they keep more CPUs busy than

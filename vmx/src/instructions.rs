@@ -19,8 +19,8 @@ use addr::HostPhysAddr;
 
 use crate::caps::{RawVmxMsrs, TrueControlMsrs};
 use crate::error::{InstructionError, VmFail, VmxStatus};
+use crate::fast::RunFrame;
 use crate::msr::{self, Msr};
-use crate::regs::GuestRegisters;
 use crate::vmcs::{FieldEncoding, ReadOnly32, VmcsAccess};
 
 /// Reads a model-specific register with RDMSR.
@@ -623,21 +623,30 @@ impl VmcsAccess for HardwareVmcs {
     }
 }
 
-// The VM-entry and VM-exit path. `ferrovisor_vm_run(regs, launched)` saves
-// the host's callee-saved registers and the pointer to the guest register
-// file on the stack, points HOST_RSP at that stack slot, loads every guest
-// GPR but RSP (the VMCS holds it) and runs VMLAUNCH or VMRESUME. A failed
-// instruction falls through with the VMX status in CF/ZF, turned into a
-// return value of 1 (VMfailInvalid) or 2 (VMfailValid) before any other
-// instruction can change the flags. A VM exit lands at `ferrovisor_vm_exit`
-// (HOST_RIP) with RSP = HOST_RSP and RFLAGS = 0x2 (SDM Vol. 3C, 28.5.3): it
-// stores the guest GPRs into the register file, restores the host's
-// registers and returns 0 to the caller of `ferrovisor_vm_run`.
+// The VM-entry and VM-exit path. `ferrovisor_vm_run(frame, launched)`
+// saves the host's callee-saved registers and the pointer to the vCPU's
+// `RunFrame` on the stack, points HOST_RSP at that stack slot, loads every
+// guest GPR but RSP (the VMCS holds it) and runs VMLAUNCH or VMRESUME. A
+// failed instruction falls through with the VMX status in CF/ZF, turned
+// into a return value of 1 (VMfailInvalid) or 2 (VMfailValid) before any
+// other instruction can change the flags. A VM exit lands at
+// `ferrovisor_vm_exit` (HOST_RIP) with RSP = HOST_RSP and RFLAGS = 0x2
+// (SDM Vol. 3C, 28.5.3). It stores the four GPRs CPUID writes and reads
+// the exit reason; a CPUID exit whose answer the frame holds (see
+// `crate::fast`) is answered there and the guest resumed. Every other exit
+// stores the rest of the GPRs, restores the host's registers and returns 0
+// to the caller of `ferrovisor_vm_run`.
 //
-// Register file offsets follow `GuestRegisters` (the exit qualifications'
-// numbering, 8 bytes each): RAX 0, RCX 8, RDX 16, RBX 24, RSP 32 (unused),
-// RBP 40, RSI 48, RDI 56, R8..R15 64..120. The VMCS encodings are HOST_RSP
-// (0x6C14) and, set once per VMCS by the caller, HOST_RIP (0x6C16).
+// Frame offsets follow `RunFrame` (asserted in `crate::fast`): the GPRs in
+// the exit qualifications' numbering, 8 bytes each (RAX 0, RCX 8, RDX 16,
+// RBX 24, RSP 32 (unused), RBP 40, RSI 48, RDI 56, R8..R15 64..120); the 16
+// CPUID answers of 32 bytes from 128 (leaf +0, subleaf +4, CR4 bits +8,
+// EAX, EBX, ECX, EDX +12..+24); the fast-exit count at 640 and the TSC
+// deadline of the fast path at 648. VMCS encodings:
+// HOST_RSP 0x6C14 and, set once per VMCS by the caller, HOST_RIP 0x6C16;
+// the exit reason 0x4402, the instruction length 0x440C, the guest's
+// interruptibility state 0x4824, CR4 0x6804 and RIP 0x681E. Exit reason 10
+// is CPUID (SDM Vol. 3C, appendix C).
 core::arch::global_asm!(
     ".global ferrovisor_vm_run",
     ".global ferrovisor_vm_exit",
@@ -674,7 +683,9 @@ core::arch::global_asm!(
     "jmp 3f",
     "2:",
     "vmresume",
-    // Only a failed VMLAUNCH/VMRESUME (or HOST_RSP VMWRITE) gets here.
+    // Only a failed VMLAUNCH/VMRESUME (or HOST_RSP VMWRITE) gets here, from
+    // above or from the fast path's VMRESUME, with the stack as it was
+    // before the entry.
     "3:",
     "mov eax, 1",
     "jc 4f",
@@ -697,6 +708,63 @@ core::arch::global_asm!(
     "mov [rdi + 8], rcx",
     "mov [rdi + 16], rdx",
     "mov [rdi + 24], rbx",
+    // The fast path: only VMREADs of fields that exist and a VMWRITE of
+    // guest RIP, all with the VMCS current, so they do not fail.
+    "mov eax, 0x4402",
+    "vmread rax, rax",
+    "cmp eax, 10",
+    "jne 5f",
+    // Past the run's deadline every exit goes to Rust, whose clock check
+    // ends the slice (crate::fast).
+    "rdtsc",
+    "shl rdx, 32",
+    "or rax, rdx",
+    "cmp rax, [rdi + 648]",
+    "jae 5f",
+    // The answer's slot: (leaf ^ leaf >> 28) % 16, 32 bytes each.
+    "mov eax, [rdi]",
+    "mov edx, eax",
+    "shr edx, 28",
+    "xor edx, eax",
+    "and edx, 15",
+    "shl edx, 5",
+    "lea rbx, [rdi + rdx + 128]",
+    "cmp eax, [rbx]",
+    "jne 5f",
+    "mov eax, [rdi + 8]",
+    "cmp eax, [rbx + 4]",
+    "jne 5f",
+    "mov eax, 0x6804",
+    "vmread rax, rax",
+    "and eax, 0x440000",
+    "cmp eax, [rbx + 8]",
+    "jne 5f",
+    // Blocking by STI or MOV SS, which skipping the instruction must
+    // clear (SDM Vol. 3C, 27.3.1.5): Rust does that.
+    "mov eax, 0x4824",
+    "vmread rax, rax",
+    "test eax, 3",
+    "jnz 5f",
+    "mov eax, 0x440C",
+    "vmread rax, rax",
+    "mov edx, 0x681E",
+    "vmread rcx, rdx",
+    "add rax, rcx",
+    // The low half wrapped: outside 64-bit mode EIP wraps at 4 GiB, which
+    // Rust handles.
+    "cmp eax, ecx",
+    "jb 5f",
+    "vmwrite rdx, rax",
+    "mov eax, [rbx + 12]",
+    "mov ecx, [rbx + 20]",
+    "mov edx, [rbx + 24]",
+    "mov ebx, [rbx + 16]",
+    "inc qword ptr [rdi + 640]",
+    "pop rdi",
+    "vmresume",
+    "jmp 3b",
+    // The way back to Rust; RAX, RCX, RDX and RBX are already stored.
+    "5:",
     "mov [rdi + 40], rbp",
     "mov [rdi + 48], rsi",
     "mov [rdi + 64], r8",
@@ -721,7 +789,7 @@ core::arch::global_asm!(
 );
 
 extern "sysv64" {
-    fn ferrovisor_vm_run(regs: *mut u64, launched: u64) -> u64;
+    fn ferrovisor_vm_run(frame: *mut RunFrame, launched: u64) -> u64;
     fn ferrovisor_vm_exit();
 }
 
@@ -733,15 +801,18 @@ pub fn vm_exit_address() -> u64 {
 
 /// Runs the guest of the current VMCS until its next VM exit: VMLAUNCH if
 /// `launched` is false (the VMCS is clear), else VMRESUME. Loads the guest's
-/// GPRs from `regs` and, on a VM exit, stores them back; `Ok(())` means a VM
+/// GPRs from `frame` and, on a VM exit, stores them back; `Ok(())` means a VM
 /// exit happened (or a VM-entry failure of the kind that looks like one:
-/// the exit reason field says which).
+/// the exit reason field says which). CPUID exits that `frame.cpuid`
+/// answers are handled without returning (see [`crate::fast`]) and counted
+/// in `frame.fast_cpuid_exits`.
 ///
 /// # Errors
 ///
 /// [`VmFail`] when VMLAUNCH/VMRESUME itself fails (invalid control or host
-/// state, wrong launch state, ...): the guest did not run and `regs` is
-/// unchanged.
+/// state, wrong launch state, ...): the guest did not run and `frame.regs`
+/// is unchanged, or, when a VMRESUME after a fast CPUID exit failed, holds
+/// the registers as they were before that exit.
 ///
 /// # Safety
 ///
@@ -752,11 +823,13 @@ pub fn vm_exit_address() -> u64 {
 /// fields give the guest only memory and devices it may have. `launched`
 /// must match the VMCS's launch state. Interrupts must be disabled.
 #[inline]
-pub unsafe fn vm_run(regs: &mut GuestRegisters, launched: bool) -> Result<(), VmFail> {
+pub unsafe fn vm_run(frame: &mut RunFrame, launched: bool) -> Result<(), VmFail> {
     // SAFETY: the caller's promise covers the VMCS; the trampoline saves
     // and restores every register the System V ABI has the callee keep, and
-    // touches memory only on this stack and in `regs`, which it borrows.
-    let status = unsafe { ferrovisor_vm_run(regs.as_mut_ptr(), u64::from(launched)) };
+    // touches memory only on this stack and in `frame`, which it borrows
+    // and whose layout `crate::fast` asserts. Its fast path only reads the
+    // current VMCS and moves guest RIP past a CPUID the guest executed.
+    let status = unsafe { ferrovisor_vm_run(frame, u64::from(launched)) };
     match status {
         0 => Ok(()),
         1 => Err(VmFail::Invalid),

@@ -16,6 +16,7 @@ pub mod ept;
 pub mod error;
 pub mod execution;
 pub mod exit;
+pub mod fast;
 pub mod feature_control;
 #[cfg(target_arch = "x86_64")]
 pub mod instructions;

@@ -11,7 +11,7 @@ use crate::exit::Gpr;
 /// register an exit qualification names is one index away. The RSP slot is
 /// unused: the VMCS holds the guest's RSP, and [`GuestRegisters::get`] and
 /// [`GuestRegisters::set`] refuse it so no code reads a stale copy. The
-/// entry/exit trampoline in [`crate::launch`] reads and writes the slots at
+/// entry/exit trampoline in [`crate::instructions`] reads and writes the slots at
 /// the fixed offsets this layout gives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -77,11 +77,6 @@ impl GuestRegisters {
     /// Sets RBX.
     pub fn set_rbx(&mut self, value: u64) {
         self.slots[3] = value;
-    }
-
-    /// A raw pointer for the trampoline.
-    pub(crate) fn as_mut_ptr(&mut self) -> *mut u64 {
-        self.slots.as_mut_ptr()
     }
 }
 

@@ -909,6 +909,7 @@ mod tests {
             &["counter: ready, a line every 500 ms\r\n", "counter: \0"],
         ),
         ("spin", &["progress "]),
+        ("cpuid_spin", &["progress "]),
         (
             "flood",
             &["flood flood flood flood flood flood flood flood flood flood ..\r\n"],

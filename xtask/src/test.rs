@@ -26,6 +26,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("test"),
         Variant::with_guests("broken"),
         Variant::with_guests("sched"),
+        Variant::with_guests("cpuid-spin"),
         Variant::with_guests("smp"),
         Variant::with_guests("fidelity-crdbg"),
         Variant::with_guests("fidelity-strio"),

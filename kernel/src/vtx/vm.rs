@@ -24,9 +24,11 @@ use vcpu::stop::StopReason;
 use vcpu::vm::{self as vm_devices, VmDevices};
 use vmx::bitmaps::{IoBitmaps, MsrBitmap};
 use vmx::caps::VmxCapabilities;
+use vmx::controls::ExitControls;
 use vmx::ept::{Ept, EptError, EptMemoryType, EptPerms, EptTable, TableFrames};
 use vmx::error::VmFail;
 use vmx::execution::GuestControls;
+use vmx::fast::RunFrame;
 use vmx::instructions::{self as hw, HardwareVmcs, InveptType, InvvpidType};
 use vmx::regs::GuestRegisters;
 use vmx::vmcs::{Guest32, GuestNatural, Host16, Host32, Host64, HostNatural, VmcsAccess};
@@ -140,8 +142,13 @@ pub struct VmxVcpuState {
     /// Its guest's name, for reports.
     name: String,
     vmcs: HostPhysAddr,
-    /// The vCPU's registers while it is not running.
-    regs: GuestRegisters,
+    /// The vCPU's registers while it is not running, and the CPUID
+    /// answers the exit trampoline gives by itself.
+    frame: RunFrame,
+    /// Whether CPUID answers go into `frame` (see [`vmx::fast`]): only
+    /// where VM exits save the preemption timer's count, so the fast path
+    /// cannot keep the guest from being preempted.
+    fast_cpuid: bool,
     /// Whether the VMCS has been launched on the CPU it is active on
     /// (VMRESUME next).
     launched: bool,
@@ -289,7 +296,11 @@ impl VmxVcpuState {
         VmxVcpuState {
             name: vm.name.clone(),
             vmcs: HostPhysAddr::new(0),
-            regs: GuestRegisters::new(),
+            frame: RunFrame::new(),
+            fast_cpuid: hw
+                .controls
+                .exit
+                .contains(ExitControls::SAVE_PREEMPTION_TIMER_VALUE),
             launched: false,
             cr: CrPolicy {
                 cr0_fixed: hw.caps.cr0_fixed,
@@ -354,7 +365,7 @@ impl VmxVcpuState {
             (vmx::exit::Gpr::Rdi, r.rdi),
             (vmx::exit::Gpr::Rbp, r.rbp),
         ] {
-            vcpu.regs.set(reg, value);
+            vcpu.frame.regs.set(reg, value);
         }
         Ok(())
     }
@@ -384,7 +395,7 @@ impl VmxVcpuState {
         vmcs.write(Control32::EntryInterruptionInfo, 0)?;
         vmcs.write(ControlNatural::Cr0ReadShadow, entry.control.cr0)?;
         vmcs.write(ControlNatural::Cr4ReadShadow, entry.control.cr4)?;
-        self.regs = GuestRegisters::new();
+        self.frame.regs = GuestRegisters::new();
         Ok(())
     }
 
@@ -439,9 +450,13 @@ impl VmxVcpuState {
         }
     }
 
-    /// Sets the VMX-preemption timer for the next slice of `ticks` TSC ticks.
-    pub fn set_slice(&self, hw: &VmxSettings, ticks: u64) -> Result<(), VmFail> {
+    /// Sets the VMX-preemption timer for the next slice of `ticks` TSC
+    /// ticks, and the exit trampoline's fast path to end with it.
+    pub fn set_slice(&mut self, hw: &VmxSettings, ticks: u64) -> Result<(), VmFail> {
         let count = u32::try_from(ticks >> hw.timer_shift).unwrap_or(u32::MAX);
+        if self.fast_cpuid {
+            self.frame.fast_until = crate::guests::rdtsc().saturating_add(ticks);
+        }
         // SAFETY: VMX root operation with this guest's VMCS current.
         let mut vmcs = unsafe { HardwareVmcs::current() };
         vmcs.write(Guest32::PreemptionTimerValue, count)
@@ -562,7 +577,7 @@ impl VmxVcpuState {
         // active on this CPU, with this CPU's host state and HOST_RIP at
         // the exit path (`create`/`arrive`), and `launched` tracks its
         // launch state.
-        let result = unsafe { hw::vm_run(&mut self.regs, self.launched) };
+        let result = unsafe { hw::vm_run(&mut self.frame, self.launched) };
         if let Err(e) = result {
             return Err(Box::new(StopReason::LaunchFailed(alloc::format!("{e}"))));
         }
@@ -589,13 +604,24 @@ pub fn cpuid(vcpu: &mut VmxVcpuState, model: &mut VcpuModel) -> Outcome {
     // SAFETY: VMX root operation with this vCPU's VMCS current (it just
     // exited here).
     let mut vmcs = unsafe { HardwareVmcs::current() };
+    let (leaf, subleaf) = (vcpu.frame.regs.rax() as u32, vcpu.frame.regs.rcx() as u32);
     let mut access = VmxVcpu {
         vmcs: &mut vmcs,
-        regs: &mut vcpu.regs,
+        regs: &mut vcpu.frame.regs,
         cr: &vcpu.cr,
         cr2: None,
     };
-    handle_cpuid(&mut access, model, arch::cpuid)
+    let outcome = handle_cpuid(&mut access, model, arch::cpuid);
+    // An answer the policy's cache keeps is the vCPU's every time it asks
+    // the same with the same CR4 bits: the trampoline gives it from now on.
+    if vcpu.fast_cpuid {
+        if let Some((cr4, r)) = model.cpuid_cache.cached(leaf, subleaf) {
+            vcpu.frame
+                .cpuid
+                .remember(leaf, subleaf, cr4, [r.eax, r.ebx, r.ecx, r.edx]);
+        }
+    }
+    outcome
 }
 
 /// Handles `exit`, which the vCPU (current on this CPU) of VM `vm` just
@@ -614,7 +640,7 @@ pub fn handle(
     let mut vmcs = unsafe { HardwareVmcs::current() };
     let mut access = VmxVcpu {
         vmcs: &mut vmcs,
-        regs: &mut vcpu.regs,
+        regs: &mut vcpu.frame.regs,
         cr: &vcpu.cr,
         cr2: None,
     };
@@ -663,7 +689,7 @@ pub fn deliver_interrupt(
     let mut vmcs = unsafe { HardwareVmcs::current() };
     let mut access = VmxVcpu {
         vmcs: &mut vmcs,
-        regs: &mut vcpu.regs,
+        regs: &mut vcpu.frame.regs,
         cr: &vcpu.cr,
         cr2: None,
     };
@@ -697,7 +723,7 @@ impl VmxVcpuState {
         let idtr = table(&vmcs, GuestNatural::IdtrBase, Guest32::IdtrLimit);
         let access = VmxVcpu {
             vmcs: &mut vmcs,
-            regs: &mut self.regs,
+            regs: &mut self.frame.regs,
             cr: &self.cr,
             cr2: None,
         };
@@ -794,6 +820,12 @@ impl crate::guests::Hardware for VmxSettings {
         vcpu: &mut run::Vcpu<crate::guests::HostBackend<Self>>,
         exit: &Exit,
     ) -> Outcome {
+        // The CPUID exits the trampoline answered since the last exit
+        // that came here count as handled ones.
+        let fast = vcpu.hw.frame.take_fast_cpuid_exits();
+        if fast != 0 {
+            vcpu::exit::count_answered_cpuid(&mut vcpu.model, fast);
+        }
         // The hottest exit takes no lock.
         if let Exit::Cpuid = exit {
             return cpuid(&mut vcpu.hw, &mut vcpu.model);

@@ -564,6 +564,13 @@ impl ExitTally {
         self.cpuid = self.cpuid.wrapping_add(1);
     }
 
+    /// Counts `n` CPUID exits.
+    pub fn count_cpuids(&mut self, n: u64) {
+        self.cpuid = self
+            .cpuid
+            .wrapping_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
     /// Adds every non-zero count to `table` (by kind index; a kind past
     /// the table's end goes to `other`) and starts over.
     pub fn drain_into(&mut self, table: &mut [u64], other: &mut u64) {
@@ -685,7 +692,8 @@ struct CachedCpuid {
     result: CpuidResult,
 }
 
-/// Direct-mapped by the leaf's low bits (and the extended-range bit).
+/// Direct-mapped by the leaf's low bits (with the extended and hypervisor
+/// range bits folded in).
 const CPUID_CACHE_SLOTS: usize = 16;
 
 impl CpuidCache {
@@ -698,7 +706,7 @@ impl CpuidCache {
         ctx: &GuestCpuidContext,
         host: impl Fn(u32, u32) -> CpuidResult,
     ) -> CpuidResult {
-        let index = ((leaf as usize) ^ ((leaf >> 27) as usize)) % CPUID_CACHE_SLOTS;
+        let index = ((leaf as usize) ^ ((leaf >> 28) as usize)) % CPUID_CACHE_SLOTS;
         let cr4 = u64::from(ctx.cr4_osxsave) | (u64::from(ctx.cr4_pke) << 1);
         if let Some(Some(hit)) = self.slots.get(index) {
             if hit.leaf == leaf && hit.subleaf == subleaf && hit.cr4 == cr4 {
@@ -718,6 +726,30 @@ impl CpuidCache {
         }
         result
     }
+}
+
+impl CpuidCache {
+    /// The cached answer for `leaf`/`subleaf`, with the guest CR4 it holds
+    /// for (CR4.OSXSAVE and CR4.PKE, the rest clear), if the cache has it:
+    /// an answer the vCPU gets every time it asks that with those CR4 bits,
+    /// which a backend may give without asking the policy again.
+    pub fn cached(&self, leaf: u32, subleaf: u32) -> Option<(u64, CpuidResult)> {
+        let index = ((leaf as usize) ^ ((leaf >> 28) as usize)) % CPUID_CACHE_SLOTS;
+        let hit = self.slots.get(index).copied().flatten()?;
+        (hit.leaf == leaf && hit.subleaf == subleaf).then(|| {
+            let cr4 = if hit.cr4 & 1 != 0 { CR4_OSXSAVE } else { 0 }
+                | if hit.cr4 & 2 != 0 { CR4_PKE } else { 0 };
+            (cr4, hit.result)
+        })
+    }
+}
+
+/// Counts `n` CPUID exits a backend answered without the handlers (from
+/// what [`CpuidCache::cached`] gave it), as [`handle_cpuid`] counts one.
+pub fn count_answered_cpuid(model: &mut VcpuModel, n: u64) {
+    model.stats.exits = model.stats.exits.wrapping_add(n);
+    model.stats.cpuid = model.stats.cpuid.wrapping_add(n);
+    model.tally.count_cpuids(n);
 }
 
 /// The port of the PC reset-control register (Intel chipsets' CF9h).

@@ -68,6 +68,53 @@ fn osxsave_follows_the_guests_cr4() {
 }
 
 #[test]
+fn a_cached_answer_is_what_the_handler_gave_for_those_cr4_bits() {
+    let mut v = setup(2);
+    for (cr4, leaf, subleaf) in [
+        (0, 1, 0),
+        (1 << 18, 1, 0),
+        (1 << 22, 7, 0),
+        (0, 0x8000_0001, 3),
+    ] {
+        v.0.cr4 = cr4;
+        v.0.gprs[0] = leaf;
+        v.0.gprs[1] = subleaf;
+        run(Exit::Cpuid, &mut v);
+        let given = CpuidResult {
+            eax: v.0.gprs[0] as u32,
+            ebx: v.0.gprs[3] as u32,
+            ecx: v.0.gprs[1] as u32,
+            edx: v.0.gprs[2] as u32,
+        };
+        assert_eq!(
+            v.1.cpuid_cache.cached(leaf as u32, subleaf as u32),
+            Some((cr4, given)),
+            "leaf {leaf:#x}.{subleaf} with CR4 {cr4:#x}"
+        );
+        assert_eq!(
+            v.1.cpuid_cache.cached(leaf as u32, subleaf as u32 + 1),
+            None
+        );
+    }
+    // Leaf 0DH depends on XCR0 and is never cached.
+    v.0.gprs[0] = 0xD;
+    v.0.gprs[1] = 0;
+    run(Exit::Cpuid, &mut v);
+    assert_eq!(v.1.cpuid_cache.cached(0xD, 0), None);
+}
+
+#[test]
+fn answered_cpuids_are_counted_as_handled_ones() {
+    let mut v = setup(2);
+    run(Exit::Cpuid, &mut v);
+    count_answered_cpuid(&mut v.1, 4);
+    assert_eq!((v.1.stats.exits, v.1.stats.cpuid), (5, 5));
+    let mut t = ExitTally::default();
+    t.count_cpuids(5);
+    assert_eq!(v.1.tally, t);
+}
+
+#[test]
 fn paging_on_with_lme_sets_lma_and_paging_off_clears_it() {
     let mut v = setup(3);
     v.0.cr0 = 0x11;
