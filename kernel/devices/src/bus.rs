@@ -517,6 +517,13 @@ impl Bus {
         self.slots.is_empty()
     }
 
+    /// The device `id` as its concrete type `T`, to read; `None` if `id`
+    /// is not on this bus or is another type.
+    pub fn get<T: Device>(&self, id: DeviceId) -> Option<&T> {
+        let device: &dyn Any = self.slots.get(id.0)?.device.as_ref();
+        device.downcast_ref::<T>()
+    }
+
     /// The device `id` as its concrete type `T`; `None` if `id` is not on
     /// this bus or is another type.
     pub fn get_mut<T: Device>(&mut self, id: DeviceId) -> Option<&mut T> {

@@ -128,6 +128,30 @@ impl UartDevice {
         }
     }
 
+    /// Sends `bytes` as writes to THR would while the UART transmits
+    /// plainly ([`Uart16550::transmits_plainly`]): such a write changes
+    /// no register and raises nothing, so only the bytes go out, to the
+    /// raw queue or the console line. False, with nothing sent, when the
+    /// UART does not transmit plainly: the caller writes THR instead.
+    pub fn send_plain(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&str)) -> bool {
+        if !self.uart.transmits_plainly() {
+            return false;
+        }
+        match self.raw.as_mut() {
+            Some(raw) => {
+                for &b in bytes {
+                    raw.push(b);
+                }
+            }
+            None => {
+                for &b in bytes {
+                    self.console.push(b, &mut *sink);
+                }
+            }
+        }
+        true
+    }
+
     /// Transmitted bytes raw mode dropped because its queue was full.
     pub const fn output_dropped(&self) -> u64 {
         match &self.raw {
@@ -389,6 +413,38 @@ mod tests {
         vm.flush();
         assert_eq!(vm.lines, ["hello", "wor"], "flush emits the partial line");
         assert_eq!(vm.inb(LSR), 0x60, "transmitter always empty");
+    }
+
+    #[test]
+    fn a_plain_send_is_what_thr_writes_would_send() {
+        for raw in [false, true] {
+            let mut written = Vm::new();
+            let mut sent = Vm::new();
+            written.device().set_raw(raw);
+            sent.device().set_raw(raw);
+            for &byte in b"one\r\ntw" {
+                written.out(THR, 1, u32::from(byte));
+            }
+            let lines = &mut sent.lines;
+            let uart = sent.bus.get_mut::<UartDevice>(sent.uart).unwrap();
+            assert!(uart.send_plain(b"one\r\ntw", &mut |l| lines.push(l.to_string())));
+            assert_eq!(written.lines, sent.lines);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            written
+                .device()
+                .take_output(&mut |x| a.extend_from_slice(x));
+            sent.device().take_output(&mut |x| b.extend_from_slice(x));
+            assert_eq!(a, b);
+            assert_eq!(written.inb(IIR), sent.inb(IIR));
+            assert_eq!(written.irqs.level(COM1_IRQ), sent.irqs.level(COM1_IRQ));
+        }
+        // Not plainly: with the THR-empty interrupt on, a THR write raises
+        // it again, so nothing is sent this way.
+        let mut vm = Vm::new();
+        vm.out(IER, 1, 0x02);
+        assert!(!vm.device().send_plain(b"x", &mut |_| {}));
+        vm.flush();
+        assert!(vm.lines.is_empty());
     }
 
     #[test]

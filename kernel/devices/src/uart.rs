@@ -439,6 +439,14 @@ impl Uart16550 {
         }
     }
 
+    /// Whether a write to offset 0 only sends its byte: LCR.DLAB clear
+    /// (it is THR, not the divisor latch), no loopback (the byte leaves the
+    /// chip) and no THR-empty interrupt enabled (nothing the guest can see
+    /// changes: THR is empty again at once, see the module's notes).
+    pub const fn transmits_plainly(&self) -> bool {
+        !self.dlab() && !self.loopback() && self.ier & IER_THRE == 0
+    }
+
     const fn dlab(&self) -> bool {
         self.lcr & LCR_DLAB != 0
     }
@@ -912,6 +920,24 @@ mod tests {
         assert_eq!(uart.read(reg::IIR_FCR), 0x01, "IER.1 clear: not reported");
         uart.write(reg::IER, 0x01);
         assert_eq!(uart.read(reg::IIR_FCR), 0x01, "nor with only ERBFI");
+    }
+
+    #[test]
+    fn only_a_plain_transmitter_sends_without_side_effects() {
+        let mut uart = Uart16550::new();
+        assert!(uart.transmits_plainly());
+        uart.write(reg::LCR, LCR_DLAB);
+        assert!(!uart.transmits_plainly(), "offset 0 is the divisor latch");
+        uart.write(reg::LCR, 0x03);
+        assert!(uart.transmits_plainly());
+        uart.write(reg::IER, IER_THRE);
+        assert!(!uart.transmits_plainly(), "a THR write re-raises THRE");
+        uart.write(reg::IER, 0x01);
+        assert!(uart.transmits_plainly(), "receive interrupts do not matter");
+        uart.write(reg::MCR, 0x10);
+        assert!(!uart.transmits_plainly(), "loopback receives the byte");
+        uart.write(reg::MCR, 0x0B);
+        assert!(uart.transmits_plainly());
     }
 
     #[test]

@@ -558,6 +558,15 @@ impl ExitTally {
         }
     }
 
+    /// Counts `n` exits of kind `kind`.
+    pub fn count_many(&mut self, kind: ExitKind, n: u64) {
+        let k = kind.index();
+        if let Some(c) = self.counts.get_mut(k) {
+            *c = c.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+            self.seen |= 1 << k;
+        }
+    }
+
     /// Counts one CPUID exit.
     #[inline(always)]
     pub fn count_cpuid(&mut self) {
@@ -742,6 +751,15 @@ impl CpuidCache {
             (cr4, hit.result)
         })
     }
+}
+
+/// Counts `n` byte-sized OUTs to COM1's transmit register that a backend
+/// queued in a [`crate::com_out::ComOut`] without the handlers, as
+/// [`handle_exit`] counts an I/O exit.
+pub fn count_queued_com1_writes(model: &mut VcpuModel, n: u64) {
+    model.stats.exits = model.stats.exits.wrapping_add(n);
+    model.stats.io = model.stats.io.saturating_add(n);
+    model.tally.count_many(ExitKind::Io, n);
 }
 
 /// Counts `n` CPUID exits a backend answered without the handlers (from

@@ -20,6 +20,7 @@ extern crate alloc;
 
 pub mod access;
 pub mod apic_bus;
+pub mod com_out;
 pub mod cpuid;
 pub mod cr;
 pub mod exit;

@@ -40,8 +40,9 @@ use devices::pci_host::{PciHost, PCI_HOST_PORTS};
 use devices::pic::{DualPic, PIC_PORTS};
 use devices::pit::{Pit, PIT_PORTS};
 use devices::rtc::{Rtc, RTC_PORTS};
-use devices::serial::UartDevice;
+use devices::serial::{UartDevice, UART_PORTS};
 use devices::timer::{TestTimer, TEST_TIMER_PORTS};
+use devices::uart::COM1_BASE;
 
 use super::access::{Event, VcpuAccess};
 use super::apic_bus::ApicBus;
@@ -71,6 +72,9 @@ pub struct VmDevices {
     ioapic: Option<DeviceId>,
     /// COM1, whose console the print hypercall writes to.
     com1: Option<DeviceId>,
+    /// Whether COM1 transmits plainly, as of the last write to its ports
+    /// (see [`VmDevices::com1_transmits_plainly`]).
+    com1_plain: bool,
     /// Whether the 8259 pair asserts its output, and whether the I/O APIC
     /// holds a message, as of the last change that could move them (kept
     /// so that the exit path asks neither device on every exit).
@@ -144,18 +148,21 @@ impl VmDevices {
         let ioapic = devices::bus::MmioRange::new(GuestPhysAddr::new(IOAPIC_BASE), 1)
             .ok()
             .and_then(|range| bus.add(Box::new(IoApic::new(0)), &[], &[range]).ok());
-        Self {
+        let mut vm = Self {
             bus,
             irqs: IrqLines::new(),
             pic,
             ioapic,
             com1,
+            com1_plain: false,
             pic_out: false,
             ioapic_pending: false,
             deadline: u64::MAX,
             pending: false,
             apics: Arc::new(ApicBus::new(vcpus as usize)),
-        }
+        };
+        vm.com1_plain = vm.com1_plain_now();
+        vm
     }
 
     /// The wires between the VM's local APICs.
@@ -231,6 +238,9 @@ impl VmDevices {
         if is_pic_port(port) {
             self.sync_pic();
         }
+        if port.wrapping_sub(COM1_BASE) < UART_PORTS {
+            self.com1_plain = self.com1_plain_now();
+        }
         self.refresh();
         claimed
     }
@@ -271,6 +281,34 @@ impl VmDevices {
     pub fn print(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&str)) {
         if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
             uart.print(bytes, sink);
+        }
+    }
+
+    /// Whether a write to COM1's transmit register only sends its byte
+    /// (see [`devices::uart::Uart16550::transmits_plainly`]), so it may be
+    /// queued in a [`crate::com_out::ComOut`] instead of coming here.
+    pub fn com1_transmits_plainly(&self) -> bool {
+        self.com1_plain
+    }
+
+    fn com1_plain_now(&self) -> bool {
+        self.com1
+            .and_then(|id| self.bus.get::<UartDevice>(id))
+            .is_some_and(|uart| uart.uart().transmits_plainly())
+    }
+
+    /// Writes `bytes` to COM1's transmit register, one byte-sized OUT
+    /// each, as the guest did: the bytes a [`crate::com_out::ComOut`]
+    /// queued.
+    pub fn com1_transmit(&mut self, bytes: &[u8], now: u64, sink: &mut dyn FnMut(&str)) {
+        let sent = self
+            .com1
+            .and_then(|id| self.bus.get_mut::<UartDevice>(id))
+            .is_some_and(|uart| uart.send_plain(bytes, sink));
+        if !sent {
+            for &byte in bytes {
+                self.port_write(COM1_BASE, 1, u32::from(byte), now, sink);
+            }
         }
     }
 

@@ -104,6 +104,25 @@ fn a_cached_answer_is_what_the_handler_gave_for_those_cr4_bits() {
 }
 
 #[test]
+fn queued_com1_writes_are_counted_as_handled_io_exits() {
+    let mut v = setup(1);
+    let mut handled = setup(1);
+    for _ in 0..3 {
+        handled.0.gprs[0] = u64::from(b'x');
+        run(
+            Exit::Io(IoAccess::port(0x3F8, 1, IoDirection::Out)),
+            &mut handled,
+        );
+    }
+    count_queued_com1_writes(&mut v.1, 3);
+    assert_eq!(
+        (v.1.stats.exits, v.1.stats.io),
+        (handled.1.stats.exits, handled.1.stats.io)
+    );
+    assert_eq!(v.1.tally, handled.1.tally);
+}
+
+#[test]
 fn answered_cpuids_are_counted_as_handled_ones() {
     let mut v = setup(2);
     run(Exit::Cpuid, &mut v);
