@@ -26,6 +26,7 @@ use loader::{GuestMemory, LoadError, LoadedImage};
 use log::{debug, error, info, warn};
 use run::{Backend, GuestRun, Vcpu, Vm};
 use spin::Mutex;
+use vcpu::com_out::ComOut;
 use vcpu::exit::{Exit, Outcome};
 use vcpu::stop::StopReason;
 
@@ -75,7 +76,7 @@ pub trait Hardware: Sync + Sized + 'static {
     /// See [`run::Backend::set_slice`].
     fn set_slice(&self, vcpu: &mut Self::Vcpu, ticks: u64) -> Result<(), String>;
     /// See [`run::Backend::enter`].
-    fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, Box<StopReason>>;
+    fn enter(&self, vcpu: &mut Self::Vcpu, com1_out: &ComOut) -> Result<Exit, Box<StopReason>>;
     /// See [`run::Backend::handle`].
     fn handle(
         &self,
@@ -502,8 +503,8 @@ impl<H: Hardware> Backend for HostBackend<H> {
     }
 
     #[inline]
-    fn enter(&self, vcpu: &mut H::Vcpu) -> Result<Exit, Box<StopReason>> {
-        self.hw.enter(vcpu)
+    fn enter(&self, vcpu: &mut H::Vcpu, com1_out: &ComOut) -> Result<Exit, Box<StopReason>> {
+        self.hw.enter(vcpu, com1_out)
     }
 
     #[inline]

@@ -544,7 +544,7 @@ impl<B: Backend> GuestRun<B> {
                     }
                 }
             }
-            let exit = backend.enter(&mut vcpu.hw);
+            let exit = backend.enter(&mut vcpu.hw, &vm.com1_out);
             // One clock read an exit: the guest is charged from one exit
             // to the next, its exit handling included.
             let now = backend.now();
@@ -642,6 +642,11 @@ impl<B: Backend> GuestRun<B> {
         };
         if let Some(f) = figures {
             f.slice(last.wrapping_sub(slice_start));
+        }
+        // COM1 bytes the backend queued since the guest last touched its
+        // devices go out with the slice, before any stop report.
+        if !vm.com1_out.is_empty() {
+            vm.forward_output(backend);
         }
         end
     }

@@ -40,6 +40,7 @@ use spin::{Mutex, MutexGuard};
 
 use config::{GuestConfig, GuestStopAction};
 use vcpu::apic_bus::ApicBus;
+use vcpu::com_out::ComOut;
 use vcpu::exit::{Exit, Outcome, VcpuModel};
 use vcpu::stop::StopReason;
 use vcpu::vm::{VmDevices, WallClock};
@@ -128,7 +129,11 @@ pub trait Backend: Sync {
     fn set_slice(&self, vcpu: &mut Self::Vcpu, ticks: u64) -> Result<(), String>;
     /// Enters the vCPU (current on this CPU) and returns its decoded exit
     /// (boxed error: the result travels in two registers on every exit).
-    fn enter(&self, vcpu: &mut Self::Vcpu) -> Result<Exit, Box<StopReason>>;
+    /// A backend may queue a byte-sized OUT to COM1's transmit register
+    /// in `com1_out` and resume the guest without returning (when the
+    /// queue takes it); it counts such exits as I/O exits at its next
+    /// [`Backend::handle`].
+    fn enter(&self, vcpu: &mut Self::Vcpu, com1_out: &ComOut) -> Result<Exit, Box<StopReason>>;
     /// Handles `exit` of `vcpu` with the neutral handlers (locking the
     /// VM's devices where the exit needs them).
     fn handle(&self, vm: &Vm<Self>, vcpu: &mut Vcpu<Self>, exit: &Exit) -> Outcome
@@ -270,6 +275,10 @@ pub struct Vm<B: Backend> {
     /// were unlocked.
     device_attention: AtomicU64,
     device_deadline: AtomicU64,
+    /// COM1 transmit-register writes a backend queued on the exit path
+    /// without the device lock ([`Backend::enter`]); [`Vm::devices`]
+    /// hands them to the UART before anything else touches the devices.
+    pub com1_out: ComOut,
     /// When it was created (TSC): its uptime counts from here.
     pub started_at: u64,
     /// The scheduler id of its vCPU 0; vCPU `k` has `first_vcpu + k`.
@@ -286,6 +295,7 @@ pub struct DevicesGuard<'a> {
     guard: MutexGuard<'a, VmDevices>,
     attention: &'a AtomicU64,
     deadline: &'a AtomicU64,
+    com1_out: &'a ComOut,
 }
 
 impl core::ops::Deref for DevicesGuard<'_> {
@@ -301,12 +311,27 @@ impl core::ops::DerefMut for DevicesGuard<'_> {
     }
 }
 
+impl DevicesGuard<'_> {
+    /// Writes the queued COM1 bytes to the UART, as the guest's OUTs
+    /// would have. COM1 is in raw mode in a run (see [`Vm::new`]): its
+    /// bytes go to [`VmDevices::take_console_output`], not to console
+    /// lines, so no line sink is needed; the UART does not read the
+    /// clock.
+    #[inline(never)]
+    fn take_com1_out(&mut self) {
+        let devices = &mut *self.guard;
+        self.com1_out
+            .drain(&mut |bytes| devices.com1_transmit(bytes, 0, &mut |_| {}));
+    }
+}
+
 impl Drop for DevicesGuard<'_> {
     fn drop(&mut self) {
         let at = self.guard.attention_tsc();
         self.attention.store(at, Ordering::Release);
         let deadline = self.guard.next_deadline().unwrap_or(u64::MAX);
         self.deadline.store(deadline, Ordering::Release);
+        self.com1_out.set_open(self.guard.com1_transmits_plainly());
     }
 }
 
@@ -330,6 +355,7 @@ impl<B: Backend> Vm<B> {
         devices.set_com1_raw(true);
         let apics = Arc::clone(devices.apic_bus());
         let attention = devices.attention_tsc();
+        let plain = devices.com1_transmits_plainly();
         let vm = Arc::new(Self {
             name: String::from(name),
             index,
@@ -338,6 +364,11 @@ impl<B: Backend> Vm<B> {
             apics,
             device_attention: AtomicU64::new(attention),
             device_deadline: AtomicU64::new(u64::MAX),
+            com1_out: {
+                let out = ComOut::new();
+                out.set_open(plain);
+                out
+            },
             started_at: backend.now(),
             first_vcpu,
             vcpus: n,
@@ -368,11 +399,16 @@ impl<B: Backend> Vm<B> {
     /// Locks the devices.
     #[inline]
     pub fn devices(&self) -> DevicesGuard<'_> {
-        DevicesGuard {
+        let mut guard = DevicesGuard {
             guard: self.devices.lock(),
             attention: &self.device_attention,
             deadline: &self.device_deadline,
+            com1_out: &self.com1_out,
+        };
+        if !self.com1_out.is_empty() {
+            guard.take_com1_out();
         }
+        guard
     }
 
     /// Passes what the guest transmitted on COM1 since the last call to

@@ -57,6 +57,12 @@ enum Program {
     },
     /// Writes `text` to COM1's THR a byte an exit, then FV_EXIT 0.
     Print { text: &'static str },
+    /// The same, with the backend queueing the bytes at even positions
+    /// in the VM's `com1_out` without returning (as VT-x does), the odd
+    /// ones through the device bus; after the first `mode_at` bytes the
+    /// guest turns on the THR-empty interrupt (IER = 2), so the queue is
+    /// closed from then on.
+    PrintQueued { text: &'static str, mode_at: usize },
     /// A shell on COM1: puts [`SHELL_MARK`] in RBX, enables the receive
     /// interrupt (MCR.OUT2, IER), prints [`SHELL_PROMPT`], then polls LSR, halting while
     /// nothing came, and echoes every byte it reads from RBR; `q` ends
@@ -401,7 +407,11 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
-    fn enter(&self, vcpu: &mut FakeVcpuHw) -> Result<Exit, Box<StopReason>> {
+    fn enter(
+        &self,
+        vcpu: &mut FakeVcpuHw,
+        com1_out: &vcpu::com_out::ComOut,
+    ) -> Result<Exit, Box<StopReason>> {
         let cpu = this_cpu();
         assert_eq!(vcpu.active_on, Some(cpu), "entered where not active");
         assert_eq!(
@@ -425,6 +435,33 @@ impl Backend for FakeBackend {
             return Ok(Exit::SliceEnd);
         }
         vcpu.step += 1;
+        if let Program::PrintQueued { text, mode_at } = vcpu.program {
+            let v = &mut vcpu.vcpu;
+            if vcpu.wrote == mode_at && vcpu.phase == 0 {
+                vcpu.phase = 1;
+                v.gprs[0] = 2;
+                return Ok(Exit::Io(IoAccess::port(0x3F9, 1, IoDirection::Out)));
+            }
+            while let Some(&b) = text.as_bytes().get(vcpu.wrote) {
+                vcpu.wrote += 1;
+                if vcpu.wrote % 2 == 1 && com1_out.push(b) {
+                    if vcpu.wrote == mode_at {
+                        break;
+                    }
+                    continue;
+                }
+                v.gprs[0] = u64::from(b);
+                return Ok(Exit::Io(IoAccess::port(0x3F8, 1, IoDirection::Out)));
+            }
+            if vcpu.wrote == mode_at && vcpu.phase == 0 {
+                vcpu.phase = 1;
+                v.gprs[0] = 2;
+                return Ok(Exit::Io(IoAccess::port(0x3F9, 1, IoDirection::Out)));
+            }
+            v.gprs[0] = hypercall::EXIT;
+            v.gprs[3] = 0;
+            return Ok(Exit::Hypercall);
+        }
         let v = &mut vcpu.vcpu;
         Ok(match vcpu.program {
             Program::Spin { exits, code } => {
@@ -437,7 +474,7 @@ impl Backend for FakeBackend {
                     Exit::Hypercall
                 }
             }
-            Program::Idle => Exit::Hlt,
+            Program::Idle | Program::PrintQueued { .. } => Exit::Hlt,
             Program::Forever => {
                 v.gprs[0] = 0;
                 Exit::Cpuid
@@ -1230,6 +1267,32 @@ fn com1_output_reaches_the_console_raw_and_before_the_stop() {
         "COM1 no longer makes lines: {:?}",
         b.lines.lock().unwrap()
     );
+    let events = b.events.lock().unwrap();
+    for g in ["g0", "g1"] {
+        let last_out = events.iter().rposition(|e| *e == format!("out {g}"));
+        let stop = events.iter().position(|e| *e == format!("stop {g}"));
+        assert!(last_out < stop, "{g}'s output comes first: {events:?}");
+    }
+}
+
+/// Bytes a backend queues on the exit path come out in the guest's
+/// order with those that went through the device bus, before its stop,
+/// also when the guest changes the UART's mode on the way (the queue is
+/// drained before that write reaches the UART; that it then takes no
+/// more is the devices' `transmits_plainly` tests' and `send_plain`'s).
+#[test]
+fn queued_com1_bytes_keep_their_place_and_stop_when_the_uart_mode_changes() {
+    let text = "queued and written bytes, in the guest's order\r\n";
+    let programs = vec![
+        Program::PrintQueued { text, mode_at: 21 },
+        Program::PrintQueued {
+            text,
+            mode_at: usize::MAX,
+        },
+    ];
+    let b = run_on(2, programs, vec![None; 2], GuestStopAction::Stop, 1, 1000);
+    assert_eq!(b.output(0), text.as_bytes());
+    assert_eq!(b.output(1), text.as_bytes());
     let events = b.events.lock().unwrap();
     for g in ["g0", "g1"] {
         let last_out = events.iter().rposition(|e| *e == format!("out {g}"));

@@ -434,7 +434,11 @@ impl Hardware for SvmSettings {
         Ok(())
     }
 
-    fn enter(&self, vcpu: &mut SvmVcpuState) -> Result<Exit, Box<StopReason>> {
+    fn enter(
+        &self,
+        vcpu: &mut SvmVcpuState,
+        _com1_out: &vcpu::com_out::ComOut,
+    ) -> Result<Exit, Box<StopReason>> {
         let cpu = usize::from(crate::cpu::current_index());
         let generation = crate::svm::asid_generation();
         if vcpu.flush && !vcpu.flush_by_asid {

@@ -19,6 +19,7 @@ use loader::entry::EntryState;
 use loader::{GuestMemory, LoadError, LoadedImage};
 use log::debug;
 use mm::MmError;
+use vcpu::com_out::ComOut;
 use vcpu::exit::{handle_cpuid, handle_exit, Exit, Outcome, VcpuModel};
 use vcpu::stop::StopReason;
 use vcpu::vm::{self as vm_devices, VmDevices};
@@ -31,7 +32,10 @@ use vmx::execution::GuestControls;
 use vmx::fast::RunFrame;
 use vmx::instructions::{self as hw, HardwareVmcs, InveptType, InvvpidType};
 use vmx::regs::GuestRegisters;
-use vmx::vmcs::{Guest32, GuestNatural, Host16, Host32, Host64, HostNatural, VmcsAccess};
+use vmx::vmcs::{
+    Guest32, GuestNatural, Host16, Host32, Host64, HostNatural, ReadOnly32, ReadOnlyNatural,
+    VmcsAccess,
+};
 
 use crate::guest_ram::{fill_frame, GuestRam, RamPlatform};
 use crate::switched::SwitchedState;
@@ -145,10 +149,14 @@ pub struct VmxVcpuState {
     /// The vCPU's registers while it is not running, and the CPUID
     /// answers the exit trampoline gives by itself.
     frame: RunFrame,
-    /// Whether CPUID answers go into `frame` (see [`vmx::fast`]): only
+    /// Byte-sized COM1 writes queued by [`VmxVcpuState::enter`] since its
+    /// last exit through the handlers.
+    fast_com1: u64,
+    /// Whether CPUID answers go into `frame` (see [`vmx::fast`]), and COM1
+    /// writes into the VM's queue: only
     /// where VM exits save the preemption timer's count, so the fast path
     /// cannot keep the guest from being preempted.
-    fast_cpuid: bool,
+    fast_paths: bool,
     /// Whether the VMCS has been launched on the CPU it is active on
     /// (VMRESUME next).
     launched: bool,
@@ -297,7 +305,8 @@ impl VmxVcpuState {
             name: vm.name.clone(),
             vmcs: HostPhysAddr::new(0),
             frame: RunFrame::new(),
-            fast_cpuid: hw
+            fast_com1: 0,
+            fast_paths: hw
                 .controls
                 .exit
                 .contains(ExitControls::SAVE_PREEMPTION_TIMER_VALUE),
@@ -454,7 +463,7 @@ impl VmxVcpuState {
     /// ticks, and the exit trampoline's fast path to end with it.
     pub fn set_slice(&mut self, hw: &VmxSettings, ticks: u64) -> Result<(), VmFail> {
         let count = u32::try_from(ticks >> hw.timer_shift).unwrap_or(u32::MAX);
-        if self.fast_cpuid {
+        if self.fast_paths {
             self.frame.fast_until = crate::guests::rdtsc().saturating_add(ticks);
         }
         // SAFETY: VMX root operation with this guest's VMCS current.
@@ -570,22 +579,77 @@ impl VmxVcpuState {
     ///
     /// The caller runs this on the CPU where the VMCS is active and
     /// current, with interrupts off.
+    ///
+    /// A byte-sized OUT to COM1's transmit register that `com1_out`
+    /// takes is finished here and the guest entered again (see
+    /// [`vcpu::com_out`]), before the run's deadline as for the
+    /// trampoline's CPUID answers.
     #[inline]
-    pub fn enter(&mut self) -> Result<Exit, Box<StopReason>> {
-        // SAFETY: VMX root operation at CPL 0 with interrupts off (the
-        // host runs with them off); the current VMCS is this vCPU's,
-        // active on this CPU, with this CPU's host state and HOST_RIP at
-        // the exit path (`create`/`arrive`), and `launched` tracks its
-        // launch state.
-        let result = unsafe { hw::vm_run(&mut self.frame, self.launched) };
-        if let Err(e) = result {
-            return Err(Box::new(StopReason::LaunchFailed(alloc::format!("{e}"))));
+    pub fn enter(&mut self, com1_out: &ComOut) -> Result<Exit, Box<StopReason>> {
+        loop {
+            // SAFETY: VMX root operation at CPL 0 with interrupts off (the
+            // host runs with them off); the current VMCS is this vCPU's,
+            // active on this CPU, with this CPU's host state and HOST_RIP
+            // at the exit path (`create`/`arrive`), and `launched` tracks
+            // its launch state.
+            let result = unsafe { hw::vm_run(&mut self.frame, self.launched) };
+            if let Err(e) = result {
+                return Err(Box::new(StopReason::LaunchFailed(alloc::format!("{e}"))));
+            }
+            self.launched = true;
+            // SAFETY: VMX root operation with this vCPU's VMCS current.
+            let mut vmcs = unsafe { HardwareVmcs::current() };
+            if self.fast_paths && self.queue_com1_write(&mut vmcs, com1_out) {
+                continue;
+            }
+            return ::vtx::decode_exit(&mut vmcs)
+                .map_err(|e| Box::new(StopReason::Backend(alloc::format!("{e}"))));
         }
-        self.launched = true;
-        // SAFETY: VMX root operation with this vCPU's VMCS current.
-        let mut vmcs = unsafe { HardwareVmcs::current() };
-        ::vtx::decode_exit(&mut vmcs)
-            .map_err(|e| Box::new(StopReason::Backend(alloc::format!("{e}"))))
+    }
+
+    /// Finishes the exit if it is `OUT 0x3F8, AL` (exit reason 30, I/O;
+    /// qualification: size 1, OUT, not string, not REP, port 0x3F8: SDM
+    /// Vol. 3C, table "Exit Qualification for I/O Instructions") and the
+    /// queue takes the byte: RIP moves past it. False, with nothing
+    /// changed, for anything else, an interrupt shadow to clear, a RIP
+    /// that wraps at 4 GiB, or past the run's deadline.
+    #[inline]
+    fn queue_com1_write(&mut self, vmcs: &mut HardwareVmcs, com1_out: &ComOut) -> bool {
+        const IO_INSTRUCTION: u32 = 30;
+        const COM1_THR_BYTE_OUT: u64 = 0x03F8_0000;
+        if vmcs.read(ReadOnly32::ExitReason) != Ok(IO_INSTRUCTION) {
+            return false;
+        }
+        let Ok(qualification) = vmcs.read(ReadOnlyNatural::ExitQualification) else {
+            return false;
+        };
+        if qualification & 0xFFFF_003F != COM1_THR_BYTE_OUT
+            || crate::guests::rdtsc() >= self.frame.fast_until
+        {
+            return false;
+        }
+        let (Ok(shadow), Ok(len), Ok(rip)) = (
+            vmcs.read(Guest32::InterruptibilityState),
+            vmcs.read(ReadOnly32::ExitInstructionLength),
+            vmcs.read(GuestNatural::Rip),
+        ) else {
+            return false;
+        };
+        let next = rip.wrapping_add(u64::from(len));
+        if shadow & 3 != 0 || (next as u32) < (rip as u32) {
+            return false;
+        }
+        if vmcs.write(GuestNatural::Rip, next).is_err() {
+            return false;
+        }
+        if !com1_out.push(self.frame.regs.rax() as u8) {
+            // Full, or the UART changed mode: the device bus takes it,
+            // from the OUT again. (Were RIP not to go back, which VMWRITE
+            // to a current VMCS cannot fail to do, the OUT is done.)
+            return vmcs.write(GuestNatural::Rip, rip).is_err();
+        }
+        self.fast_com1 = self.fast_com1.wrapping_add(1);
+        true
     }
 
     /// Where the vCPU resumes (its RIP), read from its VMCS, current on
@@ -614,7 +678,7 @@ pub fn cpuid(vcpu: &mut VmxVcpuState, model: &mut VcpuModel) -> Outcome {
     let outcome = handle_cpuid(&mut access, model, arch::cpuid);
     // An answer the policy's cache keeps is the vCPU's every time it asks
     // the same with the same CR4 bits: the trampoline gives it from now on.
-    if vcpu.fast_cpuid {
+    if vcpu.fast_paths {
         if let Some((cr4, r)) = model.cpuid_cache.cached(leaf, subleaf) {
             vcpu.frame
                 .cpuid
@@ -809,8 +873,12 @@ impl crate::guests::Hardware for VmxSettings {
     }
 
     #[inline]
-    fn enter(&self, vcpu: &mut VmxVcpuState) -> Result<Exit, Box<StopReason>> {
-        VmxVcpuState::enter(vcpu)
+    fn enter(
+        &self,
+        vcpu: &mut VmxVcpuState,
+        com1_out: &vcpu::com_out::ComOut,
+    ) -> Result<Exit, Box<StopReason>> {
+        VmxVcpuState::enter(vcpu, com1_out)
     }
 
     #[inline]
@@ -825,6 +893,10 @@ impl crate::guests::Hardware for VmxSettings {
         let fast = vcpu.hw.frame.take_fast_cpuid_exits();
         if fast != 0 {
             vcpu::exit::count_answered_cpuid(&mut vcpu.model, fast);
+        }
+        let queued = core::mem::take(&mut vcpu.hw.fast_com1);
+        if queued != 0 {
+            vcpu::exit::count_queued_com1_writes(&mut vcpu.model, queued);
         }
         // The hottest exit takes no lock.
         if let Exit::Cpuid = exit {
