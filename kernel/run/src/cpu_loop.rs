@@ -550,6 +550,12 @@ impl<B: Backend> GuestRun<B> {
             let now = backend.now();
             vcpu.ticks += now.wrapping_sub(last);
             last = now;
+            // COM1 bytes the backend queued since the last exit reach the
+            // console before anything the handler prints (a print
+            // hypercall's line, a stop report), as they came first.
+            if !vm.com1_out.is_empty() {
+                vm.forward_output(backend);
+            }
             let exit = match exit {
                 Ok(exit) => exit,
                 Err(reason) => break SliceEnd::Stopped(*reason),
