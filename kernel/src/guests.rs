@@ -574,6 +574,10 @@ impl<H: Hardware> Backend for HostBackend<H> {
         self.hw.read_memory(vm, gpa, buf)
     }
 
+    fn host_memory(&self) -> Option<(u64, u64)> {
+        Some((memory::free_frames(), memory::heap_used()))
+    }
+
     fn host_stats(&self) -> console::HostStats {
         let (console_dropped, input_dropped) = crate::serial_console::dropped();
         let frames = memory::frame_stats();

@@ -199,6 +199,11 @@ pub fn free_frames() -> u64 {
     with_frames(|frames| frames.stats().free_frames)
 }
 
+/// Bytes of the kernel heap in use now.
+pub fn heap_used() -> u64 {
+    HEAP.stats().used as u64
+}
+
 /// The frame allocator's figures now (for the monitor's `stats`).
 pub fn frame_stats() -> mm::frame::FrameStats {
     with_frames(|frames| frames.stats())

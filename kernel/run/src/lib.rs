@@ -34,6 +34,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use log::info;
 
 use sched::CpuId;
 use spin::{Mutex, MutexGuard};
@@ -203,6 +204,11 @@ pub trait Backend: Sync {
     /// The host's figures the run does not keep: uptime, memory, console
     /// drops (the run fills in the per-CPU rows).
     fn host_stats(&self) -> console::HostStats;
+    /// Free frames and heap bytes in use now, to report what creating a
+    /// guest cost the host; `None` where the backend does not count.
+    fn host_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Sets the most detailed log level printed.
     fn set_log_level(&self, level: console::LogLevel);
 }
@@ -287,6 +293,37 @@ pub struct Vm<B: Backend> {
     pub vcpus: u32,
     /// Its stop has begun: its vCPUs leave their slices at the next exit.
     pub stopping: AtomicBool,
+}
+
+/// A guest just created: the VM and its vCPUs.
+pub(crate) type Created<B> = (Arc<Vm<B>>, Vec<Vcpu<B>>);
+
+/// Creates guest `k` from `config` with its devices (its first vCPU is
+/// scheduler id `first`, all active on CPU `cpu`), and reports what it
+/// cost the host beyond its RAM: the frames (second-level tables, VMCSs
+/// or VMCBs, save areas, whatever the backend keeps per guest) and the
+/// heap (device models, vCPU state), measured around the creation.
+pub(crate) fn create_vm<B: Backend>(
+    backend: &B,
+    k: usize,
+    config: &GuestConfig,
+    first: usize,
+    cpu: usize,
+) -> Option<Created<B>> {
+    let before = backend.host_memory();
+    let (hw, hws) = backend.create(k, config)?;
+    let created = Vm::new(&config.name, k, first, hw, hws, cpu, backend);
+    if let (Some((free0, heap0)), Some((free1, heap1))) = (before, backend.host_memory()) {
+        let ram_frames = config.memory.div_ceil(4096);
+        let frames = free0.saturating_sub(free1).saturating_sub(ram_frames);
+        info!(
+            "guest {}: host memory beyond its RAM: {} KiB in {frames} frames, {} KiB of heap",
+            config.name,
+            frames.saturating_mul(4),
+            heap1.saturating_sub(heap0).div_ceil(1024),
+        );
+    }
+    Some(created)
 }
 
 /// A VM's devices, locked; unlocking brings the VM's attention time up to
@@ -608,9 +645,7 @@ impl<B: Backend> GuestRun<B> {
                     alloc::format!("{}/{v}", config.name)
                 });
             }
-            let created = backend
-                .create(k, &config)
-                .map(|(hw, hws)| Vm::new(&config.name, k, first, hw, hws, cpu, &backend));
+            let created = create_vm(&backend, k, &config, first, cpu);
             let vm = match created {
                 Some((vm, parts)) => {
                     for vcpu in parts {

@@ -176,11 +176,11 @@ impl<B: Backend> GuestRun<B> {
     ) -> bool {
         let backend = &self.backend;
         info!("guest {}: restarting", slot.config.name);
-        let Some((hw, vcpus)) = backend.create(g, &slot.config) else {
+        let first = self.first_vcpu.get(g).copied().unwrap_or(usize::MAX);
+        let Some((vm, vcpus)) = super::create_vm(backend, g, &slot.config, first, local.index)
+        else {
             return false;
         };
-        let first = self.first_vcpu.get(g).copied().unwrap_or(usize::MAX);
-        let (vm, vcpus) = Vm::new(&slot.config.name, g, first, hw, vcpus, local.index, backend);
         let count = vcpus.len();
         for (k, vcpu) in vcpus.into_iter().enumerate() {
             let v = first.saturating_add(k);
