@@ -69,14 +69,15 @@ fn qemu_without_vtx(firmware: Firmware) {
 }
 
 /// The default configuration's plan, read from `source`: each guest's RAM
-/// and what running it costs besides (1 or 2 MiB: 4 EPT tables, 3 bitmaps,
-/// the VMCS and a one-frame save area, 36 KiB).
+/// and what running it costs besides (1 or 2 MiB: 4 EPT tables, the VMCS
+/// and a one-frame save area, 24 KiB; the I/O and MSR bitmaps are the
+/// host's, shared by every guest).
 fn default_plan(c: &Checked<'_>, source: &str) {
     c.saw(&format!("config: loaded 4 guests from {source}"))
-        .saw("config: guest real: kernel \"real.bin\", flat, real mode, 1 MiB + 36 KiB overhead, 1 vCPU")
-        .saw("config: guest protected: kernel \"protected.bin\", flat, protected mode, 2 MiB + 36 KiB overhead, 1 vCPU")
-        .saw("config: guest long: kernel \"long.bin\", flat, long mode, 2 MiB + 36 KiB overhead, 1 vCPU")
-        .saw("config: guest cpuid: kernel \"cpuid_loop.bin\", flat, long mode, 2 MiB + 36 KiB overhead, 1 vCPU")
+        .saw("config: guest real: kernel \"real.bin\", flat, real mode, 1 MiB + 24 KiB overhead, 1 vCPU")
+        .saw("config: guest protected: kernel \"protected.bin\", flat, protected mode, 2 MiB + 24 KiB overhead, 1 vCPU")
+        .saw("config: guest long: kernel \"long.bin\", flat, long mode, 2 MiB + 24 KiB overhead, 1 vCPU")
+        .saw("config: guest cpuid: kernel \"cpuid_loop.bin\", flat, long mode, 2 MiB + 24 KiB overhead, 1 vCPU")
         .in_order("config: loaded 4 guests", "config: guest real:");
 }
 
@@ -184,7 +185,7 @@ fn editing_the_config_partition_with_mtools_changes_the_next_boot() {
     );
     Checked::new(&out, "QEMU boot after editing FERROCFG with mtools")
         .saw("config: loaded 4 guests from disk ahci0-port0 partition FERROCFG")
-        .saw("config: guest edited: kernel \"real.bin\", flat, real mode, 1 MiB + 36 KiB overhead, 1 vCPU, cmdline \"changed with mtools\"")
+        .saw("config: guest edited: kernel \"real.bin\", flat, real mode, 1 MiB + 24 KiB overhead, 1 vCPU, cmdline \"changed with mtools\"")
         .never("config: guest real:")
         .exit_code(0);
 }
@@ -1138,12 +1139,13 @@ fn smp_guests(engine: Engine, limit: Duration, what: &str) {
         limit,
     );
     let c = Checked::new(&out, what);
-    // 4 MiB: under VT-x 5 EPT tables and 3 bitmaps, then a VMCS and a
-    // one-frame save area per vCPU; under SVM 5 nested page tables, the
+    // 4 MiB: under VT-x 5 EPT tables (the bitmaps are shared), then a
+    // VMCS and a one-frame save area per vCPU; under SVM 5 nested page
+    // tables, the
     // I/O permission map (a 4-frame block) and the MSR permission map (2
     // frames), then a VMCB and a save area per vCPU.
     let (two, four) = match Virt::of(&out) {
-        Virt::Vmx => (48, 64),
+        Virt::Vmx => (36, 52),
         Virt::Svm => (60, 76),
     };
     c.saw("config: loaded 2 guests from ")
@@ -1787,10 +1789,10 @@ fn cpu_facts(engine: Engine, limit: Duration, what: &str) {
     );
     let c = Checked::new(&out, what);
     let virt = Virt::of(&out);
-    // Under SVM the permission maps take 6 frames where VT-x's bitmaps
-    // take 3.
+    // Under SVM each guest's permission maps take 6 frames; VT-x's
+    // bitmaps are the host's, shared by every guest.
     let overhead = match virt {
-        Virt::Vmx => 40,
+        Virt::Vmx => 28,
         Virt::Svm => 52,
     };
     c.saw(&format!("config: guest facts: kernel \"facts.bin\", flat, protected mode, 4 MiB + {overhead} KiB overhead, 1 vCPU"))

@@ -53,19 +53,36 @@ pub struct VmxSettings {
     pub xsave: Option<(usize, u64)>,
     /// The VMX-preemption timer counts once every 2^this TSC ticks.
     pub timer_shift: u8,
+    /// I/O bitmaps A and B and the MSR bitmap, one frame each: the same
+    /// for every guest (every port exits, the MSR policy is the same), so
+    /// every VMCS points at these. Kept until power-off.
+    bitmaps: [HostPhysAddr; 3],
 }
 
 impl VmxSettings {
     /// Computes the shared settings and turns on CR4.OSXSAVE/OSFXSR, so the
     /// host can switch guests' extended state.
-    pub fn new(caps: VmxCapabilities) -> Result<Self, vmx::execution::ControlError> {
-        let controls = GuestControls::compute(&caps)?;
+    pub fn new(caps: VmxCapabilities) -> Result<Self, String> {
+        let controls = GuestControls::compute(&caps).map_err(|e| alloc::format!("{e}"))?;
         let xsave = crate::switched::xsave_layout();
+        let mut bitmaps = [HostPhysAddr::new(0); 3];
+        for slot in &mut bitmaps {
+            *slot = memory::alloc_zeroed_frame()
+                .map_err(|e| alloc::format!("no frame for the I/O and MSR bitmaps: {e}"))?;
+        }
+        let io = IoBitmaps::exit_all();
+        fill_frame(bitmaps[0], io.a());
+        fill_frame(bitmaps[1], io.b());
+        let mut msr = MsrBitmap::exit_all();
+        ::vtx::fill_msr_bitmap(&mut msr);
+        fill_frame(bitmaps[2], msr.as_bytes());
+        log::debug!("vmx: the I/O and MSR bitmaps (12 KiB) serve every guest");
         let hw = Self {
             caps,
             controls,
             xsave,
             timer_shift: caps.misc.preemption_timer_rate,
+            bitmaps,
         };
         hw.prepare_this_cpu();
         Ok(hw)
@@ -264,16 +281,7 @@ impl Guest {
         mapped.map_err(CreateError::Ept)?;
         vm.eptp = eptp.map_err(CreateError::Ept)?;
         debug!("guest {}: EPT maps {} MiB", vm.name, vm.ram.size >> 20);
-
-        for slot in &mut vm.bitmaps {
-            *slot = memory::alloc_zeroed_frame().map_err(CreateError::Memory)?;
-        }
-        let io = IoBitmaps::exit_all();
-        fill_frame(vm.bitmaps[0], io.a());
-        fill_frame(vm.bitmaps[1], io.b());
-        let mut msr = MsrBitmap::exit_all();
-        ::vtx::fill_msr_bitmap(&mut msr);
-        fill_frame(vm.bitmaps[2], msr.as_bytes());
+        vm.bitmaps = hw.bitmaps;
 
         // Every vCPU's TSC counts from 0 here: guest = host + offset, one
         // offset for all, so the guest sees one TSC on every vCPU. The
@@ -522,11 +530,7 @@ pub fn destroy_vm(vm: &mut VmxVm) {
         }
         ept.destroy(&mut KernelFrames);
     }
-    for frame in vm.bitmaps {
-        if frame.as_u64() != 0 {
-            let _ = memory::free_frame(frame);
-        }
-    }
+    // The bitmaps are the host's (`VmxSettings`), shared.
     vm.bitmaps = [HostPhysAddr::new(0); 3];
     vm.ram.free();
 }

@@ -2,18 +2,17 @@
 //! computed from its size alone, so the configuration check can refuse a
 //! guest that would not start instead of letting it fail half-built.
 //!
-//! Per VM: the EPT tables that map its RAM and the I/O bitmaps A and B and
-//! the MSR bitmap (one 4 KiB frame each, SDM Vol. 3C, 25.6.4 and 25.6.9).
-//! Per vCPU, once for each of a guest's `vcpus`: its VMCS (one frame, SDM
-//! Vol. 3C, 25.2) and its XSAVE/FXSAVE area, a naturally aligned block of
-//! frames. Guest RAM itself is taken in
+//! Per VM: the EPT tables that map its RAM. Per vCPU, once for each of a
+//! guest's `vcpus`: its VMCS (one frame, SDM Vol. 3C, 25.2) and its
+//! XSAVE/FXSAVE area, a naturally aligned block of frames. The I/O bitmaps
+//! A and B and the MSR bitmap (one 4 KiB frame each, SDM Vol. 3C, 25.6.4
+//! and 25.6.9) are the same for every guest and the host's, taken once
+//! before any guest: no guest's cost. Guest RAM itself is taken in
 //! whole frames. Everything else a guest holds (its devices, the vCPU's
 //! model) lives in the kernel heap, which is set aside at boot.
 
 /// A frame: the unit every structure above is allocated in.
 pub const FRAME: u64 = 4096;
-/// The frames of the I/O bitmaps A and B and the MSR bitmap.
-const BITMAP_FRAMES: u64 = 3;
 /// The frames of a VMCS.
 const VMCS_FRAMES: u64 = 1;
 /// What one EPT table of each level covers: a PT 2 MiB, a PD 1 GiB, a PDPT
@@ -59,7 +58,6 @@ pub const fn vcpu_frames(save_area_bytes: u64) -> u64 {
 /// more.
 pub const fn guest_overhead(ram_bytes: u64, vcpus: u32, save_area_bytes: u64) -> u64 {
     let frames = ept_frames(ram_bytes)
-        .saturating_add(BITMAP_FRAMES)
         .saturating_add(vcpu_frames(save_area_bytes).saturating_mul(vcpus as u64));
     frames.saturating_mul(FRAME)
 }
@@ -89,10 +87,10 @@ mod tests {
 
     #[test]
     fn small_guests_cost_a_handful_of_frames() {
-        // 1 MiB: PML4, PDPT, PD, PT; 3 bitmaps; VMCS; a 1-frame XSAVE
-        // area (AVX-512's 2696 bytes fit one frame).
+        // 1 MiB: PML4, PDPT, PD, PT; VMCS; a 1-frame XSAVE area
+        // (AVX-512's 2696 bytes fit one frame).
         assert_eq!(ept_frames(MIB), 4);
-        assert_eq!(guest_overhead(MIB, 1, 2696), 9 * FRAME);
+        assert_eq!(guest_overhead(MIB, 1, 2696), 6 * FRAME);
         // 2 MiB still fits one PT; 2 MiB + 4 KiB needs a second.
         assert_eq!(ept_frames(2 * MIB), 4);
         assert_eq!(ept_frames(2 * MIB + FRAME), 5);
@@ -100,7 +98,7 @@ mod tests {
         assert_eq!(ept_frames(64 * MIB), 1 + 1 + 1 + 32);
         assert_eq!(ept_frames(GIB), 1 + 1 + 1 + 512);
         assert_eq!(ept_frames(4 * GIB), 1 + 1 + 4 + 2048);
-        assert_eq!(guest_footprint(64 * MIB, 1, 512), 64 * MIB + 40 * FRAME);
+        assert_eq!(guest_footprint(64 * MIB, 1, 512), 64 * MIB + 37 * FRAME);
     }
 
     #[test]
@@ -111,27 +109,24 @@ mod tests {
         assert_eq!(save_area_frames(4097), 2);
         // AMX's tile data makes the area 11008 bytes: 3 frames, a block of 4.
         assert_eq!(save_area_frames(11008), 4);
-        assert_eq!(guest_overhead(MIB, 2, 11008), (4 + 3 + 2 * (1 + 4)) * FRAME);
+        assert_eq!(guest_overhead(MIB, 2, 11008), (4 + 2 * (1 + 4)) * FRAME);
     }
 
     #[test]
     fn each_vcpu_adds_its_vmcs_and_save_area_and_nothing_else() {
-        // The VM's parts (EPT, bitmaps) are paid once, whatever the count:
-        // 1 MiB with a 1-frame save area is 4 + 3 frames plus 2 per vCPU.
+        // The VM's part (EPT) is paid once, whatever the count: 1 MiB with
+        // a 1-frame save area is 4 frames plus 2 per vCPU.
         for vcpus in [1, 2, 4, 64] {
             assert_eq!(
                 guest_overhead(MIB, vcpus, 2696),
-                (4 + 3 + 2 * u64::from(vcpus)) * FRAME,
+                (4 + 2 * u64::from(vcpus)) * FRAME,
                 "{vcpus} vCPUs"
             );
         }
         // With AMX's 4-frame block each vCPU costs 5 frames; 64 vCPUs of a
-        // 64 MiB guest: 35 EPT frames, 3 bitmaps, 64 * 5.
+        // 64 MiB guest: 35 EPT frames and 64 * 5.
         assert_eq!(vcpu_frames(11008), 5);
-        assert_eq!(
-            guest_overhead(64 * MIB, 64, 11008),
-            (35 + 3 + 64 * 5) * FRAME
-        );
+        assert_eq!(guest_overhead(64 * MIB, 64, 11008), (35 + 64 * 5) * FRAME);
         assert_eq!(
             guest_footprint(64 * MIB, 4, 512) - guest_footprint(64 * MIB, 1, 512),
             3 * vcpu_frames(512) * FRAME
