@@ -611,9 +611,13 @@ fn test_guests(c: &Checked<'_>, virt: Virt) {
         .in_order("[reset] resetting through port 0xcf9", "guest reset: stopped: reset (the guest rebooted)")
         .never("[reset] ESCAPED")
         .in_order("[triple] about to triple fault", "guest triple: stopped: triple fault: RIP 0x")
-        .line("`[cpuid] cpuid exit: 1000 round trips, average <n> ticks`", |l| {
-            l.starts_with("[cpuid] cpuid exit: 1000 round trips, average ") && l.ends_with(" ticks")
+        .line("`[cpuid] vmexit cpuid: 1000 samples, median <n> ticks, average <n> ticks`", |l| {
+            l.starts_with("[cpuid] vmexit cpuid: 1000 samples, median ") && l.ends_with(" ticks")
         })
+        .line("`[cpuid] vmexit com1_out: 1000 samples, median <n> ticks, average <n> ticks`", |l| {
+            l.starts_with("[cpuid] vmexit com1_out: 1000 samples, median ") && l.ends_with(" ticks")
+        })
+        .never("vmexit: FAILED")
         .saw("guest cpuid: stopped: exited with code 0")
         // Halted with interrupts on, woken by its timer's interrupt twice
         // (a guest with no timer armed is stopped instead: see the
