@@ -1,12 +1,15 @@
 //! `cargo xtask bench`: the benchmarks that write BENCHMARKS.md.
 //!
 //! The VM-exit round trips: the benchmark guest (`guest-images/asm/
-//! cpuid_loop.S`, alone in `guest-images/bench`) reads the TSC around 1000
-//! CPUID exits, 1000 COM1 writes and 1000 iterations of an empty loop, and
-//! prints the averages. It runs under Bochs, where one TSC tick is one
-//! emulated instruction (guest or host) and the figures are exact and the
-//! same on every run; the empty loop, two instructions an iteration, checks
-//! that on every run.
+//! cpuid_loop.S`, alone in `guest-images/bench`) times the kvm-unit-tests
+//! `vmexit` set (CPUID, VMCALL, a port, an MSR, an APIC write, the
+//! interrupt window, HLT woken by the timer, a COM1 write), 1000 samples
+//! of one exit each between two TSC reads, and prints one line per kind
+//! with the median and the average ([`vmexit_figures`]). It runs under
+//! Bochs, where one TSC tick is one emulated instruction (guest or host)
+//! and the figures are exact and the same on every run, and under QEMU
+//! TCG with SVM and `-icount`; its empty loop, two instructions an
+//! iteration, checks the counting on every run.
 //!
 //! Scheduling: fairness and switch costs of `guest-images/sched` on one and
 //! two CPUs.
@@ -30,8 +33,13 @@ use xtask::build::{self, Firmware, Variant};
 use xtask::runner::{self, BootOptions, Console, Engine, Machine, TcgCpu};
 use xtask::{out_dir, setup, workspace_root};
 
-/// The exit-path target for a CPUID round trip (Bochs ticks).
-const CPUID_TARGET: u64 = 100;
+/// The exit-path target for a CPUID round trip (Bochs ticks), judged on
+/// the median (issue 14).
+const CPUID_TARGET: u64 = 60;
+/// The target for a COM1 write round trip (Bochs ticks), judged on the
+/// average, which shows whether some writes still wait on the physical
+/// port (issue 14: below 300).
+const COM1_TARGET: u64 = 300;
 
 /// QEMU with SVM and time counted in instructions: the engine of the SVM
 /// column.
@@ -39,6 +47,10 @@ const QEMU_SVM_COUNTED: Engine = Engine::Qemu(TcgCpu::SvmCounted);
 /// TSC ticks per instruction under [`QEMU_SVM_COUNTED`] (`-icount
 /// shift=7`: 128 ns an instruction, the TSC counting nanoseconds).
 const ICOUNT_TICKS: u64 = 128;
+
+/// The benchmark guest's name in `guest-images/bench` (its lines start
+/// with `[cpuid] `).
+const BENCH_GUEST: &str = "cpuid";
 
 /// One figure the guest printed: the average of `what`.
 struct Figure {
@@ -48,7 +60,7 @@ struct Figure {
 
 /// Finds `[cpuid] <what>: <n> <unit>, average <t> ticks` in the console.
 fn figure(serial: &str, what: &str) -> Result<Figure, String> {
-    let prefix = format!("[cpuid] {what}: ");
+    let prefix = format!("[{BENCH_GUEST}] {what}: ");
     let line = serial
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -66,19 +78,176 @@ fn figure(serial: &str, what: &str) -> Result<Figure, String> {
     })
 }
 
+/// What the guest printed for one exit kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ExitFigure {
+    /// `vmexit <kind>: <samples> samples, median <m> ticks, average <a>
+    /// ticks`, the TSC pair's cost already taken off by the guest.
+    Measured {
+        samples: u64,
+        median: u64,
+        average: u64,
+    },
+    /// `vmexit <kind>: skipped: <why>`: the platform lacks what the kind
+    /// needs (the TSC-deadline timer, for `hlt_timer`).
+    Skipped(String),
+}
+
+/// One row of the exit table: the guest's name for the kind, what the row
+/// says, and its target (Bochs ticks), if the issue gives one.
+struct ExitKind {
+    key: &'static str,
+    row: &'static str,
+    target: Option<Target>,
+}
+
+/// A target and the figure it is judged on.
+#[derive(Clone, Copy)]
+enum Target {
+    MedianAtMost(u64),
+    AverageBelow(u64),
+}
+
+/// The kinds, in the guest's order; `overhead` last, as it is what the
+/// others have taken off.
+const EXIT_KINDS: [ExitKind; 9] = [
+    ExitKind {
+        key: "cpuid",
+        row: "CPUID leaf 0",
+        target: Some(Target::MedianAtMost(CPUID_TARGET)),
+    },
+    ExitKind {
+        key: "vmcall",
+        row: "VMCALL, unknown number 0",
+        target: None,
+    },
+    ExitKind {
+        key: "inb_pit",
+        row: "IN from port 0x61, the PIT's system control port B",
+        target: None,
+    },
+    ExitKind {
+        key: "rdmsr_apicbase",
+        row: "RDMSR IA32_APIC_BASE",
+        target: None,
+    },
+    ExitKind {
+        key: "apic_eoi",
+        row: "xAPIC MMIO write: EOI with nothing in service",
+        target: None,
+    },
+    ExitKind {
+        key: "irq_window",
+        row: "interrupt window: a pending self-IPI, STI; NOP to its handler",
+        target: None,
+    },
+    ExitKind {
+        key: "hlt_timer",
+        row: "HLT woken by the APIC timer in TSC-deadline mode, from the deadline to the handler",
+        target: None,
+    },
+    ExitKind {
+        key: "com1_out",
+        row: "OUT to COM1's THR, console output included",
+        target: Some(Target::AverageBelow(COM1_TARGET)),
+    },
+    ExitKind {
+        key: "overhead",
+        row: "the TSC pair alone, taken off every row but HLT's",
+        target: None,
+    },
+];
+
+/// Reads `[cpuid] vmexit <key>: ...` for `key` from the console.
+fn exit_figure(serial: &str, key: &str) -> Result<ExitFigure, String> {
+    let prefix = format!("[{BENCH_GUEST}] vmexit {key}: ");
+    let line = serial
+        .lines()
+        .map(str::trim_end)
+        .find_map(|l| {
+            l.strip_prefix(&prefix)
+                .filter(|rest| !rest.starts_with("note: "))
+        })
+        .ok_or_else(|| format!("the benchmark guest printed no `{prefix}...` line"))?;
+    if let Some(why) = line.strip_prefix("skipped: ") {
+        return Ok(ExitFigure::Skipped(why.to_string()));
+    }
+    let bad = || format!("cannot read the figures in `{prefix}{line}`");
+    let (samples, rest) = line.split_once(" samples, median ").ok_or_else(bad)?;
+    let (median, rest) = rest.split_once(" ticks, average ").ok_or_else(bad)?;
+    let average = rest.strip_suffix(" ticks").ok_or_else(bad)?;
+    let number = |n: &str| n.parse::<u64>().map_err(|_| bad());
+    let samples = number(samples)?;
+    if samples == 0 {
+        return Err(bad());
+    }
+    Ok(ExitFigure::Measured {
+        samples,
+        median: number(median)?,
+        average: number(average)?,
+    })
+}
+
+/// Every kind of [`EXIT_KINDS`] from one run, in that order. Fails, with
+/// the guest's line, where the guest reported a failure or a HLT figure
+/// that is not a wake from HLT (a deadline that passed before the HLT),
+/// and where a kind's line is missing or unreadable.
+fn vmexit_figures(serial: &str) -> Result<Vec<ExitFigure>, String> {
+    let guest = format!("[{BENCH_GUEST}] vmexit");
+    if let Some(line) = serial
+        .lines()
+        .find(|l| l.starts_with(&guest) && (l.contains("FAILED") || l.contains(": note: ")))
+    {
+        return Err(format!("the benchmark guest reported: {}", line.trim_end()));
+    }
+    EXIT_KINDS
+        .iter()
+        .map(|kind| exit_figure(serial, kind.key))
+        .collect()
+}
+
+/// What `cargo xtask bench` was asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    /// `--quick`: no stock kernel boots, BENCHMARKS.md left as it is.
+    quick: bool,
+    /// `--only exits`: the VM-exit part alone.
+    exits_only: bool,
+}
+
+/// Reads the arguments of `cargo xtask bench`.
+fn options(args: &[String]) -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--only" => match rest.next().map(String::as_str) {
+                Some("exits") => options.exits_only = true,
+                Some(other) => {
+                    return Err(format!(
+                        "`cargo xtask bench --only` takes `exits` (got `{other}`)"
+                    ))
+                }
+                None => return Err("`cargo xtask bench --only` takes `exits`".to_string()),
+            },
+            _ => {
+                return Err(format!(
+                    "`cargo xtask bench` takes --quick and --only exits (got `{arg}`)"
+                ))
+            }
+        }
+    }
+    Ok(options)
+}
+
 /// Runs the benchmarks. `--quick` leaves out the stock kernel's boots
 /// (about five minutes of the run) and then only prints the figures:
-/// BENCHMARKS.md is written from a full run alone.
+/// BENCHMARKS.md is written from a full run alone. `--only exits` runs
+/// only the VM-exit part (the benchmark guest under Bochs and under QEMU
+/// with SVM, about a minute) and prints its table.
 pub fn main(args: &[String]) -> Result<(), String> {
-    let quick = match args {
-        [] => false,
-        [flag] if flag == "--quick" => true,
-        _ => {
-            return Err(format!(
-                "`cargo xtask bench` takes only --quick (got {args:?})"
-            ))
-        }
-    };
+    let Options { quick, exits_only } = options(args)?;
     setup::ensure_toolchain().map_err(|e| e.to_string())?;
     let mut needs = setup::needs(Engine::Bochs, Firmware::Bios);
     needs.push(setup::Tool::Syslinux);
@@ -88,47 +257,28 @@ pub fn main(args: &[String]) -> Result<(), String> {
     build::all(&variant).map_err(|e| e.to_string())?;
     println!("xtask: running the benchmark guest under Bochs");
     let outcome = boot_bochs(&variant, &tools, 1)?;
-    if !outcome.saw("guest cpuid: stopped: exited with code 0") {
+    let (empty, vtx) = exit_run(&outcome, "under Bochs", 1)?;
+    if let Some((kind, ExitFigure::Skipped(why))) = EXIT_KINDS
+        .iter()
+        .zip(&vtx)
+        .find(|(_, f)| matches!(f, ExitFigure::Skipped(_)))
+    {
         return Err(format!(
-            "the benchmark guest did not finish; the console was:\n{}",
-            outcome.serial
-        ));
-    }
-    let empty = figure(&outcome.serial, "empty loop")?;
-    let cpuid = figure(&outcome.serial, "cpuid exit")?;
-    let com1 = figure(&outcome.serial, "com1 write exit")?;
-    if empty.average != 2 {
-        return Err(format!(
-            "the empty loop (2 instructions) took {} ticks an iteration, not 2: this Bochs does not count one \
-             TSC tick per instruction, so its figures mean something else",
-            empty.average
+            "under Bochs the benchmark guest skipped `{}` ({why}); Bochs's corei7_skylake_x offers all it needs",
+            kind.key
         ));
     }
     println!(
         "xtask: running the benchmark guest under QEMU TCG with SVM, time counted in instructions"
     );
     let svm = boot_on(&variant, &tools, 1, QEMU_SVM_COUNTED)?;
-    if !svm.saw("guest cpuid: stopped: exited with code 0") {
-        return Err(format!(
-            "the benchmark guest did not finish under SVM; the console was:\n{}",
-            svm.serial
-        ));
-    }
-    let svm_empty = figure(&svm.serial, "empty loop")?;
-    if svm_empty.average != 2 * ICOUNT_TICKS {
-        return Err(format!(
-            "under QEMU -icount the empty loop (2 instructions) took {} ticks an iteration, not {}: \
-             QEMU does not count {ICOUNT_TICKS} ticks per instruction, so its figures mean something else",
-            svm_empty.average,
-            2 * ICOUNT_TICKS
-        ));
-    }
-    let svm_figures = SvmFigures {
-        cpuid: figure(&svm.serial, "cpuid exit")?,
-        com1: figure(&svm.serial, "com1 write exit")?,
-    };
-    let table = table(&empty, &cpuid, &com1, &svm_figures);
+    let (_, svm) = exit_run(&svm, "under QEMU TCG with SVM", ICOUNT_TICKS)?;
+    let table = table(&empty, &vtx, &svm);
     println!("{table}");
+    if exits_only {
+        println!("xtask: --only exits: BENCHMARKS.md is left as it is");
+        return Ok(());
+    }
 
     let variant = Variant::with_guests("sched");
     build::all(&variant).map_err(|e| e.to_string())?;
@@ -201,6 +351,35 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("xtask: wrote {}", path.display());
     Ok(())
+}
+
+/// The benchmark guest's run under `engine` (words for the errors), whose
+/// TSC counts `ticks` per instruction: its empty loop (checked at 2
+/// instructions an iteration) and its exit figures.
+fn exit_run(
+    outcome: &runner::BootOutcome,
+    engine: &str,
+    ticks: u64,
+) -> Result<(Figure, Vec<ExitFigure>), String> {
+    let console = || format!("; the console was:\n{}", outcome.serial);
+    if !outcome.saw(&format!("guest {BENCH_GUEST}: stopped: exited with code 0")) {
+        return Err(format!(
+            "the benchmark guest did not finish {engine}{}",
+            console()
+        ));
+    }
+    let empty = figure(&outcome.serial, "empty loop").map_err(|e| e + &console())?;
+    if empty.average != 2 * ticks {
+        return Err(format!(
+            "{engine} the empty loop (2 instructions) took {} ticks an iteration, not {}: the TSC does \
+             not count {ticks} tick(s) per instruction there, so the figures mean something else",
+            empty.average,
+            2 * ticks
+        ));
+    }
+    let figures =
+        vmexit_figures(&outcome.serial).map_err(|e| format!("{engine}: {e}{}", console()))?;
+    Ok((empty, figures))
 }
 
 /// Boots `variant` under Bochs with `cpus` CPUs.
@@ -433,44 +612,73 @@ fn smp_table(one: &str, two: &str) -> String {
     t
 }
 
-/// The SVM column's figures (QEMU TCG, `-icount`), in TSC ticks.
-struct SvmFigures {
-    cpuid: Figure,
-    com1: Figure,
-}
-
-fn table(empty: &Figure, cpuid: &Figure, com1: &Figure, svm: &SvmFigures) -> String {
-    let verdict = if cpuid.average <= CPUID_TARGET {
-        "met"
-    } else {
-        "missed"
-    };
-    let instructions = |f: &Figure| f.average.div_ceil(ICOUNT_TICKS);
+/// The exit table: each kind's median and average under Bochs (VT-x,
+/// ticks = instructions) and under QEMU with SVM (`svm`, ticks of
+/// [`ICOUNT_TICKS`], shown as instructions), the target and its verdict,
+/// then the empty loop's check.
+fn table(empty: &Figure, vtx: &[ExitFigure], svm: &[ExitFigure]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| figure | rounds | VT-x (Bochs, corei7_skylake_x), TSC ticks = instructions | SVM (QEMU TCG `-cpu max -icount shift=7`), instructions | target (VT-x) |"
+        "| exit (1000 samples each) | VT-x (Bochs, corei7_skylake_x): median | average | SVM (QEMU TCG `-cpu max -icount shift=7`): median | average | target (VT-x) |"
     );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | --- |");
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | --- |");
+    let mut skipped = Vec::new();
+    for (i, kind) in EXIT_KINDS.iter().enumerate() {
+        let mut cells = |figure: Option<&ExitFigure>, ticks: u64| match figure {
+            Some(ExitFigure::Measured {
+                median, average, ..
+            }) => (
+                median.div_ceil(ticks).to_string(),
+                average.div_ceil(ticks).to_string(),
+            ),
+            Some(ExitFigure::Skipped(why)) => {
+                skipped.push(format!("`{}`: {why}", kind.key));
+                ("skipped".to_string(), "skipped".to_string())
+            }
+            None => ("n/a".to_string(), "n/a".to_string()),
+        };
+        let (vtx_median, vtx_average) = cells(vtx.get(i), 1);
+        let (svm_median, svm_average) = cells(svm.get(i), ICOUNT_TICKS);
+        let target = match (kind.target, vtx.get(i)) {
+            (None, _) => "—".to_string(),
+            (Some(target), figure) => {
+                let (judged, words, limit) = match (target, figure) {
+                    (Target::MedianAtMost(limit), Some(ExitFigure::Measured { median, .. })) => {
+                        (Some(*median <= limit), "median at most", limit)
+                    }
+                    (Target::AverageBelow(limit), Some(ExitFigure::Measured { average, .. })) => {
+                        (Some(*average < limit), "average below", limit)
+                    }
+                    (Target::MedianAtMost(limit), _) => (None, "median at most", limit),
+                    (Target::AverageBelow(limit), _) => (None, "average below", limit),
+                };
+                let verdict = match judged {
+                    Some(true) => "met",
+                    Some(false) => "missed",
+                    None => "not measured",
+                };
+                format!("{words} {limit} ({verdict})")
+            }
+        };
+        let _ = writeln!(
+            t,
+            "| {} (`{}`) | {vtx_median} | {vtx_average} | {svm_median} | {svm_average} | {target} |",
+            kind.row, kind.key
+        );
+    }
     let _ = writeln!(
         t,
-        "| CPUID exit round trip | {} | {} | {} | at most {CPUID_TARGET} ({verdict}) |",
-        cpuid.rounds,
-        cpuid.average,
-        instructions(&svm.cpuid)
-    );
-    let _ = writeln!(
-        t,
-        "| COM1 write exit round trip (THR, console output included) | {} | {} | {} | — |",
-        com1.rounds,
-        com1.average,
-        instructions(&svm.com1)
-    );
-    let _ = writeln!(
-        t,
-        "| empty loop iteration (2 instructions; checks the counting) | {} | {} | 2 | exactly 2 |",
+        "| empty loop iteration, {} iterations (2 instructions; checks the counting) | — | {} | — | 2 | exactly 2 |",
         empty.rounds, empty.average
     );
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nskipped: the guest left it out there; {}.",
+            skipped.join("; ")
+        );
+    }
     t
 }
 
@@ -497,10 +705,43 @@ fn document(tables: &Tables<'_>) -> String {
         "# Benchmarks\n\n\
          Written by `cargo xtask bench`; do not edit by hand.\n\n\
          ## VM-exit round trips\n\n\
-         The benchmark guest (`guest-images/asm/cpuid_loop.S`) runs alone under Bochs and reads the TSC \
-         around 1000 CPUID instructions, 1000 writes to COM1's transmit register and 1000 iterations of an \
-         empty loop; each exit figure has the empty loop's cost taken off. It runs once under Bochs (VT-x) \
-         and once under QEMU TCG with SVM and `-icount shift=7,sleep=off` (`--engine qemu-icount`).\n\n\
+         The benchmark guest (`guest-images/asm/cpuid_loop.S`) runs alone, once under Bochs (VT-x) and \
+         once under QEMU TCG with SVM and `-icount shift=7,sleep=off` (`--engine qemu-icount`). It is the \
+         kvm-unit-tests `vmexit` set written for this platform: for each kind of exit it takes 1000 \
+         samples, each one exit between two TSC reads (LFENCE, then RDTSC), and prints their median and \
+         average. The TSC pair's own cost is measured the same way, with nothing between the reads (the \
+         `overhead` row, printed as measured), and the guest takes its median off every other kind's \
+         median and average but `hlt_timer`'s; what is left is the exiting instruction, the one or two \
+         instructions that load its operands between the reads (XOR EAX,EAX before CPUID and VMCALL; \
+         MOV EDX and MOV AL before the COM1 OUT) and the hypervisor's round trip. The kinds:\n\n\
+         - `cpuid`: CPUID leaf 0, which exits unconditionally.\n\
+         - `vmcall`: VMCALL with number 0, which Ferrovisor's hypercall ABI does not define: it answers \
+         FV_UNKNOWN_CALL and the guest goes on (under SVM, VMCALL raises #UD, which Ferrovisor intercepts \
+         and takes as the hypercall).\n\
+         - `inb_pit`: IN AL from port 0x61 (system control port B), which Ferrovisor's PIT model answers.\n\
+         - `rdmsr_apicbase`: RDMSR IA32_APIC_BASE, which the exit handler answers from the vCPU's local \
+         APIC model, with no side effect.\n\
+         - `apic_eoi`: a write of 0 to the xAPIC EOI register with nothing in service: an EPT violation (a \
+         nested page fault under SVM) whose instruction Ferrovisor fetches through the guest's page \
+         tables and decodes, and hands to its local APIC model, which finds nothing in service to \
+         end.\n\
+         - `irq_window`: with interrupts off the guest sends itself a fixed IPI (an ICR write, not timed), \
+         so the vector waits in the IRR and Ferrovisor asks for an interrupt-window exit; the sample runs \
+         from the TSC read before STI; NOP to the first TSC read in the handler: STI, NOP, the \
+         interrupt-window exit, the injection at entry and the delivery through the guest's IDT.\n\
+         - `hlt_timer`: the guest arms its local APIC timer in TSC-deadline mode 50,000 ticks ahead (a \
+         WRMSR exit) and halts with interrupts on; the sample runs from the deadline to the first TSC \
+         read in the timer's handler, so the time the vCPU sleeps by design is left out and what remains \
+         is how late it wakes: the host's timer interrupt, the scheduler's wake-up, the entry that \
+         injects the vector and its delivery. Nothing is taken off it (it has one TSC read), and the \
+         bench fails if a deadline passed before its HLT. The guest skips it where CPUID offers no \
+         TSC-deadline timer: Ferrovisor passes the host's CPUID bit through, and QEMU TCG's CPU has none.\n\
+         - `com1_out`: OUT to COM1's transmit register: the device bus, the 16550 model, the console \
+         line buffer and, once every 160 characters, the line going out on the physical serial port, \
+         which Bochs times (in the average, not in the median).\n\n\
+         The targets are issue 14's: a CPUID round trip at 60 ticks or fewer (judged on the median, which \
+         leaves out the samples a slice's end lands in) and a COM1 write below 300 (judged on the \
+         average, which keeps the writes that wait on the physical port).\n\n\
          {table}\n\
          The SVM column: with `-icount` QEMU's clock follows the instruction count (128 ns an \
          instruction, and the TSC counts nanoseconds), so the guest's TSC differences divided by 128 \
@@ -515,17 +756,15 @@ fn document(tables: &Tables<'_>) -> String {
          and VM exit and VM entry themselves add nothing. The empty loop checks this on every run (two \
          instructions, `dec` and `jnz`, take two ticks; the bench fails otherwise), and the figures are the \
          same on every run. A round trip is therefore the number of host instructions on the exit path, plus \
-         the guest's CPUID or OUT itself: the trampoline that saves and restores every GPR, the exit \
-         decoding and the handler.\n\n\
+         the guest's exiting instruction and the ones that load its operands: the trampoline that saves \
+         and restores every GPR, the exit decoding and the handler.\n\n\
          What dominates the CPUID figure (a Bochs trace of one CPUID exit, `vmexitbp` then `trace on`, \
          226 host instructions): the trampoline out of and back into the guest, which saves and loads \
          15 GPRs, about 55; seven VMCS accesses (exit reason, CR4, instruction length, RIP read and \
          write, interruptibility) with their success checks, about 50; the vendor-neutral handler and \
          the guest CPUID policy's cache lookup, about 55; the VT-x backend's decoding and glue around \
          them, about 35; the run loop around the exit (the device-interrupt check before entry, the TSC \
-         read and time accounting, the slice check), about 30. The COM1 figure adds the device bus, \
-         the 16550 model, the console line buffer and, once every 160 characters, printing a line on \
-         the physical serial port, which Bochs times.\n\n\
+         read and time accounting, the slice check), about 30.\n\n\
          ## Scheduling\n\n\
          `guest-images/sched` runs three CPU-bound guests (20 rounds of a register loop with no exits \
          but the progress lines, so only the VMX-preemption timer takes the CPU away) and one halted with \
@@ -633,6 +872,200 @@ mod tests {
 [cpu0] INFO  kernel::guests: sched: 2 vCPU switches, on average 977 TSC ticks from one guest's last exit to the next guest's first entry
 [cpu0] INFO  kernel::guests: sched: 113 vCPU switches across CPUs, on average 1770 TSC ticks from one guest's last exit to the next guest's first entry on the CPU it moved to
 ";
+
+    /// The benchmark guest's lines from a Bochs run (the COM1 dots cut
+    /// short), amid the kernel's.
+    const EXITS: &str = "\
+[cpu0] INFO  kernel::guests: config: guest cpuid: kernel \"cpuid_loop.bin\", flat, long mode
+[cpuid] empty loop: 1000 iterations, average 2 ticks
+[cpuid] vmexit overhead: 1000 samples, median 5 ticks, average 5 ticks
+[cpuid] vmexit cpuid: 1000 samples, median 249 ticks, average 255 ticks
+[cpuid] vmexit vmcall: 1000 samples, median 539 ticks, average 544 ticks
+[cpuid] vmexit inb_pit: 1000 samples, median 972 ticks, average 979 ticks
+[cpuid] vmexit rdmsr_apicbase: 1000 samples, median 498 ticks, average 502 ticks
+[cpuid] vmexit apic_eoi: 1000 samples, median 1900 ticks, average 1914 ticks
+[cpuid] vmexit irq_window: 1000 samples, median 1184 ticks, average 1203 ticks
+[cpuid] vmexit hlt_timer: 1000 samples, median 1440 ticks, average 1439 ticks
+[cpuid] ........................................
+[cpuid] vmexit com1_out: 1000 samples, median 1277 ticks, average 2342 ticks\r
+[cpu0] INFO  run::lifecycle: guest cpuid: stopped: exited with code 0
+";
+
+    fn measured(samples: u64, median: u64, average: u64) -> ExitFigure {
+        ExitFigure::Measured {
+            samples,
+            median,
+            average,
+        }
+    }
+
+    #[test]
+    fn every_exit_line_is_read_in_the_tables_order() {
+        let figures = vmexit_figures(EXITS).unwrap();
+        assert_eq!(figures.len(), EXIT_KINDS.len());
+        assert_eq!(figures[0], measured(1000, 249, 255), "cpuid first");
+        assert_eq!(figures[6], measured(1000, 1440, 1439), "hlt_timer");
+        assert_eq!(
+            figures[7],
+            measured(1000, 1277, 2342),
+            "com1_out, its line ending in CR"
+        );
+        assert_eq!(figures[8], measured(1000, 5, 5), "overhead last");
+        let empty = figure(EXITS, "empty loop").unwrap();
+        assert_eq!((empty.rounds, empty.average), (1000, 2));
+    }
+
+    #[test]
+    fn a_skipped_kind_is_told_from_a_missing_one() {
+        let skipped = EXITS.replace(
+            "vmexit hlt_timer: 1000 samples, median 1440 ticks, average 1439 ticks",
+            "vmexit hlt_timer: skipped: no TSC-deadline timer (CPUID.01H:ECX[24] clear)",
+        );
+        assert_eq!(
+            vmexit_figures(&skipped).unwrap()[6],
+            ExitFigure::Skipped("no TSC-deadline timer (CPUID.01H:ECX[24] clear)".into())
+        );
+        let missing: String = EXITS
+            .lines()
+            .filter(|l| !l.contains("vmexit rdmsr_apicbase"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let e = vmexit_figures(&missing).unwrap_err();
+        assert!(
+            e.contains("printed no `[cpuid] vmexit rdmsr_apicbase: ...` line"),
+            "{e}"
+        );
+        // Another guest's line of the same shape is not the bench guest's.
+        let other = missing.replace(
+            "[cpuid] ....",
+            "[other] vmexit rdmsr_apicbase: 1 samples, median 1 ticks, average 1 ticks\n[cpuid] ....",
+        );
+        assert!(vmexit_figures(&other).is_err());
+    }
+
+    #[test]
+    fn unreadable_failed_and_late_figures_are_errors_that_quote_the_line() {
+        for (from, to, expect) in [
+            (
+                "median 498 ticks, average 502 ticks",
+                "median 498 ticks",
+                "cannot read the figures in `[cpuid] vmexit rdmsr_apicbase: 1000 samples, median 498 ticks`",
+            ),
+            (
+                "vmexit cpuid: 1000 samples, median 249",
+                "vmexit cpuid: 1000 samples, median -249",
+                "cannot read the figures in `[cpuid] vmexit cpuid:",
+            ),
+            (
+                "vmexit vmcall: 1000 samples",
+                "vmexit vmcall: 0 samples",
+                "cannot read the figures in `[cpuid] vmexit vmcall: 0 samples",
+            ),
+            (
+                "[cpuid] vmexit irq_window: 1000 samples, median 1184 ticks, average 1203 ticks",
+                "[cpuid] vmexit irq_window: FAILED: the self-IPI was not delivered after STI; NOP",
+                "the benchmark guest reported: [cpuid] vmexit irq_window: FAILED",
+            ),
+            (
+                "[cpuid] ....",
+                "[cpuid] vmexit hlt_timer: note: the deadline passed before HLT in 3 samples\n[cpuid] ....",
+                "reported: [cpuid] vmexit hlt_timer: note: the deadline passed before HLT in 3 samples",
+            ),
+            (
+                "[cpuid] ....",
+                "[cpuid] vmexit: FAILED: exception 13\n[cpuid] ....",
+                "reported: [cpuid] vmexit: FAILED: exception 13",
+            ),
+        ] {
+            let serial = EXITS.replacen(from, to, 1);
+            assert_ne!(serial, EXITS, "{from}");
+            let e = vmexit_figures(&serial).unwrap_err();
+            assert!(e.contains(expect), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_exit_table_shows_both_columns_the_targets_and_what_was_skipped() {
+        let vtx = vmexit_figures(EXITS).unwrap();
+        let mut svm: Vec<ExitFigure> = vtx
+            .iter()
+            .map(|f| match f {
+                ExitFigure::Measured {
+                    samples,
+                    median,
+                    average,
+                } => measured(*samples, median * ICOUNT_TICKS, average * ICOUNT_TICKS - 1),
+                ExitFigure::Skipped(why) => ExitFigure::Skipped(why.clone()),
+            })
+            .collect();
+        svm[6] = ExitFigure::Skipped("no TSC-deadline timer".into());
+        let empty = Figure {
+            rounds: 1000,
+            average: 2,
+        };
+        let t = table(&empty, &vtx, &svm);
+        // Ticks under SVM become instructions, rounded up.
+        assert!(
+            t.contains(
+                "| CPUID leaf 0 (`cpuid`) | 249 | 255 | 249 | 255 | median at most 60 (missed) |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("(`com1_out`) | 1277 | 2342 | 1277 | 2342 | average below 300 (missed) |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(`hlt_timer`) | 1440 | 1439 | skipped | skipped | — |"),
+            "{t}"
+        );
+        assert!(t.contains("(`overhead`) | 5 | 5 | 5 | 5 | — |"), "{t}");
+        assert!(t.contains("| — | 2 | — | 2 | exactly 2 |"), "{t}");
+        assert!(
+            t.contains(
+                "\nskipped: the guest left it out there; `hlt_timer`: no TSC-deadline timer."
+            ),
+            "{t}"
+        );
+        assert_eq!(t.matches("\n| ").count(), EXIT_KINDS.len() + 2, "{t}");
+
+        // A fast enough exit meets its target; nothing skipped, no note.
+        let mut fast = vtx.clone();
+        fast[0] = measured(1000, 60, 70);
+        fast[7] = measured(1000, 200, 299);
+        let t = table(&empty, &fast, &fast);
+        assert!(
+            t.contains("| 60 | 70 | 1 | 1 | median at most 60 (met) |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 200 | 299 | 2 | 3 | average below 300 (met) |"),
+            "{t}"
+        );
+        assert!(!t.contains("skipped"), "{t}");
+    }
+
+    #[test]
+    fn the_options_are_read_and_anything_else_refused() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(options(&[]).unwrap(), Options::default());
+        assert_eq!(
+            options(&args(&["--only", "exits", "--quick"])).unwrap(),
+            Options {
+                quick: true,
+                exits_only: true
+            }
+        );
+        assert!(options(&args(&["--only"]))
+            .unwrap_err()
+            .contains("takes `exits`"));
+        assert!(options(&args(&["--only", "sched"]))
+            .unwrap_err()
+            .contains("(got `sched`)"));
+        assert!(options(&args(&["--fast"]))
+            .unwrap_err()
+            .contains("(got `--fast`)"));
+    }
 
     #[test]
     fn fairness_is_the_worst_busy_share_off_a_third() {

@@ -54,6 +54,7 @@ commands:
            Ferrovisor and natively, the small kernel with 1, 2 and 4 vCPUs);
            writes BENCHMARKS.md
              [--quick]   leave out the stock kernel's boots; print, do not write
+             [--only exits]   only the VM-exit guest (Bochs and QEMU SVM); print
   fuzz     fuzz the parsers of untrusted input (config, image loaders, ramdisk)
              [--seconds N (default 30)] [TARGET...]
   help     this text
