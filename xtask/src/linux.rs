@@ -5,6 +5,7 @@
 //! | artifact | made from | how |
 //! | --- | --- | --- |
 //! | `linux-stock.vmlinuz` | `linux-image-amd64`'s kernel package | `apt-get download`, its `boot/vmlinuz-*` |
+//! | `linux-stock-kvm-modules/` | the same package version | its `irqbypass.ko`, `kvm.ko` and `kvm-intel.ko`, for `cargo xtask bench --peer kvm` ([`stock_kernel_with_kvm`]) |
 //! | `linux-small.bzImage` | `linux-source-6.1` and `small.config` | `make tinyconfig`, the fragment merged with every other option off, `make bzImage` |
 //! | `initramfs.cpio` | `busybox-static`, `init` and `rdtsc.S` | an uncompressed `newc` archive written here ([`crate::cpio`]), `rdtsc.S` assembled and linked with binutils |
 //!
@@ -440,6 +441,48 @@ fn version_or_cached(
 
 // ---------------------------------------------------------------- stock kernel
 
+/// The stock kernel package's modules that Linux KVM on Intel is made of,
+/// in the order they load (each needs the ones before it), with their
+/// paths under the package's `lib/modules/<release>/kernel/`.
+pub const KVM_MODULES: [(&str, &str); 3] = [
+    ("irqbypass", "virt/lib/irqbypass.ko"),
+    ("kvm", "arch/x86/kvm/kvm.ko"),
+    ("kvm-intel", "arch/x86/kvm/kvm-intel.ko"),
+];
+
+/// The folder in the cache holding [`KVM_MODULES`] as `<name>.ko`.
+const KVM_MODULES_DIR: &str = "linux-stock-kvm-modules";
+
+/// Debian's stock kernel and, in a folder beside it, its package's KVM
+/// modules ([`KVM_MODULES`], as `<name>.ko`), both from the same package
+/// version (their stamps are the same), fetched unless the cache holds
+/// them.
+///
+/// # Errors
+///
+/// As [`artifact`], and where `FERROVISOR_STOCK_VMLINUZ` names another
+/// kernel: the package's modules would not load into it.
+pub fn stock_kernel_with_kvm() -> Result<(PathBuf, PathBuf), String> {
+    if std::env::var_os(STOCK_KERNEL_ENV).is_some() {
+        return Err(format!(
+            "stock kernel: the KVM peer loads the modules of Debian's {STOCK_METAPACKAGE} package, \
+             which fit that package's kernel only; unset {STOCK_KERNEL_ENV}"
+        ));
+    }
+    let cache = cache_dir();
+    fs::create_dir_all(&cache)
+        .map_err(|e| format!("linux: cannot create {}: {e}", cache.display()))?;
+    let lock_path = cache.join(".lock");
+    let lock = File::create(&lock_path)
+        .map_err(|e| format!("linux: cannot create {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("linux: cannot lock {}: {e}", lock_path.display()))?;
+    let made = stock(&cache, true);
+    drop(lock);
+    let kernel = made?;
+    Ok((kernel, cache.join(KVM_MODULES_DIR)))
+}
+
 fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
     let which = Artifact::StockKernel;
     if let Some(path) = std::env::var_os(STOCK_KERNEL_ENV) {
@@ -456,7 +499,40 @@ fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
         );
         return Ok(path);
     }
+    stock(cache, false)
+}
+
+/// Whether the KVM modules in `dir` are all there, unpacked from the
+/// package that `stamp` names.
+fn modules_up_to_date(dir: &Path, stamp: &str) -> bool {
+    KVM_MODULES
+        .iter()
+        .all(|(name, _)| dir.join(format!("{name}.ko")).is_file())
+        && fs::read_to_string(stamp_path(dir)).is_ok_and(|s| s == stamp)
+}
+
+/// The `tar` patterns that pick the kernel (`./boot/vmlinuz-*`) and, with
+/// `modules`, [`KVM_MODULES`] out of the kernel package.
+fn stock_members(kernel: bool, modules: bool) -> Vec<String> {
+    let mut members = Vec::new();
+    if kernel {
+        members.push("./boot/vmlinuz-*".to_string());
+    }
+    if modules {
+        for (_, path) in KVM_MODULES {
+            members.push(format!("./lib/modules/*/kernel/{path}"));
+        }
+    }
+    members
+}
+
+/// The stock kernel from the package `linux-image-amd64` depends on now
+/// and, with `modules`, its KVM modules in [`KVM_MODULES_DIR`]; what the
+/// cache holds from that package version is not fetched again.
+fn stock(cache: &Path, modules: bool) -> Result<PathBuf, String> {
+    let which = Artifact::StockKernel;
     let out = cache.join(which.file_name());
+    let modules_dir = cache.join(KVM_MODULES_DIR);
     let unavailable = |why: &str| {
         format!(
             "stock kernel: cannot fetch Debian's {STOCK_METAPACKAGE} with apt ({why}); put a Linux \
@@ -473,6 +549,13 @@ fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
     let (version, package) = match resolved {
         Ok(found) => found,
         Err(e) if out.is_file() => {
+            // The cached modules only with the cached kernel's package.
+            let cached = fs::read_to_string(stamp_path(&out)).unwrap_or_default();
+            if modules && !modules_up_to_date(&modules_dir, &cached) {
+                return Err(unavailable(&format!(
+                    "{e}; the cache has no KVM modules from the cached kernel's package"
+                )));
+            }
             step(
                 which,
                 &format!("cannot ask apt ({e}); using the cached {}", out.display()),
@@ -482,7 +565,9 @@ fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
         Err(e) => return Err(unavailable(&e)),
     };
     let stamp = stamp(&[("package", &format!("{package} {version}"))], &[]);
-    if up_to_date(&out, &stamp) {
+    let kernel_ok = up_to_date(&out, &stamp);
+    let modules_ok = !modules || modules_up_to_date(&modules_dir, &stamp);
+    if kernel_ok && modules_ok {
         step(
             which,
             &format!("up to date ({package} {version}): {}", out.display()),
@@ -492,11 +577,12 @@ fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
     let work = cache.join("stock-fetch");
     let deb =
         download(which, &package, &version, &work.join("download")).map_err(|e| unavailable(&e))?;
+    let members = stock_members(!kernel_ok, !modules_ok);
     step(
         which,
-        &format!("unpacking boot/vmlinuz-* from {}", file_name(&deb)),
+        &format!("unpacking {} from {}", members.join(" "), file_name(&deb)),
     );
-    // Only ./boot: the package's modules are hundreds of megabytes.
+    // Only these members: the package's modules are hundreds of megabytes.
     let unpacked = work.join("package");
     fs::create_dir_all(&unpacked)
         .map_err(|e| format!("stock kernel: cannot create {}: {e}", unpacked.display()))?;
@@ -513,9 +599,10 @@ fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
         .unwrap_or_else(Stdio::null);
     let tar = Command::new("tar")
         .arg("-x")
+        .arg("--wildcards")
         .arg("-C")
         .arg(&unpacked)
-        .arg("./boot")
+        .args(&members)
         .stdin(tar_input)
         .status();
     let dpkg = dpkg.wait();
@@ -523,26 +610,69 @@ fn stock_kernel(cache: &Path) -> Result<PathBuf, String> {
         (Ok(d), Ok(t)) if d.success() && t.success() => {}
         (d, t) => {
             return Err(format!(
-                "stock kernel: unpacking ./boot of {} failed (dpkg-deb: {d:?}, tar: {t:?})",
+                "stock kernel: unpacking {} of {} failed (dpkg-deb: {d:?}, tar: {t:?})",
+                members.join(" "),
                 deb.display()
             ))
         }
     }
-    let vmlinuz = find_one(&unpacked.join("boot"), "vmlinuz-")
-        .ok_or_else(|| format!("stock kernel: {} holds no boot/vmlinuz-*", deb.display()))?;
-    let bytes = fs::read(&vmlinuz)
-        .map_err(|e| format!("stock kernel: cannot read {}: {e}", vmlinuz.display()))?;
-    install(which, &bytes, &out, &stamp)?;
+    if !kernel_ok {
+        let vmlinuz = find_one(&unpacked.join("boot"), "vmlinuz-")
+            .ok_or_else(|| format!("stock kernel: {} holds no boot/vmlinuz-*", deb.display()))?;
+        let bytes = fs::read(&vmlinuz)
+            .map_err(|e| format!("stock kernel: cannot read {}: {e}", vmlinuz.display()))?;
+        install(which, &bytes, &out, &stamp)?;
+        step(
+            which,
+            &format!(
+                "{} ({} KiB, {package} {version})",
+                out.display(),
+                bytes.len() / 1024
+            ),
+        );
+    }
+    if !modules_ok {
+        install_modules(&unpacked, &modules_dir, &stamp)
+            .map_err(|e| format!("stock kernel: {} ({package} {version}): {e}", deb.display()))?;
+        step(
+            which,
+            &format!(
+                "{} ({package} {version}): {}",
+                modules_dir.display(),
+                KVM_MODULES.map(|(name, _)| format!("{name}.ko")).join(", ")
+            ),
+        );
+    }
     let _ = fs::remove_dir_all(&work);
-    step(
-        which,
-        &format!(
-            "{} ({} KiB, {package} {version})",
-            out.display(),
-            bytes.len() / 1024
-        ),
-    );
     Ok(out)
+}
+
+/// Copies [`KVM_MODULES`] from the unpacked package (`unpacked/lib/
+/// modules/<release>/kernel/...`, one release) into `dir` (emptied
+/// first), then writes `dir`'s stamp.
+fn install_modules(unpacked: &Path, dir: &Path, stamp: &str) -> Result<(), String> {
+    let releases = unpacked.join("lib").join("modules");
+    let release = fs::read_dir(&releases)
+        .ok()
+        .and_then(|entries| {
+            let found: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            (found.len() == 1).then(|| found[0].clone())
+        })
+        .ok_or_else(|| "the package holds no single lib/modules/<release> folder".to_string())?;
+    let _ = fs::remove_file(stamp_path(dir));
+    fresh_dir(Artifact::StockKernel, dir)?;
+    for (name, path) in KVM_MODULES {
+        let from = release.join("kernel").join(path);
+        let to = dir.join(format!("{name}.ko"));
+        fs::copy(&from, &to).map_err(|e| {
+            format!(
+                "the package holds no {} ({e}); a compressed or moved module is not supported",
+                from.strip_prefix(unpacked).unwrap_or(&from).display()
+            )
+        })?;
+    }
+    fs::write(stamp_path(dir), stamp)
+        .map_err(|e| format!("cannot write {}: {e}", stamp_path(dir).display()))
 }
 
 /// The one file in `dir` whose name starts with `prefix`.
@@ -1121,6 +1251,51 @@ mod tests {
         let (first, second) = (read(), read());
         let _ = fs::remove_dir_all(&work);
         assert!(first > 0 && second > first, "{first} then {second}");
+    }
+
+    #[test]
+    fn the_kvm_modules_are_picked_out_of_the_kernel_package_in_load_order() {
+        assert_eq!(stock_members(true, false), ["./boot/vmlinuz-*"]);
+        assert_eq!(
+            stock_members(false, true),
+            [
+                "./lib/modules/*/kernel/virt/lib/irqbypass.ko",
+                "./lib/modules/*/kernel/arch/x86/kvm/kvm.ko",
+                "./lib/modules/*/kernel/arch/x86/kvm/kvm-intel.ko",
+            ]
+        );
+        assert_eq!(stock_members(true, true).len(), 4);
+        let names: Vec<&str> = KVM_MODULES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["irqbypass", "kvm", "kvm-intel"]);
+    }
+
+    #[test]
+    fn the_kvm_modules_are_taken_from_one_release_and_stamped() {
+        let work = std::env::temp_dir().join(format!("xtask-kvm-modules-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        let release = work.join("package/lib/modules/6.1.0-1-amd64/kernel");
+        for (name, path) in KVM_MODULES {
+            let file = release.join(path);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, name).unwrap();
+        }
+        let dir = work.join("modules");
+        install_modules(&work.join("package"), &dir, "stamp 1\n").unwrap();
+        assert!(modules_up_to_date(&dir, "stamp 1\n"));
+        assert!(!modules_up_to_date(&dir, "stamp 2\n"));
+        assert_eq!(
+            fs::read_to_string(dir.join("kvm-intel.ko")).unwrap(),
+            "kvm-intel"
+        );
+        // A module missing from the package is named.
+        fs::remove_file(release.join("arch/x86/kvm/kvm.ko")).unwrap();
+        let err = install_modules(&work.join("package"), &dir, "stamp 3\n").unwrap_err();
+        assert!(err.contains("arch/x86/kvm/kvm.ko"), "{err}");
+        assert!(!modules_up_to_date(&dir, "stamp 3\n"));
+        // Two releases: which one is meant is not guessed.
+        fs::create_dir_all(work.join("package/lib/modules/6.1.0-2-amd64")).unwrap();
+        assert!(install_modules(&work.join("package"), &dir, "stamp 4\n").is_err());
+        let _ = fs::remove_dir_all(&work);
     }
 
     #[test]
