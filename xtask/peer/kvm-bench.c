@@ -6,7 +6,7 @@
  * kvm-intel modules).
  *
  *   kvm-bench [--name NAME] [--memory BYTES] [--load ADDR] [--entry ADDR]
- *             [--limit SECONDS] IMAGE
+ *             [--limit TICKS] IMAGE
  *
  * The VM is what Ferrovisor gives a `format = "flat"`, `mode = "long"`
  * guest (kernel/loader/src/flat.rs and entry.rs): one memory slot of
@@ -54,19 +54,26 @@
  * it does not know in its kernel with RAX = -KVM_ENOSYS (-1000), and the
  * guest's fv_exit then halts with interrupts off, which nothing but an NMI
  * or INIT can end; with the in-kernel local APIC that HLT never reaches
- * user space. So a periodic timer (SIGALRM, every QUIET_SECONDS of the
- * host kernel's clock, which under Bochs is not wall-clock time) interrupts
- * KVM_RUN, and when the guest wrote nothing to COM1 since the last tick the
+ * user space. So a periodic timer (SIGALRM) interrupts KVM_RUN about every
+ * CHECK_TICKS ticks of the TSC, and when the guest wrote nothing to COM1
+ * since the last tick the
  * program asks KVM_GET_MP_STATE and KVM_GET_REGS: a vCPU halted with
  * RFLAGS.IF = 0 has stopped for good, and the code is RBX where RAX is
  * -KVM_ENOSYS (the FV_EXIT that KVM did not answer). A vCPU found twice
  * in a row at a VMCALL with RAX = FV_EXIT has stopped too (some KVMs, a
  * nested one seen on a development host among them, never complete the
- * unknown hypercall), with the code in RBX. Each tick costs the
- * guest one exit to user space; the guests time loops of a few million
- * ticks, so a tick lands in a timed loop rarely, like a host timer
- * interrupt. --limit (default 600) ends a run that goes on longer, counted
- * in the same ticks.
+ * unknown hypercall), with the code in RBX. Each tick costs the guest one
+ * exit to user space; the guests time loops of a few million ticks, so a
+ * tick lands in a timed loop rarely, like a host timer interrupt. --limit
+ * ends a run that goes on longer, counted in TSC ticks (default 10^10).
+ *
+ * Why the period is set in TSC ticks: under Bochs the TSC counts one per
+ * instruction, while Linux's clock may follow the TSC at the 3.5 GHz the
+ * CPU model claims or Bochs's HPET at its `ips` rate, about 350 times
+ * faster; a period in seconds would be a kick every 100,000 instructions
+ * in one case and one every few minutes of wall-clock time in the other.
+ * So the program first measures how far the clock moves while the TSC
+ * advances CALIBRATION_TICKS, and sets the timer's period to match.
  *
  * Exit status: the guest's exit code (0 for a guest that passed) when it
  * ended as above; 1 when the VM could not be made or run, or the guest
@@ -87,6 +94,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The layout of Ferrovisor's loader (kernel/loader/src/layout.rs). */
@@ -137,7 +145,14 @@
 /* Ferrovisor's FV_EXIT hypercall number (guest-images/asm/fv.inc). */
 #define FV_EXIT 0x46560001ull
 
-#define QUIET_SECONDS 1
+/* How often the timer interrupts the guest, in TSC ticks: about a second
+ * of wall-clock time under Bochs, a few milliseconds on hardware. */
+#define CHECK_TICKS 20000000ull
+/* How far the TSC advances while the clock is calibrated against it. */
+#define CALIBRATION_TICKS 2000000ull
+/* The timer period's bounds, in nanoseconds of the host's clock. */
+#define PERIOD_MIN_NS 1000000ull
+#define PERIOD_MAX_NS 1000000000ull
 #define LINE_MAX_BYTES 4096
 #define NAMED_UNCLAIMED 8
 
@@ -175,7 +190,7 @@ static void __attribute__((noreturn)) usage(const char *why)
 	fprintf(stderr,
 		"kvm-bench: %s\n"
 		"usage: kvm-bench [--name NAME] [--memory BYTES] [--load ADDR] "
-		"[--entry ADDR] [--limit SECONDS] IMAGE\n",
+		"[--entry ADDR] [--limit TICKS] IMAGE\n",
 		why);
 	exit(STATUS_USAGE);
 }
@@ -428,6 +443,41 @@ static uint8_t *load_image(const char *path, size_t *len)
 
 /* ---------------------------------------------------------------- the run */
 
+static uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("lfence; rdtsc" : "=a"(lo), "=d"(hi));
+	return (uint64_t)hi << 32 | lo;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* The timer period, in nanoseconds of the host's clock, that comes
+ * closest to CHECK_TICKS ticks of the TSC (see the header comment). */
+static uint64_t check_period_ns(void)
+{
+	uint64_t tsc0 = rdtsc(), t0 = now_ns(), tsc1, t1;
+	do {
+		tsc1 = rdtsc();
+		t1 = now_ns();
+	} while (tsc1 - tsc0 < CALIBRATION_TICKS);
+	/* A clock that did not move (a coarse one) gives the longest
+	 * period. */
+	if (t1 == t0)
+		return PERIOD_MAX_NS;
+	double period = (double)(t1 - t0) / (double)(tsc1 - tsc0) * CHECK_TICKS;
+	if (period < PERIOD_MIN_NS)
+		return PERIOD_MIN_NS;
+	if (period > PERIOD_MAX_NS)
+		return PERIOD_MAX_NS;
+	return (uint64_t)period;
+}
+
 /* Whether the guest's instruction at `rip` (identity-mapped) is VMCALL
  * (0F 01 C1). */
 static int at_vmcall(const uint8_t *ram, uint64_t memory, uint64_t rip)
@@ -439,6 +489,8 @@ static int at_vmcall(const uint8_t *ram, uint64_t memory, uint64_t rip)
 
 static struct kvm_run *run;
 static volatile sig_atomic_t ticks;
+/* The TSC when the guest started. */
+static uint64_t started;
 
 static void on_tick(int sig)
 {
@@ -460,13 +512,16 @@ static void __attribute__((noreturn)) stopped(int status, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof why, fmt, ap);
 	va_end(ap);
+	say("guest %s: ran for %llu TSC ticks", guest_name,
+	    (unsigned long long)(rdtsc() - started));
 	say("guest %s: stopped: %s", guest_name, why);
 	exit(status);
 }
 
 int main(int argc, char **argv)
 {
-	uint64_t memory = 2 << 20, load = 0x100000, entry = 0, limit = 600;
+	uint64_t memory = 2 << 20, load = 0x100000, entry = 0;
+	uint64_t limit = 10000000000ull;
 	int entry_given = 0;
 	const char *image = NULL;
 	for (int i = 1; i < argc; i++) {
@@ -550,14 +605,18 @@ int main(int argc, char **argv)
 	set_cpuid(kvm, vcpu);
 	set_entry_state(vcpu, entry);
 
-	struct sigaction sa = { .sa_handler = on_tick };
+	/* SA_RESTART: a tick must not cut short a write of the guest's
+	 * output to a slow console (KVM_RUN returns EINTR regardless). */
+	struct sigaction sa = { .sa_handler = on_tick, .sa_flags = SA_RESTART };
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGALRM, &sa, NULL) < 0)
 		fail("sigaction: %s", strerror(errno));
+	uint64_t period = check_period_ns();
 	struct itimerval every = {
-		.it_interval = { .tv_sec = QUIET_SECONDS },
-		.it_value = { .tv_sec = QUIET_SECONDS },
+		.it_interval = { .tv_sec = period / 1000000000,
+				 .tv_usec = period % 1000000000 / 1000 },
 	};
+	every.it_value = every.it_interval;
 	if (setitimer(ITIMER_REAL, &every, NULL) < 0)
 		fail("setitimer: %s", strerror(errno));
 
@@ -565,6 +624,10 @@ int main(int argc, char **argv)
 	    "long mode",
 	    guest_name, image, len, (unsigned long long)load,
 	    (unsigned long long)entry, (unsigned long long)(memory >> 10));
+	say("checking whether the guest stopped every %llu us of the host's clock "
+	    "(about %llu TSC ticks)",
+	    (unsigned long long)(period / 1000), CHECK_TICKS);
+	started = rdtsc();
 	uint64_t seen_bytes = 0, seen_rip = UINT64_MAX;
 	sig_atomic_t seen_ticks = 0;
 	for (;;) {
@@ -575,9 +638,10 @@ int main(int argc, char **argv)
 		if (ticks != seen_ticks) {
 			seen_ticks = ticks;
 			run->immediate_exit = 0;
-			if ((uint64_t)seen_ticks * QUIET_SECONDS >= limit)
+			if (rdtsc() - started >= limit)
 				stopped(STATUS_TIME_LIMIT,
-					"still running after %llu s (--limit)",
+					"still running after %llu TSC ticks "
+					"(--limit)",
 					(unsigned long long)limit);
 			if (com1_bytes == seen_bytes) {
 				struct kvm_mp_state mp;
