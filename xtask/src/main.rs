@@ -53,8 +53,11 @@ commands:
   bench    benchmarks under Bochs (VM-exit round trips, scheduling, Linux boots under
            Ferrovisor and natively, the small kernel with 1, 2 and 4 vCPUs);
            writes BENCHMARKS.md
-             [--quick]   leave out the stock kernel's boots; print, do not write
-             [--only exits]   only the VM-exit guest (Bochs and QEMU SVM); print
+             [--quick]     leave out the stock kernel's boots; print, do not write
+             [--exits]     only the VM-exit round trips; print, do not write
+             [--peer kvm]  also run the VM-exit guest under Linux KVM (Debian's
+                           stock kernel and its kvm modules, natively under
+                           Bochs; with default mitigations and with them off)
   fuzz     fuzz the parsers of untrusted input (config, image loaders, ramdisk)
              [--seconds N (default 30)] [TARGET...]
   help     this text

@@ -356,7 +356,7 @@ fn hypervisor_toml(kernel: Kernel) -> String {
 
 /// One Bochs boot of `image` on `cpus` CPUs with `memory_mib`, which must
 /// end by itself.
-fn boot(
+pub(super) fn boot(
     image: &Path,
     cpus: u32,
     memory_mib: u32,
@@ -387,7 +387,7 @@ fn boot(
 }
 
 /// An error with the end of the console.
-fn failed(what: &str, outcome: &BootOutcome) -> String {
+pub(super) fn failed(what: &str, outcome: &BootOutcome) -> String {
     let lines: Vec<&str> = outcome.serial.lines().collect();
     let tail = lines[lines.len().saturating_sub(30)..].join("\n");
     format!("{what}; the console ended:\n{tail}")
