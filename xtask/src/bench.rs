@@ -807,7 +807,11 @@ fn document(tables: &Tables<'_>) -> String {
          default flushes the L1 data cache before an entry that follows a return to user space); \
          what each boot reported is listed under the table. The COM1 rows differ in one more way: \
          Ferrovisor prints a console line on the physical serial port every 160 characters, inside \
-         the timed loop, where kvm-bench prints the guest's line of 1000 dots once, after it. On \
+         the timed loop, where kvm-bench prints the guest's line of 1000 dots once, after it. And \
+         the figures are averages, which take in whatever else interrupts a timed loop: under KVM \
+         every timer interrupt of the host kernel is an exit too, and under Bochs that kernel takes \
+         one far more often, counted in instructions, than on hardware (the last row of the second \
+         table measures it), where Ferrovisor ends a slice every 100,000 ticks. On \
          hardware VM exit and \
          entry cost far more than an instruction each, which both paths pay alike, so there the \
          ratios are closer to 1; what this compares is the software around them.\n\n\

@@ -105,6 +105,8 @@ pub struct PeerRun {
 
 /// What `/init` prints before a vulnerability's state.
 const VULNERABILITY: &str = "kvm-peer: vulnerability ";
+/// What `/init` prints before its measure of the host's timer interrupts.
+const BUSY: &str = "kvm-peer: busy for ";
 /// What `/init` prints before one of kvm-intel's parameters.
 const KVM_INTEL_PARAMETER: &str = "kvm-peer: kvm_intel.";
 
@@ -117,6 +119,18 @@ impl PeerRun {
             .filter_map(|l| l.split(VULNERABILITY).nth(1)?.split_once(": "))
             .map(|(name, state)| (name.to_string(), state.trim().to_string()))
             .collect()
+    }
+
+    /// How often the host took its timer interrupt while busy, from
+    /// `kvm-peer: busy for <t> TSC ticks, the host took <n> local timer
+    /// interrupts`: `(t, n)`.
+    pub fn host_timer(&self) -> Option<(u64, u64)> {
+        self.serial.lines().find_map(|l| {
+            let rest = l.split(BUSY).nth(1)?;
+            let (ticks, rest) = rest.split_once(" TSC ticks, the host took ")?;
+            let interrupts = rest.strip_suffix(" local timer interrupts")?;
+            Some((ticks.parse().ok()?, interrupts.trim().parse().ok()?))
+        })
     }
 
     /// kvm-intel's parameters, from `kvm-peer: kvm_intel.<name> = <value>`.
@@ -348,6 +362,14 @@ fn mitigations(runs: &[PeerRun]) -> String {
                 .filter(|(name, _)| KVM_INTEL_SHOWN.contains(&name.as_str()))
                 .map(|(name, value)| (format!("kvm-intel `{name}`"), value)),
         );
+        of_run.push((
+            "the host's timer interrupt while busy (each an exit under KVM)".to_string(),
+            match run.host_timer() {
+                Some((ticks, 0)) => format!("none in {ticks} TSC ticks"),
+                Some((ticks, n)) => format!("one every {} TSC ticks", ticks / n),
+                None => "not measured".to_string(),
+            },
+        ));
         for (name, _) in &of_run {
             if !rows.contains(name) {
                 rows.push(name.clone());
@@ -435,6 +457,7 @@ mod tests {
              kvm-peer: kvm_intel.vmentry_l1d_flush = cond\n\
              kvm-peer: kvm_intel.ept = Y\n\
              kvm-peer: kvm_intel.nested = N\n\
+             kvm-peer: busy for 2600000 TSC ticks, the host took 65 local timer interrupts\n\
              [cpuid] empty loop: 1000 iterations, average 2 ticks\n\
              [cpuid] cpuid exit: 1000 round trips, average 1035 ticks\n\
              [cpuid] com1 write exit: 1000 round trips, average 7222 ticks\n",
@@ -473,6 +496,12 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| kvm-intel `ept` | Y | — |\n"), "{t}");
+        assert!(
+            t.contains(
+                "while busy (each an exit under KVM) | one every 40000 TSC ticks | not measured |"
+            ),
+            "{t}"
+        );
         assert!(!t.contains("nested"), "{t}");
         // The header has two columns per boot.
         let header = t.lines().next().unwrap();
@@ -557,6 +586,8 @@ mod tests {
             "kvm-intel.* | kvm_intel.*)",
             "insmod \"/lib/kvm/$module.ko\" $params",
             VULNERABILITY.trim_end(),
+            BUSY,
+            "TSC ticks, the host took $((now - timer)) local timer interrupts\"",
             "/sys/module/kvm_intel/parameters/*",
             "/bin/kvm-bench $(cat /etc/kvm-bench.args)",
             "poweroff -f",
