@@ -56,24 +56,27 @@
  * or INIT can end; with the in-kernel local APIC that HLT never reaches
  * user space. So a periodic timer (SIGALRM) interrupts KVM_RUN about every
  * CHECK_TICKS ticks of the TSC, and when the guest wrote nothing to COM1
- * since the last tick the
- * program asks KVM_GET_MP_STATE and KVM_GET_REGS: a vCPU halted with
+ * since the last tick the program asks KVM_GET_MP_STATE and
+ * KVM_GET_REGS: a vCPU halted with
  * RFLAGS.IF = 0 has stopped for good, and the code is RBX where RAX is
  * -KVM_ENOSYS (the FV_EXIT that KVM did not answer). A vCPU found twice
  * in a row at a VMCALL with RAX = FV_EXIT has stopped too (some KVMs, a
  * nested one seen on a development host among them, never complete the
  * unknown hypercall), with the code in RBX. Each tick costs the guest one
  * exit to user space; the guests time loops of a few million ticks, so a
- * tick lands in a timed loop rarely, like a host timer interrupt. --limit
+ * tick lands in a timed loop rarely (the host's own timer interrupts come
+ * far more often). --limit
  * ends a run that goes on longer, counted in TSC ticks (default 10^10).
  *
  * Why the period is set in TSC ticks: under Bochs the TSC counts one per
  * instruction, while Linux's clock may follow the TSC at the 3.5 GHz the
  * CPU model claims or Bochs's HPET at its `ips` rate, about 350 times
- * faster; a period in seconds would be a kick every 100,000 instructions
- * in one case and one every few minutes of wall-clock time in the other.
+ * faster: a fixed period of one second would be 10 million instructions
+ * in one case and 3.5 billion (minutes of wall-clock time) in the other.
  * So the program first measures how far the clock moves while the TSC
- * advances CALIBRATION_TICKS, and sets the timer's period to match.
+ * advances CALIBRATION_TICKS, and sets the timer's period to match
+ * (under Bochs with Debian's 6.1 kernel: 5.7 ms for CHECK_TICKS, the
+ * clock following the TSC).
  *
  * Exit status: the guest's exit code (0 for a guest that passed) when it
  * ended as above; 1 when the VM could not be made or run, or the guest
