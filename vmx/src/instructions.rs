@@ -415,7 +415,7 @@ pub unsafe fn vmptrst() -> Result<Option<HostPhysAddr>, VmFail> {
 /// The caller must be in VMX root operation at CPL 0 (#UD outside VMX
 /// operation, #GP(0) at CPL > 0). Without a current VMCS the result is
 /// [`VmFail::Invalid`], not a fault.
-#[inline]
+#[inline(always)]
 pub unsafe fn vmread(field: FieldEncoding) -> Result<u64, VmFail> {
     let value: u64;
     let cf: u8;
@@ -462,7 +462,7 @@ unsafe fn failed(cf: u8, zf: u8) -> Result<(), VmFail> {
 /// VM entry and VM exit: host-state fields decide where the CPU goes on an
 /// exit, and address fields (EPTP, bitmaps, MSR areas) what memory the CPU
 /// reads for the guest. Whoever runs VMLAUNCH/VMRESUME vouches for them.
-#[inline]
+#[inline(always)]
 pub unsafe fn vmwrite(field: FieldEncoding, value: u64) -> Result<(), VmFail> {
     let cf: u8;
     let zf: u8;
@@ -608,14 +608,14 @@ impl HardwareVmcs {
 }
 
 impl VmcsAccess for HardwareVmcs {
-    #[inline]
+    #[inline(always)]
     fn vmread(&self, field: FieldEncoding) -> Result<u64, VmFail> {
         // SAFETY: a `HardwareVmcs` exists only in VMX root operation at CPL 0
         // on this CPU (the promise of `current`).
         unsafe { vmread(field) }
     }
 
-    #[inline]
+    #[inline(always)]
     fn vmwrite(&mut self, field: FieldEncoding, value: u64) -> Result<(), VmFail> {
         // SAFETY: as in `vmread`; the effect of the value at the next VM
         // entry is vouched for by whoever runs VMLAUNCH/VMRESUME.
