@@ -24,12 +24,16 @@
 //! the stock kernel, and the VM exits of each boot by kind; and the small
 //! kernel with 1, 2 and 4 vCPUs, to its marker and to its self-check's end.
 //!
+//! Memory ([`memory`]): what guests of 1 MiB, 256 MiB and 4 GiB cost the
+//! host beyond their RAM, as the kernel measures it at their creation.
+//!
 //! With `--peer kvm` ([`kvm_peer`]): the benchmark guest again under Linux
 //! KVM on the same Bochs, with the kernel's default mitigations and with
 //! them off, beside Ferrovisor's VT-x figures.
 
 mod kvm_peer;
 mod linux_boot;
+mod memory;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -331,6 +335,19 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let smp_table = smp_table(&pair_one.serial, &pair_two.serial);
     println!("{smp_table}");
 
+    let variant = Variant::with_guests("memory");
+    build::all(&variant).map_err(|e| e.to_string())?;
+    println!("xtask: creating guests of 1 MiB, 256 MiB and 4 GiB under Bochs");
+    let sizes = boot_with_memory(&variant, &tools, 1, Engine::Bochs, memory::BOCHS_MIB)?;
+    if !sizes.saw("all guests stopped") {
+        return Err(format!(
+            "the memory guests did not all run; the console was:\n{}",
+            sizes.serial
+        ));
+    }
+    let memory_table = memory::table(&sizes.serial)?;
+    println!("{memory_table}");
+
     let mut boots = Vec::new();
     for kernel in linux_boot::KERNELS {
         if quick && kernel.name == "stock" {
@@ -366,6 +383,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         kvm: kvm_table.as_deref(),
         sched: &sched_table,
         smp: &smp_table,
+        memory: &memory_table,
         boot: &boot_table,
         boot_exits: &exits,
         vcpu_boots: &vcpu_boot_table,
@@ -421,13 +439,24 @@ fn boot_on(
     cpus: u32,
     engine: Engine,
 ) -> Result<runner::BootOutcome, String> {
+    boot_with_memory(variant, tools, cpus, engine, 512)
+}
+
+/// Boots `variant` under `engine` with `cpus` CPUs and `memory_mib` MiB.
+fn boot_with_memory(
+    variant: &Variant,
+    tools: &xtask::setup::Found,
+    cpus: u32,
+    engine: Engine,
+    memory_mib: u32,
+) -> Result<runner::BootOutcome, String> {
     let opts = BootOptions {
         machine: Machine::Q35,
         engine,
         firmware: Firmware::Bios,
         image: variant.image(Firmware::Bios),
         cpus,
-        memory_mib: 512,
+        memory_mib,
         timeout: Duration::from_secs(600),
         serial_log: None,
         echo: false,
@@ -712,6 +741,7 @@ struct Tables<'a> {
     kvm: Option<&'a str>,
     sched: &'a str,
     smp: &'a str,
+    memory: &'a str,
     boot: &'a str,
     boot_exits: &'a str,
     vcpu_boots: &'a str,
@@ -723,6 +753,7 @@ fn document(tables: &Tables<'_>) -> String {
         kvm,
         sched: sched_table,
         smp: smp_table,
+        memory: memory_table,
         boot: boot_table,
         boot_exits: exits,
         vcpu_boots: vcpu_boot_table,
@@ -856,6 +887,18 @@ fn document(tables: &Tables<'_>) -> String {
          MMIO exit that Ferrovisor emulates (no APIC virtualization), and on one CPU a round trip \
          also takes two vCPU switches.\n\n\
          {smp_table}\n\
+         ## Memory per guest\n\n\
+         What a guest costs the host beyond its RAM, as the kernel measures it when it creates \
+         the guest (`guest <name>: host memory beyond its RAM: ...`): the frames taken besides the \
+         RAM's (the EPT tables, the VMCS, the XSAVE area) and the kernel-heap bytes (the device \
+         models, the vCPU's model and queues). `guest-images/memory` creates guests of 1 MiB, \
+         256 MiB and 4 GiB, one vCPU each, under Bochs (`corei7_skylake_x`, whose XSAVE area of \
+         2696 bytes takes one frame). Guest RAM comes in naturally aligned blocks of up to 128 MiB, \
+         so the EPT maps it with 2 MiB pages where it can: a PML4, a PDPT, one PD per GiB, and a \
+         page table only for a guest smaller than 2 MiB. The I/O bitmaps and the MSR bitmap are the \
+         same for every guest and are the host's, 12 KiB taken once before the first guest; under \
+         SVM each guest still has its own permission maps (20 KiB).\n\n\
+         {memory_table}\n\
          ## Linux boot\n\n\
          Bochs ticks (emulated instructions, guest and host, plus the ticks Bochs skips while the \
          CPU halts) from power-on to the Linux guest's ready marker, for the small kernel \
@@ -1106,6 +1149,7 @@ mod tests {
             kvm,
             sched: "SCHED\n",
             smp: "SMP\n",
+            memory: "MEMORY\n",
             boot: "BOOT\n",
             boot_exits: "BOOT EXITS\n",
             vcpu_boots: "VCPU BOOTS\n",
@@ -1115,6 +1159,8 @@ mod tests {
         let table = with.find("KVM TABLE").unwrap();
         assert!(kvm < table && table < with.find("## Scheduling").unwrap());
         assert!(with.find("EXITS").unwrap() < kvm);
+        let memory = with.find("## Memory per guest").unwrap();
+        assert!(with.find("SMP").unwrap() < memory && memory < with.find("MEMORY").unwrap());
         let without = document(&tables(None));
         assert!(without.contains("Not measured in this run: `cargo xtask bench --peer kvm`"));
         assert!(!without.contains("KVM TABLE"));
