@@ -793,12 +793,15 @@ fn document(tables: &Tables<'_>) -> String {
          injects the vector and its delivery. Nothing is taken off it (it has one TSC read), and the \
          bench fails if a deadline passed before its HLT. The guest skips it where CPUID offers no \
          TSC-deadline timer: Ferrovisor passes the host's CPUID bit through, and QEMU TCG's CPU has none.\n\
-         - `com1_out`: OUT to COM1's transmit register: the device bus, the 16550 model, the console \
-         line buffer and, once every 160 characters, the line going out on the physical serial port, \
-         which Bochs times (in the average, not in the median).\n\n\
+         - `com1_out`: OUT to COM1's transmit register. Under VT-x, while the guest's 16550 transmits \
+         plainly (no divisor latch, no loopback, no THR-empty interrupt), the backend queues the byte \
+         without decoding the exit further or locking the devices and enters the guest again; every \
+         256 bytes the queue is full and one write takes the whole device path, which drains the \
+         queue into the UART model (in the average, not in the median). The console sends the bytes \
+         to the physical port later, from its buffer, so no write waits on it.\n\n\
          The targets are issue 14's: a CPUID round trip at 60 ticks or fewer (judged on the median, which \
          leaves out the samples a slice's end lands in) and a COM1 write below 300 (judged on the \
-         average, which keeps the writes that wait on the physical port).\n\n\
+         average, which keeps the writes that take the full path).\n\n\
          {table}\n\
          The SVM column: with `-icount` QEMU's clock follows the instruction count (128 ns an \
          instruction, and the TSC counts nanoseconds), so the guest's TSC differences divided by 128 \
@@ -815,13 +818,24 @@ fn document(tables: &Tables<'_>) -> String {
          same on every run. A round trip is therefore the number of host instructions on the exit path, plus \
          the guest's exiting instruction and the ones that load its operands: the trampoline that saves \
          and restores every GPR, the exit decoding and the handler.\n\n\
-         What dominates the CPUID figure (a Bochs trace of one CPUID exit, `vmexitbp` then `trace on`, \
-         226 host instructions): the trampoline out of and back into the guest, which saves and loads \
-         15 GPRs, about 55; seven VMCS accesses (exit reason, CR4, instruction length, RIP read and \
-         write, interruptibility) with their success checks, about 50; the vendor-neutral handler and \
-         the guest CPUID policy's cache lookup, about 55; the VT-x backend's decoding and glue around \
-         them, about 35; the run loop around the exit (the device-interrupt check before entry, the TSC \
-         read and time accounting, the slice check), about 30.\n\n\
+         Where the CPUID figure goes (a Bochs trace of one CPUID exit, `lb` at the guest's CPUID, then \
+         `trace on`): 51 host instructions, all in the exit trampoline (`vmx::fast`), which answers a \
+         question it was answered before without returning to Rust: it saves the four registers CPUID \
+         writes (6 instructions with the frame pointer), reads the exit reason (4), reads the TSC and \
+         checks the run's deadline (5: the VMX-preemption timer does not count while the host answers, \
+         so without this a guest asking only CPUID would stretch its slice), finds the answer by leaf \
+         and subleaf (11), checks the guest's CR4.OSXSAVE and PKE against the ones it was given for \
+         (5), that no STI or MOV SS shadow needs clearing (4), reads the instruction length and RIP \
+         and checks for a wrap at 4 GiB (7), writes RIP, loads the four answers, counts the exit and \
+         resumes (9). Each check keeps a case the fast path cannot answer exactly on the full path; \
+         the floor of about 20 instructions is a handler without them. A first question, or one the \
+         policy does not let be kept (leaf 0DH, which depends on XCR0), takes the full path, about \
+         600 instructions like the VMCALL row. That full path (the trampoline saving all 15 GPRs, \
+         the exit decoding, the run loop's clock and slice checks, the vendor-neutral handler) is what \
+         the other rows still pay: a Bochs trace of a VMCALL exit has about 210 instructions in the \
+         run loop around it, 85 in the handlers' dispatch, 75 decoding the exit, 60 in the \
+         trampoline, 35 skipping the instruction and 60 in the local APIC's interrupt check that \
+         follows any exit that may change what the guest can be given.\n\n\
          ## Beside Linux KVM\n\n\
          The same guest under Linux KVM on the same Bochs machine (`cargo xtask bench --peer kvm`): \
          Debian's stock kernel (the one of the Linux boots below) boots natively, loads its own \
@@ -836,13 +850,12 @@ fn document(tables: &Tables<'_>) -> String {
          a new figure of the guest gets its row here by itself. The kernel boots twice: with its \
          default mitigations, and with `mitigations=off kvm-intel.vmentry_l1d_flush=never` (the \
          default flushes the L1 data cache before an entry that follows a return to user space); \
-         what each boot reported is listed under the table. The COM1 rows differ in one more way: \
-         Ferrovisor prints a console line on the physical serial port every 160 characters, inside \
-         the timed loop, where kvm-bench prints the guest's line of 1000 dots once, after it. And \
-         the figures are averages, which take in whatever else interrupts a timed loop: under KVM \
-         every timer interrupt of the host kernel is an exit too, and under Bochs that kernel takes \
-         one far more often, counted in instructions, than on hardware (the last row of the second \
-         table measures it), where Ferrovisor ends a slice every 100,000 ticks. On \
+         what each boot reported is listed under the table. The figures compared are the guest's \
+         medians, which leave out the samples that something else interrupted: under KVM every \
+         timer interrupt of the host kernel is an exit too, and under Bochs that kernel takes one far \
+         more often, counted in instructions, than on hardware (the last row of the second table \
+         measures it), where Ferrovisor ends a slice every 100,000 ticks. KVM's `hlt_timer` is n/a: \
+         the guest skips it there, as KVM's CPUID on this Bochs offers no TSC-deadline timer. On \
          hardware VM exit and \
          entry cost far more than an instruction each, which both paths pay alike, so there the \
          ratios are closer to 1; what this compares is the software around them.\n\n\
@@ -858,19 +871,21 @@ fn document(tables: &Tables<'_>) -> String {
          the outgoing guest's last exit to the incoming guest's first entry on the same CPU; \
          \"across CPUs\" are the switches whose incoming guest last ran on the other CPU.\n\n\
          {sched_table}\n\
-         Where a same-CPU switch goes (a Bochs trace of one switch on one CPU, `lb` at `Scheduler::pick`, \
-         `trace on`; about 790 instructions from the guest's last instruction to VMRESUME, of which the \
-         kernel's figure is the part between its two TSC reads): the preemption-timer exit (trampoline, \
-         decoding and dispatch) about 145; `sched` (`stopped_with` and `pick`) about 235; the loop \
-         around them (slot and queue locks, figures, the slice check) about 220; moving the lazily \
-         switched state (XSAVE of every supported component, CR2, DR0-3/DR6, six MSRs out; XRSTOR, \
-         XSETBV, the same in) about 130; handing the slice's exits by reason to the scheduler's \
-         figures about 20; VMPTRLD and the entry trampoline about 40. Under Bochs VMPTRLD, VMRESUME, \
-         XSAVE and XRSTOR are one tick each, so these figures are the host's own instructions, and the \
-         target \"dominated by the VMCS switch\" can be judged only on hardware, where the VMX \
-         transitions and VMPTRLD cost far more than an instruction each; what Bochs shows is that \
-         nothing on the path is wasteful (`sched` alone was 540 ticks of a 1191-tick switch before its \
-         pick path was rewritten).\n\n\
+         Where a same-CPU switch goes (a Bochs trace of one switch on one CPU, `lb` at \
+         `Scheduler::stopped_with` on the 30th slice's end, `trace on`; 1128 instructions from there to \
+         the next guest's VMRESUME, to which the preemption-timer exit before it adds about 150, and of \
+         which the kernel's figure is the part between its two TSC reads): `sched` \
+         (`stopped_with`, `stop` and `pick`, with the longest-waiting vCPU pulled across the CPUs' \
+         queues) 311; the run loop around them (slot and queue locks, figures, the slice's console \
+         hold, the timer's arming) 364; the console service the run's first CPU does on every pass \
+         (its output pump, input routing and the holds of guests cut off mid-line) 215; moving the \
+         lazily switched state (XSAVE of every supported component, CR2, DR0-3/DR6, six MSRs out; \
+         XRSTOR, XSETBV, the same in) 194; VMPTRLD and the entry trampoline 40. Issue 14's target \
+         of 300 is missed: the console service and much of the run loop's bookkeeping could move off \
+         this path, `sched`'s cross-CPU pull is the price of the fair rotation measured above. Under \
+         Bochs VMPTRLD, VMRESUME, XSAVE and XRSTOR are one tick each, so these figures are the host's \
+         own instructions; on hardware the VMX transitions and VMPTRLD cost far more than an \
+         instruction each.\n\n\
          A switch across CPUs adds the hand-over: the old CPU saves the guest's switched state and \
          VMCLEARs its VMCS as soon as `sched` moves it (at the end of its turn), and the new CPU writes \
          its own host-state fields (about 220 instructions of VMWRITEs), drops its cached translations \
