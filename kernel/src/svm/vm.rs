@@ -27,7 +27,7 @@ use loader::entry::EntryState;
 use loader::{GuestMemory, LoadError, LoadedImage};
 use log::debug;
 use vcpu::access::VcpuAccess;
-use vcpu::exit::{handle_cpuid, handle_exit, Exit, Outcome};
+use vcpu::exit::{handle_cpuid, handle_exit, handle_local_exit, Exit, Outcome};
 use vcpu::stop::StopReason;
 use vcpu::vm::{self as vm_devices, VmDevices};
 
@@ -546,7 +546,11 @@ impl Hardware for SvmSettings {
             xcr0_supported: self.xcr0_supported(),
             flush: || *flush = true,
         };
-        handle_exit(exit, &mut access, model, &mut vm.devices(), &mut platform)
+        // Only the exits that need the devices lock them.
+        match handle_local_exit(exit, &mut access, model, &mut platform) {
+            Some(outcome) => outcome,
+            None => handle_exit(exit, &mut access, model, &mut vm.devices(), &mut platform),
+        }
     }
 
     fn deliver_interrupt(

@@ -870,14 +870,97 @@ fn dispatch<B: VcpuAccess, P: Platform>(
     vm: &mut VmDevices,
     platform: &mut P,
 ) -> Result<Outcome, B::Error> {
+    if let Some(result) = dispatch_local(exit, vcpu, model, platform) {
+        return result;
+    }
     match exit {
-        Exit::Cpuid => cpuid(vcpu, model, |l, s| platform.host_cpuid(l, s)),
         Exit::Io(io) => port_io(vcpu, model, vm, platform, io),
         Exit::Hypercall => vmcall(vcpu, model, vm, platform),
-        Exit::Hlt => hlt(vcpu, model),
-        Exit::MsrRead => rdmsr(vcpu, model),
         Exit::MsrWrite => wrmsr(vcpu, model, vm, platform),
         Exit::ControlRegister(access) => cr_access(vcpu, model, platform, *access),
+        Exit::NestedPageFault { .. } => match exit.nested_fault() {
+            Some(fault) => nested_page_fault(vcpu, model, vm, platform, &fault),
+            None => Ok(Outcome::Resume),
+        },
+        // `dispatch_local` took every other exit.
+        _ => Ok(Outcome::Resume),
+    }
+}
+
+/// Whether handling `exit` may touch the VM's devices or change what the
+/// vCPU can be given (its local APIC's priority, the lines, the timers):
+/// port I/O, hypercalls (the print goes to COM1's console), MSR writes
+/// (the APIC's x2APIC registers and timer), control-register accesses
+/// (CR8 is the task priority) and nested page faults (the APICs' MMIO).
+/// The others need neither the devices' lock nor a new
+/// [`attention_at`](super::vm::attention_at) after them.
+pub fn needs_devices(exit: &Exit) -> bool {
+    matches!(
+        exit,
+        Exit::Io(_)
+            | Exit::Hypercall
+            | Exit::MsrWrite
+            | Exit::ControlRegister(_)
+            | Exit::NestedPageFault { .. }
+    )
+}
+
+/// Handles `exit` when it does not [need the devices](needs_devices), as
+/// [`handle_exit`] would (the same counts, the same outcome) but without
+/// them; `None` for an exit that needs them, which the caller passes to
+/// [`handle_exit`] with the devices locked.
+#[inline]
+pub fn handle_local_exit<B: VcpuAccess, P: Platform>(
+    exit: &Exit,
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+) -> Option<Outcome> {
+    if needs_devices(exit) {
+        return None;
+    }
+    if let Exit::Cpuid = exit {
+        return Some(handle_cpuid(vcpu, model, |l, s| platform.host_cpuid(l, s)));
+    }
+    model.stats.exits = model.stats.exits.wrapping_add(1);
+    model.tally.count(exit.kind());
+    match dispatch_local(exit, vcpu, model, platform)? {
+        Ok(outcome) => Some(outcome),
+        Err(e) => Some(Outcome::stop(StopReason::Backend(e.to_string()))),
+    }
+}
+
+/// The exits that need no devices ([`needs_devices`]); `None` for the
+/// others.
+fn dispatch_local<B: VcpuAccess, P: Platform>(
+    exit: &Exit,
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+) -> Option<Result<Outcome, B::Error>> {
+    if needs_devices(exit) {
+        return None;
+    }
+    Some(local(exit, vcpu, model, platform))
+}
+
+/// [`dispatch_local`]'s exits.
+fn local<B: VcpuAccess, P: Platform>(
+    exit: &Exit,
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+) -> Result<Outcome, B::Error> {
+    match exit {
+        Exit::Cpuid => cpuid(vcpu, model, |l, s| platform.host_cpuid(l, s)),
+        // [`dispatch`]'s.
+        Exit::Io(_)
+        | Exit::Hypercall
+        | Exit::MsrWrite
+        | Exit::ControlRegister(_)
+        | Exit::NestedPageFault { .. } => Ok(Outcome::Resume),
+        Exit::Hlt => hlt(vcpu, model),
+        Exit::MsrRead => rdmsr(vcpu, model),
         Exit::Xsetbv => xsetbv(vcpu, model, platform),
         Exit::SliceEnd => Ok(Outcome::Preempted),
         Exit::ExternalInterrupt => {
@@ -911,10 +994,6 @@ fn dispatch<B: VcpuAccess, P: Platform>(
         Exit::TripleFault => Ok(Outcome::stop(StopReason::TripleFault(Box::new(dump(
             vcpu,
         )?)))),
-        Exit::NestedPageFault { .. } => match exit.nested_fault() {
-            Some(fault) => nested_page_fault(vcpu, model, vm, platform, &fault),
-            None => Ok(Outcome::Resume),
-        },
         Exit::NestedPagingMisconfigured { gpa } => {
             Ok(Outcome::stop(StopReason::NestedPagingMisconfigured {
                 gpa: *gpa,

@@ -103,6 +103,53 @@ fn a_cached_answer_is_what_the_handler_gave_for_those_cr4_bits() {
     assert_eq!(v.1.cpuid_cache.cached(0xD, 0), None);
 }
 
+/// The exits handled without the devices give what `handle_exit` gives:
+/// the same outcome, registers and counts.
+#[test]
+fn local_exits_are_handled_as_with_the_devices() {
+    let exits = [
+        Exit::Hlt,
+        Exit::MsrRead,
+        Exit::Cpuid,
+        Exit::InterruptWindow,
+        Exit::SliceEnd,
+        Exit::ExternalInterrupt,
+        Exit::Nmi,
+        Exit::Pause,
+        Exit::CacheFlush,
+        Exit::Rdpmc,
+        Exit::VirtualizationInstruction,
+        Exit::TripleFault,
+    ];
+    for exit in exits {
+        for (rflags, rcx) in [(0x2u64, 0x1Bu64), (0x202, 0x10), (0x202, 0xDEAD_BEEF)] {
+            let mut with = setup(2);
+            with.0.rflags = rflags;
+            with.0.gprs[1] = rcx;
+            let mut without = setup(2);
+            without.0.rflags = rflags;
+            without.0.gprs[1] = rcx;
+            assert!(!needs_devices(&exit), "{exit:?}");
+            let a = run(exit, &mut with);
+            let b = handle_local_exit(&exit, &mut without.0, &mut without.1, &mut without.2);
+            assert_eq!(Some(a), b, "{exit:?}");
+            assert_eq!(with.0, without.0, "{exit:?}");
+            assert_eq!(with.1.stats, without.1.stats, "{exit:?}");
+            assert_eq!(with.1.tally, without.1.tally, "{exit:?}");
+        }
+    }
+    for exit in [
+        Exit::Io(IoAccess::port(0x3F8, 1, IoDirection::Out)),
+        Exit::Hypercall,
+        Exit::MsrWrite,
+    ] {
+        let mut v = setup(2);
+        assert!(needs_devices(&exit));
+        assert_eq!(handle_local_exit(&exit, &mut v.0, &mut v.1, &mut v.2), None);
+        assert_eq!(v.1.stats, ExitStats::default(), "nothing counted: {exit:?}");
+    }
+}
+
 #[test]
 fn queued_com1_writes_are_counted_as_handled_io_exits() {
     let mut v = setup(1);
