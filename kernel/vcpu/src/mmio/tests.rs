@@ -1011,3 +1011,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn instruction_bytes_keep_at_most_fifteen() {
+    assert_eq!(
+        InstructionBytes::new(&[0x89, 0xB3]).as_slice(),
+        [0x89, 0xB3]
+    );
+    assert_eq!(InstructionBytes::new(&[]).as_slice(), [0u8; 0]);
+    let long: Vec<u8> = (0..20).collect();
+    assert_eq!(InstructionBytes::new(&long).as_slice(), &long[..15]);
+    assert_eq!(
+        InstructionBytes::new(&long).to_string(),
+        "00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e"
+    );
+}
