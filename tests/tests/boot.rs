@@ -776,6 +776,21 @@ fn broken_config(engine: Engine, limit: Duration, what: &str) {
         .exited();
 }
 
+/// The last `[<name>] progress <k>` round a guest printed before the first
+/// guest finished (`stopped: exited with code 0`); 0 if none.
+fn round_at_first_stop(out: &xtask::runner::BootOutcome, name: &str) -> u32 {
+    let first_stop = out
+        .serial
+        .find(": stopped: exited with code 0")
+        .unwrap_or_else(|| panic!("no guest finished:\n{}", out.serial));
+    out.serial[..first_stop]
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("[{name}] progress ")))
+        .filter_map(|n| n.trim().parse::<u32>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 /// `guest <name>: ran <ticks> TSC ticks in <slices> slices ...`: the
 /// ticks and slices.
 fn ran(out: &xtask::runner::BootOutcome, name: &str) -> Option<(u64, u64)> {
@@ -892,17 +907,8 @@ fn shares_one_cpu(engine: Engine, limit: Duration, what: &str) {
         .never("woken up");
     // When the first busy guest finishes, each other one is at most a
     // round (1/20 of the work) behind.
-    let first_stop = out
-        .serial
-        .find(": stopped: exited with code 0")
-        .expect("a busy guest finished");
     for name in ["spin1", "spin2", "spin3"] {
-        let last = out.serial[..first_stop]
-            .lines()
-            .filter_map(|l| l.strip_prefix(&format!("[{name}] progress ")))
-            .filter_map(|n| n.trim().parse::<u32>().ok())
-            .max()
-            .unwrap_or(0);
+        let last = round_at_first_stop(&out, name);
         assert!(
             last >= 19,
             "{name} was at round {last} when the first busy guest finished:\n{}",
@@ -967,17 +973,8 @@ fn bochs_a_guest_asking_only_cpuid_is_still_preempted() {
         "[spin] progress 20",
         "guest spin: stopped: exited with code 0",
     );
-    let first_stop = out
-        .serial
-        .find(": stopped: exited with code 0")
-        .expect("a guest finished");
     for name in ["cpuidspin", "spin"] {
-        let last = out.serial[..first_stop]
-            .lines()
-            .filter_map(|l| l.strip_prefix(&format!("[{name}] progress ")))
-            .filter_map(|n| n.trim().parse::<u32>().ok())
-            .max()
-            .unwrap_or(0);
+        let last = round_at_first_stop(&out, name);
         assert!(
             last >= 18,
             "{name} was at round {last} when the first guest finished:\n{}",
