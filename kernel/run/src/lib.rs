@@ -281,6 +281,9 @@ pub struct Vm<B: Backend> {
     /// were unlocked.
     device_attention: AtomicU64,
     device_deadline: AtomicU64,
+    /// Whether the devices may hold COM1 output not yet forwarded, as of
+    /// their last unlock ([`VmDevices::console_output_waiting`]).
+    com1_waiting: AtomicBool,
     /// COM1 transmit-register writes a backend queued on the exit path
     /// without the device lock ([`Backend::enter`]); [`Vm::devices`]
     /// hands them to the UART before anything else touches the devices.
@@ -333,6 +336,7 @@ pub struct DevicesGuard<'a> {
     attention: &'a AtomicU64,
     deadline: &'a AtomicU64,
     com1_out: &'a ComOut,
+    com1_waiting: &'a AtomicBool,
 }
 
 impl core::ops::Deref for DevicesGuard<'_> {
@@ -369,6 +373,8 @@ impl Drop for DevicesGuard<'_> {
         let deadline = self.guard.next_deadline().unwrap_or(u64::MAX);
         self.deadline.store(deadline, Ordering::Release);
         self.com1_out.set_open(self.guard.com1_transmits_plainly());
+        self.com1_waiting
+            .store(self.guard.console_output_waiting(), Ordering::Release);
     }
 }
 
@@ -401,6 +407,7 @@ impl<B: Backend> Vm<B> {
             apics,
             device_attention: AtomicU64::new(attention),
             device_deadline: AtomicU64::new(u64::MAX),
+            com1_waiting: AtomicBool::new(false),
             com1_out: {
                 let out = ComOut::new();
                 out.set_open(plain);
@@ -441,6 +448,7 @@ impl<B: Backend> Vm<B> {
             attention: &self.device_attention,
             deadline: &self.device_deadline,
             com1_out: &self.com1_out,
+            com1_waiting: &self.com1_waiting,
         };
         if !self.com1_out.is_empty() {
             guard.take_com1_out();
@@ -452,6 +460,10 @@ impl<B: Backend> Vm<B> {
     /// the backend's console.
     #[inline]
     pub fn forward_output(&self, backend: &B) {
+        // Nothing written since the last time: no need to lock.
+        if !self.com1_waiting.load(Ordering::Acquire) && self.com1_out.is_empty() {
+            return;
+        }
         let index = self.index;
         self.devices()
             .take_console_output(&mut |bytes| backend.guest_output(index, bytes));

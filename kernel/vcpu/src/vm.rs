@@ -75,6 +75,9 @@ pub struct VmDevices {
     /// Whether COM1 transmits plainly, as of the last write to its ports
     /// (see [`VmDevices::com1_transmits_plainly`]).
     com1_plain: bool,
+    /// Whether COM1 may hold transmitted bytes not yet taken (set by a
+    /// write to its ports, cleared when they are taken).
+    com1_output: bool,
     /// Whether the 8259 pair asserts its output, and whether the I/O APIC
     /// holds a message, as of the last change that could move them (kept
     /// so that the exit path asks neither device on every exit).
@@ -155,6 +158,7 @@ impl VmDevices {
             ioapic,
             com1,
             com1_plain: false,
+            com1_output: false,
             pic_out: false,
             ioapic_pending: false,
             deadline: u64::MAX,
@@ -240,6 +244,7 @@ impl VmDevices {
         }
         if port.wrapping_sub(COM1_BASE) < UART_PORTS {
             self.com1_plain = self.com1_plain_now();
+            self.com1_output = true;
         }
         self.refresh();
         claimed
@@ -301,6 +306,7 @@ impl VmDevices {
     /// each, as the guest did: the bytes a [`crate::com_out::ComOut`]
     /// queued.
     pub fn com1_transmit(&mut self, bytes: &[u8], now: u64, sink: &mut dyn FnMut(&str)) {
+        self.com1_output = true;
         let sent = self
             .com1
             .and_then(|id| self.bus.get_mut::<UartDevice>(id))
@@ -345,9 +351,17 @@ impl VmDevices {
     /// Hands what the guest transmitted on COM1 in raw mode since the last
     /// call to `out` (not called when there is nothing).
     pub fn take_console_output(&mut self, out: &mut dyn FnMut(&[u8])) {
+        self.com1_output = false;
         if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
             uart.take_output(out);
         }
+    }
+
+    /// Whether [`take_console_output`](Self::take_console_output) may have
+    /// bytes to give: false only when nothing was written to COM1 since
+    /// they were last taken.
+    pub fn console_output_waiting(&self) -> bool {
+        self.com1_output
     }
 
     /// COM1 output bytes raw mode dropped because they were not taken in
@@ -1016,15 +1030,20 @@ mod tests {
         let mut vm = pc();
         vm.set_com1_raw(true);
         let mut lines = Vec::new();
+        assert!(!vm.console_output_waiting(), "nothing written yet");
         for &b in b"$ ls\r\n" {
             vm.port_write(0x3F8, 1, u32::from(b), 0, &mut sink(&mut lines));
         }
+        assert!(vm.console_output_waiting());
         vm.print(b"hyper\n", &mut sink(&mut lines));
         assert_eq!(lines, ["hyper"]);
         let mut raw = Vec::new();
         vm.take_console_output(&mut |b| raw.extend_from_slice(b));
         assert_eq!(raw, b"$ ls\r\n");
+        assert!(!vm.console_output_waiting(), "taken");
         vm.take_console_output(&mut |_| panic!("nothing is left"));
         assert_eq!(vm.console_output_dropped(), 0);
+        vm.com1_transmit(b"queued", 0, &mut sink(&mut lines));
+        assert!(vm.console_output_waiting(), "queued bytes written");
     }
 }
