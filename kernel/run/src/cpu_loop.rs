@@ -296,9 +296,13 @@ impl<B: Backend> GuestRun<B> {
             None => SliceEnd::Gone,
         };
         if let (SliceEnd::TimeUp | SliceEnd::Yielded, Some(s)) = (&end, slot.as_mut()) {
-            // Cut off mid-line perhaps: its console waits for it.
-            s.vcpu.console_held = true;
-            self.backend.console_hold(s.vm.index, true);
+            // Cut off mid-line: its console waits for it. After a whole
+            // line there is nothing to hold, and telling the console would
+            // cost the next switch its work.
+            if s.vm.mid_line() {
+                s.vcpu.console_held = true;
+                self.backend.console_hold(s.vm.index, true);
+            }
         }
         let now = self.backend.now();
         // A switch is measured from a slice that ended by time or HLT;

@@ -281,6 +281,10 @@ pub struct Vm<B: Backend> {
     /// were unlocked.
     device_attention: AtomicU64,
     device_deadline: AtomicU64,
+    /// Whether the last COM1 byte forwarded ended a line: a vCPU
+    /// preempted after a whole line has no partial line for the console
+    /// to hold ([`Backend::console_hold`]).
+    line_ended: AtomicBool,
     /// Whether the devices may hold COM1 output not yet forwarded, as of
     /// their last unlock ([`VmDevices::console_output_waiting`]).
     com1_waiting: AtomicBool,
@@ -408,6 +412,7 @@ impl<B: Backend> Vm<B> {
             device_attention: AtomicU64::new(attention),
             device_deadline: AtomicU64::new(u64::MAX),
             com1_waiting: AtomicBool::new(false),
+            line_ended: AtomicBool::new(true),
             com1_out: {
                 let out = ComOut::new();
                 out.set_open(plain);
@@ -465,8 +470,19 @@ impl<B: Backend> Vm<B> {
             return;
         }
         let index = self.index;
-        self.devices()
-            .take_console_output(&mut |bytes| backend.guest_output(index, bytes));
+        let line_ended = &self.line_ended;
+        self.devices().take_console_output(&mut |bytes| {
+            if let Some(&last) = bytes.last() {
+                line_ended.store(last == b'\n', Ordering::Release);
+            }
+            backend.guest_output(index, bytes)
+        });
+    }
+
+    /// Whether the guest's console output stopped mid-line (the last byte
+    /// forwarded was not a line end).
+    pub fn mid_line(&self) -> bool {
+        !self.line_ended.load(Ordering::Acquire)
     }
 
     /// Whether the interrupt path has something to do for `vcpu` at
