@@ -410,6 +410,16 @@ impl Uart16550 {
         lsr
     }
 
+    /// What a read of LSR returns when that read changes nothing (no
+    /// overrun for it to clear), else `None`.
+    pub const fn quiet_line_status(&self) -> Option<u8> {
+        if self.overrun {
+            None
+        } else {
+            Some(self.line_status())
+        }
+    }
+
     /// The baud-rate divisor the guest programmed (DLM:DLL); the baud rate
     /// is 115200 divided by it on PC hardware, and 0 means "no clock".
     pub const fn divisor(&self) -> u16 {

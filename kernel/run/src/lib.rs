@@ -131,8 +131,9 @@ pub trait Backend: Sync {
     /// Enters the vCPU (current on this CPU) and returns its decoded exit
     /// (boxed error: the result travels in two registers on every exit).
     /// A backend may queue a byte-sized OUT to COM1's transmit register
-    /// in `com1_out` and resume the guest without returning (when the
-    /// queue takes it); it counts such exits as I/O exits at its next
+    /// in `com1_out`, or answer a byte-sized IN from its line status
+    /// register with [`ComOut::lsr`], and resume the guest without
+    /// returning; it counts such exits as I/O exits at its next
     /// [`Backend::handle`].
     fn enter(&self, vcpu: &mut Self::Vcpu, com1_out: &ComOut) -> Result<Exit, Box<StopReason>>;
     /// Handles `exit` of `vcpu` with the neutral handlers (locking the
@@ -379,6 +380,7 @@ impl Drop for DevicesGuard<'_> {
         self.com1_out.set_open(self.guard.com1_transmits_plainly());
         self.com1_waiting
             .store(self.guard.console_output_waiting(), Ordering::Release);
+        self.com1_out.set_lsr(self.guard.com1_quiet_lsr());
     }
 }
 
@@ -403,6 +405,7 @@ impl<B: Backend> Vm<B> {
         let apics = Arc::clone(devices.apic_bus());
         let attention = devices.attention_tsc();
         let plain = devices.com1_transmits_plainly();
+        let lsr = devices.com1_quiet_lsr();
         let vm = Arc::new(Self {
             name: String::from(name),
             index,
@@ -416,6 +419,7 @@ impl<B: Backend> Vm<B> {
             com1_out: {
                 let out = ComOut::new();
                 out.set_open(plain);
+                out.set_lsr(lsr);
                 out
             },
             started_at: backend.now(),

@@ -166,8 +166,8 @@ pub struct VmxVcpuState {
     /// The vCPU's registers while it is not running, and the CPUID
     /// answers the exit trampoline gives by itself.
     frame: RunFrame,
-    /// Byte-sized COM1 writes queued by [`VmxVcpuState::enter`] since its
-    /// last exit through the handlers.
+    /// Byte-sized COM1 writes queued and LSR reads answered by
+    /// [`VmxVcpuState::enter`] since its last exit through the handlers.
     fast_com1: u64,
     /// Whether CPUID answers go into `frame` (see [`vmx::fast`]), and COM1
     /// writes into the VM's queue: only
@@ -585,7 +585,8 @@ impl VmxVcpuState {
     /// current, with interrupts off.
     ///
     /// A byte-sized OUT to COM1's transmit register that `com1_out`
-    /// takes is finished here and the guest entered again (see
+    /// takes, and a read of COM1's line status that `com1_out` can
+    /// answer, are finished here and the guest entered again (see
     /// [`vcpu::com_out`]), before the run's deadline as for the
     /// trampoline's CPUID answers.
     #[inline]
@@ -603,7 +604,7 @@ impl VmxVcpuState {
             self.launched = true;
             // SAFETY: VMX root operation with this vCPU's VMCS current.
             let mut vmcs = unsafe { HardwareVmcs::current() };
-            if self.fast_paths && self.queue_com1_write(&mut vmcs, com1_out) {
+            if self.fast_paths && self.com1_fast_io(&mut vmcs, com1_out) {
                 continue;
             }
             return ::vtx::decode_exit(&mut vmcs)
@@ -611,25 +612,34 @@ impl VmxVcpuState {
         }
     }
 
-    /// Finishes the exit if it is `OUT 0x3F8, AL` (exit reason 30, I/O;
-    /// qualification: size 1, OUT, not string, not REP, port 0x3F8: SDM
-    /// Vol. 3C, table "Exit Qualification for I/O Instructions") and the
-    /// queue takes the byte: RIP moves past it. False, with nothing
-    /// changed, for anything else, an interrupt shadow to clear, a RIP
-    /// that wraps at 4 GiB, or past the run's deadline.
+    /// Finishes the exit if it is `OUT 0x3F8, AL` that the queue takes, or
+    /// `IN AL, 0x3FD` (COM1's line status) while that read changes
+    /// nothing (exit reason 30, I/O; qualification: size 1, not string,
+    /// not REP, the port, and the direction: SDM Vol. 3C, table "Exit
+    /// Qualification for I/O Instructions"): RIP moves past it. False,
+    /// with nothing changed, for anything else, an interrupt shadow to
+    /// clear, a RIP that wraps at 4 GiB, or past the run's deadline.
     #[inline]
-    fn queue_com1_write(&mut self, vmcs: &mut HardwareVmcs, com1_out: &ComOut) -> bool {
+    fn com1_fast_io(&mut self, vmcs: &mut HardwareVmcs, com1_out: &ComOut) -> bool {
         const IO_INSTRUCTION: u32 = 30;
         const COM1_THR_BYTE_OUT: u64 = 0x03F8_0000;
+        const COM1_LSR_BYTE_IN: u64 = 0x03FD_0008;
         if vmcs.read(ReadOnly32::ExitReason) != Ok(IO_INSTRUCTION) {
             return false;
         }
         let Ok(qualification) = vmcs.read(ReadOnlyNatural::ExitQualification) else {
             return false;
         };
-        if qualification & 0xFFFF_003F != COM1_THR_BYTE_OUT
-            || crate::guests::rdtsc() >= self.frame.fast_until
-        {
+        let access = qualification & 0xFFFF_003F;
+        let lsr = match access {
+            COM1_THR_BYTE_OUT => None,
+            COM1_LSR_BYTE_IN => match com1_out.lsr() {
+                Some(lsr) => Some(lsr),
+                None => return false,
+            },
+            _ => return false,
+        };
+        if crate::guests::rdtsc() >= self.frame.fast_until {
             return false;
         }
         let (Ok(shadow), Ok(len), Ok(rip)) = (
@@ -646,11 +656,21 @@ impl VmxVcpuState {
         if vmcs.write(GuestNatural::Rip, next).is_err() {
             return false;
         }
-        if !com1_out.push(self.frame.regs.rax() as u8) {
-            // Full, or the UART changed mode: the device bus takes it,
-            // from the OUT again. (Were RIP not to go back, which VMWRITE
-            // to a current VMCS cannot fail to do, the OUT is done.)
-            return vmcs.write(GuestNatural::Rip, rip).is_err();
+        match lsr {
+            // IN AL sets AL and leaves the rest of RAX.
+            Some(lsr) => {
+                let rax = self.frame.regs.rax();
+                self.frame.regs.set_rax((rax & !0xFF) | u64::from(lsr));
+            }
+            None => {
+                if !com1_out.push(self.frame.regs.rax() as u8) {
+                    // Full, or the UART changed mode: the device bus takes
+                    // it, from the OUT again. (Were RIP not to go back,
+                    // which VMWRITE to a current VMCS cannot fail to do,
+                    // the OUT is done.)
+                    return vmcs.write(GuestNatural::Rip, rip).is_err();
+                }
+            }
         }
         self.fast_com1 = self.fast_com1.wrapping_add(1);
         true

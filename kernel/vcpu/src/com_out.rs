@@ -26,6 +26,10 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
+/// [`ComOut::lsr`]'s mark of a value that may be given: the value is in
+/// bits 7:0.
+const LSR_VALID: u16 = 0x100;
+
 /// How many bytes wait at most; a write that finds the queue full goes
 /// through the device bus, which drains it first.
 pub const COM_OUT_CAPACITY: usize = 256;
@@ -43,6 +47,11 @@ pub struct ComOut {
     /// Slots drained so far.
     tail: AtomicUsize,
     slots: [AtomicU16; COM_OUT_CAPACITY],
+    /// What a read of the UART's line status register returns while that
+    /// read changes nothing, with [`LSR_VALID`]; 0 when a read must go
+    /// through the device bus. A polling driver reads LSR before every
+    /// byte it sends.
+    lsr: AtomicU16,
 }
 
 impl Default for ComOut {
@@ -59,7 +68,25 @@ impl ComOut {
             head: AtomicUsize::new(0),
             tail: AtomicUsize::new(0),
             slots: [const { AtomicU16::new(0) }; COM_OUT_CAPACITY],
+            lsr: AtomicU16::new(0),
         }
+    }
+
+    /// Says what a read of LSR returns while it changes nothing (`None`:
+    /// a read has an effect, such as clearing an overrun).
+    pub fn set_lsr(&self, lsr: Option<u8>) {
+        self.lsr.store(
+            lsr.map_or(0, |v| LSR_VALID | u16::from(v)),
+            Ordering::Release,
+        );
+    }
+
+    /// What a read of LSR may be answered with on the exit path, if
+    /// anything (as of the devices' last unlock).
+    #[inline]
+    pub fn lsr(&self) -> Option<u8> {
+        let v = self.lsr.load(Ordering::Acquire);
+        (v & LSR_VALID != 0).then_some(v as u8)
     }
 
     /// Says whether the UART transmits plainly (so a write may be queued).
@@ -152,6 +179,18 @@ mod tests {
         let mut all = Vec::new();
         q.drain(&mut |b| all.extend_from_slice(b));
         all
+    }
+
+    #[test]
+    fn the_line_status_is_given_only_while_a_read_changes_nothing() {
+        let q = ComOut::new();
+        assert_eq!(q.lsr(), None);
+        q.set_lsr(Some(0x60));
+        assert_eq!(q.lsr(), Some(0x60));
+        q.set_lsr(Some(0));
+        assert_eq!(q.lsr(), Some(0));
+        q.set_lsr(None);
+        assert_eq!(q.lsr(), None);
     }
 
     #[test]

@@ -753,9 +753,10 @@ impl CpuidCache {
     }
 }
 
-/// Counts `n` byte-sized OUTs to COM1's transmit register that a backend
-/// queued in a [`crate::com_out::ComOut`] without the handlers, as
-/// [`handle_exit`] counts an I/O exit.
+/// Counts `n` byte-sized COM1 accesses a backend finished without the
+/// handlers (OUTs to the transmit register it queued in a
+/// [`crate::com_out::ComOut`], INs from the line status register it
+/// answered from there), as [`handle_exit`] counts an I/O exit.
 pub fn count_queued_com1_writes(model: &mut VcpuModel, n: u64) {
     model.stats.exits = model.stats.exits.wrapping_add(n);
     model.stats.io = model.stats.io.saturating_add(n);

@@ -78,6 +78,9 @@ pub struct VmDevices {
     /// Whether COM1 may hold transmitted bytes not yet taken (set by a
     /// write to its ports, cleared when they are taken).
     com1_output: bool,
+    /// What a read of COM1's LSR returns while that read changes nothing,
+    /// as of the last access to COM1 or input for it.
+    com1_lsr: Option<u8>,
     /// Whether the 8259 pair asserts its output, and whether the I/O APIC
     /// holds a message, as of the last change that could move them (kept
     /// so that the exit path asks neither device on every exit).
@@ -159,6 +162,7 @@ impl VmDevices {
             com1,
             com1_plain: false,
             com1_output: false,
+            com1_lsr: None,
             pic_out: false,
             ioapic_pending: false,
             deadline: u64::MAX,
@@ -166,6 +170,7 @@ impl VmDevices {
             apics: Arc::new(ApicBus::new(vcpus as usize)),
         };
         vm.com1_plain = vm.com1_plain_now();
+        vm.com1_lsr = vm.com1_lsr_now();
         vm
     }
 
@@ -223,6 +228,9 @@ impl VmDevices {
             // Poll mode and reading ISR/IRR can move the pair's state.
             self.sync_pic();
         }
+        if port.wrapping_sub(COM1_BASE) < UART_PORTS {
+            self.com1_lsr = self.com1_lsr_now();
+        }
         self.refresh();
         value
     }
@@ -245,6 +253,7 @@ impl VmDevices {
         if port.wrapping_sub(COM1_BASE) < UART_PORTS {
             self.com1_plain = self.com1_plain_now();
             self.com1_output = true;
+            self.com1_lsr = self.com1_lsr_now();
         }
         self.refresh();
         claimed
@@ -296,6 +305,21 @@ impl VmDevices {
         self.com1_plain
     }
 
+    /// What a read of COM1's line status register would return, when
+    /// that read changes nothing (see
+    /// [`devices::uart::Uart16550::quiet_line_status`]), as of the last
+    /// access to COM1 or input for it; a backend may answer such a read
+    /// on the exit path with it.
+    pub fn com1_quiet_lsr(&self) -> Option<u8> {
+        self.com1_lsr
+    }
+
+    fn com1_lsr_now(&self) -> Option<u8> {
+        self.com1
+            .and_then(|id| self.bus.get::<UartDevice>(id))
+            .and_then(|uart| uart.uart().quiet_line_status())
+    }
+
     fn com1_plain_now(&self) -> bool {
         self.com1
             .and_then(|id| self.bus.get::<UartDevice>(id))
@@ -334,6 +358,7 @@ impl VmDevices {
                 .unwrap_or(0),
             None => 0,
         };
+        self.com1_lsr = self.com1_lsr_now();
         self.refresh();
         taken
     }
@@ -1045,5 +1070,21 @@ mod tests {
         assert_eq!(vm.console_output_dropped(), 0);
         vm.com1_transmit(b"queued", 0, &mut sink(&mut lines));
         assert!(vm.console_output_waiting(), "queued bytes written");
+        // The line status a read would give, while the read changes
+        // nothing: THR empty, then data ready with input, then empty again
+        // once the byte is read.
+        assert_eq!(vm.com1_quiet_lsr(), Some(0x60));
+        assert_eq!(vm.feed_com1(b"k", 0, &mut sink(&mut lines)), 1);
+        assert_eq!(vm.com1_quiet_lsr(), Some(0x61));
+        assert_eq!(vm.port_read(0x3F8, 1, 0, &mut sink(&mut lines)), Some(u32::from(b'k')));
+        assert_eq!(vm.com1_quiet_lsr(), Some(0x60));
+        // An overrun (FIFOs off: a second byte before the first is read)
+        // is cleared by the read: that one goes through the bus.
+        vm.port_write(0x3FC, 1, 0x10, 0, &mut sink(&mut lines));
+        vm.port_write(0x3F8, 1, 1, 0, &mut sink(&mut lines));
+        vm.port_write(0x3F8, 1, 2, 0, &mut sink(&mut lines));
+        assert_eq!(vm.com1_quiet_lsr(), None);
+        assert_eq!(vm.port_read(0x3FD, 1, 0, &mut sink(&mut lines)), Some(0x63));
+        assert_eq!(vm.com1_quiet_lsr(), Some(0x61));
     }
 }
