@@ -1,7 +1,8 @@
 //! The kernel's privileged instructions that the `x86_64` crate does not
 //! already wrap: port I/O by width, halting the CPU, masking the 8259s,
 //! CPUID, XCR0 and the XSAVE family, CR2, the debug registers and MSRs by
-//! number (the state a vCPU switch moves).
+//! number (the state a vCPU switch moves), and the zeroing of large memory
+//! with interrupts off and the stack's translation dropped after it.
 //!
 //! Each is an `unsafe fn`: which port is safe to touch depends on the device
 //! behind it, which only the caller knows.
@@ -174,6 +175,49 @@ pub unsafe fn fxsave(area: *mut u8) {
 pub unsafe fn fxrstor(area: *const u8) {
     // SAFETY: the caller's contract.
     unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) }
+}
+
+/// Zeroes `len` bytes at `dst` with interrupts off, then drops this CPU's
+/// cached translation of the page the stack pointer is in (INVLPG) before
+/// the stack is used again; interrupts are as they were on return.
+///
+/// The INVLPG is for Bochs 2.7, the VT-x test engine: a machine above 2048
+/// MiB gets at most 2048 MiB of host memory there, and Bochs pages 128 KiB
+/// blocks out to a file as others are touched. Its CPU keeps a pointer to
+/// the current stack page's block that the paging does not check (only
+/// the TLBs' pointers are), so once a long sweep has pushed the stack page
+/// out of the TLB and its block out to the file, the next `ret` reads a
+/// reused block (the kernel faulted at RIP 0 after zeroing a 2 GiB guest's
+/// RAM). INVLPG makes Bochs drop that pointer; with interrupts off until
+/// then no handler pushes through it. On hardware it costs one TLB entry.
+/// It covers the kernel's one long sweep (a halted CPU keeps its stack page
+/// in its TLB, which Bochs does check); a guest that itself touches more
+/// than 2048 MiB under Bochs can still meet the same fault in its own code.
+///
+/// # Safety
+/// `dst..dst + len` must be memory the caller owns and may overwrite, with
+/// nothing else using it.
+pub unsafe fn zero_and_refresh_stack(dst: *mut u8, len: usize) {
+    // SAFETY: the caller owns `dst..dst + len`; the two REP STOS write
+    // exactly those bytes (DF is clear, as the ABI has it at every
+    // `asm!`). POPFQ restores IF as PUSHFQ saved it, on the stack the
+    // compiler lets the block use (no `nostack`). INVLPG only drops a
+    // cached translation, which the next access walks the tables for.
+    unsafe {
+        core::arch::asm!(
+            "pushfq",
+            "cli",
+            "rep stosq",
+            "mov rcx, {tail}",
+            "rep stosb",
+            "invlpg [rsp]",
+            "popfq",
+            tail = in(reg) len % 8,
+            inout("rdi") dst => _,
+            inout("rcx") len / 8 => _,
+            in("rax") 0u64,
+        )
+    }
 }
 
 /// Reads CR2.

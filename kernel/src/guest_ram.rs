@@ -15,6 +15,11 @@ use crate::{arch, memory};
 /// The largest block guest RAM is taken in: 2^18 frames (1 GiB).
 const MAX_RAM_ORDER: u8 = 18;
 
+/// Guest RAM is zeroed in pieces of this many bytes, each with interrupts
+/// off ([`arch::zero_and_refresh_stack`]): tens of microseconds on
+/// hardware, so a timer or the console's port waits no longer than that.
+const ZERO_PIECE: u64 = 256 << 10;
+
 /// One naturally aligned block of guest RAM.
 #[derive(Clone, Copy)]
 pub struct Chunk {
@@ -71,9 +76,7 @@ impl GuestRam {
                 }
             };
             let chunk = Chunk { gpa, hpa, order };
-            // SAFETY: the block was just taken from the allocator, is mapped
-            // at `phys().ptr` and is `chunk.len()` bytes long.
-            unsafe { core::ptr::write_bytes(memory::phys().ptr(hpa), 0, chunk.len() as usize) };
+            zero(&chunk);
             ram.chunks.push(chunk);
             gpa += chunk.len();
         }
@@ -131,6 +134,20 @@ impl GuestRam {
                 log::error!("guest RAM: giving back {} failed: {e}", chunk.hpa);
             }
         }
+    }
+}
+
+/// Zeroes a block just taken from the allocator, in [`ZERO_PIECE`]s.
+fn zero(chunk: &Chunk) {
+    let base = memory::phys().ptr(chunk.hpa);
+    let mut at = 0;
+    while at < chunk.len() {
+        let n = ZERO_PIECE.min(chunk.len() - at);
+        // SAFETY: the block was just taken from the allocator, so nothing
+        // else uses it; it is mapped writable at `phys().ptr` and is
+        // `chunk.len()` bytes long, and `at + n` is at most that.
+        unsafe { arch::zero_and_refresh_stack(base.wrapping_add(at as usize), n as usize) };
+        at += n;
     }
 }
 
