@@ -74,6 +74,27 @@ pub fn boot_smp(
     )
 }
 
+/// [`boot`] on a machine with `memory_mib` MiB of RAM.
+pub fn boot_with_memory(
+    variant: &Variant,
+    engine: Engine,
+    firmware: Firmware,
+    memory_mib: u32,
+    timeout: Duration,
+) -> BootOutcome {
+    let tag = format!(
+        "{}-{}-{}-{memory_mib}m",
+        variant.dir_name(),
+        engine.name(),
+        firmware.name()
+    );
+    let image = variant.image(firmware);
+    let mut opts = options(&image, engine, firmware, Machine::Q35, 1, timeout, &tag);
+    opts.memory_mib = memory_mib;
+    runner::boot(&opts, tools())
+        .unwrap_or_else(|e| panic!("cannot boot {}: {e}", opts.image.display()))
+}
+
 /// Boots the disk image `image` under `engine` on `machine` (QEMU only);
 /// `tag` names the emulator's work folder, so concurrent tests stay apart.
 pub fn boot_image(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use tests::{boot, boot_image, boot_smp, start, Checked, Interactive};
+use tests::{boot, boot_image, boot_smp, boot_with_memory, start, Checked, Interactive};
 use xtask::build::{Firmware, Variant};
 use xtask::runner::{Engine, Machine, TcgCpu};
 
@@ -520,6 +520,31 @@ fn bochs_reports_vtx_with_ept_and_powers_off() {
     guests_run(&c);
     frames_all_back(&c);
     c.exited().emulator_log_saw("ACPI control: soft power off");
+}
+
+/// A 2 GiB guest on a 2560 MiB Bochs machine (`guest-images/big-ram`):
+/// Bochs keeps only 2048 MiB in host memory, so zeroing the guest's RAM
+/// makes it page blocks out to a file. The guest starts and exits, and the
+/// host neither faults nor loses a frame (it used to fault at RIP 0 when
+/// Bochs read the stack from a block it had paged out).
+#[test]
+fn bochs_creates_a_guest_larger_than_the_memory_bochs_holds() {
+    let out = boot_with_memory(
+        &Variant::with_guests("big-ram"),
+        Engine::Bochs,
+        Firmware::Bios,
+        2560,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with a 2 GiB guest on 2560 MiB");
+    c.saw("guest big: started (2048 MiB, flat, real mode)")
+        .in_order(
+            "guest big: started",
+            "guest big: stopped: exited with code 0",
+        )
+        .never("FATAL");
+    frames_all_back(&c);
+    c.exited();
 }
 
 /// The test guests of `guest-images/test` under Bochs: each mode's guest

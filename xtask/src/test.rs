@@ -40,6 +40,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("console"),
         Variant::with_guests("console-linux"),
         Variant::with_guests("console-flood"),
+        Variant::with_guests("big-ram"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("write-code"),
