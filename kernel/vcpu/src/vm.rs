@@ -1076,7 +1076,10 @@ mod tests {
         assert_eq!(vm.com1_quiet_lsr(), Some(0x60));
         assert_eq!(vm.feed_com1(b"k", 0, &mut sink(&mut lines)), 1);
         assert_eq!(vm.com1_quiet_lsr(), Some(0x61));
-        assert_eq!(vm.port_read(0x3F8, 1, 0, &mut sink(&mut lines)), Some(u32::from(b'k')));
+        assert_eq!(
+            vm.port_read(0x3F8, 1, 0, &mut sink(&mut lines)),
+            Some(u32::from(b'k'))
+        );
         assert_eq!(vm.com1_quiet_lsr(), Some(0x60));
         // An overrun (FIFOs off: a second byte before the first is read)
         // is cleared by the read: that one goes through the bus.
