@@ -28,7 +28,10 @@
 # PAE paging's four PDPTEs (32-byte aligned), and a set with a reserved bit.
 .equ PAE_PDPT, 0x183000
 .equ BAD_PDPT, 0x183040
-.equ SPIN_EXITS, 20000
+# CPUID exits between the DR7 write and the breakpoint: about 5.7 M
+# Bochs ticks (57 a round trip with the exit trampoline's CPUID answers),
+# some 57 slices of 10 ms, so the other guest runs between them.
+.equ SPIN_EXITS, 100000
 
 # TRY "name", resume: an exception inside the attempt prints
 # "name: #GP" (#DB; any other "name: another exception") and continues at
