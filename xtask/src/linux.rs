@@ -125,6 +125,20 @@ pub fn all() -> Result<Artifacts, String> {
     })
 }
 
+/// The artifact cache, created if missing, and its lock, held: one xtask
+/// at a time fetches or builds there.
+fn locked_cache() -> Result<(PathBuf, File), String> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache)
+        .map_err(|e| format!("linux: cannot create {}: {e}", cache.display()))?;
+    let lock_path = cache.join(".lock");
+    let lock = File::create(&lock_path)
+        .map_err(|e| format!("linux: cannot create {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("linux: cannot lock {}: {e}", lock_path.display()))?;
+    Ok((cache, lock))
+}
+
 /// Makes `which` unless the cache holds it, made from the current package
 /// version and recipe, and returns its path. Prints one line per step, or
 /// one for the cache hit.
@@ -137,14 +151,7 @@ pub fn all() -> Result<Artifacts, String> {
 /// the log's path), or an option of `small.config` missing from the final
 /// kernel configuration.
 pub fn artifact(which: Artifact) -> Result<PathBuf, String> {
-    let cache = cache_dir();
-    fs::create_dir_all(&cache)
-        .map_err(|e| format!("linux: cannot create {}: {e}", cache.display()))?;
-    let lock_path = cache.join(".lock");
-    let lock = File::create(&lock_path)
-        .map_err(|e| format!("linux: cannot create {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("linux: cannot lock {}: {e}", lock_path.display()))?;
+    let (cache, lock) = locked_cache()?;
     let made = match which {
         Artifact::SmallKernel => small_kernel(&cache),
         Artifact::StockKernel => stock_kernel(&cache),
@@ -469,14 +476,7 @@ pub fn stock_kernel_with_kvm() -> Result<(PathBuf, PathBuf), String> {
              which fit that package's kernel only; unset {STOCK_KERNEL_ENV}"
         ));
     }
-    let cache = cache_dir();
-    fs::create_dir_all(&cache)
-        .map_err(|e| format!("linux: cannot create {}: {e}", cache.display()))?;
-    let lock_path = cache.join(".lock");
-    let lock = File::create(&lock_path)
-        .map_err(|e| format!("linux: cannot create {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("linux: cannot lock {}: {e}", lock_path.display()))?;
+    let (cache, lock) = locked_cache()?;
     let made = stock(&cache, true);
     drop(lock);
     let kernel = made?;
