@@ -872,19 +872,20 @@ fn document(tables: &Tables<'_>) -> String {
          \"across CPUs\" are the switches whose incoming guest last ran on the other CPU.\n\n\
          {sched_table}\n\
          Where a same-CPU switch goes (a Bochs trace of one switch on one CPU, `lb` at \
-         `Scheduler::stopped_with` on the 30th slice's end, `trace on`; 1128 instructions from there to \
-         the next guest's VMRESUME, to which the preemption-timer exit before it adds about 150, and of \
-         which the kernel's figure is the part between its two TSC reads): `sched` \
-         (`stopped_with`, `stop` and `pick`, with the longest-waiting vCPU pulled across the CPUs' \
-         queues) 311; the run loop around them (slot and queue locks, figures, the slice's console \
-         hold, the timer's arming) 364; the console service the run's first CPU does on every pass \
-         (its output pump, input routing and the holds of guests cut off mid-line) 215; moving the \
-         lazily switched state (XSAVE of every supported component, CR2, DR0-3/DR6, six MSRs out; \
-         XRSTOR, XSETBV, the same in) 194; VMPTRLD and the entry trampoline 40. Issue 14's target \
-         of 300 is missed: the console service and much of the run loop's bookkeeping could move off \
-         this path, `sched`'s cross-CPU pull is the price of the fair rotation measured above. Under \
-         Bochs VMPTRLD, VMRESUME, XSAVE and XRSTOR are one tick each, so these figures are the host's \
-         own instructions; on hardware the VMX transitions and VMPTRLD cost far more than an \
+         `Scheduler::stopped_with` on the 30th slice's end, `trace on`, each instruction put to its \
+         source line with `addr2line -i`; 1037 instructions from there to the next guest's VMRESUME, \
+         to which the preemption-timer exit before it adds about 150, and of which the kernel's \
+         figure is the part between its two TSC reads): `sched` (`stopped_with`, `stop`, `start` and \
+         `pick`; one CPU, so no vCPU is pulled across queues) 261; the run loop around them (slot and \
+         queue locks, figures, the slice's start, the timer's arming, the VMCS made current) about \
+         250; moving the lazily switched state (XSAVE of every supported component, CR2, DR0-3/DR6, \
+         six MSRs out; XRSTOR, XSETBV, the same in) about 180; the console service the run's first \
+         CPU does on every pass (input routing, its output pump, the queues of typed input) about \
+         200; the entry trampoline about 30. Holding a preempted guest's console only when it stopped \
+         mid-line took about 100 off it. Issue 14's target of 300 is missed: the console service and \
+         much of the run loop's bookkeeping could move off this path, which this run did not do. \
+         Under Bochs VMPTRLD, VMRESUME, XSAVE and XRSTOR are one tick each, so these figures are the \
+         host's own instructions; on hardware the VMX transitions and VMPTRLD cost far more than an \
          instruction each.\n\n\
          A switch across CPUs adds the hand-over: the old CPU saves the guest's switched state and \
          VMCLEARs its VMCS as soon as `sched` moves it (at the end of its turn), and the new CPU writes \
