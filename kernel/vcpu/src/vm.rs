@@ -169,8 +169,7 @@ impl VmDevices {
             pending: false,
             apics: Arc::new(ApicBus::new(vcpus as usize)),
         };
-        vm.com1_plain = vm.com1_plain_now();
-        vm.com1_lsr = vm.com1_lsr_now();
+        vm.refresh_com1();
         vm
     }
 
@@ -229,7 +228,7 @@ impl VmDevices {
             self.sync_pic();
         }
         if port.wrapping_sub(COM1_BASE) < UART_PORTS {
-            self.com1_lsr = self.com1_lsr_now();
+            self.refresh_com1();
         }
         self.refresh();
         value
@@ -251,9 +250,8 @@ impl VmDevices {
             self.sync_pic();
         }
         if port.wrapping_sub(COM1_BASE) < UART_PORTS {
-            self.com1_plain = self.com1_plain_now();
+            self.refresh_com1();
             self.com1_output = true;
-            self.com1_lsr = self.com1_lsr_now();
         }
         self.refresh();
         claimed
@@ -293,7 +291,7 @@ impl VmDevices {
 
     /// Bytes the guest printed by hypercall join its COM1 console lines.
     pub fn print(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&str)) {
-        if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
+        if let Some(uart) = self.com1_uart_mut() {
             uart.print(bytes, sink);
         }
     }
@@ -314,16 +312,27 @@ impl VmDevices {
         self.com1_lsr
     }
 
-    fn com1_lsr_now(&self) -> Option<u8> {
-        self.com1
-            .and_then(|id| self.bus.get::<UartDevice>(id))
-            .and_then(|uart| uart.uart().quiet_line_status())
+    /// Brings what the exit path may know of COM1 ([`com1_plain`] and
+    /// [`com1_lsr`]) up to date with its registers, after any change.
+    ///
+    /// [`com1_plain`]: VmDevices::com1_transmits_plainly
+    /// [`com1_lsr`]: VmDevices::com1_quiet_lsr
+    fn refresh_com1(&mut self) {
+        let uart = self.com1_uart().map(UartDevice::uart);
+        let plain = uart.is_some_and(|u| u.transmits_plainly());
+        let lsr = uart.and_then(|u| u.quiet_line_status());
+        self.com1_plain = plain;
+        self.com1_lsr = lsr;
     }
 
-    fn com1_plain_now(&self) -> bool {
-        self.com1
-            .and_then(|id| self.bus.get::<UartDevice>(id))
-            .is_some_and(|uart| uart.uart().transmits_plainly())
+    /// COM1's device on the bus.
+    fn com1_uart(&self) -> Option<&UartDevice> {
+        self.com1.and_then(|id| self.bus.get::<UartDevice>(id))
+    }
+
+    /// COM1's device on the bus, to change.
+    fn com1_uart_mut(&mut self) -> Option<&mut UartDevice> {
+        self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id))
     }
 
     /// Writes `bytes` to COM1's transmit register, one byte-sized OUT
@@ -332,8 +341,7 @@ impl VmDevices {
     pub fn com1_transmit(&mut self, bytes: &[u8], now: u64, sink: &mut dyn FnMut(&str)) {
         self.com1_output = true;
         let sent = self
-            .com1
-            .and_then(|id| self.bus.get_mut::<UartDevice>(id))
+            .com1_uart_mut()
             .is_some_and(|uart| uart.send_plain(bytes, sink));
         if !sent {
             for &byte in bytes {
@@ -358,7 +366,7 @@ impl VmDevices {
                 .unwrap_or(0),
             None => 0,
         };
-        self.com1_lsr = self.com1_lsr_now();
+        self.refresh_com1();
         self.refresh();
         taken
     }
@@ -368,7 +376,7 @@ impl VmDevices {
     /// back to console lines through the sink (`false`, the default).
     /// Hypercall prints make lines either way.
     pub fn set_com1_raw(&mut self, raw: bool) {
-        if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
+        if let Some(uart) = self.com1_uart_mut() {
             uart.set_raw(raw);
         }
     }
@@ -377,7 +385,7 @@ impl VmDevices {
     /// call to `out` (not called when there is nothing).
     pub fn take_console_output(&mut self, out: &mut dyn FnMut(&[u8])) {
         self.com1_output = false;
-        if let Some(uart) = self.com1.and_then(|id| self.bus.get_mut::<UartDevice>(id)) {
+        if let Some(uart) = self.com1_uart_mut() {
             uart.take_output(out);
         }
     }
@@ -392,17 +400,14 @@ impl VmDevices {
     /// COM1 output bytes raw mode dropped because they were not taken in
     /// time.
     pub fn console_output_dropped(&mut self) -> u64 {
-        self.com1
-            .and_then(|id| self.bus.get_mut::<UartDevice>(id))
-            .map_or(0, |uart| uart.output_dropped())
+        self.com1_uart().map_or(0, |uart| uart.output_dropped())
     }
 
     /// Whether console input would wake the guest: its COM1 interrupts on
     /// received data. Such a guest, halted with no timer armed, waits for
     /// its console rather than forever.
     pub fn waits_for_console(&mut self) -> bool {
-        self.com1
-            .and_then(|id| self.bus.get_mut::<UartDevice>(id))
+        self.com1_uart()
             .is_some_and(|uart| uart.receive_interrupt_enabled())
     }
 
