@@ -706,6 +706,12 @@ struct CachedCpuid {
 const CPUID_CACHE_SLOTS: usize = 16;
 
 impl CpuidCache {
+    /// The slot of `leaf`: its low four bits, with the extended and
+    /// hypervisor range bits (31, 30) folded into bits 3 and 2.
+    fn slot(leaf: u32) -> usize {
+        ((leaf as usize) ^ ((leaf >> 28) as usize)) % CPUID_CACHE_SLOTS
+    }
+
     /// The guest's answer for `leaf`/`subleaf` in context `ctx`, from the
     /// cache or worked out by [`guest_cpuid`] with `host`.
     pub fn lookup(
@@ -715,7 +721,7 @@ impl CpuidCache {
         ctx: &GuestCpuidContext,
         host: impl Fn(u32, u32) -> CpuidResult,
     ) -> CpuidResult {
-        let index = ((leaf as usize) ^ ((leaf >> 28) as usize)) % CPUID_CACHE_SLOTS;
+        let index = Self::slot(leaf);
         let cr4 = u64::from(ctx.cr4_osxsave) | (u64::from(ctx.cr4_pke) << 1);
         if let Some(Some(hit)) = self.slots.get(index) {
             if hit.leaf == leaf && hit.subleaf == subleaf && hit.cr4 == cr4 {
@@ -743,7 +749,7 @@ impl CpuidCache {
     /// an answer the vCPU gets every time it asks that with those CR4 bits,
     /// which a backend may give without asking the policy again.
     pub fn cached(&self, leaf: u32, subleaf: u32) -> Option<(u64, CpuidResult)> {
-        let index = ((leaf as usize) ^ ((leaf >> 28) as usize)) % CPUID_CACHE_SLOTS;
+        let index = Self::slot(leaf);
         let hit = self.slots.get(index).copied().flatten()?;
         (hit.leaf == leaf && hit.subleaf == subleaf).then(|| {
             let cr4 = if hit.cr4 & 1 != 0 { CR4_OSXSAVE } else { 0 }
