@@ -294,16 +294,20 @@ pub fn figures(serial: &str) -> Vec<(String, u64)> {
     let prefix = format!("[{}] ", GUEST.name);
     let mut found: Vec<(String, u64)> = Vec::new();
     for line in serial.lines() {
-        let Some((what, rest)) = line.strip_prefix(&prefix).and_then(|l| l.split_once(": ")) else {
+        let Some((what, _)) = line.strip_prefix(&prefix).and_then(|l| l.split_once(": ")) else {
             continue;
         };
         if found.iter().any(|(w, _)| w == what) {
             continue;
         }
-        let median = rest
-            .split_once(", median ")
-            .and_then(|(_, m)| m.split_once(" ticks"))
-            .and_then(|(m, _)| m.parse::<u64>().ok());
+        // A vmexit line is read as the bench reads it; the others (the
+        // empty loop) give their average.
+        let median =
+            what.strip_prefix("vmexit ")
+                .and_then(|key| match super::exit_figure(serial, key) {
+                    Ok(super::ExitFigure::Measured { median, .. }) => Some(median),
+                    _ => None,
+                });
         if let Ok(figure) = super::figure(serial, what) {
             found.push((what.to_string(), median.unwrap_or(figure.average)));
         }
