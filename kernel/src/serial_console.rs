@@ -310,6 +310,11 @@ fn top_up(state: &mut State, now: u64) {
     }
     if state.mux.has_output() {
         PUMP_AT.fetch_min(now.saturating_add(state.pause_ticks), Ordering::AcqRel);
+    } else {
+        // All sent (by the port's interrupt, usually): the pass that would
+        // have looked for a partial line has nothing to do. Every writer
+        // of `PUMP_AT` holds the lock, so no later deadline is lost.
+        PUMP_AT.store(u64::MAX, Ordering::Release);
     }
 }
 
@@ -495,6 +500,10 @@ pub enum Input {
 /// Takes the received bytes and routes them by focus; focus changes are
 /// applied and announced here. The pieces are handed out after the lock
 /// is released.
+///
+/// With nothing received this is three loads (the run's first CPU calls
+/// it between every two slices, on the vCPU switch's path).
+#[inline]
 pub fn route_input(out: &mut dyn FnMut(Input)) {
     if ROUTED.load(Ordering::Acquire)
         && !INPUT_WAITING.load(Ordering::Acquire)
@@ -502,6 +511,12 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
     {
         return;
     }
+    route_received(out);
+}
+
+/// [`route_input`] with something to route.
+#[inline(never)]
+fn route_received(out: &mut dyn FnMut(Input)) {
     let mut pieces: Vec<Input> = Vec::new();
     {
         let now = now();
@@ -562,16 +577,25 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
 
 /// Sends what the port can take now; `Some(tsc)` when output is still
 /// queued: serve the console again by then.
+///
+/// Nothing due is a clock read and three loads (as [`route_input`], on
+/// the vCPU switch's path).
+#[inline]
 pub fn pump() -> Option<u64> {
     let now = now();
-    let routed = ROUTED.load(Ordering::Acquire);
-    let backlog = RX_BACKLOG.load(Ordering::Acquire);
     let at = PUMP_AT.load(Ordering::Acquire);
     // With the port's interrupt doing the sending, there is nothing to do
     // before a queued partial line may show.
-    if routed && !backlog && now < at {
+    if now < at && ROUTED.load(Ordering::Acquire) && !RX_BACKLOG.load(Ordering::Acquire) {
         return (at != u64::MAX).then_some(at);
     }
+    pump_now(now)
+}
+
+/// [`pump`] with something due.
+#[inline(never)]
+fn pump_now(now: u64) -> Option<u64> {
+    let routed = ROUTED.load(Ordering::Acquire);
     let mut guard = STATE.lock();
     let state = guard.as_mut()?;
     if !routed {

@@ -371,6 +371,11 @@ impl Mux {
     /// Commits the next thing to send to `staged`; false if nothing is
     /// ready.
     fn stage_next(&mut self, now: u64) -> bool {
+        // Nothing queued anywhere, the usual state once a burst is out:
+        // no source's turn to look at.
+        if self.sources.iter().all(|s| s.ring.is_empty()) && !self.prompt_pending() {
+            return false;
+        }
         let focused = match self.focus {
             Focus::Guest(id) => Some(id),
             Focus::Monitor => None,
