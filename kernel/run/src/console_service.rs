@@ -32,6 +32,9 @@ pub(super) struct ConsoleService {
     monitor_in: Vec<u8>,
     /// The prompt has been drawn once.
     prompt_shown: bool,
+    /// Some guest's input waits in `pending` (the pass skips the guests
+    /// otherwise).
+    any_pending: bool,
 }
 
 impl ConsoleService {
@@ -44,6 +47,7 @@ impl ConsoleService {
             stalled_since: alloc::vec![None; guests],
             monitor_in: Vec::new(),
             prompt_shown: false,
+            any_pending: false,
         }
     }
 }
@@ -67,14 +71,15 @@ impl<B: Backend> GuestRun<B> {
             c.prompt_shown = true;
         }
         let mut monitor_in = core::mem::take(&mut c.monitor_in);
-        monitor_in.clear();
         {
             let pending = &mut c.pending;
+            let any_pending = &mut c.any_pending;
             backend.console_input(&mut |piece| match piece {
                 ConsoleInput::Guest(i, bytes) => {
                     if let Some(queue) = pending.get_mut(i) {
                         let room = GUEST_INPUT_MAX.saturating_sub(queue.len());
                         queue.extend(bytes.iter().take(room));
+                        *any_pending |= !queue.is_empty();
                     }
                 }
                 ConsoleInput::Monitor(bytes) => monitor_in.extend_from_slice(bytes),
@@ -92,15 +97,20 @@ impl<B: Backend> GuestRun<B> {
                 backend.console_prompt(&c.monitor.prompt());
             }
         }
+        monitor_in.clear();
         c.monitor_in = monitor_in;
         let mut waiting = false;
-        for (i, (queue, stalled)) in c.pending.iter_mut().zip(&mut c.stalled_since).enumerate() {
-            if queue.is_empty() {
-                continue;
+        if c.any_pending {
+            for (i, (queue, stalled)) in c.pending.iter_mut().zip(&mut c.stalled_since).enumerate()
+            {
+                if queue.is_empty() {
+                    continue;
+                }
+                if let Fed::Waiting = self.feed_guest(i, queue, stalled) {
+                    waiting = true;
+                }
             }
-            if let Fed::Waiting = self.feed_guest(i, queue, stalled) {
-                waiting = true;
-            }
+            c.any_pending = waiting;
         }
         let pump = backend.console_pump();
         // Input a guest could not take yet is offered again soon.
