@@ -28,7 +28,8 @@ pub(super) struct ConsoleService {
     pending: Vec<VecDeque<u8>>,
     /// Since when each guest's pending input has found no room (TSC).
     stalled_since: Vec<Option<u64>>,
-    /// The monitor's input of this pass (kept for its capacity).
+    /// The monitor's input of this pass (emptied after it, kept for its
+    /// capacity).
     monitor_in: Vec<u8>,
     /// The prompt has been drawn once.
     prompt_shown: bool,
@@ -70,8 +71,8 @@ impl<B: Backend> GuestRun<B> {
             backend.console_prompt(&c.monitor.prompt());
             c.prompt_shown = true;
         }
-        let mut monitor_in = core::mem::take(&mut c.monitor_in);
         {
+            let monitor_in = &mut c.monitor_in;
             let pending = &mut c.pending;
             let any_pending = &mut c.any_pending;
             backend.console_input(&mut |piece| match piece {
@@ -85,9 +86,9 @@ impl<B: Backend> GuestRun<B> {
                 ConsoleInput::Monitor(bytes) => monitor_in.extend_from_slice(bytes),
             });
         }
-        if !monitor_in.is_empty() {
+        if !c.monitor_in.is_empty() {
             let mut target = RunTarget::new(self, local);
-            let changed = c.monitor.feed(&monitor_in, &mut target, &mut |line| {
+            let changed = c.monitor.feed(&c.monitor_in, &mut target, &mut |line| {
                 let mut text = String::with_capacity(line.len().saturating_add(1));
                 text.push_str(line);
                 text.push('\n');
@@ -96,9 +97,8 @@ impl<B: Backend> GuestRun<B> {
             if changed {
                 backend.console_prompt(&c.monitor.prompt());
             }
+            c.monitor_in.clear();
         }
-        monitor_in.clear();
-        c.monitor_in = monitor_in;
         let mut waiting = false;
         if c.any_pending {
             for (i, (queue, stalled)) in c.pending.iter_mut().zip(&mut c.stalled_since).enumerate()
