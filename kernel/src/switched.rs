@@ -44,35 +44,37 @@ pub fn prepare_this_cpu(xsave: Option<(usize, u64)>) {
     unsafe { Cr4::write_raw(cr4 | bits) };
 }
 
-/// The most MSRs a backend switches this way.
-const MAX_MSRS: usize = 8;
-
-/// One vCPU's lazily switched state.
-pub struct SwitchedState {
+/// One vCPU's lazily switched state, with the `N` MSRs its backend's
+/// hardware does not switch itself (a constant, so the loops over them
+/// unroll: they run on every vCPU switch).
+pub struct SwitchedState<const N: usize> {
     /// The XSAVE (or FXSAVE) area: at first the power-on image, which
     /// XRSTOR or FXRSTOR loads.
     area: HostPhysAddr,
     area_order: u8,
+    /// Where the area is mapped (`memory::phys().ptr(area)`, kept rather
+    /// than looked up at every switch).
+    area_at: usize,
     /// CR2 as last saved (its current value only while the vCPU is off
     /// its CPU); unused where the backend's hardware switches CR2.
     pub cr2: u64,
     debug: [u64; 5],
     /// The MSRs switched here, by number, and their values.
-    msrs: &'static [u32],
-    values: [u64; MAX_MSRS],
+    msrs: &'static [u32; N],
+    values: [u64; N],
 }
 
-impl SwitchedState {
-    /// A vCPU's state with nothing allocated, switching `msrs` (at most
-    /// eight; more are left out) and, with `cr2`, CR2.
-    pub fn new(msrs: &'static [u32]) -> Self {
+impl<const N: usize> SwitchedState<N> {
+    /// A vCPU's state with nothing allocated, switching `msrs`.
+    pub fn new(msrs: &'static [u32; N]) -> Self {
         SwitchedState {
             area: HostPhysAddr::new(0),
             area_order: 0,
+            area_at: 0,
             cr2: 0,
             debug: ::vtx::setup::initial_debug_registers(),
-            msrs: msrs.get(..MAX_MSRS).unwrap_or(msrs),
-            values: [0; MAX_MSRS],
+            msrs,
+            values: [0; N],
         }
     }
 
@@ -92,6 +94,7 @@ impl SwitchedState {
         };
         self.area = area;
         self.area_order = order;
+        self.area_at = memory::phys().ptr(area) as usize;
         // The power-on x87/SSE image, for FXRSTOR and XRSTOR alike: with a
         // zeroed image XRSTOR would load MXCSR = 0 (every SIMD exception
         // unmasked), since its standard form loads MXCSR whatever
@@ -113,6 +116,7 @@ impl SwitchedState {
         if self.area.as_u64() != 0 {
             let _ = memory::free_block(self.area, self.area_order);
             self.area = HostPhysAddr::new(0);
+            self.area_at = 0;
         }
     }
 
@@ -122,10 +126,11 @@ impl SwitchedState {
     /// SSE with XCR0 = 1 (legacy SSE needs only CR4.OSFXSR), so the save and
     /// the restore run with every supported component enabled and the
     /// incoming guest's XCR0 is loaded afterwards.
+    #[inline]
     pub fn save(&mut self, xsave: Option<(usize, u64)>) {
-        let area = memory::phys().ptr(self.area);
+        let area = self.area_at as *mut u8;
         // SAFETY: CR4.OSXSAVE/OSFXSR were set by `prepare_this_cpu`; the
-        // area is this vCPU's block, large enough for every supported
+        // area is this vCPU's block (mapped at `area_at`), large enough for every supported
         // component (CPUID.(EAX=0DH,ECX=0):ECX) and page aligned; XCR0 gets
         // only supported bits.
         unsafe {
@@ -149,8 +154,9 @@ impl SwitchedState {
 
     /// Loads this vCPU's state into the CPU (it is coming onto it), the
     /// guest's XCR0 `xcr0` last.
+    #[inline]
     pub fn load(&self, xsave: Option<(usize, u64)>, xcr0: u64) {
-        let area = memory::phys().ptr(self.area);
+        let area = self.area_at as *const u8;
         // SAFETY: as in `save`; the area holds a power-on or saved image;
         // the guest's XCR0 was validated when it set it.
         unsafe {

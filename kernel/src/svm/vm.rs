@@ -39,7 +39,7 @@ use crate::{arch, memory};
 /// The MSRs the host switches for an SVM guest: VMLOAD and VMSAVE move
 /// STAR, LSTAR, CSTAR, SFMASK and KernelGsBase with the VMCB, so only
 /// TSC_AUX is left.
-const SWITCHED_MSRS: &[u32] = &[vcpu::msr::IA32_TSC_AUX];
+const SWITCHED_MSRS: &[u32; 1] = &[vcpu::msr::IA32_TSC_AUX];
 
 /// #VMEXIT(INTR): a physical interrupt ended the run.
 const EXIT_INTR: u64 = 0x60;
@@ -158,7 +158,7 @@ pub struct SvmVcpuState {
     vmcb: HostPhysAddr,
     gprs: Gprs,
     soft: SoftState,
-    switched: SwitchedState,
+    switched: SwitchedState<{ SWITCHED_MSRS.len() }>,
     /// Its VM's RAM, for the instruction bytes an exit's decoding needs.
     ram: RamReader,
     /// The CPU and ASID generation its ASID was handed out in (`None`:

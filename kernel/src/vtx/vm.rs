@@ -179,7 +179,7 @@ pub struct VmxVcpuState {
     launched: bool,
     /// The CPU's fixed CR0/CR4 bits, which the guest's CRs must keep.
     cr: CrPolicy,
-    switched: SwitchedState,
+    switched: SwitchedState<{ vcpu::msr::SWITCHED_MSRS.len() }>,
     /// The VPID, where enabled.
     vpid: Option<u16>,
     /// Its VM's EPTP, for invalidations.

@@ -86,7 +86,7 @@ pub const VMCS_MSRS: &[u32] = &[
 /// hypervisor itself never uses them: it has no SYSCALL, no user mode
 /// and no RDTSCP/RDPID, so a guest's value may stay loaded while the
 /// hypervisor runs).
-pub const SWITCHED_MSRS: &[u32] = &[
+pub const SWITCHED_MSRS: &[u32; 6] = &[
     IA32_STAR,
     IA32_LSTAR,
     IA32_CSTAR,
