@@ -383,6 +383,9 @@ pub enum EptError {
     /// [`TableFrames::alloc_table`] gave a frame that is not 4 KiB aligned
     /// or lies above [`HOST_PHYS_LIMIT`]; it was given back.
     BadTableFrame(HostPhysAddr),
+    /// [`Ept::share`] was asked for a gigabyte that is not 1 GiB aligned,
+    /// or that the template does not map through a page directory.
+    NothingToShare(GuestPhysAddr),
 }
 
 impl fmt::Display for EptError {
@@ -455,6 +458,11 @@ impl fmt::Display for EptError {
                 "EPT: the frame allocator gave table frame {at}, which is not \
                  4 KiB aligned or is above 2^52; this is a host bug"
             ),
+            Self::NothingToShare(gpa) => write!(
+                f,
+                "EPT: the template has no page directory for the gigabyte at \
+                 {gpa} (or it is not 1 GiB aligned); this is a host bug"
+            ),
         }
     }
 }
@@ -463,6 +471,17 @@ impl fmt::Display for EptError {
 /// alone decides the access ("EPT Violations", 29.3.3: an access is
 /// allowed only if every entry on the walk allows it).
 const TABLE_BITS: u64 = EptPerms::all().bits();
+
+/// Marks a page-directory-pointer entry that points at another tree's page
+/// directory ([`Ept::share`]): that subtree is never written, unmapped or
+/// freed through this tree. Bit 52 is ignored by the processor in entries
+/// that reference a table (SDM Vol. 3C, 29.3.2, Tables 29-3 and 29-5).
+const SHARED: u64 = 1 << 52;
+
+/// Whether `entry` is a [`SHARED`] link.
+const fn is_shared(entry: EptEntry) -> bool {
+    entry.bits() & SHARED != 0
+}
 
 /// The levels of the walk, leaf to root.
 const PT: u8 = 1;
@@ -680,6 +699,65 @@ impl Ept {
         }
     }
 
+    /// Makes the gigabyte of guest-physical space at `gpa` (1 GiB aligned)
+    /// translate as it does in `template`, by pointing this tree's
+    /// page-directory-pointer entry at the template's page directory: the
+    /// tables below are the template's, shared by every tree that shares
+    /// them, and cost this tree nothing. The gigabyte counts as mapped
+    /// here from then on: [`Self::map`] refuses any range that touches it,
+    /// and [`Self::destroy`] leaves the shared tables alone (the template
+    /// must outlive every tree that shares from it, and never change what
+    /// it maps there).
+    ///
+    /// Refused, with nothing changed: `gpa` not 1 GiB aligned or past
+    /// [`GUEST_PHYS_LIMIT`], a template that does not map that gigabyte
+    /// through a page directory ([`EptError::NothingToShare`]), and a
+    /// gigabyte this tree already maps part of ([`EptError::Overlap`]).
+    pub fn share<F: TableFrames>(
+        &mut self,
+        frames: &mut F,
+        template: &Ept,
+        gpa: GuestPhysAddr,
+    ) -> Result<(), EptError> {
+        let start = gpa.as_u64();
+        let span = entry_span(PDPT);
+        if !start.is_multiple_of(span) || start >= GUEST_PHYS_LIMIT {
+            return Err(EptError::NothingToShare(gpa));
+        }
+        // The template's page directory for the gigabyte.
+        let pml4e = frames.table(template.root).entries[entry_index(start, PML4)];
+        if !pml4e.is_present() || pml4e.flags().contains(EptFlags::LARGE_PAGE) {
+            return Err(EptError::NothingToShare(gpa));
+        }
+        let pdpte = frames.table(pml4e.addr()).entries[entry_index(start, PDPT)];
+        if !pdpte.is_present() || pdpte.flags().contains(EptFlags::LARGE_PAGE) {
+            return Err(EptError::NothingToShare(gpa));
+        }
+        let req = Request {
+            start,
+            end: start + span,
+            hpa: 0,
+            leaf: 0,
+        };
+        if let Some(mapped) = self.first_mapped(frames, self.root, PML4, 0, &req) {
+            return Err(EptError::Overlap {
+                gpa: GuestPhysAddr::new(mapped),
+            });
+        }
+        let i = entry_index(start, PML4);
+        let entry = frames.table(self.root).entries[i];
+        let pdpt = if entry.is_present() {
+            entry.addr()
+        } else {
+            let pdpt = self.alloc_table(frames)?;
+            frames.table(self.root).entries[i] = EptEntry(pdpt.as_u64() | TABLE_BITS);
+            pdpt
+        };
+        frames.table(pdpt).entries[entry_index(start, PDPT)] =
+            EptEntry(pdpte.addr().as_u64() | TABLE_BITS | SHARED);
+        Ok(())
+    }
+
     /// Gives every table frame back to `frames`, the PML4 last. The guest
     /// memory the tree mapped is the caller's and is not touched.
     ///
@@ -783,7 +861,8 @@ impl Ept {
             if !entry.is_present() {
                 continue;
             }
-            if level == PT || entry.flags().contains(EptFlags::LARGE_PAGE) {
+            // A shared gigabyte is taken as a whole.
+            if level == PT || entry.flags().contains(EptFlags::LARGE_PAGE) || is_shared(entry) {
                 return Some(lo);
             }
             if let Some(found) = self.first_mapped(frames, entry.addr(), level - 1, e_start, req) {
@@ -822,7 +901,10 @@ impl Ept {
                 let next = self.alloc_table(frames)?;
                 frames.table(table).entries[i] = EptEntry(next.as_u64() | TABLE_BITS);
                 next
-            } else if level == PT || entry.flags().contains(EptFlags::LARGE_PAGE) {
+            } else if level == PT
+                || entry.flags().contains(EptFlags::LARGE_PAGE)
+                || is_shared(entry)
+            {
                 // Ruled out by the overlap check in `map`.
                 return Err(EptError::Overlap {
                     gpa: GuestPhysAddr::new(lo),
@@ -850,7 +932,8 @@ impl Ept {
         let span = entry_span(level);
         for (i, e_start, lo, hi) in touched(level, base, start, end) {
             let entry = frames.table(table).entries[i];
-            if !entry.is_present() {
+            // Another tree's tables: nothing of this call's is there.
+            if !entry.is_present() || is_shared(entry) {
                 continue;
             }
             if level == PT || entry.flags().contains(EptFlags::LARGE_PAGE) {
@@ -879,6 +962,11 @@ impl Ept {
         for i in 0..ENTRIES {
             let entry = frames.table(table).entries[i];
             if !entry.is_present() || entry.flags().contains(EptFlags::LARGE_PAGE) {
+                continue;
+            }
+            if is_shared(entry) {
+                // The template's: unlinked, not freed.
+                frames.table(table).entries[i] = EptEntry::EMPTY;
                 continue;
             }
             let child = entry.addr();
@@ -1021,42 +1109,59 @@ mod tests {
     /// means "large page", write only with read. Also checks that no table
     /// but the root is empty. Returns the number of tables.
     fn check_tree(ept: &Ept, frames: &mut HeapFrames) -> usize {
-        fn walk(frames: &mut HeapFrames, table: HostPhysAddr, level: u8, root: bool) -> usize {
-            let entries = *frames.table(table).entries();
-            assert!(
-                root || entries.iter().any(|e| e.is_present()),
-                "empty table {table} left linked at level {level}"
-            );
-            let mut tables = 1;
-            for (i, e) in entries.iter().enumerate() {
-                if !e.is_present() {
-                    assert_eq!(e.bits(), 0, "level {level} entry {i} not cleared");
-                    continue;
-                }
-                let flags = e.flags();
-                let leaf = level == PT || flags.contains(EptFlags::LARGE_PAGE);
-                if !leaf {
-                    assert_eq!(e.bits() & !ADDR_MASK, TABLE_BITS, "level {level} entry {i}");
-                    tables += walk(frames, e.addr(), level - 1, false);
-                    continue;
-                }
-                assert!(level != PML4, "large page in the PML4");
-                let size = entry_span(level);
-                assert_eq!(
-                    e.bits() & ADDR_MASK & (size - 1),
-                    0,
-                    "reserved address bits"
-                );
-                assert!(EptMemoryType::of_entry(e.bits()).is_some());
-                assert!(!flags.contains(EptFlags::WRITE) || flags.contains(EptFlags::READ));
-                assert!(!flags.contains(EptFlags::IGNORE_PAT));
-                assert_eq!(flags.contains(EptFlags::LARGE_PAGE), level != PT);
+        let tables = check_tree_among(ept, frames);
+        assert_eq!(tables, frames.outstanding);
+        tables
+    }
+
+    /// The walk of [`check_tree`]: the tables under `table`, itself
+    /// included.
+    fn walk(frames: &mut HeapFrames, table: HostPhysAddr, level: u8, root: bool) -> usize {
+        let entries = *frames.table(table).entries();
+        assert!(
+            root || entries.iter().any(|e| e.is_present()),
+            "empty table {table} left linked at level {level}"
+        );
+        let mut tables = 1;
+        for (i, e) in entries.iter().enumerate() {
+            if !e.is_present() {
+                assert_eq!(e.bits(), 0, "level {level} entry {i} not cleared");
+                continue;
             }
-            tables
+            let flags = e.flags();
+            let leaf = level == PT || flags.contains(EptFlags::LARGE_PAGE);
+            if is_shared(*e) {
+                // Another tree's page directory: not this tree's table.
+                assert_eq!(level, PDPT, "a shared link at level {level}");
+                assert_eq!(e.bits() & !ADDR_MASK, TABLE_BITS | SHARED);
+                continue;
+            }
+            if !leaf {
+                assert_eq!(e.bits() & !ADDR_MASK, TABLE_BITS, "level {level} entry {i}");
+                tables += walk(frames, e.addr(), level - 1, false);
+                continue;
+            }
+            assert!(level != PML4, "large page in the PML4");
+            let size = entry_span(level);
+            assert_eq!(
+                e.bits() & ADDR_MASK & (size - 1),
+                0,
+                "reserved address bits"
+            );
+            assert!(EptMemoryType::of_entry(e.bits()).is_some());
+            assert!(!flags.contains(EptFlags::WRITE) || flags.contains(EptFlags::READ));
+            assert!(!flags.contains(EptFlags::IGNORE_PAT));
+            assert_eq!(flags.contains(EptFlags::LARGE_PAGE), level != PT);
         }
+        tables
+    }
+
+    /// [`check_tree`] for one of several trees taking frames from
+    /// `frames`: the tree's own tables are checked and counted, not
+    /// compared with what is out.
+    fn check_tree_among(ept: &Ept, frames: &mut HeapFrames) -> usize {
         let tables = walk(frames, ept.root(), PML4, true);
         assert_eq!(tables, ept.table_frames());
-        assert_eq!(tables, frames.outstanding);
         tables
     }
 
@@ -1609,6 +1714,111 @@ mod tests {
         assert_eq!(ept.table_frames(), 2 + 1 + 1 + 3);
         finish(ept, &mut frames);
         assert_eq!(frames.allocated, 7);
+    }
+
+    /// A template mapping one 4 KiB page at 0xFEE0_0000 (the local APIC's
+    /// page), as the kernel builds it for its guests.
+    fn apic_template(frames: &mut HeapFrames, host: u64) -> Ept {
+        let mut template = Ept::new(frames, CAPS_1G).unwrap();
+        map(&mut template, frames, 0xFEE0_0000, host, PAGE_SIZE).unwrap();
+        template
+    }
+
+    #[test]
+    fn a_shared_gigabyte_translates_as_the_template_and_is_never_the_sharers() {
+        let mut frames = HeapFrames::default();
+        let apic = FRAME_BASE + 0x200_0000_0000;
+        let template = apic_template(&mut frames, apic);
+        let template_tables = template.table_frames();
+        let mut ept = Ept::new(&mut frames, CAPS_1G).unwrap();
+        map(&mut ept, &mut frames, 0, 0x4000_0000, 256 * SIZE_2M).unwrap();
+        let own = ept.table_frames();
+        ept.share(&mut frames, &template, GuestPhysAddr::new(3 * SIZE_1G))
+            .unwrap();
+        // The PDPT was there already: sharing took no table.
+        assert_eq!(ept.table_frames(), own);
+        assert_eq!(
+            tr(&ept, &mut frames, 0xFEE0_0040),
+            Some((apic + 0x40, PageSize::Size4K))
+        );
+        assert_eq!(tr(&ept, &mut frames, 0xFEC0_0000), None);
+        assert_eq!(
+            tr(&ept, &mut frames, 0x1000),
+            Some((0x4000_1000, PageSize::Size2M))
+        );
+        // Nothing can be mapped through the shared tables, even where
+        // they map nothing; the gigabyte counts as taken from its start.
+        for gpa in [3 * SIZE_1G, 0xFEC0_0000, 0xFEE0_0000] {
+            assert_eq!(
+                map(&mut ept, &mut frames, gpa, 0x1_0000_0000, PAGE_SIZE),
+                Err(EptError::Overlap {
+                    gpa: GuestPhysAddr::new(gpa)
+                })
+            );
+        }
+        assert_eq!(
+            map(
+                &mut ept,
+                &mut frames,
+                3 * SIZE_1G - PAGE_SIZE,
+                0,
+                2 * PAGE_SIZE
+            ),
+            Err(EptError::Overlap {
+                gpa: GuestPhysAddr::new(3 * SIZE_1G)
+            })
+        );
+        // A second sharer of the same template.
+        let mut other = Ept::new(&mut frames, CAPS_1G).unwrap();
+        other
+            .share(&mut frames, &template, GuestPhysAddr::new(3 * SIZE_1G))
+            .unwrap();
+        assert_eq!(other.table_frames(), 2);
+        check_tree_among(&template, &mut frames);
+        check_tree_among(&ept, &mut frames);
+        check_tree_among(&other, &mut frames);
+        // Destroying the sharers leaves the template whole.
+        let outstanding = frames.outstanding;
+        ept.destroy(&mut frames);
+        other.destroy(&mut frames);
+        assert_eq!(frames.outstanding, outstanding - own - 2);
+        assert_eq!(frames.outstanding, template_tables);
+        assert_eq!(
+            tr(&template, &mut frames, 0xFEE0_0000),
+            Some((apic, PageSize::Size4K))
+        );
+        finish(template, &mut frames);
+    }
+
+    #[test]
+    fn sharing_is_refused_where_it_cannot_be_exact() {
+        let mut frames = HeapFrames::default();
+        let template = apic_template(&mut frames, FRAME_BASE + 0x200_0000_0000);
+        let mut ept = Ept::new(&mut frames, CAPS_1G).unwrap();
+        // Not 1 GiB aligned, or a gigabyte the template has no directory for.
+        for gpa in [3 * SIZE_1G + SIZE_2M, 0, 5 * SIZE_1G, GUEST_PHYS_LIMIT] {
+            assert_eq!(
+                ept.share(&mut frames, &template, GuestPhysAddr::new(gpa)),
+                Err(EptError::NothingToShare(GuestPhysAddr::new(gpa)))
+            );
+        }
+        // A gigabyte this tree maps part of.
+        map(&mut ept, &mut frames, 0xFEC0_0000, 0x5000_0000, PAGE_SIZE).unwrap();
+        let before = ept.table_frames();
+        assert_eq!(
+            ept.share(&mut frames, &template, GuestPhysAddr::new(3 * SIZE_1G)),
+            Err(EptError::Overlap {
+                gpa: GuestPhysAddr::new(0xFEC0_0000)
+            })
+        );
+        assert_eq!(ept.table_frames(), before);
+        assert_eq!(tr(&ept, &mut frames, 0xFEE0_0000), None);
+        assert!(EptError::NothingToShare(GuestPhysAddr::new(0))
+            .to_string()
+            .contains("no page directory"));
+        check_tree_among(&ept, &mut frames);
+        ept.destroy(&mut frames);
+        finish(template, &mut frames);
     }
 
     #[test]
