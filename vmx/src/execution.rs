@@ -61,6 +61,13 @@ pub struct GuestControls {
     pub entry: EntryControls,
     /// Whether VPID is enabled (the secondary control "enable VPID").
     pub vpid: bool,
+    /// Whether "virtualize APIC accesses" is on (SDM Vol. 3C, 30.4): the
+    /// guests' accesses to the page their EPT maps to the APIC-access
+    /// address exit as APIC accesses (reason 44), with the register's
+    /// offset and the kind of access in the qualification, rather than as
+    /// EPT violations. With "use TPR shadow" off every access exits; none
+    /// is virtualized.
+    pub apic_access: bool,
 }
 
 /// The two VM-execution fields that tune PAUSE-loop exiting (SDM Vol.
@@ -261,9 +268,9 @@ impl GuestControls {
             SecondaryControls::ENABLE_VPID
                 | SecondaryControls::ENABLE_RDTSCP
                 | SecondaryControls::ENABLE_INVPCID
-                | SecondaryControls::PAUSE_LOOP_EXITING,
-            SecondaryControls::VIRTUALIZE_APIC_ACCESSES
-                | SecondaryControls::VIRTUALIZE_X2APIC_MODE
+                | SecondaryControls::PAUSE_LOOP_EXITING
+                | SecondaryControls::VIRTUALIZE_APIC_ACCESSES,
+            SecondaryControls::VIRTUALIZE_X2APIC_MODE
                 | SecondaryControls::APIC_REGISTER_VIRTUALIZATION
                 | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY
                 | SecondaryControls::DESCRIPTOR_TABLE_EXITING,
@@ -300,6 +307,7 @@ impl GuestControls {
             exit,
             entry,
             vpid: secondary.contains(SecondaryControls::ENABLE_VPID),
+            apic_access: secondary.contains(SecondaryControls::VIRTUALIZE_APIC_ACCESSES),
         })
     }
 
@@ -425,6 +433,32 @@ mod tests {
         assert_eq!(
             (c.pin, c.primary, c.exit, c.entry),
             (with.pin, with.primary, with.exit, with.entry)
+        );
+    }
+
+    #[test]
+    fn apic_accesses_are_virtualized_where_offered_without_the_tpr_shadow() {
+        let c = GuestControls::compute(&VmxCapabilities::decode(&skylake())).unwrap();
+        assert!(c.apic_access);
+        assert!(c
+            .secondary
+            .contains(SecondaryControls::VIRTUALIZE_APIC_ACCESSES));
+        // Every access exits: nothing is virtualized in a virtual-APIC page.
+        assert!(!c.primary.contains(PrimaryControls::USE_TPR_SHADOW));
+        assert!(!c.secondary.intersects(
+            SecondaryControls::APIC_REGISTER_VIRTUALIZATION
+                | SecondaryControls::VIRTUAL_INTERRUPT_DELIVERY
+                | SecondaryControls::VIRTUALIZE_X2APIC_MODE
+        ));
+        // Optional: without it the APIC's page is left unmapped (EPT
+        // violations), as before.
+        let mut raw = skylake();
+        raw.procbased_ctls2 = raw.procbased_ctls2.map(|v| v & !(1 << 32));
+        let without = GuestControls::compute(&VmxCapabilities::decode(&raw)).unwrap();
+        assert!(!without.apic_access);
+        assert_eq!(
+            without.secondary | SecondaryControls::VIRTUALIZE_APIC_ACCESSES,
+            c.secondary
         );
     }
 

@@ -5,6 +5,7 @@
 //! host-state area depends on the running CPU and is the kernel's.
 
 use addr::HostPhysAddr;
+use vmx::controls::SecondaryControls;
 use vmx::error::VmFail;
 use vmx::execution::GuestControls;
 use vmx::vmcs::{
@@ -94,6 +95,10 @@ pub struct VmcsLinks {
     pub eptp: u64,
     /// The vCPU's VPID (non-zero) where VPID is enabled.
     pub vpid: Option<u16>,
+    /// The APIC-access page (SDM Vol. 3C, 30.4), where "virtualize APIC
+    /// accesses" is on: the frame the guest's EPT maps its local APIC's
+    /// page to. Without one the control is left off.
+    pub apic_access: Option<HostPhysAddr>,
     /// What the guest's TSC adds to the host's (SDM Vol. 3C, 26.6.5):
     /// minus the host TSC when its VM was made, so the guest's TSC starts
     /// near zero; the same on every CPU, whose TSCs agree, so it never runs
@@ -112,10 +117,14 @@ pub fn write_controls<V: VmcsAccess>(
     let long_mode = entry.control.efer & EFER_LMA != 0;
     vmcs.write(Control32::PinBasedControls, controls.pin.bits())?;
     vmcs.write(Control32::PrimaryProcBasedControls, controls.primary.bits())?;
-    vmcs.write(
-        Control32::SecondaryProcBasedControls,
-        controls.secondary.bits(),
-    )?;
+    let mut secondary = controls.secondary;
+    match links.apic_access {
+        Some(page) if controls.apic_access => {
+            vmcs.write(Control64::ApicAccessAddress, page.as_u64())?;
+        }
+        _ => secondary.remove(SecondaryControls::VIRTUALIZE_APIC_ACCESSES),
+    }
+    vmcs.write(Control32::SecondaryProcBasedControls, secondary.bits())?;
     vmcs.write(Control32::ExitControls, controls.exit.bits())?;
     vmcs.write(
         Control32::EntryControls,

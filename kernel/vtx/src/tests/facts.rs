@@ -134,6 +134,7 @@ fn a_new_vcpu_starts_as_the_sdm_and_the_boot_protocols_say() {
         exit: ExitControls::empty(),
         entry: EntryControls::empty(),
         vpid: false,
+        apic_access: false,
     };
     let links = VmcsLinks {
         io_bitmap_a: addr::HostPhysAddr::new(0x1000),
@@ -142,6 +143,7 @@ fn a_new_vcpu_starts_as_the_sdm_and_the_boot_protocols_say() {
         eptp: 0x405E,
         vpid: None,
         tsc_offset: 0,
+        apic_access: None,
     };
     for (what, entry, want) in table() {
         let mut vmcs = FakeVmcs::default();
@@ -233,6 +235,7 @@ fn pause_loop_exiting_gets_its_gap_and_window_only_where_it_is_on() {
         eptp: 0x405E,
         vpid: None,
         tsc_offset: 0,
+        apic_access: None,
     };
     let entry = EntryState::long64(0x20_0000);
     let gap = Control32::PleGap.encoding();
@@ -245,6 +248,7 @@ fn pause_loop_exiting_gets_its_gap_and_window_only_where_it_is_on() {
         exit: ExitControls::empty(),
         entry: EntryControls::empty(),
         vpid: false,
+        apic_access: false,
     };
     let mut vmcs = FakeVmcs::default();
     write_controls(&mut vmcs, &with, &links, &policy(), &entry).unwrap();
@@ -262,6 +266,50 @@ fn pause_loop_exiting_gets_its_gap_and_window_only_where_it_is_on() {
     write_controls(&mut vmcs, &without, &links, &policy(), &entry).unwrap();
     assert!(!vmcs.values.contains_key(&gap.bits()));
     assert!(!vmcs.values.contains_key(&window.bits()));
+}
+
+#[test]
+fn the_apic_access_page_is_written_and_its_control_on_only_together() {
+    let controls = GuestControls {
+        pin: PinBasedControls::empty(),
+        primary: PrimaryControls::empty(),
+        secondary: SecondaryControls::ENABLE_EPT | SecondaryControls::VIRTUALIZE_APIC_ACCESSES,
+        exit: ExitControls::empty(),
+        entry: EntryControls::empty(),
+        vpid: false,
+        apic_access: true,
+    };
+    let links = VmcsLinks {
+        io_bitmap_a: addr::HostPhysAddr::new(0x1000),
+        io_bitmap_b: addr::HostPhysAddr::new(0x2000),
+        msr_bitmap: addr::HostPhysAddr::new(0x3000),
+        eptp: 0x405E,
+        vpid: None,
+        tsc_offset: 0,
+        apic_access: Some(addr::HostPhysAddr::new(0x7000)),
+    };
+    let entry = EntryState::long64(0x20_0000);
+    let field = Control64::ApicAccessAddress.encoding();
+    assert_eq!(field.bits(), 0x2014);
+    let mut vmcs = FakeVmcs::default();
+    write_controls(&mut vmcs, &controls, &links, &policy(), &entry).unwrap();
+    assert_eq!(vmcs.get(field), 0x7000);
+    assert_eq!(
+        vmcs.get(Control32::SecondaryProcBasedControls.encoding()),
+        u64::from(controls.secondary.bits())
+    );
+    // No page: the control stays off (VM entry would fail without one).
+    let mut vmcs = FakeVmcs::default();
+    let no_page = VmcsLinks {
+        apic_access: None,
+        ..links
+    };
+    write_controls(&mut vmcs, &controls, &no_page, &policy(), &entry).unwrap();
+    assert!(!vmcs.values.contains_key(&field.bits()));
+    assert_eq!(
+        vmcs.get(Control32::SecondaryProcBasedControls.encoding()),
+        u64::from(SecondaryControls::ENABLE_EPT.bits())
+    );
 }
 
 #[test]
@@ -296,6 +344,7 @@ fn protected_and_long_entries_never_start_with_caching_off() {
                     exit: ExitControls::empty(),
                     entry: EntryControls::empty(),
                     vpid: false,
+                    apic_access: false,
                 },
                 &VmcsLinks {
                     io_bitmap_a: addr::HostPhysAddr::new(0),
@@ -304,6 +353,7 @@ fn protected_and_long_entries_never_start_with_caching_off() {
                     eptp: 0,
                     vpid: None,
                     tsc_offset: 0,
+                    apic_access: None,
                 },
                 &cr,
                 &entry,
