@@ -62,6 +62,10 @@ use crate::apic::{DeliveryMode, InterruptMessage};
 /// of IA32_APIC_BASE's base field, SDM Vol. 3A, 11.4.4).
 pub const LAPIC_BASE: u64 = 0xFEE0_0000;
 
+/// The offset of the EOI register in the xAPIC page (SDM Vol. 3A, 11.4.1,
+/// Table 11-1).
+pub const EOI_OFFSET: u32 = reg::EOI;
+
 /// The IA32_APIC_BASE MSR (SDM Vol. 3A, 11.4.4, Figure 11-5).
 pub const IA32_APIC_BASE_MSR: u32 = 0x1B;
 
@@ -784,6 +788,22 @@ impl LocalApic {
                 *lvt |= LVT_MASKED;
             }
         }
+    }
+
+    /// Whether an EOI now would end a level-triggered interrupt, which the
+    /// caller must pass on to the I/O APIC (see [`ApicEffect::Eoi`]).
+    pub fn eoi_ends_level(&self) -> bool {
+        self.isr.highest().is_some_and(|v| self.tmr.contains(v))
+    }
+
+    /// A write to the EOI register at `base` + [`EOI_OFFSET`], recognised
+    /// by its address alone (a backend that reports the register and not
+    /// the instruction): what [`Self::write`] does for it, with any value
+    /// (11.8.5: the value is ignored) and any width. `None` when this APIC
+    /// does not decode `base` (disabled, or moved elsewhere): the access is
+    /// then not this APIC's.
+    pub fn eoi_at(&mut self, base: u64) -> Option<ApicEffect> {
+        self.decodes(base).then(|| self.eoi())
     }
 
     /// The EOI register was written (11.8.5): the highest in-service vector
@@ -1534,6 +1554,40 @@ mod tests {
                 level_triggered: false
             }
         );
+    }
+
+    #[test]
+    fn an_eoi_known_by_its_address_does_what_the_register_write_does() {
+        let mut apic = apic();
+        // Nothing in service: nothing ended, as with the write.
+        assert!(!apic.eoi_ends_level());
+        assert_eq!(apic.eoi_at(LAPIC_BASE), Some(ApicEffect::None));
+        // Level, then edge: each reported as the write reports it.
+        apic.accept(0x61, true);
+        apic.accept(0x60, false);
+        assert_eq!(apic.acknowledge(), Some(0x61));
+        assert!(apic.eoi_ends_level());
+        assert_eq!(
+            apic.eoi_at(LAPIC_BASE),
+            Some(ApicEffect::Eoi {
+                vector: 0x61,
+                level_triggered: true
+            })
+        );
+        assert_eq!(apic.acknowledge(), Some(0x60));
+        assert!(!apic.eoi_ends_level());
+        // Another page is not this APIC's: nothing happens there.
+        assert_eq!(apic.eoi_at(LAPIC_BASE + 0x1000), None);
+        assert_eq!(apic.read(reg::ISR + 0x30, 0), 1, "0x60 still in service");
+        assert_eq!(
+            apic.eoi_at(LAPIC_BASE),
+            Some(ApicEffect::Eoi {
+                vector: 0x60,
+                level_triggered: false
+            })
+        );
+        assert_eq!(apic.read(reg::ISR + 0x30, 0), 0);
+        assert_eq!(EOI_OFFSET, 0xB0);
     }
 
     #[test]

@@ -29,7 +29,8 @@ use super::stop::{RegisterDump, StopReason};
 use super::string_io::{self, GuestFault, StringIoOutcome};
 use super::vm::{attention_at, is_lapic_page, VcpuMmio, VmDevices};
 use devices::bus::VmRequest;
-use devices::lapic::{LocalApic, IA32_TSC_DEADLINE_MSR};
+use devices::lapic::{ApicEffect, LocalApic, IA32_TSC_DEADLINE_MSR};
+pub use devices::lapic::{EOI_OFFSET, LAPIC_BASE};
 
 /// The direction of a port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,6 +211,14 @@ pub enum Exit {
     Hypercall,
     /// HLT.
     Hlt,
+    /// A write to the local APIC's EOI register at its reset address
+    /// ([`LAPIC_BASE`] + [`EOI_OFFSET`]), known from the exit without the
+    /// instruction (VT-x's APIC-access exit names the register and the
+    /// kind of access): the written value does not matter to an EOI
+    /// (SDM Vol. 3A, 11.8.5), and the backend's instruction length is
+    /// valid ([`VcpuAccess::skip_instruction`]). Any other access to that
+    /// page comes as an [`Exit::NestedPageFault`].
+    ApicEoi,
     /// A guest-physical access second-level translation refused (the
     /// fields of a [`NestedFault`], laid out flat so that `Exit` stays 16
     /// bytes and travels in registers; [`Exit::nested_fault`] gives the
@@ -332,6 +341,8 @@ pub enum ExitKind {
     Pause,
     /// [`Exit::Reflected`].
     Reflected,
+    /// [`Exit::ApicEoi`].
+    ApicEoi,
     /// [`Exit::EntryFailed`].
     EntryFailed,
     /// [`Exit::Unknown`].
@@ -340,7 +351,7 @@ pub enum ExitKind {
 
 impl ExitKind {
     /// How many kinds there are (indices `0..COUNT`).
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
 
     /// Every kind, by index.
     pub const ALL: [ExitKind; Self::COUNT] = [
@@ -363,6 +374,7 @@ impl ExitKind {
         ExitKind::TaskSwitch,
         ExitKind::Pause,
         ExitKind::Reflected,
+        ExitKind::ApicEoi,
         ExitKind::EntryFailed,
         ExitKind::Unknown,
     ];
@@ -399,6 +411,7 @@ impl ExitKind {
             ExitKind::TaskSwitch => "task switch",
             ExitKind::Pause => "PAUSE loop",
             ExitKind::Reflected => "reflected exception",
+            ExitKind::ApicEoi => "APIC EOI",
             ExitKind::EntryFailed => "entry failure",
             ExitKind::Unknown => "unknown",
         }
@@ -463,6 +476,7 @@ impl Exit {
             Exit::TaskSwitch => ExitKind::TaskSwitch,
             Exit::Pause => ExitKind::Pause,
             Exit::Reflected => ExitKind::Reflected,
+            Exit::ApicEoi => ExitKind::ApicEoi,
             Exit::EntryFailed { .. } => ExitKind::EntryFailed,
             Exit::Unknown { .. } => ExitKind::Unknown,
         }
@@ -889,6 +903,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
             Some(fault) => nested_page_fault(vcpu, model, vm, platform, &fault),
             None => Ok(Outcome::Resume),
         },
+        Exit::ApicEoi => apic_eoi_with_devices(vcpu, model, vm, platform),
         // `dispatch_local` took every other exit.
         _ => Ok(Outcome::Resume),
     }
@@ -912,6 +927,32 @@ pub fn needs_devices(exit: &Exit) -> bool {
     )
 }
 
+/// [`needs_devices`] for this vCPU now: also an [`Exit::ApicEoi`] that
+/// its local APIC cannot end alone, because the vector is
+/// level-triggered (the I/O APIC hears of it) or the page is not the
+/// APIC's any more (the guest moved or disabled it: the access is then
+/// the MMIO path's). An edge-triggered EOI, the usual one, takes no lock.
+#[inline]
+pub fn needs_devices_now(exit: &Exit, model: &VcpuModel) -> bool {
+    // One match (one test of the discriminant on the hot exits), not
+    // `needs_devices` and a second test.
+    match exit {
+        Exit::Io(_)
+        | Exit::Hypercall
+        | Exit::MsrWrite
+        | Exit::ControlRegister(_)
+        | Exit::NestedPageFault { .. } => true,
+        Exit::ApicEoi => !local_eoi(&model.lapic),
+        _ => false,
+    }
+}
+
+/// Whether an EOI at the APIC's reset page is this APIC's alone.
+#[inline]
+fn local_eoi(lapic: &LocalApic) -> bool {
+    lapic.decodes(LAPIC_BASE) && !lapic.eoi_ends_level()
+}
+
 /// Handles `exit` when it does not [need the devices](needs_devices), as
 /// [`handle_exit`] would (the same counts, the same outcome) but without
 /// them; `None` for an exit that needs them, which the caller passes to
@@ -923,7 +964,7 @@ pub fn handle_local_exit<B: VcpuAccess, P: Platform>(
     model: &mut VcpuModel,
     platform: &mut P,
 ) -> Option<Outcome> {
-    if needs_devices(exit) {
+    if needs_devices_now(exit, model) {
         return None;
     }
     if let Exit::Cpuid = exit {
@@ -931,7 +972,8 @@ pub fn handle_local_exit<B: VcpuAccess, P: Platform>(
     }
     model.stats.exits = model.stats.exits.wrapping_add(1);
     model.tally.count(exit.kind());
-    match dispatch_local(exit, vcpu, model, platform)? {
+    // Checked above: `local` takes it.
+    match local(exit, vcpu, model, platform) {
         Ok(outcome) => Some(outcome),
         Err(e) => Some(Outcome::stop(StopReason::Backend(e.to_string()))),
     }
@@ -945,7 +987,7 @@ fn dispatch_local<B: VcpuAccess, P: Platform>(
     model: &mut VcpuModel,
     platform: &mut P,
 ) -> Option<Result<Outcome, B::Error>> {
-    if needs_devices(exit) {
+    if needs_devices_now(exit, model) {
         return None;
     }
     Some(local(exit, vcpu, model, platform))
@@ -995,6 +1037,7 @@ fn local<B: VcpuAccess, P: Platform>(
         // says when); the IRET runs when the guest resumes, and a pending
         // NMI goes in at the next delivery.
         Exit::NmiWindow | Exit::Reflected => Ok(Outcome::Resume),
+        Exit::ApicEoi => local_apic_eoi(vcpu, model),
         Exit::VirtualizationInstruction => inject(vcpu, model, UD, None),
         // No performance counters are offered (CPUID leaf 0xA is empty).
         Exit::Rdpmc => inject(vcpu, model, GP, Some(0)),
@@ -1026,6 +1069,53 @@ fn local<B: VcpuAccess, P: Platform>(
             qualification: *qualification,
             rip: vcpu.rip()?,
         })),
+    }
+}
+
+/// An [`Exit::ApicEoi`] the vCPU's local APIC ends alone
+/// ([`needs_devices_now`] said so): the in-service vector is cleared and
+/// the guest goes on past its write. A lower-priority interrupt the
+/// APIC held back may be deliverable now; nothing else changed (the
+/// 8259's output and the timer are as they were), so the interrupt path
+/// is asked to look only then.
+fn local_apic_eoi<B: VcpuAccess>(vcpu: &mut B, model: &mut VcpuModel) -> Result<Outcome, B::Error> {
+    model.lapic.eoi_at(LAPIC_BASE);
+    if model.lapic.pending_vector().is_some() {
+        model.attention_at = 0;
+    }
+    skip(vcpu)
+}
+
+/// An [`Exit::ApicEoi`] with the devices at hand: a level-triggered EOI
+/// goes on to the I/O APIC; where the APIC no longer decodes its reset
+/// page, the write is what an EPT violation there would be.
+fn apic_eoi_with_devices<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    vm: &mut VmDevices,
+    platform: &mut P,
+) -> Result<Outcome, B::Error> {
+    match model.lapic.eoi_at(LAPIC_BASE) {
+        Some(effect) => {
+            if let ApicEffect::Eoi {
+                vector,
+                level_triggered: true,
+            } = effect
+            {
+                vm.ioapic_eoi(vector);
+            }
+            skip(vcpu)
+        }
+        None => {
+            let fault = NestedFault {
+                gpa: GuestPhysAddr::new(LAPIC_BASE + u64::from(EOI_OFFSET)),
+                read: false,
+                write: true,
+                fetch: false,
+                allowed: None,
+            };
+            nested_page_fault(vcpu, model, vm, platform, &fault)
+        }
     }
 }
 

@@ -880,3 +880,71 @@ fn mov_to_and_from_cr3_that_exit_are_emulated() {
     run(from, &mut v);
     assert_eq!(v.0.gprs[3], 0x8000);
 }
+
+/// A vCPU whose local APIC has `level`-triggered vector 0x60 in service
+/// and vector 0x40 waiting behind it, 3-byte instruction at RIP.
+fn eoi_guest(level: bool) -> Exited {
+    let mut v = apic_guest(0);
+    v.0.instruction_len = 3;
+    // Software-enabled (SVR bit 8), so it takes interrupts.
+    let _ = v.1.lapic.write(0xF0, 0x1FF, 0);
+    v.1.lapic.accept(0x60, level);
+    assert_eq!(v.1.lapic.acknowledge(), Some(0x60));
+    v.1.lapic.accept(0x40, false);
+    assert_eq!(v.1.lapic.pending_vector(), None, "held behind 0x60");
+    v.1.attention_at = u64::MAX;
+    v
+}
+
+#[test]
+fn an_edge_triggered_eoi_exit_is_ended_by_the_local_apic_alone() {
+    let mut v = eoi_guest(false);
+    assert!(!needs_devices_now(&Exit::ApicEoi, &v.1));
+    let outcome = handle_local_exit(&Exit::ApicEoi, &mut v.0, &mut v.1, &mut v.2);
+    assert_eq!(outcome, Some(Outcome::Resume));
+    assert_eq!(v.0.rip, RIP + 3, "past the write, by the exit's length");
+    assert_eq!(v.1.lapic.pending_vector(), Some(0x40), "0x60 ended");
+    assert_eq!(v.1.attention_at, 0, "the interrupt path looks again");
+    let mut table = [0u64; ExitKind::COUNT];
+    let mut other = 0;
+    v.1.tally.drain_into(&mut table, &mut other);
+    assert_eq!(table[ExitKind::ApicEoi.index()], 1);
+    assert_eq!(ExitKind::ApicEoi.name(), "APIC EOI");
+    // With the devices at hand it is the same.
+    let mut w = eoi_guest(false);
+    assert_eq!(run(Exit::ApicEoi, &mut w), Outcome::Resume);
+    assert_eq!((w.0.rip, w.1.lapic.pending_vector()), (RIP + 3, Some(0x40)));
+}
+
+#[test]
+fn a_level_triggered_or_moved_eoi_exit_needs_the_devices() {
+    // Level-triggered: the I/O APIC must hear of it.
+    let mut v = eoi_guest(true);
+    assert!(needs_devices_now(&Exit::ApicEoi, &v.1));
+    assert!(!needs_devices(&Exit::ApicEoi));
+    assert_eq!(
+        handle_local_exit(&Exit::ApicEoi, &mut v.0, &mut v.1, &mut v.2),
+        None
+    );
+    assert_eq!(v.1.stats, ExitStats::default(), "nothing counted");
+    assert_eq!(run(Exit::ApicEoi, &mut v), Outcome::Resume);
+    assert_eq!(v.0.rip, RIP + 3);
+    assert_eq!(v.1.lapic.pending_vector(), Some(0x40));
+    // Moved away: the reset page is nobody's, as an EPT violation there
+    // would find.
+    let mut v = eoi_guest(false);
+    assert_eq!(wrmsr_exit(&mut v, 0x1B, 0xFEA0_0900), Outcome::Resume);
+    v.0.rip = RIP;
+    assert!(needs_devices_now(&Exit::ApicEoi, &v.1));
+    match run(Exit::ApicEoi, &mut v) {
+        Outcome::Stop(reason) => match *reason {
+            StopReason::MemoryFault { fault, .. } => {
+                assert_eq!(fault.gpa, GuestPhysAddr::new(0xFEE0_00B0));
+                assert!(fault.write);
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(v.1.lapic.eoi_at(0xFEA0_0000).is_some(), "still there");
+}
