@@ -566,10 +566,12 @@ impl<B: Backend> GuestRun<B> {
             };
             let outcome = backend.handle(vm, vcpu, &exit);
             // Only a device access can arm or move a device timer, write
-            // to COM1, or send an IPI.
+            // to COM1, or send an IPI (an EOI can, through the I/O APIC,
+            // when it ends a level-triggered interrupt whose line is still
+            // raised).
             if matches!(
                 exit,
-                Exit::Io(_) | Exit::NestedPageFault { .. } | Exit::MsrWrite
+                Exit::Io(_) | Exit::NestedPageFault { .. } | Exit::MsrWrite | Exit::ApicEoi
             ) {
                 vm.forward_output(backend);
                 self.notify(vm, me);

@@ -57,6 +57,66 @@ pub struct VmxSettings {
     /// for every guest (every port exits, the MSR policy is the same), so
     /// every VMCS points at these. Kept until power-off.
     bitmaps: [HostPhysAddr; 3],
+    /// The APIC-access page and the EPT tables that map the local APIC's
+    /// page to it, shared by every guest's EPT; `None` where "virtualize
+    /// APIC accesses" is not offered (the page is then left unmapped and
+    /// its accesses are EPT violations). Kept until power-off.
+    apic_access: Option<ApicAccess>,
+}
+
+/// The APIC-access page (SDM Vol. 3C, 30.4) and the EPT template that maps
+/// the local APIC's reset page, [`vcpu::exit::LAPIC_BASE`], to it. With
+/// "use TPR shadow" off, every access the guest makes there exits as an
+/// APIC access naming the register (reason 44): an EOI write is then
+/// known without fetching and decoding the instruction, the costliest
+/// part of the EPT-violation path it took before. Nothing is ever read
+/// from or written to the page itself.
+struct ApicAccess {
+    page: HostPhysAddr,
+    /// Maps only that page; every guest's EPT shares its page directory
+    /// for the gigabyte at 3 GiB ([`Ept::share`]), which holds no RAM.
+    template: Ept,
+}
+
+/// The gigabyte of guest-physical space the local APIC's page lies in.
+const APIC_GIB: u64 = vcpu::exit::LAPIC_BASE & !(addr::SIZE_1G - 1);
+
+impl ApicAccess {
+    /// The page and its template, or `None` (logged) where a frame is
+    /// missing or the EPT refuses.
+    fn new(caps: vmx::caps::EptVpidCap) -> Option<Self> {
+        let page = match memory::alloc_zeroed_frame() {
+            Ok(page) => page,
+            Err(e) => {
+                log::warn!("vmx: no frame for the APIC-access page ({e}); APIC accesses fault");
+                return None;
+            }
+        };
+        let built = Ept::new(&mut KernelFrames, caps).and_then(|mut template| {
+            match template.map(
+                &mut KernelFrames,
+                GuestPhysAddr::new(vcpu::exit::LAPIC_BASE),
+                page,
+                addr::PAGE_SIZE,
+                EptPerms::READ | EptPerms::WRITE | EptPerms::EXECUTE,
+                EptMemoryType::Uncacheable,
+            ) {
+                Ok(()) => Ok(template),
+                Err(e) => {
+                    template.destroy(&mut KernelFrames);
+                    Err(e)
+                }
+            }
+        });
+        match built {
+            Ok(template) => Some(Self { page, template }),
+            Err(e) => {
+                log::warn!("vmx: the APIC-access page's EPT: {e}; APIC accesses fault");
+                let _ = memory::free_frame(page);
+                None
+            }
+        }
+    }
 }
 
 impl VmxSettings {
@@ -77,12 +137,24 @@ impl VmxSettings {
         ::vtx::fill_msr_bitmap(&mut msr);
         fill_frame(bitmaps[2], msr.as_bytes());
         log::debug!("vmx: the I/O and MSR bitmaps (12 KiB) serve every guest");
+        let apic_access = if controls.apic_access {
+            ApicAccess::new(caps.ept_caps().unwrap_or(vmx::caps::EptVpidCap::empty()))
+        } else {
+            None
+        };
+        if let Some(a) = &apic_access {
+            log::debug!(
+                "vmx: the APIC-access page and its EPT tables ({} KiB) serve every guest",
+                (a.template.table_frames() + 1) * 4
+            );
+        }
         let hw = Self {
             caps,
             controls,
             xsave,
             timer_shift: caps.misc.preemption_timer_rate,
             bitmaps,
+            apic_access,
         };
         hw.prepare_this_cpu();
         Ok(hw)
@@ -276,6 +348,12 @@ impl Guest {
                 EptMemoryType::WriteBack,
             )
         });
+        // The local APIC's page, to the APIC-access page: the template's
+        // tables, no frame of this guest's.
+        let mapped = mapped.and_then(|()| match &hw.apic_access {
+            Some(a) => ept.share(&mut KernelFrames, &a.template, GuestPhysAddr::new(APIC_GIB)),
+            None => Ok(()),
+        });
         let eptp = ept.eptp(false);
         vm.ept = Some(ept);
         mapped.map_err(CreateError::Ept)?;
@@ -363,6 +441,7 @@ impl VmxVcpuState {
             eptp: vm.eptp,
             vpid: vcpu.vpid,
             tsc_offset,
+            apic_access: hw.apic_access.as_ref().map(|a| a.page),
         };
         setup::write_controls(&mut vmcs, &hw.controls, &links, &vcpu.cr, entry)
             .map_err(CreateError::Vmcs)?;
@@ -713,17 +792,18 @@ pub fn cpuid(vcpu: &mut VmxVcpuState, model: &mut VcpuModel) -> Outcome {
 }
 
 /// Handles `exit`, which the vCPU (current on this CPU) of VM `vm` just
-/// took, with the neutral handlers; `devices`: the VM's devices, locked,
-/// for an exit that [needs them](vcpu::exit::needs_devices), else `None`.
+/// took, with the neutral handlers; `devices` locks the VM's devices, and
+/// is called only for an exit that [needs them](vcpu::exit::needs_devices_now)
+/// (one test decides: `handle_local_exit` declines those).
 /// Always inlined: as a call of its own it added about 50 instructions to
 /// every exit that reaches it (a Bochs trace of a VMCALL exit).
 #[inline(always)]
-pub fn handle(
+pub fn handle<D: core::ops::DerefMut<Target = VmDevices>>(
     hw: &VmxSettings,
     vm: &VmxVm,
     vcpu: &mut VmxVcpuState,
     model: &mut VcpuModel,
-    devices: Option<&mut VmDevices>,
+    devices: impl FnOnce() -> D,
     exit: &Exit,
 ) -> Outcome {
     // SAFETY: VMX root operation with this vCPU's VMCS current (it just
@@ -753,14 +833,9 @@ pub fn handle(
             }
         },
     };
-    let outcome = match devices {
-        Some(devices) => handle_exit(exit, &mut access, model, devices, &mut platform),
-        None => handle_local_exit(exit, &mut access, model, &mut platform).unwrap_or_else(|| {
-            Outcome::stop(StopReason::Backend(alloc::format!(
-                "the {} exit was handled without the devices it needs",
-                exit.kind().name()
-            )))
-        }),
+    let outcome = match handle_local_exit(exit, &mut access, model, &mut platform) {
+        Some(outcome) => outcome,
+        None => handle_exit(exit, &mut access, model, &mut devices(), &mut platform),
     };
     if let Some(cr2) = access.cr2 {
         // SAFETY: this vCPU's switched state, CR2 among it, is in this
@@ -937,19 +1012,16 @@ impl crate::guests::Hardware for VmxSettings {
         if let Exit::Cpuid = exit {
             return cpuid(&mut vcpu.hw, &mut vcpu.model);
         }
-        // Only the exits that need the devices lock them.
-        if vcpu::exit::needs_devices(exit) {
-            handle(
-                self,
-                &vm.hw,
-                &mut vcpu.hw,
-                &mut vcpu.model,
-                Some(&mut vm.devices()),
-                exit,
-            )
-        } else {
-            handle(self, &vm.hw, &mut vcpu.hw, &mut vcpu.model, None, exit)
-        }
+        // Only the exits that need the devices lock them (an EOI only when
+        // it ends a level-triggered interrupt).
+        handle(
+            self,
+            &vm.hw,
+            &mut vcpu.hw,
+            &mut vcpu.model,
+            || vm.devices(),
+            exit,
+        )
     }
 
     fn deliver_interrupt(

@@ -598,6 +598,7 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
                 allowed: Some([v.readable, v.writable, v.executable]),
             })
         }
+        ExitReason::ApicAccess => apic_access(qualification),
         ExitReason::EptMisconfiguration => Exit::NestedPagingMisconfigured {
             gpa: vmcs.read(ReadOnly64::GuestPhysicalAddress)?,
         },
@@ -605,6 +606,32 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
         // Only PAUSE-loop exiting makes PAUSE exit (PAUSE exiting is off).
         ExitReason::Pause => Exit::Pause,
         reason => unknown(reason),
+    })
+}
+
+/// An APIC-access exit (reason 44; SDM Vol. 3C, 28.2.1, Table 28-6:
+/// bits 11:0 the offset in the APIC-access page, bits 15:12 the kind of
+/// access). The guests' EPT maps only the local APIC's reset page,
+/// [`vcpu::exit::LAPIC_BASE`], to the APIC-access page, so that is the
+/// page. A data write at the EOI register's offset is an
+/// [`Exit::ApicEoi`] (the instruction-length field is valid for it, as
+/// for any exit during an instruction's execution); any other access is
+/// the EPT violation the page would have taken unmapped: a read (0), a
+/// write (1), an instruction fetch (2), and reads for the accesses during
+/// event delivery or by guest-physical address (3, 10, 15), which the
+/// MMIO path refuses or decodes from the instruction as before.
+pub fn apic_access(qualification: u64) -> Exit {
+    let offset = qualification & 0xFFF;
+    let kind = (qualification >> 12) & 0xF;
+    if kind == 1 && offset == u64::from(vcpu::exit::EOI_OFFSET) {
+        return Exit::ApicEoi;
+    }
+    Exit::nested(NestedFault {
+        gpa: GuestPhysAddr::new(vcpu::exit::LAPIC_BASE | offset),
+        read: kind != 1 && kind != 2,
+        write: kind == 1,
+        fetch: kind == 2,
+        allowed: None,
     })
 }
 

@@ -522,6 +522,36 @@ fn ept_violation_outside_ram_stops_with_address_access_and_rip() {
 }
 
 #[test]
+fn apic_access_exits_are_an_eoi_or_the_access_the_page_would_fault() {
+    // A data write at the EOI register: the value is not needed.
+    assert_eq!(apic_access(0x10B0), Exit::ApicEoi);
+    let fault = |q: u64| apic_access(q).nested_fault().unwrap();
+    // Any other write (the ICR, here), a read, a fetch.
+    let icr = fault(0x1300);
+    assert_eq!(icr.gpa, GuestPhysAddr::new(0xFEE0_0300));
+    assert_eq!((icr.read, icr.write, icr.fetch), (false, true, false));
+    let id = fault(0x0020);
+    assert_eq!(id.gpa, GuestPhysAddr::new(0xFEE0_0020));
+    assert_eq!((id.read, id.write, id.fetch), (true, false, false));
+    let eoi_read = fault(0x00B0);
+    assert_eq!((eoi_read.read, eoi_read.write), (true, false));
+    let fetch = fault(0x2000);
+    assert_eq!((fetch.read, fetch.write, fetch.fetch), (false, false, true));
+    // An unaligned write next to EOI is not an EOI.
+    assert_eq!(fault(0x10B1).gpa, GuestPhysAddr::new(0xFEE0_00B1));
+    // During event delivery, or by guest-physical address: reads.
+    for q in [0x30B0, 0xA0B0, 0xF0B0] {
+        let f = fault(q);
+        assert_eq!((f.read, f.write, f.fetch), (true, false, false), "{q:#x}");
+    }
+    // Decoded from the VMCS, with the instruction skipped by its length:
+    // nothing else of the guest is read.
+    let mut v = setup(44, 0x10B0, 3);
+    assert_eq!(run(&mut v), Outcome::Resume);
+    assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 3);
+}
+
+#[test]
 fn triple_fault_entry_failure_and_unknown_exits_stop_the_guest() {
     let mut v = setup(2, 0, 0);
     v.1.set_rax(0x1234);
