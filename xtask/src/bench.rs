@@ -778,10 +778,12 @@ fn document(tables: &Tables<'_>) -> String {
          - `inb_pit`: IN AL from port 0x61 (system control port B), which Ferrovisor's PIT model answers.\n\
          - `rdmsr_apicbase`: RDMSR IA32_APIC_BASE, which the exit handler answers from the vCPU's local \
          APIC model, with no side effect.\n\
-         - `apic_eoi`: a write of 0 to the xAPIC EOI register with nothing in service: an EPT violation (a \
-         nested page fault under SVM) whose instruction Ferrovisor fetches through the guest's page \
-         tables and decodes, and hands to its local APIC model, which finds nothing in service to \
-         end.\n\
+         - `apic_eoi`: a write of 0 to the xAPIC EOI register with nothing in service. Under VT-x the \
+         guest's EPT maps the APIC's page to the APIC-access page, so the write exits as an APIC access \
+         naming the register: Ferrovisor's local APIC model ends the highest in-service vector (here \
+         none) and the guest goes on past the write by the exit's instruction length, neither fetched \
+         nor decoded. Under SVM it is a nested page fault whose instruction Ferrovisor fetches through \
+         the guest's page tables and decodes, and hands to the same model.\n\
          - `irq_window`: with interrupts off the guest sends itself a fixed IPI (an ICR write, not timed), \
          so the vector waits in the IRR and Ferrovisor asks for an interrupt-window exit; the sample runs \
          from the TSC read before STI; NOP to the first TSC read in the handler: STI, NOP, the \
