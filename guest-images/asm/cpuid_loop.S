@@ -27,6 +27,13 @@
 #                  before STI to the first TSC read in the interrupt's
 #                  handler, so STI, NOP, the interrupt-window exit, the
 #                  injection and the delivery through the IDT
+#   wrmsr_tscdeadline
+#                  WRMSR IA32_TSC_DEADLINE (0x6E0) with a deadline far
+#                  ahead, which only arms the local APIC timer (it never
+#                  fires here; it is disarmed after), with the MOV that
+#                  loads EDX: the timer write a tickless kernel makes for
+#                  every tick. Skipped, as hlt_timer, without TSC-deadline
+#                  mode.
 #   hlt_timer      HLT woken by the local APIC timer in TSC-deadline mode:
 #                  the deadline is armed HLT_DELAY ticks after a TSC read
 #                  (a WRMSR exit), the guest halts with interrupts on, and
@@ -283,10 +290,23 @@ hlt_timer:
     cpuid
     test ecx, CPUID1_ECX_TSC_DEADLINE
     jnz 1f
+    PRINT "vmexit wrmsr_tscdeadline: skipped: no TSC-deadline timer (CPUID.01H:ECX[24] clear)\n"
     PRINT "vmexit hlt_timer: skipped: no TSC-deadline timer (CPUID.01H:ECX[24] clear)\n"
     ret
 1:  mov ebx, APIC_BASE
     mov dword ptr [rbx + APIC_LVT_TIMER], LVT_TSC_DEADLINE | VECTOR_TIMER
+    # The timer write alone: a deadline some 2^62 ticks ahead (EDX's
+    # bit 30; EAX holds the TSC's low half), so it is armed and never
+    # fires, then disarmed.
+    mov ecx, MSR_TSC_DEADLINE
+    MEASURE_BEGIN
+    mov edx, 0x40000000
+    wrmsr
+    MEASURE_END "wrmsr_tscdeadline"
+    mov ecx, MSR_TSC_DEADLINE
+    xor eax, eax
+    xor edx, edx
+    wrmsr
     mov edi, SAMPLE_BUF
     mov r9d, SAMPLES
     xor r13d, r13d                  # samples whose deadline passed before HLT
