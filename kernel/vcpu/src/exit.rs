@@ -912,10 +912,11 @@ fn dispatch<B: VcpuAccess, P: Platform>(
 /// Whether handling `exit` may touch the VM's devices or change what the
 /// vCPU can be given (its local APIC's priority, the lines, the timers):
 /// port I/O, hypercalls (the print goes to COM1's console), MSR writes
-/// (the APIC's x2APIC registers and timer), control-register accesses
-/// (CR8 is the task priority) and nested page faults (the APICs' MMIO).
-/// The others need neither the devices' lock nor a new
-/// [`attention_at`](super::vm::attention_at) after them.
+/// (IA32_APIC_BASE moves what the APIC bus matches; [`handle_local_exit`]
+/// takes every other WRMSR itself, the timer's among them),
+/// control-register accesses (CR8 is the task priority) and nested page
+/// faults (the APICs' MMIO). The others need neither the devices' lock nor
+/// a new [`attention_at`](super::vm::attention_at) after them.
 pub fn needs_devices(exit: &Exit) -> bool {
     matches!(
         exit,
@@ -964,6 +965,11 @@ pub fn handle_local_exit<B: VcpuAccess, P: Platform>(
     model: &mut VcpuModel,
     platform: &mut P,
 ) -> Option<Outcome> {
+    // A WRMSR needs the devices only for IA32_APIC_BASE (the APIC bus
+    // hears of the move): which MSR it is, is in RCX.
+    if let Exit::MsrWrite = exit {
+        return local_wrmsr(vcpu, model, platform);
+    }
     if needs_devices_now(exit, model) {
         return None;
     }
@@ -1447,10 +1453,68 @@ fn wrmsr<B: VcpuAccess, P: Platform>(
     vm: &mut VmDevices,
     platform: &mut P,
 ) -> Result<Outcome, B::Error> {
+    let msr = vcpu.gpr(Gpr::Rcx)? as u32;
+    if msr == IA32_APIC_BASE {
+        model.stats.msr = model.stats.msr.saturating_add(1);
+        let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
+        let phys_bits = guest_phys_bits(|l, s| platform.host_cpuid(l, s));
+        return match model.lapic.write_apic_base_msr(value, phys_bits) {
+            Ok(()) => {
+                // Enabling or disabling the APIC moves what senders match.
+                vm.apic_bus().publish(model.index, &model.lapic);
+                skip(vcpu)
+            }
+            Err(_) => inject(vcpu, model, GP, Some(0)),
+        };
+    }
+    wrmsr_own(vcpu, model, platform, msr)
+}
+
+/// A WRMSR handled without the devices ([`handle_local_exit`]), counted
+/// as [`handle_exit`] counts it; `None` for IA32_APIC_BASE, which needs
+/// them. A TSC-deadline write moves only the vCPU's own timer, so the
+/// interrupt path's next look is worked out from its local APIC alone.
+fn local_wrmsr<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+) -> Option<Outcome> {
+    let msr = match vcpu.gpr(Gpr::Rcx) {
+        Ok(rcx) => rcx as u32,
+        Err(e) => return Some(Outcome::stop(StopReason::Backend(e.to_string()))),
+    };
+    if msr == IA32_APIC_BASE {
+        return None;
+    }
+    model.stats.exits = model.stats.exits.wrapping_add(1);
+    model.tally.count(ExitKind::MsrWrite);
+    let outcome = match wrmsr_own(vcpu, model, platform, msr) {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::stop(StopReason::Backend(e.to_string())),
+    };
+    if msr == IA32_TSC_DEADLINE_MSR && model.attention_at != 0 {
+        // What `attention_at` gives when nothing was deliverable before:
+        // the 8259's part, which only device exits change, is as it was
+        // (and the VM's device attention covers it).
+        model.attention_at = if model.lapic.pending_vector().is_some() {
+            0
+        } else {
+            model.lapic.timer_deadline().unwrap_or(u64::MAX)
+        };
+    }
+    Some(outcome)
+}
+
+/// Every WRMSR but IA32_APIC_BASE's: what the vCPU itself holds.
+fn wrmsr_own<B: VcpuAccess, P: Platform>(
+    vcpu: &mut B,
+    model: &mut VcpuModel,
+    platform: &mut P,
+    msr: u32,
+) -> Result<Outcome, B::Error> {
     model.stats.msr = model.stats.msr.saturating_add(1);
     let now = platform.now();
     let value = (vcpu.gpr(Gpr::Rdx)? << 32) | (vcpu.gpr(Gpr::Rax)? & 0xFFFF_FFFF);
-    let msr = vcpu.gpr(Gpr::Rcx)? as u32;
     if msr == IA32_EFER {
         return write_efer(vcpu, model, platform, value);
     }
@@ -1471,17 +1535,6 @@ fn wrmsr<B: VcpuAccess, P: Platform>(
         vcpu.set_tsc_offset(offset)?;
         model.tsc_adjust = value;
         return skip(vcpu);
-    }
-    if msr == IA32_APIC_BASE {
-        let phys_bits = guest_phys_bits(|l, s| platform.host_cpuid(l, s));
-        return match model.lapic.write_apic_base_msr(value, phys_bits) {
-            Ok(()) => {
-                // Enabling or disabling the APIC moves what senders match.
-                vm.apic_bus().publish(model.index, &model.lapic);
-                skip(vcpu)
-            }
-            Err(_) => inject(vcpu, model, GP, Some(0)),
-        };
     }
     match model.msrs.write(msr, value) {
         Ok(()) => skip(vcpu),

@@ -144,9 +144,66 @@ fn local_exits_are_handled_as_with_the_devices() {
         Exit::MsrWrite,
     ] {
         let mut v = setup(2);
+        // A WRMSR needs them for IA32_APIC_BASE (see below for the rest).
+        v.0.gprs[Gpr::Rcx as usize] = 0x1B;
         assert!(needs_devices(&exit));
         assert_eq!(handle_local_exit(&exit, &mut v.0, &mut v.1, &mut v.2), None);
         assert_eq!(v.1.stats, ExitStats::default(), "nothing counted: {exit:?}");
+    }
+}
+
+/// Every WRMSR but IA32_APIC_BASE's is handled without the devices, as
+/// with them: the same outcome, registers, counts, timer and interrupt
+/// path's next look.
+#[test]
+fn wrmsrs_of_the_vcpus_own_state_are_handled_as_with_the_devices() {
+    const DEADLINE: u32 = 0x6E0;
+    for (msr, value, armed) in [
+        (DEADLINE, 0x4000_0000_0000_0000u64, true),
+        (DEADLINE, 0, false),
+        (0x3B, 700, false),                    // TSC_ADJUST
+        (0xC000_0080, 0xD01, false),           // EFER
+        (0x277, 0x0007_0406_0007_0406, false), // PAT
+        (0xC000_0081, 1 << 48, false),         // STAR, denied: #GP
+        (0x10, 5, false),                      // the TSC, denied: #GP
+    ] {
+        let prepare = |v: &mut Exited| {
+            v.0.gprs[Gpr::Rcx as usize] = u64::from(msr);
+            v.0.gprs[Gpr::Rax as usize] = value & 0xFFFF_FFFF;
+            v.0.gprs[Gpr::Rdx as usize] = value >> 32;
+            // The APIC on, its timer in TSC-deadline mode (LVT bits 18:17
+            // = 10b), armed before, far away: the write moves it.
+            let _ = v.1.lapic.write(0xF0, 0x1FF, 0);
+            let _ = v.1.lapic.write(0x320, 0x4_0030, 0);
+            v.1.lapic.set_tsc_deadline(1 << 50, 0);
+            assert_eq!(v.1.lapic.timer_deadline(), Some(1 << 50));
+            v.1.attention_at = 1 << 50;
+        };
+        let mut with = apic_guest(0);
+        prepare(&mut with);
+        let mut without = apic_guest(0);
+        prepare(&mut without);
+        let a = run(Exit::MsrWrite, &mut with);
+        let b = handle_local_exit(
+            &Exit::MsrWrite,
+            &mut without.0,
+            &mut without.1,
+            &mut without.2,
+        );
+        assert_eq!(Some(a), b, "{msr:#x}");
+        assert_eq!(with.0, without.0, "{msr:#x}");
+        assert_eq!(with.1.stats, without.1.stats, "{msr:#x}");
+        assert_eq!(with.1.tally, without.1.tally, "{msr:#x}");
+        assert_eq!(with.1.attention_at, without.1.attention_at, "{msr:#x}");
+        assert_eq!(
+            with.1.lapic.timer_deadline(),
+            without.1.lapic.timer_deadline(),
+            "{msr:#x}"
+        );
+        if msr == DEADLINE {
+            assert_eq!(without.1.lapic.timer_deadline().is_some(), armed);
+            assert_ne!(without.1.attention_at, 1 << 50, "moved with the timer");
+        }
     }
 }
 
