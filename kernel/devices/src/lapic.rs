@@ -189,9 +189,16 @@ pub const ESR_ILLEGAL_REGISTER: u32 = 1 << 7;
 const FIRST_LEGAL_VECTOR: u8 = 16;
 
 /// The 256 bits of the IRR, ISR or TMR: bit `v` of word `v / 32`, as the
-/// eight 32-bit registers show them (11.8.4, Figure 11-20).
+/// eight 32-bit registers show them (11.8.4, Figure 11-20), and which of
+/// the words are not zero, so that the highest vector is found without
+/// looking at every word (the ISR's and IRR's are asked for at every
+/// EOI and every interrupt check).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct VectorSet([u32; 8]);
+struct VectorSet {
+    words: [u32; 8],
+    /// Bit `w` set exactly when `words[w]` is not 0.
+    nonzero: u8,
+}
 
 impl VectorSet {
     /// The word and bit of `vector`: always in range, since `vector >> 5`
@@ -202,43 +209,45 @@ impl VectorSet {
 
     fn set(&mut self, vector: u8) {
         let (word, bit) = Self::word_bit(vector);
-        if let Some(w) = self.0.get_mut(word) {
+        if let Some(w) = self.words.get_mut(word) {
             *w |= bit;
+            self.nonzero |= 1 << word;
         }
     }
 
     fn clear(&mut self, vector: u8) {
         let (word, bit) = Self::word_bit(vector);
-        if let Some(w) = self.0.get_mut(word) {
+        if let Some(w) = self.words.get_mut(word) {
             *w &= !bit;
+            if *w == 0 {
+                self.nonzero &= !(1 << word);
+            }
         }
     }
 
     fn contains(&self, vector: u8) -> bool {
         let (word, bit) = Self::word_bit(vector);
-        self.0.get(word).is_some_and(|w| w & bit != 0)
+        self.words.get(word).is_some_and(|w| w & bit != 0)
     }
 
     /// The highest vector in the set.
     fn highest(&self) -> Option<u8> {
-        let (word, bits) = self
-            .0
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, bits)| **bits != 0)?;
+        if self.nonzero == 0 {
+            return None;
+        }
+        // The highest word that is not zero: at most 7.
+        let word = 7u32.wrapping_sub(self.nonzero.leading_zeros());
+        let bits = *self.words.get(usize::try_from(word).ok()?)?;
         // word <= 7 and the bit index <= 31: the sum fits a byte.
         let top = 31u32.wrapping_sub(bits.leading_zeros());
-        u8::try_from(word.wrapping_mul(32))
-            .ok()?
-            .checked_add(u8::try_from(top).ok()?)
+        u8::try_from(word.wrapping_mul(32).wrapping_add(top)).ok()
     }
 
     /// The 32-bit register `index` (0..8); 0 past the end.
     fn word(&self, index: u32) -> u32 {
         usize::try_from(index)
             .ok()
-            .and_then(|i| self.0.get(i))
+            .and_then(|i| self.words.get(i))
             .copied()
             .unwrap_or(0)
     }
@@ -1950,6 +1959,36 @@ mod tests {
         apic.write(reg::TIMER_INITIAL, u32::MAX, 5);
         assert_eq!(apic.timer_deadline(), Some(u64::MAX));
         assert_eq!(apic.read(reg::TIMER_CURRENT, u64::MAX), u32::MAX);
+    }
+
+    proptest! {
+        /// The set's highest vector, kept through its word summary, is
+        /// the highest of a plain model's after any sets and clears, and
+        /// its registers read the same.
+        #[test]
+        fn vector_sets_find_their_highest_as_a_plain_scan_does(
+            ops in proptest::collection::vec((any::<bool>(), any::<u8>()), 0..200),
+        ) {
+            let mut set = VectorSet::default();
+            let mut model = [false; 256];
+            for (add, v) in ops {
+                if add {
+                    set.set(v);
+                } else {
+                    set.clear(v);
+                }
+                model[usize::from(v)] = add;
+                let want = (0..=255u8).rev().find(|&v| model[usize::from(v)]);
+                prop_assert_eq!(set.highest(), want);
+                prop_assert_eq!(set.contains(v), add);
+            }
+            for w in 0..8u32 {
+                let want = (0..32u32)
+                    .filter(|b| model[(w * 32 + b) as usize])
+                    .fold(0u32, |acc, b| acc | 1 << b);
+                prop_assert_eq!(set.word(w), want);
+            }
+        }
     }
 
     proptest! {
