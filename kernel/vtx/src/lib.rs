@@ -496,8 +496,20 @@ pub fn decode_exit<V: VmcsAccess>(vmcs: &mut V) -> Result<Exit, VmcsError> {
     // CPUID, the most frequent exit, needs nothing else decoded (basic
     // reason 10, no flag bits) and cannot happen during event delivery.
     const CPUID: u32 = ExitReason::Cpuid.number() as u32;
+    // An EOI write, the most frequent exit of a Linux guest's interrupts,
+    // needs only its qualification: a data write during an instruction's
+    // execution (access type 1) is never during event delivery, so there
+    // is no IDT-vectoring information to look at.
+    const APIC_ACCESS: u32 = ExitReason::ApicAccess.number() as u32;
     match vmcs.read(ReadOnly32::ExitReason)? {
         CPUID => Ok(Exit::Cpuid),
+        APIC_ACCESS => {
+            let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
+            match apic_access(qualification) {
+                Exit::ApicEoi => Ok(Exit::ApicEoi),
+                _ => decode_other(vmcs, APIC_ACCESS),
+            }
+        }
         raw => decode_other(vmcs, raw),
     }
 }

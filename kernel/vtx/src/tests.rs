@@ -549,6 +549,18 @@ fn apic_access_exits_are_an_eoi_or_the_access_the_page_would_fault() {
     let mut v = setup(44, 0x10B0, 3);
     assert_eq!(run(&mut v), Outcome::Resume);
     assert_eq!(v.0.get(GuestNatural::Rip.encoding()), RIP + 3);
+    // An access during event delivery (an external interrupt, vector
+    // 0x30, cut short) takes the full decoding, which sets the event up
+    // again for the next entry; an EOI write cannot be one.
+    let entry_info = Control32::EntryInterruptionInfo.encoding();
+    for (qualification, reinjected) in [(0x30B0, true), (0x10B0, false)] {
+        let mut vmcs = FakeVmcs::default();
+        vmcs.set(ReadOnly32::ExitReason.encoding(), 44);
+        vmcs.set(ReadOnlyNatural::ExitQualification.encoding(), qualification);
+        vmcs.set(ReadOnly32::IdtVectoringInfo.encoding(), 0x8000_0030);
+        decode_exit(&mut vmcs).unwrap();
+        assert_eq!(vmcs.get(entry_info) != 0, reinjected, "{qualification:#x}");
+    }
 }
 
 #[test]
