@@ -501,8 +501,32 @@ pub fn decode_exit<V: VmcsAccess>(vmcs: &mut V) -> Result<Exit, VmcsError> {
     // execution (access type 1) is never during event delivery, so there
     // is no IDT-vectoring information to look at.
     const APIC_ACCESS: u32 = ExitReason::ApicAccess.number() as u32;
+    // The other exits a running kernel takes most are instructions too,
+    // which never happen during event delivery either: their basic
+    // reason is the whole of the raw one (no entry-failure or other flag
+    // bit) and, for IN and OUT, the qualification says the rest.
+    const IO: u32 = ExitReason::IoInstruction.number() as u32;
+    const HLT: u32 = ExitReason::Hlt.number() as u32;
+    const VMCALL: u32 = ExitReason::Vmcall.number() as u32;
+    const RDMSR: u32 = ExitReason::Rdmsr.number() as u32;
+    const WRMSR: u32 = ExitReason::Wrmsr.number() as u32;
+    // An interrupt window opens at an instruction boundary, with no event
+    // being delivered.
+    const WINDOW: u32 = ExitReason::InterruptWindow.number() as u32;
     match vmcs.read(ReadOnly32::ExitReason)? {
         CPUID => Ok(Exit::Cpuid),
+        IO => {
+            let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
+            match port_io(qualification) {
+                Some(io) => Ok(Exit::Io(io)),
+                None => decode_other(vmcs, IO),
+            }
+        }
+        HLT => Ok(Exit::Hlt),
+        VMCALL => Ok(Exit::Hypercall),
+        RDMSR => Ok(Exit::MsrRead),
+        WRMSR => Ok(Exit::MsrWrite),
+        WINDOW => Ok(Exit::InterruptWindow),
         APIC_ACCESS => {
             let qualification = vmcs.read(ReadOnlyNatural::ExitQualification)?;
             match apic_access(qualification) {
@@ -619,6 +643,24 @@ fn decode_other<V: VmcsAccess>(vmcs: &mut V, raw: u32) -> Result<Exit, VmcsError
         ExitReason::Pause => Exit::Pause,
         reason => unknown(reason),
     })
+}
+
+/// An IN or OUT from an I/O-instruction exit's qualification (SDM Vol.
+/// 3C, 28.2.1, Table 28-5), as [`decode_other`] reads it; `None` for a
+/// string instruction (its address size and segment are in another
+/// field) or a size code the SDM does not define.
+fn port_io(qualification: u64) -> Option<IoAccess> {
+    let io = IoQualification::from_qualification(qualification).ok()?;
+    if io.string {
+        return None;
+    }
+    let direction = match io.direction {
+        VmxIoDirection::In => IoDirection::In,
+        VmxIoDirection::Out => IoDirection::Out,
+    };
+    let mut access = IoAccess::port(io.port, io.size.bytes(), direction);
+    access.rep = io.rep;
+    Some(access)
 }
 
 /// An APIC-access exit (reason 44; SDM Vol. 3C, 28.2.1, Table 28-6:

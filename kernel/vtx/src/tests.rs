@@ -522,6 +522,40 @@ fn ept_violation_outside_ram_stops_with_address_access_and_rip() {
 }
 
 #[test]
+fn the_short_decoding_of_instruction_exits_is_the_full_one() {
+    // IN AL,0x61; OUT DX,AL to 0x3F8; IN EAX,DX from 0xCFC; a REP prefix
+    // on a plain OUT; OUTSB (the full path: its address size and segment
+    // are elsewhere); a size code the SDM leaves undefined; HLT, VMCALL,
+    // RDMSR, WRMSR, the interrupt window.
+    let cases: [(u32, u64); 11] = [
+        (30, 0x0061_0048),
+        (30, 0x03F8_0000),
+        (30, 0x0CFC_000B),
+        (30, 0x03F8_0020),
+        (30, 0x03F8_0010),
+        (30, 0x03F8_0002),
+        (12, 0),
+        (18, 0),
+        (31, 0),
+        (32, 0),
+        (7, 0),
+    ];
+    for (reason, qualification) in cases {
+        let mut vmcs = FakeVmcs::default();
+        vmcs.set(ReadOnly32::ExitReason.encoding(), u64::from(reason));
+        vmcs.set(ReadOnlyNatural::ExitQualification.encoding(), qualification);
+        // For OUTS: a 16-bit address size, DS.
+        vmcs.set(ReadOnly32::ExitInstructionInfo.encoding(), 3 << 15);
+        let short = decode_exit(&mut vmcs).unwrap();
+        let full = decode_other(&mut vmcs, reason).unwrap();
+        assert_eq!(
+            short, full,
+            "reason {reason}, qualification {qualification:#x}"
+        );
+    }
+}
+
+#[test]
 fn apic_access_exits_are_an_eoi_or_the_access_the_page_would_fault() {
     // A data write at the EOI register: the value is not needed.
     assert_eq!(apic_access(0x10B0), Exit::ApicEoi);
