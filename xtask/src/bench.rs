@@ -840,13 +840,16 @@ fn document(tables: &Tables<'_>) -> String {
          and checks for a wrap at 4 GiB (7), writes RIP, loads the four answers, counts the exit and \
          resumes (9). Each check keeps a case the fast path cannot answer exactly on the full path; \
          the floor of about 20 instructions is a handler without them. A first question, or one the \
-         policy does not let be kept (leaf 0DH, which depends on XCR0), takes the full path, about \
-         600 instructions like the VMCALL row. That full path (the trampoline saving all 15 GPRs, \
+         policy does not let be kept (leaf 0DH, which depends on XCR0), takes the full path through \
+         the handlers, as the RDMSR row does. That full path (the trampoline saving all 15 GPRs, \
          the exit decoding, the run loop's clock and slice checks, the vendor-neutral handler) is what \
-         the other rows still pay: a Bochs trace of a VMCALL exit has about 210 instructions in the \
-         run loop around it, 85 in the handlers' dispatch, 75 decoding the exit, 60 in the \
-         trampoline, 35 skipping the instruction and 60 in the local APIC's interrupt check that \
-         follows any exit that may change what the guest can be given.\n\n\
+         the other rows still pay: a Bochs trace of a VMCALL exit (504 ticks) has 59 instructions in \
+         the trampoline, about 15 decoding the exit (the frequent instruction exits, and an EOI's \
+         APIC access, are known from the reason and qualification alone), about 210 in the run loop \
+         and the backend around the handler (the clock, the slice check, locking the devices and, at \
+         their release, publishing what the lock-free COM1 path reads), 110 in the neutral dispatch \
+         and the hypercall itself, 43 skipping the instruction and 43 in the local APIC's interrupt \
+         check that follows any exit that may change what the guest can be given.\n\n\
          ## Beside Linux KVM\n\n\
          The same guest under Linux KVM on the same Bochs machine (`cargo xtask bench --peer kvm`): \
          Debian's stock kernel (the one of the Linux boots below) boots natively, loads its own \
