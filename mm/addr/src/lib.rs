@@ -1,6 +1,7 @@
 //! Address newtypes: host-physical, guest-physical and host-virtual
 //! addresses are distinct types with checked arithmetic, so one kind can
-//! never be used where another is meant.
+//! never be used where another is meant; and [`RamLayout`], where a
+//! guest's RAM lies among its guest-physical addresses.
 //!
 //! There is deliberately no conversion between the physical kinds: turning a
 //! guest-physical address into a host-physical one is a walk of that guest's
@@ -25,6 +26,10 @@
 #![cfg_attr(not(test), no_std)]
 
 use core::fmt;
+
+mod ram;
+
+pub use ram::{RamLayout, HIGH_RAM_BASE, LOW_RAM_LIMIT, MAX_GUEST_RAM};
 
 /// The size of a base page and of a physical frame: 4 KiB.
 pub const PAGE_SIZE: u64 = 4096;
