@@ -170,7 +170,10 @@ impl<'c, 'f, 'a> GuestImages<'c, 'f, 'a> {
                     mode: match flat.mode {
                         CpuMode::Real => FlatMode::Real,
                         CpuMode::Protected => FlatMode::Protected,
-                        CpuMode::Long => FlatMode::LONG,
+                        // The identity map reaches RAM past 4 GiB too.
+                        CpuMode::Long => {
+                            mem.layout().map_or(FlatMode::LONG, FlatMode::long_covering)
+                        }
                     },
                 },
             ),

@@ -95,8 +95,8 @@ pub enum LoadError {
         /// The guest's RAM size.
         ram: u64,
     },
-    /// The guest has more RAM than fits below the 32-bit device window
-    /// (see [`RAM_LIMIT`](super::layout::RAM_LIMIT)).
+    /// The guest has more RAM than a guest may have (see
+    /// [`MAX_GUEST_RAM`](super::layout::MAX_GUEST_RAM)).
     GuestTooLarge {
         /// The guest's RAM size.
         ram: u64,
@@ -238,11 +238,10 @@ impl fmt::Display for LoadError {
             ),
             Self::GuestTooLarge { ram } => write!(
                 f,
-                "the guest's {} of RAM reach past {:#x}, where the 32-bit device window starts; \
-                 give it at most {}",
+                "the guest's {} of RAM pass the most a guest may have (its RAM past 3 GiB \
+                 lies from 4 GiB up and must end by 16 GiB); give it at most {}",
                 Size(ram),
-                super::layout::RAM_LIMIT,
-                Size(super::layout::RAM_LIMIT)
+                Size(super::layout::MAX_GUEST_RAM)
             ),
             Self::DoesNotFit { item, at, len, ram } => write!(
                 f,

@@ -88,9 +88,7 @@ impl NullMemory {
     }
 
     fn check(&self, gpa: GuestPhysAddr, len: u64) -> Result<(), LoadError> {
-        let inside = gpa
-            .checked_add(len)
-            .is_some_and(|end| end.as_u64() <= self.size);
+        let inside = self.layout().is_some_and(|ram| ram.contains(gpa, len));
         assert!(
             inside,
             "loader wrote {len:#x} bytes at {gpa} outside RAM of {:#x}",

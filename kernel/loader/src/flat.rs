@@ -19,7 +19,10 @@ use addr::GuestPhysAddr;
 
 use super::entry::{write_gdt, write_identity_map, EntryState};
 use super::error::{FlatError, Item, LoadError};
-use super::layout::{MemoryMap, Placements, HIGH_RAM_START, MAX_IDENTITY_MAP_GIB};
+use super::layout::{
+    identity_map_gib_for, layout_of, MemoryMap, Placements, RamLayout, HIGH_RAM_START,
+    MAX_IDENTITY_MAP_GIB,
+};
 use super::source::{Chunks, ImageSource};
 use super::{GuestMemory, LoadedImage, Warnings};
 
@@ -39,11 +42,19 @@ pub enum FlatMode {
 }
 
 impl FlatMode {
-    /// Long mode with the default identity map: 4 GiB, which covers all
-    /// guest RAM and the 32-bit device window above it.
+    /// Long mode with an identity map of the first 4 GiB: RAM below the
+    /// 32-bit device window and the window itself.
     pub const LONG: Self = Self::Long {
         identity_map_gib: 4,
     };
+
+    /// Long mode with an identity map of all RAM of `ram` (RAM past 3 GiB
+    /// lies from 4 GiB up) and the device window: 4 GiB or more.
+    pub fn long_covering(ram: RamLayout) -> Self {
+        Self::Long {
+            identity_map_gib: u32::try_from(identity_map_gib_for(ram)).unwrap_or(4),
+        }
+    }
 }
 
 /// A flat image and where it goes, read through `S` (byte slices by
@@ -85,7 +96,7 @@ pub fn load_flat<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     }
     let ram = mem.size();
     let memory_map = MemoryMap::for_ram(ram)?;
-    let mut placements = Placements::new(ram);
+    let mut placements = Placements::new(layout_of(ram)?);
     let start = image.load_address;
     let len = image.data.len();
     let end = start.as_u64().saturating_add(len);
@@ -237,6 +248,33 @@ mod tests {
         assert_eq!(ram.u64(GDT_ADDR.as_u64() + 0x18), 0x00CF_9300_0000_FFFF);
         assert_eq!(ram.u64(GDT_ADDR.as_u64()), 0);
         assert_eq!(ram.bytes(0x10_0000, 64), &code[..]);
+    }
+
+    #[test]
+    fn long_mode_can_cover_ram_past_4_gib() {
+        let layout = |size: u64| RamLayout::new(size).unwrap();
+        assert_eq!(FlatMode::long_covering(layout(MIB)), FlatMode::LONG);
+        assert_eq!(
+            FlatMode::long_covering(layout(4 << 30)),
+            FlatMode::Long {
+                identity_map_gib: 5
+            }
+        );
+        let code = [0xF4u8; 16];
+        let mut ram = Ram::new(4 << 30);
+        let loaded = load_flat(
+            &mut ram.memory(),
+            &flat(
+                &code,
+                0x10_0000,
+                0x10_0000,
+                FlatMode::long_covering(layout(4 << 30)),
+            ),
+        )
+        .unwrap();
+        let cr3 = loaded.entry.control.cr3;
+        assert_eq!(ram.translate(cr3, (5 << 30) - 8), Some((5 << 30) - 8));
+        assert_eq!(ram.translate(cr3, 5 << 30), None);
     }
 
     #[test]

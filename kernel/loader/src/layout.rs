@@ -5,9 +5,13 @@
 //!
 //! # Guest-physical layout
 //!
-//! Guest RAM is one contiguous range from address 0 to the guest's memory
-//! size, which must not pass [`RAM_LIMIT`]. Every loader uses the same
-//! fixed spots for what it builds, all in conventional memory:
+//! Guest RAM is laid out by [`RamLayout`], the PC way: up to [`RAM_LIMIT`]
+//! (3 GiB) from address 0, below the 32-bit device window, and the rest
+//! from 4 GiB ([`HIGH_RAM_BASE`]) up; a guest has at most
+//! [`MAX_GUEST_RAM`] (15 GiB), so its RAM ends at 16 GiB at most. The
+//! loaders place everything they load in the low range (the boot protocols
+//! want kernels, initrds and modules below 4 GiB). Every loader uses the
+//! same fixed spots for what it builds, all in conventional memory:
 //!
 //! | address                | contents                                             |
 //! |------------------------|------------------------------------------------------|
@@ -23,6 +27,8 @@
 //! | `0xA0000..0x100000`    | reserved in the memory map (legacy VGA and ROM hole) |
 //! | `0x100000..`           | kernels and flat images (where they ask), then the   |
 //! |                        | initrd (high) or Multiboot modules (after the kernel)|
+//! | `..0xC0000000`         | the end of the low RAM range (3 GiB at most)         |
+//! | `0x100000000..`        | RAM past 3 GiB, reported as RAM, left to the guest   |
 //!
 //! The loader's own structures are reported as RAM: the boot protocols
 //! leave it to the guest not to overwrite them before it has read them.
@@ -30,6 +36,7 @@
 use core::fmt;
 
 use addr::GuestPhysAddr;
+pub use addr::{RamLayout, HIGH_RAM_BASE, MAX_GUEST_RAM};
 
 use super::bytes::{put_u32, put_u64};
 use super::error::{Item, LoadError};
@@ -44,8 +51,10 @@ pub const PDPT_ADDR: GuestPhysAddr = GuestPhysAddr::new(0x3000);
 /// `n` pages above it.
 pub const PD_ADDR: GuestPhysAddr = GuestPhysAddr::new(0x4000);
 /// The most GiB an identity map covers (one page directory each, so they
-/// end at `0x14000`).
+/// end at `0x14000`): all the RAM of the largest guest, which ends at
+/// 16 GiB.
 pub const MAX_IDENTITY_MAP_GIB: u64 = 16;
+const _: () = assert!(MAX_IDENTITY_MAP_GIB << 30 >= HIGH_RAM_BASE + MAX_GUEST_RAM - RAM_LIMIT);
 /// Linux's `boot_params` and the start of the Multiboot information area.
 pub const BOOT_INFO_ADDR: GuestPhysAddr = GuestPhysAddr::new(0x1_4000);
 /// The Linux command line.
@@ -56,10 +65,11 @@ pub const BOOT_INFO_END: GuestPhysAddr = GuestPhysAddr::new(0x3_0000);
 pub const LOW_RAM_END: u64 = 0xA_0000;
 /// The end of the legacy hole and start of extended memory (1 MiB).
 pub const HIGH_RAM_START: u64 = 0x10_0000;
-/// The most RAM a guest may have: RAM is one range from 0, and above 3 GiB
-/// the 32-bit device window begins (PCI memory, the I/O APIC at
-/// `0xFEC0_0000`, the local APIC at `0xFEE0_0000`).
-pub const RAM_LIMIT: u64 = 0xC000_0000;
+/// Where RAM from address 0 ends at most: above 3 GiB the 32-bit device
+/// window begins (PCI memory, the I/O APIC at `0xFEC0_0000`, the local
+/// APIC at `0xFEE0_0000`), and RAM past it continues at
+/// [`HIGH_RAM_BASE`].
+pub const RAM_LIMIT: u64 = addr::LOW_RAM_LIMIT;
 
 /// What a range of guest-physical addresses is, in e820 terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +124,9 @@ const MAX_REGIONS: usize = 4;
 /// The guest-physical memory map the loader reported to the guest (e820 in
 /// `boot_params`, the Multiboot memory map), which EPT and device code must
 /// agree with: RAM below 640 KiB, the legacy hole reserved, RAM from 1 MiB
-/// to the end of guest memory.
+/// to the end of the low range, and RAM from 4 GiB for a guest larger than
+/// 3 GiB. The device window between is absent (not RAM), as on a PC
+/// whose firmware lists only RAM and its own reservations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryMap {
     regions: [MemoryRegion; MAX_REGIONS],
@@ -122,15 +134,15 @@ pub struct MemoryMap {
 }
 
 impl MemoryMap {
-    /// The memory map of a guest with `ram` bytes of RAM from address 0.
+    /// The memory map of a guest with `ram` bytes of RAM, laid out as
+    /// [`RamLayout`] says.
     ///
     /// # Errors
     ///
-    /// [`LoadError::GuestTooLarge`] where `ram` passes [`RAM_LIMIT`].
+    /// [`LoadError::GuestTooLarge`] where `ram` passes [`MAX_GUEST_RAM`].
     pub fn for_ram(ram: u64) -> Result<Self, LoadError> {
-        if ram > RAM_LIMIT {
-            return Err(LoadError::GuestTooLarge { ram });
-        }
+        let layout = layout_of(ram)?;
+        let low_ram = layout.low_len();
         let empty = MemoryRegion {
             start: GuestPhysAddr::new(0),
             len: 0,
@@ -140,7 +152,7 @@ impl MemoryMap {
             regions: [empty; MAX_REGIONS],
             len: 0,
         };
-        let low = ram.min(LOW_RAM_END);
+        let low = low_ram.min(LOW_RAM_END);
         if low > 0 {
             map.push(0, low, RegionKind::Ram);
         }
@@ -149,12 +161,15 @@ impl MemoryMap {
             HIGH_RAM_START - LOW_RAM_END,
             RegionKind::Reserved,
         );
-        if ram > HIGH_RAM_START {
+        if low_ram > HIGH_RAM_START {
             map.push(
                 HIGH_RAM_START,
-                ram.saturating_sub(HIGH_RAM_START),
+                low_ram.saturating_sub(HIGH_RAM_START),
                 RegionKind::Ram,
             );
+        }
+        if layout.high_len() > 0 {
+            map.push(HIGH_RAM_BASE, layout.high_len(), RegionKind::Ram);
         }
         Ok(map)
     }
@@ -174,6 +189,24 @@ impl MemoryMap {
     pub fn regions(&self) -> &[MemoryRegion] {
         self.regions.get(..self.len).unwrap_or_default()
     }
+}
+
+/// The layout of a guest with `ram` bytes of RAM.
+///
+/// # Errors
+///
+/// [`LoadError::GuestTooLarge`] where `ram` passes [`MAX_GUEST_RAM`].
+pub fn layout_of(ram: u64) -> Result<RamLayout, LoadError> {
+    RamLayout::new(ram).ok_or(LoadError::GuestTooLarge { ram })
+}
+
+/// How many GiB a long-mode identity map covers so that the guest reaches
+/// all its RAM and the 32-bit device window: 4, or up to the end of RAM
+/// above 4 GiB (at most [`MAX_IDENTITY_MAP_GIB`]; a page directory of
+/// 4 KiB per GiB is all it costs).
+pub fn identity_map_gib_for(ram: RamLayout) -> u64 {
+    let gib = ram.end().div_ceil(1 << 30);
+    gib.clamp(4, MAX_IDENTITY_MAP_GIB)
 }
 
 /// A range the loader filled, and with what.
@@ -216,14 +249,14 @@ pub const MAX_PLACEMENTS: usize = 8 + super::multiboot::MAX_MODULES;
 /// lie inside RAM and apart from what was claimed before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placements {
-    ram: u64,
+    ram: RamLayout,
     items: [Placement; MAX_PLACEMENTS],
     len: usize,
 }
 
 impl Placements {
-    /// No placements yet, in a guest with `ram` bytes of RAM.
-    pub(crate) fn new(ram: u64) -> Self {
+    /// No placements yet, in a guest whose RAM is `ram`.
+    pub(crate) fn new(ram: RamLayout) -> Self {
         let empty = Placement {
             item: Item::Image,
             start: GuestPhysAddr::new(0),
@@ -238,6 +271,11 @@ impl Placements {
 
     /// The guest RAM size the placements are checked against.
     pub fn ram(&self) -> u64 {
+        self.ram.size()
+    }
+
+    /// The guest RAM the placements are checked against.
+    pub fn layout(&self) -> RamLayout {
         self.ram
     }
 
@@ -251,16 +289,16 @@ impl Placements {
         self.as_slice().iter().find(|p| p.item == item)
     }
 
-    /// Checks that `len` bytes at `start` lie in RAM and overlap nothing
-    /// placed so far, without recording them.
+    /// Checks that `len` bytes at `start` lie in RAM (in one of its
+    /// ranges, never the device window) and overlap nothing placed so far,
+    /// without recording them.
     pub(crate) fn check(&self, item: Item, start: u64, len: u64) -> Result<Placement, LoadError> {
-        let fits = start.checked_add(len).is_some_and(|end| end <= self.ram);
-        if !fits {
+        if !self.ram.contains(GuestPhysAddr::new(start), len) {
             return Err(LoadError::DoesNotFit {
                 item,
                 at: GuestPhysAddr::new(start),
                 len,
-                ram: self.ram,
+                ram: self.ram.size(),
             });
         }
         let new = Placement {
@@ -344,16 +382,75 @@ mod tests {
     }
 
     #[test]
-    fn guests_past_the_device_window_are_refused() {
-        assert!(MemoryMap::for_ram(RAM_LIMIT).is_ok());
-        let e = MemoryMap::for_ram(RAM_LIMIT + 4096).unwrap_err();
+    fn ram_past_3_gib_is_reported_from_4_gib() {
+        let map = MemoryMap::for_ram(4 << 30).unwrap();
+        let r: Vec<_> = map
+            .regions()
+            .iter()
+            .map(|r| (r.start.as_u64(), r.end(), r.kind))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                (0, 0xA_0000, RegionKind::Ram),
+                (0xA_0000, 0x10_0000, RegionKind::Reserved),
+                (0x10_0000, 0xC000_0000, RegionKind::Ram),
+                (0x1_0000_0000, 0x1_4000_0000, RegionKind::Ram),
+            ]
+        );
+        // The device window 3 GiB..4 GiB is in no region: not RAM.
+        assert!(map
+            .regions()
+            .iter()
+            .all(|r| r.end() <= RAM_LIMIT || r.start.as_u64() >= HIGH_RAM_BASE));
+        // Exactly 3 GiB needs no high range.
+        assert_eq!(MemoryMap::for_ram(RAM_LIMIT).unwrap().regions().len(), 3);
+    }
+
+    #[test]
+    fn guests_past_the_largest_size_are_refused() {
+        let max = MemoryMap::for_ram(MAX_GUEST_RAM).unwrap();
+        assert_eq!(max.regions().last().unwrap().end(), 16 << 30);
+        let e = MemoryMap::for_ram(MAX_GUEST_RAM + 4096).unwrap_err();
         assert_eq!(
             e,
             LoadError::GuestTooLarge {
-                ram: RAM_LIMIT + 4096
+                ram: MAX_GUEST_RAM + 4096
             }
         );
-        assert!(e.to_string().contains("give it at most 3 GiB"), "{e}");
+        assert!(e.to_string().contains("give it at most 15 GiB"), "{e}");
+    }
+
+    #[test]
+    fn identity_maps_reach_all_ram_and_the_device_window() {
+        let gib = |g: u64| identity_map_gib_for(RamLayout::new(g << 30).unwrap());
+        assert_eq!(gib(0), 4);
+        assert_eq!(gib(3), 4);
+        // 4 GiB of RAM ends at 5 GiB; 4.5 GiB at 5.5, rounded up.
+        assert_eq!(gib(4), 5);
+        assert_eq!(identity_map_gib_for(RamLayout::new(9 << 29).unwrap()), 6);
+        assert_eq!(gib(15), MAX_IDENTITY_MAP_GIB);
+    }
+
+    #[test]
+    fn claims_in_the_device_window_or_across_it_are_refused() {
+        let mut p = Placements::new(RamLayout::new(4 << 30).unwrap());
+        p.claim(Item::Image, RAM_LIMIT - 0x1000, 0x1000).unwrap();
+        p.claim(Item::Initrd, HIGH_RAM_BASE, 0x1000).unwrap();
+        for (at, len) in [
+            (RAM_LIMIT - 0x10, 0x20),
+            (RAM_LIMIT, 0x10),
+            (HIGH_RAM_BASE - 0x10, 0x20),
+            ((5 << 30) - 0x10, 0x20),
+        ] {
+            assert!(
+                matches!(
+                    p.check(Item::Kernel, at, len),
+                    Err(LoadError::DoesNotFit { .. })
+                ),
+                "{at:#x}+{len:#x}"
+            );
+        }
     }
 
     #[test]
@@ -371,7 +468,7 @@ mod tests {
 
     #[test]
     fn claims_must_fit_ram_and_stay_apart() {
-        let mut p = Placements::new(0x10_0000);
+        let mut p = Placements::new(RamLayout::new(0x10_0000).unwrap());
         p.claim(Item::Gdt, 0x1000, 0x20).unwrap();
         p.claim(Item::Kernel, 0x2000, 0x1000).unwrap();
         // Touching is fine, overlapping is not.

@@ -57,16 +57,22 @@ pub use error::{
     BzImageError, FlatError, Item, LoadError, MultibootError, ProtocolVersion, ReadError,
 };
 pub use flat::{load_flat, FlatImage, FlatMode};
-pub use layout::{MemoryMap, MemoryRegion, Placement, Placements, RegionKind};
+pub use layout::{MemoryMap, MemoryRegion, Placement, Placements, RamLayout, RegionKind};
 pub use linux::{load_linux, LinuxImage, SetupHeader};
 pub use multiboot::{load_multiboot, Module, MultibootImage};
 pub use source::{ImageSource, CHUNK_LEN};
 
-/// A guest's RAM, as the loaders see it: one range of guest-physical
-/// addresses from 0 to [`size`](Self::size).
+/// A guest's RAM, as the loaders see it: [`size`](Self::size) bytes laid
+/// out as [`RamLayout`] says (from 0, and past 3 GiB from 4 GiB up).
 pub trait GuestMemory {
     /// The RAM size in bytes.
     fn size(&self) -> u64;
+
+    /// Where the RAM lies; `None` for a size past
+    /// [`MAX_GUEST_RAM`](layout::MAX_GUEST_RAM), which no loader accepts.
+    fn layout(&self) -> Option<RamLayout> {
+        RamLayout::new(self.size())
+    }
 
     /// Copies `bytes` to guest-physical address `gpa`.
     ///
@@ -91,9 +97,8 @@ pub trait GuestMemory {
             len,
             ram: self.size(),
         };
-        match gpa.checked_add(len) {
-            Some(end) if end.as_u64() <= self.size() => {}
-            _ => return Err(outside),
+        if !self.layout().is_some_and(|ram| ram.contains(gpa, len)) {
+            return Err(outside);
         }
         let mut done = 0;
         while done < len {
@@ -106,8 +111,9 @@ pub trait GuestMemory {
     }
 }
 
-/// [`GuestMemory`] over a byte slice that stands for guest RAM from
-/// address 0: what the host tests and tools load into.
+/// [`GuestMemory`] over a byte slice that stands for guest RAM, its bytes
+/// in [`RamLayout`] order (the low range, then the range from 4 GiB): what
+/// the host tests and tools load into.
 #[derive(Debug)]
 pub struct SliceMemory<'a> {
     ram: &'a mut [u8],
@@ -119,10 +125,27 @@ impl<'a> SliceMemory<'a> {
         Self { ram }
     }
 
+    /// Where the `len` bytes at `gpa` are in the slice, if they all lie in
+    /// RAM.
+    fn offsets(&self, gpa: GuestPhysAddr, len: usize) -> Option<core::ops::Range<usize>> {
+        let ram = self.layout()?;
+        if !ram.contains(gpa, len as u64) {
+            return None;
+        }
+        // An empty access at the end of a range has no byte to find.
+        let start = match ram.offset_of(gpa) {
+            Some(offset) => offset,
+            None if len == 0 => return Some(0..0),
+            None => return None,
+        };
+        let start = usize::try_from(start).ok()?;
+        Some(start..start.checked_add(len)?)
+    }
+
     /// The bytes at `gpa..gpa + len`, if they lie in RAM.
     pub fn read(&self, gpa: GuestPhysAddr, len: usize) -> Option<&[u8]> {
-        let start = usize::try_from(gpa.as_u64()).ok()?;
-        self.ram.get(start..start.checked_add(len)?)
+        let range = self.offsets(gpa, len)?;
+        self.ram.get(range)
     }
 
     fn range(&mut self, gpa: GuestPhysAddr, len: usize) -> Result<&mut [u8], LoadError> {
@@ -132,9 +155,8 @@ impl<'a> SliceMemory<'a> {
             len: len as u64,
             ram: size,
         };
-        let start = usize::try_from(gpa.as_u64()).map_err(|_| outside)?;
-        let end = start.checked_add(len).ok_or(outside)?;
-        self.ram.get_mut(start..end).ok_or(outside)
+        let range = self.offsets(gpa, len).ok_or(outside)?;
+        self.ram.get_mut(range).ok_or(outside)
     }
 }
 

@@ -28,7 +28,8 @@ use super::bytes::{put, put_u32, put_u64, put_u8, u16_at, u32_at, u64_at, u8_at}
 use super::entry::{write_gdt, write_identity_map, EntryState};
 use super::error::{BzImageError, Item, LoadError, ProtocolVersion};
 use super::layout::{
-    MemoryMap, Placements, BOOT_INFO_ADDR, BOOT_INFO_END, HIGH_RAM_START, LINUX_CMDLINE_ADDR,
+    identity_map_gib_for, layout_of, MemoryMap, Placements, BOOT_INFO_ADDR, BOOT_INFO_END,
+    HIGH_RAM_START, LINUX_CMDLINE_ADDR,
 };
 use super::source::{read, Chunks, ImageSource};
 use super::{GuestMemory, LoadedImage, Warnings};
@@ -79,9 +80,6 @@ const XLF_KERNEL_64: u16 = 1 << 0;
 const LOADER_TYPE_UNDEFINED: u8 = 0xFF;
 /// The offset of the 64-bit entry point in the protected-mode kernel.
 const ENTRY_64_OFFSET: u64 = 0x200;
-/// How much the 64-bit entry identity-maps: all RAM (below 3 GiB) and the
-/// device window above it.
-const IDENTITY_MAP_GIB: u64 = 4;
 /// The initrd's alignment.
 const INITRD_ALIGN: u64 = 4096;
 /// `initrd_addr_max` before protocol 2.03.
@@ -319,7 +317,8 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     let header = SetupHeader::parse_head(head, file_len)?;
     let ram = mem.size();
     let memory_map = MemoryMap::for_ram(ram)?;
-    let mut placements = Placements::new(ram);
+    let layout = layout_of(ram)?;
+    let mut placements = Placements::new(layout);
     // `parse_head` checked a kernel follows the setup code.
     let kernel_offset = header.setup_len as u64;
     let kernel_len = file_len.saturating_sub(kernel_offset);
@@ -365,7 +364,7 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     let initrd = match image.initrd {
         Some(data) if !data.is_empty() => {
             let len = data.len();
-            let at = place_initrd(&header, len, ram, kernel_end)?;
+            let at = place_initrd(&header, len, layout.low_len(), kernel_end)?;
             placements.claim(Item::Initrd, at, len)?;
             Some((at, data))
         }
@@ -417,7 +416,7 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     mem.write(BOOT_INFO_ADDR, &params)?;
 
     let mut entry = if header.has_64bit_entry() {
-        write_identity_map(mem, &mut placements, IDENTITY_MAP_GIB)?;
+        write_identity_map(mem, &mut placements, identity_map_gib_for(layout))?;
         EntryState::long64(load.saturating_add(ENTRY_64_OFFSET))
     } else {
         // A 32-bit entry needs a 32-bit address; RAM ends below 3 GiB.
@@ -434,16 +433,17 @@ pub fn load_linux<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     })
 }
 
-/// The initrd's address: as high as `initrd_addr_max`, the end of RAM and
-/// 4 GiB allow, 4 KiB aligned, and above `kernel_end`.
+/// The initrd's address: as high as `initrd_addr_max`, the end of the low
+/// RAM range (`low_ram`, below the device window) and 4 GiB allow, 4 KiB
+/// aligned, and above `kernel_end`.
 fn place_initrd(
     header: &SetupHeader,
     len: u64,
-    ram: u64,
+    low_ram: u64,
     kernel_end: u64,
 ) -> Result<u64, LoadError> {
     let limit = (u64::from(header.initrd_addr_max) + 1)
-        .min(ram)
+        .min(low_ram)
         .min(1 << 32);
     limit
         .checked_sub(len)
@@ -522,7 +522,7 @@ fn build_boot_params(
 )]
 mod tests {
     use super::super::fixtures::{BzImage, Ram};
-    use super::super::layout::{GDT_ADDR, PML4_ADDR};
+    use super::super::layout::{GDT_ADDR, MAX_GUEST_RAM, PML4_ADDR};
     use super::super::{entry, CpuMode, RegionKind};
     use super::*;
 
@@ -897,7 +897,7 @@ mod tests {
             ),
             "{e}"
         );
-        let mut huge = super::super::fixtures::NullMemory::new(4 << 30);
+        let mut huge = super::super::fixtures::NullMemory::new(MAX_GUEST_RAM + MIB);
         let image = BzImage::default().build();
         let e = load_linux(
             &mut huge,
@@ -909,7 +909,44 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert_eq!(e, LoadError::GuestTooLarge { ram: 4 << 30 });
+        assert_eq!(
+            e,
+            LoadError::GuestTooLarge {
+                ram: MAX_GUEST_RAM + MIB
+            }
+        );
+    }
+
+    #[test]
+    fn a_4_gib_guest_learns_of_its_ram_from_4_gib_and_can_reach_it() {
+        // Lazily backed by the host: only the pages the loader writes are
+        // touched.
+        let mut ram = Ram::new(4 << 30);
+        let image = BzImage {
+            initrd_addr_max: u32::MAX,
+            ..BzImage::default()
+        }
+        .build();
+        let initrd = [0x5A; 0x3000];
+        let loaded = load(&mut ram, &image, Some(&initrd), "").unwrap();
+        let bp = BOOT_INFO_ADDR.as_u64();
+        assert_eq!(ram.bytes(bp + E820_ENTRIES as u64, 1)[0], 4);
+        let entry = |i: u64| {
+            let at = bp + E820_TABLE as u64 + i * 20;
+            (ram.u64(at), ram.u64(at + 8), ram.u32(at + 16))
+        };
+        assert_eq!(entry(2), (0x10_0000, 0xC000_0000 - 0x10_0000, 1));
+        assert_eq!(entry(3), (0x1_0000_0000, 1 << 30, 1));
+        // The initrd stays below the device window, as high as it goes
+        // (the kernel would take it up to 4 GiB).
+        let at = u64::from(ram.u32(bp + RAMDISK_IMAGE as u64));
+        assert_eq!(at + 0x3000, 0xC000_0000);
+        // The 64-bit entry's identity map reaches the high RAM too.
+        let cr3 = loaded.entry.control.cr3;
+        for addr in [0xFEE0_0000, 1 << 32, (5 << 30) - 1] {
+            assert_eq!(ram.translate(cr3, addr), Some(addr), "{addr:#x}");
+        }
+        assert_eq!(ram.translate(cr3, 5 << 30), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::elf::{self, Elf};
 use super::entry::{write_gdt, EntryState};
 use super::error::{Item, LoadError, MultibootError};
 use super::layout::{
-    MemoryMap, Placements, BOOT_INFO_ADDR, BOOT_INFO_END, HIGH_RAM_START, LOW_RAM_END,
+    layout_of, MemoryMap, Placements, BOOT_INFO_ADDR, BOOT_INFO_END, HIGH_RAM_START, LOW_RAM_END,
 };
 use super::source::{Chunks, ImageSource};
 use super::{GuestMemory, LoadWarning, LoadedImage, Warnings};
@@ -311,7 +311,7 @@ pub fn load_multiboot<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
 
     let ram = mem.size();
     let memory_map = MemoryMap::for_ram(ram)?;
-    let mut placements = Placements::new(ram);
+    let mut placements = Placements::new(layout_of(ram)?);
 
     let layout = InfoLayout::new(image, &memory_map);
     let area = const { BOOT_INFO_END.as_u64() - BOOT_INFO_ADDR.as_u64() };
@@ -517,7 +517,9 @@ fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
     let base = BOOT_INFO_ADDR.as_u64();
     // Everything lies below BOOT_INFO_END, so the addresses fit 32 bits.
     let addr = |offset: u64| base.saturating_add(offset) as u32;
-    let ram = mem.size();
+    // The low range: RAM up to the device window (a guest's RAM past
+    // 3 GiB is in the memory map, from 4 GiB).
+    let ram = layout_of(mem.size())?.low_len();
 
     let mut info = [0u8; INFO_LEN];
     put_u32(
@@ -526,7 +528,7 @@ fn write_info<M: GuestMemory + ?Sized, S: ImageSource + ?Sized>(
         INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_LOADER_NAME,
     );
     // In KiB: conventional memory from 0, extended memory from 1 MiB up to
-    // the first hole (RAM is contiguous up to its end).
+    // the first hole (the device window, or the end of RAM).
     put_u32(
         &mut info,
         OFF_MEM_LOWER,

@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 
 use super::fixtures::{multiboot_elf32, multiboot_header, Aout, BzImage, NullMemory, Ram};
-use super::layout::RAM_LIMIT;
+use super::layout::{MAX_GUEST_RAM, RAM_LIMIT};
 use super::*;
 
 #[test]
@@ -48,6 +48,39 @@ fn slice_memory_refuses_writes_outside_ram() {
     mem.zero(GuestPhysAddr::new(0x1000), 0x1000).unwrap();
     assert_eq!(mem.read(GuestPhysAddr::new(0x1FFE), 2), Some(&[0u8, 0][..]));
     assert_eq!(mem.read(GuestPhysAddr::new(0x1FFF), 2), None);
+}
+
+#[test]
+fn slice_memory_keeps_ram_past_3_gib_at_4_gib() {
+    // Lazily backed by the host: only the pages written are touched.
+    let mut backing = vec![0u8; RAM_LIMIT as usize + 0x2000];
+    let mut mem = SliceMemory::new(&mut backing);
+    mem.write(GuestPhysAddr::new(1 << 32), &[0xA5; 4]).unwrap();
+    mem.write(GuestPhysAddr::new(RAM_LIMIT - 2), &[7, 7])
+        .unwrap();
+    // The device window is not RAM, nor is a write that runs into it.
+    for at in [RAM_LIMIT, 0xFEE0_0000, (1 << 32) - 1, RAM_LIMIT - 1] {
+        assert!(
+            mem.write(GuestPhysAddr::new(at), &[1, 2]).is_err(),
+            "{at:#x}"
+        );
+        assert_eq!(mem.read(GuestPhysAddr::new(at), 2), None, "{at:#x}");
+    }
+    assert!(mem
+        .zero(GuestPhysAddr::new(RAM_LIMIT - 0x1000), 0x2000)
+        .is_err());
+    assert!(mem
+        .write(GuestPhysAddr::new((1 << 32) + 0x1FFF), &[1, 2])
+        .is_err());
+    assert_eq!(
+        mem.read(GuestPhysAddr::new(1 << 32), 4),
+        Some(&[0xA5; 4][..])
+    );
+    // In the backing, the high range follows the low one.
+    assert_eq!(
+        &backing[RAM_LIMIT as usize - 2..][..6],
+        &[7, 7, 0xA5, 0xA5, 0xA5, 0xA5]
+    );
 }
 
 /// A memory using the trait's default `zero`, to test it.
@@ -97,9 +130,10 @@ fn every_loader_works_through_a_trait_object() {
 
 /// Checks what every successful load promises.
 fn check_loaded(loaded: &LoadedImage, ram: u64) {
+    let layout = RamLayout::new(ram).unwrap();
     let placed = loaded.placements.as_slice();
     for (i, a) in placed.iter().enumerate() {
-        assert!(a.end() <= ram, "{a} outside RAM {ram:#x}");
+        assert!(layout.contains(a.start, a.len), "{a} outside RAM {layout}");
         for b in &placed[i + 1..] {
             let apart = a.len == 0
                 || b.len == 0
@@ -113,14 +147,34 @@ fn check_loaded(loaded: &LoadedImage, ram: u64) {
         CpuMode::Real => e.segments.cs.base + e.rip,
         _ => e.rip,
     };
-    assert!(linear < ram, "entry {linear:#x} outside RAM {ram:#x}");
+    assert!(
+        layout.contains(GuestPhysAddr::new(linear), 1),
+        "entry {linear:#x} outside RAM {layout}"
+    );
     if e.mode != CpuMode::Real {
-        assert!(e.gdtr.base.as_u64() + u64::from(e.gdtr.limit) < ram);
+        assert!(e.gdtr.base.as_u64() + u64::from(e.gdtr.limit) < layout.low_len());
     }
+    // The memory map's RAM is exactly the guest's RAM.
+    let reported: u64 = loaded
+        .memory_map
+        .regions()
+        .iter()
+        .filter(|r| r.kind == RegionKind::Ram)
+        .inspect(|r| {
+            assert!(
+                layout.contains(r.start, r.len),
+                "{r:?} outside RAM {layout}"
+            )
+        })
+        .map(|r| r.len)
+        .sum();
+    // All of it but what the legacy hole at 640 KiB..1 MiB covers.
+    let hole = layout.low_len().min(0x10_0000).saturating_sub(0xA_0000);
+    assert_eq!(reported, ram - hole);
     if ram > 0x10_0000 {
         assert_eq!(
             loaded.memory_map.regions().last().map(MemoryRegion::end),
-            Some(ram)
+            Some(layout.end())
         );
     }
 }
@@ -135,7 +189,11 @@ fn ram_sizes() -> impl Strategy<Value = u64> {
         Just(64 << 20),
         Just(RAM_LIMIT),
         Just(RAM_LIMIT + 1),
+        Just(4 << 30),
+        Just(MAX_GUEST_RAM),
+        Just(MAX_GUEST_RAM + 1),
         0..=RAM_LIMIT,
+        RAM_LIMIT..=MAX_GUEST_RAM,
     ]
 }
 
