@@ -53,7 +53,7 @@
 //! | `kernel` | required; path of the image in the config partition | — |
 //! | `initrd` | path of an initial ramdisk in the partition | none |
 //! | `cmdline` | kernel command line, at most 2048 bytes, no NUL | `""` |
-//! | `memory` | required; guest RAM: a size string or an integer number of bytes; a multiple of 4K and at least 1M | — |
+//! | `memory` | required; guest RAM: a size string or an integer number of bytes; a multiple of 4K, at least 1M and at most 15G (RAM past 3G lies from 4G up, above the 32-bit device window) | — |
 //! | `vcpus` | number of virtual CPUs, 1 to 64: the first starts at the image's entry, the others wait for INIT and start-up IPIs from it, as on hardware | `1` |
 //! | `cpus` | affinity: array of physical CPU indices (as numbered at boot) the vCPUs may run on, no repeats | any CPU |
 //! | `format` | `"linux"` (x86 boot protocol), `"multiboot"` (v1) or `"flat"` (raw image) | detected from the image |
@@ -138,6 +138,10 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MAX_CMDLINE_LEN: usize = 2048;
 /// The least memory a guest may have.
 pub const MIN_GUEST_MEMORY: u64 = MIB;
+/// The most memory a guest may have (15G): RAM past 3G lies from 4G up,
+/// above the 32-bit device window, and ends by 16G (see
+/// [`addr::RamLayout`]).
+pub const MAX_GUEST_MEMORY: u64 = addr::MAX_GUEST_RAM;
 /// Guest memory is a whole number of these (4 KiB pages).
 pub const GUEST_MEMORY_GRANULE: u64 = 4 * KIB;
 /// The shortest and longest scheduler slice, in milliseconds.

@@ -21,7 +21,7 @@ use super::values::{self, Size, SizeError, GIB, MIB};
 use super::{
     Config, ConfigError, CpuMode, FlatImage, GuestConfig, GuestSource, GuestStopAction,
     HypervisorSettings, ImageFormat, LogLevel, ParseOutcome, Position, GUEST_MEMORY_GRANULE,
-    MAX_CMDLINE_LEN, MAX_VCPUS, MIN_GUEST_MEMORY, SLICE_MS_RANGE,
+    MAX_CMDLINE_LEN, MAX_GUEST_MEMORY, MAX_VCPUS, MIN_GUEST_MEMORY, SLICE_MS_RANGE,
 };
 
 type Key<'i> = Spanned<Cow<'i, str>>;
@@ -640,7 +640,10 @@ impl<'x> Checker<'x> {
                      use a lower address or another mode"
                 ),
             );
-        } else if let Some(memory) = memory.filter(|&m| address >= m) {
+        } else if let Some(memory) = memory.filter(|&m| {
+            addr::RamLayout::new(m)
+                .is_some_and(|ram| ram.offset_of(addr::GuestPhysAddr::new(address)).is_none())
+        }) {
             errors.push(
                 at,
                 format!(
@@ -765,6 +768,14 @@ fn memory_size(value: &Value<'_>, src: &str) -> Result<u64, String> {
             "memory {src} is below the minimum of {}; give the guest at least \"{}\"",
             Size(MIN_GUEST_MEMORY),
             Size(MIN_GUEST_MEMORY)
+        ));
+    }
+    if bytes > MAX_GUEST_MEMORY {
+        return Err(format!(
+            "memory {src} is above the most a guest may have, {} (RAM past 3G lies from 4G up \
+             and must end by 16G); give the guest at most \"{}\"",
+            Size(MAX_GUEST_MEMORY),
+            Size(MAX_GUEST_MEMORY)
         ));
     }
     if !bytes.is_multiple_of(GUEST_MEMORY_GRANULE) {

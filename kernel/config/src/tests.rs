@@ -333,6 +333,17 @@ fn memory_forms_and_limits() {
     assert_eq!(memory_of("\"1024KB\""), Ok(MIB));
     assert_eq!(memory_of("1_048_576"), Ok(MIB));
     assert_eq!(memory_of("0x200000"), Ok(2 * MIB));
+    // RAM past 3G lies from 4G up; 15G is the most.
+    assert_eq!(memory_of("\"4G\""), Ok(4 * GIB));
+    assert_eq!(memory_of("\"15G\""), Ok(15 * GIB));
+    assert_eq!(
+        memory_of("\"16G\""),
+        Err(
+            "guest 'g': memory \"16G\" is above the most a guest may have, 15G (RAM past 3G lies \
+             from 4G up and must end by 16G); give the guest at most \"15G\""
+                .into()
+        )
+    );
     assert_eq!(
         memory_of("\"512K\""),
         Err(
@@ -451,6 +462,22 @@ fn flat_addresses_must_be_reachable_and_inside_memory() {
           of memory; use a lower address or more memory"]
     );
     assert!(lines(&flat("protected", "0x1_0000_0000", "0"))[0].contains("is not below 4G"));
+    // A 4G guest's RAM past 3G lies from 4G up; the window between is not
+    // RAM.
+    let big = |at: &str| {
+        parsed(&format!(
+            "[[guest]]\nname = \"b\"\nkernel = \"k\"\nmemory = \"4G\"\nformat = \"flat\"\n\
+             load_address = {at}\nentry = {at}\nmode = \"long\"\n"
+        ))
+    };
+    assert!(big("0x1_0000_0000").errors.is_empty());
+    assert!(big("0x1_3fff_f000").errors.is_empty());
+    for at in ["0xc000_0000", "0x1_4000_0000"] {
+        assert!(
+            lines(&big(at))[0].contains("is outside the guest's 4G of memory"),
+            "{at}"
+        );
+    }
 }
 
 #[test]
