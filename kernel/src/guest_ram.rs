@@ -1,11 +1,15 @@
-//! A guest's RAM, shared by the hardware backends: guest-physical
-//! `0..size` in naturally aligned blocks from the frame allocator (so the
-//! second-level tables can use large pages), copies in and out of it, and
-//! the exit handlers' [`vcpu::exit::Platform`] over it.
+//! A guest's RAM, shared by the hardware backends: its guest-physical
+//! ranges ([`RamLayout`]: from 0, and past 3 GiB from 4 GiB up) in
+//! naturally aligned blocks from the frame allocator (so the second-level
+//! tables can use large pages), copies in and out of it, and the exit
+//! handlers' [`vcpu::exit::Platform`] over it. Every translation of a
+//! guest address to host memory goes through [`pieces`], which refuses any
+//! range that is not all RAM (the device window between the two ranges
+//! included).
 
 use alloc::vec::Vec;
 
-use addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use addr::{GuestPhysAddr, HostPhysAddr, RamLayout, PAGE_SIZE};
 use loader::{GuestMemory, LoadError};
 use mm::MmError;
 use vcpu::exit::Platform;
@@ -38,25 +42,41 @@ impl Chunk {
     }
 }
 
-/// A guest's RAM: guest-physical `0..size` in naturally aligned blocks, the
-/// largest the allocator has, so EPT can use large pages.
+/// A guest's RAM: its guest-physical ranges in naturally aligned blocks,
+/// the largest the allocator has, so EPT can use large pages.
 pub struct GuestRam {
     /// The blocks, by guest address.
     pub chunks: Vec<Chunk>,
     /// The RAM's size in bytes.
     pub size: u64,
+    /// Where it lies.
+    pub layout: RamLayout,
 }
 
 impl GuestRam {
-    /// Takes `size` bytes of zeroed RAM from the frame allocator.
-    pub fn alloc(size: u64) -> Result<Self, MmError> {
+    /// Takes zeroed RAM for `layout` from the frame allocator.
+    pub fn alloc(layout: RamLayout) -> Result<Self, MmError> {
         let mut ram = GuestRam {
             chunks: Vec::new(),
             size: 0,
+            layout,
         };
-        let mut gpa = 0u64;
-        while gpa < size {
-            let remaining = size - gpa;
+        for (start, len) in layout.ranges() {
+            if let Err(e) = ram.alloc_range(start.as_u64(), len) {
+                ram.free();
+                return Err(e);
+            }
+        }
+        ram.size = layout.size();
+        Ok(ram)
+    }
+
+    /// Takes the blocks for guest-physical `start..start + len`.
+    fn alloc_range(&mut self, start: u64, len: u64) -> Result<(), MmError> {
+        let end = start + len;
+        let mut gpa = start;
+        while gpa < end {
+            let remaining = end - gpa;
             // The largest block that fits the rest and keeps guest and host
             // addresses equally aligned.
             let mut order = MAX_RAM_ORDER;
@@ -69,23 +89,19 @@ impl GuestRam {
                 match memory::alloc_block(order) {
                     Ok(hpa) => break hpa,
                     Err(_) if order > 0 => order -= 1,
-                    Err(e) => {
-                        ram.free();
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),
                 }
             };
             let chunk = Chunk { gpa, hpa, order };
             zero(&chunk);
-            ram.chunks.push(chunk);
+            self.chunks.push(chunk);
             gpa += chunk.len();
         }
-        ram.size = size;
-        Ok(ram)
+        Ok(())
     }
 
     fn pieces(&self, gpa: u64, len: u64, f: impl FnMut(*mut u8, usize, usize)) -> bool {
-        pieces(&self.chunks, self.size, gpa, len, f)
+        pieces(&self.chunks, self.layout, gpa, len, f)
     }
 
     /// Copies guest RAM at `gpa` into `buf`; false if any byte is
@@ -123,7 +139,7 @@ impl GuestRam {
         if self.read(gpa, buf) {
             Ok(())
         } else {
-            Err(console::MemError::OutOfRange { ram_end: self.size })
+            Err(console::MemError::OutOfRange { ram: self.layout })
         }
     }
 
@@ -160,21 +176,21 @@ fn find(chunks: &[Chunk], gpa: u64) -> Option<(&Chunk, u64)> {
 }
 
 /// Copies between guest RAM at `gpa` and the host, `len` bytes, calling
-/// `f(host pointer, offset in the copy, length)` per piece; false if any
-/// byte is outside RAM.
+/// `f(host pointer, offset in the copy, length)` per piece; false, with no
+/// call, if any byte is outside RAM (past its end or in the device window
+/// between its ranges).
 fn pieces(
     chunks: &[Chunk],
-    size: u64,
+    layout: RamLayout,
     gpa: u64,
     len: u64,
     mut f: impl FnMut(*mut u8, usize, usize),
 ) -> bool {
-    let Some(end) = gpa.checked_add(len) else {
-        return false;
-    };
-    if end > size {
+    if !layout.contains(GuestPhysAddr::new(gpa), len) {
         return false;
     }
+    // `contains` checked the sum.
+    let end = gpa + len;
     let mut at = gpa;
     while at < end {
         let Some((chunk, offset)) = find(chunks, at) else {
@@ -251,8 +267,8 @@ impl<F: FnMut()> Platform for RamPlatform<'_, F> {
         self.ram.write_from(gpa.as_u64(), bytes)
     }
 
-    fn ram_size(&self) -> u64 {
-        self.ram.size
+    fn ram(&self) -> RamLayout {
+        self.ram.layout
     }
 
     fn guest_line(&mut self, line: &str) {
@@ -322,7 +338,7 @@ pub fn register_snapshot<A: vcpu::access::VcpuAccess>(
 #[derive(Clone)]
 pub struct RamReader {
     chunks: Vec<Chunk>,
-    size: u64,
+    layout: RamLayout,
 }
 
 impl GuestRam {
@@ -330,7 +346,7 @@ impl GuestRam {
     pub fn reader(&self) -> RamReader {
         RamReader {
             chunks: self.chunks.clone(),
-            size: self.size,
+            layout: self.layout,
         }
     }
 }
@@ -341,7 +357,7 @@ impl RamReader {
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         let dst = buf.as_mut_ptr();
         let len = buf.len();
-        pieces(&self.chunks, self.size, gpa, len as u64, |src, off, n| {
+        pieces(&self.chunks, self.layout, gpa, len as u64, |src, off, n| {
             // SAFETY: as in `GuestRam::read`: `src..src+n` is guest RAM of
             // a VM that outlives this reader's vCPU, and `off + n <= len`.
             unsafe { core::ptr::copy_nonoverlapping(src, dst.add(off), n) }

@@ -286,8 +286,16 @@ fn mem<T: MonitorTarget + ?Sized>(target: &mut T, guest: &str, gpa: u64, len: u6
     let last = gpa.saturating_add(len.saturating_sub(1));
     match target.read_memory(guest, gpa, &mut buf) {
         Ok(()) => hex_dump(gpa, &buf),
-        Err(MemError::OutOfRange { ram_end }) => alloc::vec![format!(
-            "mem {guest}: {gpa:#x}..={last:#x} is past the guest's RAM, which ends at {ram_end:#x}"
+        Err(MemError::OutOfRange { ram }) if ram.high_len() == 0 => alloc::vec![format!(
+            "mem {guest}: {gpa:#x}..={last:#x} is past the guest's RAM, which ends at {:#x}",
+            ram.end()
+        )],
+        Err(MemError::OutOfRange { ram }) => alloc::vec![format!(
+            "mem {guest}: {gpa:#x}..={last:#x} is not all the guest's RAM, which is [0, {:#x}) \
+             and [{:#x}, {:#x})",
+            ram.low_len(),
+            addr::HIGH_RAM_BASE,
+            ram.end()
         )],
         Err(MemError::NoMemory) => {
             alloc::vec![format!("mem {guest}: the guest has no memory now")]

@@ -138,11 +138,11 @@ pub struct RegisterSnapshot {
 /// Why guest memory could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemError {
-    /// Part of the range is not guest RAM; `ram_end` is where RAM ends
-    /// (one past its last byte), for the message.
+    /// Part of the range is not guest RAM; `ram` says where RAM is, for
+    /// the message.
     OutOfRange {
-        /// One past the guest's last RAM byte.
-        ram_end: u64,
+        /// The guest's RAM.
+        ram: addr::RamLayout,
     },
     /// The guest has no memory now (stopped, starting).
     NoMemory,

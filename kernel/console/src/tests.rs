@@ -811,7 +811,7 @@ mod monitor {
                     Ok(())
                 }
                 _ => Err(MemError::OutOfRange {
-                    ram_end: self.ram.len() as u64,
+                    ram: addr::RamLayout::new(self.ram.len() as u64).unwrap(),
                 }),
             }
         }

@@ -798,7 +798,7 @@ impl Backend for FakeBackend {
                 Ok(())
             }
             None => Err(console::MemError::OutOfRange {
-                ram_end: FAKE_RAM as u64,
+                ram: addr::RamLayout::new(FAKE_RAM as u64).unwrap_or_default(),
             }),
         }
     }

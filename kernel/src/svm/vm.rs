@@ -252,7 +252,9 @@ fn create(
     vcpus: u32,
     load: &mut dyn FnMut(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
 ) -> Result<(SvmVm, Vec<SvmVcpuState>), String> {
-    let ram = GuestRam::alloc(ram_size).map_err(|e| alloc::format!("out of memory: {e}"))?;
+    let layout = addr::RamLayout::new(ram_size)
+        .ok_or_else(|| alloc::format!("{}", LoadError::GuestTooLarge { ram: ram_size }))?;
+    let ram = GuestRam::alloc(layout).map_err(|e| alloc::format!("out of memory: {e}"))?;
     let mut vm = SvmVm {
         name: String::from(name),
         ram,

@@ -301,7 +301,11 @@ impl Guest {
         vpid: u16,
         load: impl FnOnce(&mut dyn GuestMemory) -> Result<LoadedImage, LoadError>,
     ) -> Result<Guest, CreateError> {
-        let ram = GuestRam::alloc(ram_size).map_err(CreateError::Memory)?;
+        let layout =
+            addr::RamLayout::new(ram_size).ok_or(CreateError::Load(LoadError::GuestTooLarge {
+                ram: ram_size,
+            }))?;
+        let ram = GuestRam::alloc(layout).map_err(CreateError::Memory)?;
         let mut guest = Guest {
             vm: VmxVm {
                 name: String::from(name),

@@ -536,8 +536,8 @@ pub trait Platform {
     /// Copies `bytes` into guest RAM at `gpa`; false (and nothing written)
     /// when any byte is outside RAM.
     fn write_guest(&mut self, gpa: GuestPhysAddr, bytes: &[u8]) -> bool;
-    /// The guest's RAM size in bytes.
-    fn ram_size(&self) -> u64;
+    /// Where the guest's RAM lies (from 0, and past 3 GiB from 4 GiB up).
+    fn ram(&self) -> addr::RamLayout;
     /// Prints one line of guest console output.
     fn guest_line(&mut self, line: &str);
     /// The guest's clock now, in TSC ticks (device timers run on it).
@@ -1154,7 +1154,7 @@ fn nested_page_fault<B: VcpuAccess, P: Platform>(
     }
     Ok(Outcome::stop(StopReason::MemoryFault {
         fault: *fault,
-        ram: platform.ram_size(),
+        ram: platform.ram(),
         rip: vcpu.rip()?,
     }))
 }
@@ -1361,9 +1361,7 @@ fn vmcall<B: VcpuAccess, P: Platform>(
 }
 
 fn print<P: Platform>(vm: &mut VmDevices, platform: &mut P, gpa: GuestPhysAddr, len: u64) -> u64 {
-    let in_ram = gpa
-        .checked_add(len)
-        .is_some_and(|end| end.as_u64() <= platform.ram_size());
+    let in_ram = platform.ram().contains(gpa, len);
     if len > hypercall::PRINT_MAX || !in_ram {
         return hypercall::BAD_ARGUMENT;
     }

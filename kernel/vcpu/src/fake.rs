@@ -354,8 +354,9 @@ impl Platform for FakePlatform {
         }
     }
 
-    fn ram_size(&self) -> u64 {
-        self.ram.len() as u64
+    fn ram(&self) -> addr::RamLayout {
+        // The fake's RAM is a few pages from 0.
+        addr::RamLayout::new(self.ram.len() as u64).unwrap_or_default()
     }
 
     fn guest_line(&mut self, line: &str) {

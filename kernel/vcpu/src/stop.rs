@@ -83,8 +83,8 @@ pub enum StopReason {
     MemoryFault {
         /// The access.
         fault: NestedFault,
-        /// The guest's RAM size (RAM is `0..ram`).
-        ram: u64,
+        /// The guest's RAM.
+        ram: addr::RamLayout,
         /// The RIP of the access.
         rip: u64,
     },
@@ -157,14 +157,14 @@ impl fmt::Display for StopReason {
                 "halted forever (HLT at RIP {rip:#x} with interrupts on, but no device can interrupt it)"
             ),
             Self::MemoryFault { fault, ram, rip } => {
-                let place = if fault.gpa.as_u64() >= *ram {
+                let place = if ram.offset_of(fault.gpa).is_none() {
                     "outside its RAM"
                 } else {
                     "inside RAM that its page tables do not allow"
                 };
                 write!(
                     f,
-                    "{} at guest-physical {} {place} ({ram:#x} bytes) at RIP {rip:#x} ({fault})",
+                    "{} at guest-physical {} {place} ({ram}) at RIP {rip:#x} ({fault})",
                     fault.access(),
                     fault.gpa
                 )

@@ -430,9 +430,7 @@ fn locate<P: Platform>(
             gpa,
             len: usize::try_from(len).unwrap_or(0),
         };
-        let in_ram = gpa
-            .checked_add(len)
-            .is_some_and(|end| end.as_u64() <= platform.ram_size());
+        let in_ram = platform.ram().contains(gpa, len);
         // (A local APIC page is never RAM: outside RAM it is refused with
         // the rest; moved onto RAM, the RAM answers, as for any access.)
         if !in_ram || vm.is_mmio(gpa) {

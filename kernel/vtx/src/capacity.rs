@@ -21,10 +21,12 @@ const PT_SPAN: u64 = 2 << 20;
 const PD_SPAN: u64 = 1 << 30;
 const PDPT_SPAN: u64 = 512 << 30;
 
-/// The EPT table frames that map guest-physical `0..ram_bytes` at most:
-/// one PML4, and the PDPTs, PDs and PTs a map with 4 KiB pages only would
+/// The EPT table frames that map `ram_bytes` of guest RAM at most: one
+/// PML4, and the PDPTs, PDs and PTs a map with 4 KiB pages only would
 /// need. Large pages (2 MiB, 1 GiB), where RAM came in blocks that allow
-/// them, need fewer; nothing needs more.
+/// them, need fewer; nothing needs more. RAM past 3 GiB lies from 4 GiB
+/// (`addr::RamLayout`): both points are 1 GiB aligned, so the two ranges
+/// need no more tables than one range of the same size would.
 pub const fn ept_frames(ram_bytes: u64) -> u64 {
     1u64.saturating_add(ram_bytes.div_ceil(PDPT_SPAN))
         .saturating_add(ram_bytes.div_ceil(PD_SPAN))

@@ -29,7 +29,8 @@ pub const MAX_GUEST_RAM: u64 = 15 << 30;
 /// A guest's RAM in guest-physical memory: `size` bytes, the first up to
 /// [`LOW_RAM_LIMIT`] from address 0 and the rest from [`HIGH_RAM_BASE`].
 /// Its size is at most [`MAX_GUEST_RAM`], so no address in it overflows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The default is no RAM at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RamLayout {
     size: u64,
 }

@@ -382,6 +382,45 @@ fn a_backend_failure_stops_the_guest_with_its_words() {
 }
 
 #[test]
+fn a_fault_in_the_device_window_of_a_large_guest_is_outside_its_ram() {
+    let fault = NestedFault {
+        gpa: GuestPhysAddr::new(0xD000_0000),
+        read: true,
+        write: false,
+        fetch: false,
+        allowed: None,
+    };
+    let ram = addr::RamLayout::new(4 << 30).unwrap();
+    let text = StopReason::MemoryFault {
+        fault,
+        ram,
+        rip: 0x10_0000,
+    }
+    .to_string();
+    assert!(
+        text.starts_with(
+            "read at guest-physical 0xd0000000 outside its RAM (0x100000000 bytes: \
+             [0, 0xc0000000) and [0x100000000, 0x140000000)) at RIP 0x100000"
+        ),
+        "{text}"
+    );
+    let high = NestedFault {
+        gpa: GuestPhysAddr::new(0x1_0000_0000),
+        ..fault
+    };
+    let text = StopReason::MemoryFault {
+        fault: high,
+        ram,
+        rip: 0,
+    }
+    .to_string();
+    assert!(
+        text.contains("inside RAM that its page tables do not allow"),
+        "{text}"
+    );
+}
+
+#[test]
 fn nested_page_faults_and_unknown_exits_stop_with_their_details() {
     let mut v = setup(0);
     let fault = NestedFault {
