@@ -547,6 +547,39 @@ fn bochs_creates_a_guest_larger_than_the_memory_bochs_holds() {
     c.exited();
 }
 
+/// A guest of 3 GiB + 8 MiB (`guest-images/high-ram`) on a 5120 MiB Bochs
+/// machine: its RAM past 3 GiB lies from 4 GiB up. The guest finds that
+/// RAM zeroed, and patterns written in it and below 3 GiB read back apart
+/// (so the high range is RAM of its own, aliasing neither the low range
+/// nor itself); its read of the device window at 3 GiB is not RAM and
+/// stops it, the hypervisor naming both ranges; every frame comes back.
+#[test]
+fn bochs_gives_a_guest_ram_above_4_gib() {
+    let out = boot_with_memory(
+        &Variant::with_guests("high-ram"),
+        Engine::Bochs,
+        Firmware::Bios,
+        5120,
+        BOCHS_LIMIT,
+    );
+    let c = Checked::new(&out, "Bochs boot with a 3080 MiB guest");
+    c.saw("guest highram: started (3080 MiB, flat, long mode)")
+        .in_order(
+            "high ram: checking 0x100000000..0x100800000",
+            "high ram: patterns at 0xbffffff8, 0x100000000 and 0x1007ffff8 read back",
+        )
+        .saw(
+            "guest highram: stopped: read at guest-physical 0xc0000000 outside its RAM \
+             (0xc0800000 bytes: [0, 0xc0000000) and [0x100000000, 0x100800000))",
+        )
+        .never("ESCAPED")
+        .never("MISMATCH")
+        .never("NOT zeroed")
+        .never("FATAL");
+    frames_all_back(&c);
+    c.exited();
+}
+
 /// The test guests of `guest-images/test` under Bochs: each mode's guest
 /// prints through its own COM1 with its prefix and exits by hypercall; the
 /// SSE/AVX state of two guests survives 3000 exits and the vCPU switches

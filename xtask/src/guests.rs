@@ -628,6 +628,7 @@ mod tests {
             ("fidelity-facts", &["facts"][..]),
             ("console", &["echo", "echo2", "counter"][..]),
             ("console-flood", &["flood", "spin1", "spin2"][..]),
+            ("high-ram", &["highram"][..]),
         ] {
             let path = config_dir(config).join(CONFIG_FILE);
             let text = fs::read_to_string(&path).unwrap();
@@ -839,6 +840,15 @@ mod tests {
         (
             "halt",
             &["halting with interrupts off\n", "ESCAPED: hlt returned\n"],
+        ),
+        (
+            "highram",
+            &[
+                "high ram: checking 0x100000000..0x100800000\n",
+                "high ram: patterns at 0xbffffff8, 0x100000000 and 0x1007ffff8 read back\n",
+                "high ram: reading the device window at 0xc0000000\n",
+                "ESCAPED: the device window read as RAM\n",
+            ],
         ),
         (
             "reset",

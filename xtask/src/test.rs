@@ -41,6 +41,7 @@ fn variants() -> Vec<Variant> {
         Variant::with_guests("console-linux"),
         Variant::with_guests("console-flood"),
         Variant::with_guests("big-ram"),
+        Variant::with_guests("high-ram"),
         Variant::selftest("panic"),
         Variant::selftest("page-fault"),
         Variant::selftest("write-code"),
