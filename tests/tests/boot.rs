@@ -548,11 +548,12 @@ fn bochs_creates_a_guest_larger_than_the_memory_bochs_holds() {
 }
 
 /// A guest of 3 GiB + 8 MiB (`guest-images/high-ram`) on a 5120 MiB Bochs
-/// machine: its RAM past 3 GiB lies from 4 GiB up. The guest finds that
-/// RAM zeroed, and patterns written in it and below 3 GiB read back apart
-/// (so the high range is RAM of its own, aliasing neither the low range
-/// nor itself); its read of the device window at 3 GiB is not RAM and
-/// stops it, the hypervisor naming both ranges; every frame comes back.
+/// machine (VT-x, EPT): its RAM past 3 GiB lies from 4 GiB up. The guest
+/// finds that RAM zeroed, and patterns written in it and below 3 GiB read
+/// back apart (so the high range is RAM of its own, aliasing neither the
+/// low range nor itself); its read of the device window at 3 GiB is not
+/// RAM and stops it, the hypervisor naming both ranges; every frame comes
+/// back.
 #[test]
 fn bochs_gives_a_guest_ram_above_4_gib() {
     let out = boot_with_memory(
@@ -563,6 +564,27 @@ fn bochs_gives_a_guest_ram_above_4_gib() {
         BOCHS_LIMIT,
     );
     let c = Checked::new(&out, "Bochs boot with a 3080 MiB guest");
+    high_ram_guest(&c);
+    c.exited();
+}
+
+/// The same guest under the SVM backend (QEMU TCG, nested page tables).
+#[test]
+fn qemu_svm_gives_a_guest_ram_above_4_gib() {
+    let out = boot_with_memory(
+        &Variant::with_guests("high-ram"),
+        QEMU_SVM,
+        Firmware::Bios,
+        5120,
+        QEMU_LIMIT,
+    );
+    let c = Checked::new(&out, "QEMU TCG (SVM) boot with a 3080 MiB guest");
+    high_ram_guest(&c);
+    c.exit_code(0);
+}
+
+/// What the high-ram guest and the hypervisor print, on either backend.
+fn high_ram_guest(c: &Checked) {
     c.saw("guest highram: started (3080 MiB, flat, long mode)")
         .in_order(
             "high ram: checking 0x100000000..0x100800000",
@@ -576,8 +598,7 @@ fn bochs_gives_a_guest_ram_above_4_gib() {
         .never("MISMATCH")
         .never("NOT zeroed")
         .never("FATAL");
-    frames_all_back(&c);
-    c.exited();
+    frames_all_back(c);
 }
 
 /// The test guests of `guest-images/test` under Bochs: each mode's guest
