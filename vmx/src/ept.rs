@@ -1216,6 +1216,50 @@ mod tests {
         }
     }
 
+    /// A 4 GiB guest's RAM as the kernel maps it: 3 GiB at guest 0 and the
+    /// last GiB at guest 4 GiB, from host blocks that are not in guest
+    /// order. Both ranges take 1 GiB pages in one PDPT, so no more tables
+    /// than one 4 GiB range; the device window between maps nothing.
+    #[test]
+    fn ram_split_around_the_device_window_maps_both_ranges_and_not_the_window() {
+        const HIGH_HPA: u64 = SIZE_1G;
+        const LOW_HPA: u64 = 8 * SIZE_1G;
+        for (caps, tables, size) in [
+            (CAPS_1G, 2, PageSize::Size1G),
+            // PML4 + PDPT + one PD per GiB.
+            (CAPS_2M, 2 + 4, PageSize::Size2M),
+        ] {
+            let mut frames = HeapFrames::default();
+            let mut ept = Ept::new(&mut frames, caps).unwrap();
+            map(&mut ept, &mut frames, 0, LOW_HPA, 3 * SIZE_1G).unwrap();
+            map(&mut ept, &mut frames, 4 * SIZE_1G, HIGH_HPA, SIZE_1G).unwrap();
+            assert_eq!(ept.table_frames(), tables, "caps {caps:?}");
+            for (gpa, hpa) in [
+                (0, LOW_HPA),
+                (3 * SIZE_1G - 1, LOW_HPA + 3 * SIZE_1G - 1),
+                (4 * SIZE_1G, HIGH_HPA),
+                (5 * SIZE_1G - 1, HIGH_HPA + SIZE_1G - 1),
+            ] {
+                assert_eq!(
+                    tr(&ept, &mut frames, gpa),
+                    Some((hpa, size)),
+                    "gpa {gpa:#x}"
+                );
+            }
+            for window in [
+                3 * SIZE_1G,
+                0xFEC0_0000,
+                0xFEE0_0000,
+                4 * SIZE_1G - 1,
+                5 * SIZE_1G,
+            ] {
+                assert_eq!(tr(&ept, &mut frames, window), None, "gpa {window:#x}");
+            }
+            check_tree(&ept, &mut frames);
+            finish(ept, &mut frames);
+        }
+    }
+
     /// 3 GiB of RAM at guest 0 from an aligned host address.
     #[test]
     fn three_gib_uses_huge_pages_where_aligned() {
