@@ -479,6 +479,9 @@ fn boot_with_memory(
 /// whole run.
 const FAIRNESS_TARGET_PERCENT: f64 = 2.0;
 
+/// Issue 14's target for a vCPU switch on one CPU, in ticks.
+const SWITCH_TARGET: u64 = 300;
+
 /// The largest deviation, in percent, of a busy guest's part of the busy
 /// guests' time from a third, read from `sched: shares until the first
 /// stop: spin1 33.32%, idle 0.35%, ...`.
@@ -579,11 +582,12 @@ fn sched_table(one: &str, two: &str) -> Result<String, String> {
     );
     let _ = writeln!(
         t,
-        "| vCPU switch, same CPU: last exit of one guest to first entry of the next ({same} switches, 1 CPU) | {same_avg} ticks | dominated by the VMCS switch (see below) |"
+        "| vCPU switch, same CPU: last exit of one guest to first entry of the next ({same} switches, 1 CPU) | {same_avg} ticks | at most {SWITCH_TARGET} ({}; see below) |",
+        if same_avg <= SWITCH_TARGET { "met" } else { "missed" }
     );
     let _ = writeln!(
         t,
-        "| vCPU switch, across CPUs: the same, when the next guest last ran on the other CPU ({cross} switches, 2 CPUs) | {cross_avg} ticks | dominated by the VMCS switch (see below) |"
+        "| vCPU switch, across CPUs: the same, when the next guest last ran on the other CPU ({cross} switches, 2 CPUs) | {cross_avg} ticks | — (see below) |"
     );
     Ok(t)
 }
@@ -887,20 +891,24 @@ fn document(tables: &Tables<'_>) -> String {
          {sched_table}\n\
          Where a same-CPU switch goes (a Bochs trace of one switch on one CPU, `lb` at \
          `Scheduler::stopped_with` on the 30th slice's end, `trace on`, each instruction put to its \
-         source line with `addr2line -i`; 1037 instructions from there to the next guest's VMRESUME, \
-         to which the preemption-timer exit before it adds about 150, and of which the kernel's \
-         figure is the part between its two TSC reads): `sched` (`stopped_with`, `stop`, `start` and \
-         `pick`; one CPU, so no vCPU is pulled across queues) 261; the run loop around them (slot and \
-         queue locks, figures, the slice's start, the timer's arming, the VMCS made current) about \
-         250; moving the lazily switched state (XSAVE of every supported component, CR2, DR0-3/DR6, \
-         six MSRs out; XRSTOR, XSETBV, the same in) about 180; the console service the run's first \
-         CPU does on every pass (input routing, its output pump, the queues of typed input) about \
-         200; the entry trampoline about 30. Holding a preempted guest's console only when it stopped \
-         mid-line took about 100 off it. Issue 14's target of 300 is missed: the console service and \
-         much of the run loop's bookkeeping could move off this path, which this run did not do. \
-         Under Bochs VMPTRLD, VMRESUME, XSAVE and XRSTOR are one tick each, so these figures are the \
-         host's own instructions; on hardware the VMX transitions and VMPTRLD cost far more than an \
-         instruction each.\n\n\
+         source line with `addr2line -i`; about 610 instructions from there to the clock read that \
+         ends the kernel's figure, which starts some 20 before it, and about 145 more to the next \
+         guest's VMRESUME (the timer's arming, the interrupt check, the entry trampoline)): `sched` \
+         (`stopped_with`, which charges the run and drains the slice's exit counts, `stop`, `pick` \
+         and `start`; one CPU, so no vCPU is pulled across queues) 290; the lazily switched state \
+         (XSETBV, XSAVE of every supported component, CR2, DR0-3 and DR6, six MSRs out; XSETBV, \
+         XRSTOR, XSETBV and the same in) 138; the run loop's slot and queue locks, its checks of the \
+         vCPU's state and the outgoing vCPU's slot about 100; the console pass of the run's first \
+         CPU 50 (three loads for input, a clock read and a load for its output, when nothing waits); \
+         VMPTRLD and its wrapper 25. The pass once went through every source's ring every 20 ms \
+         (a deadline nobody disarmed), about 900 instructions in one switch of six; the switched \
+         state's MSR loop unrolled and its save area's address kept took 76 off; the figure went \
+         from 1006 to 665. Issue 14's target of 300 is missed: what remains is the state every \
+         switch must move (the switched state and the VMCS, 163) and the scheduler's accounting that \
+         keeps the shares fair; a single stop-and-pick call holding the queue lock once, and figures \
+         drained less often, would take perhaps a hundred more. Under Bochs VMPTRLD, VMRESUME, \
+         XSAVE and XRSTOR are one tick each, so these figures are the host's own instructions; on \
+         hardware the VMX transitions and VMPTRLD cost far more than an instruction each.\n\n\
          A switch across CPUs adds the hand-over: the old CPU saves the guest's switched state and \
          VMCLEARs its VMCS as soon as `sched` moves it (at the end of its turn), and the new CPU writes \
          its own host-state fields (about 220 instructions of VMWRITEs), drops its cached translations \
@@ -1305,7 +1313,10 @@ mod tests {
             t.contains("| 2 CPUs: CPUs the guests kept busy, on average | 1.78 |"),
             "{t}"
         );
-        assert!(t.contains("(2 switches, 1 CPU) | 977 ticks"), "{t}");
+        assert!(
+            t.contains("(2 switches, 1 CPU) | 977 ticks | at most 300 (missed; see below) |"),
+            "{t}"
+        );
         assert!(t.contains("(113 switches, 2 CPUs) | 1770 ticks"), "{t}");
         assert!(t.contains("at most 2 % (met)"), "{t}");
     }
