@@ -124,6 +124,19 @@ fn seg(vmcs: &FakeVmcs, s: Segment) -> Seg {
     )
 }
 
+/// Frames for a VMCS to point at (made up: nothing reads them here).
+fn links() -> VmcsLinks {
+    VmcsLinks {
+        io_bitmap_a: addr::HostPhysAddr::new(0x1000),
+        io_bitmap_b: addr::HostPhysAddr::new(0x2000),
+        msr_bitmap: addr::HostPhysAddr::new(0x3000),
+        eptp: 0x405E,
+        vpid: None,
+        tsc_offset: 0,
+        apic_access: None,
+    }
+}
+
 #[test]
 fn a_new_vcpu_starts_as_the_sdm_and_the_boot_protocols_say() {
     let cr = policy();
@@ -136,15 +149,7 @@ fn a_new_vcpu_starts_as_the_sdm_and_the_boot_protocols_say() {
         vpid: false,
         apic_access: false,
     };
-    let links = VmcsLinks {
-        io_bitmap_a: addr::HostPhysAddr::new(0x1000),
-        io_bitmap_b: addr::HostPhysAddr::new(0x2000),
-        msr_bitmap: addr::HostPhysAddr::new(0x3000),
-        eptp: 0x405E,
-        vpid: None,
-        tsc_offset: 0,
-        apic_access: None,
-    };
+    let links = links();
     for (what, entry, want) in table() {
         let mut vmcs = FakeVmcs::default();
         write_controls(&mut vmcs, &controls, &links, &cr, &entry).unwrap();
@@ -228,15 +233,7 @@ fn a_new_vcpu_starts_as_the_sdm_and_the_boot_protocols_say() {
 
 #[test]
 fn pause_loop_exiting_gets_its_gap_and_window_only_where_it_is_on() {
-    let links = VmcsLinks {
-        io_bitmap_a: addr::HostPhysAddr::new(0x1000),
-        io_bitmap_b: addr::HostPhysAddr::new(0x2000),
-        msr_bitmap: addr::HostPhysAddr::new(0x3000),
-        eptp: 0x405E,
-        vpid: None,
-        tsc_offset: 0,
-        apic_access: None,
-    };
+    let links = links();
     let entry = EntryState::long64(0x20_0000);
     let gap = Control32::PleGap.encoding();
     let window = Control32::PleWindow.encoding();
@@ -280,13 +277,8 @@ fn the_apic_access_page_is_written_and_its_control_on_only_together() {
         apic_access: true,
     };
     let links = VmcsLinks {
-        io_bitmap_a: addr::HostPhysAddr::new(0x1000),
-        io_bitmap_b: addr::HostPhysAddr::new(0x2000),
-        msr_bitmap: addr::HostPhysAddr::new(0x3000),
-        eptp: 0x405E,
-        vpid: None,
-        tsc_offset: 0,
         apic_access: Some(addr::HostPhysAddr::new(0x7000)),
+        ..links()
     };
     let entry = EntryState::long64(0x20_0000);
     let field = Control64::ApicAccessAddress.encoding();
