@@ -475,6 +475,11 @@ impl VmDevices {
     /// A message for a destination nobody has is dropped, as on a bus
     /// with nobody listening.
     pub fn route_messages(&mut self, own: u32, lapic: &mut LocalApic) {
+        // Every change that can queue a message updates the flag
+        // (`sync_ioapic`); with none queued there is nothing to route.
+        if !self.ioapic_pending {
+            return;
+        }
         let apics = Arc::clone(&self.apics);
         let Some(io) = self.ioapic_mut() else {
             return;
