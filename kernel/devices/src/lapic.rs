@@ -986,9 +986,16 @@ impl LocalApic {
     /// moves from the IRR to the ISR until the guest's EOI.
     pub fn acknowledge(&mut self) -> Option<u8> {
         let vector = self.pending_vector()?;
+        self.service(vector);
+        Some(vector)
+    }
+
+    /// [`acknowledge`](Self::acknowledge) for a caller that has just asked
+    /// [`pending_vector`](Self::pending_vector) and got `vector`, without
+    /// working it out again: `vector` moves from the IRR to the ISR.
+    pub fn service(&mut self, vector: u8) {
         self.irr.clear(vector);
         self.isr.set(vector);
-        Some(vector)
     }
 
     /// Whether this APIC is a destination of a message with destination

@@ -662,7 +662,8 @@ pub fn deliver_interrupt<B: VcpuAccess>(
         lapic.accept_nmi();
     }
     let extint = takes_extint(index, lapic) && vm.pic_output();
-    if !extint && lapic.pending_vector().is_none() {
+    let pending = if extint { None } else { lapic.pending_vector() };
+    if !extint && pending.is_none() {
         return Ok(false);
     }
     let open =
@@ -674,7 +675,8 @@ pub fn deliver_interrupt<B: VcpuAccess>(
     let vector = if extint {
         vm.pic_acknowledge()
     } else {
-        lapic.acknowledge()
+        // Nothing changed the APIC since `pending`: it is the one.
+        pending.inspect(|&v| lapic.service(v))
     };
     match vector {
         Some(vector) => {
