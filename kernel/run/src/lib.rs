@@ -289,6 +289,10 @@ pub struct Vm<B: Backend> {
     /// Whether the devices may hold COM1 output not yet forwarded, as of
     /// their last unlock ([`VmDevices::console_output_waiting`]).
     com1_waiting: AtomicBool,
+    /// The 8259 pair's output, as of the devices' last unlock: what a
+    /// backend that delivers an interrupt without them needs to know of
+    /// the boot vCPU's LINT0.
+    pic_output: AtomicBool,
     /// COM1 transmit-register writes a backend queued on the exit path
     /// without the device lock ([`Backend::enter`]); [`Vm::devices`]
     /// hands them to the UART before anything else touches the devices.
@@ -342,6 +346,7 @@ pub struct DevicesGuard<'a> {
     deadline: &'a AtomicU64,
     com1_out: &'a ComOut,
     com1_waiting: &'a AtomicBool,
+    pic_output: &'a AtomicBool,
 }
 
 impl core::ops::Deref for DevicesGuard<'_> {
@@ -381,6 +386,8 @@ impl Drop for DevicesGuard<'_> {
         self.com1_waiting
             .store(self.guard.console_output_waiting(), Ordering::Release);
         self.com1_out.set_lsr(self.guard.com1_quiet_lsr());
+        self.pic_output
+            .store(self.guard.pic_output(), Ordering::Release);
     }
 }
 
@@ -415,6 +422,7 @@ impl<B: Backend> Vm<B> {
             device_attention: AtomicU64::new(attention),
             device_deadline: AtomicU64::new(u64::MAX),
             com1_waiting: AtomicBool::new(false),
+            pic_output: AtomicBool::new(false),
             line_ended: AtomicBool::new(true),
             com1_out: {
                 let out = ComOut::new();
@@ -458,6 +466,7 @@ impl<B: Backend> Vm<B> {
             deadline: &self.device_deadline,
             com1_out: &self.com1_out,
             com1_waiting: &self.com1_waiting,
+            pic_output: &self.pic_output,
         };
         if !self.com1_out.is_empty() {
             guard.take_com1_out();
@@ -487,6 +496,21 @@ impl<B: Backend> Vm<B> {
     /// forwarded was not a line end).
     pub fn mid_line(&self) -> bool {
         !self.line_ended.load(Ordering::Acquire)
+    }
+
+    /// Whether the devices need nothing at `now`, as of their last unlock:
+    /// no timer due, no line changed, no I/O APIC message queued. A
+    /// backend may then deliver an interrupt from the vCPU's local APIC
+    /// without locking them (with [`Vm::pic_output`]).
+    #[inline]
+    pub fn devices_quiet(&self, now: u64) -> bool {
+        self.device_attention.load(Ordering::Acquire) > now
+    }
+
+    /// The 8259 pair's output as of the devices' last unlock.
+    #[inline]
+    pub fn pic_output(&self) -> bool {
+        self.pic_output.load(Ordering::Acquire)
     }
 
     /// Whether the interrupt path has something to do for `vcpu` at

@@ -388,6 +388,42 @@ impl Guest {
     }
 }
 
+/// [`deliver_interrupt`] when the devices need nothing and the vCPU would
+/// not take the 8259's interrupt ([`vm_devices::lapic_only`]): the
+/// interrupts posted to the vCPU are folded into its local APIC and its
+/// highest deliverable one injected, no lock taken.
+fn deliver_from_lapic(
+    vcpu: &mut VmxVcpuState,
+    model: &mut VcpuModel,
+    apics: &vcpu::apic_bus::ApicBus,
+    now: u64,
+    pic_output: bool,
+) -> Result<(), StopReason> {
+    // SAFETY: VMX root operation with this vCPU's VMCS current (the
+    // caller is about to enter it here).
+    let mut vmcs = unsafe { HardwareVmcs::current() };
+    let mut access = VmxVcpu {
+        vmcs: &mut vmcs,
+        regs: &mut vcpu.frame.regs,
+        cr: &vcpu.cr,
+        cr2: None,
+    };
+    apics.collect(model.index, &mut model.lapic);
+    vm_devices::pic_output_for_boot_vcpu(model.index, pic_output, apics);
+    let delivered = vm_devices::deliver_from_lapic(
+        &mut access,
+        model.index,
+        &mut model.lapic,
+        now,
+        pic_output,
+        || None,
+    )
+    .map(|_| ())
+    .map_err(|e| StopReason::Backend(alloc::format!("{e}")));
+    model.attention_at = vm_devices::attention_with(model.index, &model.lapic, pic_output);
+    delivered
+}
+
 impl VmxVcpuState {
     /// A vCPU of `vm` with nothing allocated yet.
     fn new(vm: &VmxVm, hw: &VmxSettings, vpid: u16) -> Self {
@@ -1034,6 +1070,18 @@ impl crate::guests::Hardware for VmxSettings {
         vcpu: &mut run::Vcpu<crate::guests::HostBackend<Self>>,
         now: u64,
     ) -> Result<(), StopReason> {
+        // From the vCPU's own local APIC, without the devices' lock,
+        // whenever they need nothing (what another vCPU changes there
+        // after this look reaches this one by its APIC bus and a kick).
+        let pic_output = vm.pic_output();
+        if vm_devices::lapic_only(
+            vcpu.model.index,
+            &vcpu.model.lapic,
+            vm.devices_quiet(now),
+            pic_output,
+        ) {
+            return deliver_from_lapic(&mut vcpu.hw, &mut vcpu.model, &vm.apics, now, pic_output);
+        }
         deliver_interrupt(
             &vm.name,
             &mut vcpu.hw,

@@ -613,7 +613,14 @@ impl MmioSpace for VcpuMmio<'_> {
 /// `u64::MAX`. The run loop compares it with the clock before each entry
 /// and when the vCPU halts.
 pub fn attention_at(index: u32, lapic: &LocalApic, vm: &VmDevices) -> u64 {
-    if lapic.pending_vector().is_some() || (takes_extint(index, lapic) && vm.pic_output()) {
+    attention_with(index, lapic, vm.pic_output())
+}
+
+/// [`attention_at`] with the 8259 pair's output `pic_output` as the
+/// caller knows it (the run publishes it whenever the devices are
+/// unlocked), for a caller without the devices.
+pub fn attention_with(index: u32, lapic: &LocalApic, pic_output: bool) -> u64 {
+    if lapic.pending_vector().is_some() || (takes_extint(index, lapic) && pic_output) {
         return 0;
     }
     lapic.timer_deadline().unwrap_or(u64::MAX)
@@ -645,11 +652,45 @@ pub fn deliver_interrupt<B: VcpuAccess>(
     vm.apics.collect(index, lapic);
     vm.poll(now, sink);
     vm.route_messages(index, lapic);
-    if index != 0 && vm.pic_output() {
-        // Another vCPU's timers or accesses raised the 8259's output,
-        // which only the boot vCPU takes: it must look.
-        vm.apics.notify(1);
+    let pic_output = vm.pic_output();
+    pic_output_for_boot_vcpu(index, pic_output, &vm.apics);
+    deliver_from_lapic(vcpu, index, lapic, now, pic_output, || vm.pic_acknowledge())
+}
+
+/// Whether [`deliver_from_lapic`] can do all of [`deliver_interrupt`]
+/// without the devices: none of them needs attention (no timer due, no
+/// line changed, no I/O APIC message queued: the caller knows from what
+/// the run published at their last unlock), and the vCPU would not take
+/// the 8259's interrupt (whose acknowledge cycle needs the pair).
+pub fn lapic_only(index: u32, lapic: &LocalApic, devices_quiet: bool, pic_output: bool) -> bool {
+    devices_quiet && !(takes_extint(index, lapic) && pic_output)
+}
+
+/// Part of [`deliver_interrupt`] for vCPU `index`: when the 8259 pair's
+/// output is up and this is not the boot vCPU (another vCPU's timers or
+/// accesses raised it), the boot vCPU, the only one that takes it, is
+/// told to look.
+#[inline]
+pub fn pic_output_for_boot_vcpu(index: u32, pic_output: bool, apics: &ApicBus) {
+    if index != 0 && pic_output {
+        apics.notify(1);
     }
+}
+
+/// The vCPU's part of [`deliver_interrupt`], after the devices' (their
+/// timers run, the I/O APIC's messages routed, the boot vCPU told of the
+/// 8259's output): its APIC's timer, an NMI, then the 8259's interrupt
+/// through LINT0 (`pic_output`, taken with `pic_acknowledge`) or the
+/// APIC's highest, injected if the vCPU can take it now, else an
+/// interrupt window asked for.
+pub fn deliver_from_lapic<B: VcpuAccess>(
+    vcpu: &mut B,
+    index: u32,
+    lapic: &mut LocalApic,
+    now: u64,
+    pic_output: bool,
+    pic_acknowledge: impl FnOnce() -> Option<u8>,
+) -> Result<bool, B::Error> {
     lapic.run_timer(now);
     if lapic.take_nmi() {
         // Not while another event is being delivered, nor inside the
@@ -661,7 +702,7 @@ pub fn deliver_interrupt<B: VcpuAccess>(
         }
         lapic.accept_nmi();
     }
-    let extint = takes_extint(index, lapic) && vm.pic_output();
+    let extint = takes_extint(index, lapic) && pic_output;
     let pending = if extint { None } else { lapic.pending_vector() };
     if !extint && pending.is_none() {
         return Ok(false);
@@ -673,7 +714,7 @@ pub fn deliver_interrupt<B: VcpuAccess>(
         return Ok(false);
     }
     let vector = if extint {
-        vm.pic_acknowledge()
+        pic_acknowledge()
     } else {
         // Nothing changed the APIC since `pending`: it is the one.
         pending.inspect(|&v| lapic.service(v))
@@ -738,6 +779,80 @@ mod tests {
         ] {
             assert!(vm.port_write(port, 1, value, 0, &mut sink(&mut lines)));
         }
+    }
+
+    /// With the devices needing nothing, the vCPU's own part of the
+    /// delivery does what the whole of it does: the same injection or
+    /// window, the same APIC state, the same next look.
+    #[test]
+    fn a_delivery_from_the_local_apic_alone_is_the_whole_delivery() {
+        // (IF, an interrupt in the IRR, an NMI, the timer armed at 50)
+        for (open, pending, nmi, timer) in [
+            (true, Some(0x40), false, false),
+            (false, Some(0x40), false, false),
+            (true, None, false, false),
+            (true, None, false, true),
+            (true, Some(0x50), true, false),
+        ] {
+            let prepare = || {
+                let vm = pc();
+                let mut apic = lapic();
+                if let Some(v) = pending {
+                    apic.accept(v, false);
+                }
+                if nmi {
+                    apic.accept_nmi();
+                }
+                if timer {
+                    // TSC-deadline mode, vector 0x30, due at 50.
+                    let _ = apic.write(0x320, 0x4_0030, 0);
+                    apic.set_tsc_deadline(50, 0);
+                }
+                let mut vcpu = FakeVcpu::long_mode(0x1000, 1);
+                vcpu.rflags = if open { 0x202 } else { 0x2 };
+                (vm, apic, vcpu)
+            };
+            let now = 100;
+            let mut lines = Vec::new();
+            let (mut vm, mut apic, mut vcpu) = prepare();
+            let whole =
+                deliver_interrupt(&mut vcpu, 0, &mut apic, &mut vm, now, &mut sink(&mut lines))
+                    .unwrap();
+            let (vm2, mut apic2, mut vcpu2) = prepare();
+            assert!(lapic_only(
+                0,
+                &apic2,
+                !vm2.needs_attention(now),
+                vm2.pic_output()
+            ));
+            let own = deliver_from_lapic(&mut vcpu2, 0, &mut apic2, now, vm2.pic_output(), || {
+                panic!("the 8259 is not asked")
+            })
+            .unwrap();
+            let case = (open, pending, nmi, timer);
+            assert_eq!(whole, own, "{case:?}");
+            assert_eq!(vcpu.injected, vcpu2.injected, "{case:?}");
+            assert_eq!(vcpu.window, vcpu2.window, "{case:?}");
+            assert_eq!(apic.pending_vector(), apic2.pending_vector(), "{case:?}");
+            assert_eq!(apic.ppr(), apic2.ppr(), "{case:?}");
+            assert_eq!(
+                attention_at(0, &apic, &vm),
+                attention_with(0, &apic2, vm2.pic_output()),
+                "{case:?}"
+            );
+        }
+        // The 8259's interrupt, which the boot vCPU takes through LINT0
+        // (ExtINT, as firmware leaves it), needs the pair: not the APIC's
+        // alone, when the pair's output is up.
+        let apic = lapic();
+        assert!(takes_extint(0, &apic));
+        assert!(!lapic_only(0, &apic, true, true));
+        assert!(lapic_only(0, &apic, true, false));
+        assert!(
+            lapic_only(1, &apic, true, true),
+            "only the boot vCPU takes it"
+        );
+        assert!(!lapic_only(0, &apic, false, false), "devices to look at");
     }
 
     #[test]
