@@ -847,7 +847,7 @@ fn document(tables: &Tables<'_>) -> String {
          policy does not let be kept (leaf 0DH, which depends on XCR0), takes the full path through \
          the handlers, as the RDMSR row does. That full path (the trampoline saving all 15 GPRs, \
          the exit decoding, the run loop's clock and slice checks, the vendor-neutral handler) is what \
-         the other rows still pay: a Bochs trace of a VMCALL exit (504 ticks) has 59 instructions in \
+         the other rows still pay: a Bochs trace of a VMCALL exit (504 ticks when it was taken) has 59 instructions in \
          the trampoline, about 15 decoding the exit (the frequent instruction exits, and an EOI's \
          APIC access, are known from the reason and qualification alone), about 210 in the run loop \
          and the backend around the handler (the clock, the slice check, locking the devices and, at \
@@ -903,7 +903,7 @@ fn document(tables: &Tables<'_>) -> String {
          VMPTRLD and its wrapper 25. The pass once went through every source's ring every 20 ms \
          (a deadline nobody disarmed), about 900 instructions in one switch of six; the switched \
          state's MSR loop unrolled and its save area's address kept took 76 off; the figure went \
-         from 1006 to 665. Issue 14's target of 300 is missed: what remains is the state every \
+         from 1006 to the table's. Issue 14's target of 300 is missed: what remains is the state every \
          switch must move (the switched state and the VMCS, 163) and the scheduler's accounting that \
          keeps the shares fair; a single stop-and-pick call holding the queue lock once, and figures \
          drained less often, would take perhaps a hundred more. Under Bochs VMPTRLD, VMRESUME, \
