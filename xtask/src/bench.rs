@@ -934,8 +934,10 @@ fn document(tables: &Tables<'_>) -> String {
          2696 bytes takes one frame). Guest RAM comes in naturally aligned blocks of up to 128 MiB, \
          so the EPT maps it with 2 MiB pages where it can: a PML4, a PDPT, one PD per GiB, and a \
          page table only for a guest smaller than 2 MiB. The I/O bitmaps and the MSR bitmap are the \
-         same for every guest and are the host's, 12 KiB taken once before the first guest; under \
-         SVM each guest still has its own permission maps (20 KiB). The 4 GiB guest's RAM lies \
+         same for every guest and are the host's, 12 KiB taken once before the first guest, and so \
+         are the APIC-access page and the EPT tables that map the local APIC's page to it (20 KiB: \
+         every guest's EPT points at one page directory for the gigabyte at 3 GiB); under SVM each \
+         guest still has its own permission maps (20 KiB). The 4 GiB guest's RAM lies \
          in two ranges, as on a PC: its first 3 GiB from 0, below the 32-bit device window, and \
          the last GiB from 4 GiB up; both start on a GiB boundary, so they take no more tables \
          than one range would.\n\n\
