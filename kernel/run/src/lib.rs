@@ -378,6 +378,11 @@ impl DevicesGuard<'_> {
 
 impl Drop for DevicesGuard<'_> {
     fn drop(&mut self) {
+        // The 8259's output before the attention time: a backend that
+        // reads the attention time (Acquire) and finds the devices quiet
+        // reads an output at least as new (see `Vm::devices_quiet`).
+        self.pic_output
+            .store(self.guard.pic_output(), Ordering::Release);
         let at = self.guard.attention_tsc();
         self.attention.store(at, Ordering::Release);
         let deadline = self.guard.next_deadline().unwrap_or(u64::MAX);
@@ -386,8 +391,6 @@ impl Drop for DevicesGuard<'_> {
         self.com1_waiting
             .store(self.guard.console_output_waiting(), Ordering::Release);
         self.com1_out.set_lsr(self.guard.com1_quiet_lsr());
-        self.pic_output
-            .store(self.guard.pic_output(), Ordering::Release);
     }
 }
 
@@ -501,7 +504,9 @@ impl<B: Backend> Vm<B> {
     /// Whether the devices need nothing at `now`, as of their last unlock:
     /// no timer due, no line changed, no I/O APIC message queued. A
     /// backend may then deliver an interrupt from the vCPU's local APIC
-    /// without locking them (with [`Vm::pic_output`]).
+    /// without locking them (with [`Vm::pic_output`], read after this:
+    /// the unlock publishes the output first, so the pair of reads is
+    /// never older for the output than for this).
     #[inline]
     pub fn devices_quiet(&self, now: u64) -> bool {
         self.device_attention.load(Ordering::Acquire) > now

@@ -1073,13 +1073,12 @@ impl crate::guests::Hardware for VmxSettings {
         // From the vCPU's own local APIC, without the devices' lock,
         // whenever they need nothing (what another vCPU changes there
         // after this look reaches this one by its APIC bus and a kick).
+        // Quiet first, then the 8259's output (the order the devices'
+        // unlock publishes them in reverse), so a stale output never
+        // passes for the one that goes with a quiet look.
+        let quiet = vm.devices_quiet(now);
         let pic_output = vm.pic_output();
-        if vm_devices::lapic_only(
-            vcpu.model.index,
-            &vcpu.model.lapic,
-            vm.devices_quiet(now),
-            pic_output,
-        ) {
+        if vm_devices::lapic_only(vcpu.model.index, &vcpu.model.lapic, quiet, pic_output) {
             return deliver_from_lapic(&mut vcpu.hw, &mut vcpu.model, &vm.apics, now, pic_output);
         }
         deliver_interrupt(
