@@ -917,6 +917,7 @@ fn dispatch<B: VcpuAccess, P: Platform>(
 /// control-register accesses (CR8 is the task priority) and nested page
 /// faults (the APICs' MMIO). The others need neither the devices' lock nor
 /// a new [`attention_at`](super::vm::attention_at) after them.
+#[inline]
 pub fn needs_devices(exit: &Exit) -> bool {
     matches!(
         exit,
@@ -935,16 +936,9 @@ pub fn needs_devices(exit: &Exit) -> bool {
 /// the MMIO path's). An edge-triggered EOI, the usual one, takes no lock.
 #[inline]
 pub fn needs_devices_now(exit: &Exit, model: &VcpuModel) -> bool {
-    // One match (one test of the discriminant on the hot exits), not
-    // `needs_devices` and a second test.
     match exit {
-        Exit::Io(_)
-        | Exit::Hypercall
-        | Exit::MsrWrite
-        | Exit::ControlRegister(_)
-        | Exit::NestedPageFault { .. } => true,
         Exit::ApicEoi => !local_eoi(&model.lapic),
-        _ => false,
+        _ => needs_devices(exit),
     }
 }
 
