@@ -167,13 +167,19 @@ enum {
 
 static const char *guest_name = "guest";
 
+/* One line on stderr, after the program's name. */
+static void vsay(const char *fmt, va_list ap)
+{
+	fputs("kvm-bench: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
 static void say(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("kvm-bench: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsay(fmt, ap);
 	va_end(ap);
 }
 
@@ -181,9 +187,7 @@ static void __attribute__((noreturn)) fail(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("kvm-bench: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsay(fmt, ap);
 	va_end(ap);
 	exit(STATUS_FAILED);
 }
