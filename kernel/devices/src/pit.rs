@@ -459,6 +459,12 @@ impl Pit {
     /// Input clock ticks at TSC `tsc`: `tsc * PIT_HZ / tsc_hz`, 0 for a
     /// `tsc_hz` of 0, saturating.
     pub fn ticks_at(&self, tsc: u64) -> u64 {
+        // Without overflow (a TSC below 2^64 / PIT_HZ: the first hours of
+        // a GHz clock) the 64-bit division gives the same quotient and is
+        // one instruction rather than a 128-bit division's call.
+        if let Some(x) = tsc.checked_mul(PIT_HZ) {
+            return x.checked_div(self.tsc_hz).unwrap_or(0);
+        }
         let ticks = u128::from(tsc)
             .checked_mul(u128::from(PIT_HZ))
             .and_then(|x| x.checked_div(u128::from(self.tsc_hz)))
@@ -472,6 +478,13 @@ impl Pit {
         if self.tsc_hz == 0 {
             return None;
         }
+        // As in `ticks_at`: 64 bits when they hold the product.
+        if let Some(x) = tick
+            .checked_mul(self.tsc_hz)
+            .and_then(|x| x.checked_add(PIT_HZ - 1))
+        {
+            return Some(x / PIT_HZ);
+        }
         let tsc = u128::from(tick)
             .checked_mul(u128::from(self.tsc_hz))
             .and_then(|x| x.checked_add(u128::from(PIT_HZ - 1)))
@@ -481,9 +494,12 @@ impl Pit {
 
     /// Channel 2's OUT at TSC `now` (port 0x61 bit 5).
     pub fn out2(&self, now: u64) -> bool {
-        self.channels
-            .get(2)
-            .is_some_and(|ch| ch.out(self.ticks_at(now)))
+        self.out2_at_tick(self.ticks_at(now))
+    }
+
+    /// Channel 2's OUT at input tick `t`.
+    fn out2_at_tick(&self, t: u64) -> bool {
+        self.channels.get(2).is_some_and(|ch| ch.out(t))
     }
 
     /// Channel 0's next rising edge, if one is due: when the device asks
@@ -514,7 +530,7 @@ impl Pit {
                 } else {
                     0
                 };
-                let out2 = if self.out2(now) { B_OUT2 } else { 0 };
+                let out2 = if self.out2_at_tick(t) { B_OUT2 } else { 0 };
                 self.port_b | refresh | out2
             }
             // The control word register cannot be read.
@@ -938,6 +954,31 @@ mod tests {
     }
 
     proptest! {
+        /// The clock conversions give exactly the 128-bit formulas'
+        /// answers, on both sides of the point where the 64-bit product
+        /// overflows.
+        #[test]
+        fn clock_conversions_equal_the_128_bit_formulas(
+            tsc_hz in prop_oneof![Just(0u64), Just(1), Just(HZ2), 1u64..10_000_000_000, any::<u64>()],
+            value in prop_oneof![
+                any::<u64>(),
+                0u64..1 << 40,
+                (u64::MAX / PIT_HZ - 1000)..(u64::MAX / PIT_HZ + 1000),
+            ],
+        ) {
+            let pit = Pit::new(tsc_hz);
+            let ticks = (u128::from(value) * u128::from(PIT_HZ))
+                .checked_div(u128::from(tsc_hz))
+                .map_or(0, |t| u64::try_from(t).unwrap_or(u64::MAX));
+            prop_assert_eq!(pit.ticks_at(value), ticks);
+            let tsc = (tsc_hz != 0).then(|| {
+                let t = (u128::from(value) * u128::from(tsc_hz) + u128::from(PIT_HZ - 1))
+                    / u128::from(PIT_HZ);
+                u64::try_from(t).unwrap_or(u64::MAX)
+            });
+            prop_assert_eq!(pit.tsc_of_tick(value), tsc);
+        }
+
         /// Random port accesses and timer runs at random times never
         /// panic, and a deadline asked for is never in the past of the
         /// timer run that asked for it.
