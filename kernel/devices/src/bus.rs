@@ -355,15 +355,22 @@ struct Slot {
     deadline: Option<u64>,
 }
 
+/// `Bus::port_hint` while it names no range.
+const NO_PORT_HINT: (u16, u16, usize) = (u16::MAX, 0, 0);
+
 /// The devices of one VM and the ports and MMIO pages each owns.
 ///
 /// Lookup is a binary search over ranges kept sorted by start; no access
 /// allocates.
-#[derive(Default)]
 pub struct Bus {
     slots: Vec<Slot>,
     /// Port ranges sorted by start, disjoint, each with its slot index.
     ports: Vec<(RangeInclusive<u16>, usize)>,
+    /// The range (first port, last port, slot) of the last whole port
+    /// access, tried before the search: a guest's driver mostly goes to
+    /// one device several times in a row (a UART's registers, the PIT's
+    /// ports while it polls). First port above last while none.
+    port_hint: (u16, u16, usize),
     /// MMIO ranges sorted by start, disjoint, each with its slot index.
     mmio: Vec<(MmioRange, usize)>,
     /// The first reset or power-off request a device made, not yet taken.
@@ -392,12 +399,19 @@ impl fmt::Debug for Bus {
     }
 }
 
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Bus {
     /// A bus with no devices: every access is unclaimed.
     pub const fn new() -> Self {
         Self {
             slots: Vec::new(),
             ports: Vec::new(),
+            port_hint: NO_PORT_HINT,
             mmio: Vec::new(),
             request: None,
             earliest: None,
@@ -817,10 +831,19 @@ impl Bus {
 
     /// The slot owning every byte of a `size`-byte access at `port`, if
     /// one range holds it all (an access wrapping past 0xFFFF never is).
-    fn port_owner_of_all(&self, port: u16, size: u8) -> Option<usize> {
+    /// The range found is remembered for the next access.
+    fn port_owner_of_all(&mut self, port: u16, size: u8) -> Option<usize> {
         let last = port.checked_add(u16::from(size).checked_sub(1)?)?;
+        let (first, end, slot) = self.port_hint;
+        if first <= port && last <= end {
+            return Some(slot);
+        }
         let (range, slot) = self.port_entry(port)?;
-        range.contains(&last).then_some(slot)
+        if !range.contains(&last) {
+            return None;
+        }
+        self.port_hint = (*range.start(), *range.end(), slot);
+        Some(slot)
     }
 
     fn mmio_entry(&self, gpa: GuestPhysAddr) -> Option<(&MmioRange, usize)> {
@@ -1055,6 +1078,47 @@ mod tests {
         // Half claimed from the other side: 0x5F nobody, 0x60 a.
         assert_eq!(vm.inp(0x5F, 2), Some(0xAAFF));
         assert_eq!(vm.seen(a), [("in", 0x60, 1, 0)]);
+    }
+
+    proptest! {
+        /// Whatever the order of accesses (which leaves the bus's hint on
+        /// the last range a whole access went to), and with a device added
+        /// between them, every port read answers with the bytes of the
+        /// device that owns each port: ranges side by side, gaps and
+        /// accesses across them included.
+        #[test]
+        fn the_port_hint_never_changes_who_answers(
+            accesses in proptest::collection::vec((0x3Cu16..0x5C, 1u8..=4), 1..60),
+            late in 0usize..60,
+        ) {
+            // (range, tag): 0x40-0x43 and 0x44-0x47 side by side, a gap
+            // at 0x48-0x4F, 0x50 alone; 0x58-0x5B comes late.
+            let early = [(0x40u16..=0x43u16, 0xA1u8), (0x44..=0x47, 0xB2), (0x50..=0x50, 0xC3)];
+            let added = (0x58u16..=0x5Bu16, 0xD4u8);
+            let mut bus = Bus::new();
+            for (range, tag) in &early {
+                bus.add(Probe::boxed("probe", *tag), core::slice::from_ref(range), &[]).unwrap();
+            }
+            let mut owners: Vec<(RangeInclusive<u16>, u8)> = early.to_vec();
+            let mut vm = Vm::new(bus);
+            for (n, &(port, size)) in accesses.iter().enumerate() {
+                if n == late {
+                    vm.bus.add(Probe::boxed("late", added.1), core::slice::from_ref(&added.0), &[]).unwrap();
+                    owners.push(added.clone());
+                }
+                let owner = |p: u16| owners.iter().find(|(r, _)| r.contains(&p)).map(|&(_, t)| t);
+                let bytes: Vec<Option<u8>> = (0..size).map(|i| owner(port + u16::from(i))).collect();
+                let expected = bytes.iter().any(Option::is_some).then(|| {
+                    let mut v = [0xFFu8; 4];
+                    for (b, o) in v.iter_mut().zip(&bytes) {
+                        *b = o.unwrap_or(0xFF);
+                    }
+                    u32::from_le_bytes(v) & all_ones(size) as u32
+                });
+                let expected = if size == 3 { None } else { expected };
+                prop_assert_eq!(vm.inp(port, size), expected, "in {:#x}, size {}", port, size);
+            }
+        }
     }
 
     #[test]
