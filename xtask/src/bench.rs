@@ -905,8 +905,13 @@ fn document(tables: &Tables<'_>) -> String {
          state's MSR loop unrolled and its save area's address kept took 76 off; the figure went \
          from 1006 to the table's. Issue 14's target of 300 is missed: what remains is the state every \
          switch must move (the switched state and the VMCS, 163) and the scheduler's accounting that \
-         keeps the shares fair; a single stop-and-pick call holding the queue lock once, and figures \
-         drained less often, would take perhaps a hundred more. Under Bochs VMPTRLD, VMRESUME, \
+         keeps the shares fair (`sched/examples/pick_cost.rs 100000 3 1 1` under callgrind, this \
+         bench's three busy guests and one halted: about 270 host instructions for `pick` and \
+         `stopped`, one to six on each of some fifty lines, none dominant; forcing `stop` and `start` inline took 1 off). A single stop-and-pick call under \
+         one lock was tried (the CPU going straight on to the vCPU picked, the console pass skipped \
+         when it had nothing to do, the outgoing state saved while its slot was still held): the \
+         same-CPU switch went from 670 to 664, but a switch across CPUs from 1314 to 1344 and the \
+         HLT wake below from 1056 to 1083, so it was not kept. Under Bochs VMPTRLD, VMRESUME, \
          XSAVE and XRSTOR are one tick each, so these figures are the host's own instructions; on \
          hardware the VMX transitions and VMPTRLD cost far more than an instruction each.\n\n\
          A switch across CPUs adds the hand-over: the old CPU saves the guest's switched state and \
