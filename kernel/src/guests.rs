@@ -562,6 +562,10 @@ impl<H: Hardware> Backend for HostBackend<H> {
         crate::serial_console::pump()
     }
 
+    fn console_quiet(&self, now: u64) -> Option<Option<u64>> {
+        crate::serial_console::quiet(now)
+    }
+
     fn console_history(&self, index: usize) -> Option<(alloc::vec::Vec<u8>, u64)> {
         crate::serial_console::history(index)
     }

@@ -514,6 +514,20 @@ pub fn route_input(out: &mut dyn FnMut(Input)) {
     route_received(out);
 }
 
+/// Whether [`route_input`] and [`pump`] at clock value `now` would both
+/// return at once, having done nothing: nothing received, nothing held
+/// back in the port, no output due before the pump's deadline. `Some` of
+/// what [`pump`] would return then.
+#[inline]
+pub fn quiet(now: u64) -> Option<Option<u64>> {
+    let at = PUMP_AT.load(Ordering::Acquire);
+    let quiet = ROUTED.load(Ordering::Acquire)
+        && !INPUT_WAITING.load(Ordering::Acquire)
+        && !RX_BACKLOG.load(Ordering::Acquire)
+        && now < at;
+    quiet.then_some((at != u64::MAX).then_some(at))
+}
+
 /// [`route_input`] with something to route.
 #[inline(never)]
 fn route_received(out: &mut dyn FnMut(Input)) {

@@ -67,6 +67,12 @@ impl<B: Backend> GuestRun<B> {
     /// (TSC), if it does.
     pub(super) fn serve_console(&self, local: &mut ThisCpu, c: &mut ConsoleService) -> Option<u64> {
         let backend = &self.backend;
+        // The common pass, between two slices: nothing waits anywhere.
+        if c.prompt_shown && !c.any_pending {
+            if let Some(by) = backend.console_quiet(backend.now()) {
+                return by;
+            }
+        }
         if !c.prompt_shown {
             backend.console_prompt(&c.monitor.prompt());
             c.prompt_shown = true;

@@ -192,6 +192,15 @@ pub trait Backend: Sync {
     /// `Some(tsc)` when output is still pending: the console wants to be
     /// served again by then (a partial line's pause, or a port still busy).
     fn console_pump(&self) -> Option<u64>;
+    /// Whether a pass of the console at clock value `now` would find
+    /// nothing to do (no input received, nothing held back in the port,
+    /// no output due before the pump's deadline): `Some` of what
+    /// [`Backend::console_pump`] would then return. `None`, the safe
+    /// answer, unless the backend can tell.
+    fn console_quiet(&self, now: u64) -> Option<Option<u64>> {
+        let _ = now;
+        None
+    }
     /// Guest `index`'s recent console output (its replay tail, oldest
     /// byte first) and the bytes of its output dropped so far.
     fn console_history(&self, index: usize) -> Option<(Vec<u8>, u64)>;
