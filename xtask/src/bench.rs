@@ -891,29 +891,30 @@ fn document(tables: &Tables<'_>) -> String {
          {sched_table}\n\
          Where a same-CPU switch goes (a Bochs trace of one switch on one CPU, `lb` at \
          `Scheduler::stopped_with` on the 30th slice's end, `trace on`, each instruction put to its \
-         source line with `addr2line -i`; about 610 instructions from there to the clock read that \
-         ends the kernel's figure, which starts some 20 before it, and about 145 more to the next \
+         source line with `addr2line -i`; about 590 instructions from there to the clock read that \
+         ends the kernel's figure, which starts some 55 before it, and about 145 more to the next \
          guest's VMRESUME (the timer's arming, the interrupt check, the entry trampoline)): `sched` \
          (`stopped_with`, which charges the run and drains the slice's exit counts, `stop`, `pick` \
-         and `start`; one CPU, so no vCPU is pulled across queues) 290; the lazily switched state \
+         and `start`; one CPU, so no vCPU is pulled across queues) 289; the lazily switched state \
          (XSETBV, XSAVE of every supported component, CR2, DR0-3 and DR6, six MSRs out; XSETBV, \
-         XRSTOR, XSETBV and the same in) 138; the run loop's slot and queue locks, its checks of the \
-         vCPU's state and the outgoing vCPU's slot about 100; the console pass of the run's first \
-         CPU 50 (three loads for input, a clock read and a load for its output, when nothing waits); \
-         VMPTRLD and its wrapper 25. The pass once went through every source's ring every 20 ms \
-         (a deadline nobody disarmed), about 900 instructions in one switch of six; the switched \
-         state's MSR loop unrolled and its save area's address kept took 76 off; the figure went \
-         from 1006 to the table's. Issue 14's target of 300 is missed: what remains is the state every \
-         switch must move (the switched state and the VMCS, 163) and the scheduler's accounting that \
-         keeps the shares fair (`sched/examples/pick_cost.rs 100000 3 1 1` under callgrind, this \
-         bench's three busy guests and one halted: about 270 host instructions for `pick` and \
-         `stopped`, one to six on each of some fifty lines, none dominant; forcing `stop` and `start` inline took 1 off). A single stop-and-pick call under \
-         one lock was tried (the CPU going straight on to the vCPU picked, the console pass skipped \
-         when it had nothing to do, the outgoing state saved while its slot was still held): the \
-         same-CPU switch went from 670 to 664, but a switch across CPUs from 1314 to 1344 and the \
-         HLT wake below from 1056 to 1083, so it was not kept. Under Bochs VMPTRLD, VMRESUME, \
-         XSAVE and XRSTOR are one tick each, so these figures are the host's own instructions; on \
-         hardware the VMX transitions and VMPTRLD cost far more than an instruction each.\n\n\
+         XRSTOR, XSETBV and the same in) 129; the run loop's slot and queue locks, its clock reads, \
+         its checks of the vCPU's state and the outgoing vCPU's slot about 120; the first CPU's \
+         console check 30 (a clock read and four loads, when nothing waits); VMPTRLD and its wrapper \
+         21. The console pass once went through every source's ring every 20 ms (a deadline nobody \
+         disarmed), about 900 instructions in one switch of six; the switched state's MSR loop \
+         unrolled and its save area's address kept took 76 off; a console pass with nothing to do \
+         became that one check, 26 more; the figure went from 1006 to the table's. Issue 14's target \
+         of 300 is missed: what remains is the state every switch must move (the switched state and \
+         the VMCS, 150) and the scheduler's accounting that keeps the shares fair \
+         (`sched/examples/pick_cost.rs 100000 3 1 1` under callgrind, this bench's three busy guests \
+         and one halted: about 270 host instructions for `pick` and `stopped`, one to six on each of \
+         some fifty lines, none dominant; forcing `stop` and `start` inline took 1 off). A single \
+         stop-and-pick call under one lock was tried, the CPU going straight on to the vCPU picked \
+         and saving the outgoing state while its slot was still held: with the console check it gave \
+         664 (the check alone gives the table's), a switch across CPUs went from 1314 to 1344 and the \
+         HLT wake from 1056 to 1083, so it was not kept. Under Bochs VMPTRLD, VMRESUME, XSAVE and \
+         XRSTOR are one tick each, so these figures are the host's own instructions; on hardware the \
+         VMX transitions and VMPTRLD cost far more than an instruction each.\n\n\
          A switch across CPUs adds the hand-over: the old CPU saves the guest's switched state and \
          VMCLEARs its VMCS as soon as `sched` moves it (at the end of its turn), and the new CPU writes \
          its own host-state fields (about 220 instructions of VMWRITEs), drops its cached translations \
